@@ -1,0 +1,508 @@
+//! Configuration, in two layers: [`FileConfig`] mirrors the TOML file
+//! (unknown keys are errors), and [`Config`] is the validated form the daemon
+//! runs on. `clinic-relay config check` runs exactly the same validation.
+//!
+//! Every error names the key path, the bad value and the fix. Relative paths
+//! in the file are resolved against the directory of the config file, so a
+//! config works the same from any working directory.
+
+use jiff::tz::TimeZone;
+use jiff::SignedDuration;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_PATH: &str = "/etc/clinic-relay/config.toml";
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}. Give the right file with --config PATH (or CLINIC_RELAY_CONFIG)")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is larger than 1 MiB; it is not a clinic-relay config")]
+    TooLarge { path: PathBuf },
+    #[error("{path}: unknown key `{key}`. Remove it or correct the spelling; every key is listed in docs/configuration.md")]
+    UnknownKey { path: PathBuf, key: String },
+    #[error("{path}: `{key}`: {reason}. Fix: {fix}")]
+    Syntax {
+        path: PathBuf,
+        key: String,
+        reason: String,
+        fix: &'static str,
+    },
+    #[error("{path}: `{key}` = {value:?} is invalid: {reason}. Fix: {fix}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        reason: String,
+        fix: &'static str,
+    },
+}
+
+// ---- the file layer ---------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub service: ServiceFile,
+    #[serde(default)]
+    pub log: LogFile,
+    #[serde(default)]
+    pub keys: KeysFile,
+    #[serde(default)]
+    pub pms: PmsFile,
+    #[serde(default)]
+    pub api: ApiFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub data_dir: Option<String>,
+    pub time_zone: Option<String>,
+    pub shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysFile {
+    pub master_key_file: Option<String>,
+    pub previous_master_key_file: Option<String>,
+    pub generate_dev_key: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PmsFile {
+    pub mllp_listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiFile {
+    pub socket: Option<String>,
+}
+
+// ---- the runtime layer ------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from.
+    pub path: PathBuf,
+    pub service: ServiceConfig,
+    pub log: LogConfig,
+    pub keys: KeysConfig,
+    pub pms: PmsConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub data_dir: PathBuf,
+    pub time_zone: TimeZone,
+    pub time_zone_name: String,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// journald when started by systemd (JOURNAL_STREAM is set), text otherwise.
+    Auto,
+    Journald,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: tracing::Level,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    pub master_key_file: Option<PathBuf>,
+    /// Set while moving to a new master key: the daemon opens the data with
+    /// this key and rotates to `master_key_file` while serving.
+    pub previous_master_key_file: Option<PathBuf>,
+    pub generate_dev_key: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PmsConfig {
+    pub mllp_listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub socket: PathBuf,
+}
+
+impl Config {
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        use std::io::Read;
+        let read_err = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let mut text = String::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates config text; `path` names it in errors and
+    /// anchors relative paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
+        validate(file, path)
+    }
+}
+
+/// Turns a TOML/serde error into one that names the key path.
+fn syntax_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+    let key = e
+        .span()
+        .map(|span| key_path_at(text, span.start))
+        .unwrap_or_default();
+    let message = e.message().to_owned();
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        let section = key.rsplit_once('.').map(|(s, _)| s).unwrap_or("");
+        let key = match (section.is_empty(), key.contains('.')) {
+            (false, _) => format!("{section}.{field}"),
+            (true, _) => field.to_owned(),
+        };
+        return ConfigError::UnknownKey {
+            path: path.to_owned(),
+            key,
+        };
+    }
+    ConfigError::Syntax {
+        path: path.to_owned(),
+        key: if key.is_empty() {
+            "(file)".to_owned()
+        } else {
+            key
+        },
+        reason: message,
+        fix: "see config/clinic-relay.toml for the expected form of each key",
+    }
+}
+
+/// The dotted key path at byte `offset`: the last `[table]` header before it,
+/// plus the key on its line.
+fn key_path_at(text: &str, offset: usize) -> String {
+    let mut table = String::new();
+    let mut consumed = 0usize;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        consumed += line.len();
+        if trimmed.starts_with('[') {
+            table = trimmed
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned();
+            if offset < consumed {
+                return table;
+            }
+            continue;
+        }
+        if offset < consumed || consumed >= text.len() {
+            let key = trimmed
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches('"');
+            return match (table.is_empty(), key.is_empty()) {
+                (_, true) => table,
+                (true, false) => key.to_owned(),
+                (false, false) => format!("{table}.{key}"),
+            };
+        }
+    }
+    table
+}
+
+fn resolve(base: &Path, value: &str) -> PathBuf {
+    let p = Path::new(value);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Parses a duration such as `10s`, `72h`, `1h 30m` or ISO 8601 `PT10S`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let d: SignedDuration = s.trim().parse().ok()?;
+    Duration::try_from(d).ok()
+}
+
+fn validate(file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
+    let base = path.parent().map(Path::to_owned).unwrap_or_default();
+    let invalid =
+        |key: &'static str, value: &str, reason: &str, fix: &'static str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+            fix,
+        };
+
+    let data_dir = match file.service.data_dir.as_deref() {
+        None => PathBuf::from("/var/lib/clinic-relay"),
+        Some("") => {
+            return Err(invalid(
+                "service.data_dir",
+                "",
+                "empty path",
+                "give a directory, e.g. /var/lib/clinic-relay",
+            ))
+        }
+        Some(v) => resolve(&base, v),
+    };
+
+    let (time_zone, time_zone_name) = match file.service.time_zone.as_deref() {
+        None => {
+            let tz = TimeZone::try_system().unwrap_or(TimeZone::UTC);
+            let name = tz.iana_name().unwrap_or("UTC").to_owned();
+            (tz, name)
+        }
+        Some(v) => match TimeZone::get(v) {
+            Ok(tz) => (tz, v.to_owned()),
+            Err(_) => {
+                return Err(invalid(
+                    "service.time_zone",
+                    v,
+                    "not an IANA time zone name",
+                    "use a name from the tz database such as Europe/Berlin or America/New_York",
+                ))
+            }
+        },
+    };
+
+    let shutdown_timeout = match file.service.shutdown_timeout.as_deref() {
+        None => Duration::from_secs(10),
+        Some(v) => match parse_duration(v) {
+            Some(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(300) => d,
+            Some(_) => {
+                return Err(invalid(
+                    "service.shutdown_timeout",
+                    v,
+                    "out of range",
+                    "use a duration from 1s to 300s, e.g. \"10s\"",
+                ))
+            }
+            None => {
+                return Err(invalid(
+                    "service.shutdown_timeout",
+                    v,
+                    "not a duration",
+                    "write it like \"10s\", \"2m\" or \"1h 30m\"",
+                ))
+            }
+        },
+    };
+
+    let level = match file.log.level.as_deref().unwrap_or("info") {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "info" => tracing::Level::INFO,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        other => {
+            return Err(invalid(
+                "log.level",
+                other,
+                "unknown level",
+                "use one of error, warn, info, debug, trace",
+            ))
+        }
+    };
+    let format = match file.log.format.as_deref().unwrap_or("auto") {
+        "auto" => LogFormat::Auto,
+        "journald" => LogFormat::Journald,
+        "text" => LogFormat::Text,
+        other => {
+            return Err(invalid(
+                "log.format",
+                other,
+                "unknown format",
+                "use auto (journald under systemd, text otherwise), journald or text",
+            ))
+        }
+    };
+
+    let key_path = |key: &'static str, v: Option<&str>| -> Result<Option<PathBuf>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some("") => Err(invalid(
+                key,
+                "",
+                "empty path",
+                "give the path of a 0600 key file, or remove the key to use the systemd credential",
+            )),
+            Some(v) => Ok(Some(resolve(&base, v))),
+        }
+    };
+    let keys = KeysConfig {
+        master_key_file: key_path("keys.master_key_file", file.keys.master_key_file.as_deref())?,
+        previous_master_key_file: key_path(
+            "keys.previous_master_key_file",
+            file.keys.previous_master_key_file.as_deref(),
+        )?,
+        generate_dev_key: file.keys.generate_dev_key.unwrap_or(false),
+    };
+    if keys.generate_dev_key && keys.master_key_file.is_none() {
+        return Err(invalid(
+            "keys.generate_dev_key",
+            "true",
+            "there is no keys.master_key_file to create",
+            "set keys.master_key_file to where the development key should be written",
+        ));
+    }
+
+    let mllp_raw = file.pms.mllp_listen.as_deref().unwrap_or("0.0.0.0:2575");
+    let mllp_listen: SocketAddr = mllp_raw.parse().map_err(|_| {
+        invalid(
+            "pms.mllp_listen",
+            mllp_raw,
+            "not a socket address",
+            "write IP:PORT, e.g. 0.0.0.0:2575 or [::]:2575 (host names are not accepted)",
+        )
+    })?;
+
+    let socket = match file.api.socket.as_deref() {
+        None => PathBuf::from("/run/clinic-relay/api.sock"),
+        Some("") => {
+            return Err(invalid(
+                "api.socket",
+                "",
+                "empty path",
+                "give a socket path, e.g. /run/clinic-relay/api.sock",
+            ))
+        }
+        Some(v) => resolve(&base, v),
+    };
+
+    Ok(Config {
+        path: path.to_owned(),
+        service: ServiceConfig {
+            data_dir,
+            time_zone,
+            time_zone_name,
+            shutdown_timeout,
+        },
+        log: LogConfig { level, format },
+        keys,
+        pms: PmsConfig { mllp_listen },
+        api: ApiConfig { socket },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/clinic-relay/config.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = load("").unwrap();
+        assert_eq!(c.service.data_dir, Path::new("/var/lib/clinic-relay"));
+        assert_eq!(c.service.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.pms.mllp_listen.port(), 2575);
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let c = Config::from_toml(
+            "[service]\ndata_dir = \"data\"\n",
+            Path::new("/opt/cr/config.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.service.data_dir, Path::new("/opt/cr/data"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table() {
+        let err = load("[service]\ndata_dir = \"/x\"\ndata_dirr = \"/y\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("unknown key `service.data_dirr`"), "{msg}");
+        assert!(msg.contains("docs/configuration.md"), "{msg}");
+        let err = load("[nonsense]\na = 1\n").unwrap_err().to_string();
+        assert!(err.contains("unknown key `nonsense`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let msg = load("[service]\ndata_dir = 5\n").unwrap_err().to_string();
+        assert!(msg.contains("`service.data_dir`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_time_zone_names_key_value_and_fix() {
+        let msg = load("[service]\ntime_zone = \"Mars/Olympus\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`service.time_zone`"), "{msg}");
+        assert!(msg.contains("Mars/Olympus"), "{msg}");
+        assert!(msg.contains("Europe/Berlin"), "{msg}");
+    }
+
+    #[test]
+    fn bad_address_names_key_and_fix() {
+        let msg = load("[pms]\nmllp_listen = \"localhost:99999\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`pms.mllp_listen`"), "{msg}");
+        assert!(msg.contains("0.0.0.0:2575"), "{msg}");
+    }
+
+    #[test]
+    fn durations_parse_in_friendly_and_iso_forms() {
+        assert_eq!(parse_duration("72h"), Some(Duration::from_secs(72 * 3600)));
+        assert_eq!(parse_duration("1h 30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("PT10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("soon"), None);
+        let msg = load("[service]\nshutdown_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`service.shutdown_timeout`") && msg.contains("\"10s\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn dev_key_needs_a_path() {
+        let msg = load("[keys]\ngenerate_dev_key = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("keys.master_key_file"), "{msg}");
+    }
+}

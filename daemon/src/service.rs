@@ -1,0 +1,292 @@
+//! `clinic-relay serve`: opens the vault, starts the service set, talks to
+//! systemd (READY / WATCHDOG / STOPPING), and shuts down in order on
+//! SIGTERM or SIGINT: tasks drained, vault flushed and closed.
+
+use crate::audit::AuditDraft;
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Config;
+use crate::keys::{self, KeyError, MasterKey};
+use crate::vault::keyring::KeyringError;
+use crate::vault::{Txn, Vault, VaultError};
+use sd_notify::NotifyState;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{origin}: {source}")]
+    MasterKey {
+        origin: &'static str,
+        source: KeyError,
+    },
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("cannot create {path}: {source}")]
+    DevKeyDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot disable core dumps: {0}")]
+    Hardening(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("the audit log is damaged ({0}); the daemon will not extend a log it cannot vouch for. Run `clinic-relay audit verify` and restore from backup")]
+    AuditDamaged(String),
+    #[error("a start-up task failed: {0}")]
+    Join(String),
+}
+
+/// The vault as the service opens it, and the key to rotate to if the
+/// config names a previous master key that still opens the data.
+pub struct Opened {
+    pub vault: Vault,
+    pub rotate_to: Option<MasterKey>,
+}
+
+/// Reads the configured master key, creating the development key first if
+/// the config asks for one and it does not exist.
+pub fn load_master_key(config: &Config) -> Result<MasterKey, ServiceError> {
+    if config.keys.generate_dev_key {
+        if let Some(path) = &config.keys.master_key_file {
+            if !path.exists() {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|source| ServiceError::DevKeyDir {
+                        path: dir.to_owned(),
+                        source,
+                    })?;
+                }
+                MasterKey::generate()?.write_new_file(path)?;
+                warn!(
+                    key_file = %path.display(),
+                    "DEVELOPMENT MASTER KEY GENERATED: keys.generate_dev_key is on. \
+                     Never use this configuration with real patient data."
+                );
+            }
+        }
+    }
+    let path = keys::locate(config.keys.master_key_file.as_deref())?;
+    let origin = if config.keys.master_key_file.as_deref() == Some(path.as_path()) {
+        "keys.master_key_file"
+    } else {
+        "systemd credential master-key"
+    };
+    MasterKey::load_file(&path).map_err(|source| ServiceError::MasterKey { origin, source })
+}
+
+/// What `config check` says about the master key, or why it is unusable.
+pub fn check_master_key(config: &Config) -> Result<String, ServiceError> {
+    match &config.keys.master_key_file {
+        Some(path) if !path.exists() && config.keys.generate_dev_key => Ok(format!(
+            "development key will be generated at {} on first start",
+            path.display()
+        )),
+        Some(path) => MasterKey::load_file(path)
+            .map(|_| format!("key file {} readable, mode 0600", path.display()))
+            .map_err(|source| ServiceError::MasterKey {
+                origin: "keys.master_key_file",
+                source,
+            }),
+        None => Ok(format!(
+            "from the systemd credential `{}`",
+            keys::CREDENTIAL_NAME
+        )),
+    }
+}
+
+/// Opens the vault as configured (blocking).
+pub fn open_vault(config: &Config) -> Result<Opened, ServiceError> {
+    let mk = load_master_key(config)?;
+    let dir = &config.service.data_dir;
+    match Vault::open(dir, &mk) {
+        Ok(vault) => Ok(Opened {
+            vault,
+            rotate_to: None,
+        }),
+        Err(VaultError::Keyring(KeyringError::WrongMasterKey { .. }))
+            if config.keys.previous_master_key_file.is_some() =>
+        {
+            let prev_path = config
+                .keys
+                .previous_master_key_file
+                .as_deref()
+                .unwrap_or(dir);
+            let previous =
+                MasterKey::load_file(prev_path).map_err(|source| ServiceError::MasterKey {
+                    origin: "keys.previous_master_key_file",
+                    source,
+                })?;
+            let vault = Vault::open(dir, &previous)?;
+            Ok(Opened {
+                vault,
+                rotate_to: Some(mk),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Blocks the calling thread.
+pub fn run(config: Config) -> Result<(), ServiceError> {
+    crate::process::disable_core_dumps().map_err(ServiceError::Hardening)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("clinic-relay")
+        .enable_all()
+        .build()
+        .map_err(ServiceError::Runtime)?;
+    let grace = config.service.shutdown_timeout;
+    let result = runtime.block_on(serve(config, Arc::new(SystemClock)));
+    runtime.shutdown_timeout(grace);
+    result
+}
+
+fn notify(states: &[NotifyState]) {
+    // Outside systemd there is no NOTIFY_SOCKET and this is a no-op.
+    if let Err(e) = sd_notify::notify(false, states) {
+        warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// A task the service started, awaited by name at shutdown.
+struct Named {
+    name: &'static str,
+    handle: JoinHandle<()>,
+}
+
+pub async fn serve(config: Config, clock: SharedClock) -> Result<(), ServiceError> {
+    let cfg = config.clone();
+    let opened = tokio::task::spawn_blocking(move || open_vault(&cfg))
+        .await
+        .map_err(|e| ServiceError::Join(e.to_string()))??;
+    let vault = opened.vault;
+    if let Some(why) = vault.audit_damage() {
+        return Err(ServiceError::AuditDamaged(why));
+    }
+    let mut start = Txn::new(clock.now());
+    start.audit(AuditDraft::new("system", "service.start").detail("version", VERSION));
+    vault.commit_async(start).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks: Vec<Named> = Vec::new();
+
+    if opened.rotate_to.is_some() || vault.rotation_pending() {
+        tasks.push(Named {
+            name: "key-rotation",
+            handle: spawn_rotation(vault.clone(), opened.rotate_to, clock.clone()),
+        });
+    }
+
+    if let Some(period) = watchdog_period() {
+        tasks.push(Named {
+            name: "watchdog",
+            handle: tokio::spawn(watchdog(period / 2, stop_rx.clone())),
+        });
+    }
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(ServiceError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(ServiceError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(ServiceError::Signals)?;
+
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("serving; WhatsApp dry-run"),
+    ]);
+    info!(
+        version = VERSION,
+        data_dir = %config.service.data_dir.display(),
+        time_zone = %config.service.time_zone_name,
+        "clinic-relay ready"
+    );
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => { info!("SIGHUP: nothing to reload yet"); }
+        }
+    }
+
+    notify(&[NotifyState::Stopping, NotifyState::Status("shutting down")]);
+    let _ = stop_tx.send(true);
+    let deadline = tokio::time::Instant::now() + config.service.shutdown_timeout;
+    for task in tasks {
+        match tokio::time::timeout_at(deadline, task.handle).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(task = task.name, error = %e, "task ended abnormally"),
+            Err(_) => warn!(
+                task = task.name,
+                "task did not stop in time; it resumes on next start"
+            ),
+        }
+    }
+    let mut stop = Txn::new(clock.now());
+    stop.audit(AuditDraft::new("system", "service.stop"));
+    vault.commit_async(stop).await?;
+    tokio::task::spawn_blocking(move || vault.close())
+        .await
+        .map_err(|e| ServiceError::Join(e.to_string()))??;
+    info!("clinic-relay stopped");
+    Ok(())
+}
+
+/// The watchdog period systemd asked for, as `sd_watchdog_enabled(3)` reads
+/// it: `WATCHDOG_USEC`, unless `WATCHDOG_PID` names another process. (The
+/// sd-notify crate also requires `WATCHDOG_PID` to be present, which
+/// libsystemd does not.)
+fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+async fn watchdog(every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => notify(&[NotifyState::Watchdog]),
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn spawn_rotation(vault: Vault, to: Option<MasterKey>, clock: SharedClock) -> JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        info!("master key rotation: re-sealing data while serving");
+        let result = match &to {
+            Some(mk) => vault.rotate_master_key(mk),
+            None => vault.resume_rotation(),
+        };
+        match result {
+            Ok(report) => {
+                let mut txn = Txn::new(clock.now());
+                txn.audit(
+                    AuditDraft::new("system", "keys.rotate")
+                        .detail("resealed", report.resealed.to_string())
+                        .detail("keys_retired", report.keys_retired.to_string()),
+                );
+                if let Err(e) = vault.commit(txn) {
+                    error!(error = %e, "could not audit the key rotation");
+                }
+                info!(
+                    resealed = report.resealed,
+                    "master key rotation complete: remove keys.previous_master_key_file from the config"
+                );
+            }
+            Err(e) => error!(error = %e, "master key rotation stopped; it resumes on next start"),
+        }
+    })
+}

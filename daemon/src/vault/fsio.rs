@@ -1,0 +1,43 @@
+//! Durable file primitives: the few places outside sled where bytes must
+//! reach the disk before we say they did.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// fsyncs the directory holding `path`, so that a create or rename inside it
+/// survives a power cut.
+pub fn sync_parent_dir(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::File::open(parent)?.sync_all()
+}
+
+/// Replaces `path` with `bytes` atomically: write a sibling temp file, fsync
+/// it, rename it over the target, fsync the directory. A crash leaves either
+/// the old file or the new one, never a mix.
+pub fn replace_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_parent_dir(path)
+}
+
+/// Appends `bytes` to `path` and fsyncs before returning.
+pub fn append_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new().append(true).mode(0o600).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_data()
+}

@@ -1,0 +1,466 @@
+//! The keyring: every data key the vault uses, wrapped by a key derived from
+//! the master key, in one small file *beside* the sled folder.
+//!
+//! Why not in sled: sled is log-structured, so a deleted value lingers in old
+//! segments until compaction, and every copy of the folder keeps it. Patient
+//! keys live here instead: appended (and fsynced) when a patient is created,
+//! and the file is rewritten atomically without the erased entries when a
+//! patient is erased. A copy of the sled folder made before an erasure,
+//! opened with the current keyring, therefore cannot reveal that patient.
+//!
+//! The file is JSON lines: one `meta` line, then one `key` line per key.
+//! A torn last line (a crash during an append) is ignored: its key was never
+//! used, because nothing is sealed under a key before its line is fsynced.
+
+use super::fsio;
+use crate::keys::MasterKey;
+use crate::model::PatientId;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::hkdf;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+pub const KEYRING_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error("keyring file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("keyring file {path} is damaged at line {line}: {reason}. Restore it from the latest keyring copy next to your backups")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("the master key does not open the keyring {path}{hint}")]
+    WrongMasterKey { path: PathBuf, hint: &'static str },
+    #[error("the system random number generator failed")]
+    Rng,
+}
+
+/// Who a key belongs to. The string forms are what the file stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyOwner {
+    /// The root from which the stable purpose keys (blind index, audit MAC,
+    /// backups) are derived. It survives master key rotation unchanged.
+    Root,
+    /// Seals records that belong to no patient (audit entries, ledgers).
+    System,
+    Patient(PatientId),
+}
+
+impl KeyOwner {
+    fn label(&self) -> String {
+        match self {
+            KeyOwner::Root => "root".to_owned(),
+            KeyOwner::System => "system".to_owned(),
+            KeyOwner::Patient(p) => format!("patient:{}", p.to_hex()),
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "root" => Some(KeyOwner::Root),
+            "system" => Some(KeyOwner::System),
+            _ => s
+                .strip_prefix("patient:")
+                .and_then(PatientId::from_hex)
+                .map(KeyOwner::Patient),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    pub format: u32,
+    /// Key check value of the master key that wraps this file.
+    pub check: String,
+    /// The current key generation; rotation moves data to `generation`.
+    pub generation: u32,
+    /// Set while a rotation is re-sealing data from an older generation.
+    #[serde(default)]
+    pub rotating_from: Option<u32>,
+    /// Check value of the master key used before the last rotation, so that
+    /// starting with the old key gives a helpful message.
+    #[serde(default)]
+    pub previous_check: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+enum Line {
+    Meta(Meta),
+    Key(KeyLine),
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyLine {
+    handle: u64,
+    owner: String,
+    gen: u32,
+    wrapped: String,
+}
+
+pub struct KeyEntry {
+    pub handle: u64,
+    pub owner: KeyOwner,
+    pub gen: u32,
+    pub secret: Zeroizing<[u8; 32]>,
+}
+
+/// A wrapping key derived from one master key, with its check value.
+pub struct Wrapper {
+    kek: LessSafeKey,
+    pub check: String,
+}
+
+struct Len(usize);
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+const MK_SALT: &[u8] = b"clinic-relay master key v1";
+
+impl Wrapper {
+    pub fn new(mk: &MasterKey) -> Result<Self, KeyringError> {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, MK_SALT).extract(mk.expose());
+        let mut kek = Zeroizing::new([0u8; 32]);
+        prk.expand(&[b"keyring-wrap"], Len(32))
+            .and_then(|okm| okm.fill(kek.as_mut()))
+            .map_err(|_| KeyringError::Rng)?;
+        let mut check = [0u8; 16];
+        prk.expand(&[b"key-check"], Len(16))
+            .and_then(|okm| okm.fill(&mut check))
+            .map_err(|_| KeyringError::Rng)?;
+        let unbound = UnboundKey::new(&AES_256_GCM, kek.as_ref()).map_err(|_| KeyringError::Rng)?;
+        Ok(Self {
+            kek: LessSafeKey::new(unbound),
+            check: hex::encode(check),
+        })
+    }
+
+    fn aad(handle: u64, owner: &str, gen: u32) -> Vec<u8> {
+        let mut ad = b"clinic-relay keyring v1\0".to_vec();
+        ad.extend_from_slice(&handle.to_be_bytes());
+        ad.extend_from_slice(&gen.to_be_bytes());
+        ad.extend_from_slice(owner.as_bytes());
+        ad
+    }
+
+    fn wrap(&self, rng: &SystemRandom, e: &KeyEntry) -> Result<String, KeyringError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill(&mut nonce).map_err(|_| KeyringError::Rng)?;
+        let mut body = e.secret.to_vec();
+        self.kek
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(Self::aad(e.handle, &e.owner.label(), e.gen)),
+                &mut body,
+            )
+            .map_err(|_| KeyringError::Rng)?;
+        let mut out = hex::encode(nonce);
+        for b in &body {
+            let _ = write!(out, "{b:02x}");
+        }
+        Ok(out)
+    }
+
+    fn unwrap(&self, line: &KeyLine) -> Option<Zeroizing<[u8; 32]>> {
+        let mut raw = Zeroizing::new(hex::decode(&line.wrapped).ok()?);
+        if raw.len() != NONCE_LEN + 32 + 16 {
+            return None;
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(raw.get(..NONCE_LEN)?);
+        let body = raw.get_mut(NONCE_LEN..)?;
+        let plain = self
+            .kek
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(Self::aad(line.handle, &line.owner, line.gen)),
+                body,
+            )
+            .ok()?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(plain.get(..32)?);
+        Some(key)
+    }
+}
+
+/// The keyring file and its unwrapped contents. The vault keeps it behind a
+/// mutex: every change is a file operation that must be ordered.
+pub struct Keyring {
+    path: PathBuf,
+    wrapper: Wrapper,
+    pub meta: Meta,
+    entries: BTreeMap<u64, (KeyEntry, String)>,
+    rng: SystemRandom,
+}
+
+impl Keyring {
+    pub fn exists(path: &Path) -> bool {
+        path.exists()
+    }
+
+    /// Creates a new keyring with a fresh root and system key.
+    pub fn create(path: &Path, mk: &MasterKey) -> Result<Self, KeyringError> {
+        let wrapper = Wrapper::new(mk)?;
+        let mut ring = Self {
+            path: path.to_owned(),
+            meta: Meta {
+                format: KEYRING_FORMAT,
+                check: wrapper.check.clone(),
+                generation: 1,
+                rotating_from: None,
+                previous_check: None,
+            },
+            wrapper,
+            entries: BTreeMap::new(),
+            rng: SystemRandom::new(),
+        };
+        ring.insert_new(KeyOwner::Root, 0)?;
+        ring.insert_new(KeyOwner::System, 1)?;
+        ring.rewrite()?;
+        Ok(ring)
+    }
+
+    pub fn open(path: &Path, mk: &MasterKey) -> Result<Self, KeyringError> {
+        let io_err = |source| KeyringError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(io_err)?;
+        let wrapper = Wrapper::new(mk)?;
+        let corrupt = |line: usize, reason: &str| KeyringError::Corrupt {
+            path: path.to_owned(),
+            line,
+            reason: reason.to_owned(),
+        };
+        let complete = text.ends_with('\n');
+        let lines: Vec<&str> = text.lines().collect();
+        let mut meta: Option<Meta> = None;
+        let mut entries = BTreeMap::new();
+        for (i, raw) in lines.iter().enumerate() {
+            let is_torn_tail = i + 1 == lines.len() && !complete;
+            let parsed = match serde_json::from_str::<Line>(raw) {
+                Ok(l) => l,
+                Err(_) if is_torn_tail => break,
+                Err(_) => return Err(corrupt(i + 1, "not a keyring line")),
+            };
+            match parsed {
+                Line::Meta(m) if i == 0 => {
+                    if m.format != KEYRING_FORMAT {
+                        return Err(corrupt(1, "unknown keyring format"));
+                    }
+                    if m.check != wrapper.check {
+                        let hint = if m.previous_check.as_deref() == Some(wrapper.check.as_str()) {
+                            ": this is the key used before the last rotation; configure the new key"
+                        } else {
+                            ": is keys.master_key_file (or the master-key credential) the key this data directory was created with?"
+                        };
+                        return Err(KeyringError::WrongMasterKey {
+                            path: path.to_owned(),
+                            hint,
+                        });
+                    }
+                    meta = Some(m);
+                }
+                Line::Meta(_) => return Err(corrupt(i + 1, "a second meta line")),
+                Line::Key(k) => {
+                    if meta.is_none() {
+                        return Err(corrupt(i + 1, "key line before the meta line"));
+                    }
+                    let owner = KeyOwner::parse(&k.owner)
+                        .ok_or_else(|| corrupt(i + 1, "unknown key owner"))?;
+                    let secret = wrapper
+                        .unwrap(&k)
+                        .ok_or_else(|| corrupt(i + 1, "key does not unwrap (modified?)"))?;
+                    let entry = KeyEntry {
+                        handle: k.handle,
+                        owner,
+                        gen: k.gen,
+                        secret,
+                    };
+                    entries.insert(k.handle, (entry, k.wrapped));
+                }
+            }
+        }
+        let meta = meta.ok_or_else(|| corrupt(1, "missing meta line"))?;
+        let ring = Self {
+            path: path.to_owned(),
+            wrapper,
+            meta,
+            entries,
+            rng: SystemRandom::new(),
+        };
+        if ring.current(KeyOwner::Root).is_none() || ring.current(KeyOwner::System).is_none() {
+            return Err(corrupt(0, "root or system key missing"));
+        }
+        Ok(ring)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &KeyEntry> {
+        self.entries.values().map(|(e, _)| e)
+    }
+
+    /// The newest key of an owner (highest generation, then highest handle).
+    pub fn current(&self, owner: KeyOwner) -> Option<&KeyEntry> {
+        self.entries()
+            .filter(|e| e.owner == owner)
+            .max_by_key(|e| (e.gen, e.handle))
+    }
+
+    fn next_handle(&self) -> u64 {
+        self.entries.keys().next_back().map_or(1, |h| h + 1)
+    }
+
+    fn insert_new(
+        &mut self,
+        owner: KeyOwner,
+        gen: u32,
+    ) -> Result<(&KeyEntry, String), KeyringError> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        self.rng
+            .fill(secret.as_mut())
+            .map_err(|_| KeyringError::Rng)?;
+        let entry = KeyEntry {
+            handle: self.next_handle(),
+            owner,
+            gen,
+            secret,
+        };
+        let wrapped = self.wrapper.wrap(&self.rng, &entry)?;
+        let line = line_for(&entry, &wrapped);
+        let handle = entry.handle;
+        self.entries.insert(handle, (entry, wrapped));
+        let (e, _) = self
+            .entries
+            .get(&handle)
+            .ok_or_else(|| KeyringError::Corrupt {
+                path: self.path.clone(),
+                line: 0,
+                reason: "key vanished after insert".to_owned(),
+            })?;
+        Ok((e, line))
+    }
+
+    /// Adds a key for `owner` in the current generation and makes it durable
+    /// (append + fsync) before returning it.
+    pub fn add_durable(&mut self, owner: KeyOwner) -> Result<&KeyEntry, KeyringError> {
+        let gen = self.meta.generation;
+        let (entry, line) = self.insert_new(owner, gen)?;
+        let handle = entry.handle;
+        fsio::append_durably(&self.path, line.as_bytes()).map_err(|source| KeyringError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.entries
+            .get(&handle)
+            .map(|(e, _)| e)
+            .ok_or(KeyringError::Rng)
+    }
+
+    /// Drops every key of a patient and rewrites the file atomically.
+    /// Returns the handles that were destroyed.
+    pub fn erase(&mut self, patient: PatientId) -> Result<Vec<u64>, KeyringError> {
+        let gone: Vec<u64> = self
+            .entries()
+            .filter(|e| e.owner == KeyOwner::Patient(patient))
+            .map(|e| e.handle)
+            .collect();
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        for h in &gone {
+            self.entries.remove(h);
+        }
+        self.rewrite()?;
+        Ok(gone)
+    }
+
+    /// Serialises the whole keyring and replaces the file atomically.
+    pub fn rewrite(&self) -> Result<(), KeyringError> {
+        let mut out =
+            serde_json::to_string(&Line::Meta(self.meta.clone())).map_err(|_| KeyringError::Rng)?;
+        out.push('\n');
+        for (e, wrapped) in self.entries.values() {
+            out.push_str(&line_for(e, wrapped));
+        }
+        fsio::replace_atomically(&self.path, out.as_bytes()).map_err(|source| KeyringError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Starts a rotation: every key is re-wrapped under `new_mk`, a new
+    /// generation of system and patient keys is added, and the file is
+    /// replaced atomically. From here on only `new_mk` opens the keyring.
+    pub fn begin_rotation(&mut self, new_mk: &MasterKey) -> Result<(), KeyringError> {
+        let new_wrapper = Wrapper::new(new_mk)?;
+        let from = self.meta.generation;
+        let to = from + 1;
+        let owners: Vec<KeyOwner> = self
+            .entries()
+            .filter(|e| e.gen == from && e.owner != KeyOwner::Root)
+            .map(|e| e.owner)
+            .collect();
+        self.meta.previous_check = Some(std::mem::replace(
+            &mut self.meta.check,
+            new_wrapper.check.clone(),
+        ));
+        self.wrapper = new_wrapper;
+        self.meta.generation = to;
+        self.meta.rotating_from = Some(from);
+        for (e, wrapped) in self.entries.values_mut() {
+            *wrapped = self.wrapper.wrap(&self.rng, e)?;
+        }
+        for owner in owners {
+            self.insert_new(owner, to)?;
+        }
+        self.rewrite()
+    }
+
+    /// Ends a rotation once every record is sealed under the new generation:
+    /// the old generation's keys are dropped from the file.
+    pub fn finish_rotation(&mut self) -> Result<Vec<u64>, KeyringError> {
+        let Some(from) = self.meta.rotating_from else {
+            return Ok(Vec::new());
+        };
+        let gone: Vec<u64> = self
+            .entries()
+            .filter(|e| e.gen <= from && e.owner != KeyOwner::Root)
+            .map(|e| e.handle)
+            .collect();
+        for h in &gone {
+            self.entries.remove(h);
+        }
+        self.meta.rotating_from = None;
+        self.rewrite()?;
+        Ok(gone)
+    }
+}
+
+fn line_for(e: &KeyEntry, wrapped: &str) -> String {
+    let line = KeyLine {
+        handle: e.handle,
+        owner: e.owner.label(),
+        gen: e.gen,
+        wrapped: wrapped.to_owned(),
+    };
+    let mut s = serde_json::to_string(&Line::Key(line)).unwrap_or_default();
+    s.push('\n');
+    s
+}

@@ -1,0 +1,754 @@
+//! The vault: the only code that touches sled.
+//!
+//! Every value is sealed (AES-256-GCM, see [`seal`]) under a key from the
+//! keyring: the patient's own data key for anything that belongs to a
+//! patient, the system key otherwise. Lookup keys that would reveal PHI are
+//! blind indexes (HMAC-SHA256). A [`Txn`] gathers puts, removes and audit
+//! entries; [`Vault::commit`] applies them in one sled transaction and returns
+//! only once they are on disk, sharing each fsync among concurrent
+//! committers (group commit).
+//!
+//! On-disk layout of a data directory:
+//!
+//! ```text
+//! lock       flock'ed by the process that has the vault open
+//! keyring    wrapped data keys (see keyring.rs for why it is not in sled)
+//! store/     sled
+//! ```
+
+pub mod fsio;
+mod group_commit;
+pub mod keyring;
+mod patients;
+mod rotate;
+pub mod seal;
+mod store;
+
+pub use rotate::RotationReport;
+pub use store::Tree;
+
+use crate::audit::{self, AuditDraft, AuditEntry, AuditFault, AuditHead, StoredEntry};
+use crate::keys::MasterKey;
+use crate::model::PatientId;
+use group_commit::{FlushError, GroupCommit};
+use jiff::Timestamp;
+use keyring::{KeyOwner, Keyring, KeyringError};
+use ring::hkdf;
+use ring::hmac;
+use ring::rand::SystemRandom;
+use seal::{DataKey, SealError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use store::{SledStore, Store, Write};
+use zeroize::Zeroizing;
+
+const AUDIT_HEAD_KEY: &[u8] = b"head";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("a record in {tree} is damaged: {source}")]
+    Damaged {
+        tree: &'static str,
+        source: SealError,
+    },
+    #[error("a record in {tree} is sealed with key {handle}, which the keyring no longer holds (the patient was erased, or this is not the keyring of this data)")]
+    KeyUnavailable { tree: &'static str, handle: u64 },
+    #[error(
+        "a record in {tree} does not decode: {category} error at line {line}, column {column}"
+    )]
+    Decode {
+        tree: &'static str,
+        category: &'static str,
+        line: usize,
+        column: usize,
+    },
+    #[error("no data key for patient {0}: create the patient before storing their records")]
+    NoPatientKey(PatientId),
+    #[error("storage engine: {0}")]
+    Store(#[from] sled::Error),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error("data directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data directory {0} is in use by another clinic-relay process (its lock file is held); stop it first")]
+    Locked(PathBuf),
+    #[error("data directory {0} has stored data but no keyring: restore the keyring from the copy next to your backups; refusing to create a new one")]
+    KeyringMissing(PathBuf),
+    #[error(
+        "the audit log is damaged ({0}); run `clinic-relay audit verify` and restore from backup"
+    )]
+    AuditDamaged(String),
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditFault),
+    #[error("durability: {0}")]
+    Flush(#[from] FlushError),
+    #[error("a record could not be encoded")]
+    Encode,
+    #[error("the system random number generator failed")]
+    Rng,
+}
+
+impl VaultError {
+    fn decode(tree: Tree, e: &serde_json::Error) -> Self {
+        // Never include serde's message: it quotes the offending input, which
+        // may be PHI. Category and position are enough to find the bug.
+        let category = match e.classify() {
+            serde_json::error::Category::Io => "io",
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "data",
+            serde_json::error::Category::Eof => "eof",
+        };
+        VaultError::Decode {
+            tree: tree.name(),
+            category,
+            line: e.line(),
+            column: e.column(),
+        }
+    }
+}
+
+pub type VaultResult<T> = Result<T, VaultError>;
+
+/// Who a record belongs to, which decides the key that seals it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    System,
+    Patient(PatientId),
+}
+
+/// A value waiting to be sealed: tree, record key, owner, plaintext.
+type PendingPut = (Tree, Vec<u8>, Owner, Zeroizing<Vec<u8>>);
+
+/// The set of changes one commit applies atomically.
+pub struct Txn {
+    time: Timestamp,
+    puts: Vec<PendingPut>,
+    removes: Vec<(Tree, Vec<u8>)>,
+    audits: Vec<AuditDraft>,
+}
+
+impl Txn {
+    pub fn new(now: Timestamp) -> Self {
+        Self {
+            time: now,
+            puts: Vec::new(),
+            removes: Vec::new(),
+            audits: Vec::new(),
+        }
+    }
+
+    pub fn put(&mut self, tree: Tree, key: impl Into<Vec<u8>>, owner: Owner, plaintext: Vec<u8>) {
+        self.puts
+            .push((tree, key.into(), owner, Zeroizing::new(plaintext)));
+    }
+
+    pub fn put_json<T: Serialize>(
+        &mut self,
+        tree: Tree,
+        key: impl Into<Vec<u8>>,
+        owner: Owner,
+        value: &T,
+    ) -> VaultResult<()> {
+        let bytes = serde_json::to_vec(value).map_err(|_| VaultError::Encode)?;
+        self.put(tree, key, owner, bytes);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, tree: Tree, key: impl Into<Vec<u8>>) {
+        self.removes.push((tree, key.into()));
+    }
+
+    pub fn audit(&mut self, draft: AuditDraft) {
+        self.audits.push(draft);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.removes.is_empty() && self.audits.is_empty()
+    }
+}
+
+/// What a commit reports back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The seq of the last audit entry this commit wrote, if any.
+    pub audit_seq: Option<u64>,
+}
+
+/// A data key with what the keyring says about it.
+struct ViewKey {
+    key: DataKey,
+    owner: KeyOwner,
+    gen: u32,
+}
+
+/// The unwrapped keys, arranged for the hot path.
+struct KeyView {
+    by_handle: HashMap<u64, Arc<ViewKey>>,
+    current: HashMap<KeyOwner, Arc<ViewKey>>,
+}
+
+impl KeyView {
+    fn build(ring: &Keyring) -> VaultResult<Self> {
+        let mut view = KeyView {
+            by_handle: HashMap::new(),
+            current: HashMap::new(),
+        };
+        for e in ring.entries().filter(|e| e.owner != KeyOwner::Root) {
+            view.add(e)?;
+        }
+        Ok(view)
+    }
+
+    fn add(&mut self, e: &keyring::KeyEntry) -> VaultResult<()> {
+        let vk = Arc::new(ViewKey {
+            key: DataKey::new(e.handle, &e.secret).map_err(|_| VaultError::Rng)?,
+            owner: e.owner,
+            gen: e.gen,
+        });
+        let newer = self
+            .current
+            .get(&e.owner)
+            .is_none_or(|cur| (cur.gen, cur.key.handle) < (e.gen, e.handle));
+        if newer {
+            self.current.insert(e.owner, vk.clone());
+        }
+        self.by_handle.insert(e.handle, vk);
+        Ok(())
+    }
+}
+
+/// Keys derived from the keyring's root: stable across master key rotation,
+/// so blind indexes and the audit chain's MAC never change.
+struct PurposeKeys {
+    index: hmac::Key,
+    audit: hmac::Key,
+    backup: Zeroizing<[u8; 32]>,
+}
+
+impl PurposeKeys {
+    fn derive(root: &[u8; 32]) -> VaultResult<Self> {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"clinic-relay purpose keys v1").extract(root);
+        let hmac_key = |info: &'static [u8]| -> VaultResult<hmac::Key> {
+            prk.expand(&[info], hmac::HMAC_SHA256)
+                .map(hmac::Key::from)
+                .map_err(|_| VaultError::Rng)
+        };
+        let mut backup = Zeroizing::new([0u8; 32]);
+        prk.expand(&[b"backup"], hmac::HMAC_SHA256)
+            .and_then(|okm| okm.fill(backup.as_mut()))
+            .map_err(|_| VaultError::Rng)?;
+        Ok(Self {
+            index: hmac_key(b"blind-index")?,
+            audit: hmac_key(b"audit-mac")?,
+            backup,
+        })
+    }
+}
+
+/// Where the audit chain ends, advanced under the commit lock.
+struct ChainState {
+    seq: u64,
+    hash: String,
+    /// Set when the head checkpoint does not open or match at start: no new
+    /// entry may be chained onto a log we cannot vouch for.
+    damage: Option<String>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    store: SledStore,
+    keys: RwLock<KeyView>,
+    keyring: Mutex<Keyring>,
+    /// Serialises the apply step of commits (microseconds; the fsync happens
+    /// outside it) so that audit seqs are dense and ordered.
+    commit_lock: Mutex<ChainState>,
+    flusher: GroupCommit,
+    purpose: PurposeKeys,
+    rng: SystemRandom,
+    _lock: fs::File,
+}
+
+/// A handle to an open vault. Cheap to clone; all clones share one store.
+#[derive(Clone)]
+pub struct Vault {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn keyring_path(dir: &Path) -> PathBuf {
+    dir.join("keyring")
+}
+
+pub fn store_path(dir: &Path) -> PathBuf {
+    dir.join("store")
+}
+
+fn take_lock(dir: &Path) -> VaultResult<fs::File> {
+    use rustix::fs::{flock, FlockOperation};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| VaultError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    flock(&file, FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| VaultError::Locked(dir.to_owned()))?;
+    Ok(file)
+}
+
+impl Vault {
+    /// Opens (or creates) the vault in `dir` with the master key.
+    pub fn open(dir: &Path, mk: &MasterKey) -> VaultResult<Self> {
+        let io_err = |source| VaultError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+        }
+        let lock = take_lock(dir)?;
+        let ring_path = keyring_path(dir);
+        let had_store = store_path(dir).exists();
+        let keyring = if Keyring::exists(&ring_path) {
+            Keyring::open(&ring_path, mk)?
+        } else if had_store {
+            return Err(VaultError::KeyringMissing(dir.to_owned()));
+        } else {
+            Keyring::create(&ring_path, mk)?
+        };
+        let store = SledStore::open(&store_path(dir))?;
+        let root = keyring
+            .current(KeyOwner::Root)
+            .map(|e| e.secret.clone())
+            .ok_or(VaultError::Rng)?;
+        let purpose = PurposeKeys::derive(&root)?;
+        let view = KeyView::build(&keyring)?;
+        let flush_store = SledStore::flush_handle(&store);
+        let flusher =
+            GroupCommit::start(move || flush_store.flush().map(|_| ()).map_err(|e| e.to_string()))
+                .map_err(io_err)?;
+        let vault = Vault {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                store,
+                keys: RwLock::new(view),
+                keyring: Mutex::new(keyring),
+                commit_lock: Mutex::new(ChainState {
+                    seq: 0,
+                    hash: audit::GENESIS_HASH.to_owned(),
+                    damage: None,
+                }),
+                flusher,
+                purpose,
+                rng: SystemRandom::new(),
+                _lock: lock,
+            }),
+        };
+        vault.load_chain_state()?;
+        vault.reconcile_erasures()?;
+        Ok(vault)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Flushes, stops the flusher and releases the store. Other clones of
+    /// this handle keep working until dropped; the lock is released when the
+    /// last one goes.
+    pub fn close(self) -> VaultResult<()> {
+        self.inner.store.flush()?;
+        self.inner.flusher.stop();
+        Ok(())
+    }
+
+    // ---- keys -------------------------------------------------------------
+
+    /// The blind index of `value` in `domain`: HMAC-SHA256 under the index key.
+    pub fn blind_index(&self, domain: &str, value: &str) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.inner.purpose.index);
+        ctx.update(domain.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(value.as_bytes());
+        let tag = ctx.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    pub(crate) fn audit_key(&self) -> &hmac::Key {
+        &self.inner.purpose.audit
+    }
+
+    /// The key backups are sealed with (stable across master key rotation).
+    pub fn backup_key(&self) -> &[u8; 32] {
+        &self.inner.purpose.backup
+    }
+
+    pub fn has_patient_key(&self, id: PatientId) -> bool {
+        crate::sync::read(&self.inner.keys)
+            .current
+            .contains_key(&KeyOwner::Patient(id))
+    }
+
+    /// Makes sure the patient has a data key, creating it durably (keyring
+    /// append + fsync) if needed. Must precede the first record of a patient.
+    pub fn ensure_patient_key(&self, id: PatientId) -> VaultResult<()> {
+        if self.has_patient_key(id) {
+            return Ok(());
+        }
+        let mut ring = crate::sync::lock(&self.inner.keyring);
+        if self.has_patient_key(id) {
+            return Ok(());
+        }
+        let entry = ring.add_durable(KeyOwner::Patient(id))?;
+        crate::sync::write(&self.inner.keys).add(entry)
+    }
+
+    fn sealing_key(&self, owner: Owner) -> VaultResult<Arc<ViewKey>> {
+        let kind = match owner {
+            Owner::System => KeyOwner::System,
+            Owner::Patient(p) => KeyOwner::Patient(p),
+        };
+        crate::sync::read(&self.inner.keys)
+            .current
+            .get(&kind)
+            .cloned()
+            .ok_or(match owner {
+                Owner::Patient(p) => VaultError::NoPatientKey(p),
+                Owner::System => VaultError::Rng,
+            })
+    }
+
+    fn seal_value(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        owner: Owner,
+        plain: &[u8],
+    ) -> VaultResult<Vec<u8>> {
+        let vk = self.sealing_key(owner)?;
+        seal::seal(&vk.key, &self.inner.rng, tree.name(), key, plain).map_err(|source| {
+            VaultError::Damaged {
+                tree: tree.name(),
+                source,
+            }
+        })
+    }
+
+    fn open_value(&self, tree: Tree, key: &[u8], sealed: &[u8]) -> VaultResult<Vec<u8>> {
+        let damaged = |source| VaultError::Damaged {
+            tree: tree.name(),
+            source,
+        };
+        let handle = seal::handle_of(sealed).map_err(damaged)?;
+        let vk = crate::sync::read(&self.inner.keys)
+            .by_handle
+            .get(&handle)
+            .cloned()
+            .ok_or(VaultError::KeyUnavailable {
+                tree: tree.name(),
+                handle,
+            })?;
+        seal::open(&vk.key, tree.name(), key, sealed).map_err(damaged)
+    }
+
+    // ---- reads ------------------------------------------------------------
+
+    /// Reads and opens one record.
+    pub fn get(&self, tree: Tree, key: &[u8]) -> VaultResult<Option<Vec<u8>>> {
+        match self.inner.store.get(tree, key)? {
+            None => Ok(None),
+            Some(sealed) => self.open_value(tree, key, sealed.as_ref()).map(Some),
+        }
+    }
+
+    pub fn get_json<T: DeserializeOwned>(&self, tree: Tree, key: &[u8]) -> VaultResult<Option<T>> {
+        match self.get(tree, key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| VaultError::decode(tree, &e)),
+        }
+    }
+
+    /// Records of `tree` whose key starts with `prefix`, in key order, opened.
+    pub fn scan_prefix<'a>(
+        &'a self,
+        tree: Tree,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = VaultResult<(Vec<u8>, Vec<u8>)>> + 'a {
+        self.inner
+            .store
+            .scan_from(tree, prefix)
+            .take_while(move |r| {
+                r.as_ref()
+                    .map_or(true, |(k, _)| k.as_ref().starts_with(prefix))
+            })
+            .map(move |r| {
+                let (k, v) = r?;
+                let plain = self.open_value(tree, k.as_ref(), v.as_ref())?;
+                Ok((k.as_ref().to_vec(), plain))
+            })
+    }
+
+    /// The number of records in a tree.
+    pub fn count(&self, tree: Tree) -> usize {
+        self.inner.store.len(tree)
+    }
+
+    // ---- writes -----------------------------------------------------------
+
+    /// Seals the txn's values and applies everything in one transaction,
+    /// chaining its audit entries. Does not wait for durability.
+    fn apply(&self, txn: Txn) -> VaultResult<Receipt> {
+        let mut writes =
+            Vec::with_capacity(txn.puts.len() + txn.removes.len() + txn.audits.len() + 1);
+        // Seal outside the commit lock: it is the CPU-heavy part.
+        for (tree, key, owner, plain) in &txn.puts {
+            let value = self.seal_value(*tree, key, *owner, plain)?;
+            writes.push(Write::Put {
+                tree: *tree,
+                key: key.clone(),
+                value,
+            });
+        }
+        for (tree, key) in txn.removes {
+            writes.push(Write::Remove { tree, key });
+        }
+        let mut chain = crate::sync::lock(&self.inner.commit_lock);
+        let mut receipt = Receipt { audit_seq: None };
+        let (mut seq, mut hash) = (chain.seq, chain.hash.clone());
+        if !txn.audits.is_empty() {
+            if let Some(why) = &chain.damage {
+                return Err(VaultError::AuditDamaged(why.clone()));
+            }
+            for draft in txn.audits {
+                let entry = AuditEntry::chain(seq, &hash, txn.time, draft);
+                let key = entry.seq.to_be_bytes().to_vec();
+                let json = serde_json::to_vec(&entry).map_err(|_| VaultError::Encode)?;
+                let value = self.seal_value(Tree::Audit, &key, Owner::System, &json)?;
+                writes.push(Write::Put {
+                    tree: Tree::Audit,
+                    key,
+                    value,
+                });
+                seq = entry.seq;
+                hash = entry.hash;
+            }
+            let head = AuditHead::new(&self.inner.purpose.audit, seq, &hash);
+            let json = serde_json::to_vec(&head).map_err(|_| VaultError::Encode)?;
+            let value = self.seal_value(Tree::AuditHead, AUDIT_HEAD_KEY, Owner::System, &json)?;
+            writes.push(Write::Put {
+                tree: Tree::AuditHead,
+                key: AUDIT_HEAD_KEY.to_vec(),
+                value,
+            });
+            receipt.audit_seq = Some(seq);
+        }
+        self.inner.store.apply(&writes)?;
+        chain.seq = seq;
+        chain.hash = hash;
+        Ok(receipt)
+    }
+
+    /// Commits `txn` and returns once it is durable. Blocks the thread: from
+    /// async code use [`Vault::commit_async`].
+    pub fn commit(&self, txn: Txn) -> VaultResult<Receipt> {
+        let receipt = self.apply(txn)?;
+        self.inner.flusher.wait_durable()?;
+        Ok(receipt)
+    }
+
+    /// Commits `txn` and resolves once it is durable.
+    pub async fn commit_async(&self, txn: Txn) -> VaultResult<Receipt> {
+        let receipt = self.apply(txn)?;
+        self.inner.flusher.durable().await?;
+        Ok(receipt)
+    }
+
+    /// Applies `txn` without waiting for the disk; a later durable commit or
+    /// [`Vault::flush`] covers it. For bulk work that acknowledges nothing
+    /// until it flushes (benchmarks, rotation, imports).
+    pub fn commit_unflushed(&self, txn: Txn) -> VaultResult<Receipt> {
+        self.apply(txn)
+    }
+
+    /// Waits until everything applied so far is durable.
+    pub fn flush(&self) -> VaultResult<()> {
+        Ok(self.inner.flusher.wait_durable()?)
+    }
+
+    // ---- audit ------------------------------------------------------------
+
+    fn read_head(&self) -> Result<Option<AuditHead>, String> {
+        match self.get_json::<AuditHead>(Tree::AuditHead, AUDIT_HEAD_KEY) {
+            Ok(h) => Ok(h),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn load_chain_state(&self) -> VaultResult<()> {
+        let mut chain = crate::sync::lock(&self.inner.commit_lock);
+        match self.read_head() {
+            Ok(None) if self.inner.store.len(Tree::Audit) == 0 => {}
+            Ok(None) => chain.damage = Some("head checkpoint missing".to_owned()),
+            Err(e) => chain.damage = Some(format!("head checkpoint unreadable: {e}")),
+            Ok(Some(head)) => {
+                let last_matches = self
+                    .inner
+                    .store
+                    .last(Tree::Audit)?
+                    .map(|(k, _)| k.as_ref() == head.seq.to_be_bytes())
+                    .unwrap_or(false);
+                if !head.is_authentic(&self.inner.purpose.audit) {
+                    chain.damage = Some("head checkpoint MAC invalid".to_owned());
+                } else if !last_matches {
+                    chain.damage = Some(format!(
+                        "head checkpoint says {} but the log ends elsewhere",
+                        head.seq
+                    ));
+                } else {
+                    chain.seq = head.seq;
+                    chain.hash = head.hash;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the audit chain cannot be extended, if it cannot.
+    pub fn audit_damage(&self) -> Option<String> {
+        crate::sync::lock(&self.inner.commit_lock).damage.clone()
+    }
+
+    /// The seq of the last audit entry.
+    pub fn audit_seq(&self) -> u64 {
+        crate::sync::lock(&self.inner.commit_lock).seq
+    }
+
+    /// Every stored audit entry from `from_seq` on, in order, opened where possible.
+    pub fn audit_entries(&self, from_seq: u64) -> impl Iterator<Item = StoredEntry> + '_ {
+        self.inner
+            .store
+            .scan_from(Tree::Audit, &from_seq.to_be_bytes())
+            .map(move |r| match r {
+                Err(e) => (u64::MAX, Err(e.to_string())),
+                Ok((k, v)) => {
+                    let Ok(seq_bytes) = <[u8; 8]>::try_from(k.as_ref()) else {
+                        return (u64::MAX, Err("malformed key".to_owned()));
+                    };
+                    let seq = u64::from_be_bytes(seq_bytes);
+                    let entry = self
+                        .open_value(Tree::Audit, k.as_ref(), v.as_ref())
+                        .map_err(|e| e.to_string())
+                        .and_then(|plain| {
+                            serde_json::from_slice::<AuditEntry>(&plain)
+                                .map_err(|_| "not an audit entry".to_owned())
+                        });
+                    (seq, entry)
+                }
+            })
+    }
+
+    /// Checks the whole chain against the MAC'd head. Returns the entry count.
+    pub fn verify_audit(&self) -> VaultResult<u64> {
+        let head = match self.read_head() {
+            Ok(h) => h,
+            Err(_) => {
+                return Err(AuditFault::HeadMissing.into());
+            }
+        };
+        Ok(audit::verify(
+            self.audit_entries(1),
+            head,
+            self.audit_key(),
+        )?)
+    }
+
+    // ---- erasure ----------------------------------------------------------
+
+    /// Destroys a patient's data keys. Callers record the erasure (ledger and
+    /// audit entry, durably) first; [`Vault::reconcile_erasures`] finishes the
+    /// job after a crash between the two.
+    fn destroy_patient_keys(&self, id: PatientId) -> VaultResult<Vec<u64>> {
+        let mut ring = crate::sync::lock(&self.inner.keyring);
+        let gone = ring.erase(id)?;
+        let mut view = crate::sync::write(&self.inner.keys);
+        view.current.remove(&KeyOwner::Patient(id));
+        for h in &gone {
+            view.by_handle.remove(h);
+        }
+        Ok(gone)
+    }
+
+    /// Destroys the keys of every patient in the erasure ledger that still
+    /// has some (a crash after the ledger entry, before the key went).
+    fn reconcile_erasures(&self) -> VaultResult<()> {
+        let erased: Vec<PatientId> = self
+            .inner
+            .store
+            .scan_from(Tree::Erasures, &[])
+            .filter_map(|r| r.ok())
+            .filter_map(|(k, _)| <[u8; 16]>::try_from(k.as_ref()).ok().map(PatientId))
+            .filter(|id| self.has_patient_key(*id))
+            .collect();
+        for id in erased {
+            self.destroy_patient_keys(id)?;
+        }
+        Ok(())
+    }
+
+    /// Pseudonymous ids of erased patients, with the time of erasure.
+    pub fn erasure_ledger(&self) -> VaultResult<Vec<(PatientId, Timestamp)>> {
+        self.scan_prefix(Tree::Erasures, &[])
+            .map(|r| {
+                let (k, v) = r?;
+                let id = <[u8; 16]>::try_from(k.as_slice())
+                    .map(PatientId)
+                    .map_err(|_| VaultError::Encode)?;
+                let at: Timestamp = serde_json::from_slice(&v)
+                    .map_err(|e| VaultError::decode(Tree::Erasures, &e))?;
+                Ok((id, at))
+            })
+            .collect()
+    }
+}
+
+impl SledStore {
+    /// A second handle on the same database for the flusher thread.
+    fn flush_handle(store: &SledStore) -> FlushHandle {
+        FlushHandle(store.db_clone())
+    }
+}
+
+struct FlushHandle(sled::Db);
+
+impl FlushHandle {
+    fn flush(&self) -> sled::Result<usize> {
+        self.0.flush()
+    }
+}

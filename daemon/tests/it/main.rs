@@ -1,0 +1,13 @@
+//! The one integration-test binary (DESIGN.md: every file directly in
+//! `tests/` links a separate binary, which is slow on a 2-core machine).
+
+mod support;
+
+mod audit_tamper;
+mod config_cli;
+mod serve_notify;
+mod vault_crash;
+mod vault_crypto;
+mod vault_erasure;
+mod vault_privacy;
+mod vault_rotation;

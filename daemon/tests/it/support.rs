@@ -1,0 +1,197 @@
+//! Shared test helpers: data directories, synthetic patients with marker
+//! values, a byte scanner for markers, and running the real binary.
+
+#![allow(dead_code)]
+
+use clinic_relay::keys::MasterKey;
+use clinic_relay::model::{Patient, PatientId};
+use clinic_relay::vault::Vault;
+use jiff::Timestamp;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_clinic-relay");
+
+pub fn t0() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+pub fn key(byte: u8) -> MasterKey {
+    MasterKey::from_bytes([byte; 32])
+}
+
+pub fn open(dir: &Path, mk: &MasterKey) -> Vault {
+    Vault::open(dir, mk).unwrap()
+}
+
+/// A synthetic patient whose every PHI field carries `tag`, so a scan can
+/// look for each of them. Obviously fake: ZZMARK names, a 1901 birth date.
+pub fn marker_patient(vault: &Vault, tag: &str) -> Patient {
+    let mrn = format!("ZZMARKMRN{tag}");
+    Patient {
+        id: vault.patient_id_for_mrn("TESTHOSP", &mrn),
+        mrn,
+        family_name: format!("ZZMARKFAMILY{tag}"),
+        given_name: format!("ZZMARKGIVEN{tag}"),
+        birth_date: Some(jiff::civil::date(1901, 2, 3)),
+        phone: Some(format!("+49155501{tag:0>5}")),
+        language: Some("de".to_owned()),
+        deceased: false,
+        protected: false,
+    }
+}
+
+/// The strings a scan looks for for a patient: every PHI field.
+pub fn markers(p: &Patient) -> Vec<String> {
+    vec![
+        p.mrn.clone(),
+        p.family_name.clone(),
+        p.given_name.clone(),
+        p.phone.clone().unwrap(),
+        "1901-02-03".to_owned(),
+    ]
+}
+
+/// Every encoding of `marker` a careless implementation might leave behind.
+fn encodings(marker: &str) -> Vec<Vec<u8>> {
+    let utf16le: Vec<u8> = marker
+        .encode_utf16()
+        .flat_map(|u| u.to_le_bytes())
+        .collect();
+    let utf16be: Vec<u8> = marker
+        .encode_utf16()
+        .flat_map(|u| u.to_be_bytes())
+        .collect();
+    vec![
+        marker.as_bytes().to_vec(),
+        utf16le,
+        utf16be,
+        hex::encode(marker).into_bytes(),
+        hex::encode_upper(marker).into_bytes(),
+    ]
+}
+
+/// Searches `haystack` for every encoding of every marker; returns the hits.
+pub fn find_markers(haystack: &[u8], markers: &[String]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for m in markers {
+        for enc in encodings(m) {
+            if haystack.windows(enc.len()).any(|w| w == enc.as_slice()) {
+                hits.push(format!("{m} ({} bytes form)", enc.len()));
+            }
+        }
+    }
+    hits
+}
+
+/// Every regular file below `dir`.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Scans every byte of every file below `dir`; returns "file: marker" hits.
+pub fn scan_dir(dir: &Path, markers: &[String]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for file in files_below(dir) {
+        let bytes = std::fs::read(&file).unwrap();
+        for h in find_markers(&bytes, markers) {
+            hits.push(format!("{}: {h}", file.display()));
+        }
+    }
+    hits
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Writes a config for a test data directory and a 0600 key file.
+pub struct TestInstall {
+    pub tmp: tempfile::TempDir,
+    pub config: PathBuf,
+    pub data: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl TestInstall {
+    pub fn new(extra: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let key_file = tmp.path().join("master.key");
+        MasterKey::generate()
+            .unwrap()
+            .write_new_file(&key_file)
+            .unwrap();
+        let config = tmp.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[service]\ndata_dir = \"data\"\ntime_zone = \"Europe/Berlin\"\n\n\
+                 [keys]\nmaster_key_file = \"master.key\"\n\n\
+                 [log]\nformat = \"text\"\nlevel = \"debug\"\n\n\
+                 [api]\nsocket = \"api.sock\"\n\n{extra}"
+            ),
+        )
+        .unwrap();
+        Self {
+            tmp,
+            config,
+            data,
+            key_file,
+        }
+    }
+
+    pub fn master_key(&self) -> MasterKey {
+        MasterKey::load_file(&self.key_file).unwrap()
+    }
+
+    pub fn open(&self) -> Vault {
+        Vault::open(&self.data, &self.master_key()).unwrap()
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .unwrap()
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn pid(n: u64) -> PatientId {
+    let mut b = [0u8; 16];
+    b[8..].copy_from_slice(&n.to_be_bytes());
+    PatientId(b)
+}

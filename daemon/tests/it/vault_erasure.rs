@@ -1,0 +1,77 @@
+//! Invariant 4: erasing a patient destroys their data key, so nothing of
+//! theirs opens afterwards, even from a copy of the store taken before.
+
+use crate::support::*;
+use clinic_relay::vault::{keyring_path, store_path, Tree, VaultError};
+
+#[test]
+fn erased_patient_is_unreadable_also_in_an_older_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mk = key(7);
+    let vault = open(&dir, &mk);
+    let a = marker_patient(&vault, "A");
+    let b = marker_patient(&vault, "B");
+    vault.put_patient(&a, "test", t0()).unwrap();
+    vault.put_patient(&b, "test", t0()).unwrap();
+    vault.close().unwrap();
+
+    // The copy an attacker (or an old backup) holds.
+    let before = tmp.path().join("before");
+    copy_dir(&store_path(&dir), &store_path(&before));
+
+    let vault = open(&dir, &mk);
+    assert!(vault.erase_patient(a.id, "privacy-officer", t0()).unwrap());
+    assert!(
+        !vault.erase_patient(a.id, "privacy-officer", t0()).unwrap(),
+        "second erasure is a no-op"
+    );
+    assert_eq!(vault.get_patient(a.id).unwrap(), None);
+    assert!(vault.find_patients_by_mrn(&a.mrn).unwrap().is_empty());
+    assert_eq!(vault.get_patient(b.id).unwrap().as_ref(), Some(&b));
+    let ledger = vault.erasure_ledger().unwrap();
+    assert_eq!(ledger, vec![(a.id, t0())]);
+    let erase_entry = vault
+        .audit_entries(1)
+        .map(|(_, e)| e.unwrap())
+        .find(|e| e.action == "patient.erase")
+        .unwrap();
+    assert_eq!(
+        erase_entry.subject.as_deref(),
+        Some(a.id.to_string().as_str())
+    );
+    vault.close().unwrap();
+
+    // Old store + current keyring: a is gone for good, b still opens.
+    std::fs::copy(keyring_path(&dir), keyring_path(&before)).unwrap();
+    let old = open(&before, &mk);
+    match old.get_patient(a.id) {
+        Err(VaultError::KeyUnavailable { tree, .. }) => assert_eq!(tree, Tree::Patients.name()),
+        other => panic!("erased patient readable from an old copy: {other:?}"),
+    }
+    assert!(matches!(
+        old.find_patients_by_mrn(&a.mrn),
+        Err(VaultError::KeyUnavailable { .. })
+    ));
+    assert_eq!(old.get_patient(b.id).unwrap().as_ref(), Some(&b));
+}
+
+#[test]
+fn the_keyring_file_itself_forgets_the_erased_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mk = key(7);
+    let vault = open(tmp.path(), &mk);
+    let a = marker_patient(&vault, "A");
+    vault.put_patient(&a, "test", t0()).unwrap();
+    let text = std::fs::read_to_string(keyring_path(tmp.path())).unwrap();
+    let label = format!("patient:{}", a.id.to_hex());
+    assert!(text.contains(&label));
+    vault.erase_patient(a.id, "test", t0()).unwrap();
+    let text = std::fs::read_to_string(keyring_path(tmp.path())).unwrap();
+    assert!(
+        !text.contains(&label),
+        "the erased key's line must be gone from the file"
+    );
+    // A stale temp file of the rewrite must not linger either.
+    assert!(!keyring_path(tmp.path()).with_extension("tmp").exists());
+}
