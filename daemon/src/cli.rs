@@ -90,8 +90,11 @@ fn load_config(path: &Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| e.to_string())
 }
 
+/// Opens an existing vault for an offline command. These decrypt data too,
+/// so they get the same protection as the daemon: no core dumps.
 fn open_offline(config: &Config) -> Result<Vault, String> {
-    let opened = service::open_vault(config).map_err(|e| e.to_string())?;
+    crate::process::disable_core_dumps().map_err(|e| format!("cannot disable core dumps: {e}"))?;
+    let opened = service::open_existing_vault(config).map_err(|e| e.to_string())?;
     Ok(opened.vault)
 }
 
@@ -106,7 +109,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             let config = load_config(&cli.config)?;
             let key = service::check_master_key(&config).map_err(|e| e.to_string())?;
             println!(
-                "{}: OK (data in {}, time zone {}, master key {})",
+                "{}: OK (data in {}, time zone {}; {})",
                 config.path.display(),
                 config.service.data_dir.display(),
                 config.service.time_zone_name,
@@ -127,11 +130,19 @@ pub fn run(cli: Cli) -> Result<(), String> {
             let config = load_config(&cli.config)?;
             let new = MasterKey::load_file(&new_key).map_err(|e| e.to_string())?;
             // After a crash mid-rotation only the new key opens the keyring.
-            let vault = match Vault::open(&config.service.data_dir, &new) {
+            let vault = match Vault::open_existing(&config.service.data_dir, &new) {
                 Ok(v) => v,
                 Err(_) => open_offline(&config)?,
             };
             let report = vault.rotate_master_key(&new).map_err(|e| e.to_string())?;
+            let mut txn =
+                crate::vault::Txn::new(crate::clock::Clock::now(&crate::clock::SystemClock));
+            txn.audit(
+                crate::audit::AuditDraft::new("admin:cli", "keys.rotate")
+                    .detail("resealed", report.resealed.to_string())
+                    .detail("keys_retired", report.keys_retired.to_string()),
+            );
+            vault.commit(txn).map_err(|e| e.to_string())?;
             println!(
                 "rotation complete: {} records re-sealed, {} old keys retired. Now point keys.master_key_file at {}",
                 report.resealed,

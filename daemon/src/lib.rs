@@ -18,13 +18,16 @@
 )]
 #![deny(clippy::await_holding_lock)]
 
+pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod keys;
 pub mod logging;
 pub mod model;
+pub mod pms;
 pub mod process;
 pub mod service;
 pub mod sync;

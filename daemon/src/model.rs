@@ -81,3 +81,203 @@ impl fmt::Debug for Patient {
             .finish_non_exhaustive()
     }
 }
+
+/// Appointment status, FHIR R4 `AppointmentStatus` codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppointmentStatus {
+    Proposed,
+    Pending,
+    Booked,
+    Arrived,
+    Fulfilled,
+    Cancelled,
+    Noshow,
+    EnteredInError,
+    CheckedIn,
+    Waitlist,
+}
+
+impl AppointmentStatus {
+    pub fn fhir_code(self) -> &'static str {
+        match self {
+            AppointmentStatus::Proposed => "proposed",
+            AppointmentStatus::Pending => "pending",
+            AppointmentStatus::Booked => "booked",
+            AppointmentStatus::Arrived => "arrived",
+            AppointmentStatus::Fulfilled => "fulfilled",
+            AppointmentStatus::Cancelled => "cancelled",
+            AppointmentStatus::Noshow => "noshow",
+            AppointmentStatus::EnteredInError => "entered-in-error",
+            AppointmentStatus::CheckedIn => "checked-in",
+            AppointmentStatus::Waitlist => "waitlist",
+        }
+    }
+
+    /// Whether reminders still make sense for an appointment in this state.
+    pub fn is_upcoming(self) -> bool {
+        matches!(
+            self,
+            AppointmentStatus::Booked | AppointmentStatus::Pending | AppointmentStatus::Proposed
+        )
+    }
+}
+
+/// An appointment as the PMS booked it. `id` is the PMS's own identifier
+/// (SCH-2, or SCH-1 when a sender only fills that).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appointment {
+    pub id: String,
+    pub patient: PatientId,
+    pub start: jiff::Timestamp,
+    pub duration_minutes: u32,
+    pub status: AppointmentStatus,
+    /// The PMS's raw status code (SCH-25), kept for the round trip.
+    pub pms_status: Option<String>,
+    pub provider: Option<String>,
+    pub location: Option<String>,
+    /// Set when the patient confirmed through clinic-relay.
+    pub patient_confirmed: bool,
+}
+
+impl fmt::Debug for Appointment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Appointment")
+            .field("patient", &self.patient)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An open slot the PMS offers for self-booking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    pub id: String,
+    pub start: jiff::Timestamp,
+    pub duration_minutes: u32,
+    pub provider: Option<String>,
+    pub location: Option<String>,
+    /// A coded service type, e.g. "checkup".
+    pub service: Option<String>,
+}
+
+/// OBX-11 / OBR-25 result status (HL7 table 0085/0123), as far as we care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultStatus {
+    /// F: final.
+    Final,
+    /// C: corrected (replaces an earlier final).
+    Corrected,
+    /// P and the rest: not deliverable unless configured.
+    Preliminary,
+    Other,
+}
+
+impl ResultStatus {
+    pub fn from_hl7(code: &str) -> Self {
+        match code.trim() {
+            "F" => ResultStatus::Final,
+            "C" => ResultStatus::Corrected,
+            "P" | "I" | "R" | "S" | "A" => ResultStatus::Preliminary,
+            _ => ResultStatus::Other,
+        }
+    }
+}
+
+/// A lab result document waiting to be delivered. The PDF is PHI and is
+/// only ever stored sealed under the patient's key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabResult {
+    pub order_number: String,
+    pub patient: PatientId,
+    pub status: ResultStatus,
+    pub observed_at: Option<jiff::Timestamp>,
+    pub received_at: jiff::Timestamp,
+    /// How many versions (corrections) arrived for this order.
+    pub version: u32,
+    #[serde(with = "base64_bytes")]
+    pub pdf: Vec<u8>,
+    pub delivered: bool,
+}
+
+impl fmt::Debug for LabResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LabResult")
+            .field("patient", &self.patient)
+            .field("status", &self.status)
+            .field("pdf_bytes", &self.pdf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stores bytes as base64 inside the (sealed) JSON record.
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConsentState {
+    OptedIn,
+    OptedOut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsentSource {
+    Pms,
+    Chat,
+    Staff,
+}
+
+/// Whether a patient may be messaged on WhatsApp, and who said so when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    pub patient: PatientId,
+    pub state: ConsentState,
+    pub source: ConsentSource,
+    pub at: jiff::Timestamp,
+}
+
+/// What happened, for the PMS's event feed. Names patients only by
+/// pseudonymous id and appointments by the PMS's own id: never PHI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    AppointmentConfirmed,
+    AppointmentCancelled,
+    RescheduleRequested,
+    BookingRequested,
+    OptedOut,
+    OptedIn,
+    StaffRequested,
+    ResultDelivered,
+    MessageFailed,
+    PatientErased,
+    PmsMessageRejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub time: jiff::Timestamp,
+    pub patient: Option<PatientId>,
+    pub appointment: Option<String>,
+    pub slot: Option<String>,
+    /// Free-form, PHI-free details (reason codes, message ids).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub details: std::collections::BTreeMap<String, String>,
+}

@@ -85,51 +85,98 @@ pub fn load_master_key(config: &Config) -> Result<MasterKey, ServiceError> {
 
 /// What `config check` says about the master key, or why it is unusable.
 pub fn check_master_key(config: &Config) -> Result<String, ServiceError> {
-    match &config.keys.master_key_file {
-        Some(path) if !path.exists() && config.keys.generate_dev_key => Ok(format!(
-            "development key will be generated at {} on first start",
-            path.display()
-        )),
-        Some(path) => MasterKey::load_file(path)
-            .map(|_| format!("key file {} readable, mode 0600", path.display()))
-            .map_err(|source| ServiceError::MasterKey {
+    let mut notes = Vec::new();
+    let configured = config.keys.master_key_file.as_deref();
+    match keys::locate(configured) {
+        Ok(path) if Some(path.as_path()) != configured => {
+            MasterKey::load_file(&path).map_err(|source| ServiceError::MasterKey {
+                origin: "systemd credential master-key",
+                source,
+            })?;
+            notes.push(format!("master key: systemd credential {}", path.display()));
+        }
+        Ok(path) if !path.exists() && config.keys.generate_dev_key => {
+            notes.push(format!(
+                "master key: development key will be generated at {}",
+                path.display()
+            ));
+        }
+        Ok(path) => {
+            MasterKey::load_file(&path).map_err(|source| ServiceError::MasterKey {
                 origin: "keys.master_key_file",
                 source,
-            }),
-        None => Ok(format!(
-            "from the systemd credential `{}`",
+            })?;
+            notes.push(format!(
+                "master key: {} (owner-only permissions)",
+                path.display()
+            ));
+        }
+        Err(_) => notes.push(format!(
+            "master key: expected from the systemd credential `{}` when run by systemd",
             keys::CREDENTIAL_NAME
         )),
     }
+    if let Some(prev) = &config.keys.previous_master_key_file {
+        MasterKey::load_file(prev).map_err(|source| ServiceError::MasterKey {
+            origin: "keys.previous_master_key_file",
+            source,
+        })?;
+        notes.push(format!("rotation from {} pending", prev.display()));
+    }
+    Ok(notes.join("; "))
 }
 
-/// Opens the vault as configured (blocking).
+/// Opens the vault as configured (blocking). `create` is false for the
+/// offline commands, which must never create a data directory.
 pub fn open_vault(config: &Config) -> Result<Opened, ServiceError> {
-    let mk = load_master_key(config)?;
+    open_vault_with(config, true)
+}
+
+pub fn open_existing_vault(config: &Config) -> Result<Opened, ServiceError> {
+    open_vault_with(config, false)
+}
+
+fn open_vault_with(config: &Config, create: bool) -> Result<Opened, ServiceError> {
+    let mk = if create {
+        load_master_key(config)?
+    } else {
+        let path = keys::locate(config.keys.master_key_file.as_deref())?;
+        MasterKey::load_file(&path).map_err(|source| ServiceError::MasterKey {
+            origin: "keys.master_key_file",
+            source,
+        })?
+    };
     let dir = &config.service.data_dir;
-    match Vault::open(dir, &mk) {
+    let open = |key: &MasterKey| {
+        if create {
+            Vault::open(dir, key)
+        } else {
+            Vault::open_existing(dir, key)
+        }
+    };
+    match open(&mk) {
         Ok(vault) => Ok(Opened {
             vault,
             rotate_to: None,
         }),
-        Err(VaultError::Keyring(KeyringError::WrongMasterKey { .. }))
-            if config.keys.previous_master_key_file.is_some() =>
-        {
-            let prev_path = config
-                .keys
-                .previous_master_key_file
-                .as_deref()
-                .unwrap_or(dir);
+        Err(first @ VaultError::Keyring(KeyringError::WrongMasterKey { .. })) => {
+            let Some(prev_path) = config.keys.previous_master_key_file.as_deref() else {
+                return Err(first.into());
+            };
             let previous =
                 MasterKey::load_file(prev_path).map_err(|source| ServiceError::MasterKey {
                     origin: "keys.previous_master_key_file",
                     source,
                 })?;
-            let vault = Vault::open(dir, &previous)?;
-            Ok(Opened {
-                vault,
-                rotate_to: Some(mk),
-            })
+            match open(&previous) {
+                Ok(vault) => Ok(Opened {
+                    vault,
+                    rotate_to: Some(mk),
+                }),
+                // Neither key fits: report the configured one, not the old one.
+                Err(VaultError::Keyring(KeyringError::WrongMasterKey { .. })) => Err(first.into()),
+                Err(e) => Err(e.into()),
+            }
         }
         Err(e) => Err(e.into()),
     }

@@ -91,6 +91,10 @@ pub struct Meta {
     /// starting with the old key gives a helpful message.
     #[serde(default)]
     pub previous_check: Option<String>,
+    /// The highest key handle ever issued. Handles are never reused, so a
+    /// record sealed under an erased key always reports "key unavailable".
+    #[serde(default)]
+    pub high_water: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -222,6 +226,7 @@ impl Keyring {
                 generation: 1,
                 rotating_from: None,
                 previous_check: None,
+                high_water: 0,
             },
             wrapper,
             entries: BTreeMap::new(),
@@ -324,7 +329,8 @@ impl Keyring {
     }
 
     fn next_handle(&self) -> u64 {
-        self.entries.keys().next_back().map_or(1, |h| h + 1)
+        let in_file = self.entries.keys().next_back().copied().unwrap_or(0);
+        in_file.max(self.meta.high_water) + 1
     }
 
     fn insert_new(
@@ -373,22 +379,34 @@ impl Keyring {
             .ok_or(KeyringError::Rng)
     }
 
-    /// Drops every key of a patient and rewrites the file atomically.
-    /// Returns the handles that were destroyed.
-    pub fn erase(&mut self, patient: PatientId) -> Result<Vec<u64>, KeyringError> {
-        let gone: Vec<u64> = self
-            .entries()
-            .filter(|e| e.owner == KeyOwner::Patient(patient))
-            .map(|e| e.handle)
+    /// Drops the given handles (those still present) and rewrites the file
+    /// atomically. Returns how many were present.
+    pub fn destroy(&mut self, handles: &[u64]) -> Result<usize, KeyringError> {
+        let present: Vec<u64> = handles
+            .iter()
+            .copied()
+            .filter(|h| self.entries.contains_key(h))
             .collect();
-        if gone.is_empty() {
-            return Ok(gone);
+        if present.is_empty() {
+            return Ok(0);
         }
-        for h in &gone {
+        self.meta.high_water = self
+            .meta
+            .high_water
+            .max(self.entries.keys().next_back().copied().unwrap_or(0));
+        for h in &present {
             self.entries.remove(h);
         }
         self.rewrite()?;
-        Ok(gone)
+        Ok(present.len())
+    }
+
+    /// The handles of every key a patient has.
+    pub fn handles_of(&self, patient: PatientId) -> Vec<u64> {
+        self.entries()
+            .filter(|e| e.owner == KeyOwner::Patient(patient))
+            .map(|e| e.handle)
+            .collect()
     }
 
     /// Serialises the whole keyring and replaces the file atomically.
@@ -410,6 +428,11 @@ impl Keyring {
     /// replaced atomically. From here on only `new_mk` opens the keyring.
     pub fn begin_rotation(&mut self, new_mk: &MasterKey) -> Result<(), KeyringError> {
         let new_wrapper = Wrapper::new(new_mk)?;
+        if new_wrapper.check == self.meta.check {
+            // Already the current key: rotating to it again would only lose
+            // the record of the previous one.
+            return Ok(());
+        }
         let from = self.meta.generation;
         let to = from + 1;
         let owners: Vec<KeyOwner> = self
@@ -444,6 +467,10 @@ impl Keyring {
             .filter(|e| e.gen <= from && e.owner != KeyOwner::Root)
             .map(|e| e.handle)
             .collect();
+        self.meta.high_water = self
+            .meta
+            .high_water
+            .max(self.entries.keys().next_back().copied().unwrap_or(0));
         for h in &gone {
             self.entries.remove(h);
         }

@@ -20,6 +20,7 @@ pub mod fsio;
 mod group_commit;
 pub mod keyring;
 mod patients;
+pub mod records;
 mod rotate;
 pub mod seal;
 mod store;
@@ -81,6 +82,8 @@ pub enum VaultError {
     Locked(PathBuf),
     #[error("data directory {0} has stored data but no keyring: restore the keyring from the copy next to your backups; refusing to create a new one")]
     KeyringMissing(PathBuf),
+    #[error("{0} holds no clinic-relay data (no keyring): check service.data_dir")]
+    NotAVault(PathBuf),
     #[error(
         "the audit log is damaged ({0}); run `clinic-relay audit verify` and restore from backup"
     )]
@@ -116,6 +119,13 @@ impl VaultError {
 
 pub type VaultResult<T> = Result<T, VaultError>;
 
+/// An erasure ledger entry: when, and which keys were destroyed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ErasureRecord {
+    pub erased_at: Timestamp,
+    pub handles: Vec<u64>,
+}
+
 /// Who a record belongs to, which decides the key that seals it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
@@ -123,30 +133,64 @@ pub enum Owner {
     Patient(PatientId),
 }
 
-/// A value waiting to be sealed: tree, record key, owner, plaintext.
-type PendingPut = (Tree, Vec<u8>, Owner, Zeroizing<Vec<u8>>);
+/// A staged change. Kept in staging order: a remove followed by a put of the
+/// same key leaves the new value.
+enum Op {
+    Put(Tree, Vec<u8>, Owner, Zeroizing<Vec<u8>>),
+    Remove(Tree, Vec<u8>),
+}
 
 /// The set of changes one commit applies atomically.
 pub struct Txn {
     time: Timestamp,
-    puts: Vec<PendingPut>,
-    removes: Vec<(Tree, Vec<u8>)>,
+    ops: Vec<Op>,
     audits: Vec<AuditDraft>,
+    appends: Vec<(Tree, Owner, Zeroizing<Vec<u8>>)>,
+    absent: Vec<(Tree, Vec<u8>)>,
 }
 
 impl Txn {
     pub fn new(now: Timestamp) -> Self {
         Self {
             time: now,
-            puts: Vec::new(),
-            removes: Vec::new(),
+            ops: Vec::new(),
             audits: Vec::new(),
+            appends: Vec::new(),
+            absent: Vec::new(),
         }
     }
 
+    pub fn time(&self) -> Timestamp {
+        self.time
+    }
+
+    /// Appends a record to a sequenced tree (events, queues): the vault gives
+    /// it the next seq under the commit lock, so seqs are dense and ordered.
+    pub fn append(&mut self, tree: Tree, owner: Owner, plaintext: Vec<u8>) {
+        self.appends.push((tree, owner, Zeroizing::new(plaintext)));
+    }
+
+    pub fn append_json<T: Serialize>(
+        &mut self,
+        tree: Tree,
+        owner: Owner,
+        value: &T,
+    ) -> VaultResult<()> {
+        let bytes = serde_json::to_vec(value).map_err(|_| VaultError::Encode)?;
+        self.append(tree, owner, bytes);
+        Ok(())
+    }
+
+    /// Makes the whole txn conditional on `key` not existing in `tree`
+    /// (checked under the commit lock). If it exists, nothing is applied and
+    /// the receipt says `duplicate`. This is how idempotency keys work.
+    pub fn require_absent(&mut self, tree: Tree, key: impl Into<Vec<u8>>) {
+        self.absent.push((tree, key.into()));
+    }
+
     pub fn put(&mut self, tree: Tree, key: impl Into<Vec<u8>>, owner: Owner, plaintext: Vec<u8>) {
-        self.puts
-            .push((tree, key.into(), owner, Zeroizing::new(plaintext)));
+        self.ops
+            .push(Op::Put(tree, key.into(), owner, Zeroizing::new(plaintext)));
     }
 
     pub fn put_json<T: Serialize>(
@@ -162,23 +206,46 @@ impl Txn {
     }
 
     pub fn remove(&mut self, tree: Tree, key: impl Into<Vec<u8>>) {
-        self.removes.push((tree, key.into()));
+        self.ops.push(Op::Remove(tree, key.into()));
     }
 
     pub fn audit(&mut self, draft: AuditDraft) {
         self.audits.push(draft);
     }
 
+    /// Moves everything staged in `other` into this txn (its time is dropped).
+    pub fn extend(&mut self, other: Txn) {
+        self.ops.extend(other.ops);
+        self.audits.extend(other.audits);
+        self.appends.extend(other.appends);
+        self.absent.extend(other.absent);
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.puts.is_empty() && self.removes.is_empty() && self.audits.is_empty()
+        self.ops.is_empty() && self.audits.is_empty() && self.appends.is_empty()
     }
 }
 
 /// What a commit reports back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Receipt {
     /// The seq of the last audit entry this commit wrote, if any.
     pub audit_seq: Option<u64>,
+    /// The seqs given to appended records, in the order they were added.
+    pub appended: Vec<(Tree, u64)>,
+    /// A `require_absent` key existed: nothing was applied.
+    pub duplicate: bool,
+}
+
+impl Receipt {
+    /// The last seq appended to `tree` by this commit.
+    pub fn last_in(&self, tree: Tree) -> Option<u64> {
+        self.appended
+            .iter()
+            .rev()
+            .find(|(t, _)| *t == tree)
+            .map(|(_, s)| *s)
+    }
 }
 
 /// A data key with what the keyring says about it.
@@ -192,6 +259,8 @@ struct ViewKey {
 struct KeyView {
     by_handle: HashMap<u64, Arc<ViewKey>>,
     current: HashMap<KeyOwner, Arc<ViewKey>>,
+    /// The keyring generation new records are sealed in.
+    generation: u32,
 }
 
 impl KeyView {
@@ -199,6 +268,7 @@ impl KeyView {
         let mut view = KeyView {
             by_handle: HashMap::new(),
             current: HashMap::new(),
+            generation: ring.meta.generation,
         };
         for e in ring.entries().filter(|e| e.owner != KeyOwner::Root) {
             view.add(e)?;
@@ -259,6 +329,8 @@ struct ChainState {
     /// Set when the head checkpoint does not open or match at start: no new
     /// entry may be chained onto a log we cannot vouch for.
     damage: Option<String>,
+    /// The last seq of each sequenced tree.
+    last_seq: HashMap<Tree, u64>,
 }
 
 struct Inner {
@@ -270,6 +342,8 @@ struct Inner {
     /// outside it) so that audit seqs are dense and ordered.
     commit_lock: Mutex<ChainState>,
     flusher: GroupCommit,
+    /// The highest event seq known to be on disk; long-polls wait on it.
+    events_durable: tokio::sync::watch::Sender<u64>,
     purpose: PurposeKeys,
     rng: SystemRandom,
     _lock: fs::File,
@@ -318,6 +392,15 @@ fn take_lock(dir: &Path) -> VaultResult<fs::File> {
 }
 
 impl Vault {
+    /// Opens an existing vault; never creates one (for offline commands, so a
+    /// mistyped data_dir is an error, not an empty log that "verifies").
+    pub fn open_existing(dir: &Path, mk: &MasterKey) -> VaultResult<Self> {
+        if !keyring_path(dir).exists() {
+            return Err(VaultError::NotAVault(dir.to_owned()));
+        }
+        Self::open(dir, mk)
+    }
+
     /// Opens (or creates) the vault in `dir` with the master key.
     pub fn open(dir: &Path, mk: &MasterKey) -> VaultResult<Self> {
         let io_err = |source| VaultError::Io {
@@ -360,7 +443,9 @@ impl Vault {
                     seq: 0,
                     hash: audit::GENESIS_HASH.to_owned(),
                     damage: None,
+                    last_seq: HashMap::new(),
                 }),
+                events_durable: tokio::sync::watch::channel(0).0,
                 flusher,
                 purpose,
                 rng: SystemRandom::new(),
@@ -522,25 +607,60 @@ impl Vault {
 
     // ---- writes -----------------------------------------------------------
 
+    fn seal_ops(&self, ops: &[Op]) -> VaultResult<Vec<Write>> {
+        ops.iter()
+            .map(|op| match op {
+                Op::Put(tree, key, owner, plain) => Ok(Write::Put {
+                    tree: *tree,
+                    key: key.clone(),
+                    value: self.seal_value(*tree, key, *owner, plain)?,
+                }),
+                Op::Remove(tree, key) => Ok(Write::Remove {
+                    tree: *tree,
+                    key: key.clone(),
+                }),
+            })
+            .collect()
+    }
+
     /// Seals the txn's values and applies everything in one transaction,
     /// chaining its audit entries. Does not wait for durability.
     fn apply(&self, txn: Txn) -> VaultResult<Receipt> {
-        let mut writes =
-            Vec::with_capacity(txn.puts.len() + txn.removes.len() + txn.audits.len() + 1);
         // Seal outside the commit lock: it is the CPU-heavy part.
-        for (tree, key, owner, plain) in &txn.puts {
-            let value = self.seal_value(*tree, key, *owner, plain)?;
+        let sealed_in = crate::sync::read(&self.inner.keys).generation;
+        let mut writes = self.seal_ops(&txn.ops)?;
+        let mut chain = crate::sync::lock(&self.inner.commit_lock);
+        if crate::sync::read(&self.inner.keys).generation != sealed_in {
+            // A key rotation began while we sealed: the re-sealer may already
+            // have passed these keys, so seal again under the new generation.
+            writes = self.seal_ops(&txn.ops)?;
+        }
+        let mut receipt = Receipt::default();
+        for (tree, key) in &txn.absent {
+            if self.inner.store.get(*tree, key)?.is_some() {
+                receipt.duplicate = true;
+                return Ok(receipt);
+            }
+        }
+        let mut next_seqs: Vec<(Tree, u64)> = Vec::new();
+        for (tree, owner, plain) in &txn.appends {
+            let last = next_seqs
+                .iter()
+                .rev()
+                .find(|(t, _)| t == tree)
+                .map(|(_, s)| *s)
+                .or_else(|| chain.last_seq.get(tree).copied())
+                .unwrap_or(0);
+            let seq = last + 1;
+            let key = seq.to_be_bytes().to_vec();
+            let value = self.seal_value(*tree, &key, *owner, plain)?;
             writes.push(Write::Put {
                 tree: *tree,
-                key: key.clone(),
+                key,
                 value,
             });
+            next_seqs.push((*tree, seq));
         }
-        for (tree, key) in txn.removes {
-            writes.push(Write::Remove { tree, key });
-        }
-        let mut chain = crate::sync::lock(&self.inner.commit_lock);
-        let mut receipt = Receipt { audit_seq: None };
         let (mut seq, mut hash) = (chain.seq, chain.hash.clone());
         if !txn.audits.is_empty() {
             if let Some(why) = &chain.damage {
@@ -572,6 +692,10 @@ impl Vault {
         self.inner.store.apply(&writes)?;
         chain.seq = seq;
         chain.hash = hash;
+        for (tree, s) in &next_seqs {
+            chain.last_seq.insert(*tree, *s);
+        }
+        receipt.appended = next_seqs;
         Ok(receipt)
     }
 
@@ -580,13 +704,44 @@ impl Vault {
     pub fn commit(&self, txn: Txn) -> VaultResult<Receipt> {
         let receipt = self.apply(txn)?;
         self.inner.flusher.wait_durable()?;
+        self.publish_durable(&receipt);
         Ok(receipt)
+    }
+
+    /// Tells long-polls about events that are now on disk. Any flush that
+    /// covers this commit covers every earlier one (they were applied first,
+    /// under the commit lock), so the watermark is a simple maximum.
+    fn publish_durable(&self, receipt: &Receipt) {
+        if let Some(seq) = receipt.last_in(Tree::Events) {
+            self.inner.events_durable.send_if_modified(|cur| {
+                let moved = seq > *cur;
+                if moved {
+                    *cur = seq;
+                }
+                moved
+            });
+        }
+    }
+
+    /// The highest event seq that is durable; changes wake the receiver.
+    pub fn events_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.events_durable.subscribe()
+    }
+
+    /// The last seq of a sequenced tree (0 when empty).
+    pub fn last_seq(&self, tree: Tree) -> u64 {
+        crate::sync::lock(&self.inner.commit_lock)
+            .last_seq
+            .get(&tree)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Commits `txn` and resolves once it is durable.
     pub async fn commit_async(&self, txn: Txn) -> VaultResult<Receipt> {
         let receipt = self.apply(txn)?;
         self.inner.flusher.durable().await?;
+        self.publish_durable(&receipt);
         Ok(receipt)
     }
 
@@ -599,7 +754,13 @@ impl Vault {
 
     /// Waits until everything applied so far is durable.
     pub fn flush(&self) -> VaultResult<()> {
-        Ok(self.inner.flusher.wait_durable()?)
+        let events = self.last_seq(Tree::Events);
+        self.inner.flusher.wait_durable()?;
+        self.publish_durable(&Receipt {
+            appended: vec![(Tree::Events, events)],
+            ..Receipt::default()
+        });
+        Ok(())
     }
 
     // ---- audit ------------------------------------------------------------
@@ -613,6 +774,18 @@ impl Vault {
 
     fn load_chain_state(&self) -> VaultResult<()> {
         let mut chain = crate::sync::lock(&self.inner.commit_lock);
+        for tree in Tree::SEQUENCED {
+            let last = self
+                .inner
+                .store
+                .last(tree)?
+                .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+                .map_or(0, u64::from_be_bytes);
+            chain.last_seq.insert(tree, last);
+        }
+        // Everything on disk at open is durable.
+        let events = chain.last_seq.get(&Tree::Events).copied().unwrap_or(0);
+        self.inner.events_durable.send_replace(events);
         match self.read_head() {
             Ok(None) if self.inner.store.len(Tree::Audit) == 0 => {}
             Ok(None) => chain.damage = Some("head checkpoint missing".to_owned()),
@@ -694,30 +867,53 @@ impl Vault {
     /// Destroys a patient's data keys. Callers record the erasure (ledger and
     /// audit entry, durably) first; [`Vault::reconcile_erasures`] finishes the
     /// job after a crash between the two.
-    fn destroy_patient_keys(&self, id: PatientId) -> VaultResult<Vec<u64>> {
+    fn destroy_keys(&self, id: PatientId, handles: &[u64]) -> VaultResult<()> {
         let mut ring = crate::sync::lock(&self.inner.keyring);
-        let gone = ring.erase(id)?;
+        ring.destroy(handles)?;
         let mut view = crate::sync::write(&self.inner.keys);
-        view.current.remove(&KeyOwner::Patient(id));
-        for h in &gone {
+        for h in handles {
             view.by_handle.remove(h);
         }
-        Ok(gone)
+        if view
+            .current
+            .get(&KeyOwner::Patient(id))
+            .is_some_and(|k| handles.contains(&k.key.handle))
+        {
+            view.current.remove(&KeyOwner::Patient(id));
+        }
+        Ok(())
     }
 
-    /// Destroys the keys of every patient in the erasure ledger that still
-    /// has some (a crash after the ledger entry, before the key went).
+    /// The handles of every key a patient has now.
+    fn patient_handles(&self, id: PatientId) -> Vec<u64> {
+        crate::sync::lock(&self.inner.keyring).handles_of(id)
+    }
+
+    /// Destroys the keys named in the erasure ledger that still exist (a
+    /// crash after the ledger entry, before the keys went). Only the handles
+    /// recorded at erasure: a patient registered again afterwards keeps the
+    /// new key.
     fn reconcile_erasures(&self) -> VaultResult<()> {
-        let erased: Vec<PatientId> = self
-            .inner
-            .store
-            .scan_from(Tree::Erasures, &[])
-            .filter_map(|r| r.ok())
-            .filter_map(|(k, _)| <[u8; 16]>::try_from(k.as_ref()).ok().map(PatientId))
-            .filter(|id| self.has_patient_key(*id))
+        let pending: Vec<(PatientId, Vec<u64>)> = self
+            .scan_prefix(Tree::Erasures, &[])
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let id = <[u8; 16]>::try_from(k.as_slice()).ok().map(PatientId)?;
+                let record: ErasureRecord = serde_json::from_slice(&v).ok()?;
+                Some((id, record.handles))
+            })
             .collect();
-        for id in erased {
-            self.destroy_patient_keys(id)?;
+        for (id, handles) in pending {
+            let present: Vec<u64> = {
+                let view = crate::sync::read(&self.inner.keys);
+                handles
+                    .into_iter()
+                    .filter(|h| view.by_handle.contains_key(h))
+                    .collect()
+            };
+            if !present.is_empty() {
+                self.destroy_keys(id, &present)?;
+            }
         }
         Ok(())
     }
@@ -730,9 +926,9 @@ impl Vault {
                 let id = <[u8; 16]>::try_from(k.as_slice())
                     .map(PatientId)
                     .map_err(|_| VaultError::Encode)?;
-                let at: Timestamp = serde_json::from_slice(&v)
+                let record: ErasureRecord = serde_json::from_slice(&v)
                     .map_err(|e| VaultError::decode(Tree::Erasures, &e))?;
-                Ok((id, at))
+                Ok((id, record.erased_at))
             })
             .collect()
     }

@@ -119,10 +119,16 @@ impl Vault {
             }
         }
         txn.remove(Tree::Patients, id.0);
-        txn.put_json(Tree::Erasures, id.0, Owner::System, &now)?;
+        self.stage_remove_linked(&mut txn, id)?;
+        let handles = self.patient_handles(id);
+        let record = super::ErasureRecord {
+            erased_at: now,
+            handles: handles.clone(),
+        };
+        txn.put_json(Tree::Erasures, id.0, Owner::System, &record)?;
         txn.audit(AuditDraft::new(actor, "patient.erase").subject(id.to_string()));
         self.commit(txn)?;
-        self.destroy_patient_keys(id)?;
+        self.destroy_keys(id, &handles)?;
         Ok(true)
     }
 }

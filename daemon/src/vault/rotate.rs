@@ -51,6 +51,10 @@ impl Vault {
     /// Step 1 alone: re-wrap under `new_mk` and start using new data keys.
     /// From here on only `new_mk` opens this data directory.
     pub fn begin_rotation(&self, new_mk: &MasterKey) -> VaultResult<()> {
+        // Under the commit lock, so that a commit sees either the old
+        // generation throughout (and lands before any re-seal batch) or the
+        // new one (see `apply`).
+        let _commits = crate::sync::lock(&self.inner.commit_lock);
         let mut ring = crate::sync::lock(&self.inner.keyring);
         if ring.meta.rotating_from.is_none() {
             ring.begin_rotation(new_mk)?;

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-/// The logical trees. Adding a kind of record means adding a variant here.
+/// The logical trees. Adding a kind of record means adding a variant here
+/// (and to `ALL`, in declaration order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Tree {
     /// Patient records, key = patient id, sealed with the patient's key.
@@ -19,17 +20,48 @@ pub enum Tree {
     Erasures,
     /// Vault bookkeeping (rotation progress and the like).
     Meta,
+    /// Appointments, key = blind index of the PMS appointment id, patient's key.
+    Appointments,
+    /// What belongs to a patient: patient id + kind + record key → empty,
+    /// sealed with the patient's key. Serves merges, erasure, "my appointments".
+    PatientLinks,
+    /// Open slots for self-booking, key = slot id, system key.
+    Slots,
+    /// Lab results (with their PDF), key = blind index of the order number, patient's key.
+    Results,
+    /// Consent per patient, key = patient id, patient's key.
+    Consents,
+    /// The event feed, key = seq, system key. Sequenced.
+    Events,
+    /// Idempotency: blind index of (sender, message control id) → outcome.
+    Ingested,
+    /// Messages waiting to go to the PMS, key = seq. Sequenced.
+    PmsOutbox,
+    /// Messages the PMS rejected for good (AE), key = seq. Sequenced.
+    PmsDeadLetters,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 6] = [
+    pub const ALL: [Tree; 15] = [
         Tree::Patients,
         Tree::PatientIndex,
         Tree::Audit,
         Tree::AuditHead,
         Tree::Erasures,
         Tree::Meta,
+        Tree::Appointments,
+        Tree::PatientLinks,
+        Tree::Slots,
+        Tree::Results,
+        Tree::Consents,
+        Tree::Events,
+        Tree::Ingested,
+        Tree::PmsOutbox,
+        Tree::PmsDeadLetters,
     ];
+
+    /// Trees whose keys are dense u64 seqs handed out at commit.
+    pub const SEQUENCED: [Tree; 3] = [Tree::Events, Tree::PmsOutbox, Tree::PmsDeadLetters];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -39,6 +71,15 @@ impl Tree {
             Tree::AuditHead => "audit_head",
             Tree::Erasures => "erasures",
             Tree::Meta => "meta",
+            Tree::Appointments => "appointments",
+            Tree::PatientLinks => "patient_links",
+            Tree::Slots => "slots",
+            Tree::Results => "results",
+            Tree::Consents => "consents",
+            Tree::Events => "events",
+            Tree::Ingested => "ingested",
+            Tree::PmsOutbox => "pms_outbox",
+            Tree::PmsDeadLetters => "pms_dead_letters",
         }
     }
 

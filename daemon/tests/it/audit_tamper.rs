@@ -150,3 +150,20 @@ fn export_since_filters_by_time() {
     assert_eq!(lines[0]["seq"], 3);
     assert!(lines[0]["hash"].as_str().unwrap().len() == 64);
 }
+
+#[test]
+fn verify_on_a_mistyped_data_dir_is_an_error_not_an_empty_log() {
+    let install = TestInstall::new("");
+    let text = std::fs::read_to_string(&install.config)
+        .unwrap()
+        .replace("data_dir = \"data\"", "data_dir = \"dtaa\"");
+    std::fs::write(&install.config, text).unwrap();
+    let out = install.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("holds no clinic-relay data"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!install.tmp.path().join("dtaa").exists());
+}

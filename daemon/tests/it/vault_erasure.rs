@@ -75,3 +75,43 @@ fn the_keyring_file_itself_forgets_the_erased_key() {
     // A stale temp file of the rewrite must not linger either.
     assert!(!keyring_path(tmp.path()).with_extension("tmp").exists());
 }
+
+#[test]
+fn a_patient_registered_again_after_erasure_keeps_the_new_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mk = key(7);
+    let vault = open(tmp.path(), &mk);
+    let a = marker_patient(&vault, "A");
+    vault.put_patient(&a, "test", t0()).unwrap();
+    vault.erase_patient(a.id, "test", t0()).unwrap();
+    // The PMS sends the same MRN again: a new registration, a new key.
+    vault.put_patient(&a, "test", t0()).unwrap();
+    vault.close().unwrap();
+    let vault = open(tmp.path(), &mk);
+    assert_eq!(vault.get_patient(a.id).unwrap().as_ref(), Some(&a));
+    assert_eq!(vault.erasure_ledger().unwrap().len(), 1);
+}
+
+#[test]
+fn key_handles_are_never_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mk = key(7);
+    let vault = open(&dir, &mk);
+    let a = marker_patient(&vault, "A");
+    vault.put_patient(&a, "test", t0()).unwrap();
+    vault.close().unwrap();
+    let before = tmp.path().join("before");
+    copy_dir(&store_path(&dir), &store_path(&before));
+    let vault = open(&dir, &mk);
+    vault.erase_patient(a.id, "test", t0()).unwrap(); // a had the highest handle
+    let b = marker_patient(&vault, "B");
+    vault.put_patient(&b, "test", t0()).unwrap();
+    vault.close().unwrap();
+    std::fs::copy(keyring_path(&dir), keyring_path(&before)).unwrap();
+    let old = open(&before, &mk);
+    assert!(matches!(
+        old.get_patient(a.id),
+        Err(VaultError::KeyUnavailable { .. })
+    ));
+}

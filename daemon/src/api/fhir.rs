@@ -1,0 +1,290 @@
+//! The API's resource shapes, modelled on FHIR R4 where a resource exists
+//! (Patient, Appointment, Slot, DiagnosticReport). Only the elements
+//! clinic-relay understands are read; everything else in a request is ignored,
+//! as FHIR servers commonly do.
+
+use crate::model::{
+    Appointment, AppointmentStatus, LabResult, Patient, PatientId, ResultStatus, Slot,
+};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Sets a member of a JSON object (a no-op on anything else).
+pub fn set(v: &mut Value, key: &str, value: Value) {
+    if let Some(object) = v.as_object_mut() {
+        object.insert(key.to_owned(), value);
+    }
+}
+
+pub const MRN_SYSTEM: &str = "urn:clinic-relay:mrn";
+
+pub fn patient(p: &Patient) -> Value {
+    let mut v = json!({
+        "resourceType": "Patient",
+        "id": p.id.to_hex(),
+        "identifier": [{
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
+            "system": MRN_SYSTEM,
+            "value": p.mrn,
+        }],
+        "name": [{"family": p.family_name, "given": [p.given_name]}],
+        "deceasedBoolean": p.deceased,
+    });
+    if let Some(d) = p.birth_date {
+        set(&mut v, "birthDate", json!(d.to_string()));
+    }
+    if let Some(phone) = &p.phone {
+        set(
+            &mut v,
+            "telecom",
+            json!([{"system": "phone", "use": "mobile", "value": phone}]),
+        );
+    }
+    if let Some(lang) = &p.language {
+        set(
+            &mut v,
+            "communication",
+            json!([{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": lang}]}, "preferred": true}]),
+        );
+    }
+    if p.protected {
+        set(
+            &mut v,
+            "meta",
+            json!({"security": [{"system": "urn:clinic-relay:outreach", "code": "blocked"}]}),
+        );
+    }
+    v
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PatientIn {
+    #[serde(default)]
+    pub identifier: Vec<IdentifierIn>,
+    #[serde(default)]
+    pub name: Vec<NameIn>,
+    pub birth_date: Option<String>,
+    #[serde(default)]
+    pub telecom: Vec<TelecomIn>,
+    #[serde(default)]
+    pub communication: Vec<CommunicationIn>,
+    #[serde(default)]
+    pub deceased_boolean: bool,
+    /// clinic-relay's own flag: no outreach (PD1-12 in HL7).
+    #[serde(default)]
+    pub outreach_blocked: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IdentifierIn {
+    pub system: Option<String>,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NameIn {
+    pub family: Option<String>,
+    #[serde(default)]
+    pub given: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TelecomIn {
+    pub system: Option<String>,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CommunicationIn {
+    pub language: Option<CodeableIn>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CodeableIn {
+    #[serde(default)]
+    pub coding: Vec<CodingIn>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CodingIn {
+    pub code: Option<String>,
+}
+
+impl PatientIn {
+    /// The MRN: the identifier in our system, else the first with a value.
+    pub fn mrn(&self) -> Option<&str> {
+        self.identifier
+            .iter()
+            .find(|i| i.system.as_deref() == Some(MRN_SYSTEM))
+            .or_else(|| self.identifier.first())
+            .and_then(|i| i.value.as_deref())
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn phone(&self) -> Option<&str> {
+        self.telecom
+            .iter()
+            .find(|t| t.system.as_deref() == Some("phone"))
+            .and_then(|t| t.value.as_deref())
+    }
+
+    pub fn language(&self) -> Option<String> {
+        self.communication
+            .iter()
+            .filter_map(|c| c.language.as_ref())
+            .flat_map(|l| l.coding.iter())
+            .find_map(|c| c.code.clone())
+    }
+}
+
+pub fn appointment(a: &Appointment) -> Value {
+    let end = a.start + jiff::SignedDuration::from_mins(i64::from(a.duration_minutes));
+    let mut participants = vec![
+        json!({"actor": {"reference": format!("Patient/{}", a.patient.to_hex())}, "status": "accepted"}),
+    ];
+    if let Some(p) = &a.provider {
+        participants.push(json!({"actor": {"display": p}, "status": "accepted"}));
+    }
+    if let Some(l) = &a.location {
+        participants
+            .push(json!({"actor": {"display": l, "type": "Location"}, "status": "accepted"}));
+    }
+    json!({
+        "resourceType": "Appointment",
+        "id": a.id,
+        "status": a.status.fhir_code(),
+        "start": a.start.to_string(),
+        "end": end.to_string(),
+        "minutesDuration": a.duration_minutes,
+        "participant": participants,
+        "extension": [{"url": "urn:clinic-relay:patient-confirmed", "valueBoolean": a.patient_confirmed}],
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppointmentIn {
+    pub status: AppointmentStatus,
+    pub start: jiff::Timestamp,
+    pub minutes_duration: Option<u32>,
+    pub end: Option<jiff::Timestamp>,
+    #[serde(default)]
+    pub participant: Vec<ParticipantIn>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ParticipantIn {
+    pub actor: Option<ReferenceIn>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReferenceIn {
+    pub reference: Option<String>,
+    pub display: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+impl AppointmentIn {
+    pub fn patient(&self) -> Option<PatientId> {
+        self.participant
+            .iter()
+            .filter_map(|p| p.actor.as_ref()?.reference.as_deref())
+            .find_map(|r| r.strip_prefix("Patient/").and_then(PatientId::from_hex))
+    }
+
+    pub fn duration_minutes(&self) -> u32 {
+        self.minutes_duration
+            .or_else(|| {
+                let end = self.end?;
+                u32::try_from(end.duration_since(self.start).as_secs() / 60).ok()
+            })
+            .unwrap_or(15)
+    }
+
+    fn display_where(&self, location: bool) -> Option<String> {
+        self.participant
+            .iter()
+            .filter_map(|p| p.actor.as_ref())
+            .filter(|a| {
+                a.reference.is_none() && (a.kind.as_deref() == Some("Location")) == location
+            })
+            .find_map(|a| a.display.clone())
+    }
+
+    pub fn provider(&self) -> Option<String> {
+        self.display_where(false)
+    }
+
+    pub fn location(&self) -> Option<String> {
+        self.display_where(true)
+    }
+}
+
+pub fn slot(s: &Slot) -> Value {
+    let end = s.start + jiff::SignedDuration::from_mins(i64::from(s.duration_minutes));
+    let mut v = json!({
+        "resourceType": "Slot",
+        "id": s.id,
+        "status": "free",
+        "start": s.start.to_string(),
+        "end": end.to_string(),
+    });
+    if let Some(p) = &s.provider {
+        set(&mut v, "schedule", json!({"display": p}));
+    }
+    if let Some(l) = &s.location {
+        set(&mut v, "comment", json!(l));
+    }
+    if let Some(svc) = &s.service {
+        set(&mut v, "serviceType", json!([{"coding": [{"code": svc}]}]));
+    }
+    v
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotIn {
+    pub id: String,
+    pub start: jiff::Timestamp,
+    pub end: jiff::Timestamp,
+    pub provider: Option<String>,
+    pub location: Option<String>,
+    pub service: Option<String>,
+}
+
+pub fn diagnostic_report(r: &LabResult) -> Value {
+    let status = match r.status {
+        ResultStatus::Final => "final",
+        ResultStatus::Corrected => "corrected",
+        ResultStatus::Preliminary => "preliminary",
+        ResultStatus::Other => "unknown",
+    };
+    json!({
+        "resourceType": "DiagnosticReport",
+        "identifier": [{"system": "urn:clinic-relay:order", "value": r.order_number}],
+        "status": status,
+        "subject": {"reference": format!("Patient/{}", r.patient.to_hex())},
+        "issued": r.received_at.to_string(),
+        "presentedForm": [{
+            "contentType": "application/pdf",
+            "data": base64::engine::general_purpose::STANDARD.encode(&r.pdf),
+            "size": r.pdf.len(),
+        }],
+        "extension": [
+            {"url": "urn:clinic-relay:version", "valueInteger": r.version},
+            {"url": "urn:clinic-relay:delivered", "valueBoolean": r.delivered}
+        ],
+    })
+}
+
+pub fn bundle(entries: Vec<Value>) -> Value {
+    json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": entries.len(),
+        "entry": entries.into_iter().map(|r| json!({"resource": r})).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,93 @@
+//! The local API: HTTP/1.1 + JSON on a Unix socket, versioned under `/v1/`.
+//!
+//! The socket is the access control: mode 0660, group `clinic-relay` (the
+//! systemd unit's RuntimeDirectory); each connection's peer uid is logged.
+//! Bodies are capped; errors are RFC 9457 problem+json. Reference: docs/api.md.
+
+mod fhir;
+mod problem;
+mod routes;
+
+pub use problem::Problem;
+pub use routes::ApiState;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("api.socket {path}: {source}")]
+    Bind {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("api.socket {0} is in use by a running process; is another clinic-relay running?")]
+    InUse(std::path::PathBuf),
+}
+
+/// Binds the socket, replacing a stale socket file left by a crash (but not
+/// one a live process still answers on), and sets mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
+    let bind_err = |source| ApiError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ApiError::InUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(bind_err)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Serves the API until `stop` turns true, then lets open requests finish.
+pub async fn serve(listener: UnixListener, state: Arc<ApiState>, mut stop: watch::Receiver<bool>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => { warn!(error = %e, "API accept failed"); continue; }
+                };
+                let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                debug!(peer_uid = ?uid, "API connection");
+                let state = state.clone();
+                let mut stop = stop.clone();
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, req, uid).await) }
+                    });
+                    let conn = http1::Builder::new()
+                        .keep_alive(true)
+                        .max_buf_size(64 * 1024)
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        res = conn.as_mut() => { if let Err(e) = res { debug!(error = %e, "API connection ended"); } }
+                        _ = stop.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}

@@ -1,0 +1,451 @@
+//! Request routing and handlers. Every write goes through
+//! `commands::apply` (one durable transaction, then the 2xx).
+
+use super::fhir::{self, set};
+use super::problem::Problem;
+use crate::clock::SharedClock;
+use crate::commands::{self, Applied, Command, CommandError, Origin};
+use crate::model::{Appointment, ConsentSource, ConsentState, Patient, PatientId, Slot};
+use crate::pms::phone::{self, PhonePlan};
+use crate::vault::Vault;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Everything the handlers need.
+pub struct ApiState {
+    pub vault: Vault,
+    pub clock: SharedClock,
+    pub phone_plan: PhonePlan,
+    /// The assigning authority whose MRNs identify patients (pms.assigning_authority).
+    pub authority: String,
+    pub max_body_bytes: usize,
+    pub started: jiff::Timestamp,
+    /// The longest a long-poll may wait.
+    pub max_wait: Duration,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, body: &Value) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(body).unwrap_or_default(),
+    )));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn ok(body: &Value) -> Result<Resp, Problem> {
+    Ok(json_response(StatusCode::OK, body))
+}
+
+fn no_content() -> Result<Resp, Problem> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
+
+fn internal<E: std::fmt::Display>(e: E) -> Problem {
+    Problem::internal(e.to_string())
+}
+
+fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+/// Minimal percent-decoding for query values (`%7C` in `system|value`).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, Problem> {
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Problem::too_large(limit));
+    }
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|_| Problem::too_large(limit))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| {
+        // serde's message can quote the input; give position and category only.
+        Problem::bad_request(format!(
+            "the body is not valid JSON for this resource ({:?} error at line {}, column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+fn patient_id(segment: &str) -> Result<PatientId, Problem> {
+    PatientId::from_hex(segment).ok_or_else(|| Problem::not_found("patient ids are 32 hex digits"))
+}
+
+fn origin(state: &ApiState, req: &Request<Incoming>, uid: Option<u32>) -> Origin {
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|k| state.vault.blind_index("api-idempotency", k).to_vec());
+    Origin {
+        actor: format!("api:uid={}", uid.map_or("?".to_owned(), |u| u.to_string())),
+        idempotency_key: key,
+    }
+}
+
+async fn apply(
+    state: &ApiState,
+    commands: &[Command],
+    origin: &Origin,
+) -> Result<Applied, Problem> {
+    match commands::apply(&state.vault, commands, origin, state.clock.now()).await {
+        Ok(a) => Ok(a),
+        Err(CommandError::UnknownPatient(id)) => Err(Problem::unprocessable(format!(
+            "unknown patient {}",
+            id.to_hex()
+        ))),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+pub async fn handle(state: &ApiState, req: Request<Incoming>, uid: Option<u32>) -> Resp {
+    match route(state, req, uid).await {
+        Ok(resp) => resp,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn route(
+    state: &ApiState,
+    req: Request<Incoming>,
+    uid: Option<u32>,
+) -> Result<Resp, Problem> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let method = req.method().clone();
+    match (method, segments.as_slice()) {
+        (Method::GET, ["v1", "status"]) => status(state),
+        (Method::GET, ["v1", "patients"]) => search_patients(state, &req),
+        (Method::POST, ["v1", "patients"]) => upsert_patient(state, req, uid).await,
+        (Method::GET, ["v1", "patients", id]) => get_patient(state, id),
+        (Method::DELETE, ["v1", "patients", id]) => erase_patient(state, id, uid).await,
+        (Method::GET, ["v1", "patients", id, "appointments"]) => patient_appointments(state, id),
+        (Method::PUT, ["v1", "patients", id, "consent"]) => set_consent(state, id, req, uid).await,
+        (Method::GET, ["v1", "appointments", id]) => get_appointment(state, id),
+        (Method::PUT, ["v1", "appointments", id]) => {
+            let id = (*id).to_owned();
+            put_appointment(state, &id, req, uid).await
+        }
+        (Method::GET, ["v1", "slots"]) => list_slots(state),
+        (Method::PUT, ["v1", "slots"]) => put_slots(state, req, uid).await,
+        (Method::GET, ["v1", "results", order]) => get_result(state, order),
+        (Method::GET, ["v1", "events"]) => events(state, &req).await,
+        (_, ["v1", "status" | "patients" | "slots" | "events"])
+        | (_, ["v1", "patients" | "appointments" | "results", _])
+        | (_, ["v1", "patients", _, "appointments" | "consent"]) => {
+            Err(Problem::method_not_allowed())
+        }
+        _ => Err(Problem::not_found(
+            "no such resource; the API lives under /v1/ (docs/api.md)",
+        )),
+    }
+}
+
+fn status(state: &ApiState) -> Result<Resp, Problem> {
+    use crate::vault::Tree;
+    let now = state.clock.now();
+    ok(&json!({
+        "version": crate::service::VERSION,
+        "uptime_seconds": now.duration_since(state.started).as_secs(),
+        "whatsapp_mode": "dry-run",
+        "patients": state.vault.count(Tree::Patients),
+        "pms_outbox_depth": state.vault.count(Tree::PmsOutbox),
+        "events_cursor": state.vault.last_seq(Tree::Events),
+        "audit_seq": state.vault.audit_seq(),
+        "key_generation": state.vault.key_generation(),
+    }))
+}
+
+fn search_patients(state: &ApiState, req: &Request<Incoming>) -> Result<Resp, Problem> {
+    let Some(identifier) = query(req, "identifier") else {
+        return Err(Problem::bad_request(
+            "search by identifier: /v1/patients?identifier=MRN",
+        ));
+    };
+    let mrn = identifier.rsplit('|').next().unwrap_or_default();
+    let mut entries = Vec::new();
+    for id in state.vault.find_patients_by_mrn(mrn).map_err(internal)? {
+        if let Some(p) = state.vault.get_patient(id).map_err(internal)? {
+            entries.push(fhir::patient(&p));
+        }
+    }
+    ok(&fhir::bundle(entries))
+}
+
+fn get_patient(state: &ApiState, id: &str) -> Result<Resp, Problem> {
+    let id = patient_id(id)?;
+    match state.vault.get_patient(id).map_err(internal)? {
+        Some(p) => ok(&fhir::patient(&p)),
+        None => Err(Problem::not_found("no such patient")),
+    }
+}
+
+async fn upsert_patient(
+    state: &ApiState,
+    req: Request<Incoming>,
+    uid: Option<u32>,
+) -> Result<Resp, Problem> {
+    let origin = origin(state, &req, uid);
+    let input: fhir::PatientIn = read_json(req, state.max_body_bytes).await?;
+    let mrn = input
+        .mrn()
+        .ok_or_else(|| Problem::unprocessable("identifier: an MRN is required"))?
+        .trim()
+        .to_owned();
+    let phone = match input.phone() {
+        None => None,
+        Some(raw) => Some(phone::to_e164(raw, &state.phone_plan).ok_or_else(|| {
+            Problem::unprocessable("telecom: the phone number is not a valid number")
+        })?),
+    };
+    let birth_date = match input.birth_date.as_deref() {
+        None => None,
+        Some(d) => Some(
+            d.parse::<jiff::civil::Date>()
+                .map_err(|_| Problem::unprocessable("birthDate: expected YYYY-MM-DD"))?,
+        ),
+    };
+    let name = input.name.first();
+    let patient = Patient {
+        id: state.vault.patient_id_for_mrn(&state.authority, &mrn),
+        family_name: name.and_then(|n| n.family.clone()).unwrap_or_default(),
+        given_name: name
+            .and_then(|n| n.given.first().cloned())
+            .unwrap_or_default(),
+        mrn,
+        birth_date,
+        phone,
+        language: input.language(),
+        deceased: input.deceased_boolean,
+        protected: input.outreach_blocked,
+    };
+    apply(
+        state,
+        &[Command::UpsertPatient(Box::new(patient.clone()))],
+        &origin,
+    )
+    .await?;
+    ok(&fhir::patient(&patient))
+}
+
+async fn erase_patient(state: &ApiState, id: &str, uid: Option<u32>) -> Result<Resp, Problem> {
+    let id = patient_id(id)?;
+    let vault = state.vault.clone();
+    let now = state.clock.now();
+    let actor = format!("api:uid={}", uid.map_or("?".to_owned(), |u| u.to_string()));
+    let erased = tokio::task::spawn_blocking(move || vault.erase_patient(id, &actor, now))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    if erased {
+        no_content()
+    } else {
+        Err(Problem::not_found("no such patient"))
+    }
+}
+
+fn patient_appointments(state: &ApiState, id: &str) -> Result<Resp, Problem> {
+    let id = patient_id(id)?;
+    let list = state.vault.appointments_of(id).map_err(internal)?;
+    ok(&fhir::bundle(list.iter().map(fhir::appointment).collect()))
+}
+
+async fn set_consent(
+    state: &ApiState,
+    id: &str,
+    req: Request<Incoming>,
+    uid: Option<u32>,
+) -> Result<Resp, Problem> {
+    #[derive(serde::Deserialize)]
+    struct ConsentIn {
+        state: ConsentState,
+    }
+    let id = patient_id(id)?;
+    let origin = origin(state, &req, uid);
+    let input: ConsentIn = read_json(req, state.max_body_bytes).await?;
+    apply(
+        state,
+        &[Command::SetConsent {
+            patient: id,
+            state: input.state,
+            source: ConsentSource::Staff,
+        }],
+        &origin,
+    )
+    .await?;
+    let consent = state.vault.get_consent(id).map_err(internal)?;
+    ok(&serde_json::to_value(consent).map_err(internal)?)
+}
+
+fn get_appointment(state: &ApiState, id: &str) -> Result<Resp, Problem> {
+    match state.vault.get_appointment(id).map_err(internal)? {
+        Some(a) => ok(&fhir::appointment(&a)),
+        None => Err(Problem::not_found("no such appointment")),
+    }
+}
+
+async fn put_appointment(
+    state: &ApiState,
+    id: &str,
+    req: Request<Incoming>,
+    uid: Option<u32>,
+) -> Result<Resp, Problem> {
+    let origin = origin(state, &req, uid);
+    let input: fhir::AppointmentIn = read_json(req, state.max_body_bytes).await?;
+    let patient = input.patient().ok_or_else(|| {
+        Problem::unprocessable("participant: a Patient/<id> reference is required")
+    })?;
+    let appt = Appointment {
+        id: id.to_owned(),
+        patient,
+        start: input.start,
+        duration_minutes: input.duration_minutes(),
+        status: input.status,
+        pms_status: None,
+        provider: input.provider(),
+        location: input.location(),
+        patient_confirmed: false,
+    };
+    apply(
+        state,
+        &[Command::UpsertAppointment(Box::new(appt))],
+        &origin,
+    )
+    .await?;
+    get_appointment(state, id)
+}
+
+fn list_slots(state: &ApiState) -> Result<Resp, Problem> {
+    let slots = state.vault.slots().map_err(internal)?;
+    ok(&fhir::bundle(slots.iter().map(fhir::slot).collect()))
+}
+
+async fn put_slots(
+    state: &ApiState,
+    req: Request<Incoming>,
+    uid: Option<u32>,
+) -> Result<Resp, Problem> {
+    let origin = origin(state, &req, uid);
+    let input: Vec<fhir::SlotIn> = read_json(req, state.max_body_bytes).await?;
+    let mut slots = Vec::with_capacity(input.len());
+    for s in input {
+        if s.id.is_empty() || s.id.len() > 128 {
+            return Err(Problem::unprocessable("slot id: 1 to 128 characters"));
+        }
+        let minutes = s.end.duration_since(s.start).as_secs() / 60;
+        let minutes = u32::try_from(minutes)
+            .ok()
+            .filter(|m| *m > 0)
+            .ok_or_else(|| Problem::unprocessable("slot end must be after start"))?;
+        slots.push(Slot {
+            id: s.id,
+            start: s.start,
+            duration_minutes: minutes,
+            provider: s.provider,
+            location: s.location,
+            service: s.service,
+        });
+    }
+    apply(state, &[Command::ReplaceSlots(slots)], &origin).await?;
+    list_slots(state)
+}
+
+fn get_result(state: &ApiState, order: &str) -> Result<Resp, Problem> {
+    match state.vault.get_result(order).map_err(internal)? {
+        Some(r) => ok(&fhir::diagnostic_report(&r)),
+        None => Err(Problem::not_found("no such result")),
+    }
+}
+
+async fn events(state: &ApiState, req: &Request<Incoming>) -> Result<Resp, Problem> {
+    let after: u64 = match query(req, "after") {
+        None => 0,
+        Some(v) => v.parse().map_err(|_| {
+            Problem::bad_request("after: a cursor from an earlier response (a number)")
+        })?,
+    };
+    let limit: usize = query(req, "limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+        .clamp(1, 1000);
+    let wait = query(req, "wait")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or_default()
+        .min(state.max_wait);
+    let mut watch = state.vault.events_watch();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let found = state.vault.events_after(after, limit).map_err(internal)?;
+        if !found.is_empty() || wait.is_zero() {
+            let cursor = found.last().map_or(after, |(seq, _)| *seq);
+            let events: Vec<Value> = found
+                .into_iter()
+                .map(|(seq, e)| {
+                    let mut v = serde_json::to_value(&e).unwrap_or_default();
+                    set(&mut v, "cursor", json!(seq));
+                    v
+                })
+                .collect();
+            return ok(&json!({"events": events, "cursor": cursor}));
+        }
+        // Nothing yet: wait for the durable watermark to move (or time out).
+        match tokio::time::timeout_at(deadline, watch.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => return ok(&json!({"events": [], "cursor": after})),
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Typed records beside patients: appointments, results, slots, consent,
+//! the event feed, and the links that tie a patient's records together.
+//!
+//! Record keys that would reveal an identifier (appointment ids, order
+//! numbers) are blind indexes. Everything that belongs to a patient is sealed
+//! with that patient's key and linked from them, so merges can move it and
+//! erasure can find it.
+
+use super::store::Store;
+use super::{Owner, Tree, Txn, Vault, VaultError, VaultResult};
+use crate::model::{Appointment, Consent, Event, LabResult, PatientId, Slot};
+
+/// The kinds of record a patient link points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LinkKind {
+    Appointment = 1,
+    Result = 2,
+}
+
+impl LinkKind {
+    fn tree(self) -> Tree {
+        match self {
+            LinkKind::Appointment => Tree::Appointments,
+            LinkKind::Result => Tree::Results,
+        }
+    }
+}
+
+fn link_key(patient: PatientId, kind: LinkKind, record_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + 1 + record_key.len());
+    k.extend_from_slice(&patient.0);
+    k.push(kind as u8);
+    k.extend_from_slice(record_key);
+    k
+}
+
+impl Vault {
+    pub fn appointment_key(&self, id: &str) -> Vec<u8> {
+        self.blind_index("appointment", id).to_vec()
+    }
+
+    pub fn result_key(&self, order_number: &str) -> Vec<u8> {
+        self.blind_index("order", order_number).to_vec()
+    }
+
+    pub fn get_appointment(&self, id: &str) -> VaultResult<Option<Appointment>> {
+        self.get_json(Tree::Appointments, &self.appointment_key(id))
+    }
+
+    /// Adds the appointment (and its link from the patient) to `txn`.
+    pub fn stage_appointment(&self, txn: &mut Txn, appt: &Appointment) -> VaultResult<()> {
+        let key = self.appointment_key(&appt.id);
+        txn.put(
+            Tree::PatientLinks,
+            link_key(appt.patient, LinkKind::Appointment, &key),
+            Owner::Patient(appt.patient),
+            Vec::new(),
+        );
+        txn.put_json(Tree::Appointments, key, Owner::Patient(appt.patient), appt)
+    }
+
+    pub fn get_result(&self, order_number: &str) -> VaultResult<Option<LabResult>> {
+        self.get_json(Tree::Results, &self.result_key(order_number))
+    }
+
+    pub fn stage_result(&self, txn: &mut Txn, result: &LabResult) -> VaultResult<()> {
+        let key = self.result_key(&result.order_number);
+        txn.put(
+            Tree::PatientLinks,
+            link_key(result.patient, LinkKind::Result, &key),
+            Owner::Patient(result.patient),
+            Vec::new(),
+        );
+        txn.put_json(Tree::Results, key, Owner::Patient(result.patient), result)
+    }
+
+    /// The record keys of one kind linked from a patient.
+    pub fn linked(&self, patient: PatientId, kind: LinkKind) -> VaultResult<Vec<Vec<u8>>> {
+        let mut prefix = patient.0.to_vec();
+        prefix.push(kind as u8);
+        let skip = prefix.len();
+        self.inner
+            .store
+            .scan_from(Tree::PatientLinks, &prefix)
+            .take_while(|r| {
+                r.as_ref()
+                    .map_or(true, |(k, _)| k.as_ref().starts_with(&prefix))
+            })
+            .map(|r| {
+                let (k, _) = r?;
+                Ok(k.as_ref().get(skip..).unwrap_or_default().to_vec())
+            })
+            .collect()
+    }
+
+    pub fn appointments_of(&self, patient: PatientId) -> VaultResult<Vec<Appointment>> {
+        let mut out = Vec::new();
+        for key in self.linked(patient, LinkKind::Appointment)? {
+            if let Some(a) = self.get_json::<Appointment>(Tree::Appointments, &key)? {
+                out.push(a);
+            }
+        }
+        out.sort_by_key(|a| a.start);
+        Ok(out)
+    }
+
+    /// Moves every linked record and the consent of `from` to `to` (an
+    /// ADT^A40 merge), re-sealed under `to`'s key, in `txn`.
+    pub fn stage_merge(&self, txn: &mut Txn, from: PatientId, to: PatientId) -> VaultResult<usize> {
+        let mut moved = 0;
+        for key in self.linked(from, LinkKind::Appointment)? {
+            if let Some(mut a) = self.get_json::<Appointment>(Tree::Appointments, &key)? {
+                a.patient = to;
+                txn.remove(
+                    Tree::PatientLinks,
+                    link_key(from, LinkKind::Appointment, &key),
+                );
+                self.stage_appointment(txn, &a)?;
+                moved += 1;
+            }
+        }
+        for key in self.linked(from, LinkKind::Result)? {
+            if let Some(mut r) = self.get_json::<LabResult>(Tree::Results, &key)? {
+                r.patient = to;
+                txn.remove(Tree::PatientLinks, link_key(from, LinkKind::Result, &key));
+                self.stage_result(txn, &r)?;
+                moved += 1;
+            }
+        }
+        if let Some(mut c) = self.get_consent(from)? {
+            txn.remove(Tree::Consents, from.0);
+            if self.get_consent(to)?.is_none() {
+                c.patient = to;
+                txn.put_json(Tree::Consents, to.0, Owner::Patient(to), &c)?;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Removes everything linked from a patient (for erasure), in `txn`.
+    pub(super) fn stage_remove_linked(&self, txn: &mut Txn, patient: PatientId) -> VaultResult<()> {
+        for kind in [LinkKind::Appointment, LinkKind::Result] {
+            for key in self.linked(patient, kind)? {
+                txn.remove(kind.tree(), key.clone());
+                txn.remove(Tree::PatientLinks, link_key(patient, kind, &key));
+            }
+        }
+        txn.remove(Tree::Consents, patient.0);
+        Ok(())
+    }
+
+    pub fn get_consent(&self, patient: PatientId) -> VaultResult<Option<Consent>> {
+        self.get_json(Tree::Consents, &patient.0)
+    }
+
+    pub fn stage_consent(&self, txn: &mut Txn, consent: &Consent) -> VaultResult<()> {
+        txn.put_json(
+            Tree::Consents,
+            consent.patient.0,
+            Owner::Patient(consent.patient),
+            consent,
+        )
+    }
+
+    pub fn slots(&self) -> VaultResult<Vec<Slot>> {
+        self.scan_prefix(Tree::Slots, &[])
+            .map(|r| {
+                let (_, v) = r?;
+                serde_json::from_slice(&v).map_err(|e| VaultError::decode(Tree::Slots, &e))
+            })
+            .collect()
+    }
+
+    /// Replaces the whole set of open slots, in `txn`.
+    pub fn stage_replace_slots(&self, txn: &mut Txn, slots: &[Slot]) -> VaultResult<()> {
+        for r in self.inner.store.scan_from(Tree::Slots, &[]) {
+            let (k, _) = r?;
+            txn.remove(Tree::Slots, k.as_ref().to_vec());
+        }
+        for s in slots {
+            txn.put_json(Tree::Slots, s.id.as_bytes().to_vec(), Owner::System, s)?;
+        }
+        Ok(())
+    }
+
+    /// Events after `cursor` that are durable, oldest first, at most `limit`.
+    pub fn events_after(&self, cursor: u64, limit: usize) -> VaultResult<Vec<(u64, Event)>> {
+        let durable = *self.inner.events_durable.borrow();
+        let start = cursor.saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        for r in self.scan_prefix_from(Tree::Events, &start) {
+            let (k, v) = r?;
+            let seq = <[u8; 8]>::try_from(k.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| VaultError::Encode)?;
+            if seq > durable || out.len() >= limit {
+                break;
+            }
+            let event =
+                serde_json::from_slice(&v).map_err(|e| VaultError::decode(Tree::Events, &e))?;
+            out.push((seq, event));
+        }
+        Ok(out)
+    }
+
+    /// Records of `tree` from `start` on, in key order, opened.
+    pub fn scan_prefix_from<'a>(
+        &'a self,
+        tree: Tree,
+        start: &[u8],
+    ) -> impl Iterator<Item = VaultResult<(Vec<u8>, Vec<u8>)>> + 'a {
+        self.inner.store.scan_from(tree, start).map(move |r| {
+            let (k, v) = r?;
+            let plain = self.open_value(tree, k.as_ref(), v.as_ref())?;
+            Ok((k.as_ref().to_vec(), plain))
+        })
+    }
+}
