@@ -88,12 +88,28 @@ pub struct KeysFile {
 #[serde(deny_unknown_fields)]
 pub struct PmsFile {
     pub mllp_listen: Option<String>,
+    pub allow: Option<Vec<String>>,
+    pub max_connections: Option<u32>,
+    pub idle_timeout: Option<String>,
+    pub max_message_bytes: Option<u64>,
+    pub application: Option<String>,
+    pub facility: Option<String>,
+    pub assigning_authority: Option<String>,
+    pub phone_country_code: Option<String>,
+    pub phone_trunk_prefix: Option<String>,
+    pub status_map: Option<std::collections::BTreeMap<String, String>>,
+    pub consent_field: Option<String>,
+    pub deliverable_result_statuses: Option<Vec<String>>,
+    pub max_pdf_bytes: Option<u64>,
+    pub default_duration: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiFile {
     pub socket: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub max_long_poll: Option<String>,
 }
 
 // ---- the runtime layer ------------------------------------------------------
@@ -143,11 +159,20 @@ pub struct KeysConfig {
 #[derive(Debug, Clone)]
 pub struct PmsConfig {
     pub mllp_listen: SocketAddr,
+    pub allow: Vec<ipnet::IpNet>,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub application: String,
+    pub facility: String,
+    pub mapping: crate::pms::map::MappingConfig,
 }
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub socket: PathBuf,
+    pub max_body_bytes: usize,
+    pub max_long_poll: Duration,
 }
 
 impl Config {
@@ -384,17 +409,9 @@ fn validate(file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         ));
     }
 
-    let mllp_raw = file.pms.mllp_listen.as_deref().unwrap_or("0.0.0.0:2575");
-    let mllp_listen: SocketAddr = mllp_raw.parse().map_err(|_| {
-        invalid(
-            "pms.mllp_listen",
-            mllp_raw,
-            "not a socket address",
-            "write IP:PORT, e.g. 0.0.0.0:2575 or [::]:2575 (host names are not accepted)",
-        )
-    })?;
+    let pms = validate_pms(&file.pms, &time_zone, &invalid)?;
 
-    let socket = match file.api.socket.as_deref() {
+    let api_socket = match file.api.socket.as_deref() {
         None => PathBuf::from("/run/clinic-relay/api.sock"),
         Some("") => {
             return Err(invalid(
@@ -405,6 +422,30 @@ fn validate(file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             ))
         }
         Some(v) => resolve(&base, v),
+    };
+    let max_body_bytes = match file.api.max_body_bytes {
+        None => 1024 * 1024,
+        Some(n) if (1024..=64 * 1024 * 1024).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(invalid(
+                "api.max_body_bytes",
+                &n.to_string(),
+                "out of range",
+                "use 1024 to 67108864 bytes",
+            ))
+        }
+    };
+    let max_long_poll = duration_in(
+        file.api.max_long_poll.as_deref(),
+        "api.max_long_poll",
+        Duration::from_secs(60),
+        (Duration::from_secs(1), Duration::from_secs(600)),
+        &invalid,
+    )?;
+    let api = ApiConfig {
+        socket: api_socket,
+        max_body_bytes,
+        max_long_poll,
     };
 
     Ok(Config {
@@ -417,8 +458,116 @@ fn validate(file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         },
         log: LogConfig { level, format },
         keys,
-        pms: PmsConfig { mllp_listen },
-        api: ApiConfig { socket },
+        pms,
+        api,
+    })
+}
+
+type Invalid<'a> = dyn Fn(&'static str, &str, &str, &'static str) -> ConfigError + 'a;
+
+fn duration_in(
+    value: Option<&str>,
+    key: &'static str,
+    default: Duration,
+    (min, max): (Duration, Duration),
+    invalid: &Invalid<'_>,
+) -> Result<Duration, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    match parse_duration(v) {
+        Some(d) if d >= min && d <= max => Ok(d),
+        Some(_) => Err(invalid(key, v, "out of range", "see docs/configuration.md for the allowed range")),
+        None => Err(invalid(key, v, "not a duration", "write it like \"30s\", \"5m\" or \"1h 30m\"")),
+    }
+}
+
+fn validate_pms(file: &PmsFile, tz: &TimeZone, invalid: &Invalid<'_>) -> Result<PmsConfig, ConfigError> {
+    use crate::model::AppointmentStatus;
+    use crate::pms::map::{FieldPath, MappingConfig};
+    let mllp_raw = file.mllp_listen.as_deref().unwrap_or("0.0.0.0:2575");
+    let mllp_listen: SocketAddr = mllp_raw.parse().map_err(|_| {
+        invalid(
+            "pms.mllp_listen",
+            mllp_raw,
+            "not a socket address",
+            "write IP:PORT, e.g. 0.0.0.0:2575 or [::]:2575 (host names are not accepted)",
+        )
+    })?;
+    let mut allow = Vec::new();
+    for entry in file.allow.iter().flatten() {
+        let net = entry
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| invalid("pms.allow", entry, "not an address or network", "list addresses or CIDR networks, e.g. [\"192.168.10.5\", \"10.0.0.0/24\"]"))?;
+        allow.push(net);
+    }
+    let max_connections = match file.max_connections {
+        None => 64,
+        Some(n @ 1..=4096) => n as usize,
+        Some(n) => return Err(invalid("pms.max_connections", &n.to_string(), "out of range", "use 1 to 4096")),
+    };
+    let idle_timeout = duration_in(
+        file.idle_timeout.as_deref(),
+        "pms.idle_timeout",
+        Duration::from_secs(300),
+        (Duration::from_secs(1), Duration::from_secs(86_400)),
+        invalid,
+    )?;
+    let max_message_bytes = match file.max_message_bytes {
+        None => 16 * 1024 * 1024,
+        Some(n) if (1024..=256 * 1024 * 1024).contains(&n) => n as usize,
+        Some(n) => return Err(invalid("pms.max_message_bytes", &n.to_string(), "out of range", "use 1024 to 268435456 bytes")),
+    };
+    let max_pdf_bytes = match file.max_pdf_bytes {
+        None => 10 * 1024 * 1024,
+        Some(n) if (1024..=max_message_bytes as u64).contains(&n) => n as usize,
+        Some(n) => return Err(invalid("pms.max_pdf_bytes", &n.to_string(), "out of range", "use 1024 bytes up to pms.max_message_bytes")),
+    };
+    let country = file.phone_country_code.clone().unwrap_or_else(|| "49".to_owned());
+    if country.is_empty() || country.len() > 3 || !country.chars().all(|c| c.is_ascii_digit()) || country.starts_with('0') {
+        return Err(invalid("pms.phone_country_code", &country, "not a country calling code", "digits without + or 00, e.g. \"49\" or \"1\""));
+    }
+    let trunk = file.phone_trunk_prefix.clone().unwrap_or_else(|| "0".to_owned());
+    if trunk.len() > 2 || !trunk.chars().all(|c| c.is_ascii_digit()) {
+        return Err(invalid("pms.phone_trunk_prefix", &trunk, "not a trunk prefix", "\"0\" in most of Europe, \"\" for North America"));
+    }
+    let mut status_map = std::collections::HashMap::new();
+    for (code, fhir) in file.status_map.iter().flatten() {
+        let status: AppointmentStatus = serde_json::from_value(serde_json::Value::String(fhir.clone())).map_err(|_| {
+            invalid("pms.status_map", fhir, "not a FHIR appointment status", "use booked, arrived, fulfilled, cancelled, noshow, pending, proposed, checked-in, waitlist or entered-in-error")
+        })?;
+        status_map.insert(code.to_ascii_uppercase(), status);
+    }
+    let consent_field = match file.consent_field.as_deref() {
+        None => Some(FieldPath { segment: "ZCN".to_owned(), field: 2, component: 1 }),
+        Some("") => None,
+        Some(v) => Some(FieldPath::parse(v).ok_or_else(|| invalid("pms.consent_field", v, "not a field path", "write SEG-FIELD or SEG-FIELD.COMPONENT, e.g. \"ZCN-2\"; \"\" turns it off"))?),
+    };
+    let deliverable_statuses = file.deliverable_result_statuses.clone().unwrap_or_else(|| vec!["F".to_owned(), "C".to_owned()]);
+    let default_duration = duration_in(
+        file.default_duration.as_deref(),
+        "pms.default_duration",
+        Duration::from_secs(15 * 60),
+        (Duration::from_secs(60), Duration::from_secs(24 * 3600)),
+        invalid,
+    )?;
+    Ok(PmsConfig {
+        mllp_listen,
+        allow,
+        max_connections,
+        idle_timeout,
+        max_message_bytes,
+        application: file.application.clone().unwrap_or_else(|| "CLINIC-RELAY".to_owned()),
+        facility: file.facility.clone().unwrap_or_default(),
+        mapping: MappingConfig {
+            assigning_authority: file.assigning_authority.clone().unwrap_or_default(),
+            phone_plan: crate::pms::phone::PhonePlan { country_code: country, trunk_prefix: trunk },
+            time_zone: tz.clone(),
+            status_map,
+            deliverable_statuses,
+            max_pdf_bytes,
+            consent_field,
+            default_duration_minutes: u32::try_from(default_duration.as_secs() / 60).unwrap_or(15),
+        },
     })
 }
 

@@ -7,6 +7,8 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::keys::{self, KeyError, MasterKey};
 use crate::vault::keyring::KeyringError;
+use crate::pms::ingest::{Identity, Ingest};
+use crate::pms::listener::{self, AllowList, ListenerLimits, PlainTcp};
 use crate::vault::{Txn, Vault, VaultError};
 use sd_notify::NotifyState;
 use std::sync::Arc;
@@ -34,6 +36,14 @@ pub enum ServiceError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("{key} = {addr:?}: cannot listen: {source}. Fix: free the port or choose another address")]
+    Bind {
+        key: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot disable core dumps: {0}")]
@@ -210,7 +220,22 @@ struct Named {
     handle: JoinHandle<()>,
 }
 
-pub async fn serve(config: Config, clock: SharedClock) -> Result<(), ServiceError> {
+/// A started service set: what it bound, and how to stop it.
+pub struct Running {
+    /// The MLLP listener's actual address (port 0 in the config picks one).
+    pub mllp_addr: std::net::SocketAddr,
+    pub api_socket: std::path::PathBuf,
+    pub vault: Vault,
+    pub ingest: Arc<Ingest>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<Named>,
+    clock: SharedClock,
+    grace: Duration,
+}
+
+/// Opens the vault and starts every listener and worker. Returns once all
+/// of them are bound, so the caller can report READY.
+pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServiceError> {
     let cfg = config.clone();
     let opened = tokio::task::spawn_blocking(move || open_vault(&cfg))
         .await
@@ -233,27 +258,113 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), ServiceErro
         });
     }
 
+    // The API first: at shutdown tasks stop in this order, and the PMS door
+    // should close before the local one.
+    let api_listener = crate::api::bind(&config.api.socket)?;
+    let api_state = Arc::new(crate::api::ApiState {
+        vault: vault.clone(),
+        clock: clock.clone(),
+        phone_plan: config.pms.mapping.phone_plan.clone(),
+        authority: config.pms.mapping.assigning_authority.clone(),
+        max_body_bytes: config.api.max_body_bytes,
+        started: clock.now(),
+        max_wait: config.api.max_long_poll,
+    });
+
+    let tcp = tokio::net::TcpListener::bind(config.pms.mllp_listen)
+        .await
+        .map_err(|source| ServiceError::Bind {
+            key: "pms.mllp_listen",
+            addr: config.pms.mllp_listen.to_string(),
+            source,
+        })?;
+    let mllp_addr = tcp.local_addr().map_err(ServiceError::Runtime)?;
+    let ingest = Arc::new(Ingest::new(
+        vault.clone(),
+        clock.clone(),
+        Arc::new(config.pms.mapping.clone()),
+        Identity {
+            application: config.pms.application.clone(),
+            facility: config.pms.facility.clone(),
+        },
+        config.pms.max_message_bytes,
+    ));
+    let limits = ListenerLimits {
+        max_connections: config.pms.max_connections,
+        max_frame_bytes: config.pms.max_message_bytes,
+        idle_timeout: config.pms.idle_timeout,
+    };
+    tasks.push(Named {
+        name: "mllp-listener",
+        handle: tokio::spawn(listener::serve(
+            tcp,
+            ingest.clone(),
+            Arc::new(PlainTcp),
+            limits,
+            AllowList(config.pms.allow.clone()),
+            stop_rx.clone(),
+        )),
+    });
+    tasks.push(Named {
+        name: "local-api",
+        handle: tokio::spawn(crate::api::serve(api_listener, api_state, stop_rx.clone())),
+    });
+    info!(mllp = %mllp_addr, api = %config.api.socket.display(), "listening");
+
     if let Some(period) = watchdog_period() {
         tasks.push(Named {
             name: "watchdog",
             handle: tokio::spawn(watchdog(period / 2, stop_rx.clone())),
         });
     }
+    Ok(Running {
+        mllp_addr,
+        api_socket: config.api.socket.clone(),
+        vault,
+        ingest,
+        stop: stop_tx,
+        tasks,
+        clock,
+        grace: config.service.shutdown_timeout,
+    })
+}
 
+impl Running {
+    /// Stops accepting, lets in-flight work finish (within the grace
+    /// period), records the stop, flushes and closes the vault.
+    pub async fn shutdown(self) -> Result<(), ServiceError> {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        for task in self.tasks {
+            match tokio::time::timeout_at(deadline, task.handle).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!(task = task.name, error = %e, "task ended abnormally"),
+                Err(_) => warn!(task = task.name, "task did not stop in time; it resumes on next start"),
+            }
+        }
+        let mut stop = Txn::new(self.clock.now());
+        stop.audit(AuditDraft::new("system", "service.stop"));
+        self.vault.commit_async(stop).await?;
+        let _ = std::fs::remove_file(&self.api_socket);
+        let vault = self.vault;
+        drop(self.ingest);
+        tokio::task::spawn_blocking(move || vault.close())
+            .await
+            .map_err(|e| ServiceError::Join(e.to_string()))??;
+        Ok(())
+    }
+}
+
+pub async fn serve(config: Config, clock: SharedClock) -> Result<(), ServiceError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServiceError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServiceError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(ServiceError::Signals)?;
+    let data_dir = config.service.data_dir.clone();
+    let tz = config.service.time_zone_name.clone();
+    let running = start(config, clock).await?;
 
-    notify(&[
-        NotifyState::Ready,
-        NotifyState::Status("serving; WhatsApp dry-run"),
-    ]);
-    info!(
-        version = VERSION,
-        data_dir = %config.service.data_dir.display(),
-        time_zone = %config.service.time_zone_name,
-        "clinic-relay ready"
-    );
+    notify(&[NotifyState::Ready, NotifyState::Status("serving; WhatsApp dry-run")]);
+    info!(version = VERSION, data_dir = %data_dir.display(), time_zone = %tz, "clinic-relay ready");
 
     loop {
         tokio::select! {
@@ -262,26 +373,8 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), ServiceErro
             _ = sighup.recv() => { info!("SIGHUP: nothing to reload yet"); }
         }
     }
-
     notify(&[NotifyState::Stopping, NotifyState::Status("shutting down")]);
-    let _ = stop_tx.send(true);
-    let deadline = tokio::time::Instant::now() + config.service.shutdown_timeout;
-    for task in tasks {
-        match tokio::time::timeout_at(deadline, task.handle).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(task = task.name, error = %e, "task ended abnormally"),
-            Err(_) => warn!(
-                task = task.name,
-                "task did not stop in time; it resumes on next start"
-            ),
-        }
-    }
-    let mut stop = Txn::new(clock.now());
-    stop.audit(AuditDraft::new("system", "service.stop"));
-    vault.commit_async(stop).await?;
-    tokio::task::spawn_blocking(move || vault.close())
-        .await
-        .map_err(|e| ServiceError::Join(e.to_string()))??;
+    running.shutdown().await?;
     info!("clinic-relay stopped");
     Ok(())
 }

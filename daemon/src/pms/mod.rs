@@ -1,5 +1,8 @@
 //! The PMS link: HL7 v2 over MLLP in and out.
 
+pub mod hl7;
+pub mod ingest;
 pub mod listener;
+pub mod map;
 pub mod mllp;
 pub mod phone;

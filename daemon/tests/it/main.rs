@@ -11,3 +11,6 @@ mod vault_crypto;
 mod vault_erasure;
 mod vault_privacy;
 mod vault_rotation;
+mod pms_ingest;
+mod pms_support;
+mod api;

@@ -144,13 +144,15 @@ impl TestInstall {
             .write_new_file(&key_file)
             .unwrap();
         let config = tmp.path().join("config.toml");
+        // Tests never use fixed ports: port 0 lets the kernel pick one.
+        let pms = if extra.contains("[pms]") { "" } else { "[pms]\nmllp_listen = \"127.0.0.1:0\"\n\n" };
         std::fs::write(
             &config,
             format!(
                 "[service]\ndata_dir = \"data\"\ntime_zone = \"Europe/Berlin\"\n\n\
                  [keys]\nmaster_key_file = \"master.key\"\n\n\
                  [log]\nformat = \"text\"\nlevel = \"debug\"\n\n\
-                 [api]\nsocket = \"api.sock\"\n\n{extra}"
+                 [api]\nsocket = \"api.sock\"\n\n{pms}{extra}"
             ),
         )
         .unwrap();

@@ -1,0 +1,144 @@
+//! The inbound door: one MLLP frame in, one ACK out.
+//!
+//! parse → map (MSH-9 decides) → one durable vault transaction, guarded by
+//! the idempotency key (sender + MSH-10) → AA. A content error is AE with an
+//! ERR segment; an unreadable or unsupported message is AR. A repeated
+//! MSH-10 from the same sender gets AA again and changes nothing.
+
+use super::hl7::{self, AckCode, AckError, Message};
+use super::listener::FrameHandler;
+use super::map::{self, MapContext, MappingConfig, Rejection};
+use super::mllp::Incoming;
+use crate::clock::SharedClock;
+use crate::commands::{self, Applied, CommandError, Origin};
+use crate::vault::Vault;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use tracing::{debug, error, info, warn};
+
+/// How we name ourselves in ACKs (MSH-3/MSH-4).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub application: String,
+    pub facility: String,
+}
+
+pub struct Ingest {
+    vault: Vault,
+    clock: SharedClock,
+    mapping: Arc<MappingConfig>,
+    identity: Identity,
+    max_message_bytes: usize,
+    next_control_id: AtomicU64,
+    /// Unix seconds of the last message accepted (for `status`).
+    last_message_at: AtomicI64,
+}
+
+impl Ingest {
+    pub fn new(vault: Vault, clock: SharedClock, mapping: Arc<MappingConfig>, identity: Identity, max_message_bytes: usize) -> Self {
+        // ACK control ids must not repeat across restarts: start from the clock.
+        let seed = u64::try_from(clock.now().as_millisecond()).unwrap_or_default();
+        Self {
+            vault,
+            clock,
+            mapping,
+            identity,
+            max_message_bytes,
+            next_control_id: AtomicU64::new(seed),
+            last_message_at: AtomicI64::new(0),
+        }
+    }
+
+    pub fn last_message_at(&self) -> Option<jiff::Timestamp> {
+        let s = self.last_message_at.load(Ordering::Relaxed);
+        (s > 0).then(|| jiff::Timestamp::from_second(s).ok()).flatten()
+    }
+
+    fn control_id(&self) -> String {
+        format!("CR{}", self.next_control_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn ack(&self, original: &Message, code: AckCode, error: Option<&AckError>) -> Vec<u8> {
+        hl7::ack(original, code, error, self.clock.now(), &self.identity.application, &self.identity.facility, &self.control_id())
+    }
+
+    fn reject_unreadable(&self, bytes: &[u8], error: &AckError) -> Vec<u8> {
+        match hl7::parse_header(bytes) {
+            Ok(header) => self.ack(&header, AckCode::Reject, Some(error)),
+            Err(_) => hl7::ack_unparsed(error, self.clock.now(), &self.identity.application, &self.identity.facility, &self.control_id()),
+        }
+    }
+
+    /// Handles one message's bytes and returns the ACK bytes.
+    pub async fn process(&self, bytes: &[u8]) -> Vec<u8> {
+        let msg = match hl7::parse_with_limit(bytes, self.max_message_bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                info!(reason = %e, "HL7 message rejected (AR)");
+                return self.reject_unreadable(bytes, &AckError::new(102, e.to_string()));
+            }
+        };
+        let kind = msg.message_type().map(|t| format!("{}^{}", t.code, t.trigger)).unwrap_or_default();
+        let now = self.clock.now();
+        let ctx = MapContext {
+            vault: &self.vault,
+            config: &self.mapping,
+            now,
+        };
+        let commands = match map::map(&msg, &ctx) {
+            Ok(c) => c,
+            Err(Rejection { code, error }) => {
+                info!(message_type = %kind, code = code.as_str(), reason = %error.text, "HL7 message not applied");
+                return self.ack(&msg, code, Some(&error));
+            }
+        };
+        let sender = format!(
+            "{}|{}",
+            msg.sending_application().unwrap_or_default(),
+            msg.sending_facility().unwrap_or_default()
+        );
+        let control_id = msg.control_id().unwrap_or_default();
+        let origin = Origin {
+            actor: format!("pms:{sender}"),
+            idempotency_key: Some(self.vault.blind_index("hl7-control-id", &format!("{sender}\u{1f}{control_id}")).to_vec()),
+        };
+        match commands::apply(&self.vault, &commands, &origin, now).await {
+            Ok(Applied::Done) => {
+                self.last_message_at.store(now.as_second(), Ordering::Relaxed);
+                debug!(message_type = %kind, "HL7 message applied");
+                self.ack(&msg, AckCode::Accept, None)
+            }
+            Ok(Applied::Duplicate) => {
+                info!(message_type = %kind, "repeated HL7 message acknowledged again, not applied twice");
+                self.ack(&msg, AckCode::Accept, None)
+            }
+            Err(CommandError::UnknownPatient(id)) => {
+                let err = AckError::new(204, format!("unknown patient {id}")).at("PID", 3);
+                self.ack(&msg, AckCode::Error, Some(&err))
+            }
+            Err(CommandError::Vault(e)) => {
+                // Not stored: AE tells the PMS to keep the message and retry.
+                error!(message_type = %kind, error = %e, "HL7 message could not be stored");
+                let err = AckError::new(207, "application internal error: the message was not stored; retry later");
+                self.ack(&msg, AckCode::Error, Some(&err))
+            }
+        }
+    }
+}
+
+impl FrameHandler for Ingest {
+    async fn handle(&self, frame: Incoming, peer: SocketAddr) -> Vec<u8> {
+        match frame {
+            Incoming::Message(bytes) => self.process(&bytes).await,
+            Incoming::Oversized { head, len } => {
+                warn!(peer = %peer.ip(), len, limit = self.max_message_bytes, "HL7 message over the size limit rejected (AR)");
+                let err = AckError::new(
+                    102,
+                    format!("message of {len} bytes exceeds the limit of {} bytes (pms.max_message_bytes)", self.max_message_bytes),
+                );
+                self.reject_unreadable(&head, &err)
+            }
+        }
+    }
+}
