@@ -25,6 +25,7 @@ pub mod config;
 pub mod keys;
 pub mod logging;
 pub mod model;
+pub mod pms;
 pub mod process;
 pub mod service;
 pub mod sync;

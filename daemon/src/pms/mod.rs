@@ -1,0 +1,3 @@
+//! The practice-management-system boundary: everything that speaks to the PMS.
+
+pub mod hl7;
