@@ -21,6 +21,8 @@ mod escape;
 mod message;
 mod parse;
 
+#[cfg(test)]
+mod samples;
 
 pub use ack::{ack, ack_unparsed, error_code_text, AckCode, AckError, DEFAULT_VERSION};
 pub use charset::Encoding;
