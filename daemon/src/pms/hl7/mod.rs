@@ -22,6 +22,8 @@ mod message;
 mod parse;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod samples;
 
 pub use ack::{ack, ack_unparsed, error_code_text, AckCode, AckError, DEFAULT_VERSION};
