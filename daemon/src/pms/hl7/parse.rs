@@ -1,0 +1,283 @@
+//! Bytes → [`Message`].
+//!
+//! Three passes, each linear: find the separators in MSH, cut the input
+//! into segment lines (CR, LF and CRLF all end a segment, blank lines are
+//! skipped) and check their ids, then split every line by the delimiters and
+//! unescape/decode each value. Delimiters are ASCII, so cutting on raw bytes
+//! is safe for both UTF-8 and Latin-1 before anything is decoded.
+
+use super::charset::{self, Encoding};
+use super::error::{valid_segment_id, ParseError};
+use super::escape::unescape;
+use super::message::{Component, Field, Message, Repetition, Segment, Separators};
+use super::MAX_MESSAGE_BYTES;
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Parse one message with the default size limit ([`MAX_MESSAGE_BYTES`]).
+pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
+    parse_with_limit(bytes, MAX_MESSAGE_BYTES)
+}
+
+/// Parse one message, refusing inputs longer than `max_bytes`.
+///
+/// Besides structure, this requires MSH-9.1 (message code) and MSH-10
+/// (control id): without them we can neither route nor deduplicate.
+pub fn parse_with_limit(bytes: &[u8], max_bytes: usize) -> Result<Message, ParseError> {
+    if bytes.len() > max_bytes {
+        return Err(ParseError::TooLarge {
+            len: bytes.len(),
+            limit: max_bytes,
+        });
+    }
+    let input = trim_start(bytes);
+    let separators = read_separators(input)?;
+    let lines = segment_lines(input)?;
+    let msg = build(&lines, input, separators);
+    if msg.message_type().is_none() {
+        return Err(ParseError::MissingField {
+            segment: "MSH",
+            field: 9,
+        });
+    }
+    if msg.control_id().is_none() {
+        return Err(ParseError::MissingField {
+            segment: "MSH",
+            field: 10,
+        });
+    }
+    Ok(msg)
+}
+
+/// Parse only the MSH segment, without requiring any field.
+///
+/// For the rejection path: when [`parse`] fails further down the message,
+/// the header usually still yields MSH-10 and the sender's identity, so the
+/// AR acknowledgement can echo them. No size limit applies beyond the first
+/// line's own length; the MLLP reader bounds frames anyway.
+pub fn parse_header(bytes: &[u8]) -> Result<Message, ParseError> {
+    let input = trim_start(bytes);
+    let separators = read_separators(input)?;
+    let first = input
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    if !valid_segment_id(segment_id(first, separators.field)) {
+        return Err(ParseError::BadSegmentId { index: 1 });
+    }
+    Ok(build(&[first], first, separators))
+}
+
+/// Skip a UTF-8 byte-order mark and leading blank lines or spaces.
+fn trim_start(bytes: &[u8]) -> &[u8] {
+    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    bytes.get(start..).unwrap_or_default()
+}
+
+/// Separators must be visible ASCII that cannot occur in a segment id.
+fn usable_separator(b: u8) -> bool {
+    b.is_ascii_punctuation()
+}
+
+/// MSH-1 is the byte after `MSH`; MSH-2 runs up to the next field separator.
+fn read_separators(input: &[u8]) -> Result<Separators, ParseError> {
+    if !input.starts_with(b"MSH") {
+        return Err(ParseError::NotHl7);
+    }
+    let field = *input.get(3).ok_or(ParseError::BadSeparators {
+        field: 1,
+        reason: "the field separator is missing",
+    })?;
+    if !usable_separator(field) {
+        return Err(ParseError::BadSeparators {
+            field: 1,
+            reason: "the field separator is not a punctuation character",
+        });
+    }
+    let rest = input.get(4..).unwrap_or_default();
+    let end = rest
+        .iter()
+        .position(|&b| b == field || b == b'\r' || b == b'\n')
+        .unwrap_or(rest.len());
+    let chars = rest.get(..end).unwrap_or_default();
+    // Four characters, plus the v2.7 truncation character.
+    if chars.len() > 5 {
+        return Err(ParseError::BadSeparators {
+            field: 2,
+            reason: "longer than 5 characters",
+        });
+    }
+    for (i, &c) in chars.iter().enumerate() {
+        let repeated = c == field || chars.get(..i).is_some_and(|seen| seen.contains(&c));
+        if !usable_separator(c) || repeated {
+            return Err(ParseError::BadSeparators {
+                field: 2,
+                reason: "a separator is repeated or not a punctuation character",
+            });
+        }
+    }
+    let at = |i: usize| chars.get(i).copied();
+    Ok(Separators {
+        field,
+        component: at(0),
+        repetition: at(1),
+        escape: at(2),
+        subcomponent: at(3),
+        truncation: at(4),
+    })
+}
+
+/// The segment id is whatever precedes the first field separator.
+fn segment_id(line: &[u8], field: u8) -> &[u8] {
+    line.split(|&b| b == field).next().unwrap_or_default()
+}
+
+/// Cut the input into non-blank segment lines and check every id.
+fn segment_lines(input: &[u8]) -> Result<Vec<&[u8]>, ParseError> {
+    let field = input.get(3).copied().unwrap_or(b'|');
+    let lines: Vec<&[u8]> = input
+        .split(|&b| b == b'\r' || b == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    for (i, line) in lines.iter().enumerate() {
+        if !valid_segment_id(segment_id(line, field)) {
+            return Err(ParseError::BadSegmentId { index: i + 1 });
+        }
+    }
+    Ok(lines)
+}
+
+/// MSH-18 straight from the raw MSH line: it decides how to decode the rest,
+/// so it must be read before anything is decoded. Charset names are ASCII.
+fn raw_charset(msh: &[u8], seps: &Separators) -> Option<String> {
+    // Raw pieces: 0 = "MSH", 1 = MSH-2, so MSH-n is piece n - 1.
+    let raw = msh.split(|&b| b == seps.field).nth(17)?;
+    let first = split_on(raw, seps.repetition).next()?;
+    let name = split_on(first, seps.component).next()?;
+    let name = String::from_utf8_lossy(name).trim().to_owned();
+    (!name.is_empty()).then_some(name)
+}
+
+fn build(lines: &[&[u8]], whole: &[u8], separators: Separators) -> Message {
+    let msh = lines.first().copied().unwrap_or_default();
+    let declared = charset::declared(raw_charset(msh, &separators).as_deref());
+    let encoding = Encoding::detect(declared, whole);
+    let segments = lines
+        .iter()
+        .map(|line| parse_segment(line, &separators, encoding))
+        .collect();
+    Message {
+        segments,
+        separators,
+        encoding,
+    }
+}
+
+/// Split on an optional delimiter; `None` yields the whole input once.
+fn split_on(raw: &[u8], delimiter: Option<u8>) -> impl Iterator<Item = &[u8]> {
+    raw.split(move |&b| Some(b) == delimiter)
+}
+
+fn parse_segment(line: &[u8], seps: &Separators, enc: Encoding) -> Segment {
+    let mut pieces = line.split(|&b| b == seps.field);
+    let id = pieces.next().unwrap_or_default();
+    let mut fields = Vec::new();
+    // Header segments: field 1 is the separator itself and field 2 the
+    // encoding characters; neither is split nor unescaped.
+    if matches!(id, b"MSH" | b"BHS" | b"FHS") {
+        fields.push(Field::from_text(char::from(seps.field)));
+        let chars = pieces.next().unwrap_or_default();
+        fields.push(if chars.is_empty() {
+            Field::default()
+        } else {
+            Field::from_text(enc.decode(chars))
+        });
+    }
+    fields.extend(pieces.map(|raw| parse_field(raw, seps, enc)));
+    Segment {
+        id: String::from_utf8_lossy(id).into_owned(),
+        fields,
+    }
+}
+
+fn parse_field(raw: &[u8], seps: &Separators, enc: Encoding) -> Field {
+    if raw.is_empty() {
+        return Field::default();
+    }
+    let leaf = |sub: &[u8]| enc.decode(&unescape(sub, seps));
+    let component = |comp: &[u8]| Component {
+        subcomponents: split_on(comp, seps.subcomponent).map(leaf).collect(),
+    };
+    let repetition = |rep: &[u8]| Repetition {
+        components: split_on(rep, seps.component).map(component).collect(),
+    };
+    Field {
+        repetitions: split_on(raw, seps.repetition).map(repetition).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separators_are_read_from_msh() {
+        let s = read_separators(b"MSH|^~\\&#|APP").unwrap();
+        assert_eq!(s.truncation, Some(b'#'));
+        let s = read_separators(b"MSH*$!@%*APP").unwrap();
+        assert_eq!(
+            (s.field, s.component, s.subcomponent),
+            (b'*', Some(b'$'), Some(b'%'))
+        );
+    }
+
+    #[test]
+    fn short_msh2_leaves_delimiters_undefined() {
+        let s = read_separators(b"MSH|^~|APP").unwrap();
+        assert_eq!((s.escape, s.subcomponent), (None, None));
+        let s = read_separators(b"MSH||APP").unwrap();
+        assert_eq!(s.component, None);
+        let s = read_separators(b"MSH|").unwrap();
+        assert_eq!(s.repetition, None);
+    }
+
+    #[test]
+    fn bad_separators_are_rejected() {
+        for input in [
+            &b"MSH"[..],
+            b"MSHA^~\\&",
+            b"MSH ^~\\&",
+            b"MSH\r",
+            b"MSH|^~\\&#!|",
+            b"MSH|^^\\&|",
+            b"MSH|^ \\&|",
+            b"MSH|^A\\&|",
+        ] {
+            assert!(
+                matches!(
+                    read_separators(input),
+                    Err(ParseError::BadSeparators { .. })
+                ),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn header_only_parse_is_lenient() {
+        let msg = parse_header(b"MSH|^~\\&|APP||||||||2.5\rPID|1\r\x01\x02").unwrap();
+        assert_eq!(msg.segments().len(), 1);
+        assert_eq!(msg.sending_application(), Some("APP"));
+        assert_eq!(msg.control_id(), None);
+        assert!(matches!(
+            parse_header(b"MSHX"),
+            Err(ParseError::BadSeparators { .. })
+        ));
+        assert_eq!(parse_header(b"PID|1"), Err(ParseError::NotHl7));
+    }
+}
