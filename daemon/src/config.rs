@@ -475,12 +475,26 @@ fn duration_in(
     let Some(v) = value else { return Ok(default) };
     match parse_duration(v) {
         Some(d) if d >= min && d <= max => Ok(d),
-        Some(_) => Err(invalid(key, v, "out of range", "see docs/configuration.md for the allowed range")),
-        None => Err(invalid(key, v, "not a duration", "write it like \"30s\", \"5m\" or \"1h 30m\"")),
+        Some(_) => Err(invalid(
+            key,
+            v,
+            "out of range",
+            "see docs/configuration.md for the allowed range",
+        )),
+        None => Err(invalid(
+            key,
+            v,
+            "not a duration",
+            "write it like \"30s\", \"5m\" or \"1h 30m\"",
+        )),
     }
 }
 
-fn validate_pms(file: &PmsFile, tz: &TimeZone, invalid: &Invalid<'_>) -> Result<PmsConfig, ConfigError> {
+fn validate_pms(
+    file: &PmsFile,
+    tz: &TimeZone,
+    invalid: &Invalid<'_>,
+) -> Result<PmsConfig, ConfigError> {
     use crate::model::AppointmentStatus;
     use crate::pms::map::{FieldPath, MappingConfig};
     let mllp_raw = file.mllp_listen.as_deref().unwrap_or("0.0.0.0:2575");
@@ -497,13 +511,27 @@ fn validate_pms(file: &PmsFile, tz: &TimeZone, invalid: &Invalid<'_>) -> Result<
         let net = entry
             .parse::<ipnet::IpNet>()
             .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map_err(|_| invalid("pms.allow", entry, "not an address or network", "list addresses or CIDR networks, e.g. [\"192.168.10.5\", \"10.0.0.0/24\"]"))?;
+            .map_err(|_| {
+                invalid(
+                    "pms.allow",
+                    entry,
+                    "not an address or network",
+                    "list addresses or CIDR networks, e.g. [\"192.168.10.5\", \"10.0.0.0/24\"]",
+                )
+            })?;
         allow.push(net);
     }
     let max_connections = match file.max_connections {
         None => 64,
         Some(n @ 1..=4096) => n as usize,
-        Some(n) => return Err(invalid("pms.max_connections", &n.to_string(), "out of range", "use 1 to 4096")),
+        Some(n) => {
+            return Err(invalid(
+                "pms.max_connections",
+                &n.to_string(),
+                "out of range",
+                "use 1 to 4096",
+            ))
+        }
     };
     let idle_timeout = duration_in(
         file.idle_timeout.as_deref(),
@@ -515,20 +543,54 @@ fn validate_pms(file: &PmsFile, tz: &TimeZone, invalid: &Invalid<'_>) -> Result<
     let max_message_bytes = match file.max_message_bytes {
         None => 16 * 1024 * 1024,
         Some(n) if (1024..=256 * 1024 * 1024).contains(&n) => n as usize,
-        Some(n) => return Err(invalid("pms.max_message_bytes", &n.to_string(), "out of range", "use 1024 to 268435456 bytes")),
+        Some(n) => {
+            return Err(invalid(
+                "pms.max_message_bytes",
+                &n.to_string(),
+                "out of range",
+                "use 1024 to 268435456 bytes",
+            ))
+        }
     };
     let max_pdf_bytes = match file.max_pdf_bytes {
         None => 10 * 1024 * 1024,
         Some(n) if (1024..=max_message_bytes as u64).contains(&n) => n as usize,
-        Some(n) => return Err(invalid("pms.max_pdf_bytes", &n.to_string(), "out of range", "use 1024 bytes up to pms.max_message_bytes")),
+        Some(n) => {
+            return Err(invalid(
+                "pms.max_pdf_bytes",
+                &n.to_string(),
+                "out of range",
+                "use 1024 bytes up to pms.max_message_bytes",
+            ))
+        }
     };
-    let country = file.phone_country_code.clone().unwrap_or_else(|| "49".to_owned());
-    if country.is_empty() || country.len() > 3 || !country.chars().all(|c| c.is_ascii_digit()) || country.starts_with('0') {
-        return Err(invalid("pms.phone_country_code", &country, "not a country calling code", "digits without + or 00, e.g. \"49\" or \"1\""));
+    let country = file
+        .phone_country_code
+        .clone()
+        .unwrap_or_else(|| "49".to_owned());
+    if country.is_empty()
+        || country.len() > 3
+        || !country.chars().all(|c| c.is_ascii_digit())
+        || country.starts_with('0')
+    {
+        return Err(invalid(
+            "pms.phone_country_code",
+            &country,
+            "not a country calling code",
+            "digits without + or 00, e.g. \"49\" or \"1\"",
+        ));
     }
-    let trunk = file.phone_trunk_prefix.clone().unwrap_or_else(|| "0".to_owned());
+    let trunk = file
+        .phone_trunk_prefix
+        .clone()
+        .unwrap_or_else(|| "0".to_owned());
     if trunk.len() > 2 || !trunk.chars().all(|c| c.is_ascii_digit()) {
-        return Err(invalid("pms.phone_trunk_prefix", &trunk, "not a trunk prefix", "\"0\" in most of Europe, \"\" for North America"));
+        return Err(invalid(
+            "pms.phone_trunk_prefix",
+            &trunk,
+            "not a trunk prefix",
+            "\"0\" in most of Europe, \"\" for North America",
+        ));
     }
     let mut status_map = std::collections::HashMap::new();
     for (code, fhir) in file.status_map.iter().flatten() {
@@ -538,11 +600,25 @@ fn validate_pms(file: &PmsFile, tz: &TimeZone, invalid: &Invalid<'_>) -> Result<
         status_map.insert(code.to_ascii_uppercase(), status);
     }
     let consent_field = match file.consent_field.as_deref() {
-        None => Some(FieldPath { segment: "ZCN".to_owned(), field: 2, component: 1 }),
+        None => Some(FieldPath {
+            segment: "ZCN".to_owned(),
+            field: 2,
+            component: 1,
+        }),
         Some("") => None,
-        Some(v) => Some(FieldPath::parse(v).ok_or_else(|| invalid("pms.consent_field", v, "not a field path", "write SEG-FIELD or SEG-FIELD.COMPONENT, e.g. \"ZCN-2\"; \"\" turns it off"))?),
+        Some(v) => Some(FieldPath::parse(v).ok_or_else(|| {
+            invalid(
+                "pms.consent_field",
+                v,
+                "not a field path",
+                "write SEG-FIELD or SEG-FIELD.COMPONENT, e.g. \"ZCN-2\"; \"\" turns it off",
+            )
+        })?),
     };
-    let deliverable_statuses = file.deliverable_result_statuses.clone().unwrap_or_else(|| vec!["F".to_owned(), "C".to_owned()]);
+    let deliverable_statuses = file
+        .deliverable_result_statuses
+        .clone()
+        .unwrap_or_else(|| vec!["F".to_owned(), "C".to_owned()]);
     let default_duration = duration_in(
         file.default_duration.as_deref(),
         "pms.default_duration",
@@ -556,11 +632,17 @@ fn validate_pms(file: &PmsFile, tz: &TimeZone, invalid: &Invalid<'_>) -> Result<
         max_connections,
         idle_timeout,
         max_message_bytes,
-        application: file.application.clone().unwrap_or_else(|| "CLINIC-RELAY".to_owned()),
+        application: file
+            .application
+            .clone()
+            .unwrap_or_else(|| "CLINIC-RELAY".to_owned()),
         facility: file.facility.clone().unwrap_or_default(),
         mapping: MappingConfig {
             assigning_authority: file.assigning_authority.clone().unwrap_or_default(),
-            phone_plan: crate::pms::phone::PhonePlan { country_code: country, trunk_prefix: trunk },
+            phone_plan: crate::pms::phone::PhonePlan {
+                country_code: country,
+                trunk_prefix: trunk,
+            },
             time_zone: tz.clone(),
             status_map,
             deliverable_statuses,

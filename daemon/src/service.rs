@@ -6,9 +6,9 @@ use crate::audit::AuditDraft;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::keys::{self, KeyError, MasterKey};
-use crate::vault::keyring::KeyringError;
 use crate::pms::ingest::{Identity, Ingest};
 use crate::pms::listener::{self, AllowList, ListenerLimits, PlainTcp};
+use crate::vault::keyring::KeyringError;
 use crate::vault::{Txn, Vault, VaultError};
 use sd_notify::NotifyState;
 use std::sync::Arc;
@@ -36,7 +36,9 @@ pub enum ServiceError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("{key} = {addr:?}: cannot listen: {source}. Fix: free the port or choose another address")]
+    #[error(
+        "{key} = {addr:?}: cannot listen: {source}. Fix: free the port or choose another address"
+    )]
     Bind {
         key: &'static str,
         addr: String,
@@ -339,7 +341,10 @@ impl Running {
             match tokio::time::timeout_at(deadline, task.handle).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => error!(task = task.name, error = %e, "task ended abnormally"),
-                Err(_) => warn!(task = task.name, "task did not stop in time; it resumes on next start"),
+                Err(_) => warn!(
+                    task = task.name,
+                    "task did not stop in time; it resumes on next start"
+                ),
             }
         }
         let mut stop = Txn::new(self.clock.now());
@@ -363,7 +368,10 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), ServiceErro
     let tz = config.service.time_zone_name.clone();
     let running = start(config, clock).await?;
 
-    notify(&[NotifyState::Ready, NotifyState::Status("serving; WhatsApp dry-run")]);
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("serving; WhatsApp dry-run"),
+    ]);
     info!(version = VERSION, data_dir = %data_dir.display(), time_zone = %tz, "clinic-relay ready");
 
     loop {

@@ -36,7 +36,13 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(vault: Vault, clock: SharedClock, mapping: Arc<MappingConfig>, identity: Identity, max_message_bytes: usize) -> Self {
+    pub fn new(
+        vault: Vault,
+        clock: SharedClock,
+        mapping: Arc<MappingConfig>,
+        identity: Identity,
+        max_message_bytes: usize,
+    ) -> Self {
         // ACK control ids must not repeat across restarts: start from the clock.
         let seed = u64::try_from(clock.now().as_millisecond()).unwrap_or_default();
         Self {
@@ -52,7 +58,9 @@ impl Ingest {
 
     pub fn last_message_at(&self) -> Option<jiff::Timestamp> {
         let s = self.last_message_at.load(Ordering::Relaxed);
-        (s > 0).then(|| jiff::Timestamp::from_second(s).ok()).flatten()
+        (s > 0)
+            .then(|| jiff::Timestamp::from_second(s).ok())
+            .flatten()
     }
 
     fn control_id(&self) -> String {
@@ -60,13 +68,27 @@ impl Ingest {
     }
 
     fn ack(&self, original: &Message, code: AckCode, error: Option<&AckError>) -> Vec<u8> {
-        hl7::ack(original, code, error, self.clock.now(), &self.identity.application, &self.identity.facility, &self.control_id())
+        hl7::ack(
+            original,
+            code,
+            error,
+            self.clock.now(),
+            &self.identity.application,
+            &self.identity.facility,
+            &self.control_id(),
+        )
     }
 
     fn reject_unreadable(&self, bytes: &[u8], error: &AckError) -> Vec<u8> {
         match hl7::parse_header(bytes) {
             Ok(header) => self.ack(&header, AckCode::Reject, Some(error)),
-            Err(_) => hl7::ack_unparsed(error, self.clock.now(), &self.identity.application, &self.identity.facility, &self.control_id()),
+            Err(_) => hl7::ack_unparsed(
+                error,
+                self.clock.now(),
+                &self.identity.application,
+                &self.identity.facility,
+                &self.control_id(),
+            ),
         }
     }
 
@@ -79,7 +101,10 @@ impl Ingest {
                 return self.reject_unreadable(bytes, &AckError::new(102, e.to_string()));
             }
         };
-        let kind = msg.message_type().map(|t| format!("{}^{}", t.code, t.trigger)).unwrap_or_default();
+        let kind = msg
+            .message_type()
+            .map(|t| format!("{}^{}", t.code, t.trigger))
+            .unwrap_or_default();
         let now = self.clock.now();
         let ctx = MapContext {
             vault: &self.vault,
@@ -101,11 +126,16 @@ impl Ingest {
         let control_id = msg.control_id().unwrap_or_default();
         let origin = Origin {
             actor: format!("pms:{sender}"),
-            idempotency_key: Some(self.vault.blind_index("hl7-control-id", &format!("{sender}\u{1f}{control_id}")).to_vec()),
+            idempotency_key: Some(
+                self.vault
+                    .blind_index("hl7-control-id", &format!("{sender}\u{1f}{control_id}"))
+                    .to_vec(),
+            ),
         };
         match commands::apply(&self.vault, &commands, &origin, now).await {
             Ok(Applied::Done) => {
-                self.last_message_at.store(now.as_second(), Ordering::Relaxed);
+                self.last_message_at
+                    .store(now.as_second(), Ordering::Relaxed);
                 debug!(message_type = %kind, "HL7 message applied");
                 self.ack(&msg, AckCode::Accept, None)
             }
@@ -120,7 +150,10 @@ impl Ingest {
             Err(CommandError::Vault(e)) => {
                 // Not stored: AE tells the PMS to keep the message and retry.
                 error!(message_type = %kind, error = %e, "HL7 message could not be stored");
-                let err = AckError::new(207, "application internal error: the message was not stored; retry later");
+                let err = AckError::new(
+                    207,
+                    "application internal error: the message was not stored; retry later",
+                );
                 self.ack(&msg, AckCode::Error, Some(&err))
             }
         }

@@ -467,6 +467,14 @@ impl Vault {
     pub fn close(self) -> VaultResult<()> {
         self.inner.store.flush()?;
         self.inner.flusher.stop();
+        let store_dir = store_path(&self.inner.dir);
+        if let Ok(inner) = Arc::try_unwrap(self.inner) {
+            drop(inner);
+            // The last handle is gone; sled closes its files once its
+            // background writers finish. Return only then, so that a restart
+            // in this process (or a backup) finds the store free.
+            SledStore::wait_released(&store_dir);
+        }
         Ok(())
     }
 

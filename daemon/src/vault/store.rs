@@ -133,6 +133,46 @@ pub struct SledStore {
 
 impl SledStore {
     pub fn open(dir: &Path) -> StoreResult<Self> {
+        // Our own flock (taken before this) keeps other processes out. A
+        // sled lock still held here is this process's previous instance of
+        // the store: sled finishes its last writes on background threads
+        // after the handle is dropped, and only then closes the file. Give
+        // those threads a moment rather than failing a restart.
+        let mut attempts = 0;
+        loop {
+            match Self::open_once(dir) {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && attempts < 100 =>
+                {
+                    attempts += 1;
+                    #[allow(clippy::disallowed_methods)]
+                    // a bounded back-off on a file lock, not business time
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits (bounded, about a second) until no handle of this process holds
+    /// sled's lock on the store in `dir`.
+    pub fn wait_released(dir: &Path) {
+        use rustix::fs::{flock, FlockOperation};
+        let Ok(file) = std::fs::File::open(dir.join("db")) else {
+            return;
+        };
+        for _ in 0..100 {
+            if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
+                let _ = flock(&file, FlockOperation::Unlock);
+                return;
+            }
+            #[allow(clippy::disallowed_methods)]
+            // a bounded back-off on a file lock, not business time
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn open_once(dir: &Path) -> StoreResult<Self> {
         let db = sled::Config::new()
             .path(dir)
             // We flush explicitly when durability is needed (group commit);

@@ -22,7 +22,9 @@ fn patient_body(mrn: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patients_are_created_read_searched_and_erased() {
     let d = Daemon::start("").await;
-    let (status, created) = d.api("POST", "/v1/patients", Some(patient_body("A-100"))).await;
+    let (status, created) = d
+        .api("POST", "/v1/patients", Some(patient_body("A-100")))
+        .await;
     assert_eq!(status, 200, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
     assert_eq!(created["telecom"][0]["value"], "+4915155504242");
@@ -33,7 +35,13 @@ async fn patients_are_created_read_searched_and_erased() {
     assert_eq!(got["birthDate"], "1901-02-03");
     assert_eq!(got["identifier"][0]["value"], "A-100");
 
-    let (status, found) = d.api("GET", "/v1/patients?identifier=urn%3Aclinic-relay%3Amrn%7CA-100", None).await;
+    let (status, found) = d
+        .api(
+            "GET",
+            "/v1/patients?identifier=urn%3Aclinic-relay%3Amrn%7CA-100",
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(found["total"], 1);
     assert_eq!(found["entry"][0]["resource"]["id"], id.as_str());
@@ -43,7 +51,10 @@ async fn patients_are_created_read_searched_and_erased() {
     let (status, problem) = d.api("GET", &format!("/v1/patients/{id}"), None).await;
     assert_eq!(status, 404);
     assert_eq!(problem["status"], 404);
-    assert!(problem["type"].as_str().unwrap().starts_with("urn:clinic-relay:problem:"));
+    assert!(problem["type"]
+        .as_str()
+        .unwrap()
+        .starts_with("urn:clinic-relay:problem:"));
     let (status, _) = d.api("DELETE", &format!("/v1/patients/{id}"), None).await;
     assert_eq!(status, 404);
     d.stop().await;
@@ -52,23 +63,31 @@ async fn patients_are_created_read_searched_and_erased() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appointments_slots_and_results() {
     let d = Daemon::start("").await;
-    let (_, p) = d.api("POST", "/v1/patients", Some(patient_body("A-200"))).await;
+    let (_, p) = d
+        .api("POST", "/v1/patients", Some(patient_body("A-200")))
+        .await;
     let pid = p["id"].as_str().unwrap().to_owned();
     let appt = json!({
         "resourceType": "Appointment", "status": "booked",
         "start": "2026-12-01T09:00:00Z", "minutesDuration": 20,
         "participant": [{"actor": {"reference": format!("Patient/{pid}")}}, {"actor": {"display": "Dr. ZZDOC"}}]
     });
-    let (status, a) = d.api("PUT", "/v1/appointments/APPT-API-1", Some(appt)).await;
+    let (status, a) = d
+        .api("PUT", "/v1/appointments/APPT-API-1", Some(appt))
+        .await;
     assert_eq!(status, 200, "{a}");
     assert_eq!(a["status"], "booked");
     assert_eq!(a["end"], "2026-12-01T09:20:00Z");
-    let (_, list) = d.api("GET", &format!("/v1/patients/{pid}/appointments"), None).await;
+    let (_, list) = d
+        .api("GET", &format!("/v1/patients/{pid}/appointments"), None)
+        .await;
     assert_eq!(list["total"], 1);
 
     let unknown = json!({"status": "booked", "start": "2026-12-01T09:00:00Z",
         "participant": [{"actor": {"reference": format!("Patient/{}", "ab".repeat(16))}}]});
-    let (status, _) = d.api("PUT", "/v1/appointments/APPT-API-2", Some(unknown)).await;
+    let (status, _) = d
+        .api("PUT", "/v1/appointments/APPT-API-2", Some(unknown))
+        .await;
     assert_eq!(status, 422);
 
     let slots = json!([
@@ -97,9 +116,13 @@ async fn over_limit_and_malformed_bodies_are_rejected_clearly() {
     )
     .await;
     assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
-    assert!(raw.contains("application/problem+json") && raw.contains("too-large"), "{raw}");
+    assert!(
+        raw.contains("application/problem+json") && raw.contains("too-large"),
+        "{raw}"
+    );
     // Streamed (chunked, no length): cut off at the limit.
-    let mut chunked = b"POST /v1/patients HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let mut chunked =
+        b"POST /v1/patients HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..20 {
         chunked.extend_from_slice(format!("{:x}\r\n", 100_000).as_bytes());
         chunked.extend(std::iter::repeat_n(b' ', 100_000));
@@ -108,9 +131,19 @@ async fn over_limit_and_malformed_bodies_are_rejected_clearly() {
     chunked.extend_from_slice(b"0\r\n\r\n");
     let raw = raw_request(&d.running.api_socket, &chunked).await;
     assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
-    let (status, problem) = api_call(&d.running.api_socket, "POST", "/v1/patients", Some(b"{\"identifier\": ZZMARK".to_vec()), &[]).await;
+    let (status, problem) = api_call(
+        &d.running.api_socket,
+        "POST",
+        "/v1/patients",
+        Some(b"{\"identifier\": ZZMARK".to_vec()),
+        &[],
+    )
+    .await;
     assert_eq!(status, 400);
-    assert!(!problem["detail"].as_str().unwrap().contains("ZZMARK"), "errors never echo input");
+    assert!(
+        !problem["detail"].as_str().unwrap().contains("ZZMARK"),
+        "errors never echo input"
+    );
     let (status, _) = d.api("PATCH", "/v1/patients", None).await;
     assert_eq!(status, 405);
     let (status, _) = d.api("GET", "/v2/nothing", None).await;
@@ -125,13 +158,34 @@ async fn over_limit_and_malformed_bodies_are_rejected_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_apply_a_request_once() {
     let d = Daemon::start("").await;
-    let headers = [("idempotency-key", "req-42"), ("content-type", "application/json")];
+    let headers = [
+        ("idempotency-key", "req-42"),
+        ("content-type", "application/json"),
+    ];
     let body = || Some(patient_body("A-300").to_string().into_bytes());
-    let (s1, _) = api_call(&d.running.api_socket, "POST", "/v1/patients", body(), &headers).await;
+    let (s1, _) = api_call(
+        &d.running.api_socket,
+        "POST",
+        "/v1/patients",
+        body(),
+        &headers,
+    )
+    .await;
     let seq = d.running.vault.audit_seq();
-    let (s2, _) = api_call(&d.running.api_socket, "POST", "/v1/patients", body(), &headers).await;
+    let (s2, _) = api_call(
+        &d.running.api_socket,
+        "POST",
+        "/v1/patients",
+        body(),
+        &headers,
+    )
+    .await;
     assert_eq!((s1, s2), (200, 200));
-    assert_eq!(d.running.vault.audit_seq(), seq, "the repeat was not applied");
+    assert_eq!(
+        d.running.vault.audit_seq(),
+        seq,
+        "the repeat was not applied"
+    );
     d.stop().await;
 }
 
@@ -148,7 +202,8 @@ fn event(kind: EventKind, n: u64) -> Event {
 
 fn append_event(vault: &clinic_relay::vault::Vault, kind: EventKind, n: u64) -> u64 {
     let mut txn = Txn::new(t0());
-    txn.append_json(Tree::Events, Owner::System, &event(kind, n)).unwrap();
+    txn.append_json(Tree::Events, Owner::System, &event(kind, n))
+        .unwrap();
     txn.audit(AuditDraft::new("test", "event"));
     vault.commit(txn).unwrap().last_in(Tree::Events).unwrap()
 }
@@ -159,7 +214,11 @@ async fn the_event_feed_pages_long_polls_and_survives_a_restart() {
     let vault = d.running.vault.clone();
     let c1 = tokio::task::spawn_blocking({
         let v = vault.clone();
-        move || (1..=3).map(|n| append_event(&v, EventKind::AppointmentConfirmed, n)).collect::<Vec<_>>()
+        move || {
+            (1..=3)
+                .map(|n| append_event(&v, EventKind::AppointmentConfirmed, n))
+                .collect::<Vec<_>>()
+        }
     })
     .await
     .unwrap();
@@ -173,10 +232,14 @@ async fn the_event_feed_pages_long_polls_and_survives_a_restart() {
 
     // A long-poll waiting at the end gets the next event as soon as it is durable.
     let socket = d.running.api_socket.clone();
-    let waiter = tokio::spawn(async move { api_call(&socket, "GET", "/v1/events?after=3&wait=30", None, &[]).await });
+    let waiter = tokio::spawn(async move {
+        api_call(&socket, "GET", "/v1/events?after=3&wait=30", None, &[]).await
+    });
     tokio::task::yield_now().await;
     let v = vault.clone();
-    tokio::task::spawn_blocking(move || append_event(&v, EventKind::OptedOut, 4)).await.unwrap();
+    tokio::task::spawn_blocking(move || append_event(&v, EventKind::OptedOut, 4))
+        .await
+        .unwrap();
     let (_, got) = waiter.await.unwrap();
     assert_eq!(got["cursor"], 4);
     assert_eq!(got["events"][0]["kind"], "opted-out");
@@ -191,10 +254,17 @@ async fn the_event_feed_pages_long_polls_and_survives_a_restart() {
     let install = d.stop().await;
     let d = Daemon::start_in(install).await;
     let (_, all) = d.api("GET", "/v1/events?after=0", None).await;
-    let cursors: Vec<u64> = all["events"].as_array().unwrap().iter().map(|e| e["cursor"].as_u64().unwrap()).collect();
+    let cursors: Vec<u64> = all["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["cursor"].as_u64().unwrap())
+        .collect();
     assert_eq!(cursors, vec![1, 2, 3, 4]);
     let v = d.running.vault.clone();
-    let next = tokio::task::spawn_blocking(move || append_event(&v, EventKind::StaffRequested, 5)).await.unwrap();
+    let next = tokio::task::spawn_blocking(move || append_event(&v, EventKind::StaffRequested, 5))
+        .await
+        .unwrap();
     assert_eq!(next, 5);
     d.stop().await;
 }

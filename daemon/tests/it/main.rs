@@ -3,14 +3,14 @@
 
 mod support;
 
+mod api;
 mod audit_tamper;
 mod config_cli;
+mod pms_ingest;
+mod pms_support;
 mod serve_notify;
 mod vault_crash;
 mod vault_crypto;
 mod vault_erasure;
 mod vault_privacy;
 mod vault_rotation;
-mod pms_ingest;
-mod pms_support;
-mod api;

@@ -11,7 +11,9 @@ use clinic_relay::vault::Tree;
 async fn adt_is_acknowledged_after_commit_and_stored() {
     let d = Daemon::start("").await;
     let mut c = d.mllp().await;
-    let ack = c.send(&adt_a04("MSG0001", "000123", "ZZTEST", "0151 555-0999")).await;
+    let ack = c
+        .send(&adt_a04("MSG0001", "000123", "ZZTEST", "0151 555-0999"))
+        .await;
     assert_eq!(msa(&ack), ("AA".into(), "MSG0001".into()));
     assert_eq!(ack.message_type().unwrap().code, "ACK");
     let vault = &d.running.vault;
@@ -20,7 +22,11 @@ async fn adt_is_acknowledged_after_commit_and_stored() {
     let p = vault.get_patient(ids[0]).unwrap().unwrap();
     assert_eq!(p.family_name, "ZZTEST");
     assert_eq!(p.birth_date.unwrap().to_string(), "1901-02-03");
-    assert_eq!(p.phone.as_deref(), Some("+4915155501234"), "the cell (CP) number wins");
+    assert_eq!(
+        p.phone.as_deref(),
+        Some("+4915155501234"),
+        "the cell (CP) number wins"
+    );
     assert_eq!(vault.find_patients_by_phone("+4915155501234").unwrap(), ids);
     d.stop().await;
 }
@@ -41,10 +47,17 @@ async fn missing_pid3_is_ae_with_err() {
 async fn unsupported_types_are_ar() {
     let d = Daemon::start("").await;
     let mut c = d.mllp().await;
-    let ack = c.send(&format!("{}\rORC|NW|1", msh("ORM^O01", "MSG0003", "2.3"))).await;
+    let ack = c
+        .send(&format!("{}\rORC|NW|1", msh("ORM^O01", "MSG0003", "2.3")))
+        .await;
     assert_eq!(msa(&ack), ("AR".into(), "MSG0003".into()));
     assert_eq!(err(&ack).unwrap().0, "200");
-    let ack = c.send(&format!("{}\rPID|1||1^^^^MR", msh("ADT^A99", "MSG0004", "2.5"))).await;
+    let ack = c
+        .send(&format!(
+            "{}\rPID|1||1^^^^MR",
+            msh("ADT^A99", "MSG0004", "2.5")
+        ))
+        .await;
     assert_eq!(msa(&ack), ("AR".into(), "MSG0004".into()));
     assert_eq!(err(&ack).unwrap().0, "201");
     // Not HL7 at all: AR with an empty MSA-2, and the connection goes on.
@@ -59,16 +72,41 @@ async fn unsupported_types_are_ar() {
 async fn a_repeated_control_id_is_applied_once() {
     let d = Daemon::start("").await;
     let mut c = d.mllp().await;
-    assert_eq!(msa(&c.send(&adt_a04("DUP1", "000200", "ZZFIRST", "")).await).0, "AA");
+    assert_eq!(
+        msa(&c.send(&adt_a04("DUP1", "000200", "ZZFIRST", "")).await).0,
+        "AA"
+    );
     let audit_after_first = d.running.vault.audit_seq();
     // Same sender, same MSH-10, different content: acknowledged, not applied.
-    assert_eq!(msa(&c.send(&adt_a04("DUP1", "000200", "ZZSECOND", "")).await).0, "AA");
+    assert_eq!(
+        msa(&c.send(&adt_a04("DUP1", "000200", "ZZSECOND", "")).await).0,
+        "AA"
+    );
     let id = d.running.vault.find_patients_by_mrn("000200").unwrap()[0];
-    assert_eq!(d.running.vault.get_patient(id).unwrap().unwrap().family_name, "ZZFIRST");
+    assert_eq!(
+        d.running
+            .vault
+            .get_patient(id)
+            .unwrap()
+            .unwrap()
+            .family_name,
+        "ZZFIRST"
+    );
     assert_eq!(d.running.vault.audit_seq(), audit_after_first);
     // A new MSH-10 applies.
-    assert_eq!(msa(&c.send(&adt_a04("DUP2", "000200", "ZZSECOND", "")).await).0, "AA");
-    assert_eq!(d.running.vault.get_patient(id).unwrap().unwrap().family_name, "ZZSECOND");
+    assert_eq!(
+        msa(&c.send(&adt_a04("DUP2", "000200", "ZZSECOND", "")).await).0,
+        "AA"
+    );
+    assert_eq!(
+        d.running
+            .vault
+            .get_patient(id)
+            .unwrap()
+            .unwrap()
+            .family_name,
+        "ZZSECOND"
+    );
     d.stop().await;
 }
 
@@ -80,7 +118,11 @@ async fn an_oversized_frame_is_rejected_and_the_connection_stays_usable() {
     big.push_str("\rNTE|1||");
     big.push_str(&"X".repeat(10_000));
     let ack = c.send(&big).await;
-    assert_eq!(msa(&ack), ("AR".into(), "BIG1".into()), "the head still names the message");
+    assert_eq!(
+        msa(&ack),
+        ("AR".into(), "BIG1".into()),
+        "the head still names the message"
+    );
     assert_eq!(d.running.vault.count(Tree::Patients), 0);
     let ack = c.send(&adt_a04("SMALL1", "000301", "ZZTEST", "")).await;
     assert_eq!(msa(&ack).0, "AA");
@@ -136,15 +178,43 @@ async fn siu_v28_with_tq1_and_three_resource_groups() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_and_local_status_codes() {
-    let d = Daemon::start("[pms]\nmllp_listen = \"127.0.0.1:0\"\n[pms.status_map]\nARRIVED = \"arrived\"\n").await;
+    let d = Daemon::start(
+        "[pms]\nmllp_listen = \"127.0.0.1:0\"\n[pms.status_map]\nARRIVED = \"arrived\"\n",
+    )
+    .await;
     let mut c = d.mllp().await;
-    assert_eq!(msa(&c.send(&siu_s12_v25("S1", "APPT-1", "000600", "202612011000")).await).0, "AA");
-    let arrived = siu_s12_v25("S2", "APPT-1", "000600", "202612011000").replace("SIU^S12^SIU_S12", "SIU^S14^SIU_S12").replace("|Booked", "|ARRIVED");
+    assert_eq!(
+        msa(&c
+            .send(&siu_s12_v25("S1", "APPT-1", "000600", "202612011000"))
+            .await)
+        .0,
+        "AA"
+    );
+    let arrived = siu_s12_v25("S2", "APPT-1", "000600", "202612011000")
+        .replace("SIU^S12^SIU_S12", "SIU^S14^SIU_S12")
+        .replace("|Booked", "|ARRIVED");
     assert_eq!(msa(&c.send(&arrived).await).0, "AA");
-    assert_eq!(d.running.vault.get_appointment("APPT-1").unwrap().unwrap().status, AppointmentStatus::Arrived);
-    let cancel = siu_s12_v25("S3", "APPT-1", "000600", "202612011000").replace("SIU^S12^SIU_S12", "SIU^S15^SIU_S12");
+    assert_eq!(
+        d.running
+            .vault
+            .get_appointment("APPT-1")
+            .unwrap()
+            .unwrap()
+            .status,
+        AppointmentStatus::Arrived
+    );
+    let cancel = siu_s12_v25("S3", "APPT-1", "000600", "202612011000")
+        .replace("SIU^S12^SIU_S12", "SIU^S15^SIU_S12");
     assert_eq!(msa(&c.send(&cancel).await).0, "AA");
-    assert_eq!(d.running.vault.get_appointment("APPT-1").unwrap().unwrap().status, AppointmentStatus::Cancelled);
+    assert_eq!(
+        d.running
+            .vault
+            .get_appointment("APPT-1")
+            .unwrap()
+            .unwrap()
+            .status,
+        AppointmentStatus::Cancelled
+    );
     d.stop().await;
 }
 
@@ -153,7 +223,14 @@ async fn two_merges_in_one_a40_move_appointments() {
     let d = Daemon::start("").await;
     let mut c = d.mllp().await;
     for (n, mrn) in ["000701", "000702", "000703", "000704"].iter().enumerate() {
-        let ack = c.send(&siu_s12_v25(&format!("M{n}"), &format!("APPT-7{n}"), mrn, "202612011000")).await;
+        let ack = c
+            .send(&siu_s12_v25(
+                &format!("M{n}"),
+                &format!("APPT-7{n}"),
+                mrn,
+                "202612011000",
+            ))
+            .await;
         assert_eq!(msa(&ack).0, "AA");
     }
     let msg = [
@@ -172,7 +249,10 @@ async fn two_merges_in_one_a40_move_appointments() {
     let keep2 = v.find_patients_by_mrn("000703").unwrap()[0];
     assert_eq!(v.appointments_of(keep1).unwrap().len(), 2);
     assert_eq!(v.appointments_of(keep2).unwrap().len(), 2);
-    assert_eq!(v.get_appointment("APPT-71").unwrap().unwrap().patient, keep1);
+    assert_eq!(
+        v.get_appointment("APPT-71").unwrap().unwrap().patient,
+        keep1
+    );
     let gone = v.patient_id_for_mrn("", "000702");
     assert_eq!(v.get_patient(gone).unwrap(), None);
     assert!(v.appointments_of(gone).unwrap().is_empty());
@@ -188,7 +268,10 @@ async fn lf_and_crlf_separated_input_and_escaped_names() {
     let crlf = adt_a04("CRLF1", "000801", "ZZTEST", "").replace('\r', "\r\n");
     assert_eq!(msa(&c.send(&crlf).await).0, "AA");
     let v = &d.running.vault;
-    let p = v.get_patient(v.find_patients_by_mrn("000800").unwrap()[0]).unwrap().unwrap();
+    let p = v
+        .get_patient(v.find_patients_by_mrn("000800").unwrap()[0])
+        .unwrap()
+        .unwrap();
     assert_eq!(p.family_name, "ZZTEST^JUNIOR&CO");
     assert_eq!(v.find_patients_by_mrn("000801").unwrap().len(), 1);
     d.stop().await;
@@ -228,7 +311,15 @@ async fn oru_with_a_pdf_split_over_repetitions_and_sub_ids() {
     // A correction of the same order replaces it.
     let corrected = msg.replace("ORU1", "ORU2").replace("||||||F", "||||||C");
     assert_eq!(msa(&c.send(&corrected).await).0, "AA");
-    assert_eq!(d.running.vault.get_result("FILL-900").unwrap().unwrap().version, 2);
+    assert_eq!(
+        d.running
+            .vault
+            .get_result("FILL-900")
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
     assert_eq!(d.running.vault.count(Tree::Results), 1);
     d.stop().await;
 }
@@ -263,22 +354,35 @@ async fn oru_without_a_pdf_or_with_a_bad_one() {
 async fn pms_consent_field_opts_in_and_out() {
     let d = Daemon::start("").await;
     let mut c = d.mllp().await;
-    let with = |id: &str, flag: &str| format!("{}\rZCN|WHATSAPP|{flag}", adt_a04(id, "001000", "ZZTEST", ""));
+    let with = |id: &str, flag: &str| {
+        format!(
+            "{}\rZCN|WHATSAPP|{flag}",
+            adt_a04(id, "001000", "ZZTEST", "")
+        )
+    };
     assert_eq!(msa(&c.send(&with("C1", "Y")).await).0, "AA");
     let id = d.running.vault.find_patients_by_mrn("001000").unwrap()[0];
     let consent = d.running.vault.get_consent(id).unwrap().unwrap();
     assert_eq!(consent.state, clinic_relay::model::ConsentState::OptedIn);
     assert_eq!(msa(&c.send(&with("C2", "N")).await).0, "AA");
-    assert_eq!(d.running.vault.get_consent(id).unwrap().unwrap().state, clinic_relay::model::ConsentState::OptedOut);
+    assert_eq!(
+        d.running.vault.get_consent(id).unwrap().unwrap().state,
+        clinic_relay::model::ConsentState::OptedOut
+    );
     d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_from_outside_the_allow_list_are_closed() {
-    let d = Daemon::start("[pms]\nmllp_listen = \"127.0.0.1:0\"\nallow = [\"10.1.2.0/24\"]\n").await;
-    let mut stream = tokio::net::TcpStream::connect(d.running.mllp_addr).await.unwrap();
+    let d =
+        Daemon::start("[pms]\nmllp_listen = \"127.0.0.1:0\"\nallow = [\"10.1.2.0/24\"]\n").await;
+    let mut stream = tokio::net::TcpStream::connect(d.running.mllp_addr)
+        .await
+        .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = stream.write_all(b"\x0bMSH|^~\\&|A|B|C|D|1||ADT^A04|X|P|2.5\x1c\r").await;
+    let _ = stream
+        .write_all(b"\x0bMSH|^~\\&|A|B|C|D|1||ADT^A04|X|P|2.5\x1c\r")
+        .await;
     let mut buf = [0u8; 16];
     // The daemon closed the socket without reading: EOF (or a reset).
     let n = stream.read(&mut buf).await.unwrap_or(0);

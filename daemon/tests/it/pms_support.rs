@@ -30,8 +30,14 @@ impl Daemon {
     pub async fn start_in(install: TestInstall) -> Daemon {
         let config = Config::load(&install.config).unwrap();
         let clock = ManualClock::new(t0());
-        let running = service::start(config, Arc::new(clock.clone())).await.unwrap();
-        Daemon { install, running, clock }
+        let running = service::start(config, Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        Daemon {
+            install,
+            running,
+            clock,
+        }
     }
 
     pub async fn mllp(&self) -> Mllp {
@@ -43,8 +49,20 @@ impl Daemon {
         self.install
     }
 
-    pub async fn api(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
-        api_call(&self.running.api_socket, method, path, body.map(|b| b.to_string().into_bytes()), &[]).await
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        api_call(
+            &self.running.api_socket,
+            method,
+            path,
+            body.map(|b| b.to_string().into_bytes()),
+            &[],
+        )
+        .await
     }
 }
 
@@ -57,7 +75,10 @@ impl Mllp {
     pub async fn connect(addr: std::net::SocketAddr) -> Mllp {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (r, w) = tokio::io::split(stream);
-        Mllp { reader: BufReader::new(r), writer: w }
+        Mllp {
+            reader: BufReader::new(r),
+            writer: w,
+        }
     }
 
     pub async fn send_raw(&mut self, payload: &[u8]) -> hl7::Message {
@@ -80,7 +101,10 @@ impl Mllp {
 /// MSA-1 and MSA-2 of an ACK.
 pub fn msa(ack: &hl7::Message) -> (String, String) {
     let msa = ack.segment("MSA").expect("ACK without MSA");
-    (msa.text(1).unwrap_or_default().to_owned(), msa.text(2).unwrap_or_default().to_owned())
+    (
+        msa.text(1).unwrap_or_default().to_owned(),
+        msa.text(2).unwrap_or_default().to_owned(),
+    )
 }
 
 /// ERR-3.1 (table 0357 code) and the ERR-2 location, if any.
@@ -88,7 +112,11 @@ pub fn err(ack: &hl7::Message) -> Option<(String, String)> {
     let e = ack.segment("ERR")?;
     Some((
         e.component(3, 1).unwrap_or_default().to_owned(),
-        format!("{}-{}", e.component(2, 1).unwrap_or_default(), e.component(2, 3).unwrap_or_default()),
+        format!(
+            "{}-{}",
+            e.component(2, 1).unwrap_or_default(),
+            e.component(2, 3).unwrap_or_default()
+        ),
     ))
 }
 
@@ -129,24 +157,43 @@ pub async fn api_call(
     headers: &[(&str, &str)],
 ) -> (u16, serde_json::Value) {
     let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Full::new(bytes::Bytes::from(body.unwrap_or_default()))).unwrap();
+    let req = req
+        .body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))
+        .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
-    let content_type = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     let json = if bytes.is_empty() {
         serde_json::Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON ({content_type:?}): {}", String::from_utf8_lossy(&bytes)))
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            panic!(
+                "not JSON ({content_type:?}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
     };
     if status >= 400 {
-        assert_eq!(content_type.as_deref(), Some("application/problem+json"), "errors are problem+json");
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/problem+json"),
+            "errors are problem+json"
+        );
     }
     (status, json)
 }

@@ -145,7 +145,11 @@ impl TestInstall {
             .unwrap();
         let config = tmp.path().join("config.toml");
         // Tests never use fixed ports: port 0 lets the kernel pick one.
-        let pms = if extra.contains("[pms]") { "" } else { "[pms]\nmllp_listen = \"127.0.0.1:0\"\n\n" };
+        let pms = if extra.contains("[pms]") {
+            ""
+        } else {
+            "[pms]\nmllp_listen = \"127.0.0.1:0\"\n\n"
+        };
         std::fs::write(
             &config,
             format!(

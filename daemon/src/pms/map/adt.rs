@@ -8,7 +8,9 @@ use crate::pms::hl7::{Message, Segment};
 
 /// A01/A04/A08/A28/A31: create or update the patient in PID (+ PD1, consent).
 pub fn register(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rejection> {
-    let pid = msg.segment("PID").ok_or_else(|| Rejection::missing("PID", 3))?;
+    let pid = msg
+        .segment("PID")
+        .ok_or_else(|| Rejection::missing("PID", 3))?;
     let mut patient = fields::patient_from_pid(pid, ctx)?;
     patient.protected = msg
         .segment("PD1")
@@ -46,10 +48,15 @@ pub fn merge(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Reject
         match seg.id.as_str() {
             "PID" => survivor = Some(seg),
             "MRG" => {
-                let pid = survivor.take().ok_or_else(|| Rejection::missing("PID", 3))?;
+                let pid = survivor
+                    .take()
+                    .ok_or_else(|| Rejection::missing("PID", 3))?;
                 let patient = fields::patient_from_pid(pid, ctx)?;
-                let merged_mrn = fields::mrn(seg, 1, &ctx.config.assigning_authority).ok_or_else(|| Rejection::missing("MRG", 1))?;
-                let merged = ctx.vault.patient_id_for_mrn(&ctx.config.assigning_authority, &merged_mrn);
+                let merged_mrn = fields::mrn(seg, 1, &ctx.config.assigning_authority)
+                    .ok_or_else(|| Rejection::missing("MRG", 1))?;
+                let merged = ctx
+                    .vault
+                    .patient_id_for_mrn(&ctx.config.assigning_authority, &merged_mrn);
                 let survivor_id = patient.id;
                 commands.push(Command::UpsertPatient(Box::new(patient)));
                 if merged != survivor_id {

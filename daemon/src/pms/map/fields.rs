@@ -21,7 +21,11 @@ impl FieldPath {
     /// Parses `ZCN-2` or `PD1-12.1`.
     pub fn parse(s: &str) -> Option<Self> {
         let (seg, rest) = s.trim().split_once('-')?;
-        if seg.len() != 3 || !seg.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+        if seg.len() != 3
+            || !seg
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        {
             return None;
         }
         let (field, component) = match rest.split_once('.') {
@@ -36,7 +40,8 @@ impl FieldPath {
     }
 
     pub fn read<'a>(&self, msg: &'a Message) -> Option<&'a str> {
-        msg.segment(&self.segment)?.component(self.field, self.component)
+        msg.segment(&self.segment)?
+            .component(self.field, self.component)
     }
 }
 
@@ -51,31 +56,48 @@ pub fn mrn(seg: &Segment, field: usize, authority: &str) -> Option<String> {
     let reps: Vec<&Repetition> = seg.repetitions(field).collect();
     let id_of = |r: &&Repetition| clean(r.component(1)).map(str::to_owned);
     let by_authority = (!authority.is_empty())
-        .then(|| reps.iter().find(|r| clean(r.component(4)) == Some(authority)))
+        .then(|| {
+            reps.iter()
+                .find(|r| clean(r.component(4)) == Some(authority))
+        })
         .flatten();
     by_authority
-        .or_else(|| reps.iter().find(|r| clean(r.component(5)).is_some_and(|t| t.eq_ignore_ascii_case("MR"))))
+        .or_else(|| {
+            reps.iter()
+                .find(|r| clean(r.component(5)).is_some_and(|t| t.eq_ignore_ascii_case("MR")))
+        })
         .or_else(|| reps.first())
         .and_then(id_of)
 }
 
 /// Reads a PID segment into a patient.
 pub fn patient_from_pid(pid: &Segment, ctx: &MapContext<'_>) -> Result<Patient, Rejection> {
-    let mrn = mrn(pid, 3, &ctx.config.assigning_authority).ok_or_else(|| Rejection::missing("PID", 3))?;
+    let mrn =
+        mrn(pid, 3, &ctx.config.assigning_authority).ok_or_else(|| Rejection::missing("PID", 3))?;
     // The legal name (XPN-7 = L) if marked, else the first.
     let name = pid
         .repetitions(5)
         .find(|r| clean(r.component(7)) == Some("L"))
         .or_else(|| pid.repetitions(5).next());
-    let family = name.and_then(|n| clean(n.component(1))).unwrap_or_default().to_owned();
-    let given = name.and_then(|n| clean(n.component(2))).unwrap_or_default().to_owned();
+    let family = name
+        .and_then(|n| clean(n.component(1)))
+        .unwrap_or_default()
+        .to_owned();
+    let given = name
+        .and_then(|n| clean(n.component(2)))
+        .unwrap_or_default()
+        .to_owned();
     let birth_date = match clean(pid.text(7)) {
         None => None,
-        Some(v) => Some(parse_date(v).ok_or_else(|| Rejection::invalid("PID", 7, "not a date (YYYYMMDD)"))?),
+        Some(v) => Some(
+            parse_date(v).ok_or_else(|| Rejection::invalid("PID", 7, "not a date (YYYYMMDD)"))?,
+        ),
     };
     let language = clean(pid.component(15, 1)).map(|l| l.to_ascii_lowercase());
     Ok(Patient {
-        id: ctx.vault.patient_id_for_mrn(&ctx.config.assigning_authority, &mrn),
+        id: ctx
+            .vault
+            .patient_id_for_mrn(&ctx.config.assigning_authority, &mrn),
         mrn,
         family_name: family,
         given_name: given,
@@ -93,7 +115,11 @@ fn xtn_number(r: &Repetition) -> Option<String> {
     if let Some(n) = clean(r.component(12)) {
         return Some(n.to_owned());
     }
-    match (clean(r.component(5)), clean(r.component(6)), clean(r.component(7))) {
+    match (
+        clean(r.component(5)),
+        clean(r.component(6)),
+        clean(r.component(7)),
+    ) {
         (cc, area, Some(local)) => {
             let national = format!("{}{}", area.unwrap_or_default(), local);
             Some(match cc {
@@ -109,9 +135,16 @@ fn xtn_number(r: &Repetition) -> Option<String> {
 /// PID-14 if there is one, else the first PID-13 number, in E.164.
 fn phone_from_pid(pid: &Segment, ctx: &MapContext<'_>) -> Option<String> {
     let all: Vec<&Repetition> = pid.repetitions(13).chain(pid.repetitions(14)).collect();
-    let is_email = |r: &&&Repetition| clean(r.component(3)).is_some_and(|t| t.eq_ignore_ascii_case("Internet"));
-    let cell = all.iter().filter(|r| !is_email(r)).find(|r| clean(r.component(3)) == Some("CP"));
-    let first = pid.repetitions(13).find(|r| !clean(r.component(3)).is_some_and(|t| t.eq_ignore_ascii_case("Internet")));
+    let is_email = |r: &&&Repetition| {
+        clean(r.component(3)).is_some_and(|t| t.eq_ignore_ascii_case("Internet"))
+    };
+    let cell = all
+        .iter()
+        .filter(|r| !is_email(r))
+        .find(|r| clean(r.component(3)) == Some("CP"));
+    let first = pid
+        .repetitions(13)
+        .find(|r| !clean(r.component(3)).is_some_and(|t| t.eq_ignore_ascii_case("Internet")));
     cell.copied()
         .or(first)
         .and_then(xtn_number)
@@ -121,7 +154,11 @@ fn phone_from_pid(pid: &Segment, ctx: &MapContext<'_>) -> Option<String> {
 /// `YYYYMMDD` (longer DTM values are cut to the date).
 pub fn parse_date(v: &str) -> Option<Date> {
     let digits = v.get(..8)?;
-    let (y, m, d) = (digits.get(..4)?.parse().ok()?, digits.get(4..6)?.parse().ok()?, digits.get(6..8)?.parse().ok()?);
+    let (y, m, d) = (
+        digits.get(..4)?.parse().ok()?,
+        digits.get(4..6)?.parse().ok()?,
+        digits.get(6..8)?.parse().ok()?,
+    );
     Date::new(y, m, d).ok()
 }
 
@@ -137,9 +174,14 @@ pub fn parse_dtm(v: &str, tz: &TimeZone) -> Option<Timestamp> {
     if body.len() < 8 || !body.chars().all(|c| c.is_ascii_digit()) {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i8> { body.get(r).map_or(Some(0), |s| s.parse().ok()) };
+    let num = |r: std::ops::Range<usize>| -> Option<i8> {
+        body.get(r).map_or(Some(0), |s| s.parse().ok())
+    };
     let date = parse_date(body)?;
-    let dt = DateTime::from_parts(date, jiff::civil::Time::new(num(8..10)?, num(10..12)?, num(12..14)?, 0).ok()?);
+    let dt = DateTime::from_parts(
+        date,
+        jiff::civil::Time::new(num(8..10)?, num(10..12)?, num(12..14)?, 0).ok()?,
+    );
     match offset {
         Some(o) if o.len() == 5 => {
             let sign: i32 = if o.starts_with('-') { -1 } else { 1 };
@@ -149,7 +191,11 @@ pub fn parse_dtm(v: &str, tz: &TimeZone) -> Option<Timestamp> {
             offset.to_timestamp(dt).ok()
         }
         Some(_) => None,
-        None => tz.to_ambiguous_zoned(dt).compatible().ok().map(|z| z.timestamp()),
+        None => tz
+            .to_ambiguous_zoned(dt)
+            .compatible()
+            .ok()
+            .map(|z| z.timestamp()),
     }
 }
 
@@ -159,14 +205,18 @@ pub fn minutes(quantity: &str, unit: Option<&str>) -> Option<u32> {
     let quantity = quantity.trim();
     // v2.3 TQ durations put the unit first: "M20", "H1", "S1800".
     let (quantity, unit) = match quantity.chars().next() {
-        Some(c) if c.is_ascii_alphabetic() && unit.is_none() => (quantity.get(1..)?, Some(quantity.get(..1)?)),
+        Some(c) if c.is_ascii_alphabetic() && unit.is_none() => {
+            (quantity.get(1..)?, Some(quantity.get(..1)?))
+        }
         _ => (quantity, unit),
     };
     let q: f64 = quantity.trim().parse().ok()?;
     if !q.is_finite() || q < 0.0 {
         return None;
     }
-    let unit = unit.map(|u| u.trim().to_ascii_uppercase()).unwrap_or_default();
+    let unit = unit
+        .map(|u| u.trim().to_ascii_uppercase())
+        .unwrap_or_default();
     let factor = match unit.as_str() {
         "S" | "SEC" | "SECOND" | "SECONDS" => 1.0 / 60.0,
         "M" | "MIN" | "MINUTE" | "MINUTES" => 1.0,
@@ -211,7 +261,14 @@ mod tests {
 
     #[test]
     fn field_paths() {
-        assert_eq!(FieldPath::parse("ZCN-2"), Some(FieldPath { segment: "ZCN".into(), field: 2, component: 1 }));
+        assert_eq!(
+            FieldPath::parse("ZCN-2"),
+            Some(FieldPath {
+                segment: "ZCN".into(),
+                field: 2,
+                component: 1
+            })
+        );
         assert_eq!(FieldPath::parse("PD1-12.1").unwrap().field, 12);
         assert_eq!(FieldPath::parse("pid-3"), None);
         assert_eq!(FieldPath::parse("ZCN"), None);

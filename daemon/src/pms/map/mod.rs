@@ -64,7 +64,10 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn content(error: AckError) -> Self {
-        Self { code: AckCode::Error, error }
+        Self {
+            code: AckCode::Error,
+            error,
+        }
     }
 
     pub fn missing(segment: &str, field: u32) -> Self {

@@ -9,7 +9,9 @@ use crate::pms::hl7::{AckError, Message, Segment};
 use base64::Engine as _;
 
 pub fn document(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rejection> {
-    let pid = msg.segment("PID").ok_or_else(|| Rejection::missing("PID", 3))?;
+    let pid = msg
+        .segment("PID")
+        .ok_or_else(|| Rejection::missing("PID", 3))?;
     let ed: Vec<&Segment> = msg
         .segments_named("OBX")
         .filter(|obx| clean(obx.text(2)).is_some_and(|t| t.eq_ignore_ascii_case("ED")))
@@ -25,7 +27,12 @@ pub fn document(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rej
         .or_else(|| msg.segment("OBR").and_then(|obr| clean(obr.text(25))))
         .unwrap_or("F")
         .to_ascii_uppercase();
-    if !ctx.config.deliverable_statuses.iter().any(|s| s.eq_ignore_ascii_case(&status_code)) {
+    if !ctx
+        .config
+        .deliverable_statuses
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(&status_code))
+    {
         // A preliminary result: the final one will follow.
         return Ok(Vec::new());
     }
@@ -34,7 +41,10 @@ pub fn document(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rej
     let observed_at = ed
         .iter()
         .find_map(|obx| clean(obx.component(14, 1)))
-        .or_else(|| msg.segment("OBR").and_then(|obr| clean(obr.component(7, 1))))
+        .or_else(|| {
+            msg.segment("OBR")
+                .and_then(|obr| clean(obr.component(7, 1)))
+        })
         .and_then(|v| parse_dtm(v, &ctx.config.time_zone));
     let result = LabResult {
         order_number,
@@ -55,7 +65,8 @@ pub fn document(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rej
 /// The filler order number (ORC-3/OBR-3), else the placer's (ORC-2/OBR-2);
 /// for MDM the unique document number (TXA-12).
 fn order_number(msg: &Message) -> Option<String> {
-    let from = |seg: &str, field: usize| msg.segment(seg).and_then(|s| clean(s.component(field, 1)));
+    let from =
+        |seg: &str, field: usize| msg.segment(seg).and_then(|s| clean(s.component(field, 1)));
     from("ORC", 3)
         .or_else(|| from("OBR", 3))
         .or_else(|| from("ORC", 2))
@@ -72,12 +83,19 @@ fn pdf_bytes(ed: &[&Segment], max_bytes: usize) -> Result<Vec<u8>, Rejection> {
         for rep in obx.repetitions(5) {
             // A full ED is source^type^subtype^encoding^data; continuation
             // repetitions often carry only the data.
-            let data = rep.component(5).or_else(|| rep.component(1)).unwrap_or_default();
+            let data = rep
+                .component(5)
+                .or_else(|| rep.component(1))
+                .unwrap_or_default();
             text.extend(data.chars().filter(|c| !c.is_whitespace()));
         }
         if text.len() > max_bytes.saturating_mul(4) / 3 + 4 {
             return Err(Rejection::content(
-                AckError::new(102, format!("OBX-5: document larger than the limit of {max_bytes} bytes")).at("OBX", 5),
+                AckError::new(
+                    102,
+                    format!("OBX-5: document larger than the limit of {max_bytes} bytes"),
+                )
+                .at("OBX", 5),
             ));
         }
     }
@@ -86,7 +104,11 @@ fn pdf_bytes(ed: &[&Segment], max_bytes: usize) -> Result<Vec<u8>, Rejection> {
         .map_err(|_| Rejection::invalid("OBX", 5, "the ED data is not valid base64"))?;
     if bytes.len() > max_bytes {
         return Err(Rejection::content(
-            AckError::new(102, format!("OBX-5: document larger than the limit of {max_bytes} bytes")).at("OBX", 5),
+            AckError::new(
+                102,
+                format!("OBX-5: document larger than the limit of {max_bytes} bytes"),
+            )
+            .at("OBX", 5),
         ));
     }
     if !bytes.starts_with(b"%PDF-") {

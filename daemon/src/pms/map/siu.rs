@@ -7,21 +7,30 @@ use crate::commands::Command;
 use crate::model::{Appointment, AppointmentStatus};
 use crate::pms::hl7::{Message, Segment};
 
-pub fn schedule(msg: &Message, trigger: &str, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rejection> {
-    let sch = msg.segment("SCH").ok_or_else(|| Rejection::missing("SCH", 1))?;
+pub fn schedule(
+    msg: &Message,
+    trigger: &str,
+    ctx: &MapContext<'_>,
+) -> Result<Vec<Command>, Rejection> {
+    let sch = msg
+        .segment("SCH")
+        .ok_or_else(|| Rejection::missing("SCH", 1))?;
     // The filler's id (SCH-2) is the PMS's own; old senders only fill SCH-1.
     let id = clean(sch.component(2, 1))
         .or_else(|| clean(sch.component(1, 1)))
         .ok_or_else(|| Rejection::missing("SCH", 1))?
         .to_owned();
-    let pid = msg.segment("PID").ok_or_else(|| Rejection::missing("PID", 3))?;
+    let pid = msg
+        .segment("PID")
+        .ok_or_else(|| Rejection::missing("PID", 3))?;
     let patient = fields::patient_from_pid(pid, ctx)?;
     let start = start(msg, sch, ctx)?;
     let appointment = Appointment {
         id,
         patient: patient.id,
         start,
-        duration_minutes: duration(msg, sch, start, &ctx.config.time_zone).unwrap_or(ctx.config.default_duration_minutes),
+        duration_minutes: duration(msg, sch, start, &ctx.config.time_zone)
+            .unwrap_or(ctx.config.default_duration_minutes),
         status: status(sch, trigger, ctx),
         pms_status: clean(sch.component(25, 1)).map(str::to_owned),
         provider: provider(msg),
@@ -38,27 +47,55 @@ pub fn schedule(msg: &Message, trigger: &str, ctx: &MapContext<'_>) -> Result<Ve
 fn start(msg: &Message, sch: &Segment, ctx: &MapContext<'_>) -> Result<jiff::Timestamp, Rejection> {
     let tz = &ctx.config.time_zone;
     let candidates = [
-        ("TQ1", msg.segment("TQ1").and_then(|s| clean(s.component(7, 1))), 7),
+        (
+            "TQ1",
+            msg.segment("TQ1").and_then(|s| clean(s.component(7, 1))),
+            7,
+        ),
         ("SCH", clean(sch.component(11, 4)), 11),
-        ("AIS", msg.segment("AIS").and_then(|s| clean(s.component(4, 1))), 4),
-        ("AIL", msg.segment("AIL").and_then(|s| clean(s.component(6, 1))), 6),
-        ("AIP", msg.segment("AIP").and_then(|s| clean(s.component(6, 1))), 6),
+        (
+            "AIS",
+            msg.segment("AIS").and_then(|s| clean(s.component(4, 1))),
+            4,
+        ),
+        (
+            "AIL",
+            msg.segment("AIL").and_then(|s| clean(s.component(6, 1))),
+            6,
+        ),
+        (
+            "AIP",
+            msg.segment("AIP").and_then(|s| clean(s.component(6, 1))),
+            6,
+        ),
     ];
-    let Some((segment, value, field)) = candidates.iter().find_map(|(seg, v, f)| v.map(|v| (*seg, v, *f))) else {
+    let Some((segment, value, field)) = candidates
+        .iter()
+        .find_map(|(seg, v, f)| v.map(|v| (*seg, v, *f)))
+    else {
         return Err(Rejection::missing("TQ1", 7));
     };
-    parse_dtm(value, tz).ok_or_else(|| Rejection::invalid(segment, field, "not a date/time (YYYYMMDDHHMM[SS][+ZZZZ])"))
+    parse_dtm(value, tz).ok_or_else(|| {
+        Rejection::invalid(segment, field, "not a date/time (YYYYMMDDHHMM[SS][+ZZZZ])")
+    })
 }
 
 /// TQ1-6 (service duration), then TQ1-8 − TQ1-7 (end − start), then
 /// AIS-7 + AIS-8, then SCH-11.3 (v2.3 timing quantity), then SCH-9 + SCH-10.
-fn duration(msg: &Message, sch: &Segment, start: jiff::Timestamp, tz: &jiff::tz::TimeZone) -> Option<u32> {
+fn duration(
+    msg: &Message,
+    sch: &Segment,
+    start: jiff::Timestamp,
+    tz: &jiff::tz::TimeZone,
+) -> Option<u32> {
     if let Some(tq1) = msg.segment("TQ1") {
         if let Some(q) = clean(tq1.component(6, 1)) {
             return minutes(q, clean(tq1.component(6, 2)));
         }
         if let Some(end) = clean(tq1.component(8, 1)).and_then(|v| parse_dtm(v, tz)) {
-            return u32::try_from(end.duration_since(start).as_secs() / 60).ok().filter(|m| *m > 0);
+            return u32::try_from(end.duration_since(start).as_secs() / 60)
+                .ok()
+                .filter(|m| *m > 0);
         }
     }
     if let Some(ais) = msg.segment("AIS") {
@@ -103,7 +140,11 @@ fn status(sch: &Segment, trigger: &str, ctx: &MapContext<'_>) -> AppointmentStat
 /// AIP-3 (XCN): "prefix given family", e.g. "Dr. Ada ZZTEST".
 fn provider(msg: &Message) -> Option<String> {
     let aip = msg.segment("AIP")?;
-    let parts = [aip.component(3, 6), aip.component(3, 3), aip.component(3, 2)];
+    let parts = [
+        aip.component(3, 6),
+        aip.component(3, 3),
+        aip.component(3, 2),
+    ];
     let name: Vec<&str> = parts.iter().filter_map(|p| clean(*p)).collect();
     if name.is_empty() {
         clean(aip.component(3, 1)).map(str::to_owned)
@@ -118,6 +159,9 @@ fn location(msg: &Message) -> Option<String> {
     if let Some(desc) = clean(ail.component(3, 9)) {
         return Some(desc.to_owned());
     }
-    let parts: Vec<&str> = [ail.component(3, 1), ail.component(3, 2)].iter().filter_map(|p| clean(*p)).collect();
+    let parts: Vec<&str> = [ail.component(3, 1), ail.component(3, 2)]
+        .iter()
+        .filter_map(|p| clean(*p))
+        .collect();
     (!parts.is_empty()).then(|| parts.join(" "))
 }
