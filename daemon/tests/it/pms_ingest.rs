@@ -3,7 +3,6 @@
 //! real-world message shapes into the vault.
 
 use crate::pms_support::*;
-use crate::support::*;
 use clinic_relay::model::AppointmentStatus;
 use clinic_relay::vault::Tree;
 
