@@ -26,8 +26,10 @@ pub fn init(cfg: &LogConfig) -> &'static str {
             }
         }
     }
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_max_level(cfg.level)
         .with_target(false)
         .try_init();

@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod audit_tamper;
 mod config_cli;
+mod pms_crash;
 mod pms_ingest;
 mod pms_support;
 mod serve_notify;

@@ -154,7 +154,7 @@ async fn siu_v28_with_tq1_and_three_resource_groups() {
     let mut c = d.mllp().await;
     let msg = [
         msh("SIU^S12^SIU_S12", "V28A", "2.8"),
-        "SCH||APPT-28^ZZPMS|||||||||||||||||||||||||Booked".to_owned(),
+        "SCH||APPT-28^ZZPMS|||||||||||||||||||||||Booked".to_owned(),
         "TQ1|1||||||202612010900+0100|202612010945+0100".to_owned(),
         "PID|1||000500^^^ZZHOSP^MR||ZZNEW^ZZGIVEN||19010203|||||^PRN^CP^^^151^55500500".to_owned(),
         "RGS|1|A".to_owned(),

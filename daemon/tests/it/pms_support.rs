@@ -86,6 +86,13 @@ impl Mllp {
         self.read_ack().await
     }
 
+    /// Sends without waiting for the ACK.
+    pub async fn send_frame(&mut self, message: &str) {
+        mllp::write_frame(&mut self.writer, message.as_bytes())
+            .await
+            .unwrap();
+    }
+
     pub async fn read_ack(&mut self) -> hl7::Message {
         match mllp::read_frame(&mut self.reader, 1 << 20).await.unwrap() {
             Some(mllp::Incoming::Message(bytes)) => hl7::parse(&bytes).unwrap(),
@@ -138,7 +145,7 @@ pub fn adt_a04(control_id: &str, mrn: &str, family: &str, phone: &str) -> String
 pub fn siu_s12_v25(control_id: &str, appt: &str, mrn: &str, start: &str) -> String {
     [
         msh("SIU^S12^SIU_S12", control_id, "2.5.1"),
-        format!("SCH|{appt}^ZZPMS|{appt}^ZZPMS|||||CHECKUP|||^^30^{start}^|||||||||||||||Booked"),
+        format!("SCH|{appt}^ZZPMS|{appt}^ZZPMS|||||CHECKUP||||^^30^{start}^||||||||||||||Booked"),
         format!("PID|1||{mrn}^^^ZZHOSP^MR||ZZFAMILY^ZZGIVEN||19010203|F|||||0151 5550 1234"),
         "RGS|1|A".to_owned(),
         format!("AIS|1|A|CHECKUP|{start}|0|MIN|30|MIN"),

@@ -73,7 +73,13 @@ fn start(msg: &Message, sch: &Segment, ctx: &MapContext<'_>) -> Result<jiff::Tim
         .iter()
         .find_map(|(seg, v, f)| v.map(|v| (*seg, v, *f)))
     else {
-        return Err(Rejection::missing("TQ1", 7));
+        return Err(Rejection::content(
+            crate::pms::hl7::AckError::new(
+                101,
+                "no appointment start: TQ1-7, SCH-11.4, AIS-4, AIL-6 and AIP-6 are all empty",
+            )
+            .at("TQ1", 7),
+        ));
     };
     parse_dtm(value, tz).ok_or_else(|| {
         Rejection::invalid(segment, field, "not a date/time (YYYYMMDDHHMM[SS][+ZZZZ])")

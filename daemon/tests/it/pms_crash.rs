@@ -1,0 +1,93 @@
+//! Kill -9 during ingest: the real daemon takes ADT messages over MLLP, a
+//! sender records every AA, and the daemon is SIGKILLed at varying points
+//! with a message in flight, 20 times. After each kill every AA'd message
+//! is in the vault. Spawns the real binary because it kills it.
+
+use crate::pms_support::*;
+use crate::support::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+const ROUNDS: u64 = 20;
+
+/// Starts `serve` and returns it with the MLLP address it logged.
+fn spawn_daemon(install: &TestInstall) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&install.config)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("daemon exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("mllp=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining stderr so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_ingest_loses_no_acknowledged_message() {
+    let install = TestInstall::new("");
+    let mut acked: Vec<String> = Vec::new();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut n = 0u64;
+    for round in 0..ROUNDS {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let kill_after = 1 + seed % 15;
+        let (mut child, addr) = spawn_daemon(&install);
+        let mut c = Mllp::connect(addr).await;
+        // Keep one message in flight at all times, so the kill lands during
+        // a commit as often as between them.
+        let mut in_flight = format!("{n:06}");
+        c.send_frame(&adt_a04(
+            &format!("K{n}"),
+            &format!("KILL{in_flight}"),
+            "ZZKILL",
+            "",
+        ))
+        .await;
+        n += 1;
+        for _ in 0..kill_after {
+            let ack = c.read_ack().await;
+            assert_eq!(msa(&ack).0, "AA");
+            acked.push(format!("KILL{in_flight}"));
+            in_flight = format!("{n:06}");
+            c.send_frame(&adt_a04(
+                &format!("K{n}"),
+                &format!("KILL{in_flight}"),
+                "ZZKILL",
+                "",
+            ))
+            .await;
+            n += 1;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let vault = install.open();
+        for mrn in &acked {
+            assert_eq!(
+                vault.find_patients_by_mrn(mrn).unwrap().len(),
+                1,
+                "round {round}: AA'd {mrn} lost"
+            );
+        }
+        assert_eq!(vault.audit_damage(), None);
+        vault.close().unwrap();
+    }
+    assert!(acked.len() as u64 >= ROUNDS);
+}
