@@ -102,6 +102,11 @@ pub struct PmsFile {
     pub deliverable_result_statuses: Option<Vec<String>>,
     pub max_pdf_bytes: Option<u64>,
     pub default_duration: Option<String>,
+    pub outbound_endpoint: Option<String>,
+    pub outbound_timeout: Option<String>,
+    pub outbound_confirm_status: Option<String>,
+    pub receiving_application: Option<String>,
+    pub receiving_facility: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,6 +171,9 @@ pub struct PmsConfig {
     pub application: String,
     pub facility: String,
     pub mapping: crate::pms::map::MappingConfig,
+    pub outbound: crate::pms::outbound::OutboundConfig,
+    /// None: no endpoint configured; messages wait in the queue.
+    pub sender: Option<crate::pms::sender::SenderConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -626,8 +634,51 @@ fn validate_pms(
         (Duration::from_secs(60), Duration::from_secs(24 * 3600)),
         invalid,
     )?;
+    let sender = match file.outbound_endpoint.as_deref() {
+        None | Some("") => None,
+        Some(v) => {
+            let ok = v.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                return Err(invalid("pms.outbound_endpoint", v, "not HOST:PORT", "the PMS's MLLP listener, e.g. \"192.168.10.5:2576\" or \"pms.clinic.lan:2576\""));
+            }
+            Some(crate::pms::sender::SenderConfig {
+                endpoint: v.to_owned(),
+                timeout: duration_in(
+                    file.outbound_timeout.as_deref(),
+                    "pms.outbound_timeout",
+                    Duration::from_secs(30),
+                    (Duration::from_secs(1), Duration::from_secs(600)),
+                    invalid,
+                )?,
+            })
+        }
+    };
+    let application = file
+        .application
+        .clone()
+        .unwrap_or_else(|| "CLINIC-RELAY".to_owned());
+    let facility = file.facility.clone().unwrap_or_default();
+    let outbound = crate::pms::outbound::OutboundConfig {
+        application: application.clone(),
+        facility: facility.clone(),
+        receiving_application: file
+            .receiving_application
+            .clone()
+            .unwrap_or_else(|| "PMS".to_owned()),
+        receiving_facility: file.receiving_facility.clone().unwrap_or_default(),
+        confirm_status: file
+            .outbound_confirm_status
+            .clone()
+            .unwrap_or_else(|| "Confirmed".to_owned()),
+        consent_field: consent_field.clone(),
+        assigning_authority: file.assigning_authority.clone().unwrap_or_default(),
+    };
     Ok(PmsConfig {
         mllp_listen,
+        outbound,
+        sender,
         allow,
         max_connections,
         idle_timeout,

@@ -229,6 +229,10 @@ pub struct Running {
     pub api_socket: std::path::PathBuf,
     pub vault: Vault,
     pub ingest: Arc<Ingest>,
+    /// Wakes the PMS sender (None when no outbound endpoint is configured).
+    pub pms_sender: Option<crate::pms::sender::SenderHandle>,
+    /// How patient actions are shaped for the PMS.
+    pub outbound: crate::pms::outbound::OutboundConfig,
     stop: watch::Sender<bool>,
     tasks: Vec<Named>,
     clock: SharedClock,
@@ -311,6 +315,21 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         name: "local-api",
         handle: tokio::spawn(crate::api::serve(api_listener, api_state, stop_rx.clone())),
     });
+    let pms_sender = match &config.pms.sender {
+        Some(sender_config) => {
+            let (sender, handle) = crate::pms::sender::Sender::new(
+                vault.clone(),
+                clock.clone(),
+                sender_config.clone(),
+            );
+            tasks.push(Named {
+                name: "pms-sender",
+                handle: tokio::spawn(sender.run(stop_rx.clone())),
+            });
+            Some(handle)
+        }
+        None => None,
+    };
     info!(mllp = %mllp_addr, api = %config.api.socket.display(), "listening");
 
     if let Some(period) = watchdog_period() {
@@ -324,6 +343,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         api_socket: config.api.socket.clone(),
         vault,
         ingest,
+        pms_sender,
+        outbound: config.pms.outbound.clone(),
         stop: stop_tx,
         tasks,
         clock,

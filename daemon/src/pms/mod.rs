@@ -5,4 +5,6 @@ pub mod ingest;
 pub mod listener;
 pub mod map;
 pub mod mllp;
+pub mod outbound;
 pub mod phone;
+pub mod sender;

@@ -344,6 +344,8 @@ struct Inner {
     flusher: GroupCommit,
     /// The highest event seq known to be on disk; long-polls wait on it.
     events_durable: tokio::sync::watch::Sender<u64>,
+    /// Woken when a message lands in the PMS outbox.
+    outbox_signal: tokio::sync::Notify,
     purpose: PurposeKeys,
     rng: SystemRandom,
     _lock: fs::File,
@@ -446,6 +448,7 @@ impl Vault {
                     last_seq: HashMap::new(),
                 }),
                 events_durable: tokio::sync::watch::channel(0).0,
+                outbox_signal: tokio::sync::Notify::new(),
                 flusher,
                 purpose,
                 rng: SystemRandom::new(),
@@ -720,6 +723,9 @@ impl Vault {
     /// covers this commit covers every earlier one (they were applied first,
     /// under the commit lock), so the watermark is a simple maximum.
     fn publish_durable(&self, receipt: &Receipt) {
+        if receipt.last_in(Tree::PmsOutbox).is_some() {
+            self.inner.outbox_signal.notify_one();
+        }
         if let Some(seq) = receipt.last_in(Tree::Events) {
             self.inner.events_durable.send_if_modified(|cur| {
                 let moved = seq > *cur;
@@ -728,6 +734,24 @@ impl Vault {
                 }
                 moved
             });
+        }
+    }
+
+    /// Notified when a durable commit queued a message for the PMS.
+    pub fn outbox_signal(&self) -> &tokio::sync::Notify {
+        &self.inner.outbox_signal
+    }
+
+    /// The first record of a tree (lowest key): its key, and its value or
+    /// why it does not open.
+    pub fn first(&self, tree: Tree) -> VaultResult<Option<(Vec<u8>, VaultResult<Vec<u8>>)>> {
+        match self.inner.store.scan_from(tree, &[]).next() {
+            None => Ok(None),
+            Some(r) => {
+                let (k, v) = r?;
+                let opened = self.open_value(tree, k.as_ref(), v.as_ref());
+                Ok(Some((k.as_ref().to_vec(), opened)))
+            }
         }
     }
 

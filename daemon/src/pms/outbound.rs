@@ -1,0 +1,357 @@
+//! Back to the PMS: what a patient did becomes an HL7 message in a durable
+//! queue, in the same transaction as the state change, the event for the
+//! feed and the audit entry. The sender (`sender.rs`) delivers the queue in
+//! order.
+//!
+//! HL7 v2 has no standard "patient confirmed" event, so the mapping is an
+//! adapter with a documented default (docs/hl7.md):
+//!
+//! | patient action        | message  | notes                                   |
+//! |-----------------------|----------|-----------------------------------------|
+//! | booking request       | SRM^S01  | ARQ with the chosen slot                |
+//! | reschedule request    | SRM^S02  | ARQ with the appointment (+ new slot)   |
+//! | cancellation request  | SRM^S04  | ARQ with the appointment                |
+//! | confirmation          | SIU^S14  | SCH-25 = `pms.outbound_confirm_status`  |
+//! | opt-out / opt-in      | ADT^A31  | consent field (`pms.consent_field`) N/Y |
+
+use super::hl7::{EncodeError, MessageBuilder, SegmentBuilder};
+use crate::audit::AuditDraft;
+use crate::model::{
+    Appointment, Consent, ConsentSource, ConsentState, Event, EventKind, Patient, PatientId, Slot,
+};
+use crate::pms::map::FieldPath;
+use crate::vault::{Owner, Tree, Txn, Vault, VaultError};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Something a patient did that the PMS must hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatientAction {
+    Confirm {
+        appointment: String,
+    },
+    Cancel {
+        appointment: String,
+    },
+    Reschedule {
+        appointment: String,
+        slot: Option<String>,
+    },
+    Book {
+        patient: PatientId,
+        slot: String,
+    },
+    OptOut {
+        patient: PatientId,
+    },
+    OptIn {
+        patient: PatientId,
+    },
+}
+
+/// How outbound messages are addressed and shaped (config `[pms]`).
+#[derive(Debug, Clone)]
+pub struct OutboundConfig {
+    pub application: String,
+    pub facility: String,
+    pub receiving_application: String,
+    pub receiving_facility: String,
+    /// SCH-25 of the SIU^S14 that reports a confirmation.
+    pub confirm_status: String,
+    /// Where opt-in/opt-out goes in the ADT^A31; None: not sent.
+    pub consent_field: Option<FieldPath>,
+    pub assigning_authority: String,
+}
+
+/// A queued message. Sealed under the patient's key (it carries PID), so an
+/// erased patient's pending messages can no longer be read or sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outgoing {
+    pub kind: String,
+    pub patient: Option<PatientId>,
+    pub control_id: String,
+    pub created_at: Timestamp,
+    #[serde(with = "hl7_text")]
+    pub hl7: Vec<u8>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// The HL7 bytes as a string in the (sealed) JSON record.
+mod hl7_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(bytes))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(String::deserialize(d)?.into_bytes())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("unknown appointment")]
+    UnknownAppointment,
+    #[error("unknown patient {0}")]
+    UnknownPatient(PatientId),
+    #[error("unknown slot")]
+    UnknownSlot,
+    #[error("outbound message: {0}")]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+fn ts(t: Timestamp) -> String {
+    t.strftime("%Y%m%d%H%M%S+0000").to_string()
+}
+
+fn msh(
+    cfg: &OutboundConfig,
+    kind: (&str, &str, &str),
+    control_id: &str,
+    now: Timestamp,
+) -> SegmentBuilder {
+    let mut msh = SegmentBuilder::new("MSH");
+    msh.set(3, cfg.application.as_str())
+        .set(4, cfg.facility.as_str())
+        .set(5, cfg.receiving_application.as_str())
+        .set(6, cfg.receiving_facility.as_str())
+        .set(7, ts(now))
+        .set_component(9, 1, kind.0)
+        .set_component(9, 2, kind.1)
+        .set_component(9, 3, kind.2)
+        .set(10, control_id)
+        .set(11, "P")
+        .set(12, "2.5.1")
+        .set(18, "UNICODE UTF-8");
+    msh
+}
+
+fn pid(p: &Patient, authority: &str) -> SegmentBuilder {
+    let mut pid = SegmentBuilder::new("PID");
+    pid.set(1, "1")
+        .set_component(3, 1, p.mrn.as_str())
+        .set_component(3, 4, authority)
+        .set_component(3, 5, "MR")
+        .set_component(5, 1, p.family_name.as_str())
+        .set_component(5, 2, p.given_name.as_str());
+    if let Some(d) = p.birth_date {
+        pid.set(7, d.strftime("%Y%m%d").to_string());
+    }
+    pid
+}
+
+fn arq(
+    appointment_id: &str,
+    start: Option<(Timestamp, u32)>,
+    slot_id: Option<&str>,
+) -> SegmentBuilder {
+    let mut arq = SegmentBuilder::new("ARQ");
+    arq.set_component(1, 1, appointment_id);
+    if let Some(slot) = slot_id {
+        // ARQ-2 (filler appointment id) is the PMS's; the slot goes in ARQ-1.2
+        // as the namespace-qualified hint the PMS can look up.
+        arq.set_component(1, 2, slot);
+    }
+    if let Some((start, minutes)) = start {
+        arq.set(9, minutes.to_string()).set_component(10, 1, "MIN");
+        arq.set_component(11, 1, ts(start));
+    }
+    arq
+}
+
+/// Builds the HL7 message for an action.
+pub fn build_message(
+    cfg: &OutboundConfig,
+    action: &PatientAction,
+    patient: &Patient,
+    appointment: Option<&Appointment>,
+    slot: Option<&Slot>,
+    control_id: &str,
+    now: Timestamp,
+) -> Result<(String, Vec<u8>), EncodeError> {
+    let mut msg = MessageBuilder::new();
+    let kind = match action {
+        PatientAction::Book { .. } => ("SRM", "S01", "SRM_S01"),
+        PatientAction::Reschedule { .. } => ("SRM", "S02", "SRM_S01"),
+        PatientAction::Cancel { .. } => ("SRM", "S04", "SRM_S01"),
+        PatientAction::Confirm { .. } => ("SIU", "S14", "SIU_S12"),
+        PatientAction::OptOut { .. } | PatientAction::OptIn { .. } => ("ADT", "A31", "ADT_A05"),
+    };
+    msg.push(msh(cfg, kind, control_id, now));
+    match action {
+        PatientAction::Book { .. }
+        | PatientAction::Reschedule { .. }
+        | PatientAction::Cancel { .. } => {
+            let id = appointment.map_or(control_id, |a| a.id.as_str());
+            let start = slot
+                .map(|s| (s.start, s.duration_minutes))
+                .or(appointment.map(|a| (a.start, a.duration_minutes)));
+            msg.push(arq(id, start, slot.map(|s| s.id.as_str())));
+            msg.push(pid(patient, &cfg.assigning_authority));
+        }
+        PatientAction::Confirm { .. } => {
+            let mut sch = SegmentBuilder::new("SCH");
+            if let Some(a) = appointment {
+                sch.set_component(2, 1, a.id.as_str())
+                    .set_component(11, 3, a.duration_minutes.to_string())
+                    .set_component(11, 4, ts(a.start));
+            }
+            sch.set_component(25, 1, cfg.confirm_status.as_str());
+            msg.push(sch);
+            msg.push(pid(patient, &cfg.assigning_authority));
+        }
+        PatientAction::OptOut { .. } | PatientAction::OptIn { .. } => {
+            let mut evn = SegmentBuilder::new("EVN");
+            evn.set(1, "A31").set(2, ts(now));
+            msg.push(evn);
+            msg.push(pid(patient, &cfg.assigning_authority));
+            if let Some(field) = &cfg.consent_field {
+                let flag = if matches!(action, PatientAction::OptIn { .. }) {
+                    "Y"
+                } else {
+                    "N"
+                };
+                let mut seg = SegmentBuilder::new(&field.segment);
+                if field.segment.starts_with('Z') && field.field > 1 {
+                    seg.set(1, "WHATSAPP");
+                }
+                seg.set_component(field.field, field.component, flag);
+                msg.push(seg);
+            }
+        }
+    }
+    Ok((format!("{}^{}", kind.0, kind.1), msg.build()?))
+}
+
+fn event_kind(action: &PatientAction) -> EventKind {
+    match action {
+        PatientAction::Confirm { .. } => EventKind::AppointmentConfirmed,
+        PatientAction::Cancel { .. } => EventKind::AppointmentCancelled,
+        PatientAction::Reschedule { .. } => EventKind::RescheduleRequested,
+        PatientAction::Book { .. } => EventKind::BookingRequested,
+        PatientAction::OptOut { .. } => EventKind::OptedOut,
+        PatientAction::OptIn { .. } => EventKind::OptedIn,
+    }
+}
+
+/// Records a patient action: state change, feed event, queued HL7 message
+/// and audit entry, in one durable transaction. Returns the message's
+/// control id.
+pub async fn record(
+    vault: &Vault,
+    cfg: &OutboundConfig,
+    action: &PatientAction,
+    actor: &str,
+    now: Timestamp,
+) -> Result<String, ActionError> {
+    let mut txn = Txn::new(now);
+    let (patient_id, mut appointment) = match action {
+        PatientAction::Confirm { appointment }
+        | PatientAction::Cancel { appointment }
+        | PatientAction::Reschedule { appointment, .. } => {
+            let a = vault
+                .get_appointment(appointment)?
+                .ok_or(ActionError::UnknownAppointment)?;
+            (a.patient, Some(a))
+        }
+        PatientAction::Book { patient, .. }
+        | PatientAction::OptOut { patient }
+        | PatientAction::OptIn { patient } => (*patient, None),
+    };
+    let patient = vault
+        .get_patient(patient_id)?
+        .ok_or(ActionError::UnknownPatient(patient_id))?;
+    let slot = match action {
+        PatientAction::Book { slot, .. }
+        | PatientAction::Reschedule {
+            slot: Some(slot), ..
+        } => Some(
+            vault
+                .slots()?
+                .into_iter()
+                .find(|s| &s.id == slot)
+                .ok_or(ActionError::UnknownSlot)?,
+        ),
+        _ => None,
+    };
+    match action {
+        PatientAction::Confirm { .. } => {
+            if let Some(a) = appointment.as_mut() {
+                a.patient_confirmed = true;
+                vault.stage_appointment(&mut txn, a)?;
+            }
+        }
+        PatientAction::OptOut { .. } | PatientAction::OptIn { .. } => {
+            let state = if matches!(action, PatientAction::OptIn { .. }) {
+                ConsentState::OptedIn
+            } else {
+                ConsentState::OptedOut
+            };
+            vault.stage_consent(
+                &mut txn,
+                &Consent {
+                    patient: patient_id,
+                    state,
+                    source: ConsentSource::Chat,
+                    at: now,
+                },
+            )?;
+        }
+        _ => {}
+    }
+    let control_id = format!(
+        "CRO{}",
+        hex::encode(
+            &vault.blind_index(
+                "outbound-control-id",
+                &format!("{}{:?}", now.as_nanosecond(), action)
+            )[..8]
+        )
+    );
+    let (kind, hl7) = build_message(
+        cfg,
+        action,
+        &patient,
+        appointment.as_ref(),
+        slot.as_ref(),
+        &control_id,
+        now,
+    )?;
+    let outgoing = Outgoing {
+        kind: kind.clone(),
+        patient: Some(patient_id),
+        control_id: control_id.clone(),
+        created_at: now,
+        hl7,
+        attempts: 0,
+        last_error: None,
+    };
+    txn.append_json(Tree::PmsOutbox, Owner::Patient(patient_id), &outgoing)?;
+    let event = Event {
+        kind: event_kind(action),
+        time: now,
+        patient: Some(patient_id),
+        appointment: appointment.as_ref().map(|a| a.id.clone()),
+        slot: slot.as_ref().map(|s| s.id.clone()),
+        details: Default::default(),
+    };
+    txn.append_json(Tree::Events, Owner::System, &event)?;
+    txn.audit(
+        AuditDraft::new(actor, "patient.action")
+            .subject(patient_id.to_string())
+            .detail(
+                "event",
+                serde_json::to_value(event.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            )
+            .detail("outbound", kind),
+    );
+    vault.commit_async(txn).await?;
+    Ok(control_id)
+}
