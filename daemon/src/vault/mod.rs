@@ -226,6 +226,9 @@ impl Txn {
     }
 }
 
+/// The first record of a tree: its key, and its value or why it does not open.
+pub type FirstRecord = (Vec<u8>, VaultResult<Vec<u8>>);
+
 /// What a commit reports back.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Receipt {
@@ -744,7 +747,7 @@ impl Vault {
 
     /// The first record of a tree (lowest key): its key, and its value or
     /// why it does not open.
-    pub fn first(&self, tree: Tree) -> VaultResult<Option<(Vec<u8>, VaultResult<Vec<u8>>)>> {
+    pub fn first(&self, tree: Tree) -> VaultResult<Option<FirstRecord>> {
         match self.inner.store.scan_from(tree, &[]).next() {
             None => Ok(None),
             Some(r) => {
