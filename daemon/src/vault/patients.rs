@@ -44,8 +44,13 @@ impl Vault {
     pub fn patient_upsert_txn(&self, p: &Patient, actor: &str, now: Timestamp) -> VaultResult<Txn> {
         self.ensure_patient_key(p.id)?;
         let mut txn = Txn::new(now);
-        let new_keys = self.index_keys(p);
         let previous = self.get_patient(p.id)?;
+        if previous.as_ref() == Some(p) {
+            // Unchanged (every SIU and ORU repeats the PID): nothing to write
+            // and nothing to audit.
+            return Ok(txn);
+        }
+        let new_keys = self.index_keys(p);
         if let Some(old) = &previous {
             for k in self.index_keys(old) {
                 if !new_keys.contains(&k) {

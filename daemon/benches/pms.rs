@@ -1,0 +1,285 @@
+//! `scripts/bench pms`: the PMS link measured through its real interfaces.
+//!
+//! The daemon runs in this process (service::start, as in the tests) and
+//! the load comes over real sockets: MLLP on loopback TCP and HTTP on the
+//! API's Unix socket. Client and server share the machine's cores, as they
+//! would on a clinic's small server.
+#![allow(clippy::disallowed_methods)] // a benchmark reads the real clock
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use clinic_relay::clock::SystemClock;
+use clinic_relay::config::Config;
+use clinic_relay::keys::MasterKey;
+use clinic_relay::model::{Event, EventKind};
+use clinic_relay::pms::{hl7, mllp};
+use clinic_relay::vault::{Owner, Tree, Txn};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::BufReader;
+use tokio::net::TcpStream;
+
+const CONNECTIONS: usize = 4;
+const MESSAGES_PER_CONNECTION: usize = 1500;
+const PACED_RATE: u64 = 500;
+const PACED_SECONDS: u64 = 4;
+const API_CONNECTIONS: usize = 4;
+const API_REQUESTS_PER_CONNECTION: usize = 5000;
+const FEED_ROUNDS: usize = 300;
+
+fn siu(n: usize) -> String {
+    let mrn = format!("B{:06}", n % 5000);
+    [
+        format!("MSH|^~\\&|ZZPMS|ZZCLINIC|CLINIC-RELAY|ZZCLINIC|20261125093000||SIU^S12^SIU_S12|BENCH{n}|P|2.5.1"),
+        format!("SCH|A{n}^ZZPMS|A{n}^ZZPMS|||||CHECKUP||||^^30^202612011000|||||||||||||||Booked"),
+        format!("PID|1||{mrn}^^^ZZHOSP^MR||ZZBENCH^PATIENT||19010203|F|||||0151 5550 {:04}", n % 10000),
+        "RGS|1|A".to_owned(),
+        "AIS|1|A|CHECKUP|202612011000|0|MIN|30|MIN".to_owned(),
+        "AIP|1|A|D1^ZZDOC^ADA^^^Dr.".to_owned(),
+        "AIL|1|A|ROOM1^2".to_owned(),
+    ]
+    .join("\r")
+}
+
+struct Client {
+    reader: BufReader<tokio::io::ReadHalf<TcpStream>>,
+    writer: tokio::io::WriteHalf<TcpStream>,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr) -> Self {
+        let s = TcpStream::connect(addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let (r, w) = tokio::io::split(s);
+        Self {
+            reader: BufReader::new(r),
+            writer: w,
+        }
+    }
+
+    async fn send(&mut self, msg: &str) -> Duration {
+        let t = Instant::now();
+        mllp::write_frame(&mut self.writer, msg.as_bytes())
+            .await
+            .unwrap();
+        let Some(mllp::Incoming::Message(ack)) =
+            mllp::read_frame(&mut self.reader, 1 << 20).await.unwrap()
+        else {
+            panic!("no ack");
+        };
+        let elapsed = t.elapsed();
+        let ack = hl7::parse(&ack).unwrap();
+        assert_eq!(ack.segment("MSA").unwrap().text(1), Some("AA"));
+        elapsed
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+async fn get(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<bytes::Bytes>>,
+    path: &str,
+) -> (u16, bytes::Bytes) {
+    sender.ready().await.unwrap();
+    let req = hyper::Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+async fn api_client(
+    socket: &std::path::Path,
+) -> hyper::client::conn::http1::SendRequest<Full<bytes::Bytes>> {
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let tmp = tempfile::tempdir().unwrap();
+    MasterKey::generate()
+        .unwrap()
+        .write_new_file(&tmp.path().join("mk"))
+        .unwrap();
+    let config_path = tmp.path().join("config.toml");
+    std::fs::write(
+        &config_path,
+        "[service]\ndata_dir = \"data\"\ntime_zone = \"Europe/Berlin\"\n[keys]\nmaster_key_file = \"mk\"\n[log]\nlevel = \"warn\"\n[pms]\nmllp_listen = \"127.0.0.1:0\"\n[api]\nsocket = \"api.sock\"\n",
+    )
+    .unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let running = clinic_relay::service::start(config, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let addr = running.mllp_addr;
+    println!(
+        "clinic-relay PMS-link benchmark ({} cores; daemon and clients in one process)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // 1. Throughput: 4 connections, each sending as fast as ACKs come back.
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..CONNECTIONS {
+        handles.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr).await;
+            let mut lat = Vec::with_capacity(MESSAGES_PER_CONNECTION);
+            for i in 0..MESSAGES_PER_CONNECTION {
+                lat.push(client.send(&siu(c * MESSAGES_PER_CONNECTION + i)).await);
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.await.unwrap());
+    }
+    let total = CONNECTIONS * MESSAGES_PER_CONNECTION;
+    let throughput = total as f64 / start.elapsed().as_secs_f64();
+    lat.sort();
+    println!();
+    println!("MLLP ingest, SIU^S12, {CONNECTIONS} connections, durable ACK: {throughput:.0} msg/s ({total} messages)");
+    println!(
+        "  ACK latency under full load: p50 {:?}, p99 {:?}",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+
+    // 2. Latency at a steady 500 msg/s (open loop, spread over 4 connections).
+    let per_conn = PACED_RATE / CONNECTIONS as u64;
+    let interval = Duration::from_micros(1_000_000 / per_conn);
+    let base = total;
+    let mut handles = Vec::new();
+    for c in 0..CONNECTIONS {
+        handles.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr).await;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut lat = Vec::new();
+            for i in 0..(per_conn * PACED_SECONDS) as usize {
+                tick.tick().await;
+                lat.push(client.send(&siu(base + c * 100_000 + i)).await);
+            }
+            lat
+        }));
+    }
+    let mut paced = Vec::new();
+    for h in handles {
+        paced.extend(h.await.unwrap());
+    }
+    paced.sort();
+    let p99_paced = pct(&paced, 0.99);
+    println!(
+        "MLLP ACK latency at {PACED_RATE} msg/s: p50 {:?}, p99 {:?}, max {:?}",
+        pct(&paced, 0.5),
+        p99_paced,
+        pct(&paced, 1.0)
+    );
+
+    // 3. Local API: GET a patient over the Unix socket.
+    let vault = running.vault.clone();
+    let id = vault.find_patients_by_mrn("B000001").unwrap()[0].to_hex();
+    let path = format!("/v1/patients/{id}");
+    let socket = running.api_socket.clone();
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..API_CONNECTIONS {
+        let (socket, path) = (socket.clone(), path.clone());
+        handles.push(tokio::spawn(async move {
+            let mut sender = api_client(&socket).await;
+            for _ in 0..API_REQUESTS_PER_CONNECTION {
+                let (status, body) = get(&mut sender, &path).await;
+                assert_eq!(status, 200);
+                assert!(!body.is_empty());
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let api_rate =
+        (API_CONNECTIONS * API_REQUESTS_PER_CONNECTION) as f64 / start.elapsed().as_secs_f64();
+    println!("local API GET /v1/patients/{{id}}, {API_CONNECTIONS} keep-alive connections: {api_rate:.0} req/s");
+
+    // 4. Event feed: a waiting long-poll gets a new event.
+    let mut feed_lat = Vec::new();
+    let mut cursor = vault.last_seq(Tree::Events);
+    let mut sender = api_client(&socket).await;
+    for n in 0..FEED_ROUNDS {
+        let poll_path = format!("/v1/events?after={cursor}&wait=10");
+        let request = get(&mut sender, &poll_path);
+        tokio::pin!(request);
+        // Let the long-poll reach the server and start waiting.
+        let pending = tokio::time::timeout(Duration::from_millis(2), &mut request).await;
+        assert!(pending.is_err(), "the poll must be waiting");
+        let v = vault.clone();
+        let t = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            let mut txn = Txn::new(jiff::Timestamp::from_second(1_800_000_000).unwrap());
+            let e = Event {
+                kind: EventKind::AppointmentConfirmed,
+                time: txn.time(),
+                patient: None,
+                appointment: Some(format!("A{n}")),
+                slot: None,
+                details: Default::default(),
+            };
+            txn.append_json(Tree::Events, Owner::System, &e).unwrap();
+            v.commit(txn).unwrap();
+        })
+        .await
+        .unwrap();
+        let (status, body) = request.await;
+        feed_lat.push(t.elapsed());
+        assert_eq!(status, 200);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        cursor = json["cursor"].as_u64().unwrap();
+    }
+    feed_lat.sort();
+    let feed_p99 = pct(&feed_lat, 0.99);
+    println!(
+        "event feed, commit → long-poll response: p50 {:?}, p99 {:?} ({FEED_ROUNDS} events)",
+        pct(&feed_lat, 0.5),
+        feed_p99
+    );
+
+    println!();
+    let check = |ok: bool| if ok { "PASS" } else { "MISS" };
+    println!(
+        "target: MLLP ingest (4 connections) >= 2,000 msg/s   {throughput:>8.0}  {}",
+        check(throughput >= 2000.0)
+    );
+    println!(
+        "target: p99 ACK latency at 500 msg/s < 20 ms         {:>8.2?}  {}",
+        p99_paced,
+        check(p99_paced < Duration::from_millis(20))
+    );
+    println!(
+        "target: API GET patient >= 10,000 req/s              {api_rate:>8.0}  {}",
+        check(api_rate >= 10_000.0)
+    );
+    println!(
+        "target: event feed p99 < 10 ms                       {:>8.2?}  {}",
+        feed_p99,
+        check(feed_p99 < Duration::from_millis(10))
+    );
+    running.shutdown().await.unwrap();
+}
