@@ -74,6 +74,28 @@ wait_active
 [ "$(prop MainPID)" != "$pid" ] || fail "not restarted by the upgrade"
 [ "$(sha256sum /etc/clinic-relay/master-key)" = "$key" ] || fail "the key changed"
 
+step "the key as an encrypted credential, as README.Debian shows (--with-key=host: no TPM2 here)"
+systemd-creds encrypt --with-key=host --name=master-key \
+    /etc/clinic-relay/master-key /etc/clinic-relay/master-key.cred
+mv /etc/clinic-relay/master-key /root/master-key.offline-copy
+mkdir -p "/etc/systemd/system/$unit.d"
+printf '[Service]\nLoadCredential=\nLoadCredentialEncrypted=master-key:/etc/clinic-relay/master-key.cred\n' \
+    > "/etc/systemd/system/$unit.d/credential.conf"
+systemctl daemon-reload
+pid=$(prop MainPID)
+systemctl restart "$unit"
+# Active means the daemon opened the existing data with the decrypted key: the
+# config names no key file and the plaintext file is gone, so the key can only
+# have come from LoadCredentialEncrypted=.
+wait_active
+[ "$(prop MainPID)" != "$pid" ] || fail "not restarted"
+step "reinstall with the encrypted key: postinst must not generate a plaintext key"
+pid=$(prop MainPID)
+dpkg -i "$deb2"
+wait_active
+[ "$(prop MainPID)" != "$pid" ] || fail "not restarted by the reinstall"
+[ ! -e /etc/clinic-relay/master-key ] || fail "postinst generated a new master key next to master-key.cred"
+
 step "remove: prerm stops the daemon, the data stays"
 dpkg -r clinic-relay
 [ "$(systemctl is-active "$unit" || true)" != active ] || fail "still running after remove"
@@ -83,4 +105,6 @@ step "purge"
 dpkg -P clinic-relay
 [ ! -e /var/lib/clinic-relay ] || fail "purge kept the data"
 [ ! -e /etc/clinic-relay/master-key ] || fail "purge kept the key"
+[ ! -e /etc/clinic-relay/master-key.cred ] || fail "purge kept the encrypted key"
+rm -r "/etc/systemd/system/$unit.d"
 step "all checks passed"
