@@ -1,0 +1,110 @@
+#!/bin/sh
+# Runs inside the test root booted with systemd-nspawn (see scripts/test-install):
+# the package's maintainer scripts and the hardened unit under a real, running
+# systemd. Usage: in-container.sh FIRST.deb UPGRADE.deb
+# Writes its log to /root/boottest.log and PASS or FAIL to /root/boottest.result,
+# then powers the container off.
+set -eu
+exec > /root/boottest.log 2>&1
+deb1=$1
+deb2=$2
+unit=clinic-relay.service
+
+finish() {
+    status=$?
+    echo "--- journal of $unit"
+    journalctl -u "$unit" --no-pager -o short-monotonic || true
+    if [ "$status" = 0 ]; then echo PASS > /root/boottest.result; else echo FAIL > /root/boottest.result; fi
+    systemctl poweroff --no-block 2>/dev/null || systemctl poweroff --no-block --force
+}
+trap finish EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+step() { echo "== $*"; }
+prop() { systemctl show -P "$1" "$unit"; }
+wait_active() {
+    for _ in $(seq 50); do
+        [ "$(systemctl is-active "$unit" || true)" = active ] && return 0
+        sleep 0.2
+    done
+    systemctl status --no-pager "$unit" || true
+    fail "$unit is not active"
+}
+
+step "systemd is running: $(systemctl is-system-running --wait || true)"
+[ -d /run/systemd/system ] || fail "no /run/systemd/system"
+
+step "install $deb1: postinst enables and starts the unit"
+dpkg -i "$deb1"
+wait_active
+systemctl is-enabled "$unit" | grep -qx enabled || fail "not enabled"
+[ "$(prop Type)" = notify ] || fail "Type=$(prop Type)"
+prop StatusText | grep -q serving || fail "no READY status text: $(prop StatusText)"
+[ -d /var/lib/clinic-relay/store ] || fail "no store in /var/lib/clinic-relay"
+[ "$(stat -c '%a %U' /var/lib/clinic-relay)" = "700 clinic-relay" ] || fail "data dir: $(stat -c '%a %U' /var/lib/clinic-relay)"
+journalctl -u "$unit" -o cat --no-pager | grep -q "clinic-relay ready" || fail "no journald log line"
+step "running as $(stat -c %U "/proc/$(prop MainPID)"), status: $(prop StatusText)"
+systemd-analyze security --no-pager "$unit" | tail -n 1
+
+step "watchdog: WatchdogSec=2s for this test; the daemon must keep pinging"
+mkdir -p "/etc/systemd/system/$unit.d"
+printf '[Service]\nWatchdogSec=2s\n' > "/etc/systemd/system/$unit.d/watchdog-test.conf"
+systemctl daemon-reload
+systemctl restart "$unit"
+wait_active
+pid=$(prop MainPID)
+sleep 7
+[ "$(prop MainPID)" = "$pid" ] || fail "the daemon was restarted (watchdog?): $(prop Result)"
+[ "$(prop NRestarts)" = 0 ] || fail "NRestarts=$(prop NRestarts)"
+rm -r "/etc/systemd/system/$unit.d"
+systemctl daemon-reload
+
+step "stop: SIGTERM, STOPPING=1, exit 0"
+systemctl stop "$unit"
+[ "$(prop Result)" = success ] || fail "Result=$(prop Result)"
+[ "$(prop ExecMainStatus)" = 0 ] || fail "ExecMainStatus=$(prop ExecMainStatus)"
+journalctl -u "$unit" -o cat --no-pager | grep -q "clinic-relay stopped" || fail "no clean stop in the log"
+systemctl start "$unit"
+wait_active
+
+step "upgrade to $deb2: postinst restarts the daemon"
+key=$(sha256sum /etc/clinic-relay/master-key)
+pid=$(prop MainPID)
+dpkg -i "$deb2"
+wait_active
+[ "$(prop MainPID)" != "$pid" ] || fail "not restarted by the upgrade"
+[ "$(sha256sum /etc/clinic-relay/master-key)" = "$key" ] || fail "the key changed"
+
+step "the key as an encrypted credential, as README.Debian shows (--with-key=host: no TPM2 here)"
+systemd-creds encrypt --with-key=host --name=master-key \
+    /etc/clinic-relay/master-key /etc/clinic-relay/master-key.cred
+mv /etc/clinic-relay/master-key /root/master-key.offline-copy
+mkdir -p "/etc/systemd/system/$unit.d"
+printf '[Service]\nLoadCredential=\nLoadCredentialEncrypted=master-key:/etc/clinic-relay/master-key.cred\n' \
+    > "/etc/systemd/system/$unit.d/credential.conf"
+systemctl daemon-reload
+pid=$(prop MainPID)
+systemctl restart "$unit"
+# Active means the daemon opened the existing data with the decrypted key: the
+# config names no key file and the plaintext file is gone, so the key can only
+# have come from LoadCredentialEncrypted=.
+wait_active
+[ "$(prop MainPID)" != "$pid" ] || fail "not restarted"
+step "reinstall with the encrypted key: postinst must not generate a plaintext key"
+pid=$(prop MainPID)
+dpkg -i "$deb2"
+wait_active
+[ "$(prop MainPID)" != "$pid" ] || fail "not restarted by the reinstall"
+[ ! -e /etc/clinic-relay/master-key ] || fail "postinst generated a new master key next to master-key.cred"
+
+step "remove: prerm stops the daemon, the data stays"
+dpkg -r clinic-relay
+[ "$(systemctl is-active "$unit" || true)" != active ] || fail "still running after remove"
+[ -d /var/lib/clinic-relay/store ] || fail "remove deleted the data"
+
+step "purge"
+dpkg -P clinic-relay
+[ ! -e /var/lib/clinic-relay ] || fail "purge kept the data"
+[ ! -e /etc/clinic-relay/master-key ] || fail "purge kept the key"
+[ ! -e /etc/clinic-relay/master-key.cred ] || fail "purge kept the encrypted key"
+rm -r "/etc/systemd/system/$unit.d"
+step "all checks passed"
