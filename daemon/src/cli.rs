@@ -37,6 +37,29 @@ pub enum Command {
     /// Verify or export the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Take or restore a backup.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Ask the running daemon how it is; exits non-zero when unhealthy or not running.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Write a consistent, sealed snapshot to FILE (from the running daemon if
+    /// there is one, else from the data directory). Also refreshes the keyring
+    /// copy `clinic-relay.keyring` beside FILE.
+    Create { file: PathBuf },
+    /// Restore FILE into an empty directory and verify it.
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The current keyring (default: the configured data directory's, else
+        /// `clinic-relay.keyring` beside FILE).
+        #[arg(long)]
+        keyring: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +174,20 @@ pub fn run(cli: Cli) -> Result<(), String> {
             );
             vault.close().map_err(|e| e.to_string())
         }
+        Command::Status => status(&load_config(&cli.config)?),
+        Command::Backup(BackupCommand::Create { file }) => {
+            backup_create(&load_config(&cli.config)?, &file)
+        }
+        Command::Backup(BackupCommand::Restore {
+            file,
+            data_dir,
+            keyring,
+        }) => backup_restore(
+            &load_config(&cli.config)?,
+            &file,
+            &data_dir,
+            keyring.as_deref(),
+        ),
         Command::Audit(AuditCommand::Verify) => {
             let config = load_config(&cli.config)?;
             let vault = open_offline(&config)?;
@@ -183,5 +220,159 @@ pub fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+    }
+}
+
+/// The name of the keyring copy kept beside backups.
+pub const KEYRING_COPY: &str = "clinic-relay.keyring";
+
+fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.sync_all()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::vault::fsio::sync_parent_dir(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn backup_create(config: &Config, file: &Path) -> Result<(), String> {
+    use crate::api::client::{self, ClientError};
+    let bytes = match client::request_blocking(&config.api.socket, "GET", "/v1/admin/backup") {
+        Ok((200, body)) => body.to_vec(),
+        Ok((status, body)) => {
+            return Err(format!(
+                "the daemon refused the backup ({status}): {}",
+                String::from_utf8_lossy(&body)
+            ))
+        }
+        Err(ClientError::NotRunning(_)) => {
+            let vault = open_offline(config)?;
+            let bytes = vault
+                .backup(crate::clock::Clock::now(&crate::clock::SystemClock))
+                .map_err(|e| e.to_string())?;
+            vault.close().map_err(|e| e.to_string())?;
+            bytes
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    write_new_private(file, &bytes)?;
+    // The restore needs the current keyring: keep one copy beside the backups.
+    let copy = file.parent().unwrap_or(Path::new(".")).join(KEYRING_COPY);
+    let keyring = std::fs::read(crate::vault::keyring_path(&config.service.data_dir))
+        .map_err(|e| format!("reading the keyring: {e}"))?;
+    crate::vault::fsio::replace_atomically(&copy, &keyring)
+        .map_err(|e| format!("{}: {e}", copy.display()))?;
+    println!(
+        "backup written to {} ({} bytes); keyring copy refreshed at {}",
+        file.display(),
+        bytes.len(),
+        copy.display()
+    );
+    Ok(())
+}
+
+fn backup_restore(
+    config: &Config,
+    file: &Path,
+    data_dir: &Path,
+    keyring: Option<&Path>,
+) -> Result<(), String> {
+    crate::process::disable_core_dumps().map_err(|e| format!("cannot disable core dumps: {e}"))?;
+    let keyring = match keyring {
+        Some(k) => k.to_owned(),
+        None => {
+            let live = crate::vault::keyring_path(&config.service.data_dir);
+            if live.exists() {
+                live
+            } else {
+                file.parent().unwrap_or(Path::new(".")).join(KEYRING_COPY)
+            }
+        }
+    };
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if bytes.len() > crate::vault::backup::MAX_BACKUP_BYTES {
+        return Err(format!(
+            "{} is larger than any clinic-relay backup",
+            file.display()
+        ));
+    }
+    let mk = service::load_master_key(config).map_err(|e| e.to_string())?;
+    let (vault, report) =
+        Vault::restore(&bytes, data_dir, &keyring, &mk).map_err(|e| e.to_string())?;
+    vault.close().map_err(|e| e.to_string())?;
+    println!(
+        "restored {} records into {} and verified them: audit chain of {} entries intact, {} records of erased patients stay unreadable",
+        report.records,
+        data_dir.display(),
+        report.audit_entries,
+        report.unreadable_erased
+    );
+    Ok(())
+}
+
+fn status(config: &Config) -> Result<(), String> {
+    use crate::api::client::{self, ClientError};
+    let body = match client::request_blocking(&config.api.socket, "GET", "/v1/status") {
+        Ok((200, body)) => body,
+        Ok((code, _)) => return Err(format!("the daemon answered {code} to a status request")),
+        Err(ClientError::NotRunning(socket)) => return Err(format!(
+            "clinic-relay is NOT RUNNING: nothing answers on {} (systemctl status clinic-relay)",
+            socket.display()
+        )),
+        Err(e) => return Err(e.to_string()),
+    };
+    let s: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("unreadable status: {e}"))?;
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| "never".to_owned(), str::to_owned);
+    let uptime = s["uptime_seconds"].as_u64().unwrap_or_default();
+    println!(
+        "clinic-relay {}: running for {}h {}m, WhatsApp {}",
+        text(&s["version"]),
+        uptime / 3600,
+        uptime % 3600 / 60,
+        text(&s["whatsapp_mode"])
+    );
+    println!(
+        "PMS: last message {}, queue {} (oldest {}), dead letters {}, sender {}",
+        text(&s["pms"]["last_message_at"]),
+        s["pms"]["outbox_depth"],
+        text(&s["pms"]["outbox_oldest"]),
+        s["pms"]["dead_letters"],
+        text(&s["pms"]["sender"])
+    );
+    println!(
+        "WhatsApp: last webhook {}, outbox {}",
+        text(&s["whatsapp"]["last_webhook_at"]),
+        s["whatsapp"]["outbox_depth"]
+    );
+    println!(
+        "keys: generation {}, master key age {} days",
+        s["keys"]["generation"], s["keys"]["master_key_age_days"]
+    );
+    println!("audit: head seq {}", s["audit"]["seq"]);
+    println!(
+        "storage: {} MiB free in {}",
+        s["storage"]["free_bytes"].as_u64().unwrap_or_default() >> 20,
+        text(&s["storage"]["data_dir"])
+    );
+    println!(
+        "patients: {}, events cursor {}",
+        s["patients"], s["events_cursor"]
+    );
+    let warnings = s["warnings"].as_array().cloned().unwrap_or_default();
+    if warnings.is_empty() {
+        println!("healthy");
+        Ok(())
+    } else {
+        for w in &warnings {
+            println!("WARNING: {}", w.as_str().unwrap_or_default());
+        }
+        Err(format!("unhealthy: {} warning(s)", warnings.len()))
     }
 }

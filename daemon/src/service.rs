@@ -266,25 +266,6 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
 
     // The API first: at shutdown tasks stop in this order, and the PMS door
     // should close before the local one.
-    let api_listener = crate::api::bind(&config.api.socket)?;
-    let api_state = Arc::new(crate::api::ApiState {
-        vault: vault.clone(),
-        clock: clock.clone(),
-        phone_plan: config.pms.mapping.phone_plan.clone(),
-        authority: config.pms.mapping.assigning_authority.clone(),
-        max_body_bytes: config.api.max_body_bytes,
-        started: clock.now(),
-        max_wait: config.api.max_long_poll,
-    });
-
-    let tcp = tokio::net::TcpListener::bind(config.pms.mllp_listen)
-        .await
-        .map_err(|source| ServiceError::Bind {
-            key: "pms.mllp_listen",
-            addr: config.pms.mllp_listen.to_string(),
-            source,
-        })?;
-    let mllp_addr = tcp.local_addr().map_err(ServiceError::Runtime)?;
     let ingest = Arc::new(Ingest::new(
         vault.clone(),
         clock.clone(),
@@ -295,6 +276,31 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         },
         config.pms.max_message_bytes,
     ));
+    let api_listener = crate::api::bind(&config.api.socket)?;
+    let api_state = Arc::new(crate::api::ApiState {
+        vault: vault.clone(),
+        clock: clock.clone(),
+        phone_plan: config.pms.mapping.phone_plan.clone(),
+        authority: config.pms.mapping.assigning_authority.clone(),
+        max_body_bytes: config.api.max_body_bytes,
+        started: clock.now(),
+        max_wait: config.api.max_long_poll,
+        health: crate::api::HealthSources {
+            ingest: ingest.clone(),
+            data_dir: config.service.data_dir.clone(),
+            master_key_file: keys::locate(config.keys.master_key_file.as_deref()).ok(),
+            pms_sender_configured: config.pms.sender.is_some(),
+        },
+    });
+
+    let tcp = tokio::net::TcpListener::bind(config.pms.mllp_listen)
+        .await
+        .map_err(|source| ServiceError::Bind {
+            key: "pms.mllp_listen",
+            addr: config.pms.mllp_listen.to_string(),
+            source,
+        })?;
+    let mllp_addr = tcp.local_addr().map_err(ServiceError::Runtime)?;
     let limits = ListenerLimits {
         max_connections: config.pms.max_connections,
         max_frame_bytes: config.pms.max_message_bytes,

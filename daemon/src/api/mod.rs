@@ -4,12 +4,13 @@
 //! systemd unit's RuntimeDirectory); each connection's peer uid is logged.
 //! Bodies are capped; errors are RFC 9457 problem+json. Reference: docs/api.md.
 
+pub mod client;
 mod fhir;
 mod problem;
 mod routes;
 
 pub use problem::Problem;
-pub use routes::ApiState;
+pub use routes::{ApiState, HealthSources};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;

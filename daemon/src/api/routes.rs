@@ -27,6 +27,16 @@ pub struct ApiState {
     pub started: jiff::Timestamp,
     /// The longest a long-poll may wait.
     pub max_wait: Duration,
+    /// Where `status` looks for health.
+    pub health: HealthSources,
+}
+
+/// What `GET /v1/status` reports on besides the vault.
+pub struct HealthSources {
+    pub ingest: std::sync::Arc<crate::pms::ingest::Ingest>,
+    pub data_dir: std::path::PathBuf,
+    pub master_key_file: Option<std::path::PathBuf>,
+    pub pms_sender_configured: bool,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -168,6 +178,7 @@ async fn route(
     let method = req.method().clone();
     match (method, segments.as_slice()) {
         (Method::GET, ["v1", "status"]) => status(state),
+        (Method::GET, ["v1", "admin", "backup"]) => backup(state, uid).await,
         (Method::GET, ["v1", "patients"]) => search_patients(state, &req),
         (Method::POST, ["v1", "patients"]) => upsert_patient(state, req, uid).await,
         (Method::GET, ["v1", "patients", id]) => get_patient(state, id),
@@ -195,18 +206,117 @@ async fn route(
 }
 
 fn status(state: &ApiState) -> Result<Resp, Problem> {
+    use crate::pms::outbound::Outgoing;
     use crate::vault::Tree;
     let now = state.clock.now();
+    let vault = &state.vault;
+    let health = &state.health;
+    let mut warnings: Vec<String> = Vec::new();
+
+    let outbox_depth = vault.count(Tree::PmsOutbox);
+    let outbox_oldest = match vault.first(Tree::PmsOutbox).map_err(internal)? {
+        Some((_, Ok(bytes))) => serde_json::from_slice::<Outgoing>(&bytes)
+            .ok()
+            .map(|o| o.created_at),
+        _ => None,
+    };
+    if let Some(oldest) = outbox_oldest {
+        if now.duration_since(oldest).as_secs() > 3600 {
+            warnings.push("messages for the PMS have waited over an hour (is the PMS reachable? see pms.outbound_endpoint)".to_owned());
+        }
+    }
+    if outbox_depth > 0 && !health.pms_sender_configured {
+        warnings.push(
+            "messages for the PMS are queued but pms.outbound_endpoint is not set".to_owned(),
+        );
+    }
+    let dead_letters = vault.count(Tree::PmsDeadLetters);
+    if dead_letters > 0 {
+        warnings.push(format!(
+            "{dead_letters} message(s) refused by the PMS (dead letters)"
+        ));
+    }
+    let (free_bytes, total_bytes) = rustix::fs::statvfs(&health.data_dir)
+        .map(|s| {
+            (
+                s.f_bavail.saturating_mul(s.f_frsize),
+                s.f_blocks.saturating_mul(s.f_frsize),
+            )
+        })
+        .unwrap_or((0, 0));
+    if total_bytes > 0 && (free_bytes < 1 << 30 || free_bytes.saturating_mul(20) < total_bytes) {
+        warnings.push(format!(
+            "disk almost full: {} MiB free for the data directory",
+            free_bytes >> 20
+        ));
+    }
+    let mut key_age_days = None;
+    if let Some(path) = &health.master_key_file {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                warnings.push(format!(
+                    "the master key file {} is readable by group or others: chmod 600 it",
+                    path.display()
+                ));
+            }
+            key_age_days = meta
+                .modified()
+                .ok()
+                .and_then(|m| jiff::Timestamp::try_from(m).ok())
+                .map(|m| now.duration_since(m).as_secs() / 86_400);
+        }
+    }
+    if let Some(why) = vault.audit_damage() {
+        warnings.push(format!("audit log damaged: {why}"));
+    }
+    if vault.rotation_pending() {
+        warnings.push("a master key rotation is in progress".to_owned());
+    }
     ok(&json!({
         "version": crate::service::VERSION,
         "uptime_seconds": now.duration_since(state.started).as_secs(),
         "whatsapp_mode": "dry-run",
-        "patients": state.vault.count(Tree::Patients),
-        "pms_outbox_depth": state.vault.count(Tree::PmsOutbox),
-        "events_cursor": state.vault.last_seq(Tree::Events),
-        "audit_seq": state.vault.audit_seq(),
-        "key_generation": state.vault.key_generation(),
+        "patients": vault.count(Tree::Patients),
+        "pms": {
+            "last_message_at": health.ingest.last_message_at().map(|t| t.to_string()),
+            "outbox_depth": outbox_depth,
+            "outbox_oldest": outbox_oldest.map(|t| t.to_string()),
+            "dead_letters": dead_letters,
+            "sender": if health.pms_sender_configured { "configured" } else { "not configured" },
+        },
+        "whatsapp": {"last_webhook_at": null, "outbox_depth": 0},
+        "keys": {"generation": vault.key_generation(), "master_key_age_days": key_age_days},
+        "audit": {"seq": vault.audit_seq()},
+        "storage": {"data_dir": health.data_dir.display().to_string(), "free_bytes": free_bytes, "total_bytes": total_bytes},
+        "events_cursor": vault.last_seq(Tree::Events),
+        "warnings": warnings,
+        "healthy": warnings.is_empty(),
     }))
+}
+
+async fn backup(state: &ApiState, uid: Option<u32>) -> Result<Resp, Problem> {
+    let vault = state.vault.clone();
+    let now = state.clock.now();
+    let bytes = tokio::task::spawn_blocking(move || vault.backup(now))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    let mut txn = crate::vault::Txn::new(now);
+    txn.audit(
+        crate::audit::AuditDraft::new(
+            format!("api:uid={}", uid.map_or("?".to_owned(), |u| u.to_string())),
+            "backup.create",
+        )
+        .detail("bytes", bytes.len().to_string()),
+    );
+    state.vault.commit_async(txn).await.map_err(internal)?;
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(resp)
 }
 
 fn search_patients(state: &ApiState, req: &Request<Incoming>) -> Result<Resp, Problem> {

@@ -110,6 +110,8 @@ struct KeyLine {
     owner: String,
     gen: u32,
     wrapped: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    retired: bool,
 }
 
 pub struct KeyEntry {
@@ -117,6 +119,10 @@ pub struct KeyEntry {
     pub owner: KeyOwner,
     pub gen: u32,
     pub secret: Zeroizing<[u8; 32]>,
+    /// Replaced by a rotation: never used to seal again, kept (wrapped under
+    /// the current master key) so that backups taken before the rotation
+    /// still restore. Erasure destroys retired keys too.
+    pub retired: bool,
 }
 
 /// A wrapping key derived from one master key, with its check value.
@@ -294,6 +300,7 @@ impl Keyring {
                         owner,
                         gen: k.gen,
                         secret,
+                        retired: k.retired,
                     };
                     entries.insert(k.handle, (entry, k.wrapped));
                 }
@@ -313,6 +320,13 @@ impl Keyring {
         Ok(ring)
     }
 
+    /// The highest handle this keyring ever issued.
+    pub fn high_water(&self) -> u64 {
+        self.meta
+            .high_water
+            .max(self.entries.keys().next_back().copied().unwrap_or(0))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -324,7 +338,7 @@ impl Keyring {
     /// The newest key of an owner (highest generation, then highest handle).
     pub fn current(&self, owner: KeyOwner) -> Option<&KeyEntry> {
         self.entries()
-            .filter(|e| e.owner == owner)
+            .filter(|e| e.owner == owner && !e.retired)
             .max_by_key(|e| (e.gen, e.handle))
     }
 
@@ -347,6 +361,7 @@ impl Keyring {
             owner,
             gen,
             secret,
+            retired: false,
         };
         let wrapped = self.wrapper.wrap(&self.rng, &entry)?;
         let line = line_for(&entry, &wrapped);
@@ -437,7 +452,7 @@ impl Keyring {
         let to = from + 1;
         let owners: Vec<KeyOwner> = self
             .entries()
-            .filter(|e| e.gen == from && e.owner != KeyOwner::Root)
+            .filter(|e| e.gen == from && e.owner != KeyOwner::Root && !e.retired)
             .map(|e| e.owner)
             .collect();
         self.meta.previous_check = Some(std::mem::replace(
@@ -457,26 +472,22 @@ impl Keyring {
     }
 
     /// Ends a rotation once every record is sealed under the new generation:
-    /// the old generation's keys are dropped from the file.
+    /// the old generation's keys are marked retired (read-only, for older
+    /// backups). Returns their handles.
     pub fn finish_rotation(&mut self) -> Result<Vec<u64>, KeyringError> {
         let Some(from) = self.meta.rotating_from else {
             return Ok(Vec::new());
         };
-        let gone: Vec<u64> = self
-            .entries()
-            .filter(|e| e.gen <= from && e.owner != KeyOwner::Root)
-            .map(|e| e.handle)
-            .collect();
-        self.meta.high_water = self
-            .meta
-            .high_water
-            .max(self.entries.keys().next_back().copied().unwrap_or(0));
-        for h in &gone {
-            self.entries.remove(h);
+        let mut retired = Vec::new();
+        for (e, _) in self.entries.values_mut() {
+            if e.gen <= from && e.owner != KeyOwner::Root && !e.retired {
+                e.retired = true;
+                retired.push(e.handle);
+            }
         }
         self.meta.rotating_from = None;
         self.rewrite()?;
-        Ok(gone)
+        Ok(retired)
     }
 }
 
@@ -486,6 +497,7 @@ fn line_for(e: &KeyEntry, wrapped: &str) -> String {
         owner: e.owner.label(),
         gen: e.gen,
         wrapped: wrapped.to_owned(),
+        retired: e.retired,
     };
     let mut s = serde_json::to_string(&Line::Key(line)).unwrap_or_default();
     s.push('\n');

@@ -16,6 +16,7 @@
 //! store/     sled
 //! ```
 
+pub mod backup;
 pub mod fsio;
 mod group_commit;
 pub mod keyring;
@@ -285,10 +286,11 @@ impl KeyView {
             owner: e.owner,
             gen: e.gen,
         });
-        let newer = self
-            .current
-            .get(&e.owner)
-            .is_none_or(|cur| (cur.gen, cur.key.handle) < (e.gen, e.handle));
+        let newer = !e.retired
+            && self
+                .current
+                .get(&e.owner)
+                .is_none_or(|cur| (cur.gen, cur.key.handle) < (e.gen, e.handle));
         if newer {
             self.current.insert(e.owner, vk.clone());
         }

@@ -75,12 +75,8 @@ impl Vault {
         }
         // The re-sealed data must be on disk before the old keys go.
         self.flush()?;
-        let gone = crate::sync::lock(&self.inner.keyring).finish_rotation()?;
-        let mut view = crate::sync::write(&self.inner.keys);
-        for h in &gone {
-            view.by_handle.remove(h);
-        }
-        report.keys_retired = gone.len();
+        let retired = crate::sync::lock(&self.inner.keyring).finish_rotation()?;
+        report.keys_retired = retired.len();
         Ok(report)
     }
 

@@ -83,6 +83,10 @@ impl Tree {
         }
     }
 
+    pub fn from_name(name: &str) -> Option<Tree> {
+        Tree::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     fn slot(self) -> usize {
         self as usize
     }

@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod appliance;
 mod audit_tamper;
 mod config_cli;
 mod pms_crash;

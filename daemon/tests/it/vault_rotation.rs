@@ -118,3 +118,33 @@ fn the_daemon_rotates_online_from_the_previous_key() {
     let vault = install.open();
     assert_eq!(vault.get_patient(p.id).unwrap().as_ref(), Some(&p));
 }
+
+#[test]
+fn a_backup_taken_before_a_rotation_still_restores_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let (old, new) = (key(1), key(2));
+    let vault = open(&dir, &old);
+    let p = marker_patient(&vault, "B");
+    vault.put_patient(&p, "test", t0()).unwrap();
+    let backup = vault.backup(t0()).unwrap();
+    vault.rotate_master_key(&new).unwrap();
+    vault.close().unwrap();
+    let (restored, report) = Vault::restore(
+        &backup,
+        &tmp.path().join("restored"),
+        &clinic_relay::vault::keyring_path(&dir),
+        &new,
+    )
+    .unwrap();
+    assert_eq!(report.unreadable_erased, 0);
+    assert_eq!(restored.get_patient(p.id).unwrap().as_ref(), Some(&p));
+    // The old master key opens neither.
+    assert!(Vault::restore(
+        &backup,
+        &tmp.path().join("again"),
+        &clinic_relay::vault::keyring_path(&dir),
+        &old
+    )
+    .is_err());
+}
