@@ -316,56 +316,65 @@ fn backup_restore(
     Ok(())
 }
 
+/// A member of the status document (JSON null when absent).
+fn at<'a>(v: &'a serde_json::Value, pointer: &str) -> &'a serde_json::Value {
+    v.pointer(pointer).unwrap_or(&serde_json::Value::Null)
+}
+
 fn status(config: &Config) -> Result<(), String> {
     use crate::api::client::{self, ClientError};
     let body = match client::request_blocking(&config.api.socket, "GET", "/v1/status") {
         Ok((200, body)) => body,
         Ok((code, _)) => return Err(format!("the daemon answered {code} to a status request")),
-        Err(ClientError::NotRunning(socket)) => return Err(format!(
+        Err(ClientError::NotRunning(socket)) => {
+            return Err(format!(
             "clinic-relay is NOT RUNNING: nothing answers on {} (systemctl status clinic-relay)",
             socket.display()
-        )),
+        ))
+        }
         Err(e) => return Err(e.to_string()),
     };
     let s: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| format!("unreadable status: {e}"))?;
     let text = |v: &serde_json::Value| v.as_str().map_or_else(|| "never".to_owned(), str::to_owned);
-    let uptime = s["uptime_seconds"].as_u64().unwrap_or_default();
+    let uptime = at(&s, "/uptime_seconds").as_u64().unwrap_or_default();
     println!(
         "clinic-relay {}: running for {}h {}m, WhatsApp {}",
-        text(&s["version"]),
+        text(at(&s, "/version")),
         uptime / 3600,
         uptime % 3600 / 60,
-        text(&s["whatsapp_mode"])
+        text(at(&s, "/whatsapp_mode"))
     );
     println!(
         "PMS: last message {}, queue {} (oldest {}), dead letters {}, sender {}",
-        text(&s["pms"]["last_message_at"]),
-        s["pms"]["outbox_depth"],
-        text(&s["pms"]["outbox_oldest"]),
-        s["pms"]["dead_letters"],
-        text(&s["pms"]["sender"])
+        text(at(&s, "/pms/last_message_at")),
+        at(&s, "/pms/outbox_depth"),
+        text(at(&s, "/pms/outbox_oldest")),
+        at(&s, "/pms/dead_letters"),
+        text(at(&s, "/pms/sender"))
     );
     println!(
         "WhatsApp: last webhook {}, outbox {}",
-        text(&s["whatsapp"]["last_webhook_at"]),
-        s["whatsapp"]["outbox_depth"]
+        text(at(&s, "/whatsapp/last_webhook_at")),
+        at(&s, "/whatsapp/outbox_depth")
     );
     println!(
         "keys: generation {}, master key age {} days",
-        s["keys"]["generation"], s["keys"]["master_key_age_days"]
+        at(&s, "/keys/generation"),
+        at(&s, "/keys/master_key_age_days")
     );
-    println!("audit: head seq {}", s["audit"]["seq"]);
+    println!("audit: head seq {}", at(&s, "/audit/seq"));
     println!(
         "storage: {} MiB free in {}",
-        s["storage"]["free_bytes"].as_u64().unwrap_or_default() >> 20,
-        text(&s["storage"]["data_dir"])
+        at(&s, "/storage/free_bytes").as_u64().unwrap_or_default() >> 20,
+        text(at(&s, "/storage/data_dir"))
     );
     println!(
         "patients: {}, events cursor {}",
-        s["patients"], s["events_cursor"]
+        at(&s, "/patients"),
+        at(&s, "/events_cursor")
     );
-    let warnings = s["warnings"].as_array().cloned().unwrap_or_default();
+    let warnings = at(&s, "/warnings").as_array().cloned().unwrap_or_default();
     if warnings.is_empty() {
         println!("healthy");
         Ok(())
