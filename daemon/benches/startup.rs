@@ -43,7 +43,10 @@ fn main() {
         vault.flush().unwrap();
         vault.close().unwrap();
     }
-    println!("startup benchmark: {PATIENTS} patients stored in {:.1?}", t.elapsed());
+    println!(
+        "startup benchmark: {PATIENTS} patients stored in {:.1?}",
+        t.elapsed()
+    );
     std::fs::write(
         tmp.path().join("config.toml"),
         "[service]\ndata_dir = \"data\"\ntime_zone = \"Europe/Berlin\"\n[keys]\nmaster_key_file = \"mk\"\n[log]\nlevel = \"warn\"\nformat = \"text\"\n[pms]\nmllp_listen = \"127.0.0.1:0\"\n[api]\nsocket = \"api.sock\"\n",
@@ -53,7 +56,8 @@ fn main() {
     for run in 0..RUNS {
         let sock_path = tmp.path().join(format!("notify{run}.sock"));
         let sock = UnixDatagram::bind(&sock_path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
         let start = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_clinic-relay"))
             .args(["serve", "--config"])
@@ -65,16 +69,35 @@ fn main() {
         let mut buf = [0u8; 512];
         loop {
             let n = sock.recv(&mut buf).expect("no READY within 60 s");
-            if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
                 break;
             }
         }
         times.push(start.elapsed());
-        rustix::process::kill_process(rustix::process::Pid::from_raw(child.id() as i32).unwrap(), rustix::process::Signal::TERM).unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
         assert!(child.wait().unwrap().success());
     }
     times.sort();
     let median = times[RUNS / 2];
-    println!("spawn → READY=1 with {PATIENTS} patients: median {median:.1?}, min {:.1?}, max {:.1?}", times[0], times[RUNS - 1]);
-    println!("target: READY < 1 s with 100,000 patients       {:>8.1?}  {}", median, if median < Duration::from_secs(1) { "PASS" } else { "MISS" });
+    println!(
+        "spawn → READY=1 with {PATIENTS} patients: median {median:.1?}, min {:.1?}, max {:.1?}",
+        times[0],
+        times[RUNS - 1]
+    );
+    println!(
+        "target: READY < 1 s with 100,000 patients       {:>8.1?}  {}",
+        median,
+        if median < Duration::from_secs(1) {
+            "PASS"
+        } else {
+            "MISS"
+        }
+    );
 }

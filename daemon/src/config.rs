@@ -107,6 +107,9 @@ pub struct PmsFile {
     pub outbound_confirm_status: Option<String>,
     pub receiving_application: Option<String>,
     pub receiving_facility: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub tls_client_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +118,10 @@ pub struct ApiFile {
     pub socket: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub max_long_poll: Option<String>,
+    pub tcp_listen: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub client_ca: Option<String>,
 }
 
 // ---- the runtime layer ------------------------------------------------------
@@ -174,6 +181,8 @@ pub struct PmsConfig {
     pub outbound: crate::pms::outbound::OutboundConfig,
     /// None: no endpoint configured; messages wait in the queue.
     pub sender: Option<crate::pms::sender::SenderConfig>,
+    /// MLLP over TLS when set.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +190,8 @@ pub struct ApiConfig {
     pub socket: PathBuf,
     pub max_body_bytes: usize,
     pub max_long_poll: Duration,
+    /// The optional TCP door (mutual TLS, client certificates required).
+    pub tcp: Option<(SocketAddr, crate::tls::TlsFiles)>,
 }
 
 impl Config {
@@ -417,7 +428,7 @@ fn validate(file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         ));
     }
 
-    let pms = validate_pms(&file.pms, &time_zone, &invalid)?;
+    let pms = validate_pms(&file.pms, &time_zone, &base, &invalid)?;
 
     let api_socket = match file.api.socket.as_deref() {
         None => PathBuf::from("/run/clinic-relay/api.sock"),
@@ -450,10 +461,39 @@ fn validate(file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         (Duration::from_secs(1), Duration::from_secs(600)),
         &invalid,
     )?;
+    let tcp = match file.api.tcp_listen.as_deref() {
+        None | Some("") => None,
+        Some(v) => {
+            let addr: SocketAddr = v.parse().map_err(|_| {
+                invalid(
+                    "api.tcp_listen",
+                    v,
+                    "not a socket address",
+                    "write IP:PORT, e.g. 192.168.10.2:8443",
+                )
+            })?;
+            let need = |key: &'static str,
+                        value: &Option<String>|
+             -> Result<PathBuf, ConfigError> {
+                match value.as_deref() {
+                    Some(p) if !p.is_empty() => Ok(resolve(&base, p)),
+                    _ => Err(invalid(key, "", "required when api.tcp_listen is set", "the TCP door always uses TLS with client certificates: set api.tls_cert, api.tls_key and api.client_ca")),
+                }
+            };
+            let files = crate::tls::TlsFiles {
+                cert: need("api.tls_cert", &file.api.tls_cert)?,
+                key: need("api.tls_key", &file.api.tls_key)?,
+                client_ca: Some(need("api.client_ca", &file.api.client_ca)?),
+                section: "api",
+            };
+            Some((addr, files))
+        }
+    };
     let api = ApiConfig {
         socket: api_socket,
         max_body_bytes,
         max_long_poll,
+        tcp,
     };
 
     Ok(Config {
@@ -501,6 +541,7 @@ fn duration_in(
 fn validate_pms(
     file: &PmsFile,
     tz: &TimeZone,
+    base: &Path,
     invalid: &Invalid<'_>,
 ) -> Result<PmsConfig, ConfigError> {
     use crate::model::AppointmentStatus;
@@ -675,8 +716,32 @@ fn validate_pms(
         consent_field: consent_field.clone(),
         assigning_authority: file.assigning_authority.clone().unwrap_or_default(),
     };
+    let tls = match (file.tls_cert.as_deref(), file.tls_key.as_deref()) {
+        (None | Some(""), None | Some("")) => None,
+        (Some(cert), Some(key)) if !cert.is_empty() && !key.is_empty() => {
+            Some(crate::tls::TlsFiles {
+                cert: resolve(base, cert),
+                key: resolve(base, key),
+                client_ca: file
+                    .tls_client_ca
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .map(|p| resolve(base, p)),
+                section: "pms",
+            })
+        }
+        _ => {
+            return Err(invalid(
+                "pms.tls_cert",
+                "",
+                "pms.tls_cert and pms.tls_key go together",
+                "set both (PEM files) for MLLP over TLS, or neither for plain MLLP",
+            ))
+        }
+    };
     Ok(PmsConfig {
         mllp_listen,
+        tls,
         outbound,
         sender,
         allow,

@@ -31,4 +31,5 @@ pub mod pms;
 pub mod process;
 pub mod service;
 pub mod sync;
+pub mod tls;
 pub mod vault;

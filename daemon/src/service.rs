@@ -7,7 +7,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::keys::{self, KeyError, MasterKey};
 use crate::pms::ingest::{Identity, Ingest};
-use crate::pms::listener::{self, AllowList, ListenerLimits, PlainTcp};
+use crate::pms::listener::{self, AllowList, ListenerLimits, PlainTcp, TlsUpgrade};
 use crate::vault::keyring::KeyringError;
 use crate::vault::{Txn, Vault, VaultError};
 use sd_notify::NotifyState;
@@ -46,6 +46,8 @@ pub enum ServiceError {
     },
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot disable core dumps: {0}")]
@@ -227,6 +229,8 @@ pub struct Running {
     /// The MLLP listener's actual address (port 0 in the config picks one).
     pub mllp_addr: std::net::SocketAddr,
     pub api_socket: std::path::PathBuf,
+    /// The API's TCP (mutual TLS) address, when configured.
+    pub api_tcp_addr: Option<std::net::SocketAddr>,
     pub vault: Vault,
     pub ingest: Arc<Ingest>,
     /// Wakes the PMS sender (None when no outbound endpoint is configured).
@@ -306,17 +310,58 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         max_frame_bytes: config.pms.max_message_bytes,
         idle_timeout: config.pms.idle_timeout,
     };
-    tasks.push(Named {
-        name: "mllp-listener",
-        handle: tokio::spawn(listener::serve(
+    let allow = AllowList(config.pms.allow.clone());
+    let mllp_task = match &config.pms.tls {
+        None => tokio::spawn(listener::serve(
             tcp,
             ingest.clone(),
             Arc::new(PlainTcp),
             limits,
-            AllowList(config.pms.allow.clone()),
+            allow,
             stop_rx.clone(),
         )),
+        Some(files) => {
+            let upgrade = TlsUpgrade {
+                acceptor: tokio_rustls::TlsAcceptor::from(crate::tls::server_config(files)?),
+                timeout: Duration::from_secs(10),
+            };
+            tokio::spawn(listener::serve(
+                tcp,
+                ingest.clone(),
+                Arc::new(upgrade),
+                limits,
+                allow,
+                stop_rx.clone(),
+            ))
+        }
+    };
+    tasks.push(Named {
+        name: "mllp-listener",
+        handle: mllp_task,
     });
+    let mut api_tcp_addr = None;
+    if let Some((addr, files)) = &config.api.tcp {
+        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(files)?);
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServiceError::Bind {
+                key: "api.tcp_listen",
+                addr: addr.to_string(),
+                source,
+            })?;
+        let bound = tcp.local_addr().map_err(ServiceError::Runtime)?;
+        api_tcp_addr = Some(bound);
+        info!(api_tcp = %bound, "local API also on TCP with client certificates");
+        tasks.push(Named {
+            name: "local-api-tcp",
+            handle: tokio::spawn(crate::api::serve_tcp(
+                tcp,
+                acceptor,
+                api_state.clone(),
+                stop_rx.clone(),
+            )),
+        });
+    }
     tasks.push(Named {
         name: "local-api",
         handle: tokio::spawn(crate::api::serve(api_listener, api_state, stop_rx.clone())),
@@ -347,6 +392,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
     Ok(Running {
         mllp_addr,
         api_socket: config.api.socket.clone(),
+        api_tcp_addr,
         vault,
         ingest,
         pms_sender,

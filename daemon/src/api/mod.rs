@@ -53,7 +53,8 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     Ok(listener)
 }
 
-/// Serves the API until `stop` turns true, then lets open requests finish.
+/// Serves the API on the Unix socket until `stop` turns true, then lets
+/// open requests finish.
 pub async fn serve(listener: UnixListener, state: Arc<ApiState>, mut stop: watch::Receiver<bool>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -66,29 +67,75 @@ pub async fn serve(listener: UnixListener, state: Arc<ApiState>, mut stop: watch
                 };
                 let uid = stream.peer_cred().map(|c| c.uid()).ok();
                 debug!(peer_uid = ?uid, "API connection");
-                let state = state.clone();
-                let mut stop = stop.clone();
+                let actor = format!("api:uid={}", uid.map_or("?".to_owned(), |u| u.to_string()));
+                connections.spawn(serve_connection(stream, actor, state.clone(), stop.clone()));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+/// The API's optional TCP door: TLS with a client certificate from the
+/// configured CA, or no connection at all.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: Arc<ApiState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => { warn!(error = %e, "API TCP accept failed"); continue; }
+                };
+                let (acceptor, state, stop) = (acceptor.clone(), state.clone(), stop.clone());
                 connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, req, uid).await) }
-                    });
-                    let conn = http1::Builder::new()
-                        .keep_alive(true)
-                        .max_buf_size(64 * 1024)
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        res = conn.as_mut() => { if let Err(e) = res { debug!(error = %e, "API connection ended"); } }
-                        _ = stop.changed() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
-                    }
+                    let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    let tls = match handshake {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => { warn!(peer = %peer.ip(), error = %e, "API TLS handshake refused"); return; }
+                        Err(_) => { warn!(peer = %peer.ip(), "API TLS handshake timed out"); return; }
+                    };
+                    let actor = format!("api:{}", crate::tls::peer_name(tls.get_ref().1));
+                    debug!(peer = %peer.ip(), client = %actor, "API TLS connection");
+                    serve_connection(tls, actor, state, stop).await;
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
     while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    actor: String,
+    state: Arc<ApiState>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let actor: Arc<str> = actor.into();
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        let actor = actor.clone();
+        async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, req, &actor).await) }
+    });
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => { if let Err(e) = res { debug!(error = %e, "API connection ended"); } }
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }

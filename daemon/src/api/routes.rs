@@ -134,14 +134,14 @@ fn patient_id(segment: &str) -> Result<PatientId, Problem> {
     PatientId::from_hex(segment).ok_or_else(|| Problem::not_found("patient ids are 32 hex digits"))
 }
 
-fn origin(state: &ApiState, req: &Request<Incoming>, uid: Option<u32>) -> Origin {
+fn origin(state: &ApiState, req: &Request<Incoming>, actor: &str) -> Origin {
     let key = req
         .headers()
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(|k| state.vault.blind_index("api-idempotency", k).to_vec());
     Origin {
-        actor: format!("api:uid={}", uid.map_or("?".to_owned(), |u| u.to_string())),
+        actor: actor.to_owned(),
         idempotency_key: key,
     }
 }
@@ -161,37 +161,35 @@ async fn apply(
     }
 }
 
-pub async fn handle(state: &ApiState, req: Request<Incoming>, uid: Option<u32>) -> Resp {
-    match route(state, req, uid).await {
+pub async fn handle(state: &ApiState, req: Request<Incoming>, actor: &str) -> Resp {
+    match route(state, req, actor).await {
         Ok(resp) => resp,
         Err(problem) => problem.into_response(),
     }
 }
 
-async fn route(
-    state: &ApiState,
-    req: Request<Incoming>,
-    uid: Option<u32>,
-) -> Result<Resp, Problem> {
+async fn route(state: &ApiState, req: Request<Incoming>, actor: &str) -> Result<Resp, Problem> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let method = req.method().clone();
     match (method, segments.as_slice()) {
         (Method::GET, ["v1", "status"]) => status(state),
-        (Method::GET, ["v1", "admin", "backup"]) => backup(state, uid).await,
+        (Method::GET, ["v1", "admin", "backup"]) => backup(state, actor).await,
         (Method::GET, ["v1", "patients"]) => search_patients(state, &req),
-        (Method::POST, ["v1", "patients"]) => upsert_patient(state, req, uid).await,
+        (Method::POST, ["v1", "patients"]) => upsert_patient(state, req, actor).await,
         (Method::GET, ["v1", "patients", id]) => get_patient(state, id),
-        (Method::DELETE, ["v1", "patients", id]) => erase_patient(state, id, uid).await,
+        (Method::DELETE, ["v1", "patients", id]) => erase_patient(state, id, actor).await,
         (Method::GET, ["v1", "patients", id, "appointments"]) => patient_appointments(state, id),
-        (Method::PUT, ["v1", "patients", id, "consent"]) => set_consent(state, id, req, uid).await,
+        (Method::PUT, ["v1", "patients", id, "consent"]) => {
+            set_consent(state, id, req, actor).await
+        }
         (Method::GET, ["v1", "appointments", id]) => get_appointment(state, id),
         (Method::PUT, ["v1", "appointments", id]) => {
             let id = (*id).to_owned();
-            put_appointment(state, &id, req, uid).await
+            put_appointment(state, &id, req, actor).await
         }
         (Method::GET, ["v1", "slots"]) => list_slots(state),
-        (Method::PUT, ["v1", "slots"]) => put_slots(state, req, uid).await,
+        (Method::PUT, ["v1", "slots"]) => put_slots(state, req, actor).await,
         (Method::GET, ["v1", "results", order]) => get_result(state, order),
         (Method::GET, ["v1", "events"]) => events(state, &req).await,
         (_, ["v1", "status" | "patients" | "slots" | "events"])
@@ -295,7 +293,7 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
     }))
 }
 
-async fn backup(state: &ApiState, uid: Option<u32>) -> Result<Resp, Problem> {
+async fn backup(state: &ApiState, actor: &str) -> Result<Resp, Problem> {
     let vault = state.vault.clone();
     let now = state.clock.now();
     let bytes = tokio::task::spawn_blocking(move || vault.backup(now))
@@ -304,11 +302,8 @@ async fn backup(state: &ApiState, uid: Option<u32>) -> Result<Resp, Problem> {
         .map_err(internal)?;
     let mut txn = crate::vault::Txn::new(now);
     txn.audit(
-        crate::audit::AuditDraft::new(
-            format!("api:uid={}", uid.map_or("?".to_owned(), |u| u.to_string())),
-            "backup.create",
-        )
-        .detail("bytes", bytes.len().to_string()),
+        crate::audit::AuditDraft::new(actor, "backup.create")
+            .detail("bytes", bytes.len().to_string()),
     );
     state.vault.commit_async(txn).await.map_err(internal)?;
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
@@ -346,9 +341,9 @@ fn get_patient(state: &ApiState, id: &str) -> Result<Resp, Problem> {
 async fn upsert_patient(
     state: &ApiState,
     req: Request<Incoming>,
-    uid: Option<u32>,
+    actor: &str,
 ) -> Result<Resp, Problem> {
-    let origin = origin(state, &req, uid);
+    let origin = origin(state, &req, actor);
     let input: fhir::PatientIn = read_json(req, state.max_body_bytes).await?;
     let mrn = input
         .mrn()
@@ -391,11 +386,11 @@ async fn upsert_patient(
     ok(&fhir::patient(&patient))
 }
 
-async fn erase_patient(state: &ApiState, id: &str, uid: Option<u32>) -> Result<Resp, Problem> {
+async fn erase_patient(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
     let id = patient_id(id)?;
     let vault = state.vault.clone();
     let now = state.clock.now();
-    let actor = format!("api:uid={}", uid.map_or("?".to_owned(), |u| u.to_string()));
+    let actor = actor.to_owned();
     let erased = tokio::task::spawn_blocking(move || vault.erase_patient(id, &actor, now))
         .await
         .map_err(internal)?
@@ -417,14 +412,14 @@ async fn set_consent(
     state: &ApiState,
     id: &str,
     req: Request<Incoming>,
-    uid: Option<u32>,
+    actor: &str,
 ) -> Result<Resp, Problem> {
     #[derive(serde::Deserialize)]
     struct ConsentIn {
         state: ConsentState,
     }
     let id = patient_id(id)?;
-    let origin = origin(state, &req, uid);
+    let origin = origin(state, &req, actor);
     let input: ConsentIn = read_json(req, state.max_body_bytes).await?;
     apply(
         state,
@@ -451,9 +446,9 @@ async fn put_appointment(
     state: &ApiState,
     id: &str,
     req: Request<Incoming>,
-    uid: Option<u32>,
+    actor: &str,
 ) -> Result<Resp, Problem> {
-    let origin = origin(state, &req, uid);
+    let origin = origin(state, &req, actor);
     let input: fhir::AppointmentIn = read_json(req, state.max_body_bytes).await?;
     let patient = input.patient().ok_or_else(|| {
         Problem::unprocessable("participant: a Patient/<id> reference is required")
@@ -483,12 +478,8 @@ fn list_slots(state: &ApiState) -> Result<Resp, Problem> {
     ok(&fhir::bundle(slots.iter().map(fhir::slot).collect()))
 }
 
-async fn put_slots(
-    state: &ApiState,
-    req: Request<Incoming>,
-    uid: Option<u32>,
-) -> Result<Resp, Problem> {
-    let origin = origin(state, &req, uid);
+async fn put_slots(state: &ApiState, req: Request<Incoming>, actor: &str) -> Result<Resp, Problem> {
+    let origin = origin(state, &req, actor);
     let input: Vec<fhir::SlotIn> = read_json(req, state.max_body_bytes).await?;
     let mut slots = Vec::with_capacity(input.len());
     for s in input {

@@ -69,6 +69,23 @@ impl Upgrade for PlainTcp {
     }
 }
 
+/// MLLP over TLS: the handshake must finish within `timeout`.
+pub struct TlsUpgrade {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub timeout: Duration,
+}
+
+impl Upgrade for TlsUpgrade {
+    type Stream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    async fn upgrade(&self, tcp: tokio::net::TcpStream) -> std::io::Result<Self::Stream> {
+        tokio::time::timeout(self.timeout, self.acceptor.accept(tcp))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+            })?
+    }
+}
+
 /// Serves until `stop` turns true; then stops accepting and lets each open
 /// connection finish the message it is on.
 pub async fn serve<H: FrameHandler, U: Upgrade>(

@@ -12,6 +12,7 @@ mod pms_ingest;
 mod pms_outbound;
 mod pms_support;
 mod serve_notify;
+mod tls;
 mod vault_crash;
 mod vault_crypto;
 mod vault_erasure;
