@@ -131,6 +131,12 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Config(ConfigCommand::Check) => {
             let config = load_config(&cli.config)?;
             let key = service::check_master_key(&config).map_err(|e| e.to_string())?;
+            if let Some(files) = &config.pms.tls {
+                crate::tls::server_config(files).map_err(|e| e.to_string())?;
+            }
+            if let Some((_, files)) = &config.api.tcp {
+                crate::tls::server_config(files).map_err(|e| e.to_string())?;
+            }
             println!(
                 "{}: OK (data in {}, time zone {}; {})",
                 config.path.display(),

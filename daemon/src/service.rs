@@ -246,6 +246,20 @@ pub struct Running {
 /// Opens the vault and starts every listener and worker. Returns once all
 /// of them are bound, so the caller can report READY.
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServiceError> {
+    // TLS material first: a bad certificate should stop us before anything
+    // is opened or written.
+    let mllp_tls = config
+        .pms
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?;
+    let api_tls = config
+        .api
+        .tcp
+        .as_ref()
+        .map(|(_, files)| crate::tls::server_config(files))
+        .transpose()?;
     let cfg = config.clone();
     let opened = tokio::task::spawn_blocking(move || open_vault(&cfg))
         .await
@@ -340,8 +354,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         handle: mllp_task,
     });
     let mut api_tcp_addr = None;
-    if let Some((addr, files)) = &config.api.tcp {
-        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(files)?);
+    if let (Some((addr, _)), Some(server_config)) = (&config.api.tcp, api_tls) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServiceError::Bind {
