@@ -325,7 +325,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         idle_timeout: config.pms.idle_timeout,
     };
     let allow = AllowList(config.pms.allow.clone());
-    let mllp_task = match &config.pms.tls {
+    let mllp_task = match mllp_tls {
         None => tokio::spawn(listener::serve(
             tcp,
             ingest.clone(),
@@ -334,9 +334,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
             allow,
             stop_rx.clone(),
         )),
-        Some(files) => {
+        Some(server_config) => {
             let upgrade = TlsUpgrade {
-                acceptor: tokio_rustls::TlsAcceptor::from(crate::tls::server_config(files)?),
+                acceptor: tokio_rustls::TlsAcceptor::from(server_config),
                 timeout: Duration::from_secs(10),
             };
             tokio::spawn(listener::serve(
