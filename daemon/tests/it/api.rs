@@ -291,3 +291,57 @@ async fn raw_request(socket: &std::path::Path, bytes: &[u8]) -> String {
     }
     String::from_utf8_lossy(&out[..n]).into_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_and_result_documents() {
+    use base64::Engine as _;
+    let d = Daemon::start("").await;
+    let (_, p) = d
+        .api("POST", "/v1/patients", Some(patient_body("A-400")))
+        .await;
+    let pid = p["id"].as_str().unwrap().to_owned();
+    let (status, consent) = d
+        .api(
+            "PUT",
+            &format!("/v1/patients/{pid}/consent"),
+            Some(json!({"state": "opted-in"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{consent}");
+    assert_eq!(consent["state"], "opted-in");
+    assert_eq!(consent["source"], "staff");
+    let (status, _) = d
+        .api(
+            "PUT",
+            &format!("/v1/patients/{pid}/consent"),
+            Some(json!({"state": "maybe"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    // A result arrives over HL7 and is read back as a DiagnosticReport.
+    let pdf = b"%PDF-1.4\n% ZZTEST synthetic\n%%EOF\n".to_vec();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&pdf);
+    let msg = [
+        msh("ORU^R01", "R1", "2.5.1"),
+        "PID|1||A-400^^^^MR||ZZAPI^ZZGIVEN||19010203".to_owned(),
+        "OBR|1||ORDER-400".to_owned(),
+        format!("OBX|1|ED|PDF||^AP^PDF^Base64^{b64}||||||F"),
+    ]
+    .join("\r");
+    let mut c = d.mllp().await;
+    assert_eq!(msa(&c.send(&msg).await).0, "AA");
+    let (status, report) = d.api("GET", "/v1/results/ORDER-400", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(report["resourceType"], "DiagnosticReport");
+    assert_eq!(report["status"], "final");
+    assert_eq!(report["subject"]["reference"], format!("Patient/{pid}"));
+    let data = report["presentedForm"][0]["data"].as_str().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap(),
+        pdf
+    );
+    d.stop().await;
+}
