@@ -262,11 +262,16 @@ impl Sender {
                 if msa.text(2) != Some(msg.control_id.as_str()) {
                     continue;
                 }
+                // MSA-3 / ERR texts are the PMS's words and may quote patient
+                // data: they go into the sealed dead letter, never into logs.
                 let text = msa.text(3).unwrap_or_default().to_owned();
                 return Ok(match msa.text(1).unwrap_or_default() {
                     "AA" | "CA" => Outcome::Accepted,
                     "AE" | "CE" => Outcome::Refused(format!("AE: {text}")),
-                    other => Outcome::Retry(format!("{other}: {text}")),
+                    other => Outcome::Retry(format!(
+                        "the PMS answered {}",
+                        other.chars().take(2).collect::<String>()
+                    )),
                 });
             }
             Err("no ACK for this message".to_owned())
