@@ -157,6 +157,8 @@ pub fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Keys(KeysCommand::Rotate { new_key }) => {
             let config = load_config(&cli.config)?;
+            crate::process::disable_core_dumps()
+                .map_err(|e| format!("cannot disable core dumps: {e}"))?;
             let new = MasterKey::load_file(&new_key).map_err(|e| e.to_string())?;
             // After a crash mid-rotation only the new key opens the keyring.
             let vault = match Vault::open_existing(&config.service.data_dir, &new) {
@@ -293,12 +295,15 @@ fn backup_restore(
     let keyring = match keyring {
         Some(k) => k.to_owned(),
         None => {
+            // The current keyring: the live one, else the copy the daemon
+            // keeps up to date (keys.keyring_copy), else the one beside FILE.
             let live = crate::vault::keyring_path(&config.service.data_dir);
-            if live.exists() {
-                live
-            } else {
-                file.parent().unwrap_or(Path::new(".")).join(KEYRING_COPY)
-            }
+            let beside = file.parent().unwrap_or(Path::new(".")).join(KEYRING_COPY);
+            [Some(live), config.keys.keyring_copy.clone()]
+                .into_iter()
+                .flatten()
+                .find(|p| p.exists())
+                .unwrap_or(beside)
         }
     };
     let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;

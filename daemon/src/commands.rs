@@ -14,7 +14,12 @@ use jiff::Timestamp;
 
 #[derive(Debug, Clone)]
 pub enum Command {
+    /// The full registration (ADT, the API): replaces what we hold.
     UpsertPatient(Box<Patient>),
+    /// A PID carried along in a scheduling or result message: fills in what
+    /// it has, keeps what it lacks (a SIU's PID must not clear the phone or
+    /// the no-outreach flag an ADT set).
+    UpdatePatientFromContext(Box<Patient>),
     /// ADT^A40: `merged` is folded into `survivor`.
     MergePatients {
         survivor: PatientId,
@@ -55,6 +60,29 @@ pub enum CommandError {
     Vault(#[from] VaultError),
 }
 
+/// `known` updated with what `context` carries: names, birth date, phone
+/// and language when present; flags (deceased, no outreach) only ever set.
+fn fill_in(mut known: Patient, context: &Patient) -> Patient {
+    if !context.family_name.is_empty() {
+        known.family_name.clone_from(&context.family_name);
+    }
+    if !context.given_name.is_empty() {
+        known.given_name.clone_from(&context.given_name);
+    }
+    if context.birth_date.is_some() {
+        known.birth_date = context.birth_date;
+    }
+    if context.phone.is_some() {
+        known.phone.clone_from(&context.phone);
+    }
+    if context.language.is_some() {
+        known.language.clone_from(&context.language);
+    }
+    known.deceased |= context.deceased;
+    known.protected |= context.protected;
+    known
+}
+
 /// Builds the transaction for `commands` (reads current state as needed).
 pub fn build(
     vault: &Vault,
@@ -78,11 +106,28 @@ pub fn build(
                 txn.extend(staged);
                 fresh.push(p.id);
             }
+            Command::UpdatePatientFromContext(p) => {
+                let merged = match vault.get_patient(p.id)? {
+                    Some(known) => fill_in(known, p),
+                    None => (**p).clone(),
+                };
+                let staged = vault.patient_upsert_txn(&merged, &origin.actor, now)?;
+                txn.extend(staged);
+                fresh.push(p.id);
+            }
             Command::MergePatients { survivor, merged } => {
                 if !known(*survivor, &fresh) {
                     return Err(CommandError::UnknownPatient(*survivor));
                 }
                 let moved = vault.stage_merge(&mut txn, *merged, *survivor)?;
+                // The merged record goes, with its lookups, so a phone or MRN
+                // search no longer finds it. Its key stays: nothing of the
+                // survivor is sealed with it, and erasure finds it by id.
+                if let Some(old) = vault.get_patient(*merged)? {
+                    for key in vault.patient_index_keys(&old) {
+                        txn.remove(Tree::PatientIndex, key);
+                    }
+                }
                 txn.remove(Tree::Patients, merged.0);
                 txn.audit(
                     AuditDraft::new(&origin.actor, "patient.merge")
@@ -100,7 +145,17 @@ pub fn build(
                 if let Some(prev) = &previous {
                     // A confirmation we recorded survives a PMS update that
                     // does not change the time.
-                    a.patient_confirmed = prev.patient_confirmed && prev.start == a.start;
+                    a.patient_confirmed = prev.patient_confirmed
+                        && prev.start == a.start
+                        && prev.patient == a.patient;
+                    if prev.patient != a.patient {
+                        vault.stage_unlink(
+                            &mut txn,
+                            prev.patient,
+                            crate::vault::records::LinkKind::Appointment,
+                            &vault.appointment_key(&a.id),
+                        );
+                    }
                 }
                 vault.stage_appointment(&mut txn, &a)?;
                 txn.audit(
@@ -123,6 +178,14 @@ pub fn build(
                 let mut r = (**r).clone();
                 if let Some(prev) = vault.get_result(&r.order_number)? {
                     r.version = prev.version + 1;
+                    if prev.patient != r.patient {
+                        vault.stage_unlink(
+                            &mut txn,
+                            prev.patient,
+                            crate::vault::records::LinkKind::Result,
+                            &vault.result_key(&r.order_number),
+                        );
+                    }
                 }
                 vault.stage_result(&mut txn, &r)?;
                 txn.audit(

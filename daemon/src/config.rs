@@ -82,6 +82,7 @@ pub struct KeysFile {
     pub master_key_file: Option<String>,
     pub previous_master_key_file: Option<String>,
     pub generate_dev_key: Option<bool>,
+    pub keyring_copy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,6 +167,8 @@ pub struct KeysConfig {
     /// this key and rotates to `master_key_file` while serving.
     pub previous_master_key_file: Option<PathBuf>,
     pub generate_dev_key: bool,
+    /// A copy of the keyring kept current on every change (beside backups).
+    pub keyring_copy: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -418,6 +421,7 @@ fn validate(file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             file.keys.previous_master_key_file.as_deref(),
         )?,
         generate_dev_key: file.keys.generate_dev_key.unwrap_or(false),
+        keyring_copy: key_path("keys.keyring_copy", file.keys.keyring_copy.as_deref())?,
     };
     if keys.generate_dev_key && keys.master_key_file.is_none() {
         return Err(invalid(
@@ -638,7 +642,7 @@ fn validate_pms(
             "pms.phone_trunk_prefix",
             &trunk,
             "not a trunk prefix",
-            "\"0\" in most of Europe, \"\" for North America",
+            "\"0\" in most of Europe, \"1\" in North America",
         ));
     }
     let mut status_map = std::collections::HashMap::new();

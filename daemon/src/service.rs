@@ -268,6 +268,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
     if let Some(why) = vault.audit_damage() {
         return Err(ServiceError::AuditDamaged(why));
     }
+    if let Some(copy) = &config.keys.keyring_copy {
+        vault.set_keyring_mirror(copy)?;
+    }
     let mut start = Txn::new(clock.now());
     start.audit(AuditDraft::new("system", "service.start").detail("version", VERSION));
     vault.commit_async(start).await?;

@@ -174,7 +174,15 @@ async fn route(state: &ApiState, req: Request<Incoming>, actor: &str) -> Result<
     let method = req.method().clone();
     match (method, segments.as_slice()) {
         (Method::GET, ["v1", "status"]) => status(state),
-        (Method::GET, ["v1", "admin", "backup"]) => backup(state, actor).await,
+        (Method::GET, ["v1", "admin", "backup"]) if actor.starts_with("api:uid=") => {
+            backup(state, actor).await
+        }
+        (_, ["v1", "admin", ..]) => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "admin-local-only",
+            "Admin endpoints are local only",
+            "use the Unix socket on the clinic-relay host for administrative requests",
+        )),
         (Method::GET, ["v1", "patients"]) => search_patients(state, &req),
         (Method::POST, ["v1", "patients"]) => upsert_patient(state, req, actor).await,
         (Method::GET, ["v1", "patients", id]) => get_patient(state, id),

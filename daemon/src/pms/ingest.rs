@@ -105,6 +105,16 @@ impl Ingest {
             .message_type()
             .map(|t| format!("{}^{}", t.code, t.trigger))
             .unwrap_or_default();
+        // Training (T) and debugging (D) messages must not change live data.
+        let processing = msg.processing_id().map(str::trim).unwrap_or("P");
+        if !processing.is_empty() && !processing.eq_ignore_ascii_case("P") {
+            let err = AckError::new(
+                202,
+                "this system accepts production messages only (MSH-11 = P)",
+            )
+            .at("MSH", 11);
+            return self.ack(&msg, AckCode::Reject, Some(&err));
+        }
         let now = self.clock.now();
         let ctx = MapContext {
             vault: &self.vault,
@@ -148,13 +158,14 @@ impl Ingest {
                 self.ack(&msg, AckCode::Error, Some(&err))
             }
             Err(CommandError::Vault(e)) => {
-                // Not stored: AE tells the PMS to keep the message and retry.
+                // Not stored. AR rather than AE: engines treat AE as final,
+                // and this message must be sent again.
                 error!(message_type = %kind, error = %e, "HL7 message could not be stored");
                 let err = AckError::new(
                     207,
-                    "application internal error: the message was not stored; retry later",
+                    "application internal error: the message was not stored; send it again",
                 );
-                self.ack(&msg, AckCode::Error, Some(&err))
+                self.ack(&msg, AckCode::Reject, Some(&err))
             }
         }
     }

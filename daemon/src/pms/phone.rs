@@ -29,6 +29,9 @@ pub fn to_e164(raw: &str, plan: &PhonePlan) -> Option<String> {
         .split(|c: char| c.is_ascii_alphabetic())
         .next()
         .unwrap_or_default();
+    // "+49 (0)151 …": the bracketed trunk prefix is not dialled from abroad.
+    let without_trunk = raw.replace("(0)", "");
+    let raw = without_trunk.as_str();
     let international = raw.starts_with('+');
     let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
     let national = if international {
@@ -70,6 +73,10 @@ mod tests {
         );
         assert_eq!(
             to_e164("0049151/55501234", &de).as_deref(),
+            Some("+4915155501234")
+        );
+        assert_eq!(
+            to_e164("+49 (0)151 55501234", &de).as_deref(),
             Some("+4915155501234")
         );
     }

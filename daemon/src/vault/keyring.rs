@@ -214,6 +214,8 @@ pub struct Keyring {
     pub meta: Meta,
     entries: BTreeMap<u64, (KeyEntry, String)>,
     rng: SystemRandom,
+    /// A copy kept in step with the file (see `set_mirror`).
+    mirror: Option<PathBuf>,
 }
 
 impl Keyring {
@@ -237,6 +239,7 @@ impl Keyring {
             wrapper,
             entries: BTreeMap::new(),
             rng: SystemRandom::new(),
+            mirror: None,
         };
         ring.insert_new(KeyOwner::Root, 0)?;
         ring.insert_new(KeyOwner::System, 1)?;
@@ -313,6 +316,7 @@ impl Keyring {
             meta,
             entries,
             rng: SystemRandom::new(),
+            mirror: None,
         };
         if ring.current(KeyOwner::Root).is_none() || ring.current(KeyOwner::System).is_none() {
             return Err(corrupt(0, "root or system key missing"));
@@ -388,6 +392,12 @@ impl Keyring {
             path: self.path.clone(),
             source,
         })?;
+        if let Some(mirror) = &self.mirror {
+            fsio::append_durably(mirror, line.as_bytes()).map_err(|source| KeyringError::Io {
+                path: mirror.clone(),
+                source,
+            })?;
+        }
         self.entries
             .get(&handle)
             .map(|(e, _)| e)
@@ -432,10 +442,30 @@ impl Keyring {
         for (e, wrapped) in self.entries.values() {
             out.push_str(&line_for(e, wrapped));
         }
-        fsio::replace_atomically(&self.path, out.as_bytes()).map_err(|source| KeyringError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        fsio::replace_atomically(&self.path, out.as_bytes()).map_err(|source| {
+            KeyringError::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        if let Some(mirror) = &self.mirror {
+            fsio::replace_atomically(mirror, out.as_bytes()).map_err(|source| {
+                KeyringError::Io {
+                    path: mirror.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Keeps `path` identical to the keyring from now on (written at once,
+    /// then on every change): the "latest keyring copy" a restore needs,
+    /// kept beside the backups, so that no erasure can be undone by
+    /// restoring with a stale copy.
+    pub fn set_mirror(&mut self, path: &Path) -> Result<(), KeyringError> {
+        self.mirror = Some(path.to_owned());
+        self.rewrite()
     }
 
     /// Starts a rotation: every key is re-wrapped under `new_mk`, a new

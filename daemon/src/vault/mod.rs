@@ -509,6 +509,11 @@ impl Vault {
         &self.inner.purpose.backup
     }
 
+    /// Keeps a copy of the keyring at `path`, updated on every change.
+    pub fn set_keyring_mirror(&self, path: &Path) -> VaultResult<()> {
+        Ok(crate::sync::lock(&self.inner.keyring).set_mirror(path)?)
+    }
+
     pub fn has_patient_key(&self, id: PatientId) -> bool {
         crate::sync::read(&self.inner.keys)
             .current

@@ -27,6 +27,11 @@ impl Vault {
         PatientId(id)
     }
 
+    /// The blind-index keys under which `p` can be found.
+    pub fn patient_index_keys(&self, p: &Patient) -> Vec<Vec<u8>> {
+        self.index_keys(p)
+    }
+
     fn index_keys(&self, p: &Patient) -> Vec<Vec<u8>> {
         let mut keys = vec![index_key(IDX_MRN, &self.blind_index("mrn", &p.mrn), p.id)];
         if let Some(phone) = &p.phone {

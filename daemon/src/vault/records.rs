@@ -60,6 +60,17 @@ impl Vault {
         txn.put_json(Tree::Appointments, key, Owner::Patient(appt.patient), appt)
     }
 
+    /// Removes a patient's link to a record (the record moved to another patient).
+    pub fn stage_unlink(
+        &self,
+        txn: &mut Txn,
+        patient: PatientId,
+        kind: LinkKind,
+        record_key: &[u8],
+    ) {
+        txn.remove(Tree::PatientLinks, link_key(patient, kind, record_key));
+    }
+
     pub fn get_result(&self, order_number: &str) -> VaultResult<Option<LabResult>> {
         self.get_json(Tree::Results, &self.result_key(order_number))
     }

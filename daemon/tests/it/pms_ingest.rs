@@ -388,3 +388,73 @@ async fn connections_from_outside_the_allow_list_are_closed() {
     assert_eq!(n, 0);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_messages_are_refused() {
+    let d = Daemon::start("").await;
+    let mut c = d.mllp().await;
+    let training = adt_a04("T1", "005000", "ZZTRAIN", "").replace("|T1|P|", "|T1|T|");
+    let ack = c.send(&training).await;
+    assert_eq!(msa(&ack), ("AR".into(), "T1".into()));
+    assert_eq!(err(&ack).unwrap().0, "202");
+    assert_eq!(d.running.vault.count(Tree::Patients), 0);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduling_pid_fills_in_but_never_clears_what_adt_set() {
+    let d = Daemon::start("").await;
+    let mut c = d.mllp().await;
+    let adt = adt_a04("P1", "006000", "ZZKEEP", "0151 5550 6000")
+        .replace("PD1||||||||||||N", "PD1||||||||||||Y");
+    assert_eq!(msa(&c.send(&adt).await).0, "AA");
+    // This SIU's PID has a name but no phone and no PD1.
+    let siu = [
+        msh("SIU^S12", "P2", "2.5.1"),
+        "SCH|APPT-P|APPT-P|||||CHECKUP||||^^30^202612011000".to_owned(),
+        "PID|1||006000^^^ZZHOSP^MR||ZZKEEP^NEWGIVEN".to_owned(),
+    ]
+    .join("\r");
+    assert_eq!(msa(&c.send(&siu).await).0, "AA");
+    let v = &d.running.vault;
+    let p = v
+        .get_patient(v.find_patients_by_mrn("006000").unwrap()[0])
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.given_name, "NEWGIVEN");
+    assert_eq!(p.phone.as_deref(), Some("+4915155501234"), "phone kept");
+    assert!(p.protected, "no-outreach flag kept");
+    assert_eq!(p.birth_date.unwrap().to_string(), "1901-02-03");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_appointment_moved_to_another_patient_leaves_the_first() {
+    let d = Daemon::start("").await;
+    let mut c = d.mllp().await;
+    assert_eq!(
+        msa(&c
+            .send(&siu_s12_v25("MV1", "APPT-MV", "007001", "202612011000"))
+            .await)
+        .0,
+        "AA"
+    );
+    let moved = siu_s12_v25("MV2", "APPT-MV", "007002", "202612011000")
+        .replace("SIU^S12^SIU_S12", "SIU^S14^SIU_S12");
+    assert_eq!(msa(&c.send(&moved).await).0, "AA");
+    let v = &d.running.vault;
+    let first = v.find_patients_by_mrn("007001").unwrap()[0];
+    let second = v.find_patients_by_mrn("007002").unwrap()[0];
+    assert!(v.appointments_of(first).unwrap().is_empty());
+    assert_eq!(v.appointments_of(second).unwrap().len(), 1);
+    // Erasing the first patient leaves the second one's appointment alone.
+    let v2 = v.clone();
+    tokio::task::spawn_blocking(move || {
+        v2.erase_patient(first, "test", crate::support::t0())
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(v.get_appointment("APPT-MV").unwrap().is_some());
+    d.stop().await;
+}

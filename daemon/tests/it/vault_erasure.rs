@@ -115,3 +115,26 @@ fn key_handles_are_never_reused() {
         Err(VaultError::KeyUnavailable { .. })
     ));
 }
+
+#[test]
+fn the_keyring_copy_follows_every_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let copy = tmp.path().join("backups-keyring");
+    let vault = open(&dir, &key(7));
+    vault.set_keyring_mirror(&copy).unwrap();
+    let a = marker_patient(&vault, "A");
+    vault.put_patient(&a, "test", t0()).unwrap();
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(keyring_path(&dir)).unwrap()
+    );
+    vault.erase_patient(a.id, "test", t0()).unwrap();
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(keyring_path(&dir)).unwrap()
+    );
+    assert!(!std::fs::read_to_string(&copy)
+        .unwrap()
+        .contains(&a.id.to_hex()));
+}

@@ -58,7 +58,7 @@ pub fn merge(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Reject
                     .vault
                     .patient_id_for_mrn(&ctx.config.assigning_authority, &merged_mrn);
                 let survivor_id = patient.id;
-                commands.push(Command::UpsertPatient(Box::new(patient)));
+                commands.push(Command::UpdatePatientFromContext(Box::new(patient)));
                 if merged != survivor_id {
                     commands.push(Command::MergePatients {
                         survivor: survivor_id,

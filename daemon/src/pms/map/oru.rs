@@ -57,7 +57,7 @@ pub fn document(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rej
         delivered: false,
     };
     Ok(vec![
-        Command::UpsertPatient(Box::new(patient)),
+        Command::UpdatePatientFromContext(Box::new(patient)),
         Command::UpsertResult(Box::new(result)),
     ])
 }

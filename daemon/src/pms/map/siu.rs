@@ -38,7 +38,7 @@ pub fn schedule(
         patient_confirmed: false,
     };
     Ok(vec![
-        Command::UpsertPatient(Box::new(patient)),
+        Command::UpdatePatientFromContext(Box::new(patient)),
         Command::UpsertAppointment(Box::new(appointment)),
     ])
 }
@@ -95,8 +95,10 @@ fn duration(
     tz: &jiff::tz::TimeZone,
 ) -> Option<u32> {
     if let Some(tq1) = msg.segment("TQ1") {
-        if let Some(q) = clean(tq1.component(6, 1)) {
-            return minutes(q, clean(tq1.component(6, 2)));
+        let service =
+            clean(tq1.component(6, 1)).and_then(|q| minutes(q, clean(tq1.component(6, 2))));
+        if let Some(m) = service.filter(|m| *m > 0) {
+            return Some(m);
         }
         if let Some(end) = clean(tq1.component(8, 1)).and_then(|v| parse_dtm(v, tz)) {
             return u32::try_from(end.duration_since(start).as_secs() / 60)
