@@ -155,69 +155,57 @@ impl Sender {
         let outcome = self.deliver(&msg).await;
         let now = self.clock.now();
         let mut txn = Txn::new(now);
-        let subject = msg.patient.map(|p| p.to_string());
-        match outcome {
-            Outcome::Accepted => {
-                txn.remove(Tree::PmsOutbox, key);
-                let mut a = AuditDraft::new("system", "pms.outbound.accepted")
-                    .detail("message", msg.kind.as_str());
-                a.subject = subject;
-                txn.audit(a);
-                self.vault
-                    .commit_async(txn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                info!(message = %msg.kind, "PMS accepted message (AA)");
-                self.handle.processed.send_modify(|n| *n += 1);
-                Ok(true)
-            }
-            Outcome::Refused(reason) => {
-                txn.remove(Tree::PmsOutbox, key);
-                msg.last_error = Some(reason.clone());
-                let owner = msg.patient.map_or(Owner::System, Owner::Patient);
-                txn.append_json(Tree::PmsDeadLetters, owner, &msg)
-                    .map_err(|e| e.to_string())?;
-                let mut details = std::collections::BTreeMap::new();
-                details.insert("message".to_owned(), msg.kind.clone());
-                details.insert("control_id".to_owned(), msg.control_id.clone());
-                txn.append_json(
-                    Tree::Events,
-                    Owner::System,
-                    &Event {
-                        kind: EventKind::PmsMessageRejected,
-                        time: now,
-                        patient: msg.patient,
-                        appointment: None,
-                        slot: None,
-                        details,
-                    },
-                )
-                .map_err(|e| e.to_string())?;
-                let mut a = AuditDraft::new("system", "pms.outbound.rejected")
-                    .detail("message", msg.kind.as_str());
-                a.subject = subject;
-                txn.audit(a);
-                self.vault
-                    .commit_async(txn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                warn!(message = %msg.kind, "PMS refused message (AE): moved to dead letters");
-                self.handle.processed.send_modify(|n| *n += 1);
-                Ok(true)
-            }
+        let owner = msg.patient.map_or(Owner::System, Owner::Patient);
+        let action = match &outcome {
             Outcome::Retry(reason) => {
                 msg.attempts += 1;
                 msg.last_error = Some(reason.clone());
-                let owner = msg.patient.map_or(Owner::System, Owner::Patient);
                 txn.put_json(Tree::PmsOutbox, key, owner, &msg)
                     .map_err(|e| e.to_string())?;
                 self.vault
                     .commit_async(txn)
                     .await
                     .map_err(|e| e.to_string())?;
-                Err(reason)
+                return Err(reason.clone());
             }
+            Outcome::Accepted => "pms.outbound.accepted",
+            Outcome::Refused(reason) => {
+                msg.last_error = Some(reason.clone());
+                txn.append_json(Tree::PmsDeadLetters, owner, &msg)
+                    .map_err(|e| e.to_string())?;
+                let mut details = std::collections::BTreeMap::new();
+                details.insert("message".to_owned(), msg.kind.clone());
+                details.insert("control_id".to_owned(), msg.control_id.clone());
+                let event = Event {
+                    kind: EventKind::PmsMessageRejected,
+                    time: now,
+                    patient: msg.patient,
+                    appointment: None,
+                    slot: None,
+                    details,
+                };
+                txn.append_json(Tree::Events, Owner::System, &event)
+                    .map_err(|e| e.to_string())?;
+                "pms.outbound.rejected"
+            }
+        };
+        // Accepted or refused for good: either way it leaves the queue.
+        txn.remove(Tree::PmsOutbox, key);
+        let mut audit = AuditDraft::new("system", action).detail("message", msg.kind.as_str());
+        audit.subject = msg.patient.map(|p| p.to_string());
+        txn.audit(audit);
+        self.vault
+            .commit_async(txn)
+            .await
+            .map_err(|e| e.to_string())?;
+        match outcome {
+            Outcome::Refused(_) => {
+                warn!(message = %msg.kind, "PMS refused message (AE): moved to dead letters")
+            }
+            _ => info!(message = %msg.kind, "PMS accepted message (AA)"),
         }
+        self.handle.processed.send_modify(|n| *n += 1);
+        Ok(true)
     }
 
     async fn connect(&mut self) -> Result<&mut Connection, String> {

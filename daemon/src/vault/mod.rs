@@ -48,6 +48,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use store::{SledStore, Store, Write};
 use zeroize::Zeroizing;
 
+/// The head checkpoint lives in the audit tree itself, under a key that
+/// sorts after every seq: an audit-only commit then touches one tree, which
+/// sled applies as a plain atomic batch.
 const AUDIT_HEAD_KEY: &[u8] = b"head";
 
 #[derive(Debug, thiserror::Error)]
@@ -702,9 +705,9 @@ impl Vault {
             }
             let head = AuditHead::new(&self.inner.purpose.audit, seq, &hash);
             let json = serde_json::to_vec(&head).map_err(|_| VaultError::Encode)?;
-            let value = self.seal_value(Tree::AuditHead, AUDIT_HEAD_KEY, Owner::System, &json)?;
+            let value = self.seal_value(Tree::Audit, AUDIT_HEAD_KEY, Owner::System, &json)?;
             writes.push(Write::Put {
-                tree: Tree::AuditHead,
+                tree: Tree::Audit,
                 key: AUDIT_HEAD_KEY.to_vec(),
                 value,
             });
@@ -808,7 +811,7 @@ impl Vault {
     // ---- audit ------------------------------------------------------------
 
     fn read_head(&self) -> Result<Option<AuditHead>, String> {
-        match self.get_json::<AuditHead>(Tree::AuditHead, AUDIT_HEAD_KEY) {
+        match self.get_json::<AuditHead>(Tree::Audit, AUDIT_HEAD_KEY) {
             Ok(h) => Ok(h),
             Err(e) => Err(e.to_string()),
         }
@@ -829,16 +832,22 @@ impl Vault {
         let events = chain.last_seq.get(&Tree::Events).copied().unwrap_or(0);
         self.inner.events_durable.send_replace(events);
         match self.read_head() {
-            Ok(None) if self.inner.store.len(Tree::Audit) == 0 => {}
+            Ok(None)
+                if self
+                    .inner
+                    .store
+                    .get(Tree::Audit, &1u64.to_be_bytes())?
+                    .is_none() => {}
             Ok(None) => chain.damage = Some("head checkpoint missing".to_owned()),
             Err(e) => chain.damage = Some(format!("head checkpoint unreadable: {e}")),
             Ok(Some(head)) => {
-                let last_matches = self
-                    .inner
-                    .store
-                    .last(Tree::Audit)?
-                    .map(|(k, _)| k.as_ref() == head.seq.to_be_bytes())
-                    .unwrap_or(false);
+                // The log ends exactly at the head: entry `seq` is there and
+                // entry `seq + 1` is not.
+                let store = &self.inner.store;
+                let last_matches = store.get(Tree::Audit, &head.seq.to_be_bytes())?.is_some()
+                    && store
+                        .get(Tree::Audit, &(head.seq + 1).to_be_bytes())?
+                        .is_none();
                 if !head.is_authentic(&self.inner.purpose.audit) {
                     chain.damage = Some("head checkpoint MAC invalid".to_owned());
                 } else if !last_matches {
@@ -870,6 +879,10 @@ impl Vault {
         self.inner
             .store
             .scan_from(Tree::Audit, &from_seq.to_be_bytes())
+            .filter(|r| {
+                r.as_ref()
+                    .map_or(true, |(k, _)| k.as_ref() != AUDIT_HEAD_KEY)
+            })
             .map(move |r| match r {
                 Err(e) => (u64::MAX, Err(e.to_string())),
                 Ok((k, v)) => {

@@ -12,10 +12,9 @@ pub enum Tree {
     Patients,
     /// Blind index → patient id, sealed with the patient's key.
     PatientIndex,
-    /// Hash-chained audit entries, key = seq (u64 BE), sealed with the system key.
+    /// Hash-chained audit entries, key = seq (u64 BE), and the MAC'd head
+    /// checkpoint under the key `head`; sealed with the system key.
     Audit,
-    /// The MAC'd head checkpoint of the audit chain.
-    AuditHead,
     /// Erased patients: pseudonymous id → time, so a restore can prove none came back.
     Erasures,
     /// Vault bookkeeping (rotation progress and the like).
@@ -42,11 +41,10 @@ pub enum Tree {
 }
 
 impl Tree {
-    pub const ALL: [Tree; 15] = [
+    pub const ALL: [Tree; 14] = [
         Tree::Patients,
         Tree::PatientIndex,
         Tree::Audit,
-        Tree::AuditHead,
         Tree::Erasures,
         Tree::Meta,
         Tree::Appointments,
@@ -68,7 +66,6 @@ impl Tree {
             Tree::Patients => "patients",
             Tree::PatientIndex => "patient_index",
             Tree::Audit => "audit",
-            Tree::AuditHead => "audit_head",
             Tree::Erasures => "erasures",
             Tree::Meta => "meta",
             Tree::Appointments => "appointments",
@@ -230,6 +227,18 @@ impl Store for SledStore {
         let mut involved: Vec<Tree> = writes.iter().map(Write::tree).collect();
         involved.sort();
         involved.dedup();
+        if let [only] = involved.as_slice() {
+            // One tree: sled's batch is atomic too, and far cheaper than a
+            // transaction.
+            let mut batch = sled::Batch::default();
+            for w in writes {
+                match w {
+                    Write::Put { key, value, .. } => batch.insert(key.as_slice(), value.as_slice()),
+                    Write::Remove { key, .. } => batch.remove(key.as_slice()),
+                }
+            }
+            return self.tree(*only)?.apply_batch(batch);
+        }
         let trees = involved
             .iter()
             .map(|t| self.tree(*t).cloned())
