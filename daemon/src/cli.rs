@@ -270,6 +270,16 @@ fn backup_create(config: &Config, file: &Path) -> Result<(), String> {
         Err(e) => return Err(e.to_string()),
     };
     write_new_private(file, &bytes)?;
+    if let Some(copy) = &config.keys.keyring_copy {
+        // The daemon keeps that copy current itself; do not touch it.
+        println!(
+            "backup written to {} ({} bytes); the keyring copy is kept current at {}",
+            file.display(),
+            bytes.len(),
+            copy.display()
+        );
+        return Ok(());
+    }
     // The restore needs the current keyring: keep one copy beside the backups.
     let copy = file.parent().unwrap_or(Path::new(".")).join(KEYRING_COPY);
     let keyring = std::fs::read(crate::vault::keyring_path(&config.service.data_dir))
@@ -369,10 +379,12 @@ fn status(config: &Config) -> Result<(), String> {
         text(at(&s, "/whatsapp/last_webhook_at")),
         at(&s, "/whatsapp/outbox_depth")
     );
+    let age = at(&s, "/keys/master_key_age_days")
+        .as_u64()
+        .map_or_else(|| "unknown".to_owned(), |d| format!("{d} days"));
     println!(
-        "keys: generation {}, master key age {} days",
-        at(&s, "/keys/generation"),
-        at(&s, "/keys/master_key_age_days")
+        "keys: generation {}, master key age {age}",
+        at(&s, "/keys/generation")
     );
     println!("audit: head seq {}", at(&s, "/audit/seq"));
     println!(

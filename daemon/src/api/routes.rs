@@ -276,6 +276,9 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
     if let Some(why) = vault.audit_damage() {
         warnings.push(format!("audit log damaged: {why}"));
     }
+    if let Some(why) = vault.keyring_mirror_error() {
+        warnings.push(format!("the keyring copy is stale: {why}"));
+    }
     if vault.rotation_pending() {
         warnings.push("a master key rotation is in progress".to_owned());
     }

@@ -113,6 +113,7 @@ impl Ingest {
                 "this system accepts production messages only (MSH-11 = P)",
             )
             .at("MSH", 11);
+            info!(message_type = %kind, "HL7 message with a non-production processing id refused (AR)");
             return self.ack(&msg, AckCode::Reject, Some(&err));
         }
         let now = self.clock.now();

@@ -20,7 +20,10 @@ pub fn sync_parent_dir(path: &Path) -> io::Result<()> {
 /// it, rename it over the target, fsync the directory. A crash leaves either
 /// the old file or the new one, never a mix.
 pub fn replace_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    // `name.tmp` beside `name`: distinct for every target name.
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -38,6 +41,13 @@ pub fn replace_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Appends `bytes` to `path` and fsyncs before returning.
 pub fn append_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = fs::OpenOptions::new().append(true).mode(0o600).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_data()
+}
+
+/// Appends to an existing file (never creates one) and fsyncs.
+pub fn append_durably_existing(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new().append(true).open(path)?;
     f.write_all(bytes)?;
     f.sync_data()
 }

@@ -216,6 +216,7 @@ pub struct Keyring {
     rng: SystemRandom,
     /// A copy kept in step with the file (see `set_mirror`).
     mirror: Option<PathBuf>,
+    mirror_error: Option<String>,
 }
 
 impl Keyring {
@@ -240,6 +241,7 @@ impl Keyring {
             entries: BTreeMap::new(),
             rng: SystemRandom::new(),
             mirror: None,
+            mirror_error: None,
         };
         ring.insert_new(KeyOwner::Root, 0)?;
         ring.insert_new(KeyOwner::System, 1)?;
@@ -317,6 +319,7 @@ impl Keyring {
             entries,
             rng: SystemRandom::new(),
             mirror: None,
+            mirror_error: None,
         };
         if ring.current(KeyOwner::Root).is_none() || ring.current(KeyOwner::System).is_none() {
             return Err(corrupt(0, "root or system key missing"));
@@ -392,11 +395,10 @@ impl Keyring {
             path: self.path.clone(),
             source,
         })?;
-        if let Some(mirror) = &self.mirror {
-            fsio::append_durably(mirror, line.as_bytes()).map_err(|source| KeyringError::Io {
-                path: mirror.clone(),
-                source,
-            })?;
+        if self.mirror.is_some()
+            && fsio::append_durably_existing(self.mirror_path(), line.as_bytes()).is_err()
+        {
+            self.refresh_mirror();
         }
         self.entries
             .get(&handle)
@@ -435,7 +437,7 @@ impl Keyring {
     }
 
     /// Serialises the whole keyring and replaces the file atomically.
-    pub fn rewrite(&self) -> Result<(), KeyringError> {
+    pub fn rewrite(&mut self) -> Result<(), KeyringError> {
         let mut out =
             serde_json::to_string(&Line::Meta(self.meta.clone())).map_err(|_| KeyringError::Rng)?;
         out.push('\n');
@@ -448,15 +450,37 @@ impl Keyring {
                 source,
             }
         })?;
-        if let Some(mirror) = &self.mirror {
-            fsio::replace_atomically(mirror, out.as_bytes()).map_err(|source| {
-                KeyringError::Io {
-                    path: mirror.clone(),
-                    source,
-                }
-            })?;
+        if self.mirror.is_some() {
+            self.refresh_mirror();
         }
         Ok(())
+    }
+
+    fn mirror_path(&self) -> &Path {
+        self.mirror.as_deref().unwrap_or(&self.path)
+    }
+
+    /// Copies the keyring file to the mirror. A failure never fails the
+    /// operation that changed the keyring (that change is done and durable);
+    /// it is recorded for `status` and logged, and retried on the next change.
+    fn refresh_mirror(&mut self) {
+        let Some(mirror) = self.mirror.clone() else {
+            return;
+        };
+        let result =
+            std::fs::read(&self.path).and_then(|bytes| fsio::replace_atomically(&mirror, &bytes));
+        self.mirror_error = match result {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(path = %mirror.display(), error = %e, "cannot update keys.keyring_copy");
+                Some(format!("keys.keyring_copy {}: {e}", mirror.display()))
+            }
+        };
+    }
+
+    /// Why the keyring copy is not current, if it is not.
+    pub fn mirror_error(&self) -> Option<&str> {
+        self.mirror_error.as_deref()
     }
 
     /// Keeps `path` identical to the keyring from now on (written at once,
@@ -464,8 +488,36 @@ impl Keyring {
     /// kept beside the backups, so that no erasure can be undone by
     /// restoring with a stale copy.
     pub fn set_mirror(&mut self, path: &Path) -> Result<(), KeyringError> {
+        // A copy of another keyring (other data, or the data before a
+        // restore) is never overwritten: it may be the only current one.
+        if let Ok(existing) = std::fs::read_to_string(path) {
+            let ours = std::fs::read_to_string(&self.path).map_err(|source| KeyringError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+            let root_line = |text: &str| {
+                text.lines()
+                    .find(|l| l.contains("\"owner\":\"root\""))
+                    .map(str::to_owned)
+            };
+            if root_line(&existing).is_some() && root_line(&existing) != root_line(&ours) {
+                return Err(KeyringError::Corrupt {
+                    path: path.to_owned(),
+                    line: 0,
+                    reason: "keys.keyring_copy holds the keyring of other data; refusing to overwrite it (move it aside if it is stale)".to_owned(),
+                });
+            }
+        }
         self.mirror = Some(path.to_owned());
-        self.rewrite()
+        self.refresh_mirror();
+        match &self.mirror_error {
+            Some(e) => Err(KeyringError::Corrupt {
+                path: path.to_owned(),
+                line: 0,
+                reason: e.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Starts a rotation: every key is re-wrapped under `new_mk`, a new

@@ -517,6 +517,13 @@ impl Vault {
         Ok(crate::sync::lock(&self.inner.keyring).set_mirror(path)?)
     }
 
+    /// Why the keyring copy is stale, if it is.
+    pub fn keyring_mirror_error(&self) -> Option<String> {
+        crate::sync::lock(&self.inner.keyring)
+            .mirror_error()
+            .map(str::to_owned)
+    }
+
     pub fn has_patient_key(&self, id: PatientId) -> bool {
         crate::sync::read(&self.inner.keys)
             .current

@@ -49,7 +49,12 @@ impl Vault {
     pub fn patient_upsert_txn(&self, p: &Patient, actor: &str, now: Timestamp) -> VaultResult<Txn> {
         self.ensure_patient_key(p.id)?;
         let mut txn = Txn::new(now);
-        let previous = self.get_patient(p.id)?;
+        // A record under a destroyed key (an erasure newer than a restored
+        // backup) is gone for good: treat it as absent.
+        let previous = match self.get_patient(p.id) {
+            Err(VaultError::KeyUnavailable { .. }) => None,
+            other => other?,
+        };
         if previous.as_ref() == Some(p) {
             // Unchanged (every SIU and ORU repeats the PID): nothing to write
             // and nothing to audit.
@@ -116,7 +121,11 @@ impl Vault {
         let existing = match self.get_patient(id) {
             Ok(p) => p,
             // A damaged record must not block erasure; the key goes anyway.
-            Err(VaultError::Damaged { .. } | VaultError::Decode { .. }) => None,
+            Err(
+                VaultError::Damaged { .. }
+                | VaultError::Decode { .. }
+                | VaultError::KeyUnavailable { .. },
+            ) => None,
             Err(e) => return Err(e),
         };
         if existing.is_none() && !self.has_patient_key(id) {

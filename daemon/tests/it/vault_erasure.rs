@@ -138,3 +138,36 @@ fn the_keyring_copy_follows_every_change() {
         .unwrap()
         .contains(&a.id.to_hex()));
 }
+
+#[test]
+fn a_keyring_copy_of_other_data_is_never_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("copy.keyring");
+    let first = open(&tmp.path().join("one"), &key(7));
+    first.set_keyring_mirror(&copy).unwrap();
+    first.close().unwrap();
+    let before = std::fs::read(&copy).unwrap();
+    // A fresh data dir (say, a daemon started before a restore) must not
+    // replace the only current copy.
+    let second = open(&tmp.path().join("two"), &key(7));
+    assert!(second.set_keyring_mirror(&copy).is_err());
+    assert_eq!(std::fs::read(&copy).unwrap(), before);
+}
+
+#[test]
+fn a_patient_erased_after_a_restored_backup_can_be_registered_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mk = key(7);
+    let vault = open(&dir, &mk);
+    let a = marker_patient(&vault, "A");
+    vault.put_patient(&a, "test", t0()).unwrap();
+    let backup = vault.backup(t0()).unwrap();
+    vault.erase_patient(a.id, "test", t0()).unwrap();
+    vault.close().unwrap();
+    let (restored, report) = clinic_relay::vault::Vault::restore(&backup, &tmp.path().join("restored"), &keyring_path(&dir), &mk).unwrap();
+    assert!(report.unreadable_erased >= 1);
+    // The PMS registers the same MRN again: a new record under a new key.
+    restored.put_patient(&a, "test", t0()).unwrap();
+    assert_eq!(restored.get_patient(a.id).unwrap().as_ref(), Some(&a));
+}

@@ -29,7 +29,9 @@ pub fn schedule(
         id,
         patient: patient.id,
         start,
+        // A zero length from any source means "not given".
         duration_minutes: duration(msg, sch, start, &ctx.config.time_zone)
+            .filter(|m| *m > 0)
             .unwrap_or(ctx.config.default_duration_minutes),
         status: status(sch, trigger, ctx),
         pms_status: clean(sch.component(25, 1)).map(str::to_owned),
