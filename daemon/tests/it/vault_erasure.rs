@@ -165,7 +165,13 @@ fn a_patient_erased_after_a_restored_backup_can_be_registered_again() {
     let backup = vault.backup(t0()).unwrap();
     vault.erase_patient(a.id, "test", t0()).unwrap();
     vault.close().unwrap();
-    let (restored, report) = clinic_relay::vault::Vault::restore(&backup, &tmp.path().join("restored"), &keyring_path(&dir), &mk).unwrap();
+    let (restored, report) = clinic_relay::vault::Vault::restore(
+        &backup,
+        &tmp.path().join("restored"),
+        &keyring_path(&dir),
+        &mk,
+    )
+    .unwrap();
     assert!(report.unreadable_erased >= 1);
     // The PMS registers the same MRN again: a new record under a new key.
     restored.put_patient(&a, "test", t0()).unwrap();
