@@ -97,6 +97,10 @@ pub fn build(
     }
     // Patients created earlier in this same batch count as known.
     let mut fresh: Vec<PatientId> = Vec::new();
+    // Patients as this batch leaves them (a merge builds on the survivor's
+    // update from the same message).
+    let mut staged_patients: std::collections::HashMap<PatientId, Patient> =
+        std::collections::HashMap::new();
     let known =
         |id: PatientId, fresh: &[PatientId]| fresh.contains(&id) || vault.has_patient_key(id);
     for cmd in commands {
@@ -105,6 +109,7 @@ pub fn build(
                 let staged = vault.patient_upsert_txn(p, &origin.actor, now)?;
                 txn.extend(staged);
                 fresh.push(p.id);
+                staged_patients.insert(p.id, (**p).clone());
             }
             Command::UpdatePatientFromContext(p) => {
                 let merged = match vault.get_patient(p.id)? {
@@ -114,6 +119,7 @@ pub fn build(
                 let staged = vault.patient_upsert_txn(&merged, &origin.actor, now)?;
                 txn.extend(staged);
                 fresh.push(p.id);
+                staged_patients.insert(p.id, merged);
             }
             Command::MergePatients { survivor, merged } => {
                 if !known(*survivor, &fresh) {
@@ -126,6 +132,19 @@ pub fn build(
                 if let Some(old) = vault.get_patient(*merged)? {
                     for key in vault.patient_index_keys(&old) {
                         txn.remove(Tree::PatientIndex, key);
+                    }
+                    // "Do not contact" and "deceased" survive the merge.
+                    let base = match staged_patients.get(survivor) {
+                        Some(p) => Some(p.clone()),
+                        None => vault.get_patient(*survivor)?,
+                    };
+                    if let Some(mut keep) = base {
+                        if (old.protected && !keep.protected) || (old.deceased && !keep.deceased) {
+                            keep.protected |= old.protected;
+                            keep.deceased |= old.deceased;
+                            txn.extend(vault.patient_upsert_txn(&keep, &origin.actor, now)?);
+                            staged_patients.insert(*survivor, keep);
+                        }
                     }
                 }
                 txn.remove(Tree::Patients, merged.0);

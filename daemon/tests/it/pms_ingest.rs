@@ -458,3 +458,31 @@ async fn an_appointment_moved_to_another_patient_leaves_the_first() {
     assert!(v.get_appointment("APPT-MV").unwrap().is_some());
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_keeps_the_no_outreach_flag_of_the_merged_patient() {
+    let d = Daemon::start("").await;
+    let mut c = d.mllp().await;
+    let blocked =
+        adt_a04("NB1", "008002", "ZZBLOCKED", "").replace("PD1||||||||||||N", "PD1||||||||||||Y");
+    assert_eq!(msa(&c.send(&blocked).await).0, "AA");
+    assert_eq!(
+        msa(&c.send(&adt_a04("NB2", "008001", "ZZKEEP", "")).await).0,
+        "AA"
+    );
+    let merge = [
+        msh("ADT^A40^ADT_A39", "NB3", "2.5"),
+        "PID|1||008001^^^ZZHOSP^MR||ZZKEEP^ONE".to_owned(),
+        "MRG|008002^^^ZZHOSP^MR".to_owned(),
+    ]
+    .join("\r");
+    assert_eq!(msa(&c.send(&merge).await).0, "AA");
+    let v = &d.running.vault;
+    let keep = v
+        .get_patient(v.find_patients_by_mrn("008001").unwrap()[0])
+        .unwrap()
+        .unwrap();
+    assert!(keep.protected, "the survivor inherits 'do not contact'");
+    assert!(v.find_patients_by_mrn("008002").unwrap().is_empty());
+    d.stop().await;
+}
