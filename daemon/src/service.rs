@@ -400,6 +400,13 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
     };
     info!(mllp = %mllp_addr, api = %config.api.socket.display(), "listening");
 
+    // Work applied without waiting for the disk (audit entries of reads)
+    // becomes durable within a second even when nothing else commits.
+    tasks.push(Named {
+        name: "periodic-flush",
+        handle: tokio::spawn(periodic_flush(vault.clone(), stop_rx.clone())),
+    });
+
     if let Some(period) = watchdog_period() {
         tasks.push(Named {
             name: "watchdog",
@@ -489,6 +496,23 @@ fn watchdog_period() -> Option<Duration> {
         }
     }
     (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+async fn periodic_flush(vault: Vault, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let v = vault.clone();
+                match tokio::task::spawn_blocking(move || v.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => error!(error = %e, "periodic flush failed"),
+                    Err(e) => error!(error = %e, "periodic flush task failed"),
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn watchdog(every: Duration, mut stop: watch::Receiver<bool>) {

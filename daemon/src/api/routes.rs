@@ -74,8 +74,17 @@ fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
     })
 }
 
+/// Percent-decoding of a path segment (`+` stays `+`).
+fn percent_decode_path(s: &str) -> String {
+    decode(s, false)
+}
+
 /// Minimal percent-decoding for query values (`%7C` in `system|value`).
 fn percent_decode(s: &str) -> String {
+    decode(s, true)
+}
+
+fn decode(s: &str, plus_is_space: bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -89,7 +98,7 @@ fn percent_decode(s: &str) -> String {
                 out.push(v);
                 i += 3;
             }
-            (b'+', _) => {
+            (b'+', _) if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -117,7 +126,13 @@ async fn read_json<T: DeserializeOwned>(
     let body = Limited::new(req.into_body(), limit)
         .collect()
         .await
-        .map_err(|_| Problem::too_large(limit))?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Problem::too_large(limit)
+            } else {
+                Problem::bad_request("the request body could not be read")
+            }
+        })?
         .to_bytes();
     serde_json::from_slice(&body).map_err(|e| {
         // serde's message can quote the input; give position and category only.
@@ -139,7 +154,12 @@ fn origin(state: &ApiState, req: &Request<Incoming>, actor: &str) -> Origin {
         .headers()
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
-        .map(|k| state.vault.blind_index("api-idempotency", k).to_vec());
+        .map(|k| {
+            // Scoped to method and path: the same key on another request is
+            // another request.
+            let scope = format!("{} {}\u{1f}{k}", req.method(), req.uri().path());
+            state.vault.blind_index("api-idempotency", &scope).to_vec()
+        });
     Origin {
         actor: actor.to_owned(),
         idempotency_key: key,
@@ -170,7 +190,10 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>, actor: &str) -> Re
 
 async fn route(state: &ApiState, req: Request<Incoming>, actor: &str) -> Result<Resp, Problem> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    // Ids may contain any character (a PMS appointment id like "A/12"):
+    // segments are percent-decoded after splitting.
+    let decoded: Vec<String> = path.split('/').skip(1).map(percent_decode_path).collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let method = req.method().clone();
     match (method, segments.as_slice()) {
         (Method::GET, ["v1", "status"]) => status(state),
@@ -183,31 +206,65 @@ async fn route(state: &ApiState, req: Request<Incoming>, actor: &str) -> Result<
             "Admin endpoints are local only",
             "use the Unix socket on the clinic-relay host for administrative requests",
         )),
-        (Method::GET, ["v1", "patients"]) => search_patients(state, &req),
+        (Method::GET, ["v1", "patients"]) => search_patients(state, &req, actor),
         (Method::POST, ["v1", "patients"]) => upsert_patient(state, req, actor).await,
-        (Method::GET, ["v1", "patients", id]) => get_patient(state, id),
+        (Method::GET, ["v1", "patients", id]) => get_patient(state, id, actor),
         (Method::DELETE, ["v1", "patients", id]) => erase_patient(state, id, actor).await,
-        (Method::GET, ["v1", "patients", id, "appointments"]) => patient_appointments(state, id),
+        (Method::GET, ["v1", "patients", id, "appointments"]) => {
+            patient_appointments(state, id, actor)
+        }
         (Method::PUT, ["v1", "patients", id, "consent"]) => {
             set_consent(state, id, req, actor).await
         }
-        (Method::GET, ["v1", "appointments", id]) => get_appointment(state, id),
+        (Method::GET, ["v1", "appointments", id]) => get_appointment(state, id, actor),
         (Method::PUT, ["v1", "appointments", id]) => {
             let id = (*id).to_owned();
             put_appointment(state, &id, req, actor).await
         }
         (Method::GET, ["v1", "slots"]) => list_slots(state),
         (Method::PUT, ["v1", "slots"]) => put_slots(state, req, actor).await,
-        (Method::GET, ["v1", "results", order]) => get_result(state, order),
+        (Method::GET, ["v1", "results", order]) => get_result(state, order, actor),
         (Method::GET, ["v1", "events"]) => events(state, &req).await,
-        (_, ["v1", "status" | "patients" | "slots" | "events"])
-        | (_, ["v1", "patients" | "appointments" | "results", _])
-        | (_, ["v1", "patients", _, "appointments" | "consent"]) => {
-            Err(Problem::method_not_allowed())
+        (_, segments) if allowed_methods(segments).is_some() => {
+            let mut resp = Problem::method_not_allowed().into_response();
+            if let Some(allow) = allowed_methods(segments) {
+                resp.headers_mut().insert(
+                    hyper::header::ALLOW,
+                    hyper::header::HeaderValue::from_static(allow),
+                );
+            }
+            Ok(resp)
         }
         _ => Err(Problem::not_found(
             "no such resource; the API lives under /v1/ (docs/api.md)",
         )),
+    }
+}
+
+/// The methods a resource answers to (for 405 and its `Allow` header).
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    match segments {
+        ["v1", "status" | "events"]
+        | ["v1", "results", _]
+        | ["v1", "patients", _, "appointments"] => Some("GET"),
+        ["v1", "patients"] => Some("GET, POST"),
+        ["v1", "patients", _] => Some("GET, DELETE"),
+        ["v1", "patients", _, "consent"] => Some("PUT"),
+        ["v1", "appointments", _] | ["v1", "slots"] => Some("GET, PUT"),
+        _ => None,
+    }
+}
+
+/// Records that PHI was read, and by whom. Not waited for: it becomes
+/// durable with the next flush (the service flushes at least every second),
+/// so reads stay fast.
+fn audit_read(state: &ApiState, actor: &str, action: &str, subject: Option<PatientId>) {
+    let mut txn = crate::vault::Txn::new(state.clock.now());
+    let mut draft = crate::audit::AuditDraft::new(actor, action);
+    draft.subject = subject.map(|p| p.to_string());
+    txn.audit(draft);
+    if let Err(e) = state.vault.commit_unflushed(txn) {
+        tracing::error!(error = %e, "could not audit a read");
     }
 }
 
@@ -325,7 +382,11 @@ async fn backup(state: &ApiState, actor: &str) -> Result<Resp, Problem> {
     Ok(resp)
 }
 
-fn search_patients(state: &ApiState, req: &Request<Incoming>) -> Result<Resp, Problem> {
+fn search_patients(
+    state: &ApiState,
+    req: &Request<Incoming>,
+    actor: &str,
+) -> Result<Resp, Problem> {
     let Some(identifier) = query(req, "identifier") else {
         return Err(Problem::bad_request(
             "search by identifier: /v1/patients?identifier=MRN",
@@ -335,16 +396,20 @@ fn search_patients(state: &ApiState, req: &Request<Incoming>) -> Result<Resp, Pr
     let mut entries = Vec::new();
     for id in state.vault.find_patients_by_mrn(mrn).map_err(internal)? {
         if let Some(p) = state.vault.get_patient(id).map_err(internal)? {
+            audit_read(state, actor, "patient.read", Some(p.id));
             entries.push(fhir::patient(&p));
         }
     }
     ok(&fhir::bundle(entries))
 }
 
-fn get_patient(state: &ApiState, id: &str) -> Result<Resp, Problem> {
+fn get_patient(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
     let id = patient_id(id)?;
     match state.vault.get_patient(id).map_err(internal)? {
-        Some(p) => ok(&fhir::patient(&p)),
+        Some(p) => {
+            audit_read(state, actor, "patient.read", Some(p.id));
+            ok(&fhir::patient(&p))
+        }
         None => Err(Problem::not_found("no such patient")),
     }
 }
@@ -413,9 +478,10 @@ async fn erase_patient(state: &ApiState, id: &str, actor: &str) -> Result<Resp, 
     }
 }
 
-fn patient_appointments(state: &ApiState, id: &str) -> Result<Resp, Problem> {
+fn patient_appointments(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
     let id = patient_id(id)?;
     let list = state.vault.appointments_of(id).map_err(internal)?;
+    audit_read(state, actor, "appointment.read", Some(id));
     ok(&fhir::bundle(list.iter().map(fhir::appointment).collect()))
 }
 
@@ -446,9 +512,12 @@ async fn set_consent(
     ok(&serde_json::to_value(consent).map_err(internal)?)
 }
 
-fn get_appointment(state: &ApiState, id: &str) -> Result<Resp, Problem> {
+fn get_appointment(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
     match state.vault.get_appointment(id).map_err(internal)? {
-        Some(a) => ok(&fhir::appointment(&a)),
+        Some(a) => {
+            audit_read(state, actor, "appointment.read", Some(a.patient));
+            ok(&fhir::appointment(&a))
+        }
         None => Err(Problem::not_found("no such appointment")),
     }
 }
@@ -481,7 +550,11 @@ async fn put_appointment(
         &origin,
     )
     .await?;
-    get_appointment(state, id)
+    // The writer gets back what it wrote; that is not a read to audit.
+    match state.vault.get_appointment(id).map_err(internal)? {
+        Some(a) => ok(&fhir::appointment(&a)),
+        None => Err(Problem::not_found("no such appointment")),
+    }
 }
 
 fn list_slots(state: &ApiState) -> Result<Resp, Problem> {
@@ -515,9 +588,12 @@ async fn put_slots(state: &ApiState, req: Request<Incoming>, actor: &str) -> Res
     list_slots(state)
 }
 
-fn get_result(state: &ApiState, order: &str) -> Result<Resp, Problem> {
+fn get_result(state: &ApiState, order: &str, actor: &str) -> Result<Resp, Problem> {
     match state.vault.get_result(order).map_err(internal)? {
-        Some(r) => ok(&fhir::diagnostic_report(&r)),
+        Some(r) => {
+            audit_read(state, actor, "result.read", Some(r.patient));
+            ok(&fhir::diagnostic_report(&r))
+        }
         None => Err(Problem::not_found("no such result")),
     }
 }

@@ -345,3 +345,98 @@ async fn consent_and_result_documents() {
     );
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_phi_are_audited_with_the_caller() {
+    let d = Daemon::start("").await;
+    let (_, p) = d
+        .api("POST", "/v1/patients", Some(patient_body("A-500")))
+        .await;
+    let pid = p["id"].as_str().unwrap().to_owned();
+    let (status, _) = d.api("GET", &format!("/v1/patients/{pid}"), None).await;
+    assert_eq!(status, 200);
+    let reads: Vec<_> = d
+        .running
+        .vault
+        .audit_entries(1)
+        .map(|(_, e)| e.unwrap())
+        .filter(|e| e.action == "patient.read")
+        .collect();
+    assert_eq!(reads.len(), 1);
+    assert!(reads[0].actor.starts_with("api:uid="), "{}", reads[0].actor);
+    assert_eq!(
+        reads[0].subject.as_deref(),
+        Some(format!("p-{pid}").as_str())
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_in_paths_are_percent_decoded_and_405_says_what_is_allowed() {
+    let d = Daemon::start("").await;
+    let (_, p) = d
+        .api("POST", "/v1/patients", Some(patient_body("A-600")))
+        .await;
+    let pid = p["id"].as_str().unwrap().to_owned();
+    let appt = json!({"status": "booked", "start": "2026-12-01T09:00:00Z",
+        "participant": [{"actor": {"reference": format!("Patient/{pid}")}}]});
+    let (status, a) = d.api("PUT", "/v1/appointments/A%2F1+2", Some(appt)).await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["id"], "A/1+2");
+    assert_eq!(
+        d.running
+            .vault
+            .get_appointment("A/1+2")
+            .unwrap()
+            .unwrap()
+            .patient
+            .to_hex(),
+        pid
+    );
+
+    let raw = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::UnixStream::connect(&d.running.api_socket)
+            .await
+            .unwrap();
+        s.write_all(b"DELETE /v1/slots HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_lowercase()
+    };
+    assert!(raw.starts_with("http/1.1 405"), "{raw}");
+    assert!(raw.contains("allow: get, put"), "{raw}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_scoped_to_its_request() {
+    let d = Daemon::start("").await;
+    let headers = [("idempotency-key", "same-key")];
+    let (s1, _) = api_call(
+        &d.running.api_socket,
+        "POST",
+        "/v1/patients",
+        Some(patient_body("A-700").to_string().into_bytes()),
+        &headers,
+    )
+    .await;
+    let slots =
+        json!([{"id": "S-9", "start": "2026-12-02T08:00:00Z", "end": "2026-12-02T08:15:00Z"}]);
+    let (s2, got) = api_call(
+        &d.running.api_socket,
+        "PUT",
+        "/v1/slots",
+        Some(slots.to_string().into_bytes()),
+        &headers,
+    )
+    .await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(
+        got["total"], 1,
+        "a different request with the same key is applied"
+    );
+    d.stop().await;
+}
