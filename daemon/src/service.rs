@@ -298,7 +298,10 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         config.pms.max_message_bytes,
     ));
     let api_listener = crate::api::bind(&config.api.socket)?;
+    let (read_audit, read_audit_task) =
+        crate::api::read_audit::ReadAuditor::start(vault.clone(), clock.clone(), stop_rx.clone());
     let api_state = Arc::new(crate::api::ApiState {
+        read_audit,
         vault: vault.clone(),
         clock: clock.clone(),
         phone_plan: config.pms.mapping.phone_plan.clone(),
@@ -400,11 +403,10 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
     };
     info!(mllp = %mllp_addr, api = %config.api.socket.display(), "listening");
 
-    // Work applied without waiting for the disk (audit entries of reads)
-    // becomes durable within a second even when nothing else commits.
+    // After the API tasks, so it drains what their last requests queued.
     tasks.push(Named {
-        name: "periodic-flush",
-        handle: tokio::spawn(periodic_flush(vault.clone(), stop_rx.clone())),
+        name: "read-audit",
+        handle: read_audit_task,
     });
 
     if let Some(period) = watchdog_period() {
@@ -496,23 +498,6 @@ fn watchdog_period() -> Option<Duration> {
         }
     }
     (usec > 0).then(|| Duration::from_micros(usec))
-}
-
-async fn periodic_flush(vault: Vault, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let v = vault.clone();
-                match tokio::task::spawn_blocking(move || v.flush()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => error!(error = %e, "periodic flush failed"),
-                    Err(e) => error!(error = %e, "periodic flush task failed"),
-                }
-            }
-            _ = stop.changed() => return,
-        }
-    }
 }
 
 async fn watchdog(every: Duration, mut stop: watch::Receiver<bool>) {

@@ -7,6 +7,7 @@
 pub mod client;
 mod fhir;
 mod problem;
+pub mod read_audit;
 mod routes;
 
 pub use problem::Problem;

@@ -29,6 +29,8 @@ pub struct ApiState {
     pub max_wait: Duration,
     /// Where `status` looks for health.
     pub health: HealthSources,
+    /// Writes the audit entries of PHI reads.
+    pub read_audit: super::read_audit::ReadAuditor,
 }
 
 /// What `GET /v1/status` reports on besides the vault.
@@ -255,17 +257,12 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     }
 }
 
-/// Records that PHI was read, and by whom. Not waited for: it becomes
-/// durable with the next flush (the service flushes at least every second),
-/// so reads stay fast.
+/// Records that PHI was read, and by whom (written in batches, off the
+/// request path; see `read_audit.rs`).
 fn audit_read(state: &ApiState, actor: &str, action: &str, subject: Option<PatientId>) {
-    let mut txn = crate::vault::Txn::new(state.clock.now());
     let mut draft = crate::audit::AuditDraft::new(actor, action);
     draft.subject = subject.map(|p| p.to_string());
-    txn.audit(draft);
-    if let Err(e) = state.vault.commit_unflushed(txn) {
-        tracing::error!(error = %e, "could not audit a read");
-    }
+    state.read_audit.record(draft);
 }
 
 fn status(state: &ApiState) -> Result<Resp, Problem> {

@@ -355,9 +355,11 @@ async fn reads_of_phi_are_audited_with_the_caller() {
     let pid = p["id"].as_str().unwrap().to_owned();
     let (status, _) = d.api("GET", &format!("/v1/patients/{pid}"), None).await;
     assert_eq!(status, 200);
-    let reads: Vec<_> = d
-        .running
-        .vault
+    // Read audits are written in batches off the request path; a stop
+    // drains them, so after it the entry must be on disk.
+    let install = d.stop().await;
+    let vault = install.open();
+    let reads: Vec<_> = vault
         .audit_entries(1)
         .map(|(_, e)| e.unwrap())
         .filter(|e| e.action == "patient.read")
@@ -368,7 +370,7 @@ async fn reads_of_phi_are_audited_with_the_caller() {
         reads[0].subject.as_deref(),
         Some(format!("p-{pid}").as_str())
     );
-    d.stop().await;
+    vault.verify_audit().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
