@@ -285,8 +285,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         });
     }
 
-    // The API first: at shutdown tasks stop in this order, and the PMS door
-    // should close before the local one.
+    // At shutdown, tasks are awaited in the order they are pushed below: the
+    // PMS door (MLLP) first, then the local API, then the workers (PMS
+    // sender, read-audit writer) that drain what the doors queued.
     let ingest = Arc::new(Ingest::new(
         vault.clone(),
         clock.clone(),
