@@ -352,7 +352,8 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
         "keys": {"generation": vault.key_generation(), "master_key_age_days": key_age_days},
         "audit": {"seq": vault.audit_seq()},
         "storage": {"data_dir": health.data_dir.display().to_string(), "free_bytes": free_bytes, "total_bytes": total_bytes},
-        "events_cursor": vault.last_seq(Tree::Events),
+        // The durable cursor: what a feed reader can actually get.
+        "events_cursor": *vault.events_watch().borrow(),
         "warnings": warnings,
         "healthy": warnings.is_empty(),
     }))

@@ -163,6 +163,13 @@ fn arq(
     arq
 }
 
+/// An empty resource group (`RGS|1|A`), which SRM_S01 and SIU_S12 require.
+fn rgs() -> SegmentBuilder {
+    let mut rgs = SegmentBuilder::new("RGS");
+    rgs.set(1, "1").set(2, "A");
+    rgs
+}
+
 /// Builds the HL7 message for an action.
 pub fn build_message(
     cfg: &OutboundConfig,
@@ -192,6 +199,8 @@ pub fn build_message(
                 .or(appointment.map(|a| (a.start, a.duration_minutes)));
             msg.push(arq(id, start, slot.map(|s| s.id.as_str())));
             msg.push(pid(patient, &cfg.assigning_authority));
+            // SRM_S01 requires a resource group, even an empty one.
+            msg.push(rgs());
         }
         PatientAction::Confirm { .. } => {
             let mut sch = SegmentBuilder::new("SCH");
@@ -203,12 +212,17 @@ pub fn build_message(
             sch.set_component(25, 1, cfg.confirm_status.as_str());
             msg.push(sch);
             msg.push(pid(patient, &cfg.assigning_authority));
+            msg.push(rgs());
         }
         PatientAction::OptOut { .. } | PatientAction::OptIn { .. } => {
             let mut evn = SegmentBuilder::new("EVN");
             evn.set(1, "A31").set(2, ts(now));
             msg.push(evn);
             msg.push(pid(patient, &cfg.assigning_authority));
+            // ADT_A05 requires PV1; "N" = patient class not applicable.
+            let mut pv1 = SegmentBuilder::new("PV1");
+            pv1.set(1, "1").set(2, "N");
+            msg.push(pv1);
             if let Some(field) = &cfg.consent_field {
                 let flag = if matches!(action, PatientAction::OptIn { .. }) {
                     "Y"

@@ -256,4 +256,27 @@ fn outbound_messages_have_the_documented_shape() {
         "values are escaped on the wire"
     );
     assert_eq!(msg.control_id(), Some("CRO1"));
+    let ids: Vec<&str> = msg.segments().iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["MSH", "SCH", "PID", "RGS"], "SIU_S12 structure");
+    let (_, opt_out) = outbound::build_message(
+        &cfg,
+        &PatientAction::OptOut { patient: p.id },
+        &p,
+        None,
+        None,
+        "CRO2",
+        crate::support::t0(),
+    )
+    .unwrap();
+    let ids: Vec<String> = hl7::parse(&opt_out)
+        .unwrap()
+        .segments()
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        ["MSH", "EVN", "PID", "PV1", "ZCN"],
+        "ADT_A05 structure with the consent segment"
+    );
 }
