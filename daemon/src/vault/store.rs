@@ -143,7 +143,7 @@ impl SledStore {
         loop {
             match Self::open_once(dir) {
                 Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock") && attempts < 100 =>
+                    if e.to_string().contains("could not acquire lock") && attempts < 500 =>
                 {
                     attempts += 1;
                     #[allow(clippy::disallowed_methods)]
@@ -155,14 +155,14 @@ impl SledStore {
         }
     }
 
-    /// Waits (bounded, about a second) until no handle of this process holds
+    /// Waits (bounded, about five seconds) until no handle of this process holds
     /// sled's lock on the store in `dir`.
     pub fn wait_released(dir: &Path) {
         use rustix::fs::{flock, FlockOperation};
         let Ok(file) = std::fs::File::open(dir.join("db")) else {
             return;
         };
-        for _ in 0..100 {
+        for _ in 0..500 {
             if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
                 let _ = flock(&file, FlockOperation::Unlock);
                 return;
