@@ -95,7 +95,15 @@ impl Sender {
             if *stop.borrow() {
                 return;
             }
-            let wait = match self.step().await {
+            // A stop interrupts a delivery in flight (a slow or silent PMS
+            // must not hold up shutdown). The message stays queued and is
+            // sent again after the restart: delivery is at-least-once, and
+            // the PMS deduplicates on MSH-10.
+            let outcome = tokio::select! {
+                _ = stop.changed() => return,
+                outcome = self.step() => outcome,
+            };
+            let wait = match outcome {
                 Ok(true) => {
                     backoff = Duration::from_secs(1);
                     continue;

@@ -479,12 +479,20 @@ impl Vault {
         self.inner.store.flush()?;
         self.inner.flusher.stop();
         let store_dir = store_path(&self.inner.dir);
-        if let Ok(inner) = Arc::try_unwrap(self.inner) {
-            drop(inner);
-            // The last handle is gone; sled closes its files once its
-            // background writers finish. Return only then, so that a restart
-            // in this process (or a backup) finds the store free.
-            SledStore::wait_released(&store_dir);
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => {
+                drop(inner);
+                // The last handle is gone; sled closes its files once its
+                // background writers finish. Return only then, so that a
+                // restart in this process (or a backup) finds the store free.
+                SledStore::wait_released(&store_dir);
+            }
+            Err(still_shared) => {
+                tracing::warn!(
+                    handles = Arc::strong_count(&still_shared) - 1,
+                    "vault closed while other handles remain; the store stays open until they are dropped"
+                );
+            }
         }
         Ok(())
     }
