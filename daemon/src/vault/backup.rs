@@ -167,7 +167,7 @@ impl Vault {
         let root = keyring
             .current(KeyOwner::Root)
             .map(|e| e.secret.clone())
-            .ok_or(VaultError::Rng)?;
+            .ok_or(VaultError::Internal("the keyring has no root key"))?;
         let purpose = PurposeKeys::derive(&root)?;
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(sealed.get(..NONCE_LEN).ok_or(BackupError::NotABackup)?);

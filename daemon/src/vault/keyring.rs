@@ -43,6 +43,8 @@ pub enum KeyringError {
     WrongMasterKey { path: PathBuf, hint: &'static str },
     #[error("the system random number generator failed")]
     Rng,
+    #[error("keyring internal error: {0}")]
+    Internal(&'static str),
 }
 
 /// Who a key belongs to. The string forms are what the file stores.
@@ -403,7 +405,9 @@ impl Keyring {
         self.entries
             .get(&handle)
             .map(|(e, _)| e)
-            .ok_or(KeyringError::Rng)
+            .ok_or(KeyringError::Internal(
+                "a new key vanished after it was written",
+            ))
     }
 
     /// Drops the given handles (those still present) and rewrites the file
@@ -438,8 +442,8 @@ impl Keyring {
 
     /// Serialises the whole keyring and replaces the file atomically.
     pub fn rewrite(&mut self) -> Result<(), KeyringError> {
-        let mut out =
-            serde_json::to_string(&Line::Meta(self.meta.clone())).map_err(|_| KeyringError::Rng)?;
+        let mut out = serde_json::to_string(&Line::Meta(self.meta.clone()))
+            .map_err(|_| KeyringError::Internal("the meta line does not encode"))?;
         out.push('\n');
         for (e, wrapped) in self.entries.values() {
             out.push_str(&line_for(e, wrapped));

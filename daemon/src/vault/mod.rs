@@ -100,6 +100,8 @@ pub enum VaultError {
     Encode,
     #[error("the system random number generator failed")]
     Rng,
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl VaultError {
@@ -436,7 +438,7 @@ impl Vault {
         let root = keyring
             .current(KeyOwner::Root)
             .map(|e| e.secret.clone())
-            .ok_or(VaultError::Rng)?;
+            .ok_or(VaultError::Internal("the keyring has no root key"))?;
         let purpose = PurposeKeys::derive(&root)?;
         let view = KeyView::build(&keyring)?;
         let flush_store = SledStore::flush_handle(&store);
@@ -563,7 +565,7 @@ impl Vault {
             .cloned()
             .ok_or(match owner {
                 Owner::Patient(p) => VaultError::NoPatientKey(p),
-                Owner::System => VaultError::Rng,
+                Owner::System => VaultError::Internal("the keyring has no system key"),
             })
     }
 
