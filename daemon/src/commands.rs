@@ -1,9 +1,11 @@
 //! Domain commands and the one place that applies them.
 //!
 //! Every input (an HL7 message, a local API request) becomes one or more
-//! commands; [`apply`] turns them into a single vault transaction with an
-//! audit entry per change and an idempotency guard, commits it durably, and
-//! only then does the caller acknowledge.
+//! commands; [`apply`] hands them to the vault's writer, which loads the state
+//! they need, decides ([`build`]), and commits the resulting transaction —
+//! with an audit entry per change and the idempotency guard — all on the one
+//! writer thread, so that no other input can come between the reads and the
+//! commit. Only once the commit is durable does the caller acknowledge.
 
 use crate::audit::AuditDraft;
 use crate::model::{
@@ -12,7 +14,7 @@ use crate::model::{
 use crate::vault::{Owner, Tree, Txn, Vault, VaultError};
 use jiff::Timestamp;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub enum Command {
     /// The full registration (ADT, the API): replaces what we hold.
     UpsertPatient(Box<Patient>),
@@ -41,15 +43,86 @@ pub enum Command {
 pub struct Origin {
     /// Audit actor, e.g. `pms:LABSYS|CLINIC` or `api:uid=0`.
     pub actor: String,
-    /// Already a blind index: a repeat with the same key is not applied.
+    /// Already a blind index: a repeat with the same key (and the same
+    /// content) is not applied.
     pub idempotency_key: Option<Vec<u8>>,
+    /// What the same key with different content means.
+    pub on_reuse: KeyReuse,
+    /// How long a key is remembered; a key older than this is new again.
+    pub key_retention: jiff::SignedDuration,
+}
+
+/// The default time an idempotency key is remembered.
+pub const DEFAULT_KEY_RETENTION: jiff::SignedDuration = jiff::SignedDuration::from_hours(30 * 24);
+
+impl Origin {
+    /// An origin without an idempotency key.
+    pub fn new(actor: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            idempotency_key: None,
+            on_reuse: KeyReuse::Reject,
+            key_retention: DEFAULT_KEY_RETENTION,
+        }
+    }
+
+    pub fn with_key(mut self, key: Vec<u8>, on_reuse: KeyReuse) -> Self {
+        self.idempotency_key = Some(key);
+        self.on_reuse = on_reuse;
+        self
+    }
+}
+
+/// A known idempotency key arrives with different content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyReuse {
+    /// Apply it as a new message (HL7: senders recycle MSH-10 counters).
+    Reapply,
+    /// Refuse it (API: the client reused a key for another request).
+    Reject,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     Done,
-    /// The idempotency key was seen before: acknowledged, not applied again.
+    /// The idempotency key was seen before with the same content:
+    /// acknowledged (once the original is durable), not applied again.
     Duplicate,
+    /// The key was seen before with other content and [`KeyReuse::Reject`]:
+    /// nothing was applied.
+    KeyConflict,
+}
+
+/// What the idempotency tree remembers of an applied input.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Seen {
+    at: Timestamp,
+    /// SHA-256 of the commands, hex.
+    digest: String,
+}
+
+impl Seen {
+    /// Older entries hold only the time: they match any content.
+    fn decode(bytes: &[u8]) -> Option<Seen> {
+        serde_json::from_slice::<Seen>(bytes).ok().or_else(|| {
+            serde_json::from_slice::<Timestamp>(bytes)
+                .ok()
+                .map(|at| Seen {
+                    at,
+                    digest: String::new(),
+                })
+        })
+    }
+}
+
+/// A digest of what the commands say, so that a reused key with other
+/// content is told apart from a retransmission.
+fn digest(commands: &[Command]) -> Result<String, CommandError> {
+    let json = serde_json::to_vec(commands).map_err(|_| VaultError::Encode)?;
+    Ok(hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        &json,
+    )))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +131,14 @@ pub enum CommandError {
     UnknownPatient(PatientId),
     #[error(transparent)]
     Vault(#[from] VaultError),
+}
+
+/// The name the API uses for a value (`opted-in`, `pms`), for audit details.
+fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// `known` updated with what `context` carries: names, birth date, phone
@@ -83,18 +164,56 @@ fn fill_in(mut known: Patient, context: &Patient) -> Patient {
     known
 }
 
+/// Decides what `commands` do and stages it in one txn. Runs on the vault's
+/// writer (see [`apply`]): what it reads cannot change before the commit.
+fn decide(
+    vault: &Vault,
+    commands: &[Command],
+    origin: &Origin,
+    now: Timestamp,
+) -> Result<(Txn, Applied), CommandError> {
+    let Some(key) = &origin.idempotency_key else {
+        return Ok((build(vault, commands, origin, now)?, Applied::Done));
+    };
+    let digest = digest(commands)?;
+    let seen = vault
+        .get(Tree::Ingested, key)?
+        .as_deref()
+        .and_then(Seen::decode)
+        .filter(|s| now.duration_since(s.at) < origin.key_retention);
+    if let Some(seen) = seen {
+        if seen.digest.is_empty() || seen.digest == digest {
+            // The original is applied; the answer waits for the flush that
+            // makes it durable (it may be in this very batch).
+            let mut txn = Txn::new(now);
+            txn.wait_for_flush();
+            return Ok((txn, Applied::Duplicate));
+        }
+        match origin.on_reuse {
+            KeyReuse::Reject => return Ok((Txn::new(now), Applied::KeyConflict)),
+            KeyReuse::Reapply => {
+                tracing::warn!(actor = %origin.actor, "a reused message control id with new content is applied as a new message");
+            }
+        }
+    }
+    let mut txn = build(vault, commands, origin, now)?;
+    txn.put_json(
+        Tree::Ingested,
+        key.clone(),
+        Owner::System,
+        &Seen { at: now, digest },
+    )?;
+    Ok((txn, Applied::Done))
+}
+
 /// Builds the transaction for `commands` (reads current state as needed).
-pub fn build(
+fn build(
     vault: &Vault,
     commands: &[Command],
     origin: &Origin,
     now: Timestamp,
 ) -> Result<Txn, CommandError> {
     let mut txn = Txn::new(now);
-    if let Some(key) = &origin.idempotency_key {
-        txn.require_absent(Tree::Ingested, key.clone());
-        txn.put_json(Tree::Ingested, key.clone(), Owner::System, &now)?;
-    }
     // Patients created earlier in this same batch count as known.
     let mut fresh: Vec<PatientId> = Vec::new();
     // Patients as this batch leaves them (a merge builds on the survivor's
@@ -239,8 +358,8 @@ pub fn build(
                 txn.audit(
                     AuditDraft::new(&origin.actor, "consent.set")
                         .subject(patient.to_string())
-                        .detail("state", format!("{state:?}"))
-                        .detail("source", format!("{source:?}")),
+                        .detail("state", wire_name(state))
+                        .detail("source", wire_name(source)),
                 );
             }
         }
@@ -248,24 +367,17 @@ pub fn build(
     Ok(txn)
 }
 
-/// Applies `commands` in one durable transaction.
+/// Applies `commands` in one durable transaction: the reads, the decision
+/// and the commit run on the vault's writer, one input at a time; resolves
+/// once the commit is durable.
 pub async fn apply(
     vault: &Vault,
-    commands: &[Command],
-    origin: &Origin,
+    commands: Vec<Command>,
+    origin: Origin,
     now: Timestamp,
 ) -> Result<Applied, CommandError> {
-    if let Some(key) = &origin.idempotency_key {
-        // Fast path for retransmissions: no need to rebuild anything.
-        if vault.get(Tree::Ingested, key)?.is_some() {
-            return Ok(Applied::Duplicate);
-        }
-    }
-    let txn = build(vault, commands, origin, now)?;
-    let receipt = vault.commit_async(txn).await?;
-    Ok(if receipt.duplicate {
-        Applied::Duplicate
-    } else {
-        Applied::Done
-    })
+    vault
+        .write(move |v| decide(v, &commands, &origin, now))
+        .await
+        .map(|c| c.value)
 }

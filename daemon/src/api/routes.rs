@@ -4,7 +4,7 @@
 use super::fhir::{self, set};
 use super::problem::Problem;
 use crate::clock::SharedClock;
-use crate::commands::{self, Applied, Command, CommandError, Origin};
+use crate::commands::{self, Applied, Command, CommandError, KeyReuse, Origin};
 use crate::model::{Appointment, ConsentSource, ConsentState, Patient, PatientId, Slot};
 use crate::pms::phone::{self, PhonePlan};
 use crate::vault::Vault;
@@ -162,9 +162,12 @@ fn origin(state: &ApiState, req: &Request<Incoming>, actor: &str) -> Origin {
             let scope = format!("{} {}\u{1f}{k}", req.method(), req.uri().path());
             state.vault.blind_index("api-idempotency", &scope).to_vec()
         });
-    Origin {
-        actor: actor.to_owned(),
-        idempotency_key: key,
+    let origin = Origin::new(actor);
+    match key {
+        // The key is bound to what the request says: the same key with
+        // another body is refused, never answered with the new body.
+        Some(k) => origin.with_key(k, KeyReuse::Reject),
+        None => origin,
     }
 }
 
@@ -173,7 +176,17 @@ async fn apply(
     commands: &[Command],
     origin: &Origin,
 ) -> Result<Applied, Problem> {
-    match commands::apply(&state.vault, commands, origin, state.clock.now()).await {
+    match commands::apply(
+        &state.vault,
+        commands.to_vec(),
+        origin.clone(),
+        state.clock.now(),
+    )
+    .await
+    {
+        Ok(Applied::KeyConflict) => Err(Problem::unprocessable(
+            "this Idempotency-Key was already used for a request with another body; use a new key for a new request",
+        )),
         Ok(a) => Ok(a),
         Err(CommandError::UnknownPatient(id)) => Err(Problem::unprocessable(format!(
             "unknown patient {}",
@@ -465,9 +478,9 @@ async fn erase_patient(state: &ApiState, id: &str, actor: &str) -> Result<Resp, 
     let vault = state.vault.clone();
     let now = state.clock.now();
     let actor = actor.to_owned();
-    let erased = tokio::task::spawn_blocking(move || vault.erase_patient(id, &actor, now))
+    let erased = vault
+        .erase_patient_async(id, &actor, now)
         .await
-        .map_err(internal)?
         .map_err(internal)?;
     if erased {
         no_content()

@@ -10,7 +10,7 @@ use super::listener::FrameHandler;
 use super::map::{self, MapContext, MappingConfig, Rejection};
 use super::mllp::Incoming;
 use crate::clock::SharedClock;
-use crate::commands::{self, Applied, CommandError, Origin};
+use crate::commands::{self, Applied, CommandError, KeyReuse, Origin};
 use crate::vault::Vault;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -135,22 +135,22 @@ impl Ingest {
             msg.sending_facility().unwrap_or_default()
         );
         let control_id = msg.control_id().unwrap_or_default();
-        let origin = Origin {
-            actor: format!("pms:{sender}"),
-            idempotency_key: Some(
-                self.vault
-                    .blind_index("hl7-control-id", &format!("{sender}\u{1f}{control_id}"))
-                    .to_vec(),
-            ),
-        };
-        match commands::apply(&self.vault, &commands, &origin, now).await {
+        // Senders recycle control ids (counters reset, engines reinstalled):
+        // the same id with other content is a new message, applied and logged.
+        let origin = Origin::new(format!("pms:{sender}")).with_key(
+            self.vault
+                .blind_index("hl7-control-id", &format!("{sender}\u{1f}{control_id}"))
+                .to_vec(),
+            KeyReuse::Reapply,
+        );
+        match commands::apply(&self.vault, commands, origin, now).await {
             Ok(Applied::Done) => {
                 self.last_message_at
                     .store(now.as_second(), Ordering::Relaxed);
                 debug!(message_type = %kind, "HL7 message applied");
                 self.ack(&msg, AckCode::Accept, None)
             }
-            Ok(Applied::Duplicate) => {
+            Ok(Applied::Duplicate | Applied::KeyConflict) => {
                 info!(message_type = %kind, "repeated HL7 message acknowledged again, not applied twice");
                 self.ack(&msg, AckCode::Accept, None)
             }

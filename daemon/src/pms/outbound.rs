@@ -253,8 +253,8 @@ fn event_kind(action: &PatientAction) -> EventKind {
 }
 
 /// Records a patient action: state change, feed event, queued HL7 message
-/// and audit entry, in one durable transaction. Returns the message's
-/// control id.
+/// and audit entry, in one durable transaction decided and committed on the
+/// vault's writer. Returns the message's control id.
 pub async fn record(
     vault: &Vault,
     cfg: &OutboundConfig,
@@ -262,6 +262,21 @@ pub async fn record(
     actor: &str,
     now: Timestamp,
 ) -> Result<String, ActionError> {
+    let (cfg, action, actor) = (cfg.clone(), action.clone(), actor.to_owned());
+    vault
+        .write(move |v| decide(v, &cfg, &action, &actor, now))
+        .await
+        .map(|c| c.value)
+}
+
+/// The txn for a patient action, and the control id of its HL7 message.
+fn decide(
+    vault: &Vault,
+    cfg: &OutboundConfig,
+    action: &PatientAction,
+    actor: &str,
+    now: Timestamp,
+) -> Result<(Txn, String), ActionError> {
     let mut txn = Txn::new(now);
     let (patient_id, mut appointment) = match action {
         PatientAction::Confirm { appointment }
@@ -366,6 +381,5 @@ pub async fn record(
             )
             .detail("outbound", kind),
     );
-    vault.commit_async(txn).await?;
-    Ok(control_id)
+    Ok((txn, control_id))
 }

@@ -38,16 +38,28 @@ pub fn replace_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_parent_dir(path)
 }
 
-/// Appends `bytes` to `path` and fsyncs before returning.
+/// Appends `bytes` to `path` and fsyncs before returning. If the append
+/// fails (a full disk), the file is cut back to where it was, so that no
+/// fragment is left for the next append to glue onto.
 pub fn append_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = fs::OpenOptions::new().append(true).mode(0o600).open(path)?;
-    f.write_all(bytes)?;
-    f.sync_data()
+    let f = fs::OpenOptions::new().append(true).mode(0o600).open(path)?;
+    append_or_undo(f, bytes)
 }
 
-/// Appends to an existing file (never creates one) and fsyncs.
+/// Appends to an existing file (never creates one) and fsyncs; undone on failure.
 pub fn append_durably_existing(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = fs::OpenOptions::new().append(true).open(path)?;
-    f.write_all(bytes)?;
-    f.sync_data()
+    let f = fs::OpenOptions::new().append(true).open(path)?;
+    append_or_undo(f, bytes)
+}
+
+fn append_or_undo(mut f: fs::File, bytes: &[u8]) -> io::Result<()> {
+    let before = f.metadata()?.len();
+    match f.write_all(bytes).and_then(|()| f.sync_data()) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // Best effort: the error that matters is the append's.
+            let _ = f.set_len(before).and_then(|()| f.sync_data());
+            Err(e)
+        }
+    }
 }

@@ -326,6 +326,16 @@ impl Keyring {
         if ring.current(KeyOwner::Root).is_none() || ring.current(KeyOwner::System).is_none() {
             return Err(corrupt(0, "root or system key missing"));
         }
+        let mut ring = ring;
+        if !complete {
+            // A torn last line (a crash or a full disk in the middle of an
+            // append): its key was never acknowledged to anyone. Rewrite the
+            // file without it now, or the next append would glue a new line
+            // onto the fragment and turn it into a damaged middle line that
+            // stops every later start.
+            tracing::warn!(path = %path.display(), "the keyring ended in a torn line (an interrupted append); repairing it");
+            ring.rewrite()?;
+        }
         Ok(ring)
     }
 
@@ -432,6 +442,22 @@ impl Keyring {
         Ok(present.len())
     }
 
+    /// Marks every key of `owner` retired (still opens, seals nothing new)
+    /// and rewrites the file. A no-op when none is active.
+    pub fn retire_owner(&mut self, owner: KeyOwner) -> Result<(), KeyringError> {
+        let mut changed = false;
+        for (e, _) in self.entries.values_mut() {
+            if e.owner == owner && !e.retired {
+                e.retired = true;
+                changed = true;
+            }
+        }
+        if changed {
+            self.rewrite()?;
+        }
+        Ok(())
+    }
+
     /// The handles of every key a patient has.
     pub fn handles_of(&self, patient: PatientId) -> Vec<u64> {
         self.entries()
@@ -480,6 +506,13 @@ impl Keyring {
                 Some(format!("keys.keyring_copy {}: {e}", mirror.display()))
             }
         };
+    }
+
+    /// Copies the keyring to the mirror again (after a failed attempt).
+    pub fn retry_mirror(&mut self) {
+        if self.mirror.is_some() {
+            self.refresh_mirror();
+        }
     }
 
     /// Why the keyring copy is not current, if it is not.

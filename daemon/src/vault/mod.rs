@@ -4,9 +4,10 @@
 //! keyring: the patient's own data key for anything that belongs to a
 //! patient, the system key otherwise. Lookup keys that would reveal PHI are
 //! blind indexes (HMAC-SHA256). A [`Txn`] gathers puts, removes and audit
-//! entries; [`Vault::commit`] applies them in one sled transaction and returns
-//! only once they are on disk, sharing each fsync among concurrent
-//! committers (group commit).
+//! entries. Every change goes through one writer thread ([`writer`]): a job
+//! reads what it needs, decides, and returns a txn, which the writer applies
+//! in one sled transaction; one flush covers every job of a batch, and each
+//! caller is answered only once that flush is done (group commit).
 //!
 //! On-disk layout of a data directory:
 //!
@@ -18,21 +19,23 @@
 
 pub mod backup;
 pub mod fsio;
-mod group_commit;
 pub mod keyring;
 mod patients;
 pub mod records;
 mod rotate;
 pub mod seal;
 mod store;
+mod verify;
+mod writer;
 
 pub use rotate::RotationReport;
 pub use store::Tree;
+pub use verify::VerifyReport;
+pub use writer::{Committed, FlushError};
 
 use crate::audit::{self, AuditDraft, AuditEntry, AuditFault, AuditHead, StoredEntry};
 use crate::keys::MasterKey;
 use crate::model::PatientId;
-use group_commit::{FlushError, GroupCommit};
 use jiff::Timestamp;
 use keyring::{KeyOwner, Keyring, KeyringError};
 use ring::hkdf;
@@ -100,6 +103,8 @@ pub enum VaultError {
     Encode,
     #[error("the system random number generator failed")]
     Rng,
+    #[error("the keys are destroyed here, but the keyring copy kept for restores could not be updated ({0}); fix keys.keyring_copy and repeat the erasure")]
+    KeyringCopyStale(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -146,6 +151,19 @@ enum Op {
     Remove(Tree, Vec<u8>),
 }
 
+/// What must follow a commit once it is durable, run by the writer before
+/// the next job (so nothing can come between the commit and the effect).
+pub(crate) enum AfterCommit {
+    /// Crypto-shredding: the patient's erasure is recorded; all their keys go.
+    DestroyPatientKeys(PatientId),
+    /// These keys of a patient go (a patient merged into an erased one:
+    /// the keys they had at the merge, not one they got since).
+    DestroyHandles(PatientId, Vec<u64>),
+    /// A merged patient's keys stay readable (older backups) but seal
+    /// nothing new: registered again, the patient gets a fresh key.
+    RetirePatientKeys(PatientId),
+}
+
 /// The set of changes one commit applies atomically.
 pub struct Txn {
     time: Timestamp,
@@ -153,6 +171,10 @@ pub struct Txn {
     audits: Vec<AuditDraft>,
     appends: Vec<(Tree, Owner, Zeroizing<Vec<u8>>)>,
     absent: Vec<(Tree, Vec<u8>)>,
+    after_commit: Vec<AfterCommit>,
+    /// Answer only after a flush even if this txn writes nothing (a repeat
+    /// is acknowledged with the same durability as its original).
+    flush_anyway: bool,
 }
 
 impl Txn {
@@ -163,7 +185,14 @@ impl Txn {
             audits: Vec::new(),
             appends: Vec::new(),
             absent: Vec::new(),
+            after_commit: Vec::new(),
+            flush_anyway: false,
         }
+    }
+
+    /// Makes the answer wait for a flush even if nothing is written.
+    pub fn wait_for_flush(&mut self) {
+        self.flush_anyway = true;
     }
 
     pub fn time(&self) -> Timestamp {
@@ -225,6 +254,13 @@ impl Txn {
         self.audits.extend(other.audits);
         self.appends.extend(other.appends);
         self.absent.extend(other.absent);
+        self.after_commit.extend(other.after_commit);
+        self.flush_anyway |= other.flush_anyway;
+    }
+
+    /// Asks for `effect` once this txn is durable.
+    pub(crate) fn after_commit(&mut self, effect: AfterCommit) {
+        self.after_commit.push(effect);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -235,18 +271,43 @@ impl Txn {
 /// The first record of a tree: its key, and its value or why it does not open.
 pub type FirstRecord = (Vec<u8>, VaultResult<Vec<u8>>);
 
-/// What a commit reports back.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// What a durable commit reports back. Only the vault makes one, and only
+/// for a commit it applied: holding a receipt proves the txn was applied
+/// (and, handed out by [`Vault::write`], that it is on disk).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// The seq of the last audit entry this commit wrote, if any.
-    pub audit_seq: Option<u64>,
+    audit_seq: Option<u64>,
     /// The seqs given to appended records, in the order they were added.
-    pub appended: Vec<(Tree, u64)>,
+    appended: Vec<(Tree, u64)>,
     /// A `require_absent` key existed: nothing was applied.
-    pub duplicate: bool,
+    duplicate: bool,
+    /// Something reached the store (an empty txn writes nothing).
+    wrote: bool,
 }
 
 impl Receipt {
+    fn empty() -> Self {
+        Self {
+            audit_seq: None,
+            appended: Vec::new(),
+            duplicate: false,
+            wrote: false,
+        }
+    }
+
+    pub fn audit_seq(&self) -> Option<u64> {
+        self.audit_seq
+    }
+
+    pub fn appended(&self) -> &[(Tree, u64)] {
+        &self.appended
+    }
+
+    pub fn duplicate(&self) -> bool {
+        self.duplicate
+    }
+
     /// The last seq appended to `tree` by this commit.
     pub fn last_in(&self, tree: Tree) -> Option<u64> {
         self.appended
@@ -351,7 +412,7 @@ struct Inner {
     /// Serialises the apply step of commits (microseconds; the fsync happens
     /// outside it) so that audit seqs are dense and ordered.
     commit_lock: Mutex<ChainState>,
-    flusher: GroupCommit,
+    writer: writer::Writer,
     /// The highest event seq known to be on disk; long-polls wait on it.
     events_durable: tokio::sync::watch::Sender<u64>,
     /// Woken when a message lands in the PMS outbox.
@@ -373,6 +434,11 @@ impl std::fmt::Debug for Vault {
             .field("dir", &self.inner.dir)
             .finish_non_exhaustive()
     }
+}
+
+/// Where the high-water mark of a sequenced tree is kept (in `Meta`).
+fn high_water_key(tree: Tree) -> Vec<u8> {
+    format!("high-water/{}", tree.name()).into_bytes()
 }
 
 pub fn keyring_path(dir: &Path) -> PathBuf {
@@ -441,12 +507,13 @@ impl Vault {
             .ok_or(VaultError::Internal("the keyring has no root key"))?;
         let purpose = PurposeKeys::derive(&root)?;
         let view = KeyView::build(&keyring)?;
-        let flush_store = SledStore::flush_handle(&store);
-        let flusher =
-            GroupCommit::start(move || flush_store.flush().map(|_| ()).map_err(|e| e.to_string()))
-                .map_err(io_err)?;
-        let vault = Vault {
-            inner: Arc::new(Inner {
+        let mut writer_error = None;
+        let inner = Arc::new_cyclic(|weak| {
+            let writer = writer::Writer::start(weak.clone()).unwrap_or_else(|e| {
+                writer_error = Some(e);
+                writer::Writer::stopped()
+            });
+            Inner {
                 dir: dir.to_owned(),
                 store,
                 keys: RwLock::new(view),
@@ -459,12 +526,16 @@ impl Vault {
                 }),
                 events_durable: tokio::sync::watch::channel(0).0,
                 outbox_signal: tokio::sync::Notify::new(),
-                flusher,
+                writer,
                 purpose,
                 rng: SystemRandom::new(),
                 _lock: lock,
-            }),
-        };
+            }
+        });
+        if let Some(e) = writer_error {
+            return Err(io_err(e));
+        }
+        let vault = Vault { inner };
         vault.load_chain_state()?;
         vault.reconcile_erasures()?;
         Ok(vault)
@@ -478,8 +549,8 @@ impl Vault {
     /// this handle keep working until dropped; the lock is released when the
     /// last one goes.
     pub fn close(self) -> VaultResult<()> {
+        self.inner.writer.stop();
         self.inner.store.flush()?;
-        self.inner.flusher.stop();
         let store_dir = store_path(&self.inner.dir);
         match Arc::try_unwrap(self.inner) {
             Ok(inner) => {
@@ -665,7 +736,8 @@ impl Vault {
     }
 
     /// Seals the txn's values and applies everything in one transaction,
-    /// chaining its audit entries. Does not wait for durability.
+    /// chaining its audit entries. Does not wait for durability. Called only
+    /// by the writer thread ([`writer`]).
     fn apply(&self, txn: Txn) -> VaultResult<Receipt> {
         // Seal outside the commit lock: it is the CPU-heavy part.
         let sealed_in = crate::sync::read(&self.inner.keys).generation;
@@ -676,7 +748,8 @@ impl Vault {
             // have passed these keys, so seal again under the new generation.
             writes = self.seal_ops(&txn.ops)?;
         }
-        let mut receipt = Receipt::default();
+        let mut receipt = Receipt::empty();
+        receipt.wrote = txn.flush_anyway;
         for (tree, key) in &txn.absent {
             if self.inner.store.get(*tree, key)?.is_some() {
                 receipt.duplicate = true;
@@ -701,6 +774,23 @@ impl Vault {
                 value,
             });
             next_seqs.push((*tree, seq));
+        }
+        // The high-water marks are stored, not derived from the last key at
+        // the next start: a drained queue or a pruned feed must never hand
+        // out a number again (feed cursors would skip, receipts collide).
+        let mut marked: Vec<Tree> = Vec::new();
+        for (tree, seq) in next_seqs.iter().rev() {
+            if marked.contains(tree) {
+                continue;
+            }
+            marked.push(*tree);
+            let key = high_water_key(*tree);
+            let value = self.seal_value(Tree::Meta, &key, Owner::System, &seq.to_be_bytes())?;
+            writes.push(Write::Put {
+                tree: Tree::Meta,
+                key,
+                value,
+            });
         }
         let (mut seq, mut hash) = (chain.seq, chain.hash.clone());
         if !txn.audits.is_empty() {
@@ -730,7 +820,13 @@ impl Vault {
             });
             receipt.audit_seq = Some(seq);
         }
+        if writes.is_empty() {
+            // Nothing changed (an unchanged record, a repeat): sled must not
+            // see an empty transaction (it panics on one).
+            return Ok(receipt);
+        }
         self.inner.store.apply(&writes)?;
+        receipt.wrote = true;
         chain.seq = seq;
         chain.hash = hash;
         for (tree, s) in &next_seqs {
@@ -740,13 +836,13 @@ impl Vault {
         Ok(receipt)
     }
 
-    /// Commits `txn` and returns once it is durable. Blocks the thread: from
-    /// async code use [`Vault::commit_async`].
+    /// Commits `txn` as a job of the writer and returns once it is durable.
+    /// Blocks the thread: from async code use [`Vault::commit_async`]. For a
+    /// txn whose content depends on what is stored, use [`Vault::write`], so
+    /// that the reads happen on the writer too.
     pub fn commit(&self, txn: Txn) -> VaultResult<Receipt> {
-        let receipt = self.apply(txn)?;
-        self.inner.flusher.wait_durable()?;
-        self.publish_durable(&receipt);
-        Ok(receipt)
+        self.write_blocking(move |_| Ok::<_, VaultError>((txn, ())))
+            .map(|c| c.receipt)
     }
 
     /// Tells long-polls about events that are now on disk. Any flush that
@@ -799,30 +895,17 @@ impl Vault {
             .unwrap_or(0)
     }
 
-    /// Commits `txn` and resolves once it is durable.
+    /// Commits `txn` as a job of the writer and resolves once it is durable.
     pub async fn commit_async(&self, txn: Txn) -> VaultResult<Receipt> {
-        let receipt = self.apply(txn)?;
-        self.inner.flusher.durable().await?;
-        self.publish_durable(&receipt);
-        Ok(receipt)
+        self.write(move |_| Ok::<_, VaultError>((txn, ())))
+            .await
+            .map(|c| c.receipt)
     }
 
-    /// Applies `txn` without waiting for the disk; a later durable commit or
-    /// [`Vault::flush`] covers it. For bulk work that acknowledges nothing
-    /// until it flushes (benchmarks, rotation, imports).
-    pub fn commit_unflushed(&self, txn: Txn) -> VaultResult<Receipt> {
-        self.apply(txn)
-    }
-
-    /// Waits until everything applied so far is durable.
+    /// Waits until everything applied so far is durable: the writer answers
+    /// an empty job only after every earlier batch was flushed.
     pub fn flush(&self) -> VaultResult<()> {
-        let events = self.last_seq(Tree::Events);
-        self.inner.flusher.wait_durable()?;
-        self.publish_durable(&Receipt {
-            appended: vec![(Tree::Events, events)],
-            ..Receipt::default()
-        });
-        Ok(())
+        self.commit(Txn::new(Timestamp::UNIX_EPOCH)).map(|_| ())
     }
 
     // ---- audit ------------------------------------------------------------
@@ -843,7 +926,11 @@ impl Vault {
                 .last(tree)?
                 .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
                 .map_or(0, u64::from_be_bytes);
-            chain.last_seq.insert(tree, last);
+            let stored = self
+                .get(Tree::Meta, &high_water_key(tree))?
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_be_bytes);
+            chain.last_seq.insert(tree, last.max(stored));
         }
         // Everything on disk at open is durable.
         let events = chain.last_seq.get(&Tree::Events).copied().unwrap_or(0);
@@ -941,6 +1028,15 @@ impl Vault {
     /// job after a crash between the two.
     fn destroy_keys(&self, id: PatientId, handles: &[u64]) -> VaultResult<()> {
         let mut ring = crate::sync::lock(&self.inner.keyring);
+        self.destroy_keys_locked(&mut ring, id, handles)
+    }
+
+    fn destroy_keys_locked(
+        &self,
+        ring: &mut Keyring,
+        id: PatientId,
+        handles: &[u64],
+    ) -> VaultResult<()> {
         ring.destroy(handles)?;
         let mut view = crate::sync::write(&self.inner.keys);
         for h in handles {
@@ -954,6 +1050,56 @@ impl Vault {
             view.current.remove(&KeyOwner::Patient(id));
         }
         Ok(())
+    }
+
+    /// Runs what a durable commit asked for (see [`AfterCommit`]).
+    fn run_effect(&self, effect: AfterCommit) -> VaultResult<()> {
+        match effect {
+            AfterCommit::DestroyPatientKeys(id) => {
+                // The handles are read under the keyring lock, at the moment
+                // they are destroyed: a rotation that began since the erasure
+                // was decided added keys for this patient, and they go too.
+                let mut ring = crate::sync::lock(&self.inner.keyring);
+                let handles = ring.handles_of(id);
+                if !handles.is_empty() {
+                    self.destroy_keys_locked(&mut ring, id, &handles)?;
+                }
+                Self::keyring_copy_current(&ring)
+            }
+            AfterCommit::DestroyHandles(id, handles) => {
+                let mut ring = crate::sync::lock(&self.inner.keyring);
+                if !handles.is_empty() {
+                    self.destroy_keys_locked(&mut ring, id, &handles)?;
+                }
+                Self::keyring_copy_current(&ring)
+            }
+            AfterCommit::RetirePatientKeys(id) => {
+                let mut ring = crate::sync::lock(&self.inner.keyring);
+                ring.retire_owner(KeyOwner::Patient(id))?;
+                crate::sync::write(&self.inner.keys)
+                    .current
+                    .remove(&KeyOwner::Patient(id));
+                Ok(())
+            }
+        }
+    }
+
+    /// An erasure is done only when the keyring copy kept for restores no
+    /// longer holds the keys either: a stale copy would bring the patient
+    /// back with the next restore.
+    fn keyring_copy_current(ring: &Keyring) -> VaultResult<()> {
+        match ring.mirror_error() {
+            None => Ok(()),
+            Some(why) => Err(VaultError::KeyringCopyStale(why.to_owned())),
+        }
+    }
+
+    /// Tries again to bring the keyring copy up to date; the reason if it
+    /// is still stale.
+    pub(crate) fn retry_keyring_copy(&self) -> Option<String> {
+        let mut ring = crate::sync::lock(&self.inner.keyring);
+        ring.retry_mirror();
+        ring.mirror_error().map(str::to_owned)
     }
 
     /// The handles of every key a patient has now.
@@ -1003,20 +1149,5 @@ impl Vault {
                 Ok((id, record.erased_at))
             })
             .collect()
-    }
-}
-
-impl SledStore {
-    /// A second handle on the same database for the flusher thread.
-    fn flush_handle(store: &SledStore) -> FlushHandle {
-        FlushHandle(store.db_clone())
-    }
-}
-
-struct FlushHandle(sled::Db);
-
-impl FlushHandle {
-    fn flush(&self) -> sled::Result<usize> {
-        self.0.flush()
     }
 }

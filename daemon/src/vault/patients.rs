@@ -1,6 +1,6 @@
 //! Patients in the vault: the record, its blind-index lookups, erasure.
 
-use super::{Owner, Tree, Txn, Vault, VaultError, VaultResult};
+use super::{AfterCommit, Owner, Tree, Txn, Vault, VaultError, VaultResult};
 use crate::audit::AuditDraft;
 use crate::model::{Patient, PatientId};
 use jiff::Timestamp;
@@ -83,12 +83,16 @@ impl Vault {
 
     /// Creates or updates a patient and returns once it is durable.
     pub fn put_patient(&self, p: &Patient, actor: &str, now: Timestamp) -> VaultResult<()> {
-        let txn = self.patient_upsert_txn(p, actor, now)?;
-        self.commit(txn).map(|_| ())
+        let (p, actor) = (p.clone(), actor.to_owned());
+        self.write_blocking(move |v| {
+            Ok::<_, VaultError>((v.patient_upsert_txn(&p, &actor, now)?, ()))
+        })
+        .map(|_| ())
     }
 
+    /// The patient, or None when unknown or erased.
     pub fn get_patient(&self, id: PatientId) -> VaultResult<Option<Patient>> {
-        self.get_json(Tree::Patients, &id.0)
+        super::records::absent_if_erased(self.get_json(Tree::Patients, &id.0))
     }
 
     fn find_by(&self, kind: u8, domain: &str, value: &str) -> VaultResult<Vec<PatientId>> {
@@ -114,10 +118,33 @@ impl Vault {
 
     /// Erases a patient: removes their records and index entries, writes the
     /// erasure ledger and an audit entry (durably), then destroys their data
-    /// key. Anything of theirs left anywhere, including older copies of the
-    /// store and backups, can no longer be opened. Returns false if the
-    /// patient was unknown.
+    /// keys, and those of every patient merged into them. Anything of theirs
+    /// left anywhere, including older copies of the store and backups, can no
+    /// longer be opened. Returns false if the patient was unknown. Blocks:
+    /// from async code use [`Vault::erase_patient_async`].
     pub fn erase_patient(&self, id: PatientId, actor: &str, now: Timestamp) -> VaultResult<bool> {
+        let actor = actor.to_owned();
+        self.write_blocking(move |v| v.erasure_txn(id, &actor, now))
+            .map(|c| c.value)
+    }
+
+    /// [`Vault::erase_patient`] for async callers.
+    pub async fn erase_patient_async(
+        &self,
+        id: PatientId,
+        actor: &str,
+        now: Timestamp,
+    ) -> VaultResult<bool> {
+        let actor = actor.to_owned();
+        self.write(move |v| v.erasure_txn(id, &actor, now))
+            .await
+            .map(|c| c.value)
+    }
+
+    /// Decides an erasure (on the writer): the txn, and whether there was
+    /// anything to erase. The keys go in an [`AfterCommit`] effect, once the
+    /// ledger entry is durable.
+    fn erasure_txn(&self, id: PatientId, actor: &str, now: Timestamp) -> VaultResult<(Txn, bool)> {
         let existing = match self.get_patient(id) {
             Ok(p) => p,
             // A damaged record must not block erasure; the key goes anyway.
@@ -128,10 +155,20 @@ impl Vault {
             ) => None,
             Err(e) => return Err(e),
         };
-        if existing.is_none() && !self.has_patient_key(id) {
-            return Ok(false);
-        }
+        let merged = self.merged_into(id)?;
         let mut txn = Txn::new(now);
+        if existing.is_none() && !self.has_patient_key(id) && merged.is_empty() {
+            // Nothing left here. A repeat of an erasure whose keyring copy
+            // could not be written finishes the job now, or fails again.
+            let erased_before = self.get(Tree::Erasures, &id.0)?.is_some();
+            if erased_before && self.keyring_mirror_error().is_some() {
+                return match self.retry_keyring_copy() {
+                    None => Ok((txn, true)),
+                    Some(why) => Err(VaultError::KeyringCopyStale(why)),
+                };
+            }
+            return Ok((txn, false));
+        }
         if let Some(p) = &existing {
             for k in self.index_keys(p) {
                 txn.remove(Tree::PatientIndex, k);
@@ -139,15 +176,39 @@ impl Vault {
         }
         txn.remove(Tree::Patients, id.0);
         self.stage_remove_linked(&mut txn, id)?;
-        let handles = self.patient_handles(id);
-        let record = super::ErasureRecord {
-            erased_at: now,
-            handles: handles.clone(),
-        };
-        txn.put_json(Tree::Erasures, id.0, Owner::System, &record)?;
-        txn.audit(AuditDraft::new(actor, "patient.erase").subject(id.to_string()));
-        self.commit(txn)?;
-        self.destroy_keys(id, &handles)?;
-        Ok(true)
+        txn.put_json(
+            Tree::Erasures,
+            id.0,
+            Owner::System,
+            &super::ErasureRecord {
+                erased_at: now,
+                handles: self.patient_handles(id),
+            },
+        )?;
+        for (m, handles) in &merged {
+            // The merged patient's own ledger entry, unless they were
+            // registered again (then their own erasure is another request).
+            if !self.has_patient_key(*m) || self.get(Tree::Erasures, &m.0)?.is_none() {
+                txn.put_json(
+                    Tree::Erasures,
+                    m.0,
+                    Owner::System,
+                    &super::ErasureRecord {
+                        erased_at: now,
+                        handles: handles.clone(),
+                    },
+                )?;
+            }
+        }
+        let mut audit = AuditDraft::new(actor, "patient.erase").subject(id.to_string());
+        if !merged.is_empty() {
+            audit = audit.detail("merged_patients_shredded", merged.len().to_string());
+        }
+        txn.audit(audit);
+        txn.after_commit(AfterCommit::DestroyPatientKeys(id));
+        for (m, handles) in merged {
+            txn.after_commit(AfterCommit::DestroyHandles(m, handles));
+        }
+        Ok((txn, true))
     }
 }

@@ -16,14 +16,29 @@ use crate::model::{Appointment, Consent, Event, LabResult, PatientId, Slot};
 pub enum LinkKind {
     Appointment = 1,
     Result = 2,
+    /// A patient merged into this one (ADT^A40); the record key is the
+    /// merged patient's id. Erasing the survivor shreds their keys too:
+    /// older copies of the store still hold data sealed under them.
+    Merged = 3,
 }
 
 impl LinkKind {
-    fn tree(self) -> Tree {
+    /// The tree holding the linked records (none for merged patients).
+    fn tree(self) -> Option<Tree> {
         match self {
-            LinkKind::Appointment => Tree::Appointments,
-            LinkKind::Result => Tree::Results,
+            LinkKind::Appointment => Some(Tree::Appointments),
+            LinkKind::Result => Some(Tree::Results),
+            LinkKind::Merged => None,
         }
+    }
+}
+
+/// A record sealed under a key that is gone (an erased patient's, after a
+/// restored backup) is absent for every decision: it can never be read again.
+pub(super) fn absent_if_erased<T>(r: VaultResult<Option<T>>) -> VaultResult<Option<T>> {
+    match r {
+        Err(VaultError::KeyUnavailable { .. }) => Ok(None),
+        other => other,
     }
 }
 
@@ -45,7 +60,7 @@ impl Vault {
     }
 
     pub fn get_appointment(&self, id: &str) -> VaultResult<Option<Appointment>> {
-        self.get_json(Tree::Appointments, &self.appointment_key(id))
+        absent_if_erased(self.get_json(Tree::Appointments, &self.appointment_key(id)))
     }
 
     /// Adds the appointment (and its link from the patient) to `txn`.
@@ -72,7 +87,7 @@ impl Vault {
     }
 
     pub fn get_result(&self, order_number: &str) -> VaultResult<Option<LabResult>> {
-        self.get_json(Tree::Results, &self.result_key(order_number))
+        absent_if_erased(self.get_json(Tree::Results, &self.result_key(order_number)))
     }
 
     pub fn stage_result(&self, txn: &mut Txn, result: &LabResult) -> VaultResult<()> {
@@ -108,7 +123,9 @@ impl Vault {
     pub fn appointments_of(&self, patient: PatientId) -> VaultResult<Vec<Appointment>> {
         let mut out = Vec::new();
         for key in self.linked(patient, LinkKind::Appointment)? {
-            if let Some(a) = self.get_json::<Appointment>(Tree::Appointments, &key)? {
+            if let Some(a) =
+                absent_if_erased(self.get_json::<Appointment>(Tree::Appointments, &key))?
+            {
                 out.push(a);
             }
         }
@@ -121,7 +138,9 @@ impl Vault {
     pub fn stage_merge(&self, txn: &mut Txn, from: PatientId, to: PatientId) -> VaultResult<usize> {
         let mut moved = 0;
         for key in self.linked(from, LinkKind::Appointment)? {
-            if let Some(mut a) = self.get_json::<Appointment>(Tree::Appointments, &key)? {
+            if let Some(mut a) =
+                absent_if_erased(self.get_json::<Appointment>(Tree::Appointments, &key))?
+            {
                 a.patient = to;
                 txn.remove(
                     Tree::PatientLinks,
@@ -132,7 +151,8 @@ impl Vault {
             }
         }
         for key in self.linked(from, LinkKind::Result)? {
-            if let Some(mut r) = self.get_json::<LabResult>(Tree::Results, &key)? {
+            if let Some(mut r) = absent_if_erased(self.get_json::<LabResult>(Tree::Results, &key))?
+            {
                 r.patient = to;
                 txn.remove(Tree::PatientLinks, link_key(from, LinkKind::Result, &key));
                 self.stage_result(txn, &r)?;
@@ -146,14 +166,63 @@ impl Vault {
                 txn.put_json(Tree::Consents, to.0, Owner::Patient(to), &c)?;
             }
         }
+        // Remember which keys the survivor's erasure must also destroy: the
+        // merged patient's keys as they are now (older copies of the store
+        // hold data sealed under them), and those of whoever had been merged
+        // into them. The merged patient's keys are retired: should the PMS
+        // register them again, they get a new key, which the survivor's
+        // erasure leaves alone.
+        let mut absorbed = self.merged_into(from)?;
+        for (m, _) in &absorbed {
+            txn.remove(Tree::PatientLinks, link_key(from, LinkKind::Merged, &m.0));
+        }
+        absorbed.push((from, self.patient_handles(from)));
+        for (m, handles) in absorbed {
+            txn.put_json(
+                Tree::PatientLinks,
+                link_key(to, LinkKind::Merged, &m.0),
+                Owner::Patient(to),
+                &handles,
+            )?;
+        }
+        txn.after_commit(super::AfterCommit::RetirePatientKeys(from));
         Ok(moved)
+    }
+
+    /// The patients merged into `patient` (directly or through earlier
+    /// merges), each with the key handles they had when merged.
+    pub fn merged_into(&self, patient: PatientId) -> VaultResult<Vec<(PatientId, Vec<u64>)>> {
+        let mut prefix = patient.0.to_vec();
+        prefix.push(LinkKind::Merged as u8);
+        let skip = prefix.len();
+        let mut out = Vec::new();
+        for item in self.scan_prefix(Tree::PatientLinks, &prefix) {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(VaultError::KeyUnavailable { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let Some(id) = k
+                .get(skip..)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .map(PatientId)
+            else {
+                continue;
+            };
+            // Links written before handles were recorded hold nothing.
+            let handles: Vec<u64> = serde_json::from_slice(&v).unwrap_or_default();
+            out.push((id, handles));
+        }
+        Ok(out)
     }
 
     /// Removes everything linked from a patient (for erasure), in `txn`.
     pub(super) fn stage_remove_linked(&self, txn: &mut Txn, patient: PatientId) -> VaultResult<()> {
-        for kind in [LinkKind::Appointment, LinkKind::Result] {
+        for kind in [LinkKind::Appointment, LinkKind::Result, LinkKind::Merged] {
             for key in self.linked(patient, kind)? {
-                txn.remove(kind.tree(), key.clone());
+                if let Some(tree) = kind.tree() {
+                    txn.remove(tree, key.clone());
+                }
                 txn.remove(Tree::PatientLinks, link_key(patient, kind, &key));
             }
         }
@@ -162,7 +231,7 @@ impl Vault {
     }
 
     pub fn get_consent(&self, patient: PatientId) -> VaultResult<Option<Consent>> {
-        self.get_json(Tree::Consents, &patient.0)
+        absent_if_erased(self.get_json(Tree::Consents, &patient.0))
     }
 
     pub fn stage_consent(&self, txn: &mut Txn, consent: &Consent) -> VaultResult<()> {

@@ -188,10 +188,6 @@ impl SledStore {
         Ok(Self { db, trees })
     }
 
-    pub(super) fn db_clone(&self) -> sled::Db {
-        self.db.clone()
-    }
-
     fn tree(&self, t: Tree) -> StoreResult<&sled::Tree> {
         self.trees
             .get(t.slot())

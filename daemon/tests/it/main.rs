@@ -7,6 +7,7 @@ mod api;
 mod appliance;
 mod audit_tamper;
 mod config_cli;
+mod core_apply;
 mod pms_crash;
 mod pms_ingest;
 mod pms_outbound;

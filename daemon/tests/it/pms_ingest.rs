@@ -71,41 +71,36 @@ async fn unsupported_types_are_ar() {
 async fn a_repeated_control_id_is_applied_once() {
     let d = Daemon::start("").await;
     let mut c = d.mllp().await;
-    assert_eq!(
-        msa(&c.send(&adt_a04("DUP1", "000200", "ZZFIRST", "")).await).0,
-        "AA"
-    );
+    let first = adt_a04("DUP1", "000200", "ZZFIRST", "");
+    assert_eq!(msa(&c.send(&first).await).0, "AA");
     let audit_after_first = d.running.vault.audit_seq();
-    // Same sender, same MSH-10, different content: acknowledged, not applied.
+    // A retransmission (same sender, MSH-10 and content): AA, not applied again.
+    assert_eq!(msa(&c.send(&first).await).0, "AA");
+    assert_eq!(d.running.vault.audit_seq(), audit_after_first);
+    let id = d.running.vault.find_patients_by_mrn("000200").unwrap()[0];
+    let family = |d: &Daemon| {
+        d.running
+            .vault
+            .get_patient(id)
+            .unwrap()
+            .unwrap()
+            .family_name
+    };
+    assert_eq!(family(&d), "ZZFIRST");
+    // The same MSH-10 with other content is a new message (senders recycle
+    // control ids): applied, not silently dropped.
     assert_eq!(
         msa(&c.send(&adt_a04("DUP1", "000200", "ZZSECOND", "")).await).0,
         "AA"
     );
-    let id = d.running.vault.find_patients_by_mrn("000200").unwrap()[0];
-    assert_eq!(
-        d.running
-            .vault
-            .get_patient(id)
-            .unwrap()
-            .unwrap()
-            .family_name,
-        "ZZFIRST"
-    );
-    assert_eq!(d.running.vault.audit_seq(), audit_after_first);
+    assert_eq!(family(&d), "ZZSECOND");
+    assert!(d.running.vault.audit_seq() > audit_after_first);
     // A new MSH-10 applies.
     assert_eq!(
-        msa(&c.send(&adt_a04("DUP2", "000200", "ZZSECOND", "")).await).0,
+        msa(&c.send(&adt_a04("DUP2", "000200", "ZZTHIRD", "")).await).0,
         "AA"
     );
-    assert_eq!(
-        d.running
-            .vault
-            .get_patient(id)
-            .unwrap()
-            .unwrap()
-            .family_name,
-        "ZZSECOND"
-    );
+    assert_eq!(family(&d), "ZZTHIRD");
     d.stop().await;
 }
 

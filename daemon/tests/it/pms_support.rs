@@ -44,7 +44,15 @@ impl Daemon {
         Mllp::connect(self.running.mllp_addr).await
     }
 
+    /// Stops the daemon after checking the store's invariants (every test
+    /// that runs a daemon checks them for free).
     pub async fn stop(self) -> TestInstall {
+        let vault = self.running.vault.clone();
+        let report = tokio::task::spawn_blocking(move || vault.verify())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(report.is_ok(), "store invariants: {:#?}", report.problems);
         self.running.shutdown().await.unwrap();
         self.install
     }

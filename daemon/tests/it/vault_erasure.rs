@@ -45,7 +45,7 @@ fn erased_patient_is_unreadable_also_in_an_older_copy() {
     // Old store + current keyring: a is gone for good, b still opens.
     std::fs::copy(keyring_path(&dir), keyring_path(&before)).unwrap();
     let old = open(&before, &mk);
-    match old.get_patient(a.id) {
+    match old.get(Tree::Patients, &a.id.0) {
         Err(VaultError::KeyUnavailable { tree, .. }) => assert_eq!(tree, Tree::Patients.name()),
         other => panic!("erased patient readable from an old copy: {other:?}"),
     }
@@ -111,7 +111,7 @@ fn key_handles_are_never_reused() {
     std::fs::copy(keyring_path(&dir), keyring_path(&before)).unwrap();
     let old = open(&before, &mk);
     assert!(matches!(
-        old.get_patient(a.id),
+        old.get(Tree::Patients, &a.id.0),
         Err(VaultError::KeyUnavailable { .. })
     ));
 }
