@@ -31,6 +31,9 @@ pub struct MappingConfig {
     /// OBX-11 / OBR-25 codes whose documents are stored for delivery.
     pub deliverable_statuses: Vec<String>,
     pub max_pdf_bytes: usize,
+    /// MSH-11.1 values accepted (upper case; `pms.processing_ids`). An empty
+    /// MSH-11 counts as `P`.
+    pub processing_ids: Vec<String>,
     /// Where the PMS says a patient opted in (`Y`) or out (`N`).
     pub consent_field: Option<FieldPath>,
     pub default_duration_minutes: u32,
@@ -45,6 +48,7 @@ impl Default for MappingConfig {
             status_map: HashMap::new(),
             deliverable_statuses: vec!["F".to_owned(), "C".to_owned()],
             max_pdf_bytes: 10 * 1024 * 1024,
+            processing_ids: vec!["P".to_owned()],
             consent_field: Some(FieldPath {
                 segment: "ZCN".to_owned(),
                 field: 2,
