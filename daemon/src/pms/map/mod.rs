@@ -102,11 +102,14 @@ pub fn map(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rejectio
     let code = kind.code.trim().to_ascii_uppercase();
     let trigger = kind.trigger.trim().to_ascii_uppercase();
     match (code.as_str(), trigger.as_str()) {
-        ("ADT", "A01" | "A04" | "A08" | "A28" | "A31") => adt::register(msg, ctx),
-        ("ADT", "A40") => adt::merge(msg, ctx),
-        ("SIU", "S12" | "S13" | "S14" | "S15" | "S17" | "S26") => siu::schedule(msg, &trigger, ctx),
+        ("ADT", t) if adt::REGISTRATIONS.contains(&t) => adt::register(msg, ctx),
+        ("ADT", t) if adt::MERGES.contains(&t) => adt::merge(msg, ctx),
+        // Every other ADT event (visits, transfers, discharges, links, and
+        // events we do not know): its PIDs only fill in.
+        ("ADT", _) => adt::context(msg, ctx),
+        ("SIU", t) if siu::TRIGGERS.contains(&t) => siu::schedule(msg, &trigger, ctx),
         ("ORU", "R01") | ("MDM", "T02") => oru::document(msg, ctx),
-        ("ADT" | "SIU" | "ORU" | "MDM", _) => Err(Rejection {
+        ("SIU" | "ORU" | "MDM", _) => Err(Rejection {
             code: AckCode::Reject,
             error: AckError::new(201, format!("unsupported event {code}^{trigger}")).at("MSH", 9),
         }),
