@@ -3,6 +3,7 @@
 //! contents (position and reason, never values).
 
 mod adt;
+mod cda;
 mod fields;
 mod oru;
 mod siu;
@@ -108,7 +109,8 @@ pub fn map(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rejectio
         // events we do not know): its PIDs only fill in.
         ("ADT", _) => adt::context(msg, ctx),
         ("SIU", t) if siu::TRIGGERS.contains(&t) => siu::schedule(msg, &trigger, ctx),
-        ("ORU", "R01") | ("MDM", "T02") => oru::document(msg, ctx),
+        ("ORU", "R01") => oru::document(msg, &trigger, ctx),
+        ("MDM", t) if oru::MDM_TRIGGERS.contains(&t) => oru::document(msg, &trigger, ctx),
         ("SIU" | "ORU" | "MDM", _) => Err(Rejection {
             code: AckCode::Reject,
             error: AckError::new(201, format!("unsupported event {code}^{trigger}")).at("MSH", 9),
