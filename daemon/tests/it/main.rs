@@ -9,6 +9,7 @@ mod audit_tamper;
 mod config_cli;
 mod pms_crash;
 mod pms_ingest;
+mod pms_interop;
 mod pms_outbound;
 mod pms_support;
 mod serve_notify;
