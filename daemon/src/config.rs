@@ -102,6 +102,7 @@ pub struct PmsFile {
     pub consent_field: Option<String>,
     pub deliverable_result_statuses: Option<Vec<String>>,
     pub max_pdf_bytes: Option<u64>,
+    pub processing_ids: Option<Vec<String>>,
     pub default_duration: Option<String>,
     pub outbound_endpoint: Option<String>,
     pub outbound_timeout: Option<String>,
@@ -672,6 +673,7 @@ fn validate_pms(
         .deliverable_result_statuses
         .clone()
         .unwrap_or_else(|| vec!["F".to_owned(), "C".to_owned()]);
+    let processing_ids = processing_ids(file.processing_ids.as_deref(), invalid)?;
     let default_duration = duration_in(
         file.default_duration.as_deref(),
         "pms.default_duration",
@@ -767,15 +769,72 @@ fn validate_pms(
             status_map,
             deliverable_statuses,
             max_pdf_bytes,
+            processing_ids,
             consent_field,
             default_duration_minutes: u32::try_from(default_duration.as_secs() / 60).unwrap_or(15),
         },
     })
 }
 
+/// `pms.processing_ids`: the MSH-11 values (HL7 table 0103) accepted.
+fn processing_ids(
+    list: Option<&[String]>,
+    invalid: &Invalid<'_>,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = list else {
+        return Ok(vec!["P".to_owned()]);
+    };
+    if list.is_empty() {
+        return Err(invalid(
+            "pms.processing_ids",
+            "[]",
+            "the list is empty, so every message would be refused",
+            "list at least one of \"P\" (production), \"T\" (training) or \"D\" (debugging); the default is [\"P\"]",
+        ));
+    }
+    let mut ids = Vec::new();
+    for id in list {
+        let upper = id.trim().to_ascii_uppercase();
+        if !matches!(upper.as_str(), "P" | "T" | "D") {
+            return Err(invalid(
+                "pms.processing_ids",
+                id,
+                "not an HL7 processing id",
+                "use \"P\" (production), \"T\" (training) or \"D\" (debugging), e.g. [\"T\"] for a test PMS",
+            ));
+        }
+        if !ids.contains(&upper) {
+            ids.push(upper);
+        }
+    }
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processing_ids_default_to_production_and_are_checked() {
+        assert_eq!(load("").unwrap().pms.mapping.processing_ids, ["P"]);
+        let c = load("[pms]\nprocessing_ids = [\"t\", \"T\", \"D\"]\n").unwrap();
+        assert_eq!(c.pms.mapping.processing_ids, ["T", "D"]);
+        let msg = load("[pms]\nprocessing_ids = [\"X\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`pms.processing_ids`") && msg.contains("\"X\""),
+            "{msg}"
+        );
+        assert!(msg.contains("Fix: use \"P\""), "{msg}");
+        let msg = load("[pms]\nprocessing_ids = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`pms.processing_ids`") && msg.contains("empty"),
+            "{msg}"
+        );
+    }
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("/etc/clinic-relay/config.toml"))

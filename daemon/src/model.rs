@@ -199,6 +199,19 @@ pub struct LabResult {
     #[serde(with = "base64_bytes")]
     pub pdf: Vec<u8>,
     pub delivered: bool,
+    /// The sender cancelled or deleted this result (ORC-1 `CA`, OBX-11 /
+    /// OBR-25 `D`/`W`/`X`, MDM^T11, or replaced by an MDM^T10 under a new
+    /// document number). A withdrawn result has no PDF and must never be
+    /// delivered. Records written before this field existed read as `false`.
+    #[serde(default)]
+    pub withdrawn: bool,
+}
+
+impl LabResult {
+    /// Whether this result may still go to the patient.
+    pub fn is_deliverable(&self) -> bool {
+        !self.withdrawn && !self.delivered && !self.pdf.is_empty()
+    }
 }
 
 impl fmt::Debug for LabResult {
@@ -207,6 +220,7 @@ impl fmt::Debug for LabResult {
             .field("patient", &self.patient)
             .field("status", &self.status)
             .field("pdf_bytes", &self.pdf.len())
+            .field("withdrawn", &self.withdrawn)
             .finish_non_exhaustive()
     }
 }
@@ -225,6 +239,30 @@ mod base64_bytes {
         base64::engine::general_purpose::STANDARD
             .decode(text)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_stored_before_withdrawal_existed_decodes_as_not_withdrawn() {
+        let old = r#"{"order_number":"FILL-1","patient":"000102030405060708090a0b0c0d0e0f",
+            "status":"final","observed_at":null,"received_at":"2026-11-25T08:30:00Z",
+            "version":1,"pdf":"JVBERi0xLjQK","delivered":false}"#;
+        let r: LabResult = serde_json::from_str(old).unwrap();
+        assert!(!r.withdrawn);
+        assert!(r.is_deliverable());
+        let withdrawn = LabResult {
+            withdrawn: true,
+            pdf: Vec::new(),
+            ..r
+        };
+        assert!(!withdrawn.is_deliverable());
+        let back: LabResult =
+            serde_json::from_str(&serde_json::to_string(&withdrawn).unwrap()).unwrap();
+        assert!(back.withdrawn);
     }
 }
 

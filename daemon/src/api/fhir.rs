@@ -256,11 +256,23 @@ pub struct SlotIn {
 }
 
 pub fn diagnostic_report(r: &LabResult) -> Value {
+    // A result the sender took back: FHIR's "withdrawn following a previous
+    // final release", with no document.
     let status = match r.status {
+        _ if r.withdrawn => "entered-in-error",
         ResultStatus::Final => "final",
         ResultStatus::Corrected => "corrected",
         ResultStatus::Preliminary => "preliminary",
         ResultStatus::Other => "unknown",
+    };
+    let form = if r.withdrawn {
+        json!([])
+    } else {
+        json!([{
+            "contentType": "application/pdf",
+            "data": base64::engine::general_purpose::STANDARD.encode(&r.pdf),
+            "size": r.pdf.len(),
+        }])
     };
     json!({
         "resourceType": "DiagnosticReport",
@@ -268,11 +280,7 @@ pub fn diagnostic_report(r: &LabResult) -> Value {
         "status": status,
         "subject": {"reference": format!("Patient/{}", r.patient.to_hex())},
         "issued": r.received_at.to_string(),
-        "presentedForm": [{
-            "contentType": "application/pdf",
-            "data": base64::engine::general_purpose::STANDARD.encode(&r.pdf),
-            "size": r.pdf.len(),
-        }],
+        "presentedForm": form,
         "extension": [
             {"url": "urn:clinic-relay:version", "valueInteger": r.version},
             {"url": "urn:clinic-relay:delivered", "valueBoolean": r.delivered}

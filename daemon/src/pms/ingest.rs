@@ -105,15 +105,26 @@ impl Ingest {
             .message_type()
             .map(|t| format!("{}^{}", t.code, t.trigger))
             .unwrap_or_default();
-        // Training (T) and debugging (D) messages must not change live data.
-        let processing = msg.processing_id().map(str::trim).unwrap_or("P");
-        if !processing.is_empty() && !processing.eq_ignore_ascii_case("P") {
-            let err = AckError::new(
-                202,
-                "this system accepts production messages only (MSH-11 = P)",
-            )
-            .at("MSH", 11);
-            info!(message_type = %kind, "HL7 message with a non-production processing id refused (AR)");
+        // Training (T) and debugging (D) messages must not change live data,
+        // unless this installation is a test system (`pms.processing_ids`).
+        // An empty MSH-11 counts as P.
+        let processing = msg
+            .processing_id()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .unwrap_or("P");
+        let accepted = &self.mapping.processing_ids;
+        if !accepted.iter().any(|p| p.eq_ignore_ascii_case(processing)) {
+            let text = if accepted.len() == 1 && accepted.iter().all(|p| p == "P") {
+                "this system accepts production messages only (MSH-11 = P)".to_owned()
+            } else {
+                format!(
+                    "this system accepts MSH-11 = {} only (pms.processing_ids)",
+                    accepted.join(", ")
+                )
+            };
+            let err = AckError::new(202, text).at("MSH", 11);
+            info!(message_type = %kind, "HL7 message with a processing id not in pms.processing_ids refused (AR)");
             return self.ack(&msg, AckCode::Reject, Some(&err));
         }
         let now = self.clock.now();

@@ -14,7 +14,9 @@ pub const CARRIAGE_RETURN: u8 = 0x0D;
 /// How much of an oversized frame is kept to read its header.
 pub const OVERSIZED_HEAD: usize = 4096;
 
-#[derive(Debug, PartialEq, Eq)]
+/// One frame as read. The bytes are a whole HL7 message (patient data):
+/// `Debug` shows only their length.
+#[derive(PartialEq, Eq)]
 pub enum Incoming {
     Message(Vec<u8>),
     /// The frame was larger than the limit; `head` is its beginning.
@@ -22,6 +24,22 @@ pub enum Incoming {
         head: Vec<u8>,
         len: usize,
     },
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Incoming::Message(bytes) => f
+                .debug_struct("Message")
+                .field("bytes", &bytes.len())
+                .finish(),
+            Incoming::Oversized { head, len } => f
+                .debug_struct("Oversized")
+                .field("head_bytes", &head.len())
+                .field("len", len)
+                .finish(),
+        }
+    }
 }
 
 /// Reads the next frame. `Ok(None)` is a clean end of stream between frames;
@@ -195,6 +213,28 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(got[1], Incoming::Message(b"ok".to_vec()));
+    }
+
+    #[test]
+    fn debug_shows_lengths_never_bytes() {
+        let payload = b"MSH|^~\\&|A|B|||1||ADT^A04|X|P|2.5\rPID|1||1||ZZMARKERZZ".to_vec();
+        let shown = format!("{:?}", Incoming::Message(payload.clone()));
+        assert!(
+            !shown.contains("ZZMARKERZZ") && !shown.contains("77, 83"),
+            "{shown}"
+        );
+        assert!(shown.contains(&payload.len().to_string()), "{shown}");
+        let shown = format!(
+            "{:?}",
+            Incoming::Oversized {
+                head: payload,
+                len: 99_999
+            }
+        );
+        assert!(
+            !shown.contains("ZZMARKERZZ") && shown.contains("99999"),
+            "{shown}"
+        );
     }
 
     #[tokio::test]

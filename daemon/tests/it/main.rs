@@ -10,6 +10,7 @@ mod config_cli;
 mod core_apply;
 mod pms_crash;
 mod pms_ingest;
+mod pms_interop;
 mod pms_outbound;
 mod pms_support;
 mod serve_notify;

@@ -53,8 +53,8 @@ async fn unsupported_types_are_ar() {
     assert_eq!(err(&ack).unwrap().0, "200");
     let ack = c
         .send(&format!(
-            "{}\rPID|1||1^^^^MR",
-            msh("ADT^A99", "MSG0004", "2.5")
+            "{}\rSCH|A1|A1\rPID|1||1^^^^MR",
+            msh("SIU^S99", "MSG0004", "2.5")
         ))
         .await;
     assert_eq!(msa(&ack), ("AR".into(), "MSG0004".into()));

@@ -7,6 +7,7 @@
 //! empty string as absent, because HL7 does not distinguish the two.
 
 use super::charset::Encoding;
+use std::fmt;
 
 /// The delimiters a message declares in MSH-1 and MSH-2.
 ///
@@ -43,25 +44,29 @@ impl Default for Separators {
 }
 
 /// One leaf-level container: the subcomponents of a component.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Values are patient data: `Debug` on this type and on [`Repetition`],
+/// [`Field`], [`Segment`] and [`Message`] shows shapes (ids, counts), never
+/// values, so that a stray `{:?}` cannot put PHI into a log or a panic.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Component {
     pub subcomponents: Vec<String>,
 }
 
 /// One occurrence of a field (fields may repeat, separated by `~`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Repetition {
     pub components: Vec<Component>,
 }
 
 /// A field: zero repetitions when the field is empty on the wire.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Field {
     pub repetitions: Vec<Repetition>,
 }
 
 /// A segment such as `PID`, with its fields numbered from 1.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Segment {
     pub id: String,
     /// `fields[0]` is field 1. For MSH/BHS/FHS, field 1 is the field
@@ -70,7 +75,7 @@ pub struct Segment {
 }
 
 /// A parsed message. The first segment is always the MSH header.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Message {
     pub(super) segments: Vec<Segment>,
     pub(super) separators: Separators,
@@ -84,6 +89,56 @@ pub struct MessageType {
     pub code: String,
     pub trigger: String,
     pub structure: Option<String>,
+}
+
+impl fmt::Debug for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Component")
+            .field("subcomponents", &self.subcomponents.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for Repetition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repetition")
+            .field("components", &self.components.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Field")
+            .field("repetitions", &self.repetitions.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Segment ids are syntax (`PID`, `Z01`), not values.
+        f.debug_struct("Segment")
+            .field("id", &self.id)
+            .field("fields", &self.fields.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // MSH-9 names the message type (no patient data); every other
+        // value stays out, MSH-10 included (some senders embed names).
+        let kind = self
+            .message_type()
+            .map(|t| format!("{}^{}", t.code, t.trigger))
+            .unwrap_or_default();
+        f.debug_struct("Message")
+            .field("type", &kind)
+            .field("segments", &self.segments.len())
+            .field("encoding", &self.encoding)
+            .finish_non_exhaustive()
+    }
 }
 
 fn non_empty(s: &str) -> Option<&str> {
@@ -323,5 +378,32 @@ mod tests {
         assert_eq!(seg.repetitions(2).count(), 0);
         assert_eq!(seg.repetitions(3).count(), 1);
         assert!(seg.field(2).is_some_and(Field::is_empty));
+    }
+
+    #[test]
+    fn debug_shows_shapes_never_values() {
+        let bytes = b"MSH|^~\\&|ZZPMS|ZZCLINIC|||20261125093000||ADT^A04^ADT_A01|MSG1|P|2.5.1\r\
+PID|1||000123^^^ZZHOSP^MR||ZZMARKERZZ^ANN&ZZMARKERZZ~ZZMARKERZZ||19010203";
+        let m = super::super::parse(bytes).unwrap();
+        let pid = m.segment("PID").unwrap();
+        let shown = [
+            format!("{m:?}"),
+            format!("{m:#?}"),
+            format!("{pid:?}"),
+            format!("{:?}", pid.field(5).unwrap()),
+            format!("{:?}", pid.repetitions(5).next().unwrap()),
+            format!("{:?}", pid.field(5).unwrap().repetitions[0].components[1]),
+            format!("{:?}", m.segments()),
+        ];
+        for s in &shown {
+            assert!(!s.contains("ZZMARKERZZ"), "{s}");
+            assert!(!s.contains("000123"), "{s}");
+        }
+        assert!(
+            shown[0].contains("ADT^A04") && shown[0].contains("segments: 2"),
+            "{}",
+            shown[0]
+        );
+        assert!(shown[2].contains("PID"), "{}", shown[2]);
     }
 }

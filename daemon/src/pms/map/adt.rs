@@ -1,4 +1,7 @@
-//! ADT: registration and updates (A01/A04/A08/A28/A31) and merges (A40).
+//! ADT: registrations and updates replace the patient ([`REGISTRATIONS`]),
+//! merges fold one patient into another ([`MERGES`]), and every other event
+//! (admit/visit/transfer/discharge, links, unknown triggers) only fills in
+//! from its PID segments ([`context`]). docs/hl7.md § 5 has the table.
 
 use super::fields::{self, clean};
 use super::{MapContext, Rejection};
@@ -6,7 +9,36 @@ use crate::commands::Command;
 use crate::model::{ConsentSource, ConsentState};
 use crate::pms::hl7::{Message, Segment};
 
-/// A01/A04/A08/A28/A31: create or update the patient in PID (+ PD1, consent).
+/// Events that carry the patient's full demographics: the PID replaces the
+/// stored record (a field it leaves empty becomes empty). A01 admit, A04
+/// register, A05 pre-admit, A08 update, A14 pending admit, A28 add person,
+/// A31 update person.
+pub const REGISTRATIONS: &[&str] = &["A01", "A04", "A05", "A08", "A14", "A28", "A31"];
+
+/// Events whose MRG names a patient to fold into the PID's: A40 (merge
+/// patient, v2.3.1+), its older forms A34 (patient id only) and A36 (patient
+/// id and account number), and A46/A47 (change patient id), which move
+/// everything from the old identifier to the new one.
+pub const MERGES: &[&str] = &["A34", "A36", "A40", "A46", "A47"];
+
+/// Any other ADT event with PID segments: each PID only fills in (like the PID
+/// of an SIU). Without a PID there is nothing for us in it: AA, no change.
+pub fn context(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rejection> {
+    let mut commands = Vec::new();
+    let mut seen = Vec::new();
+    // A17 (swap patients) carries two PIDs; most events one.
+    for pid in msg.segments_named("PID") {
+        let patient = fields::patient_from_pid(pid, ctx)?;
+        if seen.contains(&patient.id) {
+            continue;
+        }
+        seen.push(patient.id);
+        commands.push(Command::UpdatePatientFromContext(Box::new(patient)));
+    }
+    Ok(commands)
+}
+
+/// A01/A04/A05/A08/A14/A28/A31: create or replace the patient in PID (+ PD1, consent).
 pub fn register(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rejection> {
     let pid = msg
         .segment("PID")
@@ -39,8 +71,8 @@ fn consent(msg: &Message, ctx: &MapContext<'_>) -> Option<ConsentState> {
     }
 }
 
-/// A40: each PID is the surviving patient, the MRG after it names the one
-/// merged into it. A message may carry several pairs.
+/// A40 (and A34/A36/A46/A47): each PID is the surviving patient, the MRG
+/// after it names the one merged into it. A message may carry several pairs.
 pub fn merge(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rejection> {
     let mut commands = Vec::new();
     let mut survivor: Option<&Segment> = None;

@@ -3,6 +3,7 @@
 //! contents (position and reason, never values).
 
 mod adt;
+mod cda;
 mod fields;
 mod oru;
 mod siu;
@@ -31,6 +32,9 @@ pub struct MappingConfig {
     /// OBX-11 / OBR-25 codes whose documents are stored for delivery.
     pub deliverable_statuses: Vec<String>,
     pub max_pdf_bytes: usize,
+    /// MSH-11.1 values accepted (upper case; `pms.processing_ids`). An empty
+    /// MSH-11 counts as `P`.
+    pub processing_ids: Vec<String>,
     /// Where the PMS says a patient opted in (`Y`) or out (`N`).
     pub consent_field: Option<FieldPath>,
     pub default_duration_minutes: u32,
@@ -45,6 +49,7 @@ impl Default for MappingConfig {
             status_map: HashMap::new(),
             deliverable_statuses: vec!["F".to_owned(), "C".to_owned()],
             max_pdf_bytes: 10 * 1024 * 1024,
+            processing_ids: vec!["P".to_owned()],
             consent_field: Some(FieldPath {
                 segment: "ZCN".to_owned(),
                 field: 2,
@@ -98,11 +103,15 @@ pub fn map(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rejectio
     let code = kind.code.trim().to_ascii_uppercase();
     let trigger = kind.trigger.trim().to_ascii_uppercase();
     match (code.as_str(), trigger.as_str()) {
-        ("ADT", "A01" | "A04" | "A08" | "A28" | "A31") => adt::register(msg, ctx),
-        ("ADT", "A40") => adt::merge(msg, ctx),
-        ("SIU", "S12" | "S13" | "S14" | "S15" | "S17" | "S26") => siu::schedule(msg, &trigger, ctx),
-        ("ORU", "R01") | ("MDM", "T02") => oru::document(msg, ctx),
-        ("ADT" | "SIU" | "ORU" | "MDM", _) => Err(Rejection {
+        ("ADT", t) if adt::REGISTRATIONS.contains(&t) => adt::register(msg, ctx),
+        ("ADT", t) if adt::MERGES.contains(&t) => adt::merge(msg, ctx),
+        // Every other ADT event (visits, transfers, discharges, links, and
+        // events we do not know): its PIDs only fill in.
+        ("ADT", _) => adt::context(msg, ctx),
+        ("SIU", t) if siu::TRIGGERS.contains(&t) => siu::schedule(msg, &trigger, ctx),
+        ("ORU", "R01") => oru::document(msg, &trigger, ctx),
+        ("MDM", t) if oru::MDM_TRIGGERS.contains(&t) => oru::document(msg, &trigger, ctx),
+        ("SIU" | "ORU" | "MDM", _) => Err(Rejection {
             code: AckCode::Reject,
             error: AckError::new(201, format!("unsupported event {code}^{trigger}")).at("MSH", 9),
         }),

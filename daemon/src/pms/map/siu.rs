@@ -1,11 +1,20 @@
 //! SIU: appointments booked (S12), rescheduled (S13), modified (S14),
-//! cancelled (S15), deleted (S17), no-show (S26).
+//! cancelled (S15), discontinued (S16), deleted (S17), changed at the level
+//! of a service or resource (S18–S25), no-show (S26).
 
 use super::fields::{self, clean, minutes, parse_dtm};
 use super::{MapContext, Rejection};
 use crate::commands::Command;
 use crate::model::{Appointment, AppointmentStatus};
 use crate::pms::hl7::{Message, Segment};
+
+/// Every SIU trigger we apply. S18–S25 (a service or resource added,
+/// modified, cancelled, discontinued or deleted) still carry the whole SCH:
+/// they update the appointment like S14.
+pub const TRIGGERS: &[&str] = &[
+    "S12", "S13", "S14", "S15", "S16", "S17", "S18", "S19", "S20", "S21", "S22", "S23", "S24",
+    "S25", "S26",
+];
 
 pub fn schedule(
     msg: &Message,
@@ -121,14 +130,29 @@ fn duration(
 }
 
 /// SCH-25 through table 0278 and the clinic's own codes; the trigger
-/// decides for cancellations, deletions and no-shows.
+/// decides for cancellations, discontinuations, deletions and no-shows.
 fn status(sch: &Segment, trigger: &str, ctx: &MapContext<'_>) -> AppointmentStatus {
     match trigger {
         "S15" => return AppointmentStatus::Cancelled,
         "S17" => return AppointmentStatus::EnteredInError,
         "S26" => return AppointmentStatus::Noshow,
+        // Discontinued: an appointment already under way has ended; one that
+        // has not begun will not take place.
+        "S16" => {
+            return match filler_status(sch, ctx) {
+                AppointmentStatus::Arrived
+                | AppointmentStatus::CheckedIn
+                | AppointmentStatus::Fulfilled => AppointmentStatus::Fulfilled,
+                _ => AppointmentStatus::Cancelled,
+            }
+        }
         _ => {}
     }
+    filler_status(sch, ctx)
+}
+
+/// SCH-25 through the clinic's own codes, then table 0278.
+fn filler_status(sch: &Segment, ctx: &MapContext<'_>) -> AppointmentStatus {
     let Some(code) = clean(sch.component(25, 1)).map(str::to_ascii_uppercase) else {
         return AppointmentStatus::Booked;
     };
