@@ -1,0 +1,43 @@
+//! Regression tests for the API and configuration defects of issue 7: each
+//! test fails on the code before its fix.
+
+use crate::support::*;
+
+fn check(install: &TestInstall) -> (bool, String) {
+    let out = install.run(&["config", "check"]);
+    (
+        out.status.success(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
+#[test]
+fn a_network_mllp_listener_without_an_allow_list_fails_config_check() {
+    let install = TestInstall::new("[pms]\nmllp_listen = \"0.0.0.0:0\"\n");
+    let (ok, out) = check(&install);
+    assert!(!ok, "{out}");
+    assert!(out.contains("`pms.allow`"), "{out}");
+    assert!(out.contains("allow = [\"any\"]"), "{out}");
+
+    let install =
+        TestInstall::new("[pms]\nmllp_listen = \"0.0.0.0:0\"\nallow = [\"192.168.10.0/24\"]\n");
+    let (ok, out) = check(&install);
+    assert!(ok, "{out}");
+    let install = TestInstall::new("[pms]\nmllp_listen = \"0.0.0.0:0\"\nallow = [\"any\"]\n");
+    let (ok, out) = check(&install);
+    assert!(ok, "{out}");
+    let install = TestInstall::new("[pms]\nmllp_listen = \"127.0.0.1:0\"\nallow = []\n");
+    let (ok, out) = check(&install);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn the_shipped_configs_pass_config_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for name in ["config/clinic-relay.toml", "config/dev.toml"] {
+        let config = root.join(name);
+        let text = std::fs::read_to_string(&config).unwrap();
+        let parsed = clinic_relay::config::Config::from_toml(&text, &config);
+        assert!(parsed.is_ok(), "{name}: {}", parsed.unwrap_err());
+    }
+}
