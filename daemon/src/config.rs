@@ -221,6 +221,7 @@ impl Config {
     /// Parses and validates config text; `path` names it in errors and
     /// anchors relative paths.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let path = &normalize(path);
         let file: FileConfig = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
         validate(file, path)
     }
@@ -292,13 +293,40 @@ fn key_path_at(text: &str, offset: usize) -> String {
     table
 }
 
+/// A path from the file: relative ones against `base` (the config file's
+/// directory, absolute), and `.`/`..` segments removed, so messages and
+/// `/v1/status` show `/srv/cr/.dev-data`, never `config/../.dev-data`.
 fn resolve(base: &Path, value: &str) -> PathBuf {
-    let p = Path::new(value);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.join(p)
+    normalize(&base.join(value))
+}
+
+/// Makes `path` absolute (against the working directory, once, at load) and
+/// removes `.` and `..` segments lexically. Lexical is what the config means:
+/// `../data` is the sibling of the config's directory even if that directory
+/// is a symbolic link. If the working directory is unknown the path stays
+/// relative (and still clean).
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                // `/..` is `/`; a leading `..` of a relative path stays.
+                let last = out.components().next_back();
+                match last {
+                    Some(Component::Normal(_)) => {
+                        out.pop();
+                    }
+                    Some(Component::RootDir | Component::Prefix(_)) => {}
+                    _ => out.push(".."),
+                }
+            }
+            other => out.push(other),
+        }
     }
+    out
 }
 
 /// Parses a duration such as `10s`, `72h`, `1h 30m` or ISO 8601 `PT10S`.
@@ -837,6 +865,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.service.data_dir, Path::new("/opt/cr/data"));
+    }
+
+    #[test]
+    fn paths_are_absolute_and_free_of_dot_segments() {
+        let c = Config::from_toml(
+            "[service]\ndata_dir = \"../.dev-data/./data\"\n[api]\nsocket = \"../../../../run/x.sock\"\n",
+            Path::new("/srv/cr/config/dev.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.service.data_dir, Path::new("/srv/cr/.dev-data/data"));
+        assert_eq!(c.api.socket, Path::new("/run/x.sock"));
+
+        // A relative config path (`--config config/dev.toml`) is anchored at
+        // the working directory once, at load.
+        let cwd = std::env::current_dir().unwrap();
+        let c = Config::from_toml(
+            "[service]\ndata_dir = \"../.dev-data/data\"\n[keys]\nmaster_key_file = \"../.dev-data/k\"\n",
+            Path::new("config/dev.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.path, cwd.join("config/dev.toml"));
+        assert_eq!(c.service.data_dir, cwd.join(".dev-data/data"));
+        assert_eq!(
+            c.keys.master_key_file.as_deref(),
+            Some(cwd.join(".dev-data/k").as_path())
+        );
+        for p in [&c.path, &c.service.data_dir, &c.api.socket] {
+            assert!(p.is_absolute(), "{}", p.display());
+            assert!(!p.to_string_lossy().contains(".."), "{}", p.display());
+        }
     }
 
     #[test]

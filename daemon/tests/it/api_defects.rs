@@ -41,3 +41,28 @@ fn the_shipped_configs_pass_config_check() {
         assert!(parsed.is_ok(), "{name}: {}", parsed.unwrap_err());
     }
 }
+
+#[test]
+fn config_check_shows_clean_absolute_paths_for_a_relative_config() {
+    let install = TestInstall::new("");
+    let dir = install.tmp.path();
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let out = std::process::Command::new(BIN)
+        .current_dir(dir.join("sub"))
+        .args(["config", "check", "--config", "../sub/./../config.toml"])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let dir = dir.canonicalize().unwrap();
+    assert!(
+        text.starts_with(&format!("{}: OK", dir.join("config.toml").display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("data in {}", dir.join("data").display())),
+        "{text}"
+    );
+    assert!(!text.contains(".."), "{text}");
+}
