@@ -41,6 +41,16 @@ pub struct HealthSources {
     pub pms_sender_configured: bool,
 }
 
+/// Which listener a request came in on: admin endpoints answer only on the
+/// Unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// The local Unix socket (file permissions decide who connects).
+    Unix,
+    /// The optional TCP listener (mutual TLS).
+    Tcp,
+}
+
 type Resp = Response<Full<Bytes>>;
 
 fn json_response(status: StatusCode, body: &Value) -> Resp {
@@ -183,14 +193,19 @@ async fn apply(
     }
 }
 
-pub async fn handle(state: &ApiState, req: Request<Incoming>, actor: &str) -> Resp {
-    match route(state, req, actor).await {
+pub async fn handle(state: &ApiState, req: Request<Incoming>, actor: &str, door: Door) -> Resp {
+    match route(state, req, actor, door).await {
         Ok(resp) => resp,
         Err(problem) => problem.into_response(),
     }
 }
 
-async fn route(state: &ApiState, req: Request<Incoming>, actor: &str) -> Result<Resp, Problem> {
+async fn route(
+    state: &ApiState,
+    req: Request<Incoming>,
+    actor: &str,
+    door: Door,
+) -> Result<Resp, Problem> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     // Ids may contain any character (a PMS appointment id like "A/12"):
     // segments are percent-decoded after splitting.
@@ -199,15 +214,15 @@ async fn route(state: &ApiState, req: Request<Incoming>, actor: &str) -> Result<
     let method = req.method().clone();
     match (method, segments.as_slice()) {
         (Method::GET, ["v1", "status"]) => status(state),
-        (Method::GET, ["v1", "admin", "backup"]) if actor.starts_with("api:uid=") => {
-            backup(state, actor).await
-        }
-        (_, ["v1", "admin", ..]) => Err(Problem::new(
+        // On the TCP door, everything under /v1/admin/ is refused the same
+        // way (whatever the method or path), so it reveals nothing.
+        (_, ["v1", "admin", ..]) if door == Door::Tcp => Err(Problem::new(
             StatusCode::FORBIDDEN,
             "admin-local-only",
             "Admin endpoints are local only",
             "use the Unix socket on the clinic-relay host for administrative requests",
         )),
+        (Method::GET, ["v1", "admin", "backup"]) => backup(state, actor).await,
         (Method::GET, ["v1", "patients"]) => search_patients(state, &req, actor),
         (Method::POST, ["v1", "patients"]) => upsert_patient(state, req, actor).await,
         (Method::GET, ["v1", "patients", id]) => get_patient(state, id, actor),
@@ -247,6 +262,7 @@ async fn route(state: &ApiState, req: Request<Incoming>, actor: &str) -> Result<
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     match segments {
         ["v1", "status" | "events"]
+        | ["v1", "admin", "backup"]
         | ["v1", "results", _]
         | ["v1", "patients", _, "appointments"] => Some("GET"),
         ["v1", "patients"] => Some("GET, POST"),
@@ -613,6 +629,16 @@ async fn events(state: &ApiState, req: &Request<Incoming>) -> Result<Resp, Probl
         .unwrap_or_default()
         .min(state.max_wait);
     let mut watch = state.vault.events_watch();
+    // A cursor past the durable head never came from this feed (a typo, or
+    // a cursor kept across a restore from an older backup). Accepting it
+    // would silently skip the next events, so it is refused.
+    let head = *watch.borrow_and_update();
+    if after > head {
+        return Err(Problem::bad_request(format!(
+            "after: {after} is past the end of the feed (the current head is {head}); continue from a cursor this feed returned, or from 0"
+        ))
+        .with("head", json!(head)));
+    }
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let found = state.vault.events_after(after, limit).map_err(internal)?;

@@ -1,7 +1,9 @@
 //! Regression tests for the API and configuration defects of issue 7: each
 //! test fails on the code before its fix.
 
+use crate::pms_support::*;
 use crate::support::*;
+use serde_json::json;
 
 fn check(install: &TestInstall) -> (bool, String) {
     let out = install.run(&["config", "check"]);
@@ -65,4 +67,85 @@ fn config_check_shows_clean_absolute_paths_for_a_relative_config() {
         "{text}"
     );
     assert!(!text.contains(".."), "{text}");
+}
+
+/// A raw request on the API socket; returns the whole answer, lower-cased
+/// head included (for the `Allow` header).
+async fn raw(socket: &std::path::Path, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_backup_on_the_socket_a_wrong_method_is_405_not_403() {
+    let d = Daemon::start("").await;
+    let socket = d.running.api_socket.clone();
+    for method in ["POST", "PUT", "DELETE"] {
+        let answer = raw(
+            &socket,
+            &format!("{method} /v1/admin/backup HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("http/1.1 405"), "{method}: {answer}");
+        assert!(answer.contains("allow: get\r\n"), "{method}: {answer}");
+        assert!(!answer.contains("unix socket"), "{method}: {answer}");
+    }
+    let (status, problem) = d.api("GET", "/v1/admin/nothing", None).await;
+    assert_eq!(status, 404, "{problem}");
+    let seq = d.running.vault.audit_seq();
+    let (status, _) = d.api("POST", "/v1/admin/backup", None).await;
+    assert_eq!(status, 405);
+    assert_eq!(d.running.vault.audit_seq(), seq, "no backup was taken");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_cursor_past_the_head_is_refused_and_names_the_head() {
+    use clinic_relay::audit::AuditDraft;
+    use clinic_relay::model::{Event, EventKind};
+    use clinic_relay::vault::{Owner, Tree, Txn};
+    let d = Daemon::start("").await;
+    let (status, problem) = d.api("GET", "/v1/events?after=1", None).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["head"], 0, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("head is 0"),
+        "{problem}"
+    );
+    let vault = d.running.vault.clone();
+    tokio::task::spawn_blocking(move || {
+        for n in 0..2 {
+            let mut txn = Txn::new(t0());
+            let event = Event {
+                kind: EventKind::OptedOut,
+                time: t0(),
+                patient: None,
+                appointment: Some(format!("APPT-{n}")),
+                slot: None,
+                details: Default::default(),
+            };
+            txn.append_json(Tree::Events, Owner::System, &event)
+                .unwrap();
+            txn.audit(AuditDraft::new("test", "event"));
+            vault.commit(txn).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    // At the head: fine (and a long-poll would wait there).
+    let (status, page) = d.api("GET", "/v1/events?after=2", None).await;
+    assert_eq!((status, page["cursor"].clone()), (200, json!(2)), "{page}");
+    let (status, problem) = d.api("GET", "/v1/events?after=42&wait=5", None).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["head"], 2, "{problem}");
+    assert_eq!(problem["type"], "urn:clinic-relay:problem:bad-request");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("head is 2"),
+        "{problem}"
+    );
+    d.stop().await;
 }
