@@ -88,9 +88,10 @@ pub enum AuditCommand {
     Verify,
     /// Write entries as JSON lines.
     Export {
-        /// Only entries at or after this time (RFC 3339, e.g. 2026-01-31T00:00:00Z).
-        #[arg(long)]
-        since: Option<jiff::Timestamp>,
+        /// Only entries at or after this time: RFC 3339 (2026-01-31T08:00:00Z),
+        /// or a date (2026-01-31), meaning its midnight in service.time_zone.
+        #[arg(long, value_name = "TIME|DATE")]
+        since: Option<String>,
         /// Write here instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -205,6 +206,10 @@ pub fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Audit(AuditCommand::Export { since, out }) => {
             let config = load_config(&cli.config)?;
+            let since = since
+                .as_deref()
+                .map(|s| parse_since(s, &config.service.time_zone))
+                .transpose()?;
             let vault = open_offline(&config)?;
             let mut sink: Box<dyn Write> = match &out {
                 Some(path) => Box::new(
@@ -231,17 +236,41 @@ pub fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// `--since`: an RFC 3339 time, or a plain date meaning its first moment
+/// (midnight, or later on a day that starts with a DST gap) in the clinic's
+/// time zone, the zone the clinic's days are counted in.
+pub fn parse_since(text: &str, tz: &jiff::tz::TimeZone) -> Result<jiff::Timestamp, String> {
+    let text = text.trim();
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    text.parse::<jiff::civil::Date>()
+        .ok()
+        .filter(|_| text.len() == 10)
+        .and_then(|d| d.to_zoned(tz.clone()).ok())
+        .map(|z| z.timestamp())
+        .ok_or_else(|| {
+            format!(
+                "--since {text:?}: expected an RFC 3339 time (2026-11-29T08:00:00Z) or a date (2026-11-29, midnight in service.time_zone)"
+            )
+        })
+}
+
 /// The name of the keyring copy kept beside backups.
 pub const KEYRING_COPY: &str = "clinic-relay.keyring";
 
-fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// Creates `path` for a backup: new (never overwrites), mode 0600.
+fn create_new_private(path: &Path) -> Result<std::fs::File, String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn write_durably(mut f: std::fs::File, path: &Path, bytes: &[u8]) -> Result<(), String> {
     f.write_all(bytes)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     f.sync_all()
@@ -250,32 +279,58 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 fn backup_create(config: &Config, file: &Path) -> Result<(), String> {
+    // The destination first: a missing folder or an existing file fails
+    // before a backup is taken, so no `backup.create` is audited for it.
+    let out = create_new_private(file)?;
+    let written = take_backup_into(config, file, out);
+    if written.is_err() {
+        // Nothing half-written stays behind (the file is ours: create_new).
+        let _ = std::fs::remove_file(file);
+    }
+    let bytes = written?;
+    refresh_keyring_copy(config, file, bytes)
+}
+
+/// Takes the backup (from the running daemon, else from the data
+/// directory) and writes it into `out`; returns its size. The daemon audits
+/// the backup it hands out; offline, the entry is written here once the
+/// file is on disk.
+fn take_backup_into(config: &Config, file: &Path, out: std::fs::File) -> Result<usize, String> {
     use crate::api::client::{self, ClientError};
-    let bytes = match client::request_blocking(&config.api.socket, "GET", "/v1/admin/backup") {
-        Ok((200, body)) => body.to_vec(),
-        Ok((status, body)) => {
-            return Err(format!(
-                "the daemon refused the backup ({status}): {}",
-                String::from_utf8_lossy(&body)
-            ))
+    match client::request_blocking(&config.api.socket, "GET", "/v1/admin/backup") {
+        Ok((200, body)) => {
+            write_durably(out, file, &body)?;
+            Ok(body.len())
         }
+        Ok((status, body)) => Err(format!(
+            "the daemon refused the backup ({status}): {}",
+            String::from_utf8_lossy(&body)
+        )),
         Err(ClientError::NotRunning(_)) => {
             let vault = open_offline(config)?;
-            let bytes = vault
-                .backup(crate::clock::Clock::now(&crate::clock::SystemClock))
-                .map_err(|e| e.to_string())?;
+            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+            let bytes = vault.backup(now).map_err(|e| e.to_string())?;
+            write_durably(out, file, &bytes)?;
+            let mut txn = crate::vault::Txn::new(now);
+            txn.audit(
+                crate::audit::AuditDraft::new("admin:cli", "backup.create")
+                    .detail("bytes", bytes.len().to_string()),
+            );
+            vault.commit(txn).map_err(|e| e.to_string())?;
             vault.close().map_err(|e| e.to_string())?;
-            bytes
+            Ok(bytes.len())
         }
-        Err(e) => return Err(e.to_string()),
-    };
-    write_new_private(file, &bytes)?;
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn refresh_keyring_copy(config: &Config, file: &Path, size: usize) -> Result<(), String> {
     if let Some(copy) = &config.keys.keyring_copy {
         // The daemon keeps that copy current itself; do not touch it.
         println!(
             "backup written to {} ({} bytes); the keyring copy is kept current at {}",
             file.display(),
-            bytes.len(),
+            size,
             copy.display()
         );
         return Ok(());
@@ -289,7 +344,7 @@ fn backup_create(config: &Config, file: &Path) -> Result<(), String> {
     println!(
         "backup written to {} ({} bytes); keyring copy refreshed at {}",
         file.display(),
-        bytes.len(),
+        size,
         copy.display()
     );
     Ok(())
@@ -406,5 +461,41 @@ fn status(config: &Config) -> Result<(), String> {
             println!("WARNING: {}", w.as_str().unwrap_or_default());
         }
         Err(format!("unhealthy: {} warning(s)", warnings.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_time_or_a_date_in_the_clinic_zone() {
+        let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        assert_eq!(
+            parse_since("2026-11-29T08:00:00Z", &berlin).unwrap(),
+            t("2026-11-29T08:00:00Z")
+        );
+        assert_eq!(
+            parse_since("2026-11-29T08:00:00+01:00", &berlin).unwrap(),
+            t("2026-11-29T07:00:00Z")
+        );
+        // Midnight in Berlin (UTC+1 in winter, +2 in summer).
+        assert_eq!(
+            parse_since("2026-11-29", &berlin).unwrap(),
+            t("2026-11-28T23:00:00Z")
+        );
+        assert_eq!(
+            parse_since("2026-07-01", &berlin).unwrap(),
+            t("2026-06-30T22:00:00Z")
+        );
+        assert_eq!(
+            parse_since("2026-11-29", &jiff::tz::TimeZone::UTC).unwrap(),
+            t("2026-11-29T00:00:00Z")
+        );
+        for bad in ["yesterday", "2026-11-31", "29.11.2026", "2026-11-29T08:00"] {
+            let err = parse_since(bad, &berlin).unwrap_err();
+            assert!(err.contains("--since") && err.contains("RFC 3339"), "{err}");
+        }
     }
 }

@@ -222,6 +222,7 @@ impl Config {
     /// Parses and validates config text; `path` names it in errors and
     /// anchors relative paths.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let path = &normalize(path);
         let file: FileConfig = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
         validate(file, path)
     }
@@ -293,13 +294,40 @@ fn key_path_at(text: &str, offset: usize) -> String {
     table
 }
 
+/// A path from the file: relative ones against `base` (the config file's
+/// directory, absolute), and `.`/`..` segments removed, so messages and
+/// `/v1/status` show `/srv/cr/.dev-data`, never `config/../.dev-data`.
 fn resolve(base: &Path, value: &str) -> PathBuf {
-    let p = Path::new(value);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.join(p)
+    normalize(&base.join(value))
+}
+
+/// Makes `path` absolute (against the working directory, once, at load) and
+/// removes `.` and `..` segments lexically. Lexical is what the config means:
+/// `../data` is the sibling of the config's directory even if that directory
+/// is a symbolic link. If the working directory is unknown the path stays
+/// relative (and still clean).
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                // `/..` is `/`; a leading `..` of a relative path stays.
+                let last = out.components().next_back();
+                match last {
+                    Some(Component::Normal(_)) => {
+                        out.pop();
+                    }
+                    Some(Component::RootDir | Component::Prefix(_)) => {}
+                    _ => out.push(".."),
+                }
+            }
+            other => out.push(other),
+        }
     }
+    out
 }
 
 /// Parses a duration such as `10s`, `72h`, `1h 30m` or ISO 8601 `PT10S`.
@@ -308,7 +336,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Duration::try_from(d).ok()
 }
 
-fn validate(file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
+fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
     let base = path.parent().map(Path::to_owned).unwrap_or_default();
     let invalid =
         |key: &'static str, value: &str, reason: &str, fix: &'static str| ConfigError::Invalid {
@@ -433,7 +461,13 @@ fn validate(file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         ));
     }
 
+    // `pms.allow = ["any"]`: an explicit "every host" (kept as 0.0.0.0/0 and ::/0).
+    let allow_any = any_host(file.pms.allow.as_deref(), &invalid)?;
+    if allow_any {
+        file.pms.allow = Some(vec!["0.0.0.0/0".to_owned(), "::/0".to_owned()]);
+    }
     let pms = validate_pms(&file.pms, &time_zone, &base, &invalid)?;
+    require_allow_list(&pms, &invalid)?;
 
     let api_socket = match file.api.socket.as_deref() {
         None => PathBuf::from("/run/clinic-relay/api.sock"),
@@ -516,6 +550,40 @@ fn validate(file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
     })
 }
 
+/// Whether `pms.allow` is the explicit `["any"]`; `"any"` mixed with
+/// addresses is an error (it would make the addresses meaningless).
+fn any_host(allow: Option<&[String]>, invalid: &Invalid<'_>) -> Result<bool, ConfigError> {
+    let list = allow.unwrap_or_default();
+    let any = list.iter().any(|e| e.trim().eq_ignore_ascii_case("any"));
+    if any && list.len() > 1 {
+        return Err(invalid(
+            "pms.allow",
+            "any",
+            "\"any\" cannot be combined with addresses",
+            "write either allow = [\"any\"] or a list of addresses and networks",
+        ));
+    }
+    Ok(any)
+}
+
+/// A listener reachable from the network needs an explicit allow-list:
+/// otherwise any host on the LAN could send HL7 that changes patient data.
+/// A loopback listener may leave it empty (only local processes reach it).
+fn require_allow_list(pms: &PmsConfig, invalid: &Invalid<'_>) -> Result<(), ConfigError> {
+    if pms.allow.is_empty() && !pms.mllp_listen.ip().to_canonical().is_loopback() {
+        return Err(invalid(
+            "pms.allow",
+            "[]",
+            &format!(
+                "pms.mllp_listen = \"{}\" is reachable from the network, and without an allow-list any host could send HL7 that changes patient data",
+                pms.mllp_listen
+            ),
+            "list the PMS's addresses or networks, e.g. allow = [\"192.168.10.5\"] or [\"192.168.10.0/24\"]; or write allow = [\"any\"] to accept every host (then restrict the port on the firewall); or listen on 127.0.0.1",
+        ));
+    }
+    Ok(())
+}
+
 type Invalid<'a> = dyn Fn(&'static str, &str, &str, &'static str) -> ConfigError + 'a;
 
 fn duration_in(
@@ -551,7 +619,7 @@ fn validate_pms(
 ) -> Result<PmsConfig, ConfigError> {
     use crate::model::AppointmentStatus;
     use crate::pms::map::{FieldPath, MappingConfig};
-    let mllp_raw = file.mllp_listen.as_deref().unwrap_or("0.0.0.0:2575");
+    let mllp_raw = file.mllp_listen.as_deref().unwrap_or("127.0.0.1:2575");
     let mllp_listen: SocketAddr = mllp_raw.parse().map_err(|_| {
         invalid(
             "pms.mllp_listen",
@@ -859,6 +927,36 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_absolute_and_free_of_dot_segments() {
+        let c = Config::from_toml(
+            "[service]\ndata_dir = \"../.dev-data/./data\"\n[api]\nsocket = \"../../../../run/x.sock\"\n",
+            Path::new("/srv/cr/config/dev.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.service.data_dir, Path::new("/srv/cr/.dev-data/data"));
+        assert_eq!(c.api.socket, Path::new("/run/x.sock"));
+
+        // A relative config path (`--config config/dev.toml`) is anchored at
+        // the working directory once, at load.
+        let cwd = std::env::current_dir().unwrap();
+        let c = Config::from_toml(
+            "[service]\ndata_dir = \"../.dev-data/data\"\n[keys]\nmaster_key_file = \"../.dev-data/k\"\n",
+            Path::new("config/dev.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.path, cwd.join("config/dev.toml"));
+        assert_eq!(c.service.data_dir, cwd.join(".dev-data/data"));
+        assert_eq!(
+            c.keys.master_key_file.as_deref(),
+            Some(cwd.join(".dev-data/k").as_path())
+        );
+        for p in [&c.path, &c.service.data_dir, &c.api.socket] {
+            assert!(p.is_absolute(), "{}", p.display());
+            assert!(!p.to_string_lossy().contains(".."), "{}", p.display());
+        }
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_table() {
         let err = load("[service]\ndata_dir = \"/x\"\ndata_dirr = \"/y\"\n").unwrap_err();
         let msg = err.to_string();
@@ -906,6 +1004,42 @@ mod tests {
             msg.contains("`service.shutdown_timeout`") && msg.contains("\"10s\""),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_network_listener_needs_an_allow_list() {
+        for listen in ["0.0.0.0:2575", "[::]:2575", "192.168.10.2:2575"] {
+            for allow in ["", "allow = []\n"] {
+                let msg = load(&format!("[pms]\nmllp_listen = \"{listen}\"\n{allow}"))
+                    .unwrap_err()
+                    .to_string();
+                assert!(msg.contains("`pms.allow`"), "{msg}");
+                assert!(msg.contains(listen), "{msg}");
+                assert!(msg.contains("allow = [\"any\"]"), "{msg}");
+                assert!(msg.contains("127.0.0.1"), "{msg}");
+            }
+        }
+        let c =
+            load("[pms]\nmllp_listen = \"0.0.0.0:2575\"\nallow = [\"192.168.10.0/24\"]\n").unwrap();
+        assert_eq!(c.pms.allow.len(), 1);
+        let c = load("[pms]\nmllp_listen = \"0.0.0.0:2575\"\nallow = [\"any\"]\n").unwrap();
+        let everyone: Vec<ipnet::IpNet> =
+            vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+        assert_eq!(c.pms.allow, everyone);
+        let msg = load("[pms]\nmllp_listen = \"0.0.0.0:2575\"\nallow = [\"any\", \"10.0.0.1\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`pms.allow`"), "{msg}");
+    }
+
+    #[test]
+    fn a_loopback_listener_may_leave_the_allow_list_empty() {
+        for listen in ["127.0.0.1:2575", "[::1]:2575", "127.0.0.2:0"] {
+            let c = load(&format!("[pms]\nmllp_listen = \"{listen}\"\n")).unwrap();
+            assert!(c.pms.allow.is_empty());
+        }
+        // The default listens on loopback, so an empty file stays valid.
+        assert!(load("").unwrap().pms.mllp_listen.ip().is_loopback());
     }
 
     #[test]

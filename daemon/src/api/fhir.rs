@@ -58,7 +58,7 @@ pub fn patient(p: &Patient) -> Value {
     v
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PatientIn {
     #[serde(default)]
@@ -77,39 +77,125 @@ pub struct PatientIn {
     pub outreach_blocked: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct IdentifierIn {
     pub system: Option<String>,
     pub value: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct NameIn {
     pub family: Option<String>,
     #[serde(default)]
     pub given: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct TelecomIn {
     pub system: Option<String>,
     pub value: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct CommunicationIn {
     pub language: Option<CodeableIn>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct CodeableIn {
     #[serde(default)]
     pub coding: Vec<CodingIn>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct CodingIn {
     pub code: Option<String>,
+}
+
+// The request shapes hold PHI (names, MRNs, phone numbers, birth dates,
+// appointment times), so their `Debug` never prints a value: only which
+// members are present and how many entries a list has. A `{:?}` in a log
+// line or an error can then not leak what a client sent.
+
+/// `Some(..)`/`None` without the value.
+struct Presence(bool);
+
+impl std::fmt::Debug for Presence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0 { "Some(<redacted>)" } else { "None" })
+    }
+}
+
+/// The length of a list, without its entries.
+struct Count(usize);
+
+impl std::fmt::Debug for Count {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[<{} redacted>]", self.0)
+    }
+}
+
+impl std::fmt::Debug for PatientIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatientIn")
+            .field("identifier", &Count(self.identifier.len()))
+            .field("name", &Count(self.name.len()))
+            .field("birth_date", &Presence(self.birth_date.is_some()))
+            .field("telecom", &Count(self.telecom.len()))
+            .field("communication", &Count(self.communication.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for IdentifierIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentifierIn")
+            .field("system", &self.system)
+            .field("value", &Presence(self.value.is_some()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for NameIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NameIn")
+            .field("family", &Presence(self.family.is_some()))
+            .field("given", &Count(self.given.len()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TelecomIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelecomIn")
+            .field("system", &self.system)
+            .field("value", &Presence(self.value.is_some()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CommunicationIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommunicationIn")
+            .field("language", &Presence(self.language.is_some()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CodeableIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeableIn")
+            .field("coding", &Count(self.coding.len()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CodingIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodingIn")
+            .field("code", &Presence(self.code.is_some()))
+            .finish()
+    }
 }
 
 impl PatientIn {
@@ -163,7 +249,7 @@ pub fn appointment(a: &Appointment) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppointmentIn {
     pub status: AppointmentStatus,
@@ -174,17 +260,45 @@ pub struct AppointmentIn {
     pub participant: Vec<ParticipantIn>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct ParticipantIn {
     pub actor: Option<ReferenceIn>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct ReferenceIn {
     pub reference: Option<String>,
     pub display: Option<String>,
     #[serde(rename = "type")]
     pub kind: Option<String>,
+}
+
+impl std::fmt::Debug for AppointmentIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The status is a code, not PHI; when and with whom is.
+        f.debug_struct("AppointmentIn")
+            .field("status", &self.status)
+            .field("participant", &Count(self.participant.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ParticipantIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParticipantIn")
+            .field("actor", &self.actor)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ReferenceIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReferenceIn")
+            .field("reference", &Presence(self.reference.is_some()))
+            .field("display", &Presence(self.display.is_some()))
+            .field("type", &self.kind)
+            .finish()
+    }
 }
 
 impl AppointmentIn {
@@ -295,4 +409,43 @@ pub fn bundle(entries: Vec<Value>) -> Value {
         "total": entries.len(),
         "entry": entries.into_iter().map(|r| json!({"resource": r})).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_request_shapes_prints_no_phi() {
+        let patient: PatientIn = serde_json::from_value(json!({
+            "identifier": [{"system": MRN_SYSTEM, "value": "ZZMARK-MRN"}],
+            "name": [{"family": "ZZMARK-FAMILY", "given": ["ZZMARK-GIVEN"]}],
+            "birthDate": "1901-02-03",
+            "telecom": [{"system": "phone", "value": "+49 ZZMARK 0100"}],
+            "communication": [{"language": {"coding": [{"code": "ZZMARK-LANG"}]}}],
+            "deceasedBoolean": true,
+        }))
+        .unwrap();
+        let appointment: AppointmentIn = serde_json::from_value(json!({
+            "status": "booked",
+            "start": "1901-02-03T09:00:00Z",
+            "participant": [{"actor": {"reference": "Patient/ZZMARK", "display": "Dr. ZZMARK"}}],
+        }))
+        .unwrap();
+        for text in [
+            format!("{patient:?}"),
+            format!("{patient:#?}"),
+            format!("{appointment:?}"),
+            format!("{:?}", patient.name),
+            format!("{:?}", patient.telecom),
+            format!("{:?}", patient.communication),
+        ] {
+            assert!(!text.contains("ZZMARK"), "{text}");
+            assert!(!text.contains("1901"), "{text}");
+            assert!(!text.contains("true"), "{text}");
+        }
+        let text = format!("{patient:?}");
+        assert!(text.contains("birth_date: Some(<redacted>)"), "{text}");
+        assert!(text.contains("identifier: [<1 redacted>]"), "{text}");
+    }
 }

@@ -11,7 +11,7 @@ pub mod read_audit;
 mod routes;
 
 pub use problem::Problem;
-pub use routes::{ApiState, HealthSources};
+pub use routes::{ApiState, Door, HealthSources};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -69,7 +69,7 @@ pub async fn serve(listener: UnixListener, state: Arc<ApiState>, mut stop: watch
                 let uid = stream.peer_cred().map(|c| c.uid()).ok();
                 debug!(peer_uid = ?uid, "API connection");
                 let actor = format!("api:uid={}", uid.map_or("?".to_owned(), |u| u.to_string()));
-                connections.spawn(serve_connection(stream, actor, state.clone(), stop.clone()));
+                connections.spawn(serve_connection(stream, actor, Door::Unix, state.clone(), stop.clone()));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -104,7 +104,7 @@ pub async fn serve_tcp(
                     };
                     let actor = format!("api:{}", crate::tls::peer_name(tls.get_ref().1));
                     debug!(peer = %peer.ip(), client = %actor, "API TLS connection");
-                    serve_connection(tls, actor, state, stop).await;
+                    serve_connection(tls, actor, Door::Tcp, state, stop).await;
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -116,6 +116,7 @@ pub async fn serve_tcp(
 async fn serve_connection<S>(
     stream: S,
     actor: String,
+    door: Door,
     state: Arc<ApiState>,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -125,7 +126,7 @@ async fn serve_connection<S>(
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
         let actor = actor.clone();
-        async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, req, &actor).await) }
+        async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, req, &actor, door).await) }
     });
     let conn = http1::Builder::new()
         .keep_alive(true)

@@ -13,6 +13,9 @@ pub struct Problem {
     pub title: &'static str,
     pub status: u16,
     pub detail: String,
+    /// RFC 9457 extension members (e.g. `head` of the event feed).
+    #[serde(flatten)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Problem {
@@ -27,7 +30,14 @@ impl Problem {
             title,
             status: status.as_u16(),
             detail: detail.into(),
+            extensions: serde_json::Map::new(),
         }
+    }
+
+    /// Adds an extension member (never PHI: ids, counts, cursors).
+    pub fn with(mut self, member: &str, value: serde_json::Value) -> Self {
+        self.extensions.insert(member.to_owned(), value);
+        self
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {

@@ -41,6 +41,16 @@ pub struct HealthSources {
     pub pms_sender_configured: bool,
 }
 
+/// Which listener a request came in on: admin endpoints answer only on the
+/// Unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// The local Unix socket (file permissions decide who connects).
+    Unix,
+    /// The optional TCP listener (mutual TLS).
+    Tcp,
+}
+
 type Resp = Response<Full<Bytes>>;
 
 fn json_response(status: StatusCode, body: &Value) -> Resp {
@@ -136,15 +146,42 @@ async fn read_json<T: DeserializeOwned>(
             }
         })?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| {
-        // serde's message can quote the input; give position and category only.
-        Problem::bad_request(format!(
-            "the body is not valid JSON for this resource ({:?} error at line {}, column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        ))
-    })
+    serde_json::from_slice(&body).map_err(|e| body_problem(&e))
+}
+
+/// A body that does not parse: what kind of problem and where, plus the
+/// member's name when one is missing. serde's own message is never passed
+/// on: it can quote the input ("invalid type: string \"…\"", "unknown
+/// variant `…`", a time that did not parse), and the input may be PHI.
+fn body_problem(e: &serde_json::Error) -> Problem {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "is not valid JSON".to_owned(),
+        Category::Eof => "ends before its JSON is complete".to_owned(),
+        Category::Io => "could not be read".to_owned(),
+        Category::Data => match missing_member(e) {
+            Some(name) => format!("lacks the required member `{name}`"),
+            None => {
+                "has a member of the wrong type, or with a value that is not allowed".to_owned()
+            }
+        },
+    };
+    Problem::bad_request(format!(
+        "the body {what} for this resource (at line {}, column {}; values are not quoted)",
+        e.line(),
+        e.column()
+    ))
+}
+
+/// The member named by serde's "missing field `x`": a name from our own
+/// types (serde only reports declared fields), checked to look like one.
+fn missing_member(e: &serde_json::Error) -> Option<String> {
+    let message = e.to_string();
+    let (name, _) = message.strip_prefix("missing field `")?.split_once('`')?;
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    plain.then(|| name.to_owned())
 }
 
 fn patient_id(segment: &str) -> Result<PatientId, Problem> {
@@ -196,14 +233,19 @@ async fn apply(
     }
 }
 
-pub async fn handle(state: &ApiState, req: Request<Incoming>, actor: &str) -> Resp {
-    match route(state, req, actor).await {
+pub async fn handle(state: &ApiState, req: Request<Incoming>, actor: &str, door: Door) -> Resp {
+    match route(state, req, actor, door).await {
         Ok(resp) => resp,
         Err(problem) => problem.into_response(),
     }
 }
 
-async fn route(state: &ApiState, req: Request<Incoming>, actor: &str) -> Result<Resp, Problem> {
+async fn route(
+    state: &ApiState,
+    req: Request<Incoming>,
+    actor: &str,
+    door: Door,
+) -> Result<Resp, Problem> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     // Ids may contain any character (a PMS appointment id like "A/12"):
     // segments are percent-decoded after splitting.
@@ -212,15 +254,15 @@ async fn route(state: &ApiState, req: Request<Incoming>, actor: &str) -> Result<
     let method = req.method().clone();
     match (method, segments.as_slice()) {
         (Method::GET, ["v1", "status"]) => status(state),
-        (Method::GET, ["v1", "admin", "backup"]) if actor.starts_with("api:uid=") => {
-            backup(state, actor).await
-        }
-        (_, ["v1", "admin", ..]) => Err(Problem::new(
+        // On the TCP door, everything under /v1/admin/ is refused the same
+        // way (whatever the method or path), so it reveals nothing.
+        (_, ["v1", "admin", ..]) if door == Door::Tcp => Err(Problem::new(
             StatusCode::FORBIDDEN,
             "admin-local-only",
             "Admin endpoints are local only",
             "use the Unix socket on the clinic-relay host for administrative requests",
         )),
+        (Method::GET, ["v1", "admin", "backup"]) => backup(state, actor).await,
         (Method::GET, ["v1", "patients"]) => search_patients(state, &req, actor),
         (Method::POST, ["v1", "patients"]) => upsert_patient(state, req, actor).await,
         (Method::GET, ["v1", "patients", id]) => get_patient(state, id, actor),
@@ -260,6 +302,7 @@ async fn route(state: &ApiState, req: Request<Incoming>, actor: &str) -> Result<
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     match segments {
         ["v1", "status" | "events"]
+        | ["v1", "admin", "backup"]
         | ["v1", "results", _]
         | ["v1", "patients", _, "appointments"] => Some("GET"),
         ["v1", "patients"] => Some("GET, POST"),
@@ -626,6 +669,16 @@ async fn events(state: &ApiState, req: &Request<Incoming>) -> Result<Resp, Probl
         .unwrap_or_default()
         .min(state.max_wait);
     let mut watch = state.vault.events_watch();
+    // A cursor past the durable head never came from this feed (a typo, or
+    // a cursor kept across a restore from an older backup). Accepting it
+    // would silently skip the next events, so it is refused.
+    let head = *watch.borrow_and_update();
+    if after > head {
+        return Err(Problem::bad_request(format!(
+            "after: {after} is past the end of the feed (the current head is {head}); continue from a cursor this feed returned, or from 0"
+        ))
+        .with("head", json!(head)));
+    }
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let found = state.vault.events_after(after, limit).map_err(internal)?;
@@ -646,5 +699,48 @@ async fn events(state: &ApiState, req: &Request<Incoming>) -> Result<Resp, Probl
             Ok(Ok(())) => continue,
             Ok(Err(_)) | Err(_) => return ok(&json!({"events": [], "cursor": after})),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detail<T: DeserializeOwned + std::fmt::Debug>(body: &str) -> String {
+        let e = serde_json::from_slice::<T>(body.as_bytes()).unwrap_err();
+        body_problem(&e).detail
+    }
+
+    #[test]
+    fn body_errors_name_position_and_missing_members_never_values() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct ConsentIn {
+            state: ConsentState,
+        }
+        let cases = [
+            detail::<fhir::PatientIn>(r#"{"identifier": "ZZMARK-MRN"}"#),
+            detail::<fhir::PatientIn>(r#"{"name": [{"family": 19010203}], "x": "ZZMARK"}"#),
+            detail::<fhir::PatientIn>(r#"{"telecom": [{"value": "ZZMARK"#),
+            detail::<fhir::PatientIn>(r#"{"birthDate": ZZMARK}"#),
+            detail::<fhir::AppointmentIn>(r#"{"status": "booked", "start": "ZZMARK-1901"}"#),
+            detail::<fhir::AppointmentIn>(
+                r#"{"status": "ZZMARK", "start": "2026-12-01T09:00:00Z"}"#,
+            ),
+            detail::<Vec<fhir::SlotIn>>(r#"[{"id": "S", "start": "ZZMARK", "end": "x"}]"#),
+            detail::<ConsentIn>(r#"{"state": "ZZMARK"}"#),
+        ];
+        for d in &cases {
+            assert!(!d.contains("ZZMARK") && !d.contains("1901"), "{d}");
+            assert!(d.contains("at line 1, column "), "{d}");
+        }
+        assert!(cases[0].contains("wrong type"), "{}", cases[0]);
+        assert!(cases[2].contains("ends before"), "{}", cases[2]);
+        assert!(cases[3].contains("not valid JSON"), "{}", cases[3]);
+        let missing = detail::<fhir::AppointmentIn>(r#"{"status": "booked"}"#);
+        assert!(
+            missing.contains("lacks the required member `start`"),
+            "{missing}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod api_defects;
 mod appliance;
 mod audit_tamper;
 mod config_cli;

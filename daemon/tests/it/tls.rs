@@ -124,6 +124,15 @@ async fn https_status(
     addr: std::net::SocketAddr,
     config: rustls::ClientConfig,
 ) -> Result<u16, String> {
+    https_request(addr, config, "GET", "/v1/status").await
+}
+
+async fn https_request(
+    addr: std::net::SocketAddr,
+    config: rustls::ClientConfig,
+    method: &str,
+    path: &str,
+) -> Result<u16, String> {
     use http_body_util::Full;
     use hyper_util::rt::TokioIo;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -138,7 +147,9 @@ async fn https_status(
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = hyper::Request::get("/v1/status")
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", "x")
         .body(Full::new(bytes::Bytes::new()))
         .unwrap();
@@ -166,6 +177,24 @@ async fn the_api_tcp_door_requires_a_client_certificate() {
     assert!(https_status(addr, pki.client_config(Some((&cert, &key))))
         .await
         .is_err());
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_are_refused_on_the_tcp_door_whatever_the_method() {
+    let pki = Pki::new();
+    let d = Daemon::start_in(install_with_tls(&pki)).await;
+    let addr = d.running.api_tcp_addr.unwrap();
+    let (cert, key) = pki.leaf();
+    for (method, path) in [
+        ("GET", "/v1/admin/backup"),
+        ("POST", "/v1/admin/backup"),
+        ("GET", "/v1/admin/other"),
+    ] {
+        let status =
+            https_request(addr, pki.client_config(Some((&cert, &key))), method, path).await;
+        assert_eq!(status, Ok(403), "{method} {path}");
+    }
     d.stop().await;
 }
 
