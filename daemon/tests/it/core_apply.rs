@@ -89,6 +89,7 @@ fn result(order: &str, patient: &Patient) -> LabResult {
         version: 1,
         pdf: b"%PDF-1.4 synthetic".to_vec(),
         delivered: false,
+        withdrawn: false,
     }
 }
 
