@@ -1,0 +1,196 @@
+//! Applying a txn (on the writer thread only): sealing, sequencing,
+//! chaining audit entries, one atomic store write; and what a durable
+//! commit tells the rest of the daemon.
+
+use super::*;
+
+impl Vault {
+    pub(super) fn seal_ops(&self, ops: &[Op]) -> VaultResult<Vec<Write>> {
+        ops.iter()
+            .map(|op| match op {
+                Op::Put(tree, key, owner, plain) => Ok(Write::Put {
+                    tree: *tree,
+                    key: key.clone(),
+                    value: self.seal_value(*tree, key, *owner, plain)?,
+                }),
+                Op::Remove(tree, key) => Ok(Write::Remove {
+                    tree: *tree,
+                    key: key.clone(),
+                }),
+            })
+            .collect()
+    }
+
+    /// Seals the txn's values and applies everything in one transaction,
+    /// chaining its audit entries. Does not wait for durability. Called only
+    /// by the writer thread ([`writer`]).
+    pub(super) fn apply(&self, txn: Txn) -> VaultResult<Receipt> {
+        // Seal outside the commit lock: it is the CPU-heavy part.
+        let sealed_in = crate::sync::read(&self.inner.keys).generation;
+        let mut writes = self.seal_ops(&txn.ops)?;
+        let mut chain = crate::sync::lock(&self.inner.commit_lock);
+        if crate::sync::read(&self.inner.keys).generation != sealed_in {
+            // A key rotation began while we sealed: the re-sealer may already
+            // have passed these keys, so seal again under the new generation.
+            writes = self.seal_ops(&txn.ops)?;
+        }
+        let mut receipt = Receipt::empty();
+        receipt.wrote = txn.flush_anyway;
+        for (tree, key) in &txn.absent {
+            if self.inner.store.get(*tree, key)?.is_some() {
+                receipt.duplicate = true;
+                return Ok(receipt);
+            }
+        }
+        let mut next_seqs: Vec<(Tree, u64)> = Vec::new();
+        for (tree, owner, plain) in &txn.appends {
+            let last = next_seqs
+                .iter()
+                .rev()
+                .find(|(t, _)| t == tree)
+                .map(|(_, s)| *s)
+                .or_else(|| chain.last_seq.get(tree).copied())
+                .unwrap_or(0);
+            let seq = last + 1;
+            let key = seq.to_be_bytes().to_vec();
+            let value = self.seal_value(*tree, &key, *owner, plain)?;
+            writes.push(Write::Put {
+                tree: *tree,
+                key,
+                value,
+            });
+            next_seqs.push((*tree, seq));
+        }
+        // The high-water marks are stored, not derived from the last key at
+        // the next start: a drained queue or a pruned feed must never hand
+        // out a number again (feed cursors would skip, receipts collide).
+        let mut marked: Vec<Tree> = Vec::new();
+        for (tree, seq) in next_seqs.iter().rev() {
+            if marked.contains(tree) {
+                continue;
+            }
+            marked.push(*tree);
+            let key = high_water_key(*tree);
+            let value = self.seal_value(Tree::Meta, &key, Owner::System, &seq.to_be_bytes())?;
+            writes.push(Write::Put {
+                tree: Tree::Meta,
+                key,
+                value,
+            });
+        }
+        let (mut seq, mut hash) = (chain.seq, chain.hash.clone());
+        if !txn.audits.is_empty() {
+            if let Some(why) = &chain.damage {
+                return Err(VaultError::AuditDamaged(why.clone()));
+            }
+            for draft in txn.audits {
+                let entry = AuditEntry::chain(seq, &hash, txn.time, draft);
+                let key = entry.seq.to_be_bytes().to_vec();
+                let json = serde_json::to_vec(&entry).map_err(|_| VaultError::Encode)?;
+                let value = self.seal_value(Tree::Audit, &key, Owner::System, &json)?;
+                writes.push(Write::Put {
+                    tree: Tree::Audit,
+                    key,
+                    value,
+                });
+                seq = entry.seq;
+                hash = entry.hash;
+            }
+            let head = AuditHead::new(&self.inner.purpose.audit, seq, &hash);
+            let json = serde_json::to_vec(&head).map_err(|_| VaultError::Encode)?;
+            let value = self.seal_value(Tree::Audit, AUDIT_HEAD_KEY, Owner::System, &json)?;
+            writes.push(Write::Put {
+                tree: Tree::Audit,
+                key: AUDIT_HEAD_KEY.to_vec(),
+                value,
+            });
+            receipt.audit_seq = Some(seq);
+        }
+        if writes.is_empty() {
+            // Nothing changed (an unchanged record, a repeat): sled must not
+            // see an empty transaction (it panics on one).
+            return Ok(receipt);
+        }
+        self.inner.store.apply(&writes)?;
+        receipt.wrote = true;
+        chain.seq = seq;
+        chain.hash = hash;
+        for (tree, s) in &next_seqs {
+            chain.last_seq.insert(*tree, *s);
+        }
+        receipt.appended = next_seqs;
+        Ok(receipt)
+    }
+
+    /// Commits `txn` as a job of the writer and returns once it is durable.
+    /// Blocks the thread: from async code use [`Vault::commit_async`]. For a
+    /// txn whose content depends on what is stored, use [`Vault::write`], so
+    /// that the reads happen on the writer too.
+    pub fn commit(&self, txn: Txn) -> VaultResult<Receipt> {
+        self.write_blocking(move |_| Ok::<_, VaultError>((txn, ())))
+            .map(|c| c.receipt)
+    }
+
+    /// Tells long-polls about events that are now on disk. Any flush that
+    /// covers this commit covers every earlier one (they were applied first,
+    /// under the commit lock), so the watermark is a simple maximum.
+    pub(super) fn publish_durable(&self, receipt: &Receipt) {
+        if receipt.last_in(Tree::PmsOutbox).is_some() {
+            self.inner.outbox_signal.notify_one();
+        }
+        if let Some(seq) = receipt.last_in(Tree::Events) {
+            self.inner.events_durable.send_if_modified(|cur| {
+                let moved = seq > *cur;
+                if moved {
+                    *cur = seq;
+                }
+                moved
+            });
+        }
+    }
+
+    /// Notified when a durable commit queued a message for the PMS.
+    pub fn outbox_signal(&self) -> &tokio::sync::Notify {
+        &self.inner.outbox_signal
+    }
+
+    /// The first record of a tree (lowest key): its key, and its value or
+    /// why it does not open.
+    pub fn first(&self, tree: Tree) -> VaultResult<Option<FirstRecord>> {
+        match self.inner.store.scan_from(tree, &[]).next() {
+            None => Ok(None),
+            Some(r) => {
+                let (k, v) = r?;
+                let opened = self.open_value(tree, k.as_ref(), v.as_ref());
+                Ok(Some((k.as_ref().to_vec(), opened)))
+            }
+        }
+    }
+
+    /// The highest event seq that is durable; changes wake the receiver.
+    pub fn events_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.events_durable.subscribe()
+    }
+
+    /// The last seq of a sequenced tree (0 when empty).
+    pub fn last_seq(&self, tree: Tree) -> u64 {
+        crate::sync::lock(&self.inner.commit_lock)
+            .last_seq
+            .get(&tree)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Commits `txn` as a job of the writer and resolves once it is durable.
+    pub async fn commit_async(&self, txn: Txn) -> VaultResult<Receipt> {
+        self.write(move |_| Ok::<_, VaultError>((txn, ())))
+            .await
+            .map(|c| c.receipt)
+    }
+
+    /// Waits until everything applied so far is durable: the writer answers
+    /// an empty job only after every earlier batch was flushed.
+    pub fn flush(&self) -> VaultResult<()> {
+        self.commit(Txn::new(Timestamp::UNIX_EPOCH)).map(|_| ())
+    }
+}

@@ -1,0 +1,134 @@
+//! Erasure: destroying keys once an erasure is durable, reconciling after
+//! a crash, the erasure ledger.
+
+use super::*;
+
+impl Vault {
+    /// Destroys a patient's data keys. Callers record the erasure (ledger and
+    /// audit entry, durably) first; [`Vault::reconcile_erasures`] finishes the
+    /// job after a crash between the two.
+    pub(super) fn destroy_keys(&self, id: PatientId, handles: &[u64]) -> VaultResult<()> {
+        let mut ring = crate::sync::lock(&self.inner.keyring);
+        self.destroy_keys_locked(&mut ring, id, handles)
+    }
+
+    pub(super) fn destroy_keys_locked(
+        &self,
+        ring: &mut Keyring,
+        id: PatientId,
+        handles: &[u64],
+    ) -> VaultResult<()> {
+        ring.destroy(handles)?;
+        let mut view = crate::sync::write(&self.inner.keys);
+        for h in handles {
+            view.by_handle.remove(h);
+        }
+        if view
+            .current
+            .get(&KeyOwner::Patient(id))
+            .is_some_and(|k| handles.contains(&k.key.handle))
+        {
+            view.current.remove(&KeyOwner::Patient(id));
+        }
+        Ok(())
+    }
+
+    /// Runs what a durable commit asked for (see [`AfterCommit`]).
+    pub(super) fn run_effect(&self, effect: AfterCommit) -> VaultResult<()> {
+        match effect {
+            AfterCommit::DestroyPatientKeys(id) => {
+                // The handles are read under the keyring lock, at the moment
+                // they are destroyed: a rotation that began since the erasure
+                // was decided added keys for this patient, and they go too.
+                let mut ring = crate::sync::lock(&self.inner.keyring);
+                let handles = ring.handles_of(id);
+                if !handles.is_empty() {
+                    self.destroy_keys_locked(&mut ring, id, &handles)?;
+                }
+                Self::keyring_copy_current(&ring)
+            }
+            AfterCommit::DestroyHandles(id, handles) => {
+                let mut ring = crate::sync::lock(&self.inner.keyring);
+                if !handles.is_empty() {
+                    self.destroy_keys_locked(&mut ring, id, &handles)?;
+                }
+                Self::keyring_copy_current(&ring)
+            }
+            AfterCommit::RetirePatientKeys(id) => {
+                let mut ring = crate::sync::lock(&self.inner.keyring);
+                ring.retire_owner(KeyOwner::Patient(id))?;
+                crate::sync::write(&self.inner.keys)
+                    .current
+                    .remove(&KeyOwner::Patient(id));
+                Ok(())
+            }
+        }
+    }
+
+    /// An erasure is done only when the keyring copy kept for restores no
+    /// longer holds the keys either: a stale copy would bring the patient
+    /// back with the next restore.
+    pub(super) fn keyring_copy_current(ring: &Keyring) -> VaultResult<()> {
+        match ring.mirror_error() {
+            None => Ok(()),
+            Some(why) => Err(VaultError::KeyringCopyStale(why.to_owned())),
+        }
+    }
+
+    /// Tries again to bring the keyring copy up to date; the reason if it
+    /// is still stale.
+    pub(crate) fn retry_keyring_copy(&self) -> Option<String> {
+        let mut ring = crate::sync::lock(&self.inner.keyring);
+        ring.retry_mirror();
+        ring.mirror_error().map(str::to_owned)
+    }
+
+    /// The handles of every key a patient has now.
+    pub(super) fn patient_handles(&self, id: PatientId) -> Vec<u64> {
+        crate::sync::lock(&self.inner.keyring).handles_of(id)
+    }
+
+    /// Destroys the keys named in the erasure ledger that still exist (a
+    /// crash after the ledger entry, before the keys went). Only the handles
+    /// recorded at erasure: a patient registered again afterwards keeps the
+    /// new key.
+    pub(super) fn reconcile_erasures(&self) -> VaultResult<()> {
+        let pending: Vec<(PatientId, Vec<u64>)> = self
+            .scan_prefix(Tree::Erasures, &[])
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let id = <[u8; 16]>::try_from(k.as_slice()).ok().map(PatientId)?;
+                let record: ErasureRecord = serde_json::from_slice(&v).ok()?;
+                Some((id, record.handles))
+            })
+            .collect();
+        for (id, handles) in pending {
+            let present: Vec<u64> = {
+                let view = crate::sync::read(&self.inner.keys);
+                handles
+                    .into_iter()
+                    .filter(|h| view.by_handle.contains_key(h))
+                    .collect()
+            };
+            if !present.is_empty() {
+                self.destroy_keys(id, &present)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pseudonymous ids of erased patients, with the time of erasure.
+    pub fn erasure_ledger(&self) -> VaultResult<Vec<(PatientId, Timestamp)>> {
+        self.scan_prefix(Tree::Erasures, &[])
+            .map(|r| {
+                let (k, v) = r?;
+                let id = <[u8; 16]>::try_from(k.as_slice())
+                    .map(PatientId)
+                    .map_err(|_| VaultError::Encode)?;
+                let record: ErasureRecord = serde_json::from_slice(&v)
+                    .map_err(|e| VaultError::decode(Tree::Erasures, &e))?;
+                Ok((id, record.erased_at))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,106 @@
+//! Keys in use: blind indexes, the patient data keys, sealing and opening.
+
+use super::*;
+
+impl Vault {
+    /// The blind index of `value` in `domain`: HMAC-SHA256 under the index key.
+    pub fn blind_index(&self, domain: &str, value: &str) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.inner.purpose.index);
+        ctx.update(domain.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(value.as_bytes());
+        let tag = ctx.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    pub(crate) fn audit_key(&self) -> &hmac::Key {
+        &self.inner.purpose.audit
+    }
+
+    /// The key backups are sealed with (stable across master key rotation).
+    pub fn backup_key(&self) -> &[u8; 32] {
+        &self.inner.purpose.backup
+    }
+
+    /// Keeps a copy of the keyring at `path`, updated on every change.
+    pub fn set_keyring_mirror(&self, path: &Path) -> VaultResult<()> {
+        Ok(crate::sync::lock(&self.inner.keyring).set_mirror(path)?)
+    }
+
+    /// Why the keyring copy is stale, if it is.
+    pub fn keyring_mirror_error(&self) -> Option<String> {
+        crate::sync::lock(&self.inner.keyring)
+            .mirror_error()
+            .map(str::to_owned)
+    }
+
+    pub fn has_patient_key(&self, id: PatientId) -> bool {
+        crate::sync::read(&self.inner.keys)
+            .current
+            .contains_key(&KeyOwner::Patient(id))
+    }
+
+    /// Makes sure the patient has a data key, creating it durably (keyring
+    /// append + fsync) if needed. Must precede the first record of a patient.
+    pub fn ensure_patient_key(&self, id: PatientId) -> VaultResult<()> {
+        if self.has_patient_key(id) {
+            return Ok(());
+        }
+        let mut ring = crate::sync::lock(&self.inner.keyring);
+        if self.has_patient_key(id) {
+            return Ok(());
+        }
+        let entry = ring.add_durable(KeyOwner::Patient(id))?;
+        crate::sync::write(&self.inner.keys).add(entry)
+    }
+
+    pub(super) fn sealing_key(&self, owner: Owner) -> VaultResult<Arc<ViewKey>> {
+        let kind = match owner {
+            Owner::System => KeyOwner::System,
+            Owner::Patient(p) => KeyOwner::Patient(p),
+        };
+        crate::sync::read(&self.inner.keys)
+            .current
+            .get(&kind)
+            .cloned()
+            .ok_or(match owner {
+                Owner::Patient(p) => VaultError::NoPatientKey(p),
+                Owner::System => VaultError::Internal("the keyring has no system key"),
+            })
+    }
+
+    pub(super) fn seal_value(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        owner: Owner,
+        plain: &[u8],
+    ) -> VaultResult<Vec<u8>> {
+        let vk = self.sealing_key(owner)?;
+        seal::seal(&vk.key, &self.inner.rng, tree.name(), key, plain).map_err(|source| {
+            VaultError::Damaged {
+                tree: tree.name(),
+                source,
+            }
+        })
+    }
+
+    pub(super) fn open_value(&self, tree: Tree, key: &[u8], sealed: &[u8]) -> VaultResult<Vec<u8>> {
+        let damaged = |source| VaultError::Damaged {
+            tree: tree.name(),
+            source,
+        };
+        let handle = seal::handle_of(sealed).map_err(damaged)?;
+        let vk = crate::sync::read(&self.inner.keys)
+            .by_handle
+            .get(&handle)
+            .cloned()
+            .ok_or(VaultError::KeyUnavailable {
+                tree: tree.name(),
+                handle,
+            })?;
+        seal::open(&vk.key, tree.name(), key, sealed).map_err(damaged)
+    }
+}

@@ -1,0 +1,47 @@
+//! Reads: one record, prefix scans, counts. Readers never take the writer.
+
+use super::*;
+
+impl Vault {
+    /// Reads and opens one record.
+    pub fn get(&self, tree: Tree, key: &[u8]) -> VaultResult<Option<Vec<u8>>> {
+        match self.inner.store.get(tree, key)? {
+            None => Ok(None),
+            Some(sealed) => self.open_value(tree, key, sealed.as_ref()).map(Some),
+        }
+    }
+
+    pub fn get_json<T: DeserializeOwned>(&self, tree: Tree, key: &[u8]) -> VaultResult<Option<T>> {
+        match self.get(tree, key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| VaultError::decode(tree, &e)),
+        }
+    }
+
+    /// Records of `tree` whose key starts with `prefix`, in key order, opened.
+    pub fn scan_prefix<'a>(
+        &'a self,
+        tree: Tree,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = VaultResult<(Vec<u8>, Vec<u8>)>> + 'a {
+        self.inner
+            .store
+            .scan_from(tree, prefix)
+            .take_while(move |r| {
+                r.as_ref()
+                    .map_or(true, |(k, _)| k.as_ref().starts_with(prefix))
+            })
+            .map(move |r| {
+                let (k, v) = r?;
+                let plain = self.open_value(tree, k.as_ref(), v.as_ref())?;
+                Ok((k.as_ref().to_vec(), plain))
+            })
+    }
+
+    /// The number of records in a tree.
+    pub fn count(&self, tree: Tree) -> usize {
+        self.inner.store.len(tree)
+    }
+}

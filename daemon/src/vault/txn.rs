@@ -1,0 +1,179 @@
+//! What one commit applies: staged puts, removes, sequenced appends, audit
+//! entries and the effects that must follow once it is durable; and the
+//! receipt only the vault can issue for it.
+
+use super::*;
+
+/// A staged change. Kept in staging order: a remove followed by a put of the
+/// same key leaves the new value.
+pub(super) enum Op {
+    Put(Tree, Vec<u8>, Owner, Zeroizing<Vec<u8>>),
+    Remove(Tree, Vec<u8>),
+}
+
+/// What must follow a commit once it is durable, run by the writer before
+/// the next job (so nothing can come between the commit and the effect).
+pub(crate) enum AfterCommit {
+    /// Crypto-shredding: the patient's erasure is recorded; all their keys go.
+    DestroyPatientKeys(PatientId),
+    /// These keys of a patient go (a patient merged into an erased one:
+    /// the keys they had at the merge, not one they got since).
+    DestroyHandles(PatientId, Vec<u64>),
+    /// A merged patient's keys stay readable (older backups) but seal
+    /// nothing new: registered again, the patient gets a fresh key.
+    RetirePatientKeys(PatientId),
+}
+
+/// The set of changes one commit applies atomically.
+pub struct Txn {
+    pub(super) time: Timestamp,
+    pub(super) ops: Vec<Op>,
+    pub(super) audits: Vec<AuditDraft>,
+    pub(super) appends: Vec<(Tree, Owner, Zeroizing<Vec<u8>>)>,
+    pub(super) absent: Vec<(Tree, Vec<u8>)>,
+    pub(super) after_commit: Vec<AfterCommit>,
+    /// Answer only after a flush even if this txn writes nothing (a repeat
+    /// is acknowledged with the same durability as its original).
+    pub(super) flush_anyway: bool,
+}
+
+impl Txn {
+    pub fn new(now: Timestamp) -> Self {
+        Self {
+            time: now,
+            ops: Vec::new(),
+            audits: Vec::new(),
+            appends: Vec::new(),
+            absent: Vec::new(),
+            after_commit: Vec::new(),
+            flush_anyway: false,
+        }
+    }
+
+    /// Makes the answer wait for a flush even if nothing is written.
+    pub fn wait_for_flush(&mut self) {
+        self.flush_anyway = true;
+    }
+
+    pub fn time(&self) -> Timestamp {
+        self.time
+    }
+
+    /// Appends a record to a sequenced tree (events, queues): the vault gives
+    /// it the next seq under the commit lock, so seqs are dense and ordered.
+    pub fn append(&mut self, tree: Tree, owner: Owner, plaintext: Vec<u8>) {
+        self.appends.push((tree, owner, Zeroizing::new(plaintext)));
+    }
+
+    pub fn append_json<T: Serialize>(
+        &mut self,
+        tree: Tree,
+        owner: Owner,
+        value: &T,
+    ) -> VaultResult<()> {
+        let bytes = serde_json::to_vec(value).map_err(|_| VaultError::Encode)?;
+        self.append(tree, owner, bytes);
+        Ok(())
+    }
+
+    /// Makes the whole txn conditional on `key` not existing in `tree`
+    /// (checked under the commit lock). If it exists, nothing is applied and
+    /// the receipt says `duplicate`. This is how idempotency keys work.
+    pub fn require_absent(&mut self, tree: Tree, key: impl Into<Vec<u8>>) {
+        self.absent.push((tree, key.into()));
+    }
+
+    pub fn put(&mut self, tree: Tree, key: impl Into<Vec<u8>>, owner: Owner, plaintext: Vec<u8>) {
+        self.ops
+            .push(Op::Put(tree, key.into(), owner, Zeroizing::new(plaintext)));
+    }
+
+    pub fn put_json<T: Serialize>(
+        &mut self,
+        tree: Tree,
+        key: impl Into<Vec<u8>>,
+        owner: Owner,
+        value: &T,
+    ) -> VaultResult<()> {
+        let bytes = serde_json::to_vec(value).map_err(|_| VaultError::Encode)?;
+        self.put(tree, key, owner, bytes);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, tree: Tree, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Remove(tree, key.into()));
+    }
+
+    pub fn audit(&mut self, draft: AuditDraft) {
+        self.audits.push(draft);
+    }
+
+    /// Moves everything staged in `other` into this txn (its time is dropped).
+    pub fn extend(&mut self, other: Txn) {
+        self.ops.extend(other.ops);
+        self.audits.extend(other.audits);
+        self.appends.extend(other.appends);
+        self.absent.extend(other.absent);
+        self.after_commit.extend(other.after_commit);
+        self.flush_anyway |= other.flush_anyway;
+    }
+
+    /// Asks for `effect` once this txn is durable.
+    pub(crate) fn after_commit(&mut self, effect: AfterCommit) {
+        self.after_commit.push(effect);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.audits.is_empty() && self.appends.is_empty()
+    }
+}
+
+/// The first record of a tree: its key, and its value or why it does not open.
+pub type FirstRecord = (Vec<u8>, VaultResult<Vec<u8>>);
+
+/// What a durable commit reports back. Only the vault makes one, and only
+/// for a commit it applied: holding a receipt proves the txn was applied
+/// (and, handed out by [`Vault::write`], that it is on disk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The seq of the last audit entry this commit wrote, if any.
+    pub(super) audit_seq: Option<u64>,
+    /// The seqs given to appended records, in the order they were added.
+    pub(super) appended: Vec<(Tree, u64)>,
+    /// A `require_absent` key existed: nothing was applied.
+    pub(super) duplicate: bool,
+    /// Something reached the store (an empty txn writes nothing).
+    pub(super) wrote: bool,
+}
+
+impl Receipt {
+    pub(super) fn empty() -> Self {
+        Self {
+            audit_seq: None,
+            appended: Vec::new(),
+            duplicate: false,
+            wrote: false,
+        }
+    }
+
+    pub fn audit_seq(&self) -> Option<u64> {
+        self.audit_seq
+    }
+
+    pub fn appended(&self) -> &[(Tree, u64)] {
+        &self.appended
+    }
+
+    pub fn duplicate(&self) -> bool {
+        self.duplicate
+    }
+
+    /// The last seq appended to `tree` by this commit.
+    pub fn last_in(&self, tree: Tree) -> Option<u64> {
+        self.appended
+            .iter()
+            .rev()
+            .find(|(t, _)| *t == tree)
+            .map(|(_, s)| *s)
+    }
+}
