@@ -29,6 +29,7 @@ pub mod logging;
 pub mod model;
 pub mod pms;
 pub mod process;
+pub mod queue;
 pub mod service;
 pub mod sync;
 pub mod tls;

@@ -306,6 +306,8 @@ pub enum EventKind {
     MessageFailed,
     PatientErased,
     PmsMessageRejected,
+    /// A message for the PMS passed its expiry before it could be delivered.
+    PmsMessageExpired,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

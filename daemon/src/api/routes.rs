@@ -322,7 +322,6 @@ fn audit_read(state: &ApiState, actor: &str, action: &str, subject: Option<Patie
 }
 
 fn status(state: &ApiState) -> Result<Resp, Problem> {
-    use crate::pms::outbound::Outgoing;
     use crate::vault::Tree;
     let now = state.clock.now();
     let vault = &state.vault;
@@ -330,12 +329,8 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
     let mut warnings: Vec<String> = Vec::new();
 
     let outbox_depth = vault.count(Tree::PmsOutbox);
-    let outbox_oldest = match vault.first(Tree::PmsOutbox).map_err(internal)? {
-        Some((_, Ok(bytes))) => serde_json::from_slice::<Outgoing>(&bytes)
-            .ok()
-            .map(|o| o.created_at),
-        _ => None,
-    };
+    let outbox_oldest =
+        crate::queue::oldest_enqueued(vault, &crate::queue::PMS_OUTBOX).map_err(internal)?;
     if let Some(oldest) = outbox_oldest {
         if now.duration_since(oldest).as_secs() > 3600 {
             warnings.push("messages for the PMS have waited over an hour (is the PMS reachable? see pms.outbound_endpoint)".to_owned());

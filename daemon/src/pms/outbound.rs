@@ -64,8 +64,9 @@ pub struct OutboundConfig {
 }
 
 /// A queued message. Sealed under the patient's key (it carries PID), so an
-/// erased patient's pending messages can no longer be read or sent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// erased patient's pending messages can no longer be read or sent. Its
+/// `Debug` names the message, never the HL7 bytes (they hold PHI).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Outgoing {
     pub kind: String,
     pub patient: Option<PatientId>,
@@ -73,10 +74,31 @@ pub struct Outgoing {
     pub created_at: Timestamp,
     #[serde(with = "hl7_text")]
     pub hl7: Vec<u8>,
-    #[serde(default)]
-    pub attempts: u32,
-    #[serde(default)]
-    pub last_error: Option<String>,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("kind", &self.kind)
+            .field("patient", &self.patient)
+            .field("control_id", &self.control_id)
+            .field("created_at", &self.created_at)
+            .field("hl7_bytes", &self.hl7.len())
+            .finish()
+    }
+}
+
+impl crate::queue::Queued for Outgoing {
+    fn patient(&self) -> Option<PatientId> {
+        self.patient
+    }
+
+    fn describe(&self) -> std::collections::BTreeMap<String, String> {
+        std::collections::BTreeMap::from([
+            ("message".to_owned(), self.kind.clone()),
+            ("control_id".to_owned(), self.control_id.clone()),
+        ])
+    }
 }
 
 /// The HL7 bytes as a string in the (sealed) JSON record.
@@ -356,10 +378,12 @@ fn decide(
         control_id: control_id.clone(),
         created_at: now,
         hl7,
-        attempts: 0,
-        last_error: None,
     };
-    txn.append_json(Tree::PmsOutbox, Owner::Patient(patient_id), &outgoing)?;
+    crate::queue::enqueue(
+        &mut txn,
+        &crate::queue::PMS_OUTBOX,
+        &crate::queue::Envelope::new(outgoing, now),
+    )?;
     let event = Event {
         kind: event_kind(action),
         time: now,

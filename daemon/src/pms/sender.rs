@@ -9,10 +9,9 @@
 use super::hl7;
 use super::mllp::{self, Incoming};
 use super::outbound::Outgoing;
-use crate::audit::AuditDraft;
 use crate::clock::SharedClock;
-use crate::model::{Event, EventKind};
-use crate::vault::{Owner, Tree, Txn, Vault, VaultError};
+use crate::queue::{self, Next, Outcome, Settled, PMS_OUTBOX};
+use crate::vault::Vault;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::BufReader;
@@ -57,10 +56,14 @@ impl SenderHandle {
     }
 }
 
-enum Outcome {
-    Accepted,
-    Refused(String),
-    Retry(String),
+/// What one pass over the queue came to.
+enum Step {
+    /// A message left the queue (or was dropped): look again at once.
+    Progress,
+    /// Nothing is queued.
+    Idle,
+    /// The next message is due then.
+    WaitUntil(jiff::Timestamp),
 }
 
 type Connection = (
@@ -90,7 +93,10 @@ impl Sender {
     }
 
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_secs(1);
+        // Back-off for our own failures (the vault could not record an
+        // outcome); delivery back-off is stored with each item.
+        let mut storage_backoff = Duration::from_secs(1);
+        let mut retry_now = false;
         loop {
             if *stop.borrow() {
                 return;
@@ -99,27 +105,32 @@ impl Sender {
             // must not hold up shutdown). The message stays queued and is
             // sent again after the restart: delivery is at-least-once, and
             // the PMS deduplicates on MSH-10.
-            let outcome = tokio::select! {
+            let step = tokio::select! {
                 _ = stop.changed() => return,
-                outcome = self.step() => outcome,
+                step = self.step(retry_now) => step,
             };
-            let wait = match outcome {
-                Ok(true) => {
-                    backoff = Duration::from_secs(1);
+            retry_now = false;
+            let wait = match step {
+                Ok(Step::Progress) => {
+                    storage_backoff = Duration::from_secs(1);
                     continue;
                 }
-                Ok(false) => None,
+                Ok(Step::Idle) => None,
+                Ok(Step::WaitUntil(due)) => Some(
+                    Duration::try_from(due.duration_since(self.clock.now()))
+                        .unwrap_or(Duration::ZERO),
+                ),
                 Err(why) => {
-                    warn!(reason = %why, retry_in_s = backoff.as_secs(), "PMS delivery failed; will retry");
-                    let w = backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    warn!(reason = %why, retry_in_s = storage_backoff.as_secs(), "the PMS outbox could not be worked; will retry");
+                    let w = storage_backoff;
+                    storage_backoff = (storage_backoff * 2).min(MAX_BACKOFF);
                     Some(w)
                 }
             };
             let signal = self.vault.outbox_signal();
             tokio::select! {
                 _ = stop.changed() => return,
-                _ = self.handle.kick.notified() => {}
+                _ = self.handle.kick.notified() => retry_now = true,
                 _ = signal.notified() => {}
                 _ = async {
                     match wait {
@@ -131,89 +142,44 @@ impl Sender {
         }
     }
 
-    /// Tries the head of the queue. Ok(true): progress, go on; Ok(false):
-    /// the queue is empty; Err: retry later.
-    async fn step(&mut self) -> Result<bool, String> {
-        let Some((key, head)) = self
+    /// Works the queue once: finds the next due message (the writer drops
+    /// what must not stay on the way), delivers it, and records the outcome.
+    async fn step(&mut self, retry_now: bool) -> Result<Step, String> {
+        let now = self.clock.now();
+        let next = self
             .vault
-            .first(Tree::PmsOutbox)
+            .write(move |v| queue::take_next::<Outgoing>(v, &PMS_OUTBOX, now, retry_now))
+            .await
             .map_err(|e| e.to_string())?
-        else {
-            return Ok(false);
+            .value;
+        let (seq, envelope) = match next {
+            Next::Item { seq, envelope } => (seq, envelope),
+            Next::WaitUntil(due) => return Ok(Step::WaitUntil(due)),
+            Next::Empty => return Ok(Step::Idle),
         };
-        let mut msg: Outgoing = match head {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|_| "outbox entry does not decode".to_owned())?,
-            Err(VaultError::KeyUnavailable { .. }) => {
-                // The patient was erased: their message must not go out.
-                let mut txn = Txn::new(self.clock.now());
-                txn.remove(Tree::PmsOutbox, key);
-                txn.audit(
-                    AuditDraft::new("system", "pms.outbound.dropped")
-                        .detail("reason", "patient erased"),
-                );
-                self.vault
-                    .commit_async(txn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                return Ok(true);
-            }
-            Err(e) => return Err(e.to_string()),
-        };
+        let msg = envelope.item;
         let outcome = self.deliver(&msg).await;
         let now = self.clock.now();
-        let mut txn = Txn::new(now);
-        let owner = msg.patient.map_or(Owner::System, Owner::Patient);
-        let action = match &outcome {
-            Outcome::Retry(reason) => {
-                msg.attempts += 1;
-                msg.last_error = Some(reason.clone());
-                txn.put_json(Tree::PmsOutbox, key, owner, &msg)
-                    .map_err(|e| e.to_string())?;
-                self.vault
-                    .commit_async(txn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                return Err(reason.clone());
-            }
-            Outcome::Accepted => "pms.outbound.accepted",
-            Outcome::Refused(reason) => {
-                msg.last_error = Some(reason.clone());
-                txn.append_json(Tree::PmsDeadLetters, owner, &msg)
-                    .map_err(|e| e.to_string())?;
-                let mut details = std::collections::BTreeMap::new();
-                details.insert("message".to_owned(), msg.kind.clone());
-                details.insert("control_id".to_owned(), msg.control_id.clone());
-                let event = Event {
-                    kind: EventKind::PmsMessageRejected,
-                    time: now,
-                    patient: msg.patient,
-                    appointment: None,
-                    slot: None,
-                    details,
-                };
-                txn.append_json(Tree::Events, Owner::System, &event)
-                    .map_err(|e| e.to_string())?;
-                "pms.outbound.rejected"
-            }
-        };
-        // Accepted or refused for good: either way it leaves the queue.
-        txn.remove(Tree::PmsOutbox, key);
-        let mut audit = AuditDraft::new("system", action).detail("message", msg.kind.as_str());
-        audit.subject = msg.patient.map(|p| p.to_string());
-        txn.audit(audit);
-        self.vault
-            .commit_async(txn)
+        let recorded = outcome.clone();
+        let settled = self
+            .vault
+            .write(move |v| queue::settle::<Outgoing>(v, &PMS_OUTBOX, seq, &recorded, now))
             .await
-            .map_err(|e| e.to_string())?;
-        match outcome {
-            Outcome::Refused(_) => {
+            .map_err(|e| e.to_string())?
+            .value;
+        match (&outcome, settled) {
+            (queue::Outcome::Retry(reason), Settled::RetryAt(due)) => {
+                warn!(message = %msg.kind, reason = %reason, attempts = envelope.attempts + 1, "PMS delivery failed; will retry");
+                return Ok(Step::WaitUntil(due));
+            }
+            (_, Settled::DeadLettered) => {
                 warn!(message = %msg.kind, "PMS refused message (AE): moved to dead letters")
             }
-            _ => info!(message = %msg.kind, "PMS accepted message (AA)"),
+            (_, Settled::Removed) => info!(message = %msg.kind, "PMS accepted message (AA)"),
+            _ => {}
         }
         self.handle.processed.send_modify(|n| *n += 1);
-        Ok(true)
+        Ok(Step::Progress)
     }
 
     async fn connect(&mut self) -> Result<&mut Connection, String> {
@@ -262,7 +228,7 @@ impl Sender {
                 // data: they go into the sealed dead letter, never into logs.
                 let text = msa.text(3).unwrap_or_default().to_owned();
                 return Ok(match msa.text(1).unwrap_or_default() {
-                    "AA" | "CA" => Outcome::Accepted,
+                    "AA" | "CA" => Outcome::Delivered,
                     "AE" | "CE" => Outcome::Refused(format!("AE: {text}")),
                     other => Outcome::Retry(format!(
                         "the PMS answered {}",

@@ -20,6 +20,16 @@ impl Vault {
         }
     }
 
+    /// Every record of `tree` in key order: its key, and its value or why it
+    /// does not open (a queue must get past a damaged item, not stop at it).
+    pub fn scan_raw(&self, tree: Tree) -> impl Iterator<Item = VaultResult<FirstRecord>> + '_ {
+        self.inner.store.scan_from(tree, &[]).map(move |r| {
+            let (k, v) = r?;
+            let opened = self.open_value(tree, k.as_ref(), v.as_ref());
+            Ok((k.as_ref().to_vec(), opened))
+        })
+    }
+
     /// Records of `tree` whose key starts with `prefix`, in key order, opened.
     pub fn scan_prefix<'a>(
         &'a self,

@@ -14,6 +14,7 @@ mod pms_ingest;
 mod pms_interop;
 mod pms_outbound;
 mod pms_support;
+mod queue;
 mod serve_notify;
 mod tls;
 mod vault_crash;

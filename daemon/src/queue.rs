@@ -1,0 +1,449 @@
+//! The generic durable queue: the PMS outbox today, the WhatsApp outbox next.
+//!
+//! Items live in a sequenced vault tree (seq = arrival order, never reused:
+//! the vault stores each tree's high-water mark). Each item carries an
+//! *order key*: items with the same key leave strictly in seq order (one
+//! global key for the PMS; one per recipient for WhatsApp), items with
+//! different keys do not wait for each other. An item has a due time
+//! (retries with back-off, scheduled sends), an optional expiry (past it the
+//! item is dropped with an event, never sent), an attempt count, and ends
+//! either delivered, dead-lettered (refused for good, or out of attempts,
+//! with an event), or dropped (expired, or its patient was erased).
+//!
+//! A *poison* item — one that no longer opens or decodes — is moved to the
+//! dead letters at once, with an event, instead of blocking its queue.
+//!
+//! Every step is a decision run on the vault's writer ([`take_next`],
+//! [`settle`]): what the worker reads and what it writes back cannot be
+//! interleaved with another change. Workers wake on the durable commit that
+//! queued an item (see `Vault::outbox_signal`) or at the next due time; they
+//! never poll.
+
+use crate::audit::AuditDraft;
+use crate::model::{Event, EventKind, PatientId};
+use crate::vault::{Owner, Tree, Txn, Vault, VaultError, VaultResult};
+use jiff::{SignedDuration, Timestamp};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+
+/// How many items one look for the next due item reads at most. Beyond it
+/// the rest waits for the next look (a queue that long is reported by
+/// `status` long before).
+const SCAN_LIMIT: usize = 10_000;
+
+/// Where a queue lives and how its outcomes are reported.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSpec {
+    /// For audit actions: `<name>.delivered`, `.dead-lettered`, …
+    pub name: &'static str,
+    pub items: Tree,
+    pub dead_letters: Tree,
+    /// The feed event for an item refused for good or out of attempts.
+    pub dead_letter_event: EventKind,
+    /// The feed event for an item dropped at its expiry.
+    pub expired_event: EventKind,
+    /// Attempts after which a retried item is dead-lettered (None: retry
+    /// until it expires; the PMS outbox is strictly ordered and waits).
+    pub max_attempts: Option<u32>,
+    pub first_backoff: SignedDuration,
+    pub max_backoff: SignedDuration,
+}
+
+pub const PMS_OUTBOX: QueueSpec = QueueSpec {
+    name: "pms.outbound",
+    items: Tree::PmsOutbox,
+    dead_letters: Tree::PmsDeadLetters,
+    dead_letter_event: EventKind::PmsMessageRejected,
+    expired_event: EventKind::PmsMessageExpired,
+    max_attempts: None,
+    first_backoff: SignedDuration::from_secs(1),
+    max_backoff: SignedDuration::from_secs(300),
+};
+
+/// What a queued payload tells the queue about itself.
+pub trait Queued: Serialize + DeserializeOwned + Send + 'static {
+    /// Whose key seals it (None: the system key).
+    fn patient(&self) -> Option<PatientId>;
+    /// PHI-free details for events and audit entries (message kind, ids).
+    fn describe(&self) -> BTreeMap<String, String>;
+}
+
+/// A queued item with its delivery bookkeeping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Items with the same key leave in seq order.
+    pub order_key: String,
+    pub enqueued_at: Timestamp,
+    /// Not before this time.
+    pub due: Timestamp,
+    /// Dropped (with an event), never sent, once this time has passed.
+    pub expires: Option<Timestamp>,
+    pub attempts: u32,
+    /// Why the last attempt failed (sealed with the item; may quote the
+    /// receiver's words, so it never goes to logs).
+    pub last_error: Option<String>,
+    pub item: T,
+}
+
+impl<T: Queued> Envelope<T> {
+    /// A new item, due now, in the queue's one global order.
+    pub fn new(item: T, now: Timestamp) -> Self {
+        Self {
+            order_key: String::new(),
+            enqueued_at: now,
+            due: now,
+            expires: None,
+            attempts: 0,
+            last_error: None,
+            item,
+        }
+    }
+
+    fn owner(&self) -> Owner {
+        self.item.patient().map_or(Owner::System, Owner::Patient)
+    }
+}
+
+/// A dead letter: the envelope as it last was, or only why it could not be
+/// read at all (a poison item).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter<T> {
+    pub seq: u64,
+    pub reason: String,
+    pub at: Timestamp,
+    pub envelope: Option<Envelope<T>>,
+}
+
+/// Stages `envelope` at the end of the queue.
+pub fn enqueue<T: Queued>(
+    txn: &mut Txn,
+    spec: &QueueSpec,
+    envelope: &Envelope<T>,
+) -> VaultResult<()> {
+    txn.append_json(spec.items, envelope.owner(), envelope)
+}
+
+/// What [`take_next`] found.
+#[derive(Debug)]
+pub enum Next<T> {
+    /// Deliver this one, then [`settle`] it by its seq.
+    Item {
+        seq: u64,
+        envelope: Envelope<T>,
+    },
+    /// Nothing is due before this time.
+    WaitUntil(Timestamp),
+    Empty,
+}
+
+/// Finds the next item to deliver at `now`, and stages the removal of what
+/// must not stay: poison items (to the dead letters), expired items and
+/// items of erased patients (dropped). Runs on the vault's writer.
+/// With `retry_now` (an operator's "retry now"), items waiting for a retry
+/// count as due; order and expiry still hold.
+pub fn take_next<T: Queued>(
+    vault: &Vault,
+    spec: &QueueSpec,
+    now: Timestamp,
+    retry_now: bool,
+) -> VaultResult<(Txn, Next<T>)> {
+    let mut txn = Txn::new(now);
+    let mut blocked: HashSet<String> = HashSet::new();
+    let mut earliest: Option<Timestamp> = None;
+    for raw in vault.scan_raw(spec.items).take(SCAN_LIMIT) {
+        let (key, opened) = raw?;
+        let Some(seq) = seq_of(&key) else {
+            poison(&mut txn, spec, key, None, "malformed key", now)?;
+            continue;
+        };
+        let plain = match opened {
+            Ok(p) => p,
+            Err(VaultError::KeyUnavailable { .. }) => {
+                // The patient was erased: their message must not go out.
+                txn.remove(spec.items, key);
+                txn.audit(
+                    AuditDraft::new("system", format!("{}.dropped", spec.name))
+                        .detail("reason", "patient erased")
+                        .detail("seq", seq.to_string()),
+                );
+                continue;
+            }
+            Err(e) => {
+                poison(&mut txn, spec, key, Some(seq), &e.to_string(), now)?;
+                continue;
+            }
+        };
+        let envelope: Envelope<T> = match decode(&plain, now) {
+            Some(e) => e,
+            None => {
+                poison(&mut txn, spec, key, Some(seq), "does not decode", now)?;
+                continue;
+            }
+        };
+        if blocked.contains(&envelope.order_key) {
+            continue;
+        }
+        if envelope.expires.is_some_and(|at| at <= now) {
+            drop_expired(&mut txn, spec, key, seq, &envelope, now)?;
+            continue;
+        }
+        if envelope.due > now && !retry_now {
+            earliest = Some(earliest.map_or(envelope.due, |e| e.min(envelope.due)));
+            blocked.insert(envelope.order_key);
+            continue;
+        }
+        return Ok((txn, Next::Item { seq, envelope }));
+    }
+    Ok((txn, earliest.map_or(Next::Empty, Next::WaitUntil)))
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Delivered,
+    /// Refused for good (the receiver understood and said no).
+    Refused(String),
+    /// Try again later (timeouts, "send again", connection errors).
+    Retry(String),
+}
+
+/// What [`settle`] did with the item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Removed,
+    DeadLettered,
+    /// Back in the queue, due at this time.
+    RetryAt(Timestamp),
+    /// The item was no longer there (erased meanwhile).
+    Gone,
+}
+
+/// Records the outcome of delivering item `seq`. Runs on the vault's writer:
+/// the item is read again here, so a change since [`take_next`] (an
+/// erasure) is respected.
+pub fn settle<T: Queued>(
+    vault: &Vault,
+    spec: &QueueSpec,
+    seq: u64,
+    outcome: &Outcome,
+    now: Timestamp,
+) -> VaultResult<(Txn, Settled)> {
+    let mut txn = Txn::new(now);
+    let key = seq.to_be_bytes().to_vec();
+    let plain = match vault.get(spec.items, &key) {
+        Ok(Some(p)) => p,
+        Ok(None) | Err(VaultError::KeyUnavailable { .. }) => return Ok((txn, Settled::Gone)),
+        Err(e) => return Err(e),
+    };
+    let Some(mut envelope) = decode::<T>(&plain, now) else {
+        poison(&mut txn, spec, key, Some(seq), "does not decode", now)?;
+        return Ok((txn, Settled::DeadLettered));
+    };
+    let settled = match outcome {
+        Outcome::Delivered => {
+            txn.remove(spec.items, key);
+            audit(&mut txn, spec, "delivered", &envelope);
+            Settled::Removed
+        }
+        Outcome::Refused(reason) => {
+            envelope.last_error = Some(reason.clone());
+            dead_letter(&mut txn, spec, key, seq, envelope, "refused", now)?;
+            Settled::DeadLettered
+        }
+        Outcome::Retry(reason) => {
+            envelope.attempts = envelope.attempts.saturating_add(1);
+            envelope.last_error = Some(reason.clone());
+            if spec
+                .max_attempts
+                .is_some_and(|max| envelope.attempts >= max)
+            {
+                dead_letter(&mut txn, spec, key, seq, envelope, "out of attempts", now)?;
+                Settled::DeadLettered
+            } else {
+                let due = now
+                    .checked_add(backoff(spec, envelope.attempts))
+                    .unwrap_or(now);
+                envelope.due = due;
+                let owner = envelope.owner();
+                txn.put_json(spec.items, key, owner, &envelope)?;
+                Settled::RetryAt(due)
+            }
+        }
+    };
+    Ok((txn, settled))
+}
+
+/// The wait before attempt `attempts + 1`: doubling from the first back-off,
+/// capped.
+pub fn backoff(spec: &QueueSpec, attempts: u32) -> SignedDuration {
+    let shift = attempts.saturating_sub(1).min(30);
+    let factor = 1i32 << shift;
+    spec.first_backoff
+        .checked_mul(factor)
+        .map_or(spec.max_backoff, |d| d.min(spec.max_backoff))
+}
+
+/// When the oldest item still queued was enqueued (for `status`).
+pub fn oldest_enqueued(vault: &Vault, spec: &QueueSpec) -> VaultResult<Option<Timestamp>> {
+    #[derive(Deserialize)]
+    struct Head {
+        enqueued_at: Option<Timestamp>,
+        created_at: Option<Timestamp>,
+    }
+    Ok(match vault.first(spec.items)? {
+        Some((_, Ok(bytes))) => serde_json::from_slice::<Head>(&bytes)
+            .ok()
+            .and_then(|h| h.enqueued_at.or(h.created_at)),
+        _ => None,
+    })
+}
+
+/// An envelope, or an item queued before envelopes existed (the PMS outbox
+/// of earlier versions held bare messages): wrapped, due now.
+fn decode<T: Queued>(plain: &[u8], now: Timestamp) -> Option<Envelope<T>> {
+    serde_json::from_slice::<Envelope<T>>(plain)
+        .ok()
+        .or_else(|| {
+            serde_json::from_slice::<T>(plain)
+                .ok()
+                .map(|item| Envelope::new(item, now))
+        })
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
+}
+
+fn audit<T: Queued>(txn: &mut Txn, spec: &QueueSpec, what: &str, envelope: &Envelope<T>) {
+    let mut draft = AuditDraft::new("system", format!("{}.{what}", spec.name));
+    for (k, v) in envelope.item.describe() {
+        draft = draft.detail(k, v);
+    }
+    draft.subject = envelope.item.patient().map(|p| p.to_string());
+    txn.audit(draft);
+}
+
+fn event<T: Queued>(
+    txn: &mut Txn,
+    kind: EventKind,
+    envelope: Option<&Envelope<T>>,
+    mut details: BTreeMap<String, String>,
+    now: Timestamp,
+) -> VaultResult<()> {
+    if let Some(e) = envelope {
+        details.extend(e.item.describe());
+    }
+    txn.append_json(
+        Tree::Events,
+        Owner::System,
+        &Event {
+            kind,
+            time: now,
+            patient: envelope.and_then(|e| e.item.patient()),
+            appointment: None,
+            slot: None,
+            details,
+        },
+    )
+}
+
+fn dead_letter<T: Queued>(
+    txn: &mut Txn,
+    spec: &QueueSpec,
+    key: Vec<u8>,
+    seq: u64,
+    envelope: Envelope<T>,
+    reason: &str,
+    now: Timestamp,
+) -> VaultResult<()> {
+    txn.remove(spec.items, key);
+    audit(txn, spec, "dead-lettered", &envelope);
+    let details = BTreeMap::from([("reason".to_owned(), reason.to_owned())]);
+    event(txn, spec.dead_letter_event, Some(&envelope), details, now)?;
+    let owner = envelope.owner();
+    txn.append_json(
+        spec.dead_letters,
+        owner,
+        &DeadLetter {
+            seq,
+            reason: reason.to_owned(),
+            at: now,
+            envelope: Some(envelope),
+        },
+    )
+}
+
+fn drop_expired<T: Queued>(
+    txn: &mut Txn,
+    spec: &QueueSpec,
+    key: Vec<u8>,
+    _seq: u64,
+    envelope: &Envelope<T>,
+    now: Timestamp,
+) -> VaultResult<()> {
+    txn.remove(spec.items, key);
+    audit(txn, spec, "expired", envelope);
+    event(
+        txn,
+        spec.expired_event,
+        Some(envelope),
+        BTreeMap::new(),
+        now,
+    )
+}
+
+/// Moves an item that cannot be read to the dead letters (only what is
+/// known about it: its seq and why), so that it never blocks its queue.
+fn poison(
+    txn: &mut Txn,
+    spec: &QueueSpec,
+    key: Vec<u8>,
+    seq: Option<u64>,
+    why: &str,
+    now: Timestamp,
+) -> VaultResult<()> {
+    tracing::error!(
+        queue = spec.name,
+        seq,
+        reason = why,
+        "a queued item is damaged; moved to the dead letters"
+    );
+    txn.remove(spec.items, key);
+    txn.audit(
+        AuditDraft::new("system", format!("{}.damaged", spec.name))
+            .detail("seq", seq.map(|s| s.to_string()).unwrap_or_default()),
+    );
+    let details = BTreeMap::from([
+        ("reason".to_owned(), "damaged".to_owned()),
+        (
+            "seq".to_owned(),
+            seq.map(|s| s.to_string()).unwrap_or_default(),
+        ),
+    ]);
+    // The event's payload type is irrelevant without an envelope.
+    event::<Never>(txn, spec.dead_letter_event, None, details, now)?;
+    txn.append_json(
+        spec.dead_letters,
+        Owner::System,
+        &DeadLetter::<Never> {
+            seq: seq.unwrap_or_default(),
+            reason: format!("damaged: {why}"),
+            at: now,
+            envelope: None,
+        },
+    )
+}
+
+/// A payload type for records that carry none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Never {}
+
+impl Queued for Never {
+    fn patient(&self) -> Option<PatientId> {
+        match *self {}
+    }
+    fn describe(&self) -> BTreeMap<String, String> {
+        match *self {}
+    }
+}
