@@ -308,6 +308,9 @@ pub enum EventKind {
     PmsMessageRejected,
     /// A message for the PMS passed its expiry before it could be delivered.
     PmsMessageExpired,
+    /// An event about a patient who has since been erased: nothing of it
+    /// can be read any more (kind, time, ids are gone with their key).
+    Redacted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -320,4 +323,19 @@ pub struct Event {
     /// Free-form, PHI-free details (reason codes, message ids).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub details: std::collections::BTreeMap<String, String>,
+}
+
+impl Event {
+    /// What is left of an event about an erased patient: its kind says so,
+    /// and nothing else is known.
+    pub fn redacted() -> Self {
+        Self {
+            kind: EventKind::Redacted,
+            time: jiff::Timestamp::UNIX_EPOCH,
+            patient: None,
+            appointment: None,
+            slot: None,
+            details: std::collections::BTreeMap::new(),
+        }
+    }
 }

@@ -334,18 +334,17 @@ fn event<T: Queued>(
     if let Some(e) = envelope {
         details.extend(e.item.describe());
     }
-    txn.append_json(
-        Tree::Events,
-        Owner::System,
-        &Event {
-            kind,
-            time: now,
-            patient: envelope.and_then(|e| e.item.patient()),
-            appointment: None,
-            slot: None,
-            details,
-        },
-    )
+    let event = Event {
+        kind,
+        time: now,
+        patient: envelope.and_then(|e| e.item.patient()),
+        appointment: None,
+        slot: None,
+        details,
+    };
+    // Sealed under the patient's key when it names one.
+    let owner = event.patient.map_or(Owner::System, Owner::Patient);
+    txn.append_json(Tree::Events, owner, &event)
 }
 
 fn dead_letter<T: Queued>(

@@ -682,6 +682,10 @@ async fn events(state: &ApiState, req: &Request<Incoming>) -> Result<Resp, Probl
             let events: Vec<Value> = found
                 .into_iter()
                 .map(|(seq, e)| {
+                    if e.kind == crate::model::EventKind::Redacted {
+                        // About an erased patient: nothing but its place.
+                        return json!({"kind": "redacted", "cursor": seq});
+                    }
                     let mut v = serde_json::to_value(&e).unwrap_or_default();
                     set(&mut v, "cursor", json!(seq));
                     v

@@ -20,7 +20,7 @@ use crate::model::{
     Appointment, Consent, ConsentSource, ConsentState, Event, EventKind, Patient, PatientId, Slot,
 };
 use crate::pms::map::FieldPath;
-use crate::vault::{Owner, Tree, Txn, Vault, VaultError};
+use crate::vault::{Txn, Vault, VaultError};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -392,7 +392,7 @@ fn decide(
         slot: slot.as_ref().map(|s| s.id.clone()),
         details: Default::default(),
     };
-    txn.append_json(Tree::Events, Owner::System, &event)?;
+    vault.stage_event(&mut txn, &event)?;
     txn.audit(
         AuditDraft::new(actor, "patient.action")
             .subject(patient_id.to_string())

@@ -265,23 +265,38 @@ impl Vault {
     }
 
     /// Events after `cursor` that are durable, oldest first, at most `limit`.
+    /// An event about a patient is sealed under that patient's key: once
+    /// they are erased it can no longer be read, and is served as a
+    /// `redacted` event (kind only, no time, patient or ids), so that cursors
+    /// stay dense and nothing on the feed links back to them.
     pub fn events_after(&self, cursor: u64, limit: usize) -> VaultResult<Vec<(u64, Event)>> {
         let durable = *self.inner.events_durable.borrow();
         let start = cursor.saturating_add(1).to_be_bytes();
         let mut out = Vec::new();
-        for r in self.scan_prefix_from(Tree::Events, &start) {
+        for r in self.inner.store.scan_from(Tree::Events, &start) {
             let (k, v) = r?;
-            let seq = <[u8; 8]>::try_from(k.as_slice())
+            let seq = <[u8; 8]>::try_from(k.as_ref())
                 .map(u64::from_be_bytes)
                 .map_err(|_| VaultError::Encode)?;
             if seq > durable || out.len() >= limit {
                 break;
             }
-            let event =
-                serde_json::from_slice(&v).map_err(|e| VaultError::decode(Tree::Events, &e))?;
+            let event = match self.open_value(Tree::Events, k.as_ref(), v.as_ref()) {
+                Ok(plain) => serde_json::from_slice(&plain)
+                    .map_err(|e| VaultError::decode(Tree::Events, &e))?,
+                Err(VaultError::KeyUnavailable { .. }) => Event::redacted(),
+                Err(e) => return Err(e),
+            };
             out.push((seq, event));
         }
         Ok(out)
+    }
+
+    /// Stages an event on the feed, sealed under the key of the patient it
+    /// names (see [`Vault::events_after`]).
+    pub fn stage_event(&self, txn: &mut Txn, event: &Event) -> VaultResult<()> {
+        let owner = event.patient.map_or(Owner::System, Owner::Patient);
+        txn.append_json(Tree::Events, owner, event)
     }
 
     /// Records of `tree` from `start` on, in key order, opened.

@@ -454,3 +454,41 @@ async fn concurrent_mixed_commands_keep_every_invariant() {
     assert!(report.patients > 0);
     vault.close().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_erasure_nothing_on_the_feed_links_back_to_the_patient() {
+    use clinic_relay::pms::outbound::{self, PatientAction};
+    let d = Daemon::start("").await;
+    let mut c = d.mllp().await;
+    assert_eq!(
+        msa(&c.send(&adt_a04("F1", "FEED-1", "ZZFEED", "")).await).0,
+        "AA"
+    );
+    assert_eq!(
+        msa(&c
+            .send(&siu_s12_v25("F2", "ZZAPPTFEED", "FEED-1", "20261201100000"))
+            .await)
+        .0,
+        "AA"
+    );
+    let cfg = d.running.outbound.clone();
+    let action = PatientAction::Confirm {
+        appointment: "ZZAPPTFEED".into(),
+    };
+    outbound::record(&d.running.vault, &cfg, &action, "test", t0())
+        .await
+        .unwrap();
+    let (_, before) = d.api("GET", "/v1/events?after=0", None).await;
+    assert_eq!(before["events"][0]["appointment"], "ZZAPPTFEED");
+    let id = before["events"][0]["patient"].as_str().unwrap().to_owned();
+    let (status, _) = d.api("DELETE", &format!("/v1/patients/{id}"), None).await;
+    assert_eq!(status, 204);
+    let (_, after) = d.api("GET", "/v1/events?after=0", None).await;
+    assert_eq!(after["events"][0]["kind"], "redacted");
+    assert_eq!(after["cursor"], before["cursor"], "cursors stay valid");
+    let text = after.to_string();
+    assert!(!text.contains("ZZAPPTFEED"), "{text}");
+    assert!(!text.contains(&id), "{text}");
+    drop(c);
+    d.stop().await;
+}
