@@ -1,7 +1,7 @@
 //! Kill -9 during ingest: the real daemon takes ADT messages over MLLP, a
 //! sender records every AA, and the daemon is SIGKILLed at varying points
-//! with a message in flight, 20 times. After each kill every AA'd message
-//! is in the vault. Spawns the real binary because it kills it.
+//! with a message in flight, 20 times, while a second connection resends
+//! every message. After each kill every AA'd message is in the vault. Spawns the real binary because it kills it.
 
 use crate::pms_support::*;
 use crate::support::*;
@@ -50,29 +50,28 @@ async fn kill_9_during_ingest_loses_no_acknowledged_message() {
         let kill_after = 1 + seed % 15;
         let (mut child, addr) = spawn_daemon(&install);
         let mut c = Mllp::connect(addr).await;
+        // A second engine resends every message at once (a retransmission
+        // racing the original): its AA is a promise too, so it must not
+        // come before the original is durable.
+        let mut dup = Mllp::connect(addr).await;
         // Keep one message in flight at all times, so the kill lands during
         // a commit as often as between them.
         let mut in_flight = format!("{n:06}");
-        c.send_frame(&adt_a04(
-            &format!("K{n}"),
-            &format!("KILL{in_flight}"),
-            "ZZKILL",
-            "",
-        ))
-        .await;
+        let message =
+            |n: u64, mrn: &str| adt_a04(&format!("K{n}"), &format!("KILL{mrn}"), "ZZKILL", "");
+        c.send_frame(&message(n, &in_flight)).await;
+        dup.send_frame(&message(n, &in_flight)).await;
         n += 1;
         for _ in 0..kill_after {
-            let ack = c.read_ack().await;
+            // Whichever answer comes first counts as acknowledged.
+            let ack = dup.read_ack().await;
             assert_eq!(msa(&ack).0, "AA");
             acked.push(format!("KILL{in_flight}"));
+            let ack = c.read_ack().await;
+            assert_eq!(msa(&ack).0, "AA");
             in_flight = format!("{n:06}");
-            c.send_frame(&adt_a04(
-                &format!("K{n}"),
-                &format!("KILL{in_flight}"),
-                "ZZKILL",
-                "",
-            ))
-            .await;
+            c.send_frame(&message(n, &in_flight)).await;
+            dup.send_frame(&message(n, &in_flight)).await;
             n += 1;
         }
         child.kill().unwrap();
