@@ -9,7 +9,8 @@
 
 use crate::audit::AuditDraft;
 use crate::model::{
-    Appointment, Consent, ConsentSource, ConsentState, LabResult, Patient, PatientId, Slot,
+    Appointment, Consent, ConsentSource, ConsentState, LabResult, Patient, PatientId, ResultStatus,
+    Slot,
 };
 use crate::vault::{Owner, Tree, Txn, Vault, VaultError};
 use jiff::Timestamp;
@@ -316,6 +317,18 @@ fn build(
                 let mut r = (**r).clone();
                 if let Some(prev) = vault.get_result(&r.order_number)? {
                     r.version = prev.version + 1;
+                    if r.withdrawn {
+                        // Whether the patient already had it stays known.
+                        r.delivered = prev.delivered;
+                    } else if prev.withdrawn && r.status != ResultStatus::Corrected {
+                        // A withdrawn result comes back only as a correction
+                        // (status C): a resend of the final it replaced must
+                        // not make it deliverable again (patient safety).
+                        tracing::info!("a result resent after its withdrawal stays withdrawn (send a correction to reissue it)");
+                        r.withdrawn = true;
+                        r.pdf.clear();
+                        r.delivered = prev.delivered;
+                    }
                     if prev.patient != r.patient {
                         vault.stage_unlink(
                             &mut txn,

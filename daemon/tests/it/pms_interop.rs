@@ -275,10 +275,19 @@ async fn an_oru_that_cancels_the_order_withdraws_the_result() {
     assert_eq!(r.version, 2);
     assert_eq!(v.count(Tree::Results), 1);
 
-    // OBX-11 = D (IHE/CI-SIS deletion in an ORU) withdraws too.
+    // The cancelled final sent again (an engine replaying its queue): the
+    // result stays withdrawn, and the PDF is not kept.
     let ack = c.send(&oru("ORU3", "RE", &ed)).await;
     assert_eq!(msa(&ack).0, "AA");
-    assert!(!v.get_result("FILL-3001").unwrap().unwrap().withdrawn);
+    let r = v.get_result("FILL-3001").unwrap().unwrap();
+    assert!(r.withdrawn && r.pdf.is_empty() && !r.is_deliverable());
+    // A correction (OBX-11 = C) reissues it.
+    let corrected = ed.replace("||||||F", "||||||C");
+    let ack = c.send(&oru("ORU3C", "RE", &corrected)).await;
+    assert_eq!(msa(&ack).0, "AA", "{:?}", err(&ack));
+    assert!(v.get_result("FILL-3001").unwrap().unwrap().is_deliverable());
+
+    // OBX-11 = D (IHE/CI-SIS deletion in an ORU) withdraws too.
     let deleted = ed.replace("||||||F", "||||||D");
     let ack = c.send(&oru("ORU4", "RE", &deleted)).await;
     assert_eq!(msa(&ack).0, "AA", "{:?}", err(&ack));
