@@ -4,9 +4,9 @@
 //!    under the new master key, plus a new generation of system and patient
 //!    keys, which new writes use at once.
 //! 2. `reseal`: every record still sealed under an old-generation key is
-//!    re-sealed under its owner's new key, in small batches under the commit
-//!    lock (writers pause for one batch at a time; readers never wait, and
-//!    read both generations throughout).
+//!    re-sealed under its owner's new key, in small batches, each a job of
+//!    the vault's writer (writers wait for one batch at a time; readers never
+//!    wait, and read both generations throughout).
 //! 3. `finish`: once the re-sealed data is durable, the old generation is
 //!    dropped from the keyring (atomic rewrite).
 //!
@@ -15,8 +15,8 @@
 //! come from the root key, which is only re-wrapped, so they never change.
 
 use super::keyring::KeyOwner;
-use super::store::{Store, Write};
-use super::{Owner, Tree, Vault, VaultError, VaultResult};
+use super::store::Store;
+use super::{Owner, Tree, Txn, Vault, VaultError, VaultResult};
 use crate::keys::MasterKey;
 
 const BATCH: usize = 256;
@@ -49,19 +49,20 @@ impl Vault {
     }
 
     /// Step 1 alone: re-wrap under `new_mk` and start using new data keys.
-    /// From here on only `new_mk` opens this data directory.
+    /// From here on only `new_mk` opens this data directory. A job of the
+    /// writer, so that no commit is half sealed under either generation.
     pub fn begin_rotation(&self, new_mk: &MasterKey) -> VaultResult<()> {
-        // Under the commit lock, so that a commit sees either the old
-        // generation throughout (and lands before any re-seal batch) or the
-        // new one (see `apply`).
-        let _commits = crate::sync::lock(&self.inner.commit_lock);
-        let mut ring = crate::sync::lock(&self.inner.keyring);
-        if ring.meta.rotating_from.is_none() {
-            ring.begin_rotation(new_mk)?;
-            let view = super::KeyView::build(&ring)?;
-            *crate::sync::write(&self.inner.keys) = view;
-        }
-        Ok(())
+        let mk = MasterKey::from_bytes(*new_mk.expose());
+        self.write_blocking(move |v| {
+            let mut ring = crate::sync::lock(&v.inner.keyring);
+            if ring.meta.rotating_from.is_none() {
+                ring.begin_rotation(&mk)?;
+                let view = super::KeyView::build(&ring)?;
+                *crate::sync::write(&v.inner.keys) = view;
+            }
+            Ok::<_, VaultError>((Txn::new(jiff::Timestamp::UNIX_EPOCH), ()))
+        })
+        .map(|_| ())
     }
 
     /// Finishes a rotation that has begun (no-op otherwise).
@@ -81,59 +82,68 @@ impl Vault {
     }
 
     fn reseal_tree(&self, tree: Tree) -> VaultResult<u64> {
-        let generation = self.key_generation();
         let mut start: Vec<u8> = Vec::new();
         let mut total = 0u64;
         loop {
-            // Holding the commit lock makes read-reseal-write atomic with
-            // respect to committers, so no concurrent update is overwritten.
-            let _chain = crate::sync::lock(&self.inner.commit_lock);
-            let mut writes = Vec::new();
-            let mut last_key = None;
-            for item in self.inner.store.scan_from(tree, &start).take(BATCH) {
-                let (k, v) = item?;
-                last_key = Some(k.as_ref().to_vec());
-                let handle =
-                    super::seal::handle_of(v.as_ref()).map_err(|source| VaultError::Damaged {
-                        tree: tree.name(),
-                        source,
-                    })?;
-                let (owner, gen) = {
-                    let view = crate::sync::read(&self.inner.keys);
-                    match view.by_handle.get(&handle) {
-                        Some(vk) => (vk.owner, vk.gen),
-                        // Sealed under an erased patient's key: nothing to carry over.
-                        None => continue,
-                    }
-                };
-                if gen >= generation {
-                    continue;
-                }
-                let plain =
-                    zeroize::Zeroizing::new(self.open_value(tree, k.as_ref(), v.as_ref())?);
-                let owner = match owner {
-                    KeyOwner::Patient(p) => Owner::Patient(p),
-                    KeyOwner::System | KeyOwner::Root => Owner::System,
-                };
-                let value = self.seal_value(tree, k.as_ref(), owner, &plain)?;
-                writes.push(Write::Put {
-                    tree,
-                    key: k.as_ref().to_vec(),
-                    value,
-                });
-            }
-            total += writes.len() as u64;
-            if !writes.is_empty() {
-                self.inner.store.apply(&writes)?;
-            }
-            match last_key {
+            // One batch per writer job: read, re-seal and write back are
+            // atomic with respect to every other change, and writers wait
+            // for one batch at a time, never for the whole rotation.
+            let from = std::mem::take(&mut start);
+            let (resealed, next) = self
+                .write_blocking(move |v| v.reseal_batch(tree, &from))?
+                .value;
+            total += resealed;
+            match next {
                 None => return Ok(total),
-                Some(mut k) => {
-                    // Continue strictly after the last key seen.
-                    k.push(0);
-                    start = k;
-                }
+                Some(k) => start = k,
             }
         }
+    }
+
+    /// Stages up to [`BATCH`] records of `tree` from `start` that are still
+    /// sealed under an older generation, to be sealed again under their
+    /// owner's current key. Returns the count and where to go on from.
+    fn reseal_batch(&self, tree: Tree, start: &[u8]) -> VaultResult<(Txn, (u64, Option<Vec<u8>>))> {
+        let generation = self.key_generation();
+        let mut txn = Txn::new(jiff::Timestamp::UNIX_EPOCH);
+        let mut resealed = 0u64;
+        let mut last_key = None;
+        for item in self.inner.store.scan_from(tree, start).take(BATCH) {
+            let (k, v) = item?;
+            last_key = Some(k.as_ref().to_vec());
+            let handle =
+                super::seal::handle_of(v.as_ref()).map_err(|source| VaultError::Damaged {
+                    tree: tree.name(),
+                    source,
+                })?;
+            let (owner, gen) = {
+                let view = crate::sync::read(&self.inner.keys);
+                match view.by_handle.get(&handle) {
+                    Some(vk) => (vk.owner, vk.gen),
+                    // Sealed under an erased patient's key: nothing to carry over.
+                    None => continue,
+                }
+            };
+            if gen >= generation {
+                continue;
+            }
+            let owner = match owner {
+                KeyOwner::Patient(p) => Owner::Patient(p),
+                KeyOwner::System | KeyOwner::Root => Owner::System,
+            };
+            if self.sealing_key(owner).is_err() {
+                // A merged patient's retired key: it stays readable as it is.
+                continue;
+            }
+            let plain = self.open_value(tree, k.as_ref(), v.as_ref())?;
+            txn.put(tree, k.as_ref().to_vec(), owner, plain);
+            resealed += 1;
+        }
+        // Continue strictly after the last key seen.
+        let next = last_key.map(|mut k| {
+            k.push(0);
+            k
+        });
+        Ok((txn, (resealed, next)))
     }
 }
