@@ -21,6 +21,9 @@ use crate::keys::MasterKey;
 
 const BATCH: usize = 256;
 
+/// How many records a re-seal batch staged, and the key to go on from.
+type ResealStep = (u64, Option<Vec<u8>>);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RotationReport {
     pub resealed: u64,
@@ -103,7 +106,7 @@ impl Vault {
     /// Stages up to [`BATCH`] records of `tree` from `start` that are still
     /// sealed under an older generation, to be sealed again under their
     /// owner's current key. Returns the count and where to go on from.
-    fn reseal_batch(&self, tree: Tree, start: &[u8]) -> VaultResult<(Txn, (u64, Option<Vec<u8>>))> {
+    fn reseal_batch(&self, tree: Tree, start: &[u8]) -> VaultResult<(Txn, ResealStep)> {
         let generation = self.key_generation();
         let mut txn = Txn::new(jiff::Timestamp::UNIX_EPOCH);
         let mut resealed = 0u64;
