@@ -394,3 +394,50 @@ pub async fn apply(
         .await
         .map(|c| c.value)
 }
+
+/// How many idempotency entries one pruning job reads: the writer is never
+/// held for long, and the next job goes on from where this one stopped.
+const PRUNE_BATCH: usize = 2_000;
+
+/// Removes idempotency keys older than `retention` (they no longer count:
+/// see [`Origin::key_retention`]), in batches of jobs on the writer.
+/// Returns how many were removed.
+pub async fn prune_idempotency_keys(
+    vault: &Vault,
+    now: Timestamp,
+    retention: jiff::SignedDuration,
+) -> Result<usize, CommandError> {
+    let mut start: Vec<u8> = Vec::new();
+    let mut removed = 0;
+    loop {
+        let from = std::mem::take(&mut start);
+        let (gone, next) = vault
+            .write(move |v| {
+                let mut txn = Txn::new(now);
+                let mut gone = 0usize;
+                let mut last = None;
+                for item in v.scan_prefix_from(Tree::Ingested, &from).take(PRUNE_BATCH) {
+                    let (key, value) = item?;
+                    let expired =
+                        Seen::decode(&value).is_none_or(|s| now.duration_since(s.at) >= retention);
+                    if expired {
+                        txn.remove(Tree::Ingested, key.clone());
+                        gone += 1;
+                    }
+                    last = Some(key);
+                }
+                let next = last.map(|mut k| {
+                    k.push(0);
+                    k
+                });
+                Ok::<_, CommandError>((txn, (gone, next)))
+            })
+            .await?
+            .value;
+        removed += gone;
+        match next {
+            Some(k) => start = k,
+            None => return Ok(removed),
+        }
+    }
+}

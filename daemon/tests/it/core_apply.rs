@@ -492,3 +492,29 @@ async fn after_an_erasure_nothing_on_the_feed_links_back_to_the_patient() {
     drop(c);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_expire_after_their_retention_and_are_pruned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = open(tmp.path(), &key(10));
+    let p = marker_patient(&vault, "I");
+    let send = |at: jiff::Timestamp, key: &str| {
+        let vault = vault.clone();
+        let origin = Origin::new("pms:test").with_key(key.as_bytes().to_vec(), KeyReuse::Reapply);
+        let commands = vec![Command::UpsertPatient(Box::new(p.clone()))];
+        async move { commands::apply(&vault, commands, origin, at).await.unwrap() }
+    };
+    let day = jiff::SignedDuration::from_hours(24);
+    assert_eq!(send(t0(), "MSG-1").await, Applied::Done);
+    assert_eq!(send(t0() + day, "MSG-1").await, Applied::Duplicate);
+    assert_eq!(send(t0(), "MSG-2").await, Applied::Done);
+    // 30 days later the key is new again (default retention).
+    let later = t0() + day * 31;
+    assert_eq!(send(later, "MSG-1").await, Applied::Done);
+    let removed = commands::prune_idempotency_keys(&vault, later, commands::DEFAULT_KEY_RETENTION)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "MSG-2 is pruned; MSG-1 was just seen again");
+    assert_eq!(vault.count(Tree::Ingested), 1);
+    vault.close().unwrap();
+}
