@@ -263,24 +263,24 @@ async fn route(
             "use the Unix socket on the clinic-relay host for administrative requests",
         )),
         (Method::GET, ["v1", "admin", "backup"]) => backup(state, actor).await,
-        (Method::GET, ["v1", "patients"]) => search_patients(state, &req, actor),
+        (Method::GET, ["v1", "patients"]) => search_patients(state, &req, actor).await,
         (Method::POST, ["v1", "patients"]) => upsert_patient(state, req, actor).await,
-        (Method::GET, ["v1", "patients", id]) => get_patient(state, id, actor),
+        (Method::GET, ["v1", "patients", id]) => get_patient(state, id, actor).await,
         (Method::DELETE, ["v1", "patients", id]) => erase_patient(state, id, actor).await,
         (Method::GET, ["v1", "patients", id, "appointments"]) => {
-            patient_appointments(state, id, actor)
+            patient_appointments(state, id, actor).await
         }
         (Method::PUT, ["v1", "patients", id, "consent"]) => {
             set_consent(state, id, req, actor).await
         }
-        (Method::GET, ["v1", "appointments", id]) => get_appointment(state, id, actor),
+        (Method::GET, ["v1", "appointments", id]) => get_appointment(state, id, actor).await,
         (Method::PUT, ["v1", "appointments", id]) => {
             let id = (*id).to_owned();
             put_appointment(state, &id, req, actor).await
         }
         (Method::GET, ["v1", "slots"]) => list_slots(state),
         (Method::PUT, ["v1", "slots"]) => put_slots(state, req, actor).await,
-        (Method::GET, ["v1", "results", order]) => get_result(state, order, actor),
+        (Method::GET, ["v1", "results", order]) => get_result(state, order, actor).await,
         (Method::GET, ["v1", "events"]) => events(state, &req).await,
         (_, segments) if allowed_methods(segments).is_some() => {
             let mut resp = Problem::method_not_allowed().into_response();
@@ -313,12 +313,40 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     }
 }
 
-/// Records that PHI was read, and by whom (written in batches, off the
-/// request path; see `read_audit.rs`).
-fn audit_read(state: &ApiState, actor: &str, action: &str, subject: Option<PatientId>) {
+fn read_draft(actor: &str, action: &str, subject: Option<PatientId>) -> crate::audit::AuditDraft {
     let mut draft = crate::audit::AuditDraft::new(actor, action);
     draft.subject = subject.map(|p| p.to_string());
-    state.read_audit.record(draft);
+    draft
+}
+
+/// Records durably that PHI was read, and by whom, before the read is
+/// answered (in batches; see `read_audit.rs`). A read that could not be
+/// audited is refused.
+async fn audit_reads(
+    state: &ApiState,
+    drafts: Vec<crate::audit::AuditDraft>,
+) -> Result<(), Problem> {
+    use super::read_audit::ReadAuditError;
+    state.read_audit.record(drafts).await.map_err(|e| match e {
+        ReadAuditError::Busy | ReadAuditError::Stopped => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "read-not-audited",
+            "Read not audited",
+            format!("{e}; the data was not sent"),
+        ),
+        ReadAuditError::NotWritten(_) => Problem::internal(
+            "the audit entry of this read could not be written; the data was not sent",
+        ),
+    })
+}
+
+async fn audit_read(
+    state: &ApiState,
+    actor: &str,
+    action: &str,
+    subject: Option<PatientId>,
+) -> Result<(), Problem> {
+    audit_reads(state, vec![read_draft(actor, action, subject)]).await
 }
 
 fn status(state: &ApiState) -> Result<Resp, Problem> {
@@ -406,7 +434,7 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
         },
         "whatsapp": {"last_webhook_at": null, "outbox_depth": 0},
         "keys": {"generation": vault.key_generation(), "master_key_age_days": key_age_days},
-        "audit": {"seq": vault.audit_seq()},
+        "audit": {"seq": vault.audit_seq(), "reads_waiting": state.read_audit.waiting()},
         "storage": {"data_dir": health.data_dir.display().to_string(), "free_bytes": free_bytes, "total_bytes": total_bytes},
         // The durable cursor: what a feed reader can actually get.
         "events_cursor": *vault.events_watch().borrow(),
@@ -436,7 +464,7 @@ async fn backup(state: &ApiState, actor: &str) -> Result<Resp, Problem> {
     Ok(resp)
 }
 
-fn search_patients(
+async fn search_patients(
     state: &ApiState,
     req: &Request<Incoming>,
     actor: &str,
@@ -448,20 +476,22 @@ fn search_patients(
     };
     let mrn = identifier.rsplit('|').next().unwrap_or_default();
     let mut entries = Vec::new();
+    let mut drafts = Vec::new();
     for id in state.vault.find_patients_by_mrn(mrn).map_err(internal)? {
         if let Some(p) = state.vault.get_patient(id).map_err(internal)? {
-            audit_read(state, actor, "patient.read", Some(p.id));
+            drafts.push(read_draft(actor, "patient.read", Some(p.id)));
             entries.push(fhir::patient(&p));
         }
     }
+    audit_reads(state, drafts).await?;
     ok(&fhir::bundle(entries))
 }
 
-fn get_patient(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
+async fn get_patient(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
     let id = patient_id(id)?;
     match state.vault.get_patient(id).map_err(internal)? {
         Some(p) => {
-            audit_read(state, actor, "patient.read", Some(p.id));
+            audit_read(state, actor, "patient.read", Some(p.id)).await?;
             ok(&fhir::patient(&p))
         }
         None => Err(Problem::not_found("no such patient")),
@@ -532,10 +562,10 @@ async fn erase_patient(state: &ApiState, id: &str, actor: &str) -> Result<Resp, 
     }
 }
 
-fn patient_appointments(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
+async fn patient_appointments(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
     let id = patient_id(id)?;
     let list = state.vault.appointments_of(id).map_err(internal)?;
-    audit_read(state, actor, "appointment.read", Some(id));
+    audit_read(state, actor, "appointment.read", Some(id)).await?;
     ok(&fhir::bundle(list.iter().map(fhir::appointment).collect()))
 }
 
@@ -566,10 +596,10 @@ async fn set_consent(
     ok(&serde_json::to_value(consent).map_err(internal)?)
 }
 
-fn get_appointment(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
+async fn get_appointment(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
     match state.vault.get_appointment(id).map_err(internal)? {
         Some(a) => {
-            audit_read(state, actor, "appointment.read", Some(a.patient));
+            audit_read(state, actor, "appointment.read", Some(a.patient)).await?;
             ok(&fhir::appointment(&a))
         }
         None => Err(Problem::not_found("no such appointment")),
@@ -642,10 +672,10 @@ async fn put_slots(state: &ApiState, req: Request<Incoming>, actor: &str) -> Res
     list_slots(state)
 }
 
-fn get_result(state: &ApiState, order: &str, actor: &str) -> Result<Resp, Problem> {
+async fn get_result(state: &ApiState, order: &str, actor: &str) -> Result<Resp, Problem> {
     match state.vault.get_result(order).map_err(internal)? {
         Some(r) => {
-            audit_read(state, actor, "result.read", Some(r.patient));
+            audit_read(state, actor, "result.read", Some(r.patient)).await?;
             ok(&fhir::diagnostic_report(&r))
         }
         None => Err(Problem::not_found("no such result")),

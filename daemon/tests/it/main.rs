@@ -15,6 +15,7 @@ mod pms_interop;
 mod pms_outbound;
 mod pms_support;
 mod serve_notify;
+mod service_hardening;
 mod tls;
 mod vault_crash;
 mod vault_crypto;
