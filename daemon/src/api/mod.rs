@@ -11,7 +11,7 @@ pub mod read_audit;
 mod routes;
 
 pub use problem::Problem;
-pub use routes::{ApiState, Door, HealthSources};
+pub use routes::{ApiBody, ApiState, Door, HealthSources};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;

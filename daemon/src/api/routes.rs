@@ -51,12 +51,58 @@ pub enum Door {
     Tcp,
 }
 
-type Resp = Response<Full<Bytes>>;
+/// A response body: a whole JSON document, or a stream (a backup) fed
+/// through a bounded channel.
+pub enum ApiBody {
+    Full(Full<Bytes>),
+    Stream(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>),
+}
+
+impl hyper::body::Body for ApiBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ApiBody::Full(full) => std::pin::Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            ApiBody::Stream(rx) => rx
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|c| c.map(hyper::body::Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ApiBody::Full(full) => full.is_end_stream(),
+            ApiBody::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ApiBody::Full(full) => full.size_hint(),
+            ApiBody::Stream(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+type Resp = Response<ApiBody>;
+
+fn full(bytes: impl Into<Bytes>) -> ApiBody {
+    ApiBody::Full(Full::new(bytes.into()))
+}
+
+fn problem_response(problem: Problem) -> Resp {
+    problem.into_response().map(ApiBody::Full)
+}
 
 fn json_response(status: StatusCode, body: &Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(body).unwrap_or_default(),
-    )));
+    let mut resp = Response::new(full(serde_json::to_vec(body).unwrap_or_default()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -70,7 +116,7 @@ fn ok(body: &Value) -> Result<Resp, Problem> {
 }
 
 fn no_content() -> Result<Resp, Problem> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
     Ok(resp)
 }
@@ -236,7 +282,7 @@ async fn apply(
 pub async fn handle(state: &ApiState, req: Request<Incoming>, actor: &str, door: Door) -> Resp {
     match route(state, req, actor, door).await {
         Ok(resp) => resp,
-        Err(problem) => problem.into_response(),
+        Err(problem) => problem_response(problem),
     }
 }
 
@@ -283,7 +329,7 @@ async fn route(
         (Method::GET, ["v1", "results", order]) => get_result(state, order, actor).await,
         (Method::GET, ["v1", "events"]) => events(state, &req).await,
         (_, segments) if allowed_methods(segments).is_some() => {
-            let mut resp = Problem::method_not_allowed().into_response();
+            let mut resp = problem_response(Problem::method_not_allowed());
             if let Some(allow) = allowed_methods(segments) {
                 resp.headers_mut().insert(
                     hyper::header::ALLOW,
@@ -443,25 +489,52 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
     }))
 }
 
+/// Streams a backup. The snapshot is taken as one writer job into an
+/// anonymous spool file (and audited there); the file is then sent with a
+/// bounded buffer, so a slow client holds neither the writer nor memory.
 async fn backup(state: &ApiState, actor: &str) -> Result<Resp, Problem> {
-    let vault = state.vault.clone();
-    let now = state.clock.now();
-    let bytes = tokio::task::spawn_blocking(move || vault.backup(now))
+    let (file, summary) = state
+        .vault
+        .backup_spool(state.clock.now(), actor)
         .await
-        .map_err(internal)?
         .map_err(internal)?;
-    let mut txn = crate::vault::Txn::new(now);
-    txn.audit(
-        crate::audit::AuditDraft::new(actor, "backup.create")
-            .detail("bytes", bytes.len().to_string()),
-    );
-    state.vault.commit_async(txn).await.map_err(internal)?;
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
-    resp.headers_mut().insert(
+    let (tx, rx) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_IN_FLIGHT);
+    tokio::task::spawn_blocking(move || send_file(file, &tx));
+    let mut resp = Response::new(ApiBody::Stream(rx));
+    let headers = resp.headers_mut();
+    headers.insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/octet-stream"),
     );
+    // The client can tell a cut-off transfer from a whole backup.
+    headers.insert(hyper::header::CONTENT_LENGTH, summary.bytes.into());
     Ok(resp)
+}
+
+/// Pieces of a streamed backup buffered at once (of [`BACKUP_PIECE`] bytes).
+const BACKUP_CHUNKS_IN_FLIGHT: usize = 4;
+const BACKUP_PIECE: usize = 64 * 1024;
+
+/// Reads `file` into the channel until the end, an error, or the client
+/// going away (on a blocking thread).
+fn send_file(
+    mut file: std::fs::File,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    use std::io::Read;
+    let mut buf = vec![0u8; BACKUP_PIECE];
+    loop {
+        let piece = match file.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => Ok(Bytes::copy_from_slice(buf.get(..n).unwrap_or_default())),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(e),
+        };
+        let failed = piece.is_err();
+        if tx.blocking_send(piece).is_err() || failed {
+            return;
+        }
+    }
 }
 
 async fn search_patients(

@@ -257,3 +257,134 @@ fn the_watchdog_pets_while_the_runtime_is_blocked() {
         dog.stop();
     });
 }
+
+/// A destination that remembers how much it was handed at once.
+#[derive(Default)]
+struct Recording {
+    bytes: Vec<u8>,
+    largest_write: usize,
+    writes: usize,
+}
+
+impl std::io::Write for Recording {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.largest_write = self.largest_write.max(buf.len());
+        self.writes += 1;
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_backup_is_written_in_bounded_pieces_and_restores() {
+    use clinic_relay::vault::backup::CHUNK_BYTES;
+    use clinic_relay::vault::{Owner, Tree};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mk = key(5);
+    let vault = open(&dir, &mk);
+    // About 12 MiB of records: many times one chunk.
+    const RECORDS: usize = 3000;
+    let mut txn = Txn::new(t0());
+    for i in 0..RECORDS {
+        txn.put(
+            Tree::Slots,
+            format!("SLOT-{i:05}"),
+            Owner::System,
+            vec![b'x'; 4096],
+        );
+    }
+    vault.commit(txn).unwrap();
+    let p = marker_patient(&vault, "BK");
+    vault.put_patient(&p, "test", t0()).unwrap();
+
+    let (sink, summary) = vault.backup_into(t0(), Recording::default()).unwrap();
+    assert_eq!(summary.bytes, sink.bytes.len() as u64);
+    assert!(summary.records as usize > RECORDS);
+    // Handed over a chunk at a time, never the whole store at once.
+    assert!(
+        sink.largest_write <= CHUNK_BYTES + 4096 + 1024,
+        "a write of {} bytes",
+        sink.largest_write
+    );
+    assert!(sink.bytes.len() > 40 * CHUNK_BYTES);
+    assert!(sink.writes > 40, "{} writes", sink.writes);
+    assert!(find_markers(&sink.bytes, &markers(&p)).is_empty());
+    vault.close().unwrap();
+
+    let (restored, report) = Vault::restore_from(
+        std::io::Cursor::new(&sink.bytes),
+        &tmp.path().join("restored"),
+        &clinic_relay::vault::keyring_path(&dir),
+        &mk,
+    )
+    .unwrap();
+    assert_eq!(report.records, summary.records);
+    assert_eq!(restored.count(Tree::Slots), RECORDS);
+    assert_eq!(restored.get_patient(p.id).unwrap().as_ref(), Some(&p));
+    restored.close().unwrap();
+}
+
+#[test]
+fn a_damaged_or_cut_backup_restores_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mk = key(6);
+    let vault = open(&dir, &mk);
+    for n in 0..3 {
+        let p = marker_patient(&vault, &format!("D{n}"));
+        vault.put_patient(&p, "test", t0()).unwrap();
+    }
+    let good = vault.backup(t0()).unwrap();
+    vault.close().unwrap();
+    let ring = clinic_relay::vault::keyring_path(&dir);
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 1;
+    let cases = [
+        ("a flipped byte", flipped),
+        ("a cut tail", good[..good.len() - 10].to_vec()),
+        // Exactly the final chunk (length + 8-byte count + tag) missing.
+        ("no final chunk", good[..good.len() - (4 + 8 + 16)].to_vec()),
+        ("something appended", [good.clone(), b"x".to_vec()].concat()),
+    ];
+    for (what, bytes) in cases {
+        let target = tmp.path().join("restored");
+        assert!(
+            Vault::restore(&bytes, &target, &ring, &mk).is_err(),
+            "{what} restored"
+        );
+        assert!(
+            !target.exists(),
+            "{what}: the restore wrote before checking"
+        );
+    }
+    let (restored, _) = Vault::restore(&good, &tmp.path().join("ok"), &ring, &mk).unwrap();
+    restored.close().unwrap();
+}
+
+#[test]
+fn a_format_1_backup_still_restores() {
+    // Taken by the release before backups streamed (synthetic data, test key).
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/backup-v1");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = std::fs::File::open(fixture.join("backup-v1.crbk")).unwrap();
+    let (restored, report) = Vault::restore_from(
+        std::io::BufReader::new(file),
+        &tmp.path().join("restored"),
+        &fixture.join("keyring"),
+        &key(0x42),
+    )
+    .unwrap();
+    assert_eq!(report.records, 9);
+    assert_eq!(report.audit_entries, 2);
+    for tag in ["V1A", "V1B"] {
+        let p = marker_patient(&restored, tag);
+        assert_eq!(restored.get_patient(p.id).unwrap().as_ref(), Some(&p));
+    }
+    restored.close().unwrap();
+}
