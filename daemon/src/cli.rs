@@ -440,7 +440,11 @@ fn status(config: &Config) -> Result<(), String> {
         "keys: generation {}, master key age {age}",
         at(&s, "/keys/generation")
     );
-    println!("audit: head seq {}", at(&s, "/audit/seq"));
+    println!(
+        "audit: head seq {}, {} read(s) waiting for their entry",
+        at(&s, "/audit/seq"),
+        at(&s, "/audit/reads_waiting").as_u64().unwrap_or_default()
+    );
     println!(
         "storage: {} MiB free in {}",
         at(&s, "/storage/free_bytes").as_u64().unwrap_or_default() >> 20,
