@@ -270,14 +270,6 @@ fn create_new_private(path: &Path) -> Result<std::fs::File, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn write_durably(mut f: std::fs::File, path: &Path, bytes: &[u8]) -> Result<(), String> {
-    f.write_all(bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.sync_all()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    crate::vault::fsio::sync_parent_dir(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 fn backup_create(config: &Config, file: &Path) -> Result<(), String> {
     // The destination first: a missing folder or an existing file fails
     // before a backup is taken, so no `backup.create` is audited for it.
@@ -292,39 +284,39 @@ fn backup_create(config: &Config, file: &Path) -> Result<(), String> {
 }
 
 /// Takes the backup (from the running daemon, else from the data
-/// directory) and writes it into `out`; returns its size. The daemon audits
-/// the backup it hands out; offline, the entry is written here once the
-/// file is on disk.
-fn take_backup_into(config: &Config, file: &Path, out: std::fs::File) -> Result<usize, String> {
-    use crate::api::client::{self, ClientError};
-    match client::request_blocking(&config.api.socket, "GET", "/v1/admin/backup") {
-        Ok((200, body)) => {
-            write_durably(out, file, &body)?;
-            Ok(body.len())
+/// directory) and streams it into `out`; returns its size. The daemon
+/// audits the backup it hands out; offline, the entry is written in the
+/// same writer job as the snapshot, once the file is durable.
+fn take_backup_into(config: &Config, file: &Path, out: std::fs::File) -> Result<u64, String> {
+    use crate::api::client::{self, ClientError, Download};
+    let at = |e: std::io::Error| format!("{}: {e}", file.display());
+    let mut sink = std::io::BufWriter::with_capacity(64 * 1024, out);
+    match client::download_blocking(&config.api.socket, "/v1/admin/backup", &mut sink) {
+        Ok(Download::Saved(bytes)) => {
+            let out = sink.into_inner().map_err(|e| at(e.into_error()))?;
+            out.sync_all().map_err(at)?;
+            crate::vault::fsio::sync_parent_dir(file).map_err(at)?;
+            Ok(bytes)
         }
-        Ok((status, body)) => Err(format!(
+        Ok(Download::Refused(status, body)) => Err(format!(
             "the daemon refused the backup ({status}): {}",
             String::from_utf8_lossy(&body)
         )),
         Err(ClientError::NotRunning(_)) => {
+            let out = sink.into_inner().map_err(|e| at(e.into_error()))?;
             let vault = open_offline(config)?;
             let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-            let bytes = vault.backup(now).map_err(|e| e.to_string())?;
-            write_durably(out, file, &bytes)?;
-            let mut txn = crate::vault::Txn::new(now);
-            txn.audit(
-                crate::audit::AuditDraft::new("admin:cli", "backup.create")
-                    .detail("bytes", bytes.len().to_string()),
-            );
-            vault.commit(txn).map_err(|e| e.to_string())?;
+            let summary = vault
+                .backup_to_file(now, out, file, "admin:cli")
+                .map_err(|e| e.to_string())?;
             vault.close().map_err(|e| e.to_string())?;
-            Ok(bytes.len())
+            Ok(summary.bytes)
         }
         Err(e) => Err(e.to_string()),
     }
 }
 
-fn refresh_keyring_copy(config: &Config, file: &Path, size: usize) -> Result<(), String> {
+fn refresh_keyring_copy(config: &Config, file: &Path, size: u64) -> Result<(), String> {
     if let Some(copy) = &config.keys.keyring_copy {
         // The daemon keeps that copy current itself; do not touch it.
         println!(
@@ -371,16 +363,23 @@ fn backup_restore(
                 .unwrap_or(beside)
         }
     };
-    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    if bytes.len() > crate::vault::backup::MAX_BACKUP_BYTES {
+    let at = |e: std::io::Error| format!("{}: {e}", file.display());
+    let src = std::fs::File::open(file).map_err(at)?;
+    if src.metadata().map_err(at)?.len() > crate::vault::backup::MAX_BACKUP_BYTES as u64 {
         return Err(format!(
             "{} is larger than any clinic-relay backup",
             file.display()
         ));
     }
     let mk = service::load_master_key(config).map_err(|e| e.to_string())?;
-    let (vault, report) =
-        Vault::restore(&bytes, data_dir, &keyring, &mk).map_err(|e| e.to_string())?;
+    // Streamed from the file: a format-2 backup is never held whole.
+    let (vault, report) = Vault::restore_from(
+        std::io::BufReader::with_capacity(64 * 1024, src),
+        data_dir,
+        &keyring,
+        &mk,
+    )
+    .map_err(|e| e.to_string())?;
     vault.close().map_err(|e| e.to_string())?;
     println!(
         "restored {} records into {} and verified them: audit chain of {} entries intact, {} records of erased patients stay unreadable",
@@ -441,7 +440,11 @@ fn status(config: &Config) -> Result<(), String> {
         "keys: generation {}, master key age {age}",
         at(&s, "/keys/generation")
     );
-    println!("audit: head seq {}", at(&s, "/audit/seq"));
+    println!(
+        "audit: head seq {}, {} read(s) waiting for their entry",
+        at(&s, "/audit/seq"),
+        at(&s, "/audit/reads_waiting").as_u64().unwrap_or_default()
+    );
     println!(
         "storage: {} MiB free in {}",
         at(&s, "/storage/free_bytes").as_u64().unwrap_or_default() >> 20,

@@ -239,12 +239,90 @@ pub struct Running {
     pub outbound: crate::pms::outbound::OutboundConfig,
     stop: watch::Sender<bool>,
     tasks: Vec<Named>,
+    watchdog: Option<Watchdog>,
     clock: SharedClock,
     grace: Duration,
 }
 
+/// What `start` has bound before it commits to running.
+struct Bound {
+    mllp: tokio::net::TcpListener,
+    mllp_addr: std::net::SocketAddr,
+    api_tcp: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
+    api: tokio::net::UnixListener,
+}
+
+/// Binds every listener: the TCP ports first, the API socket last, so that
+/// a port in use leaves no socket file behind. On any failure nothing stays
+/// bound and no file of ours remains.
+async fn bind_all(config: &Config) -> Result<Bound, ServiceError> {
+    let mllp = tokio::net::TcpListener::bind(config.pms.mllp_listen)
+        .await
+        .map_err(|source| ServiceError::Bind {
+            key: "pms.mllp_listen",
+            addr: config.pms.mllp_listen.to_string(),
+            source,
+        })?;
+    let mllp_addr = mllp.local_addr().map_err(ServiceError::Runtime)?;
+    let api_tcp = match &config.api.tcp {
+        Some((addr, _)) => {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServiceError::Bind {
+                    key: "api.tcp_listen",
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            let bound = tcp.local_addr().map_err(ServiceError::Runtime)?;
+            Some((tcp, bound))
+        }
+        None => None,
+    };
+    // Last: `api::bind` removes its own file if it fails after creating it.
+    let api = crate::api::bind(&config.api.socket)?;
+    Ok(Bound {
+        mllp,
+        mllp_addr,
+        api_tcp,
+        api,
+    })
+}
+
+/// Undoes a start that failed after the vault was opened: records why (if
+/// the log can take an entry), removes the API socket file if this start
+/// created it, and closes the vault so the data directory is free again.
+async fn abandon_start(
+    vault: Vault,
+    clock: &SharedClock,
+    error: &ServiceError,
+    socket: Option<&std::path::Path>,
+) {
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
+    if vault.audit_damage().is_none() {
+        let mut txn = Txn::new(clock.now());
+        txn.audit(
+            AuditDraft::new("system", "service.start-failed")
+                .detail("version", VERSION)
+                .detail("reason", error.to_string()),
+        );
+        if let Err(e) = vault.commit_async(txn).await {
+            warn!(error = %e, "could not audit the failed start");
+        }
+    }
+    match tokio::task::spawn_blocking(move || vault.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "closing the vault after a failed start"),
+        Err(e) => warn!(error = %e, "closing the vault after a failed start"),
+    }
+}
+
 /// Opens the vault and starts every listener and worker. Returns once all
-/// of them are bound, so the caller can report READY.
+/// of them are bound, so the caller can report READY. `service.start` is
+/// audited only then; a start that fails after the vault opened audits
+/// `service.start-failed` with the reason instead, and leaves no API socket
+/// file behind.
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServiceError> {
     // TLS material first: a bad certificate should stop us before anything
     // is opened or written.
@@ -266,22 +344,79 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         .map_err(|e| ServiceError::Join(e.to_string()))??;
     let vault = opened.vault;
     if let Some(why) = vault.audit_damage() {
-        return Err(ServiceError::AuditDamaged(why));
+        let error = ServiceError::AuditDamaged(why);
+        abandon_start(vault, &clock, &error, None).await;
+        return Err(error);
     }
     if let Some(copy) = &config.keys.keyring_copy {
-        vault.set_keyring_mirror(copy)?;
+        if let Err(e) = vault.set_keyring_mirror(copy) {
+            let error = ServiceError::from(e);
+            abandon_start(vault, &clock, &error, None).await;
+            return Err(error);
+        }
     }
+    let bound = match bind_all(&config).await {
+        Ok(bound) => bound,
+        Err(error) => {
+            abandon_start(vault, &clock, &error, None).await;
+            return Err(error);
+        }
+    };
+    // Its own OS thread: blocking work on the runtime cannot starve it.
+    let watchdog = match watchdog_period()
+        .map(|p| Watchdog::start(p / 2))
+        .transpose()
+    {
+        Ok(w) => w,
+        Err(source) => {
+            let error = ServiceError::Runtime(source);
+            drop(bound);
+            abandon_start(vault, &clock, &error, Some(&config.api.socket)).await;
+            return Err(error);
+        }
+    };
     let mut start = Txn::new(clock.now());
     start.audit(AuditDraft::new("system", "service.start").detail("version", VERSION));
-    vault.commit_async(start).await?;
+    if let Err(e) = vault.commit_async(start).await {
+        let error = ServiceError::from(e);
+        drop(bound);
+        if let Some(w) = watchdog {
+            w.stop();
+        }
+        abandon_start(vault, &clock, &error, Some(&config.api.socket)).await;
+        return Err(error);
+    }
+    Ok(spawn_all(
+        config,
+        clock,
+        vault,
+        opened.rotate_to,
+        bound,
+        mllp_tls,
+        api_tls,
+        watchdog,
+    ))
+}
 
+/// Starts the tasks over what `start` bound. Nothing here can fail.
+#[allow(clippy::too_many_arguments)]
+fn spawn_all(
+    config: Config,
+    clock: SharedClock,
+    vault: Vault,
+    rotate_to: Option<MasterKey>,
+    bound: Bound,
+    mllp_tls: Option<Arc<rustls::ServerConfig>>,
+    api_tls: Option<Arc<rustls::ServerConfig>>,
+    watchdog: Option<Watchdog>,
+) -> Running {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: Vec<Named> = Vec::new();
 
-    if opened.rotate_to.is_some() || vault.rotation_pending() {
+    if rotate_to.is_some() || vault.rotation_pending() {
         tasks.push(Named {
             name: "key-rotation",
-            handle: spawn_rotation(vault.clone(), opened.rotate_to, clock.clone()),
+            handle: spawn_rotation(vault.clone(), rotate_to, clock.clone()),
         });
     }
 
@@ -298,9 +433,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         },
         config.pms.max_message_bytes,
     ));
-    let api_listener = crate::api::bind(&config.api.socket)?;
     let (read_audit, read_audit_task) =
-        crate::api::read_audit::ReadAuditor::start(vault.clone(), clock.clone(), stop_rx.clone());
+        crate::api::read_audit::ReadAuditor::start(vault.clone(), clock.clone());
     let api_state = Arc::new(crate::api::ApiState {
         read_audit,
         vault: vault.clone(),
@@ -318,14 +452,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         },
     });
 
-    let tcp = tokio::net::TcpListener::bind(config.pms.mllp_listen)
-        .await
-        .map_err(|source| ServiceError::Bind {
-            key: "pms.mllp_listen",
-            addr: config.pms.mllp_listen.to_string(),
-            source,
-        })?;
-    let mllp_addr = tcp.local_addr().map_err(ServiceError::Runtime)?;
+    let Bound {
+        mllp: tcp,
+        mllp_addr,
+        api_tcp,
+        api: api_listener,
+    } = bound;
     let limits = ListenerLimits {
         max_connections: config.pms.max_connections,
         max_frame_bytes: config.pms.max_message_bytes,
@@ -361,16 +493,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         handle: mllp_task,
     });
     let mut api_tcp_addr = None;
-    if let (Some((addr, _)), Some(server_config)) = (&config.api.tcp, api_tls) {
+    if let (Some((tcp, bound)), Some(server_config)) = (api_tcp, api_tls) {
         let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
-        let tcp = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServiceError::Bind {
-                key: "api.tcp_listen",
-                addr: addr.to_string(),
-                source,
-            })?;
-        let bound = tcp.local_addr().map_err(ServiceError::Runtime)?;
         api_tcp_addr = Some(bound);
         info!(api_tcp = %bound, "local API also on TCP with client certificates");
         tasks.push(Named {
@@ -404,19 +528,13 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
     };
     info!(mllp = %mllp_addr, api = %config.api.socket.display(), "listening");
 
-    // After the API tasks, so it drains what their last requests queued.
+    // After the API tasks: it ends once their last requests are answered
+    // (every read waits for its own audit entry).
     tasks.push(Named {
         name: "read-audit",
         handle: read_audit_task,
     });
-
-    if let Some(period) = watchdog_period() {
-        tasks.push(Named {
-            name: "watchdog",
-            handle: tokio::spawn(watchdog(period / 2, stop_rx.clone())),
-        });
-    }
-    Ok(Running {
+    Running {
         mllp_addr,
         api_socket: config.api.socket.clone(),
         api_tcp_addr,
@@ -426,9 +544,10 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         outbound: config.pms.outbound.clone(),
         stop: stop_tx,
         tasks,
+        watchdog,
         clock,
         grace: config.service.shutdown_timeout,
-    })
+    }
 }
 
 impl Running {
@@ -446,6 +565,9 @@ impl Running {
                     "task did not stop in time; it resumes on next start"
                 ),
             }
+        }
+        if let Some(w) = self.watchdog {
+            let _ = tokio::task::spawn_blocking(move || w.stop()).await;
         }
         let mut stop = Txn::new(self.clock.now());
         stop.audit(AuditDraft::new("system", "service.stop"));
@@ -501,13 +623,41 @@ fn watchdog_period() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
-async fn watchdog(every: Duration, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => notify(&[NotifyState::Watchdog]),
-            _ = stop.changed() => return,
-        }
+/// Pets systemd's watchdog from an OS thread of its own: a blocking job on
+/// the runtime's two workers cannot starve it. (It proves the process is
+/// alive, not that every task makes progress.) The std channel is both the
+/// timer (`recv_timeout`) and the stop signal.
+pub struct Watchdog {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Watchdog {
+    fn start(every: Duration) -> std::io::Result<Self> {
+        Self::start_with(every, || notify(&[NotifyState::Watchdog]))
+    }
+
+    /// Calls `pet` every `every` until stopped (tests pass
+    /// their own `pet`).
+    pub fn start_with(every: Duration, pet: impl Fn() + Send + 'static) -> std::io::Result<Self> {
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("watchdog".to_owned())
+            // The first pet comes one period after the start (READY=1 is
+            // sent in between).
+            .spawn(move || loop {
+                match rx.recv_timeout(every) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => pet(),
+                    Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            })?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops the thread and waits for it (blocking, briefly).
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
     }
 }
 

@@ -11,7 +11,7 @@ pub mod read_audit;
 mod routes;
 
 pub use problem::Problem;
-pub use routes::{ApiState, Door, HealthSources};
+pub use routes::{ApiBody, ApiState, Door, HealthSources};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -50,7 +50,12 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
         std::fs::create_dir_all(dir).map_err(bind_err)?;
     }
     let listener = UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)) {
+        // The file is ours (just bound): a failed start leaves nothing behind.
+        drop(listener);
+        let _ = std::fs::remove_file(path);
+        return Err(bind_err(e));
+    }
     Ok(listener)
 }
 

@@ -1,90 +1,152 @@
-//! Audit entries for reads of PHI, written off the request path.
+//! Audit entries for reads of PHI: durable before the read is answered.
 //!
-//! A read must be answered in microseconds, but its audit entry costs a
-//! hash, a seal and a store write. Requests hand the entry to a channel; one
-//! task commits whatever has queued as a single transaction (many entries,
-//! one head update, one flush). If the task is gone (shutdown), the entry is
-//! written inline instead, so none is dropped.
+//! A handler that has read PHI hands its audit drafts, with a oneshot, to
+//! one task. The task commits whatever has queued as a single transaction
+//! (many entries, one head update), through the vault writer, whose answer
+//! comes only after the flush; then it answers every waiter of that batch.
+//! The handler sends its response only once its entry is durable, and a
+//! read whose entry could not be written is refused, not served.
+//!
+//! Batching keeps reads cheap: while one batch is being flushed, the next
+//! queues up, so one fsync covers up to [`BATCH`] reads. The queue is
+//! bounded; when it is full a request waits for room (at most
+//! [`ROOM_WAIT`]) and is then refused with 503. Nothing is ever written
+//! "unflushed" or dropped.
 
 use crate::audit::AuditDraft;
 use crate::clock::SharedClock;
 use crate::vault::{Txn, Vault};
-use tokio::sync::{mpsc, watch};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 
-const QUEUE: usize = 65_536;
+/// Reads that may wait for the batching task at once.
+pub const QUEUE: usize = 4096;
+/// Audit entries per transaction.
 const BATCH: usize = 1024;
+/// How long a read waits for room in a full queue before it is refused.
+pub const ROOM_WAIT: Duration = Duration::from_secs(5);
 
+/// Why a read could not be audited (and so must not be served).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadAuditError {
+    #[error("too many reads are waiting for their audit entries; retry shortly")]
+    Busy,
+    #[error("the daemon is shutting down")]
+    Stopped,
+    #[error("the audit entry could not be written: {0}")]
+    NotWritten(String),
+}
+
+struct Waiter {
+    drafts: Vec<AuditDraft>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The handle the API handlers use. Cloning is cheap; the task ends when
+/// the last handle is dropped, after answering everything queued.
 #[derive(Clone)]
 pub struct ReadAuditor {
-    queue: mpsc::Sender<AuditDraft>,
-    vault: Vault,
-    clock: SharedClock,
+    queue: mpsc::Sender<Waiter>,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Counts a read from the moment it asks until it has its answer.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(n)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ReadAuditor {
     /// The handle, and the task that writes the entries.
-    pub fn start(
+    pub fn start(vault: Vault, clock: SharedClock) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::with_capacity(vault, clock, QUEUE)
+    }
+
+    /// [`ReadAuditor::start`] with a queue of `capacity` reads (tests use a
+    /// small one to exercise the full-queue path).
+    pub fn with_capacity(
         vault: Vault,
         clock: SharedClock,
-        stop: watch::Receiver<bool>,
+        capacity: usize,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (queue, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(rx, vault.clone(), clock.clone(), stop));
+        let (queue, rx) = mpsc::channel(capacity.max(1));
+        let task = tokio::spawn(run(rx, vault, clock));
         (
             Self {
                 queue,
-                vault,
-                clock,
+                waiting: Arc::new(AtomicUsize::new(0)),
             },
             task,
         )
     }
 
-    pub fn record(&self, draft: AuditDraft) {
-        if let Err(e) = self.queue.try_send(draft) {
-            // Queue full or writer stopped: write it here and now.
-            let draft = match e {
-                mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d) => d,
-            };
-            let mut txn = Txn::new(self.clock.now());
-            txn.audit(draft);
-            if let Err(e) = self.vault.commit_unflushed(txn) {
-                error!(error = %e, "could not audit a read");
-            }
+    /// Returns once every draft is durably in the audit log. An empty list
+    /// (a search that found nothing) costs nothing.
+    pub async fn record(&self, drafts: Vec<AuditDraft>) -> Result<(), ReadAuditError> {
+        if drafts.is_empty() {
+            return Ok(());
         }
+        let _counted = Counted::new(&self.waiting);
+        let (done, answer) = oneshot::channel();
+        match tokio::time::timeout(ROOM_WAIT, self.queue.send(Waiter { drafts, done })).await {
+            Err(_) => return Err(ReadAuditError::Busy),
+            Ok(Err(_)) => return Err(ReadAuditError::Stopped),
+            Ok(Ok(())) => {}
+        }
+        answer
+            .await
+            .map_err(|_| ReadAuditError::Stopped)?
+            .map_err(ReadAuditError::NotWritten)
+    }
+
+    /// Reads waiting for their audit entries right now (`/v1/status`).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 }
 
-async fn run(
-    mut rx: mpsc::Receiver<AuditDraft>,
-    vault: Vault,
-    clock: SharedClock,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let first = tokio::select! {
-            d = rx.recv() => d,
-            _ = stop.changed() => {
-                rx.close();
-                rx.recv().await
-            }
-        };
-        let Some(first) = first else { return };
+async fn run(mut rx: mpsc::Receiver<Waiter>, vault: Vault, clock: SharedClock) {
+    // Ends when every handle is gone (the API has stopped and its last
+    // requests have been answered), so nothing queued is left unanswered.
+    while let Some(first) = rx.recv().await {
         let mut txn = Txn::new(clock.now());
-        txn.audit(first);
-        let mut n = 1;
-        while n < BATCH {
-            match rx.try_recv() {
-                Ok(d) => {
-                    txn.audit(d);
-                    n += 1;
-                }
-                Err(_) => break,
+        let mut entries = 0usize;
+        let mut waiters = Vec::new();
+        let mut next = Some(first);
+        while let Some(w) = next.take() {
+            entries += w.drafts.len();
+            for d in w.drafts {
+                txn.audit(d);
+            }
+            waiters.push(w.done);
+            if entries < BATCH {
+                next = rx.try_recv().ok();
             }
         }
-        if let Err(e) = vault.commit_async(txn).await {
-            error!(error = %e, entries = n, "could not write audit entries of reads");
+        let outcome = vault
+            .commit_async(txn)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        if let Err(e) = &outcome {
+            error!(error = %e, entries, "could not write the audit entries of reads; the reads are refused");
+        }
+        for done in waiters {
+            // A caller that stopped waiting is not an error.
+            let _ = done.send(outcome.clone());
         }
     }
 }

@@ -51,12 +51,58 @@ pub enum Door {
     Tcp,
 }
 
-type Resp = Response<Full<Bytes>>;
+/// A response body: a whole JSON document, or a stream (a backup) fed
+/// through a bounded channel.
+pub enum ApiBody {
+    Full(Full<Bytes>),
+    Stream(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>),
+}
+
+impl hyper::body::Body for ApiBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ApiBody::Full(full) => std::pin::Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            ApiBody::Stream(rx) => rx
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|c| c.map(hyper::body::Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ApiBody::Full(full) => full.is_end_stream(),
+            ApiBody::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ApiBody::Full(full) => full.size_hint(),
+            ApiBody::Stream(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+type Resp = Response<ApiBody>;
+
+fn full(bytes: impl Into<Bytes>) -> ApiBody {
+    ApiBody::Full(Full::new(bytes.into()))
+}
+
+fn problem_response(problem: Problem) -> Resp {
+    problem.into_response().map(ApiBody::Full)
+}
 
 fn json_response(status: StatusCode, body: &Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(body).unwrap_or_default(),
-    )));
+    let mut resp = Response::new(full(serde_json::to_vec(body).unwrap_or_default()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -70,7 +116,7 @@ fn ok(body: &Value) -> Result<Resp, Problem> {
 }
 
 fn no_content() -> Result<Resp, Problem> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
     Ok(resp)
 }
@@ -236,7 +282,7 @@ async fn apply(
 pub async fn handle(state: &ApiState, req: Request<Incoming>, actor: &str, door: Door) -> Resp {
     match route(state, req, actor, door).await {
         Ok(resp) => resp,
-        Err(problem) => problem.into_response(),
+        Err(problem) => problem_response(problem),
     }
 }
 
@@ -263,27 +309,27 @@ async fn route(
             "use the Unix socket on the clinic-relay host for administrative requests",
         )),
         (Method::GET, ["v1", "admin", "backup"]) => backup(state, actor).await,
-        (Method::GET, ["v1", "patients"]) => search_patients(state, &req, actor),
+        (Method::GET, ["v1", "patients"]) => search_patients(state, &req, actor).await,
         (Method::POST, ["v1", "patients"]) => upsert_patient(state, req, actor).await,
-        (Method::GET, ["v1", "patients", id]) => get_patient(state, id, actor),
+        (Method::GET, ["v1", "patients", id]) => get_patient(state, id, actor).await,
         (Method::DELETE, ["v1", "patients", id]) => erase_patient(state, id, actor).await,
         (Method::GET, ["v1", "patients", id, "appointments"]) => {
-            patient_appointments(state, id, actor)
+            patient_appointments(state, id, actor).await
         }
         (Method::PUT, ["v1", "patients", id, "consent"]) => {
             set_consent(state, id, req, actor).await
         }
-        (Method::GET, ["v1", "appointments", id]) => get_appointment(state, id, actor),
+        (Method::GET, ["v1", "appointments", id]) => get_appointment(state, id, actor).await,
         (Method::PUT, ["v1", "appointments", id]) => {
             let id = (*id).to_owned();
             put_appointment(state, &id, req, actor).await
         }
         (Method::GET, ["v1", "slots"]) => list_slots(state),
         (Method::PUT, ["v1", "slots"]) => put_slots(state, req, actor).await,
-        (Method::GET, ["v1", "results", order]) => get_result(state, order, actor),
+        (Method::GET, ["v1", "results", order]) => get_result(state, order, actor).await,
         (Method::GET, ["v1", "events"]) => events(state, &req).await,
         (_, segments) if allowed_methods(segments).is_some() => {
-            let mut resp = Problem::method_not_allowed().into_response();
+            let mut resp = problem_response(Problem::method_not_allowed());
             if let Some(allow) = allowed_methods(segments) {
                 resp.headers_mut().insert(
                     hyper::header::ALLOW,
@@ -313,12 +359,40 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     }
 }
 
-/// Records that PHI was read, and by whom (written in batches, off the
-/// request path; see `read_audit.rs`).
-fn audit_read(state: &ApiState, actor: &str, action: &str, subject: Option<PatientId>) {
+fn read_draft(actor: &str, action: &str, subject: Option<PatientId>) -> crate::audit::AuditDraft {
     let mut draft = crate::audit::AuditDraft::new(actor, action);
     draft.subject = subject.map(|p| p.to_string());
-    state.read_audit.record(draft);
+    draft
+}
+
+/// Records durably that PHI was read, and by whom, before the read is
+/// answered (in batches; see `read_audit.rs`). A read that could not be
+/// audited is refused.
+async fn audit_reads(
+    state: &ApiState,
+    drafts: Vec<crate::audit::AuditDraft>,
+) -> Result<(), Problem> {
+    use super::read_audit::ReadAuditError;
+    state.read_audit.record(drafts).await.map_err(|e| match e {
+        ReadAuditError::Busy | ReadAuditError::Stopped => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "read-not-audited",
+            "Read not audited",
+            format!("{e}; the data was not sent"),
+        ),
+        ReadAuditError::NotWritten(_) => Problem::internal(
+            "the audit entry of this read could not be written; the data was not sent",
+        ),
+    })
+}
+
+async fn audit_read(
+    state: &ApiState,
+    actor: &str,
+    action: &str,
+    subject: Option<PatientId>,
+) -> Result<(), Problem> {
+    audit_reads(state, vec![read_draft(actor, action, subject)]).await
 }
 
 fn status(state: &ApiState) -> Result<Resp, Problem> {
@@ -401,7 +475,7 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
         },
         "whatsapp": {"last_webhook_at": null, "outbox_depth": 0},
         "keys": {"generation": vault.key_generation(), "master_key_age_days": key_age_days},
-        "audit": {"seq": vault.audit_seq()},
+        "audit": {"seq": vault.audit_seq(), "reads_waiting": state.read_audit.waiting()},
         "storage": {"data_dir": health.data_dir.display().to_string(), "free_bytes": free_bytes, "total_bytes": total_bytes},
         // The durable cursor: what a feed reader can actually get.
         "events_cursor": *vault.events_watch().borrow(),
@@ -410,28 +484,55 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
     }))
 }
 
+/// Streams a backup. The snapshot is taken as one writer job into an
+/// anonymous spool file (and audited there); the file is then sent with a
+/// bounded buffer, so a slow client holds neither the writer nor memory.
 async fn backup(state: &ApiState, actor: &str) -> Result<Resp, Problem> {
-    let vault = state.vault.clone();
-    let now = state.clock.now();
-    let bytes = tokio::task::spawn_blocking(move || vault.backup(now))
+    let (file, summary) = state
+        .vault
+        .backup_spool(state.clock.now(), actor)
         .await
-        .map_err(internal)?
         .map_err(internal)?;
-    let mut txn = crate::vault::Txn::new(now);
-    txn.audit(
-        crate::audit::AuditDraft::new(actor, "backup.create")
-            .detail("bytes", bytes.len().to_string()),
-    );
-    state.vault.commit_async(txn).await.map_err(internal)?;
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
-    resp.headers_mut().insert(
+    let (tx, rx) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_IN_FLIGHT);
+    tokio::task::spawn_blocking(move || send_file(file, &tx));
+    let mut resp = Response::new(ApiBody::Stream(rx));
+    let headers = resp.headers_mut();
+    headers.insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/octet-stream"),
     );
+    // The client can tell a cut-off transfer from a whole backup.
+    headers.insert(hyper::header::CONTENT_LENGTH, summary.bytes.into());
     Ok(resp)
 }
 
-fn search_patients(
+/// Pieces of a streamed backup buffered at once (of [`BACKUP_PIECE`] bytes).
+const BACKUP_CHUNKS_IN_FLIGHT: usize = 4;
+const BACKUP_PIECE: usize = 64 * 1024;
+
+/// Reads `file` into the channel until the end, an error, or the client
+/// going away (on a blocking thread).
+fn send_file(
+    mut file: std::fs::File,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    use std::io::Read;
+    let mut buf = vec![0u8; BACKUP_PIECE];
+    loop {
+        let piece = match file.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => Ok(Bytes::copy_from_slice(buf.get(..n).unwrap_or_default())),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(e),
+        };
+        let failed = piece.is_err();
+        if tx.blocking_send(piece).is_err() || failed {
+            return;
+        }
+    }
+}
+
+async fn search_patients(
     state: &ApiState,
     req: &Request<Incoming>,
     actor: &str,
@@ -443,20 +544,22 @@ fn search_patients(
     };
     let mrn = identifier.rsplit('|').next().unwrap_or_default();
     let mut entries = Vec::new();
+    let mut drafts = Vec::new();
     for id in state.vault.find_patients_by_mrn(mrn).map_err(internal)? {
         if let Some(p) = state.vault.get_patient(id).map_err(internal)? {
-            audit_read(state, actor, "patient.read", Some(p.id));
+            drafts.push(read_draft(actor, "patient.read", Some(p.id)));
             entries.push(fhir::patient(&p));
         }
     }
+    audit_reads(state, drafts).await?;
     ok(&fhir::bundle(entries))
 }
 
-fn get_patient(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
+async fn get_patient(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
     let id = patient_id(id)?;
     match state.vault.get_patient(id).map_err(internal)? {
         Some(p) => {
-            audit_read(state, actor, "patient.read", Some(p.id));
+            audit_read(state, actor, "patient.read", Some(p.id)).await?;
             ok(&fhir::patient(&p))
         }
         None => Err(Problem::not_found("no such patient")),
@@ -527,10 +630,10 @@ async fn erase_patient(state: &ApiState, id: &str, actor: &str) -> Result<Resp, 
     }
 }
 
-fn patient_appointments(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
+async fn patient_appointments(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
     let id = patient_id(id)?;
     let list = state.vault.appointments_of(id).map_err(internal)?;
-    audit_read(state, actor, "appointment.read", Some(id));
+    audit_read(state, actor, "appointment.read", Some(id)).await?;
     ok(&fhir::bundle(list.iter().map(fhir::appointment).collect()))
 }
 
@@ -561,10 +664,10 @@ async fn set_consent(
     ok(&serde_json::to_value(consent).map_err(internal)?)
 }
 
-fn get_appointment(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
+async fn get_appointment(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
     match state.vault.get_appointment(id).map_err(internal)? {
         Some(a) => {
-            audit_read(state, actor, "appointment.read", Some(a.patient));
+            audit_read(state, actor, "appointment.read", Some(a.patient)).await?;
             ok(&fhir::appointment(&a))
         }
         None => Err(Problem::not_found("no such appointment")),
@@ -637,10 +740,10 @@ async fn put_slots(state: &ApiState, req: Request<Incoming>, actor: &str) -> Res
     list_slots(state)
 }
 
-fn get_result(state: &ApiState, order: &str, actor: &str) -> Result<Resp, Problem> {
+async fn get_result(state: &ApiState, order: &str, actor: &str) -> Result<Resp, Problem> {
     match state.vault.get_result(order).map_err(internal)? {
         Some(r) => {
-            audit_read(state, actor, "result.read", Some(r.patient));
+            audit_read(state, actor, "result.read", Some(r.patient)).await?;
             ok(&fhir::diagnostic_report(&r))
         }
         None => Err(Problem::not_found("no such result")),

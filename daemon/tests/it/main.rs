@@ -16,6 +16,7 @@ mod pms_outbound;
 mod pms_support;
 mod queue;
 mod serve_notify;
+mod service_hardening;
 mod tls;
 mod vault_crash;
 mod vault_crypto;
