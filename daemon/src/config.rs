@@ -67,6 +67,7 @@ pub struct ServiceFile {
     pub data_dir: Option<String>,
     pub time_zone: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub idempotency_retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +146,8 @@ pub struct ServiceConfig {
     pub time_zone: TimeZone,
     pub time_zone_name: String,
     pub shutdown_timeout: Duration,
+    /// How long an HL7 control id or API idempotency key is remembered.
+    pub idempotency_retention: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,10 +333,20 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// Parses a duration such as `10s`, `72h`, `1h 30m` or ISO 8601 `PT10S`.
+/// Parses a duration such as `10s`, `72h`, `1h 30m`, `30d` or ISO 8601 `PT10S`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let d: SignedDuration = s.trim().parse().ok()?;
-    Duration::try_from(d).ok()
+    if let Ok(d) = s.trim().parse::<SignedDuration>() {
+        return Duration::try_from(d).ok();
+    }
+    // Days (`30d`, `1 week`): a span, with days counted as 24 hours.
+    let span: jiff::Span = s.trim().parse().ok()?;
+    let secs = span
+        .total((
+            jiff::Unit::Second,
+            jiff::SpanRelativeTo::days_are_24_hours(),
+        ))
+        .ok()?;
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
@@ -535,6 +548,17 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         tcp,
     };
 
+    let idempotency_retention = duration_in(
+        file.service.idempotency_retention.as_deref(),
+        "service.idempotency_retention",
+        Duration::from_secs(30 * 24 * 3600),
+        (
+            Duration::from_secs(3600),
+            Duration::from_secs(3650 * 24 * 3600),
+        ),
+        &invalid,
+    )?;
+
     Ok(Config {
         path: path.to_owned(),
         service: ServiceConfig {
@@ -542,6 +566,7 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             time_zone,
             time_zone_name,
             shutdown_timeout,
+            idempotency_retention,
         },
         log: LogConfig { level, format },
         keys,
@@ -997,6 +1022,21 @@ mod tests {
         assert_eq!(parse_duration("1h 30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("PT10S"), Some(Duration::from_secs(10)));
         assert_eq!(parse_duration("soon"), None);
+        assert_eq!(
+            load("").unwrap().service.idempotency_retention,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        assert_eq!(
+            load("[service]\nidempotency_retention = \"90d\"\n")
+                .unwrap()
+                .service
+                .idempotency_retention,
+            Duration::from_secs(90 * 24 * 3600)
+        );
+        let msg = load("[service]\nidempotency_retention = \"5m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`service.idempotency_retention`"), "{msg}");
         let msg = load("[service]\nshutdown_timeout = \"soon\"\n")
             .unwrap_err()
             .to_string();

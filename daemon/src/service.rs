@@ -423,20 +423,26 @@ fn spawn_all(
     // At shutdown, tasks are awaited in the order they are pushed below: the
     // PMS door (MLLP) first, then the local API, then the workers (PMS
     // sender, read-audit writer) that drain what the doors queued.
-    let ingest = Arc::new(Ingest::new(
-        vault.clone(),
-        clock.clone(),
-        Arc::new(config.pms.mapping.clone()),
-        Identity {
-            application: config.pms.application.clone(),
-            facility: config.pms.facility.clone(),
-        },
-        config.pms.max_message_bytes,
-    ));
+    let key_retention = jiff::SignedDuration::try_from(config.service.idempotency_retention)
+        .unwrap_or(crate::commands::DEFAULT_KEY_RETENTION);
+    let ingest = Arc::new(
+        Ingest::new(
+            vault.clone(),
+            clock.clone(),
+            Arc::new(config.pms.mapping.clone()),
+            Identity {
+                application: config.pms.application.clone(),
+                facility: config.pms.facility.clone(),
+            },
+            config.pms.max_message_bytes,
+        )
+        .with_key_retention(key_retention),
+    );
     let (read_audit, read_audit_task) =
         crate::api::read_audit::ReadAuditor::start(vault.clone(), clock.clone());
     let api_state = Arc::new(crate::api::ApiState {
         read_audit,
+        key_retention,
         vault: vault.clone(),
         clock: clock.clone(),
         phone_plan: config.pms.mapping.phone_plan.clone(),
@@ -526,6 +532,15 @@ fn spawn_all(
         }
         None => None,
     };
+    tasks.push(Named {
+        name: "housekeeping",
+        handle: tokio::spawn(housekeeping(
+            vault.clone(),
+            clock.clone(),
+            key_retention,
+            stop_rx.clone(),
+        )),
+    });
     info!(mllp = %mllp_addr, api = %config.api.socket.display(), "listening");
 
     // After the API tasks: it ends once their last requests are answered
@@ -658,6 +673,28 @@ impl Watchdog {
     pub fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.thread.join();
+    }
+}
+
+/// Hourly upkeep that needs no trigger: idempotency keys past their
+/// retention are pruned (in bounded jobs on the vault's writer).
+async fn housekeeping(
+    vault: Vault,
+    clock: SharedClock,
+    key_retention: jiff::SignedDuration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = every.tick() => {}
+        }
+        match crate::commands::prune_idempotency_keys(&vault, clock.now(), key_retention).await {
+            Ok(0) => {}
+            Ok(n) => info!(pruned = n, "expired idempotency keys pruned"),
+            Err(e) => warn!(error = %e, "could not prune idempotency keys; will try again"),
+        }
     }
 }
 

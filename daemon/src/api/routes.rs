@@ -31,6 +31,8 @@ pub struct ApiState {
     pub health: HealthSources,
     /// Writes the audit entries of PHI reads.
     pub read_audit: super::read_audit::ReadAuditor,
+    /// How long an Idempotency-Key is remembered.
+    pub key_retention: jiff::SignedDuration,
 }
 
 /// What `GET /v1/status` reports on besides the vault.
@@ -245,7 +247,10 @@ fn origin(state: &ApiState, req: &Request<Incoming>, actor: &str) -> Origin {
             let scope = format!("{} {}\u{1f}{k}", req.method(), req.uri().path());
             state.vault.blind_index("api-idempotency", &scope).to_vec()
         });
-    let origin = Origin::new(actor);
+    let origin = Origin {
+        key_retention: state.key_retention,
+        ..Origin::new(actor)
+    };
     match key {
         // The key is bound to what the request says: the same key with
         // another body is refused, never answered with the new body.

@@ -33,6 +33,8 @@ pub struct Ingest {
     next_control_id: AtomicU64,
     /// Unix seconds of the last message accepted (for `status`).
     last_message_at: AtomicI64,
+    /// How long a control id is remembered (service.idempotency_retention).
+    key_retention: jiff::SignedDuration,
 }
 
 impl Ingest {
@@ -53,7 +55,14 @@ impl Ingest {
             max_message_bytes,
             next_control_id: AtomicU64::new(seed),
             last_message_at: AtomicI64::new(0),
+            key_retention: commands::DEFAULT_KEY_RETENTION,
         }
+    }
+
+    /// Remembers control ids for `retention` instead of the default.
+    pub fn with_key_retention(mut self, retention: jiff::SignedDuration) -> Self {
+        self.key_retention = retention;
+        self
     }
 
     pub fn last_message_at(&self) -> Option<jiff::Timestamp> {
@@ -154,6 +163,10 @@ impl Ingest {
                 .to_vec(),
             KeyReuse::Reapply,
         );
+        let origin = Origin {
+            key_retention: self.key_retention,
+            ..origin
+        };
         match commands::apply(&self.vault, commands, origin, now).await {
             Ok(Applied::Done) => {
                 self.last_message_at
