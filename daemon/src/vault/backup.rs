@@ -213,6 +213,8 @@ impl Vault {
             return Err(BackupError::Damaged(payload.len()));
         }
         let vault = Vault::open(dir, mk)?;
+        // The new dir has no audit anchor yet: anchor the restored chain.
+        vault.anchor_restored()?;
         let report = vault.verify_restored(records)?;
         Ok((vault, report))
     }

@@ -12,11 +12,13 @@
 //! On-disk layout of a data directory:
 //!
 //! ```text
-//! lock       flock'ed by the process that has the vault open
-//! keyring    wrapped data keys (see keyring.rs for why it is not in sled)
-//! store/     sled
+//! lock          flock'ed by the process that has the vault open
+//! keyring       wrapped data keys (see keyring.rs for why it is not in sled)
+//! audit-anchor  the audit chain's durable end, MAC'd (see anchor.rs)
+//! store/        sled
 //! ```
 
+mod anchor;
 mod apply;
 pub mod backup;
 mod chain;
@@ -36,6 +38,7 @@ mod txn;
 mod verify;
 mod writer;
 
+pub use anchor::anchor_path;
 pub use error::{VaultError, VaultResult};
 use keyview::{KeyView, PurposeKeys, ViewKey};
 pub use rotate::RotationReport;
@@ -69,6 +72,10 @@ use zeroize::Zeroizing;
 /// sled applies as a plain atomic batch.
 const AUDIT_HEAD_KEY: &[u8] = b"head";
 
+/// The mark that an anchor is kept outside the store for this audit log
+/// (see anchor.rs); beside the head, after every seq too.
+const AUDIT_ANCHORED_KEY: &[u8] = b"anchored";
+
 /// An erasure ledger entry: when, and which keys were destroyed.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ErasureRecord {
@@ -92,6 +99,13 @@ struct ChainState {
     damage: Option<String>,
     /// The last seq of each sequenced tree.
     last_seq: HashMap<Tree, u64>,
+    /// The seq the anchor file outside sled holds (see [`anchor`]).
+    anchored: u64,
+    /// Whether the store carries the mark that anchors are written for it
+    /// (added to the first audited commit when it does not).
+    anchor_marked: bool,
+    /// What the anchor check at open found wrong (also in `damage`).
+    anchor_fault: Option<AuditFault>,
 }
 
 struct Inner {
@@ -213,6 +227,9 @@ impl Vault {
                     hash: audit::GENESIS_HASH.to_owned(),
                     damage: None,
                     last_seq: HashMap::new(),
+                    anchored: 0,
+                    anchor_marked: false,
+                    anchor_fault: None,
                 }),
                 events_durable: tokio::sync::watch::channel(0).0,
                 outbox_signal: tokio::sync::Notify::new(),
