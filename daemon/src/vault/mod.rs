@@ -117,6 +117,8 @@ struct Inner {
     /// outside it) so that audit seqs are dense and ordered.
     commit_lock: Mutex<ChainState>,
     writer: writer::Writer,
+    /// Writes the audit anchor; dropped (and so finished) before the lock.
+    anchorer: anchor::Anchorer,
     /// The highest event seq known to be on disk; long-polls wait on it.
     events_durable: tokio::sync::watch::Sender<u64>,
     /// Woken when a message lands in the PMS outbox.
@@ -211,6 +213,8 @@ impl Vault {
             .ok_or(VaultError::Internal("the keyring has no root key"))?;
         let purpose = PurposeKeys::derive(&root)?;
         let view = KeyView::build(&keyring)?;
+        let anchorer =
+            anchor::Anchorer::start(anchor_path(dir), purpose.audit.clone()).map_err(io_err)?;
         let mut writer_error = None;
         let inner = Arc::new_cyclic(|weak| {
             let writer = writer::Writer::start(weak.clone()).unwrap_or_else(|e| {
@@ -234,6 +238,7 @@ impl Vault {
                 events_durable: tokio::sync::watch::channel(0).0,
                 outbox_signal: tokio::sync::Notify::new(),
                 writer,
+                anchorer,
                 purpose,
                 rng: SystemRandom::new(),
                 _lock: lock,
@@ -257,6 +262,7 @@ impl Vault {
     /// last one goes.
     pub fn close(self) -> VaultResult<()> {
         self.inner.writer.stop();
+        self.inner.anchorer.stop();
         self.inner.store.flush()?;
         let store_dir = store_path(&self.inner.dir);
         match Arc::try_unwrap(self.inner) {

@@ -107,10 +107,8 @@ fn run(rx: &mpsc::Receiver<Job>, vault: &Weak<super::Inner>) {
             batch.push(pending.finish);
         }
         let flushed = if wrote { vault.flush_store() } else { Ok(()) };
-        // The audit anchor follows the flush, never leads it; and it is
-        // written before the answers, so that a caller who has its answer
-        // finds the anchor up to date (and the writer holds no handle once
-        // the last answer is out).
+        // The audit anchor follows the flush, never leads it (handed to its
+        // own thread, see anchor.rs: the answers do not wait for its fsync).
         if wrote && flushed.is_ok() {
             vault.advance_anchor();
         }
