@@ -135,10 +135,9 @@ fn normal_and_kill_like_stops_reopen_cleanly() {
     // thread may hold the last reference for a moment and release the store
     // in the background: wait for the data dir's lock (a blocking flock).
     drop(vault);
-    std::fs::File::open(install.data.join("lock"))
-        .unwrap()
-        .lock()
-        .unwrap();
+    let lock = std::fs::File::open(install.data.join("lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    drop(lock);
 
     let vault = install.open();
     assert_eq!(vault.audit_damage(), None);
