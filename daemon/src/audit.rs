@@ -4,7 +4,10 @@
 //! deleted, inserted or reordered entry breaks the chain at that point. The
 //! head checkpoint (last seq + last hash) carries an HMAC under the audit key,
 //! so cutting entries off the end, which leaves a valid shorter chain, is
-//! caught too. Entries name patients only by pseudonymous id and carry no PHI.
+//! caught too. The head lives in the store, so an [`AuditAnchor`] of the same
+//! end is also kept outside it: a store rolled back together with its head
+//! is caught by that. Entries name patients only by pseudonymous id and
+//! carry no PHI.
 //!
 //! This module is pure: the vault stores entries (sealed) in the same
 //! transaction as the change they describe, and feeds them back here to verify.
@@ -141,6 +144,72 @@ impl AuditHead {
     }
 }
 
+/// The chain's end as last made durable, kept *outside* the store (the
+/// vault writes it to `<data_dir>/audit-anchor` after each flush that added
+/// entries). The head checkpoint lives in the store, so a store rolled back
+/// as a whole carries a matching older head; the anchor does not go back
+/// with it. Its MAC uses its own domain, so a head checkpoint cannot pass as
+/// an anchor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditAnchor {
+    pub seq: u64,
+    pub hash: String,
+    pub mac: String,
+}
+
+const ANCHOR_DOMAIN: &[u8] = b"clinic-relay audit anchor v1\0";
+
+impl AuditAnchor {
+    pub fn new(key: &hmac::Key, seq: u64, hash: &str) -> Self {
+        Self {
+            seq,
+            hash: hash.to_owned(),
+            mac: hex::encode(hmac::sign(key, &Self::message(seq, hash))),
+        }
+    }
+
+    fn message(seq: u64, hash: &str) -> Vec<u8> {
+        let mut msg = ANCHOR_DOMAIN.to_vec();
+        msg.extend_from_slice(&seq.to_be_bytes());
+        msg.extend_from_slice(hash.as_bytes());
+        msg
+    }
+
+    pub fn is_authentic(&self, key: &hmac::Key) -> bool {
+        let Ok(tag) = hex::decode(&self.mac) else {
+            return false;
+        };
+        hmac::verify(key, &Self::message(self.seq, &self.hash), &tag).is_ok()
+    }
+
+    /// Checks the anchor against a store whose log ends at `head_seq`;
+    /// `hash_at(seq)` is the hash of the stored entry `seq` (the genesis
+    /// hash for 0), `None` when it is absent or does not open. An anchor
+    /// *behind* the head is fine: a crash between the store's flush and the
+    /// anchor's update leaves exactly that.
+    pub fn check(
+        &self,
+        key: &hmac::Key,
+        head_seq: u64,
+        hash_at: impl FnOnce(u64) -> Option<String>,
+    ) -> Result<(), AuditFault> {
+        if !self.is_authentic(key) {
+            return Err(AuditFault::AnchorForged);
+        }
+        if self.seq > head_seq {
+            return Err(AuditFault::RolledBack {
+                anchor: self.seq,
+                head: head_seq,
+            });
+        }
+        if hash_at(self.seq).as_deref() != Some(self.hash.as_str()) {
+            return Err(AuditFault::AnchorMismatch { seq: self.seq });
+        }
+        Ok(())
+    }
+}
+
 /// The first thing wrong with a chain. Each names the first bad seq.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuditFault {
@@ -170,6 +239,16 @@ pub enum AuditFault {
     HeadMissing,
     #[error("the audit head checkpoint's MAC is not valid: it was forged or modified (checkpoint seq {seq})")]
     HeadForged { seq: u64 },
+    #[error("the audit log was rolled back: the audit anchor (kept outside the store) says entry {anchor} was written, but the store's log ends at {head}; an older copy of the store, or of the log's end with its head checkpoint, was put back (first missing: {first_missing})", first_missing = head + 1)]
+    RolledBack { anchor: u64, head: u64 },
+    #[error("audit entry {seq} does not match the audit anchor (kept outside the store): the log was replaced by another one")]
+    AnchorMismatch { seq: u64 },
+    #[error("the audit anchor file (audit-anchor) is not valid: its MAC does not hold or it does not parse; it was modified or damaged")]
+    AnchorForged,
+    #[error("the audit anchor file (audit-anchor) is missing, though this store has written one: it was deleted, or the store was copied in from elsewhere")]
+    AnchorMissing,
+    #[error("the audit anchor file (audit-anchor) cannot be read: {0}")]
+    AnchorUnreadable(String),
 }
 
 impl AuditFault {
@@ -185,7 +264,13 @@ impl AuditFault {
             AuditFault::Missing { expected, .. } => *expected,
             AuditFault::Truncated { last, .. } => last + 1,
             AuditFault::BeyondHead { first_extra, .. } => *first_extra,
-            AuditFault::HeadMissing => 1,
+            AuditFault::RolledBack { head, .. } => head + 1,
+            AuditFault::AnchorMismatch { seq } => *seq,
+            // The anchor itself is what is wrong: no entry can be named.
+            AuditFault::HeadMissing
+            | AuditFault::AnchorForged
+            | AuditFault::AnchorMissing
+            | AuditFault::AnchorUnreadable(_) => 1,
         }
     }
 }
@@ -391,6 +476,63 @@ mod tests {
         ));
         let err = verify(stored(&entries), Some(head), &key()).unwrap_err();
         assert_eq!(err, AuditFault::HeadMismatch { seq: 10 });
+    }
+
+    #[test]
+    fn an_anchor_behind_or_at_the_head_passes_and_one_ahead_is_a_rollback() {
+        let (entries, head) = chain(10);
+        let hash_at = |seq: u64| -> Option<String> {
+            if seq == 0 {
+                return Some(GENESIS_HASH.to_owned());
+            }
+            entries
+                .iter()
+                .find(|e| e.seq == seq)
+                .map(|e| e.hash.clone())
+        };
+        for at in [0, 4, 10] {
+            let hash = hash_at(at).unwrap();
+            let anchor = AuditAnchor::new(&key(), at, &hash);
+            assert_eq!(anchor.check(&key(), head.seq, hash_at), Ok(()));
+        }
+        // The store was rolled back to 7; the anchor says 10.
+        let anchor = AuditAnchor::new(&key(), 10, &entries[9].hash);
+        let err = anchor.check(&key(), 7, hash_at).unwrap_err();
+        assert_eq!(
+            err,
+            AuditFault::RolledBack {
+                anchor: 10,
+                head: 7
+            }
+        );
+        assert_eq!(err.first_bad_seq(), 8);
+        // Another chain of the same length.
+        let anchor = AuditAnchor::new(&key(), 5, &entries[6].hash);
+        assert_eq!(
+            anchor.check(&key(), 10, hash_at),
+            Err(AuditFault::AnchorMismatch { seq: 5 })
+        );
+    }
+
+    #[test]
+    fn a_forged_anchor_or_a_head_passed_off_as_one_is_refused() {
+        let (entries, head) = chain(3);
+        let hash_at = |_| Some(entries[2].hash.clone());
+        let mut anchor = AuditAnchor::new(&key(), 3, &entries[2].hash);
+        anchor.seq = 2;
+        assert_eq!(
+            anchor.check(&key(), 3, hash_at),
+            Err(AuditFault::AnchorForged)
+        );
+        let from_head = AuditAnchor {
+            seq: head.seq,
+            hash: head.hash.clone(),
+            mac: head.mac.clone(),
+        };
+        assert_eq!(
+            from_head.check(&key(), 3, hash_at),
+            Err(AuditFault::AnchorForged)
+        );
     }
 
     #[test]

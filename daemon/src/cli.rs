@@ -201,7 +201,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             let config = load_config(&cli.config)?;
             let vault = open_offline(&config)?;
             let count = vault.verify_audit().map_err(|e| e.to_string())?;
-            println!("audit log OK: {count} entries, chain and head checkpoint verified");
+            println!("audit log OK: {count} entries, chain, head checkpoint and anchor verified");
             Ok(())
         }
         Command::Audit(AuditCommand::Export { since, out }) => {

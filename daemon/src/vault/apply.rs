@@ -83,6 +83,9 @@ impl Vault {
             if let Some(why) = &chain.damage {
                 return Err(VaultError::AuditDamaged(why.clone()));
             }
+            if !chain.anchor_marked {
+                writes.push(self.anchor_mark()?);
+            }
             for draft in txn.audits {
                 let entry = AuditEntry::chain(seq, &hash, txn.time, draft);
                 let key = entry.seq.to_be_bytes().to_vec();
@@ -115,6 +118,7 @@ impl Vault {
         receipt.wrote = true;
         chain.seq = seq;
         chain.hash = hash;
+        chain.anchor_marked |= receipt.audit_seq.is_some();
         for (tree, s) in &next_seqs {
             chain.last_seq.insert(*tree, *s);
         }

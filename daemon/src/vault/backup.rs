@@ -567,6 +567,8 @@ impl Vault {
         }
         SledStore::wait_released(&store_path(dir));
         let vault = Vault::open(dir, mk)?;
+        // The new dir has no audit anchor yet: anchor the restored chain.
+        vault.anchor_restored()?;
         let report = vault.verify_restored(records)?;
         Ok((vault, report))
     }

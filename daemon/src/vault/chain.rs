@@ -59,6 +59,9 @@ impl Vault {
                 }
             }
         }
+        if chain.damage.is_none() {
+            self.anchor_at_open(&mut chain)?;
+        }
         Ok(())
     }
 
@@ -78,8 +81,9 @@ impl Vault {
             .store
             .scan_from(Tree::Audit, &from_seq.to_be_bytes())
             .filter(|r| {
-                r.as_ref()
-                    .map_or(true, |(k, _)| k.as_ref() != AUDIT_HEAD_KEY)
+                r.as_ref().map_or(true, |(k, _)| {
+                    k.as_ref() != AUDIT_HEAD_KEY && k.as_ref() != AUDIT_ANCHORED_KEY
+                })
             })
             .map(move |r| match r {
                 Err(e) => (u64::MAX, Err(e.to_string())),
@@ -100,8 +104,22 @@ impl Vault {
             })
     }
 
-    /// Checks the whole chain against the MAC'd head. Returns the entry count.
+    /// Checks the whole chain against the MAC'd head, then the head against
+    /// the anchor kept outside the store (as checked at open). Returns the
+    /// entry count.
     pub fn verify_audit(&self) -> VaultResult<u64> {
+        let anchor_fault = crate::sync::lock(&self.inner.commit_lock)
+            .anchor_fault
+            .clone();
+        let count = self.verify_chain()?;
+        match anchor_fault {
+            Some(fault) => Err(fault.into()),
+            None => Ok(count),
+        }
+    }
+
+    /// Checks the whole chain against the MAC'd head. Returns the entry count.
+    pub(super) fn verify_chain(&self) -> VaultResult<u64> {
         let head = match self.read_head() {
             Ok(h) => h,
             Err(_) => {

@@ -12,11 +12,13 @@
 //! On-disk layout of a data directory:
 //!
 //! ```text
-//! lock       flock'ed by the process that has the vault open
-//! keyring    wrapped data keys (see keyring.rs for why it is not in sled)
-//! store/     sled
+//! lock          flock'ed by the process that has the vault open
+//! keyring       wrapped data keys (see keyring.rs for why it is not in sled)
+//! audit-anchor  the audit chain's durable end, MAC'd (see anchor.rs)
+//! store/        sled
 //! ```
 
+mod anchor;
 mod apply;
 pub mod backup;
 mod chain;
@@ -36,6 +38,7 @@ mod txn;
 mod verify;
 mod writer;
 
+pub use anchor::anchor_path;
 pub use error::{VaultError, VaultResult};
 use keyview::{KeyView, PurposeKeys, ViewKey};
 pub use rotate::RotationReport;
@@ -69,6 +72,10 @@ use zeroize::Zeroizing;
 /// sled applies as a plain atomic batch.
 const AUDIT_HEAD_KEY: &[u8] = b"head";
 
+/// The mark that an anchor is kept outside the store for this audit log
+/// (see anchor.rs); beside the head, after every seq too.
+const AUDIT_ANCHORED_KEY: &[u8] = b"anchored";
+
 /// An erasure ledger entry: when, and which keys were destroyed.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ErasureRecord {
@@ -92,6 +99,13 @@ struct ChainState {
     damage: Option<String>,
     /// The last seq of each sequenced tree.
     last_seq: HashMap<Tree, u64>,
+    /// The seq the anchor file outside sled holds (see [`anchor`]).
+    anchored: u64,
+    /// Whether the store carries the mark that anchors are written for it
+    /// (added to the first audited commit when it does not).
+    anchor_marked: bool,
+    /// What the anchor check at open found wrong (also in `damage`).
+    anchor_fault: Option<AuditFault>,
 }
 
 struct Inner {
@@ -103,6 +117,8 @@ struct Inner {
     /// outside it) so that audit seqs are dense and ordered.
     commit_lock: Mutex<ChainState>,
     writer: writer::Writer,
+    /// Writes the audit anchor; dropped (and so finished) before the lock.
+    anchorer: anchor::Anchorer,
     /// The highest event seq known to be on disk; long-polls wait on it.
     events_durable: tokio::sync::watch::Sender<u64>,
     /// Woken when a message lands in the PMS outbox.
@@ -197,6 +213,8 @@ impl Vault {
             .ok_or(VaultError::Internal("the keyring has no root key"))?;
         let purpose = PurposeKeys::derive(&root)?;
         let view = KeyView::build(&keyring)?;
+        let anchorer =
+            anchor::Anchorer::start(anchor_path(dir), purpose.audit.clone()).map_err(io_err)?;
         let mut writer_error = None;
         let inner = Arc::new_cyclic(|weak| {
             let writer = writer::Writer::start(weak.clone()).unwrap_or_else(|e| {
@@ -213,10 +231,14 @@ impl Vault {
                     hash: audit::GENESIS_HASH.to_owned(),
                     damage: None,
                     last_seq: HashMap::new(),
+                    anchored: 0,
+                    anchor_marked: false,
+                    anchor_fault: None,
                 }),
                 events_durable: tokio::sync::watch::channel(0).0,
                 outbox_signal: tokio::sync::Notify::new(),
                 writer,
+                anchorer,
                 purpose,
                 rng: SystemRandom::new(),
                 _lock: lock,
@@ -240,6 +262,7 @@ impl Vault {
     /// last one goes.
     pub fn close(self) -> VaultResult<()> {
         self.inner.writer.stop();
+        self.inner.anchorer.stop();
         self.inner.store.flush()?;
         let store_dir = store_path(&self.inner.dir);
         match Arc::try_unwrap(self.inner) {

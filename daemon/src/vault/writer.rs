@@ -107,6 +107,11 @@ fn run(rx: &mpsc::Receiver<Job>, vault: &Weak<super::Inner>) {
             batch.push(pending.finish);
         }
         let flushed = if wrote { vault.flush_store() } else { Ok(()) };
+        // The audit anchor follows the flush, never leads it (handed to its
+        // own thread, see anchor.rs: the answers do not wait for its fsync).
+        if wrote && flushed.is_ok() {
+            vault.advance_anchor();
+        }
         for finish in batch {
             let outcome = match &flushed {
                 Ok(()) => Ok(()),

@@ -8,7 +8,9 @@ use clinic_relay::commands::{self, Applied, Command, KeyReuse, Origin};
 use clinic_relay::model::{
     Appointment, AppointmentStatus, ConsentSource, ConsentState, LabResult, Patient, ResultStatus,
 };
-use clinic_relay::vault::{keyring_path, store_path, Owner, Tree, Txn, Vault, VaultError};
+use clinic_relay::vault::{
+    anchor_path, keyring_path, store_path, Owner, Tree, Txn, Vault, VaultError,
+};
 use serde_json::json;
 
 fn patient_body(mrn: &str, family: &str) -> serde_json::Value {
@@ -130,6 +132,8 @@ async fn leftovers_of_an_erased_patient_are_absent_for_hl7_not_a_reason_to_resen
     let install = d.stop().await;
     let before = install.tmp.path().join("store-before");
     copy_dir(&store_path(&install.data), &before);
+    // The audit anchor goes back with the store, as with a whole data dir put back.
+    let anchor_before = std::fs::read(anchor_path(&install.data)).unwrap();
     {
         let vault = install.open();
         let id = vault.find_patients_by_mrn("ERA-1").unwrap()[0];
@@ -138,6 +142,7 @@ async fn leftovers_of_an_erased_patient_are_absent_for_hl7_not_a_reason_to_resen
     }
     std::fs::remove_dir_all(store_path(&install.data)).unwrap();
     copy_dir(&before, &store_path(&install.data));
+    std::fs::write(anchor_path(&install.data), anchor_before).unwrap();
 
     let d = Daemon::start_in(install).await;
     let mut c = d.mllp().await;

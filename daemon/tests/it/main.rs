@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod api_defects;
 mod appliance;
+mod audit_anchor;
 mod audit_tamper;
 mod config_cli;
 mod core_apply;
