@@ -58,11 +58,51 @@ sleep 7
 rm -r "/etc/systemd/system/$unit.d"
 systemctl daemon-reload
 
+step "the local API under the real sandbox: a client user in the group clinic-relay"
+# A PMS bridge runs as its own user in the group clinic-relay (docs/operations.md);
+# a user outside the group cannot connect at all.
+useradd --no-create-home --shell /usr/sbin/nologin --groups clinic-relay pmsbridge
+useradd --no-create-home --shell /usr/sbin/nologin outsider
+bridge_uid=$(id -u pmsbridge)
+api() { # user method path [body]: one HTTP request on the socket (perl-base is in every root)
+    setpriv --reuid="$1" --regid="$1" --init-groups perl -MIO::Socket::UNIX -e '
+        my ($method, $path, $body) = (@ARGV, "");
+        my $s = IO::Socket::UNIX->new(Peer => "/run/clinic-relay/api.sock") or die "connect: $!\n";
+        print $s "$method $path HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n",
+            "Content-Type: application/json\r\nContent-Length: ", length($body), "\r\n\r\n", $body;
+        local $/; my $answer = <$s>; print $answer;' "$2" "$3" ${4:+"$4"}
+}
+patient='{"resourceType":"Patient","identifier":[{"system":"urn:clinic-relay:mrn","value":"ACTOR-1"}],"name":[{"family":"ZZTEST","given":["ANN"]}]}'
+api pmsbridge POST /v1/patients "$patient" > /root/api-post.out 2>&1 || { cat /root/api-post.out; fail "pmsbridge could not POST"; }
+head -n 1 /root/api-post.out | grep -q '^HTTP/1.1 200' || { cat /root/api-post.out; fail "POST /v1/patients as pmsbridge"; }
+api pmsbridge GET '/v1/patients?identifier=ACTOR-1' > /root/api-get.out 2>&1 || { cat /root/api-get.out; fail "pmsbridge could not GET"; }
+grep -q '"total":1' /root/api-get.out || { cat /root/api-get.out; fail "GET /v1/patients as pmsbridge"; }
+if api outsider GET /v1/status > /root/api-outsider.out 2>&1; then
+    cat /root/api-outsider.out; fail "a user outside the group clinic-relay reached the API"
+fi
+echo "pmsbridge (uid $bridge_uid, group clinic-relay) wrote and read a patient; outsider: $(head -n 1 /root/api-outsider.out)"
+
 step "stop: SIGTERM, STOPPING=1, exit 0"
 systemctl stop "$unit"
 [ "$(prop Result)" = success ] || fail "Result=$(prop Result)"
 [ "$(prop ExecMainStatus)" = 0 ] || fail "ExecMainStatus=$(prop ExecMainStatus)"
 journalctl -u "$unit" -o cat --no-pager | grep -q "clinic-relay stopped" || fail "no clean stop in the log"
+
+step "the audit log names the API client by its uid and name, not nobody"
+# As the service user with a private copy of the key as its credential, as the
+# unit runs (systemd-run would need D-Bus, which a minbase root lacks).
+creds=/run/audit-export-creds
+install -d -m 0700 -o clinic-relay -g clinic-relay "$creds"
+install -m 0400 -o clinic-relay -g clinic-relay /etc/clinic-relay/master-key "$creds/master-key"
+(umask 077 && setpriv --reuid=clinic-relay --regid=clinic-relay --init-groups \
+    env CREDENTIALS_DIRECTORY="$creds" /usr/bin/clinic-relay audit export) > /root/audit.jsonl
+rm -r "$creds"
+grep -E '"action":"patient\.(create|read)"' /root/audit.jsonl | sed -E 's/"(prev_hash|hash)":"[0-9a-f]{64}"/"\1":"…"/g'
+for action in patient.create patient.read; do
+    grep "\"action\":\"$action\"" /root/audit.jsonl | grep -q "\"actor\":\"api:uid=$bridge_uid(pmsbridge)\"" ||
+        fail "no $action audited with the actor api:uid=$bridge_uid(pmsbridge)"
+done
+! grep -q '"actor":"api:uid=65534' /root/audit.jsonl || fail "an API client was audited as nobody (65534)"
 systemctl start "$unit"
 wait_active
 

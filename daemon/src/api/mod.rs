@@ -1,7 +1,8 @@
 //! The local API: HTTP/1.1 + JSON on a Unix socket, versioned under `/v1/`.
 //!
 //! The socket is the access control: mode 0660, group `clinic-relay` (the
-//! systemd unit's RuntimeDirectory); each connection's peer uid is logged.
+//! systemd unit's RuntimeDirectory); each connection's peer uid (and its
+//! user name) is the audit actor.
 //! Bodies are capped; errors are RFC 9457 problem+json. Reference: docs/api.md.
 
 pub mod client;
@@ -71,15 +72,49 @@ pub async fn serve(listener: UnixListener, state: Arc<ApiState>, mut stop: watch
                     Ok((s, _)) => s,
                     Err(e) => { warn!(error = %e, "API accept failed"); continue; }
                 };
-                let uid = stream.peer_cred().map(|c| c.uid()).ok();
-                debug!(peer_uid = ?uid, "API connection");
-                let actor = format!("api:uid={}", uid.map_or("?".to_owned(), |u| u.to_string()));
-                connections.spawn(serve_connection(stream, actor, Door::Unix, state.clone(), stop.clone()));
+                let cred = stream.peer_cred().ok();
+                debug!(peer_uid = ?cred.map(|c| c.uid()), peer_pid = ?cred.and_then(|c| c.pid()), "API connection");
+                let (state, stop) = (state.clone(), stop.clone());
+                connections.spawn(async move {
+                    let actor = unix_actor(cred.map(|c| c.uid()));
+                    serve_connection(stream, actor, Door::Unix, state, stop).await;
+                });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
     while connections.join_next().await.is_some() {}
+}
+
+/// The audit actor of a client on the Unix socket: the uid from
+/// `SO_PEERCRED` (given by the kernel, the client cannot choose it) and the
+/// user's name in `/etc/passwd` at connect time, e.g. `api:uid=1001(pmsbridge)`;
+/// just `api:uid=1001` when `/etc/passwd` does not name it (a directory user)
+/// or the name has unexpected characters. Not the peer's pid or `comm`: the
+/// pid says nothing once the process is gone, `comm` is whatever the client
+/// sets, and the unit's `ProtectProc=invisible` hides other users' `/proc`
+/// entries anyway. The pid is in the debug log line of the connection.
+fn unix_actor(uid: Option<u32>) -> String {
+    let Some(uid) = uid else {
+        return "api:uid=?".to_owned();
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    match user_name(&passwd, uid) {
+        Some(name) => format!("api:uid={uid}({name})"),
+        None => format!("api:uid={uid}"),
+    }
+}
+
+/// The name on the first `/etc/passwd` line with this uid (as getpwuid),
+/// if it is a plain user name.
+fn user_name(passwd: &str, uid: u32) -> Option<&str> {
+    let name = passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == uid).then_some(name)
+    })?;
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"._-$".contains(&b);
+    (!name.is_empty() && name.len() <= 64 && name.bytes().all(plain)).then_some(name)
 }
 
 /// The API's optional TCP door: TLS with a client certificate from the
@@ -144,5 +179,30 @@ async fn serve_connection<S>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user_name;
+
+    #[test]
+    fn user_names_come_from_the_first_line_with_the_uid() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n\
+                      +::::::\n\
+                      clinic-relay:x:998:998::/var/lib/clinic-relay:/usr/sbin/nologin\n\
+                      pmsbridge:x:1001:1001::/nonexistent:/usr/sbin/nologin\n\
+                      toor:x:0:0::/root:/bin/sh\n\
+                      bad(name:x:1002:1002::/:/bin/sh\n";
+        assert_eq!(user_name(passwd, 0), Some("root"));
+        assert_eq!(user_name(passwd, 998), Some("clinic-relay"));
+        assert_eq!(user_name(passwd, 1001), Some("pmsbridge"));
+        assert_eq!(
+            user_name(passwd, 1002),
+            None,
+            "a name that could confuse the actor"
+        );
+        assert_eq!(user_name(passwd, 4242), None);
+        assert_eq!(user_name("", 0), None);
     }
 }
