@@ -407,3 +407,26 @@ fn decide(
     );
     Ok((txn, control_id))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_queued_message_shows_no_hl7() {
+        let msg = Outgoing {
+            kind: "ADT^A31".to_owned(),
+            patient: None,
+            control_id: "CRO1".to_owned(),
+            created_at: Timestamp::UNIX_EPOCH,
+            hl7: b"MSH|^~\\&|X\rPID|1||ZZMARKERMRN^^^H^MR||ZZMARKERFAMILY^ZZMARKERGIVEN".to_vec(),
+        };
+        for shown in [format!("{msg:?}"), format!("{msg:#?}")] {
+            assert!(!shown.contains("ZZMARKER"), "{shown}");
+            assert!(
+                shown.contains("ADT^A31") && shown.contains("CRO1"),
+                "{shown}"
+            );
+        }
+    }
+}
