@@ -27,23 +27,7 @@ pub enum Download {
 
 /// One request over the Unix socket; returns status and body.
 pub async fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, Bytes), ClientError> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|_| ClientError::NotRunning(socket.to_owned()))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| ClientError::Http(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let resp = send(socket, method, path).await?;
     let status = resp.status().as_u16();
     let body = resp
         .into_body()
@@ -61,23 +45,7 @@ pub async fn download(
     path: &str,
     out: &mut impl std::io::Write,
 ) -> Result<Download, ClientError> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|_| ClientError::NotRunning(socket.to_owned()))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method("GET")
-        .uri(path)
-        .header("host", "localhost")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| ClientError::Http(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let resp = send(socket, "GET", path).await?;
     let status = resp.status().as_u16();
     let mut body = resp.into_body();
     if status != 200 {
@@ -123,4 +91,29 @@ pub fn request_blocking(
         .build()
         .map_err(|e| ClientError::Http(e.to_string()))?;
     rt.block_on(request(socket, method, path))
+}
+
+/// Sends a request without a body over the socket and returns the response head.
+async fn send(
+    socket: &Path,
+    method: &str,
+    path: &str,
+) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|_| ClientError::NotRunning(socket.to_owned()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))
 }

@@ -11,15 +11,20 @@ impl Vault {
         }
     }
 
+    /// The seq of the last record a sequenced tree holds (0 when empty).
+    pub(super) fn last_key_seq(&self, tree: Tree) -> VaultResult<u64> {
+        Ok(self
+            .inner
+            .store
+            .last(tree)?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
     pub(super) fn load_chain_state(&self) -> VaultResult<()> {
         let mut chain = crate::sync::lock(&self.inner.commit_lock);
         for tree in Tree::SEQUENCED {
-            let last = self
-                .inner
-                .store
-                .last(tree)?
-                .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
-                .map_or(0, u64::from_be_bytes);
+            let last = self.last_key_seq(tree)?;
             let stored = self
                 .get(Tree::Meta, &high_water_key(tree))?
                 .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())

@@ -202,12 +202,7 @@ impl Vault {
     /// No sequenced tree holds a seq above what the vault will hand out next.
     fn verify_sequences(&self, report: &mut VerifyReport) -> VaultResult<()> {
         for tree in Tree::SEQUENCED {
-            let last_key = self
-                .inner
-                .store
-                .last(tree)?
-                .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
-                .map_or(0, u64::from_be_bytes);
+            let last_key = self.last_key_seq(tree)?;
             let next_from = self.last_seq(tree);
             if last_key > next_from {
                 report.problems.push(format!(
