@@ -25,23 +25,12 @@ impl Vault {
     /// chaining its audit entries. Does not wait for durability. Called only
     /// by the writer thread ([`writer`]).
     pub(super) fn apply(&self, txn: Txn) -> VaultResult<Receipt> {
-        // Seal outside the commit lock: it is the CPU-heavy part.
-        let sealed_in = crate::sync::read(&self.inner.keys).generation;
+        // Only the writer applies, and a rotation begins as a writer job:
+        // the key generation cannot change while this txn is sealed.
         let mut writes = self.seal_ops(&txn.ops)?;
         let mut chain = crate::sync::lock(&self.inner.commit_lock);
-        if crate::sync::read(&self.inner.keys).generation != sealed_in {
-            // A key rotation began while we sealed: the re-sealer may already
-            // have passed these keys, so seal again under the new generation.
-            writes = self.seal_ops(&txn.ops)?;
-        }
         let mut receipt = Receipt::empty();
         receipt.wrote = txn.flush_anyway;
-        for (tree, key) in &txn.absent {
-            if self.inner.store.get(*tree, key)?.is_some() {
-                receipt.duplicate = true;
-                return Ok(receipt);
-            }
-        }
         let mut next_seqs: Vec<(Tree, u64)> = Vec::new();
         for (tree, owner, plain) in &txn.appends {
             let last = next_seqs

@@ -367,9 +367,8 @@ impl Vault {
             index: 0,
             records: 0,
         };
-        // Rotation's re-sealer writes outside the writer, but only re-seals
-        // values in place: whichever version the scan sees opens with the
-        // current keyring.
+        // This scan is a job of the writer: no commit, erasure or re-seal
+        // batch can change the store while it runs.
         for tree in Tree::ALL {
             for item in self.inner.store.scan_from(tree, &[]) {
                 let (k, v) = item.map_err(VaultError::from)?;

@@ -403,10 +403,17 @@ impl Keyring {
         let gen = self.meta.generation;
         let (entry, line) = self.insert_new(owner, gen)?;
         let handle = entry.handle;
-        fsio::append_durably(&self.path, line.as_bytes()).map_err(|source| KeyringError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        if let Err(source) = fsio::append_durably(&self.path, line.as_bytes()) {
+            // The append was undone on disk: undo it here too, or a later
+            // rewrite would store a key nothing ever used. Its handle is
+            // not handed out again.
+            self.entries.remove(&handle);
+            self.meta.high_water = self.meta.high_water.max(handle);
+            return Err(KeyringError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
         if self.mirror.is_some()
             && fsio::append_durably_existing(self.mirror_path(), line.as_bytes()).is_err()
         {

@@ -14,8 +14,6 @@ pub(super) struct ViewKey {
 pub(super) struct KeyView {
     pub(super) by_handle: HashMap<u64, Arc<ViewKey>>,
     pub(super) current: HashMap<KeyOwner, Arc<ViewKey>>,
-    /// The keyring generation new records are sealed in.
-    pub(super) generation: u32,
 }
 
 impl KeyView {
@@ -23,7 +21,6 @@ impl KeyView {
         let mut view = KeyView {
             by_handle: HashMap::new(),
             current: HashMap::new(),
-            generation: ring.meta.generation,
         };
         for e in ring.entries().filter(|e| e.owner != KeyOwner::Root) {
             view.add(e)?;

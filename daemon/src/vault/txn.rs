@@ -30,7 +30,6 @@ pub struct Txn {
     pub(super) ops: Vec<Op>,
     pub(super) audits: Vec<AuditDraft>,
     pub(super) appends: Vec<(Tree, Owner, Zeroizing<Vec<u8>>)>,
-    pub(super) absent: Vec<(Tree, Vec<u8>)>,
     pub(super) after_commit: Vec<AfterCommit>,
     /// Answer only after a flush even if this txn writes nothing (a repeat
     /// is acknowledged with the same durability as its original).
@@ -44,7 +43,6 @@ impl Txn {
             ops: Vec::new(),
             audits: Vec::new(),
             appends: Vec::new(),
-            absent: Vec::new(),
             after_commit: Vec::new(),
             flush_anyway: false,
         }
@@ -74,13 +72,6 @@ impl Txn {
         let bytes = serde_json::to_vec(value).map_err(|_| VaultError::Encode)?;
         self.append(tree, owner, bytes);
         Ok(())
-    }
-
-    /// Makes the whole txn conditional on `key` not existing in `tree`
-    /// (checked under the commit lock). If it exists, nothing is applied and
-    /// the receipt says `duplicate`. This is how idempotency keys work.
-    pub fn require_absent(&mut self, tree: Tree, key: impl Into<Vec<u8>>) {
-        self.absent.push((tree, key.into()));
     }
 
     pub fn put(&mut self, tree: Tree, key: impl Into<Vec<u8>>, owner: Owner, plaintext: Vec<u8>) {
@@ -113,7 +104,6 @@ impl Txn {
         self.ops.extend(other.ops);
         self.audits.extend(other.audits);
         self.appends.extend(other.appends);
-        self.absent.extend(other.absent);
         self.after_commit.extend(other.after_commit);
         self.flush_anyway |= other.flush_anyway;
     }
@@ -140,8 +130,6 @@ pub struct Receipt {
     pub(super) audit_seq: Option<u64>,
     /// The seqs given to appended records, in the order they were added.
     pub(super) appended: Vec<(Tree, u64)>,
-    /// A `require_absent` key existed: nothing was applied.
-    pub(super) duplicate: bool,
     /// Something reached the store (an empty txn writes nothing).
     pub(super) wrote: bool,
 }
@@ -151,7 +139,6 @@ impl Receipt {
         Self {
             audit_seq: None,
             appended: Vec::new(),
-            duplicate: false,
             wrote: false,
         }
     }
@@ -162,10 +149,6 @@ impl Receipt {
 
     pub fn appended(&self) -> &[(Tree, u64)] {
         &self.appended
-    }
-
-    pub fn duplicate(&self) -> bool {
-        self.duplicate
     }
 
     /// The last seq appended to `tree` by this commit.
