@@ -4,6 +4,21 @@
 //! the load comes over real sockets: MLLP on loopback TCP and HTTP on the
 //! API's Unix socket. Client and server share the machine's cores, as they
 //! would on a clinic's small server.
+//!
+//! Two more modes serve `scripts/bench-peers` and profiling:
+//!
+//! * `--seed DIR [--patients N]` writes a master key (`DIR/mk`) and a vault
+//!   (`DIR/data`) holding N patients (default 100,000), the data the peer
+//!   comparison starts the release daemon on.
+//! * `--ingest N [--patients P] [--conns C]` feeds N SIU^S12 messages (the
+//!   peer load generator's shape) straight into the ingest path (parse, map,
+//!   commit, flush, ACK) from C concurrent callers, no sockets: a fixed
+//!   amount of work for `valgrind --tool=callgrind` or `perf stat`. Prints
+//!   msg/s and CPU seconds per 10,000 messages. `--data DIR` starts from a
+//!   copy of a vault written by `--seed` instead of seeding P patients.
+//! * `--rss-probe DIR [--sled --cache-mb M]` prints this process's resident
+//!   memory after opening the vault in DIR (with `--sled`: after opening
+//!   the bare sled store with an M MiB cache and after scanning all of it).
 #![allow(clippy::disallowed_methods)] // a benchmark reads the real clock
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -104,13 +119,201 @@ async fn api_client(
     sender
 }
 
+/// The peer load generator's SIU^S12 (shared/peers/mllp_load.py): a new
+/// patient and a new appointment per message.
+fn siu_peer(n: usize) -> String {
+    let ctl = format!("INGEST{n:010}");
+    let n = format!("{n:09}");
+    [
+        format!("MSH|^~\\&|DENTALPMS|SMILECLINIC|CLINICRELAY|SMILECLINIC|20251125093000||SIU^S12^SIU_S12|{ctl}|P|2.5|||AL|NE||UNICODE UTF-8"),
+        format!("SCH|{n}^DENTALPMS|{n}^DENTALPMS|||||FU^Follow-up^HL70276|ROUTINE^Routine^HL70277|30|MIN|^^30^20251126093000-0500^20251126100000-0500|1001^Smith^Anna^^^Dr^^^NPI|^WPN^PH^^1^217^5551234|||1001^Smith^Anna^^^Dr^^^NPI|^WPN^PH^^1^217^5551234|||||||Booked"),
+        "TQ1|1||||||20251126093000-0500|20251126100000-0500".to_owned(),
+        format!("PID|1||MRN{n}^^^SMILECLINIC^MR||Doe^Jane^Q^^^^L||19800101|F|||123 Main St^^Springfield^IL^62701^USA||^PRN^CP^^1^217^5550123~^NET^Internet^jane.doe{n}@example.com||en|S"),
+        "PV1|1|O|SMILE^OP1^^SMILECLINIC||||1001^Smith^Anna^^^Dr^^^NPI".to_owned(),
+        "RGS|1|A".to_owned(),
+        "AIS|1|A|D0120^Periodic oral evaluation^CDT|20251126093000-0500|0|MIN|30|MIN".to_owned(),
+        "AIL|1|A|SMILE^OP1^^SMILECLINIC|^Operatory 1||20251126093000-0500|0|MIN|30|MIN".to_owned(),
+        "AIP|1|A|1001^Smith^Anna^^^Dr^^^NPI|D^Dentist^HL70443||20251126093000-0500|0|MIN|30|MIN".to_owned(),
+    ]
+    .join("\r")
+        + "\r"
+}
+
+/// Stores `n` patients in the vault in `data` (as `scripts/bench startup` does).
+fn seed(data: &std::path::Path, key: &std::path::Path, n: u64) {
+    use clinic_relay::model::Patient;
+    use clinic_relay::vault::Vault;
+    let vault = Vault::open(data, &MasterKey::load_file(key).unwrap()).unwrap();
+    let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+    for i in 0..n {
+        let mrn = format!("S{i:07}");
+        let p = Patient {
+            id: vault.patient_id_for_mrn("", &mrn),
+            mrn,
+            family_name: "ZZSEED".into(),
+            given_name: "PATIENT".into(),
+            birth_date: Some(jiff::civil::date(1901, 2, 3)),
+            phone: Some(format!("+49155{i:08}")),
+            language: Some("de".into()),
+            deceased: false,
+            protected: false,
+        };
+        let txn = vault.patient_upsert_txn(&p, "bench", now).unwrap();
+        vault.commit_unflushed(txn).unwrap();
+    }
+    vault.flush().unwrap();
+    vault.close().unwrap();
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).and_then(|v| v.parse().ok())
+}
+
+/// CPU seconds (user + system) this process has used, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(dir) = arg::<std::path::PathBuf>(&args, "--seed") {
+        let patients = arg(&args, "--patients").unwrap_or(100_000);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("mk");
+        if !key.exists() {
+            MasterKey::generate().unwrap().write_new_file(&key).unwrap();
+        }
+        let t = Instant::now();
+        seed(&dir.join("data"), &key, patients);
+        println!(
+            "seeded {patients} patients into {} in {:.1?}",
+            dir.display(),
+            t.elapsed()
+        );
+        return;
+    }
+    if let Some(dir) = arg::<std::path::PathBuf>(&args, "--rss-probe") {
+        let rss = || {
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!("start: {}", rss());
+        let cache: u64 = arg(&args, "--cache-mb").unwrap_or(256);
+        if args.iter().any(|a| a == "--sled") {
+            let db = sled::Config::new()
+                .path(dir.join("data/store"))
+                .cache_capacity(cache * 1024 * 1024)
+                .flush_every_ms(None)
+                .open()
+                .unwrap();
+            let trees: Vec<_> = db
+                .tree_names()
+                .into_iter()
+                .map(|n| db.open_tree(n).unwrap())
+                .collect();
+            println!(
+                "sled open ({} trees, cache {cache} MiB): {}",
+                trees.len(),
+                rss()
+            );
+            let n: usize = trees.iter().map(|t| t.iter().count()).sum();
+            println!("sled full scan ({n} records): {}", rss());
+        }
+        println!("sled dropped: {}", rss());
+        let v = clinic_relay::vault::Vault::open(
+            &dir.join("data"),
+            &MasterKey::load_file(&dir.join("mk")).unwrap(),
+        )
+        .unwrap();
+        println!("vault open: {}", rss());
+        v.close().unwrap();
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    if let Some(n) = arg::<usize>(&args, "--ingest") {
+        let patients = arg(&args, "--patients").unwrap_or(0);
+        let conns = arg(&args, "--conns").unwrap_or(CONNECTIONS);
+        rt.block_on(ingest_only(n, patients, conns, arg(&args, "--data")));
+        return;
+    }
     rt.block_on(run());
+}
+
+/// `--ingest`: N messages through [`Ingest::process`], C callers at a time.
+async fn ingest_only(n: usize, patients: u64, conns: usize, from: Option<std::path::PathBuf>) {
+    use clinic_relay::pms::ingest::{Identity, Ingest};
+    use clinic_relay::vault::Vault;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("mk");
+    MasterKey::generate().unwrap().write_new_file(&key).unwrap();
+    let data = tmp.path().join("data");
+    if let Some(from) = from {
+        // A copy of a seeded vault (`--seed`): its key and its data.
+        std::fs::remove_file(&key).unwrap();
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from.join("mk"))
+            .arg(from.join("data"))
+            .arg(tmp.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot copy {}", from.display());
+    } else if patients > 0 {
+        let (data, key) = (data.clone(), key.clone());
+        tokio::task::spawn_blocking(move || seed(&data, &key, patients))
+            .await
+            .unwrap();
+    }
+    let vault = Vault::open(&data, &MasterKey::load_file(&key).unwrap()).unwrap();
+    let ingest = Arc::new(Ingest::new(
+        vault.clone(),
+        Arc::new(SystemClock),
+        Arc::new(clinic_relay::pms::map::MappingConfig::default()),
+        Identity {
+            application: "CLINIC-RELAY".into(),
+            facility: "CLINIC".into(),
+        },
+        hl7::MAX_MESSAGE_BYTES,
+    ));
+    let per = n / conns.max(1);
+    let (cpu0, t) = (cpu_seconds(), Instant::now());
+    let mut handles = Vec::new();
+    for c in 0..conns {
+        let ingest = ingest.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..per {
+                let msg = siu_peer(c * per + i);
+                let ack = ingest.process(msg.as_bytes()).await;
+                assert!(ack.windows(7).any(|w| w == b"\rMSA|AA"), "not AA");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let (cpu, secs) = (cpu_seconds() - cpu0, t.elapsed().as_secs_f64());
+    let total = per * conns;
+    println!(
+        "in-process ingest: {total} SIU^S12 over {conns} callers, {patients} patients stored before: {:.0} msg/s, {:.2} CPU s per 10,000 messages",
+        total as f64 / secs,
+        cpu / total as f64 * 10_000.0
+    );
+    drop(ingest);
+    vault.close().unwrap();
 }
 
 async fn run() {

@@ -68,6 +68,7 @@ pub struct ServiceFile {
     pub time_zone: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub idempotency_retention: Option<String>,
+    pub cache_mb: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +149,8 @@ pub struct ServiceConfig {
     pub shutdown_timeout: Duration,
     /// How long an HL7 control id or API idempotency key is remembered.
     pub idempotency_retention: Duration,
+    /// The storage engine's page cache, in bytes (`service.cache_mb`).
+    pub cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,6 +418,19 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         },
     };
 
+    let cache_bytes = match file.service.cache_mb {
+        None => crate::vault::DEFAULT_CACHE_BYTES,
+        Some(n @ 4..=4096) => u64::from(n) * 1024 * 1024,
+        Some(n) => {
+            return Err(invalid(
+                "service.cache_mb",
+                &n.to_string(),
+                "out of range",
+                "use 4 to 4096 (MiB)",
+            ))
+        }
+    };
+
     let level = match file.log.level.as_deref().unwrap_or("info") {
         "error" => tracing::Level::ERROR,
         "warn" => tracing::Level::WARN,
@@ -567,6 +583,7 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             time_zone_name,
             shutdown_timeout,
             idempotency_retention,
+            cache_bytes,
         },
         log: LogConfig { level, format },
         keys,
@@ -1044,6 +1061,30 @@ mod tests {
             msg.contains("`service.shutdown_timeout`") && msg.contains("\"10s\""),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn the_store_cache_is_configurable_within_bounds() {
+        assert_eq!(
+            load("").unwrap().service.cache_bytes,
+            crate::vault::DEFAULT_CACHE_BYTES
+        );
+        assert_eq!(
+            load("[service]\ncache_mb = 64\n")
+                .unwrap()
+                .service
+                .cache_bytes,
+            64 * 1024 * 1024
+        );
+        for bad in ["2", "5000"] {
+            let msg = load(&format!("[service]\ncache_mb = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("`service.cache_mb`") && msg.contains("4 to 4096"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

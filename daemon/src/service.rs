@@ -160,12 +160,12 @@ fn open_vault_with(config: &Config, create: bool) -> Result<Opened, ServiceError
             source,
         })?
     };
-    let dir = &config.service.data_dir;
+    let (dir, cache) = (&config.service.data_dir, config.service.cache_bytes);
     let open = |key: &MasterKey| {
         if create {
-            Vault::open(dir, key)
+            Vault::open_with_cache(dir, key, cache)
         } else {
-            Vault::open_existing(dir, key)
+            Vault::open_existing_with_cache(dir, key, cache)
         }
     };
     match open(&mk) {

@@ -26,7 +26,7 @@ impl Vault {
         if view
             .current
             .get(&KeyOwner::Patient(id))
-            .is_some_and(|k| handles.contains(&k.key.handle))
+            .is_some_and(|k| handles.contains(&k.handle))
         {
             view.current.remove(&KeyOwner::Patient(id));
         }

@@ -256,19 +256,29 @@ impl Keyring {
             path: path.to_owned(),
             source,
         };
-        let text = std::fs::read_to_string(path).map_err(io_err)?;
+        // Read line by line: with 100,000 patients the file is over 20 MB,
+        // and holding it whole would raise the daemon's peak memory by as much.
+        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io_err)?);
         let wrapper = Wrapper::new(mk)?;
         let corrupt = |line: usize, reason: &str| KeyringError::Corrupt {
             path: path.to_owned(),
             line,
             reason: reason.to_owned(),
         };
-        let complete = text.ends_with('\n');
-        let lines: Vec<&str> = text.lines().collect();
+        let mut complete = false;
         let mut meta: Option<Meta> = None;
         let mut entries = BTreeMap::new();
-        for (i, raw) in lines.iter().enumerate() {
-            let is_torn_tail = i + 1 == lines.len() && !complete;
+        let mut buf = String::new();
+        for i in 0.. {
+            buf.clear();
+            if std::io::BufRead::read_line(&mut file, &mut buf).map_err(io_err)? == 0 {
+                break;
+            }
+            // Only the last line can lack its newline: it is a torn tail.
+            complete = buf.ends_with('\n');
+            let is_torn_tail = !complete;
+            let raw = buf.strip_suffix('\n').unwrap_or(&buf);
+            let raw = raw.strip_suffix('\r').unwrap_or(raw);
             let parsed = match serde_json::from_str::<Line>(raw) {
                 Ok(l) => l,
                 Err(_) if is_torn_tail => break,

@@ -79,12 +79,11 @@ impl Vault {
         plain: &[u8],
     ) -> VaultResult<Vec<u8>> {
         let vk = self.sealing_key(owner)?;
-        seal::seal(&vk.key, &self.inner.rng, tree.name(), key, plain).map_err(|source| {
-            VaultError::Damaged {
+        vk.with_key(|dk| seal::seal(dk, &self.inner.rng, tree.name(), key, plain))?
+            .map_err(|source| VaultError::Damaged {
                 tree: tree.name(),
                 source,
-            }
-        })
+            })
     }
 
     pub(super) fn open_value(&self, tree: Tree, key: &[u8], sealed: &[u8]) -> VaultResult<Vec<u8>> {
@@ -101,6 +100,7 @@ impl Vault {
                 tree: tree.name(),
                 handle,
             })?;
-        seal::open(&vk.key, tree.name(), key, sealed).map_err(damaged)
+        vk.with_key(|dk| seal::open(dk, tree.name(), key, sealed))?
+            .map_err(damaged)
     }
 }

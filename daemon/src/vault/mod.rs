@@ -42,7 +42,7 @@ pub use anchor::anchor_path;
 pub use error::{VaultError, VaultResult};
 use keyview::{KeyView, PurposeKeys, ViewKey};
 pub use rotate::RotationReport;
-pub use store::Tree;
+pub use store::{Tree, DEFAULT_CACHE_BYTES};
 pub(crate) use txn::AfterCommit;
 use txn::Op;
 pub use txn::{FirstRecord, Receipt, Txn};
@@ -179,14 +179,28 @@ impl Vault {
     /// Opens an existing vault; never creates one (for offline commands, so a
     /// mistyped data_dir is an error, not an empty log that "verifies").
     pub fn open_existing(dir: &Path, mk: &MasterKey) -> VaultResult<Self> {
+        Self::open_existing_with_cache(dir, mk, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Vault::open_existing`] with a store cache of `cache_bytes`.
+    pub fn open_existing_with_cache(
+        dir: &Path,
+        mk: &MasterKey,
+        cache_bytes: u64,
+    ) -> VaultResult<Self> {
         if !keyring_path(dir).exists() {
             return Err(VaultError::NotAVault(dir.to_owned()));
         }
-        Self::open(dir, mk)
+        Self::open_with_cache(dir, mk, cache_bytes)
     }
 
     /// Opens (or creates) the vault in `dir` with the master key.
     pub fn open(dir: &Path, mk: &MasterKey) -> VaultResult<Self> {
+        Self::open_with_cache(dir, mk, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Vault::open`] with a store cache of `cache_bytes` (`service.cache_mb`).
+    pub fn open_with_cache(dir: &Path, mk: &MasterKey, cache_bytes: u64) -> VaultResult<Self> {
         let io_err = |source| VaultError::Io {
             path: dir.to_owned(),
             source,
@@ -206,7 +220,7 @@ impl Vault {
         } else {
             Keyring::create(&ring_path, mk)?
         };
-        let store = SledStore::open(&store_path(dir))?;
+        let store = SledStore::open_with_cache(&store_path(dir), cache_bytes)?;
         let root = keyring
             .current(KeyOwner::Root)
             .map(|e| e.secret.clone())

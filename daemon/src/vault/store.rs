@@ -127,13 +127,24 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> StoreResult<()>;
 }
 
+/// sled's page cache when the config does not say (`service.cache_mb`):
+/// sized for a small box. A bigger cache buys little here: reads are point
+/// lookups by blind index, and the OS page cache still holds the file.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 pub struct SledStore {
     db: sled::Db,
     trees: Vec<sled::Tree>,
 }
 
 impl SledStore {
+    /// Opens with the default cache ([`DEFAULT_CACHE_BYTES`]).
     pub fn open(dir: &Path) -> StoreResult<Self> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens with a page cache of `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
         // Our own flock (taken before this) keeps other processes out. A
         // sled lock still held here is this process's previous instance of
         // the store: sled finishes its last writes on background threads
@@ -141,7 +152,7 @@ impl SledStore {
         // those threads a moment rather than failing a restart.
         let mut attempts = 0;
         loop {
-            match Self::open_once(dir) {
+            match Self::open_once(dir, cache_bytes) {
                 Err(sled::Error::Io(e))
                     if e.to_string().contains("could not acquire lock") && attempts < 500 =>
                 {
@@ -173,13 +184,13 @@ impl SledStore {
         }
     }
 
-    fn open_once(dir: &Path) -> StoreResult<Self> {
+    fn open_once(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
         let db = sled::Config::new()
             .path(dir)
             // We flush explicitly when durability is needed (group commit);
             // the periodic background flush only adds latency jitter.
             .flush_every_ms(None)
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(cache_bytes)
             .open()?;
         let trees = Tree::ALL
             .iter()
