@@ -523,3 +523,38 @@ async fn idempotency_keys_expire_after_their_retention_and_are_pruned() {
     assert_eq!(vault.count(Tree::Ingested), 1);
     vault.close().unwrap();
 }
+
+#[test]
+fn new_patients_registered_at_once_share_keyring_syncs_and_each_get_one_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mk = key(11);
+    let vault = open(tmp.path(), &mk);
+    let patients: Vec<Patient> = (0..120)
+        .map(|i| marker_patient(&vault, &format!("G{i}")))
+        .collect();
+    // Eight threads race to create the keys, each patient from two threads.
+    std::thread::scope(|s| {
+        for t in 0..8usize {
+            let vault = vault.clone();
+            let patients = &patients;
+            s.spawn(move || {
+                for p in patients.iter().skip(t % 4).step_by(4) {
+                    vault.ensure_patient_key(p.id).unwrap();
+                    assert!(vault.has_patient_key(p.id));
+                }
+            });
+        }
+    });
+    for p in &patients {
+        vault.put_patient(p, "test", t0()).unwrap();
+    }
+    vault.close().unwrap();
+    let ring = std::fs::read_to_string(keyring_path(tmp.path())).unwrap();
+    let patient_keys = ring.lines().filter(|l| l.contains("\"patient:")).count();
+    assert_eq!(patient_keys, patients.len(), "one key per patient");
+    let vault = open(tmp.path(), &mk);
+    for p in &patients {
+        assert_eq!(vault.get_patient(p.id).unwrap().as_ref(), Some(p));
+    }
+    vault.close().unwrap();
+}
