@@ -52,21 +52,6 @@ pub fn append_durably_existing(path: &Path, bytes: &[u8]) -> io::Result<()> {
     append_or_undo(f, bytes)
 }
 
-/// Appends to an existing file without fsync (a later [`sync_file`] makes
-/// it durable); a failed append is cut back.
-pub fn append_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = fs::OpenOptions::new().append(true).open(path)?;
-    let before = f.metadata()?.len();
-    f.write_all(bytes).inspect_err(|_| {
-        let _ = f.set_len(before);
-    })
-}
-
-/// fsyncs a file's data (what earlier appends wrote).
-pub fn sync_file(path: &Path) -> io::Result<()> {
-    fs::OpenOptions::new().append(true).open(path)?.sync_data()
-}
-
 fn append_or_undo(mut f: fs::File, bytes: &[u8]) -> io::Result<()> {
     let before = f.metadata()?.len();
     match f.write_all(bytes).and_then(|()| f.sync_data()) {

@@ -219,13 +219,6 @@ pub struct Keyring {
     /// A copy kept in step with the file (see `set_mirror`).
     mirror: Option<PathBuf>,
     mirror_error: Option<String>,
-    /// Keys appended but not yet fsynced (handle → ticket): not to be used
-    /// for sealing until a sync covers their ticket (see `append_unsynced`).
-    pending: BTreeMap<u64, u64>,
-    /// The ticket of the last unsynced append.
-    last_ticket: u64,
-    /// Every append up to this ticket is on disk.
-    synced_ticket: u64,
 }
 
 impl Keyring {
@@ -251,9 +244,6 @@ impl Keyring {
             rng: SystemRandom::new(),
             mirror: None,
             mirror_error: None,
-            pending: BTreeMap::new(),
-            last_ticket: 0,
-            synced_ticket: 0,
         };
         ring.insert_new(KeyOwner::Root, 0)?;
         ring.insert_new(KeyOwner::System, 1)?;
@@ -342,9 +332,6 @@ impl Keyring {
             rng: SystemRandom::new(),
             mirror: None,
             mirror_error: None,
-            pending: BTreeMap::new(),
-            last_ticket: 0,
-            synced_ticket: 0,
         };
         if ring.current(KeyOwner::Root).is_none() || ring.current(KeyOwner::System).is_none() {
             return Err(corrupt(0, "root or system key missing"));
@@ -450,63 +437,6 @@ impl Keyring {
             ))
     }
 
-    /// Appends a new key for `owner` to the file **without** fsync, so that
-    /// several new keys can share one sync (see `Vault::ensure_patient_key`).
-    /// The key is pending, not to be used, until [`Keyring::mark_synced`]
-    /// covers the returned ticket. A failed append is undone.
-    pub fn append_unsynced(&mut self, owner: KeyOwner) -> Result<(u64, u64), KeyringError> {
-        let gen = self.meta.generation;
-        let (entry, line) = self.insert_new(owner, gen)?;
-        let handle = entry.handle;
-        if let Err(source) = fsio::append_unsynced(&self.path, line.as_bytes()) {
-            self.entries.remove(&handle);
-            self.meta.high_water = self.meta.high_water.max(handle);
-            return Err(KeyringError::Io {
-                path: self.path.clone(),
-                source,
-            });
-        }
-        if self.mirror.is_some()
-            && fsio::append_unsynced(self.mirror_path(), line.as_bytes()).is_err()
-        {
-            self.refresh_mirror();
-        }
-        self.last_ticket += 1;
-        self.pending.insert(handle, self.last_ticket);
-        Ok((handle, self.last_ticket))
-    }
-
-    /// The ticket a pending key waits for (None: on disk, or unknown).
-    pub fn pending_ticket(&self, handle: u64) -> Option<u64> {
-        self.pending.get(&handle).copied()
-    }
-
-    /// (synced ticket, last ticket): a sync started now covers the last.
-    pub fn tickets(&self) -> (u64, u64) {
-        (self.synced_ticket, self.last_ticket)
-    }
-
-    /// Records that every append up to `ticket` is on disk.
-    pub fn mark_synced(&mut self, ticket: u64) {
-        self.synced_ticket = self.synced_ticket.max(ticket);
-        let synced = self.synced_ticket;
-        self.pending.retain(|_, t| *t > synced);
-    }
-
-    /// The key with this handle, once it is on disk (None: pending, or gone).
-    pub fn durable_entry(&self, handle: u64) -> Option<&KeyEntry> {
-        if self.pending.contains_key(&handle) {
-            return None;
-        }
-        self.entries.get(&handle).map(|(e, _)| e)
-    }
-
-    /// The files a sync of pending appends must cover: the keyring, and its
-    /// copy when one is kept.
-    pub fn sync_paths(&self) -> (PathBuf, Option<PathBuf>) {
-        (self.path.clone(), self.mirror.clone())
-    }
-
     /// Drops the given handles (those still present) and rewrites the file
     /// atomically. Returns how many were present.
     pub fn destroy(&mut self, handles: &[u64]) -> Result<usize, KeyringError> {
@@ -567,8 +497,6 @@ impl Keyring {
                 source,
             }
         })?;
-        // The rewrite is fsynced: every pending append is in it.
-        self.mark_synced(self.last_ticket);
         if self.mirror.is_some() {
             self.refresh_mirror();
         }

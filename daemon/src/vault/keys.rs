@@ -44,67 +44,16 @@ impl Vault {
 
     /// Makes sure the patient has a data key, creating it durably (keyring
     /// append + fsync) if needed. Must precede the first record of a patient.
-    ///
-    /// Group sync: the new key's line is appended under the keyring lock
-    /// but fsynced outside it, by one thread for every append made so far,
-    /// so that patients registered at the same moment share one fsync. A
-    /// key is put to use (published to the key view) only once its sync is
-    /// done: nothing is ever sealed under a key that is not on disk.
     pub fn ensure_patient_key(&self, id: PatientId) -> VaultResult<()> {
         if self.has_patient_key(id) {
             return Ok(());
         }
-        let owner = KeyOwner::Patient(id);
-        let (handle, ticket) = {
-            let mut ring = crate::sync::lock(&self.inner.keyring);
-            if self.has_patient_key(id) {
-                return Ok(());
-            }
-            match ring.current(owner).map(|e| e.handle) {
-                // Another thread created it: wait for its sync, or (already
-                // on disk, not yet published by that thread) publish it.
-                Some(handle) => match ring.pending_ticket(handle) {
-                    Some(ticket) => (handle, ticket),
-                    None => {
-                        return match ring.durable_entry(handle) {
-                            Some(entry) => crate::sync::write(&self.inner.keys).add(entry),
-                            None => Err(VaultError::NoPatientKey(id)),
-                        }
-                    }
-                },
-                None => ring.append_unsynced(owner)?,
-            }
-        };
-        self.sync_keyring_through(ticket)?;
-        let ring = crate::sync::lock(&self.inner.keyring);
-        match ring.durable_entry(handle) {
-            Some(entry) => crate::sync::write(&self.inner.keys).add(entry),
-            // Erased while it waited: the caller's job will find no key.
-            None => Err(VaultError::NoPatientKey(id)),
-        }
-    }
-
-    /// Returns once every keyring append up to `ticket` is on disk, syncing
-    /// (once, for all appends so far) if no other thread already did.
-    fn sync_keyring_through(&self, ticket: u64) -> VaultResult<()> {
-        let _syncer = crate::sync::lock(&self.inner.keyring_sync);
-        let (synced, target, (path, mirror)) = {
-            let ring = crate::sync::lock(&self.inner.keyring);
-            let (synced, last) = ring.tickets();
-            (synced, last, ring.sync_paths())
-        };
-        if synced >= ticket {
+        let mut ring = crate::sync::lock(&self.inner.keyring);
+        if self.has_patient_key(id) {
             return Ok(());
         }
-        fsio::sync_file(&path).map_err(|source| VaultError::Io { path, source })?;
-        let mut ring = crate::sync::lock(&self.inner.keyring);
-        if let Some(copy) = mirror {
-            if fsio::sync_file(&copy).is_err() {
-                ring.retry_mirror();
-            }
-        }
-        ring.mark_synced(target);
-        Ok(())
+        let entry = ring.add_durable(KeyOwner::Patient(id))?;
+        crate::sync::write(&self.inner.keys).add(entry)
     }
 
     pub(super) fn sealing_key(&self, owner: Owner) -> VaultResult<Arc<ViewKey>> {

@@ -113,8 +113,6 @@ struct Inner {
     store: SledStore,
     keys: RwLock<KeyView>,
     keyring: Mutex<Keyring>,
-    /// Held by the one thread that fsyncs keyring appends for everyone.
-    keyring_sync: Mutex<()>,
     /// Serialises the apply step of commits (microseconds; the fsync happens
     /// outside it) so that audit seqs are dense and ordered.
     commit_lock: Mutex<ChainState>,
@@ -242,7 +240,6 @@ impl Vault {
                 store,
                 keys: RwLock::new(view),
                 keyring: Mutex::new(keyring),
-                keyring_sync: Mutex::new(()),
                 commit_lock: Mutex::new(ChainState {
                     seq: 0,
                     hash: audit::GENESIS_HASH.to_owned(),

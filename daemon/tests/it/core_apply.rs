@@ -525,7 +525,7 @@ async fn idempotency_keys_expire_after_their_retention_and_are_pruned() {
 }
 
 #[test]
-fn new_patients_registered_at_once_share_keyring_syncs_and_each_get_one_key() {
+fn new_patients_registered_at_once_each_get_exactly_one_key() {
     let tmp = tempfile::tempdir().unwrap();
     let mk = key(11);
     let vault = open(tmp.path(), &mk);
