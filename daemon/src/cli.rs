@@ -167,14 +167,15 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 Err(_) => open_offline(&config)?,
             };
             let report = vault.rotate_master_key(&new).map_err(|e| e.to_string())?;
-            let mut txn =
-                crate::vault::Txn::new(crate::clock::Clock::now(&crate::clock::SystemClock));
-            txn.audit(
-                crate::audit::AuditDraft::new("admin:cli", "keys.rotate")
-                    .detail("resealed", report.resealed.to_string())
-                    .detail("keys_retired", report.keys_retired.to_string()),
-            );
-            vault.commit(txn).map_err(|e| e.to_string())?;
+            let rotated = crate::audit::AuditDraft::new("admin:cli", "keys.rotate")
+                .detail("resealed", report.resealed.to_string())
+                .detail("keys_retired", report.keys_retired.to_string());
+            vault
+                .record_audit_blocking(
+                    crate::clock::Clock::now(&crate::clock::SystemClock),
+                    [rotated],
+                )
+                .map_err(|e| e.to_string())?;
             println!(
                 "rotation complete: {} records re-sealed, {} old keys retired. Now point keys.master_key_file at {}",
                 report.resealed,

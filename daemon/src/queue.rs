@@ -185,7 +185,7 @@ pub fn take_next<T: Queued>(
             continue;
         }
         if envelope.expires.is_some_and(|at| at <= now) {
-            drop_expired(&mut txn, spec, key, seq, &envelope, now)?;
+            drop_expired(&mut txn, spec, key, &envelope, now)?;
             continue;
         }
         if envelope.due > now && !retry_now {
@@ -377,7 +377,6 @@ fn drop_expired<T: Queued>(
     txn: &mut Txn,
     spec: &QueueSpec,
     key: Vec<u8>,
-    _seq: u64,
     envelope: &Envelope<T>,
     now: Timestamp,
 ) -> VaultResult<()> {

@@ -9,7 +9,7 @@ use crate::keys::{self, KeyError, MasterKey};
 use crate::pms::ingest::{Identity, Ingest};
 use crate::pms::listener::{self, AllowList, ListenerLimits, PlainTcp, TlsUpgrade};
 use crate::vault::keyring::KeyringError;
-use crate::vault::{Txn, Vault, VaultError};
+use crate::vault::{Vault, VaultError};
 use sd_notify::NotifyState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -301,13 +301,10 @@ async fn abandon_start(
         let _ = std::fs::remove_file(path);
     }
     if vault.audit_damage().is_none() {
-        let mut txn = Txn::new(clock.now());
-        txn.audit(
-            AuditDraft::new("system", "service.start-failed")
-                .detail("version", VERSION)
-                .detail("reason", error.to_string()),
-        );
-        if let Err(e) = vault.commit_async(txn).await {
+        let failed = AuditDraft::new("system", "service.start-failed")
+            .detail("version", VERSION)
+            .detail("reason", error.to_string());
+        if let Err(e) = vault.record_audit(clock.now(), [failed]).await {
             warn!(error = %e, "could not audit the failed start");
         }
     }
@@ -375,9 +372,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
             return Err(error);
         }
     };
-    let mut start = Txn::new(clock.now());
-    start.audit(AuditDraft::new("system", "service.start").detail("version", VERSION));
-    if let Err(e) = vault.commit_async(start).await {
+    let start = AuditDraft::new("system", "service.start").detail("version", VERSION);
+    if let Err(e) = vault.record_audit(clock.now(), [start]).await {
         let error = ServiceError::from(e);
         drop(bound);
         if let Some(w) = watchdog {
@@ -584,9 +580,8 @@ impl Running {
         if let Some(w) = self.watchdog {
             let _ = tokio::task::spawn_blocking(move || w.stop()).await;
         }
-        let mut stop = Txn::new(self.clock.now());
-        stop.audit(AuditDraft::new("system", "service.stop"));
-        self.vault.commit_async(stop).await?;
+        let stop = AuditDraft::new("system", "service.stop");
+        self.vault.record_audit(self.clock.now(), [stop]).await?;
         let _ = std::fs::remove_file(&self.api_socket);
         let vault = self.vault;
         drop(self.ingest);
@@ -707,13 +702,10 @@ fn spawn_rotation(vault: Vault, to: Option<MasterKey>, clock: SharedClock) -> Jo
         };
         match result {
             Ok(report) => {
-                let mut txn = Txn::new(clock.now());
-                txn.audit(
-                    AuditDraft::new("system", "keys.rotate")
-                        .detail("resealed", report.resealed.to_string())
-                        .detail("keys_retired", report.keys_retired.to_string()),
-                );
-                if let Err(e) = vault.commit(txn) {
+                let rotated = AuditDraft::new("system", "keys.rotate")
+                    .detail("resealed", report.resealed.to_string())
+                    .detail("keys_retired", report.keys_retired.to_string());
+                if let Err(e) = vault.record_audit_blocking(clock.now(), [rotated]) {
                     error!(error = %e, "could not audit the key rotation");
                 }
                 info!(

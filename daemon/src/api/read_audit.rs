@@ -15,7 +15,7 @@
 
 use crate::audit::AuditDraft;
 use crate::clock::SharedClock;
-use crate::vault::{Txn, Vault};
+use crate::vault::Vault;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,22 +122,19 @@ async fn run(mut rx: mpsc::Receiver<Waiter>, vault: Vault, clock: SharedClock) {
     // Ends when every handle is gone (the API has stopped and its last
     // requests have been answered), so nothing queued is left unanswered.
     while let Some(first) = rx.recv().await {
-        let mut txn = Txn::new(clock.now());
-        let mut entries = 0usize;
+        let mut drafts = Vec::new();
         let mut waiters = Vec::new();
         let mut next = Some(first);
         while let Some(w) = next.take() {
-            entries += w.drafts.len();
-            for d in w.drafts {
-                txn.audit(d);
-            }
+            drafts.extend(w.drafts);
             waiters.push(w.done);
-            if entries < BATCH {
+            if drafts.len() < BATCH {
                 next = rx.try_recv().ok();
             }
         }
+        let entries = drafts.len();
         let outcome = vault
-            .commit_async(txn)
+            .record_audit(clock.now(), drafts)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string());

@@ -181,6 +181,34 @@ impl Vault {
             .map(|c| c.receipt)
     }
 
+    /// Durably records audit entries that depend on nothing stored (service
+    /// start and stop, an admin action, a batch of read audits): a writer job
+    /// like every other change, resolved once it is on disk.
+    pub async fn record_audit(
+        &self,
+        now: Timestamp,
+        drafts: impl IntoIterator<Item = AuditDraft>,
+    ) -> VaultResult<Receipt> {
+        self.commit_async(Self::audit_txn(now, drafts)).await
+    }
+
+    /// [`Vault::record_audit`] for threads outside the async runtime.
+    pub fn record_audit_blocking(
+        &self,
+        now: Timestamp,
+        drafts: impl IntoIterator<Item = AuditDraft>,
+    ) -> VaultResult<Receipt> {
+        self.commit(Self::audit_txn(now, drafts))
+    }
+
+    pub(super) fn audit_txn(now: Timestamp, drafts: impl IntoIterator<Item = AuditDraft>) -> Txn {
+        let mut txn = Txn::new(now);
+        for draft in drafts {
+            txn.audit(draft);
+        }
+        txn
+    }
+
     /// Waits until everything applied so far is durable: the writer answers
     /// an empty job only after every earlier batch was flushed.
     pub fn flush(&self) -> VaultResult<()> {

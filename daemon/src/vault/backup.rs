@@ -636,14 +636,13 @@ fn read_record(p: &[u8], at: usize) -> Option<(Write, usize)> {
 }
 
 fn backup_audit(now: Timestamp, actor: &str, summary: &BackupSummary) -> Txn {
-    let mut txn = Txn::new(now);
-    txn.audit(
-        AuditDraft::new(actor, "backup.create")
+    Vault::audit_txn(
+        now,
+        [AuditDraft::new(actor, "backup.create")
             .detail("bytes", summary.bytes.to_string())
             .detail("records", summary.records.to_string())
-            .detail("audit_seq", summary.audit_seq.to_string()),
-    );
-    txn
+            .detail("audit_seq", summary.audit_seq.to_string())],
+    )
 }
 
 /// Reads and opens a format-1 backup (one sealed piece, held in memory).
