@@ -150,23 +150,6 @@ async fn an_events_cursor_past_the_head_is_refused_and_names_the_head() {
     d.stop().await;
 }
 
-/// Runs the real binary against a daemon running in this process.
-async fn cli(install_config: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let config = install_config.to_owned();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(BIN)
-            .args(&args)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
-
 fn backup_audits(vault: &clinic_relay::vault::Vault) -> usize {
     vault
         .audit_entries(1)
@@ -182,12 +165,12 @@ async fn a_failed_backup_create_is_not_audited() {
     let existing = dir.join("exists.backup");
     std::fs::write(&existing, b"keep me").unwrap();
 
-    let out = cli(&config, &["backup", "create", existing.to_str().unwrap()]).await;
+    let out = run_cli_async(&config, &["backup", "create", existing.to_str().unwrap()]).await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
     assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
     let missing = dir.join("no-such-folder/x.backup");
-    let out = cli(&config, &["backup", "create", missing.to_str().unwrap()]).await;
+    let out = run_cli_async(&config, &["backup", "create", missing.to_str().unwrap()]).await;
     assert!(!out.status.success());
     assert_eq!(
         backup_audits(&d.running.vault),
@@ -196,21 +179,21 @@ async fn a_failed_backup_create_is_not_audited() {
     );
 
     let good = dir.join("good.backup");
-    let out = cli(&config, &["backup", "create", good.to_str().unwrap()]).await;
+    let out = run_cli_async(&config, &["backup", "create", good.to_str().unwrap()]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(backup_audits(&d.running.vault), 1);
     let install = d.stop().await;
 
     // Without a daemon the CLI takes the backup itself, and audits it once
     // it is on disk; a failure is not audited.
-    let out = cli(
+    let out = run_cli_async(
         &install.config,
         &["backup", "create", existing.to_str().unwrap()],
     )
     .await;
     assert!(!out.status.success());
     let offline = install.tmp.path().join("offline.backup");
-    let out = cli(
+    let out = run_cli_async(
         &install.config,
         &["backup", "create", offline.to_str().unwrap()],
     )
@@ -230,7 +213,7 @@ async fn audit_export_since_takes_a_plain_date() {
     let export = |since: &'static str| {
         let config = install.config.clone();
         async move {
-            let out = cli(&config, &["audit", "export", "--since", since]).await;
+            let out = run_cli_async(&config, &["audit", "export", "--since", since]).await;
             assert!(out.status.success(), "--since {since}: {}", stderr(&out));
             stdout(&out).lines().count()
         }
@@ -239,7 +222,7 @@ async fn audit_export_since_takes_a_plain_date() {
     assert!(all > 0);
     assert_eq!(export("2027-01-15T00:00:00+01:00").await, all);
     assert_eq!(export("2027-01-16").await, 0);
-    let out = cli(
+    let out = run_cli_async(
         &install.config,
         &["audit", "export", "--since", "15.01.2027"],
     )

@@ -4,34 +4,6 @@
 use crate::pms_support::*;
 use crate::support::*;
 use clinic_relay::vault::{Tree, Vault, VaultError};
-use std::process::Command;
-
-fn cli(install: &TestInstall, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(&install.config)
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .unwrap()
-}
-
-/// `cli` from async code without blocking the runtime's workers.
-async fn cli_async(install: &TestInstall, args: &[&str]) -> std::process::Output {
-    let config = install.config.clone();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(&args)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_under_write_load_restores_and_verifies() {
@@ -71,7 +43,11 @@ async fn a_backup_taken_under_write_load_restores_and_verifies() {
     }
     let backup = d.install.tmp.path().join("backups/b1.crbk");
     std::fs::create_dir_all(backup.parent().unwrap()).unwrap();
-    let out = cli_async(&d.install, &["backup", "create", backup.to_str().unwrap()]).await;
+    let out = run_cli_async(
+        &d.install.config,
+        &["backup", "create", backup.to_str().unwrap()],
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     stop_tx.send(true).unwrap();
     let mut written = 0;
@@ -89,8 +65,8 @@ async fn a_backup_taken_under_write_load_restores_and_verifies() {
     assert!(find_markers(&bytes, &["ZZLOAD".to_owned(), "LOAD000000".to_owned()]).is_empty());
 
     let restored = d.install.tmp.path().join("restored");
-    let out = cli_async(
-        &d.install,
+    let out = run_cli_async(
+        &d.install.config,
         &[
             "backup",
             "restore",
@@ -104,8 +80,8 @@ async fn a_backup_taken_under_write_load_restores_and_verifies() {
     assert!(stdout(&out).contains("verified"), "{}", stdout(&out));
 
     // Restoring again into the same (now non-empty) directory is refused.
-    let out = cli_async(
-        &d.install,
+    let out = run_cli_async(
+        &d.install.config,
         &[
             "backup",
             "restore",
@@ -140,7 +116,11 @@ async fn a_patient_erased_after_the_backup_stays_unreadable_in_it() {
     let gone = d.running.vault.find_patients_by_mrn("ERASE1").unwrap()[0];
     let kept = d.running.vault.find_patients_by_mrn("KEEP1").unwrap()[0];
     let backup = d.install.tmp.path().join("b.crbk");
-    let out = cli_async(&d.install, &["backup", "create", backup.to_str().unwrap()]).await;
+    let out = run_cli_async(
+        &d.install.config,
+        &["backup", "create", backup.to_str().unwrap()],
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let (status, _) = d
         .api("DELETE", &format!("/v1/patients/{}", gone.to_hex()), None)
@@ -148,8 +128,8 @@ async fn a_patient_erased_after_the_backup_stays_unreadable_in_it() {
     assert_eq!(status, 204);
 
     let restored = d.install.tmp.path().join("restored");
-    let out = cli_async(
-        &d.install,
+    let out = run_cli_async(
+        &d.install.config,
         &[
             "backup",
             "restore",
@@ -178,7 +158,7 @@ async fn a_patient_erased_after_the_backup_stays_unreadable_in_it() {
 #[test]
 fn status_against_a_stopped_daemon_says_so_and_fails() {
     let install = TestInstall::new("");
-    let out = cli(&install, &["status"]);
+    let out = install.run(&["status"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("NOT RUNNING"), "{}", stderr(&out));
 }
@@ -186,7 +166,7 @@ fn status_against_a_stopped_daemon_says_so_and_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_and_turns_unhealthy_with_a_stuck_queue() {
     let d = Daemon::start("").await;
-    let out = cli_async(&d.install, &["status"]).await;
+    let out = run_cli_async(&d.install.config, &["status"]).await;
     let text = stdout(&out);
     assert!(
         text.contains("WhatsApp dry-run") && text.contains("audit: head seq"),
@@ -216,7 +196,7 @@ async fn status_reports_and_turns_unhealthy_with_a_stuck_queue() {
     )
     .await
     .unwrap();
-    let out = cli_async(&d.install, &["status"]).await;
+    let out = run_cli_async(&d.install.config, &["status"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stdout(&out).contains("pms.outbound_endpoint is not set"),

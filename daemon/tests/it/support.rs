@@ -113,6 +113,9 @@ pub fn scan_dir(dir: &Path, markers: &[String]) -> Vec<String> {
     hits
 }
 
+/// Copies a directory tree. Tests also copy a live data dir (the disk as a
+/// kill would leave it): a file that vanishes during the copy (a temp file
+/// renamed into place) is skipped, as it would be absent at that moment.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -120,8 +123,8 @@ pub fn copy_dir(from: &Path, to: &Path) {
         let target = to.join(entry.file_name());
         if entry.path().is_dir() {
             copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
+        } else if let Err(e) = std::fs::copy(entry.path(), &target) {
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
         }
     }
 }
@@ -177,15 +180,33 @@ impl TestInstall {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .env_remove("NOTIFY_SOCKET")
-            .output()
-            .unwrap()
+        run_cli(&self.config, args)
     }
+}
+
+/// Runs the real binary with `--config config`.
+pub fn run_cli(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap()
+}
+
+/// [`run_cli`] from async code, without blocking the runtime's workers
+/// (the binary may be talking to a daemon running in this process).
+pub async fn run_cli_async(config: &Path, args: &[&str]) -> Output {
+    let config = config.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli(&config, &args)
+    })
+    .await
+    .unwrap()
 }
 
 pub fn stderr(o: &Output) -> String {
