@@ -6,7 +6,7 @@
 //! Bodies are capped; errors are RFC 9457 problem+json. Reference: docs/api.md.
 
 pub mod client;
-mod fhir;
+pub mod fhir;
 mod problem;
 pub mod read_audit;
 mod routes;
