@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod bounds;
 pub mod cli;
 pub mod clock;
 pub mod commands;

@@ -593,7 +593,11 @@ async fn upsert_patient(
         None => None,
         Some(d) => Some(
             d.parse::<jiff::civil::Date>()
-                .map_err(|_| Problem::unprocessable("birthDate: expected YYYY-MM-DD"))?,
+                .ok()
+                .filter(|d| crate::bounds::date_in_range(*d))
+                .ok_or_else(|| {
+                    Problem::unprocessable("birthDate: expected YYYY-MM-DD, years 1900 to 2199")
+                })?,
         ),
     };
     let name = input.name.first();
@@ -690,6 +694,9 @@ async fn put_appointment(
     let patient = input.patient().ok_or_else(|| {
         Problem::unprocessable("participant: a Patient/<id> reference is required")
     })?;
+    if let Some(why) = input.out_of_range() {
+        return Err(Problem::unprocessable(why));
+    }
     let appt = Appointment {
         id: id.to_owned(),
         patient,
@@ -727,11 +734,22 @@ async fn put_slots(state: &ApiState, req: Request<Incoming>, actor: &str) -> Res
         if s.id.is_empty() || s.id.len() > 128 {
             return Err(Problem::unprocessable("slot id: 1 to 128 characters"));
         }
+        if !crate::bounds::timestamp_in_range(s.start) || !crate::bounds::timestamp_in_range(s.end)
+        {
+            return Err(Problem::unprocessable(
+                "slot start and end: years 1900 to 2199",
+            ));
+        }
         let minutes = s.end.duration_since(s.start).as_secs() / 60;
         let minutes = u32::try_from(minutes)
             .ok()
             .filter(|m| *m > 0)
             .ok_or_else(|| Problem::unprocessable("slot end must be after start"))?;
+        if !crate::bounds::duration_in_range(minutes) {
+            return Err(Problem::unprocessable(
+                "slot: at most 10,080 minutes (one week)",
+            ));
+        }
         slots.push(Slot {
             id: s.id,
             start: s.start,

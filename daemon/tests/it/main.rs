@@ -10,6 +10,7 @@ mod audit_anchor;
 mod audit_tamper;
 mod config_cli;
 mod core_apply;
+mod hostile;
 mod pms_crash;
 mod pms_ingest;
 mod pms_interop;
