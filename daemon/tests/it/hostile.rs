@@ -2,6 +2,7 @@
 //! test fails on the code before its fix.
 
 use crate::pms_support::*;
+use crate::support::*;
 use serde_json::json;
 
 fn siu(control_id: &str, appt: &str, sch11: &str, tq1: Option<&str>) -> String {
@@ -126,4 +127,128 @@ async fn time_values_out_of_range_are_refused_and_never_crash_a_read() {
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["total"], 1);
     d.stop().await;
+}
+
+/// The real daemon in its own process, so its memory can be read from
+/// `/proc`; killed when dropped.
+struct Spawned {
+    child: std::process::Child,
+    mllp: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Spawned {
+    fn start(install: &TestInstall) -> Spawned {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&install.config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mllp = loop {
+            let line = lines.next().expect("daemon exited early").unwrap();
+            if let Some(rest) = line.split("mllp=").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        // Keep draining stderr so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Spawned { child, mllp, log }
+    }
+
+    /// A `/proc/PID/status` figure in KiB (`VmHWM`, `VmRSS`).
+    fn kib(&self, key: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A field of `len` repetition separators inside a well-formed ADT.
+fn tilde_frame(control_id: &str, len: usize) -> Vec<u8> {
+    let mut msg = format!(
+        "{}\rPID|1||ZZAMP^^^ZZHOSP^MR||ZZFAMILY^ZZGIVEN|||||",
+        msh("ADT^A04^ADT_A01", control_id, "2.5.1")
+    )
+    .into_bytes();
+    msg.extend(std::iter::repeat_n(b'~', len));
+    msg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_of_repetition_separators_is_refused_in_bounded_memory() {
+    let install = TestInstall::new("");
+    let daemon = Spawned::start(&install);
+    let mut m = Mllp::connect(daemon.mllp).await;
+    let adt = |n: &str| adt_a04(n, &format!("ZZAMP{n}"), "ZZAMP", "");
+    assert_eq!(msa(&m.send(&adt("W1")).await).0, "AA");
+    let before = daemon.kib("VmHWM");
+
+    let big = |ctl: &'static str, len: usize| {
+        let addr = daemon.mllp;
+        tokio::spawn(async move {
+            let mut c = Mllp::connect(addr).await;
+            c.send_raw(&tilde_frame(ctl, len)).await
+        })
+    };
+    let one_mb = big("AMP1", 1 << 20);
+    let fifteen_mb = big("AMP15", 15 << 20);
+    // A normal ADT meanwhile: answered well within a second.
+    let started = tokio::time::Instant::now();
+    assert_eq!(msa(&m.send(&adt("W2")).await).0, "AA");
+    let adt_ms = started.elapsed().as_millis();
+    for (handle, ctl) in [(one_mb, "AMP1"), (fifteen_mb, "AMP15")] {
+        let ack = handle.await.unwrap();
+        assert_eq!(msa(&ack), ("AR".to_owned(), ctl.to_owned()));
+        assert_eq!(err(&ack).unwrap().0, "102");
+        let text = ack
+            .segment("ERR")
+            .unwrap()
+            .component(8, 1)
+            .unwrap_or_default()
+            .to_owned();
+        assert!(text.contains("262144 delimiters"), "{text}");
+    }
+    let started = tokio::time::Instant::now();
+    assert_eq!(msa(&m.send(&adt("W3")).await).0, "AA");
+    let after_ms = started.elapsed().as_millis();
+    let growth_mib = (daemon.kib("VmHWM") - before) / 1024;
+    eprintln!(
+        "amplification: VmHWM +{growth_mib} MiB (1 MB and 15 MB frames of '~'), \
+         ADT during {adt_ms} ms, after {after_ms} ms"
+    );
+    assert!(adt_ms < 1000 && after_ms < 1000, "{adt_ms} {after_ms}");
+    // The two frames themselves are 16 MB; before the bound this was +3.7 GB.
+    assert!(growth_mib < 96, "VmHWM grew by {growth_mib} MiB");
+    let log = daemon.log_text();
+    assert!(log.contains("HL7 message rejected (AR)"), "{log}");
+    assert!(
+        log.lines().all(|l| l.len() < 4096),
+        "the input is not echoed"
+    );
 }
