@@ -18,6 +18,7 @@
 )]
 #![deny(clippy::await_holding_lock)]
 
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod bounds;

@@ -252,3 +252,163 @@ async fn a_frame_of_repetition_separators_is_refused_in_bounded_memory() {
         "the input is not echoed"
     );
 }
+
+/// `n` connections that never send a byte; kept open by the caller.
+async fn idle_unix(socket: &std::path::Path, n: usize) -> Vec<tokio::net::UnixStream> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        held.push(tokio::net::UnixStream::connect(socket).await.unwrap());
+    }
+    held
+}
+
+/// Polls (bounded) until the server has closed at least `n` of `conns`.
+async fn wait_until_closed(conns: &[tokio::net::UnixStream], n: usize) {
+    let mut closed = 0;
+    for _ in 0..200 {
+        let mut buf = [0u8; 1];
+        closed = conns
+            .iter()
+            .filter(|c| matches!(c.try_read(&mut buf), Ok(0)))
+            .count();
+        if closed >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the server closed {closed} connections, expected {n}");
+}
+
+/// Waits (bounded) for the server to close `s`; returns what it sent.
+async fn until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = s.read_to_end(&mut out);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+        Ok(_) => String::from_utf8_lossy(&out).into_owned(),
+        Err(_) => panic!("the server kept the connection open"),
+    }
+}
+
+/// A test install whose `[api]` section also has `lines`.
+fn install_with_api(lines: &str) -> TestInstall {
+    let install = TestInstall::new("");
+    let text = std::fs::read_to_string(&install.config).unwrap().replace(
+        "[api]\nsocket = \"api.sock\"\n",
+        &format!("[api]\nsocket = \"api.sock\"\n{lines}\n"),
+    );
+    std::fs::write(&install.config, text).unwrap();
+    install
+}
+
+const SHORT_TIMEOUTS: &str = "header_timeout = \"300ms\"\nbody_timeout = \"300ms\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_api_connections_do_not_lock_out_a_client() {
+    let d = Daemon::start("").await;
+    let socket = d.running.api_socket.clone();
+    let held = idle_unix(&socket, 1000).await;
+    // The daemon holds at most api.max_connections of them: the rest were
+    // closed to make room.
+    wait_until_closed(&held, 1000 - 64).await;
+    let started = tokio::time::Instant::now();
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        api_call(&socket, "GET", "/v1/status", None, &[]),
+    )
+    .await
+    .expect("/v1/status within 1 s")
+    .0;
+    assert_eq!(status, 200);
+    eprintln!(
+        "API: /v1/status in {} ms with 1,000 idle connections",
+        started.elapsed().as_millis()
+    );
+    drop(held);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_slow_bodies_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let install = install_with_api(SHORT_TIMEOUTS);
+    let d = Daemon::start_in(install).await;
+    let socket = d.running.api_socket.clone();
+
+    // Slowloris: a request line and then nothing.
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut s).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+
+    // An idle connection is closed too.
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    until_closed(&mut s).await;
+
+    // A chunked body that never ends.
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    s.write_all(
+        b"POST /v1/patients HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("api.body_timeout"), "{answer}");
+
+    // A body shorter than its Content-Length.
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    s.write_all(
+        b"POST /v1/patients HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"resourceType\"",
+    )
+    .await
+    .unwrap();
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Headers over 64 KiB: 431.
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let big = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let _ = s.write_all(big.as_bytes()).await;
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // And the API still answers.
+    assert_eq!(d.api("GET", "/v1/status", None).await.0, 200);
+    d.stop().await;
+}
+
+#[test]
+fn api_limits_are_configurable_and_checked() {
+    let ok =
+        install_with_api("max_connections = 8\nheader_timeout = \"5s\"\nbody_timeout = \"1m\"");
+    let out = ok.run(&["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c = clinic_relay::config::Config::load(&ok.config).unwrap();
+    assert_eq!(c.api.limits.max_connections, 8);
+    assert_eq!(
+        c.api.limits.header_timeout,
+        std::time::Duration::from_secs(5)
+    );
+    assert_eq!(
+        c.api.limits.body_timeout,
+        std::time::Duration::from_secs(60)
+    );
+    for bad in [
+        "max_connections = 0",
+        "max_connections = 100000",
+        "header_timeout = \"1h\"",
+        "body_timeout = \"0s\"",
+    ] {
+        let install = install_with_api(bad);
+        let out = install.run(&["config", "check"]);
+        assert!(!out.status.success(), "{bad}");
+    }
+}
