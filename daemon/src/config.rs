@@ -126,6 +126,9 @@ pub struct ApiFile {
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub client_ca: Option<String>,
+    pub max_connections: Option<u32>,
+    pub header_timeout: Option<String>,
+    pub body_timeout: Option<String>,
 }
 
 // ---- the runtime layer ------------------------------------------------------
@@ -202,6 +205,7 @@ pub struct ApiConfig {
     pub max_long_poll: Duration,
     /// The optional TCP door (mutual TLS, client certificates required).
     pub tcp: Option<(SocketAddr, crate::tls::TlsFiles)>,
+    pub limits: crate::api::ApiLimits,
 }
 
 impl Config {
@@ -557,11 +561,13 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             Some((addr, files))
         }
     };
+    let api_limits = api_limits(&file.api, &invalid)?;
     let api = ApiConfig {
         socket: api_socket,
         max_body_bytes,
         max_long_poll,
         tcp,
+        limits: api_limits,
     };
 
     let idempotency_retention = duration_in(
@@ -624,6 +630,41 @@ fn require_allow_list(pms: &PmsConfig, invalid: &Invalid<'_>) -> Result<(), Conf
         ));
     }
     Ok(())
+}
+
+/// `api.max_connections`, `api.header_timeout`, `api.body_timeout`.
+fn api_limits(file: &ApiFile, invalid: &Invalid<'_>) -> Result<crate::api::ApiLimits, ConfigError> {
+    use crate::api::limits::{MAX_CONNECTIONS_RANGE, TIMEOUT_RANGE};
+    let default = crate::api::ApiLimits::default();
+    let max_connections = match file.max_connections {
+        None => default.max_connections,
+        Some(n) if (MAX_CONNECTIONS_RANGE.0..=MAX_CONNECTIONS_RANGE.1).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(invalid(
+                "api.max_connections",
+                &n.to_string(),
+                "out of range",
+                "use 1 to 1024",
+            ))
+        }
+    };
+    Ok(crate::api::ApiLimits {
+        max_connections,
+        header_timeout: duration_in(
+            file.header_timeout.as_deref(),
+            "api.header_timeout",
+            default.header_timeout,
+            TIMEOUT_RANGE,
+            invalid,
+        )?,
+        body_timeout: duration_in(
+            file.body_timeout.as_deref(),
+            "api.body_timeout",
+            default.body_timeout,
+            TIMEOUT_RANGE,
+            invalid,
+        )?,
+    })
 }
 
 type Invalid<'a> = dyn Fn(&'static str, &str, &str, &'static str) -> ConfigError + 'a;

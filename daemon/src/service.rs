@@ -444,6 +444,7 @@ fn spawn_all(
         phone_plan: config.pms.mapping.phone_plan.clone(),
         authority: config.pms.mapping.assigning_authority.clone(),
         max_body_bytes: config.api.max_body_bytes,
+        limits: config.api.limits,
         started: clock.now(),
         max_wait: config.api.max_long_poll,
         health: crate::api::HealthSources {

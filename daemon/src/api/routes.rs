@@ -33,6 +33,8 @@ pub struct ApiState {
     pub read_audit: super::read_audit::ReadAuditor,
     /// How long an Idempotency-Key is remembered.
     pub key_retention: jiff::SignedDuration,
+    /// Connection caps and timeouts (`api.max_connections` and co.).
+    pub limits: super::ApiLimits,
 }
 
 /// What `GET /v1/status` reports on besides the vault.
@@ -173,8 +175,9 @@ fn decode(s: &str, plus_is_space: bool) -> String {
 
 async fn read_json<T: DeserializeOwned>(
     req: Request<Incoming>,
-    limit: usize,
+    state: &ApiState,
 ) -> Result<T, Problem> {
+    let limit = state.max_body_bytes;
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -183,9 +186,12 @@ async fn read_json<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > limit) {
         return Err(Problem::too_large(limit));
     }
-    let body = Limited::new(req.into_body(), limit)
-        .collect()
+    // A body that trickles, never ends or stops short must not hold the
+    // connection (and its slot) for ever.
+    let read = Limited::new(req.into_body(), limit).collect();
+    let body = tokio::time::timeout(state.limits.body_timeout, read)
         .await
+        .map_err(|_| Problem::body_timeout(state.limits.body_timeout))?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 Problem::too_large(limit)
@@ -577,7 +583,7 @@ async fn upsert_patient(
     actor: &str,
 ) -> Result<Resp, Problem> {
     let origin = origin(state, &req, actor);
-    let input: fhir::PatientIn = read_json(req, state.max_body_bytes).await?;
+    let input: fhir::PatientIn = read_json(req, state).await?;
     let mrn = input
         .mrn()
         .ok_or_else(|| Problem::unprocessable("identifier: an MRN is required"))?
@@ -593,7 +599,11 @@ async fn upsert_patient(
         None => None,
         Some(d) => Some(
             d.parse::<jiff::civil::Date>()
-                .map_err(|_| Problem::unprocessable("birthDate: expected YYYY-MM-DD"))?,
+                .ok()
+                .filter(|d| crate::bounds::date_in_range(*d))
+                .ok_or_else(|| {
+                    Problem::unprocessable("birthDate: expected YYYY-MM-DD, years 1900 to 2199")
+                })?,
         ),
     };
     let name = input.name.first();
@@ -654,7 +664,7 @@ async fn set_consent(
     }
     let id = patient_id(id)?;
     let origin = origin(state, &req, actor);
-    let input: ConsentIn = read_json(req, state.max_body_bytes).await?;
+    let input: ConsentIn = read_json(req, state).await?;
     apply(
         state,
         &[Command::SetConsent {
@@ -690,10 +700,13 @@ async fn put_appointment(
     actor: &str,
 ) -> Result<Resp, Problem> {
     let origin = origin(state, &req, actor);
-    let input: fhir::AppointmentIn = read_json(req, state.max_body_bytes).await?;
+    let input: fhir::AppointmentIn = read_json(req, state).await?;
     let patient = input.patient().ok_or_else(|| {
         Problem::unprocessable("participant: a Patient/<id> reference is required")
     })?;
+    if let Some(why) = input.out_of_range() {
+        return Err(Problem::unprocessable(why));
+    }
     let appt = Appointment {
         id: id.to_owned(),
         patient,
@@ -725,17 +738,28 @@ fn list_slots(state: &ApiState) -> Result<Resp, Problem> {
 
 async fn put_slots(state: &ApiState, req: Request<Incoming>, actor: &str) -> Result<Resp, Problem> {
     let origin = origin(state, &req, actor);
-    let input: Vec<fhir::SlotIn> = read_json(req, state.max_body_bytes).await?;
+    let input: Vec<fhir::SlotIn> = read_json(req, state).await?;
     let mut slots = Vec::with_capacity(input.len());
     for s in input {
         if s.id.is_empty() || s.id.len() > 128 {
             return Err(Problem::unprocessable("slot id: 1 to 128 characters"));
+        }
+        if !crate::bounds::timestamp_in_range(s.start) || !crate::bounds::timestamp_in_range(s.end)
+        {
+            return Err(Problem::unprocessable(
+                "slot start and end: years 1900 to 2199",
+            ));
         }
         let minutes = s.end.duration_since(s.start).as_secs() / 60;
         let minutes = u32::try_from(minutes)
             .ok()
             .filter(|m| *m > 0)
             .ok_or_else(|| Problem::unprocessable("slot end must be after start"))?;
+        if !crate::bounds::duration_in_range(minutes) {
+            return Err(Problem::unprocessable(
+                "slot: at most 10,080 minutes (one week)",
+            ));
+        }
         slots.push(Slot {
             id: s.id,
             start: s.start,

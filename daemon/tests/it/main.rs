@@ -11,6 +11,7 @@ mod audit_tamper;
 mod config_cli;
 mod core_apply;
 mod fault_kill;
+mod hostile;
 mod openapi;
 mod pms_crash;
 mod pms_ingest;

@@ -1,0 +1,414 @@
+//! Regression tests for the findings of issue 8's hostile testing: each
+//! test fails on the code before its fix.
+
+use crate::pms_support::*;
+use crate::support::*;
+use serde_json::json;
+
+fn siu(control_id: &str, appt: &str, sch11: &str, tq1: Option<&str>) -> String {
+    let mut segs = vec![
+        msh("SIU^S12^SIU_S12", control_id, "2.5.1"),
+        format!("SCH|{appt}^ZZPMS|{appt}^ZZPMS|||||CHECKUP||||{sch11}||||||||||||||Booked"),
+    ];
+    if let Some(tq1) = tq1 {
+        segs.push(tq1.to_owned());
+    }
+    segs.push("PID|1||ZZH-1^^^ZZHOSP^MR||ZZFAMILY^ZZGIVEN||19010203|F".to_owned());
+    segs.push("RGS|1|A".to_owned());
+    segs.join("\r")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_values_out_of_range_are_refused_and_never_crash_a_read() {
+    let d = Daemon::start("").await;
+    let mut m = d.mllp().await;
+    let poisoned = [
+        // SCH-11.3, a v2.3 duration of u32::MAX minutes.
+        (
+            "P1",
+            siu("P1", "HX-1", "^^4294967295^20261201100000", None),
+            "SCH-11",
+        ),
+        // TQ1-6, the service duration.
+        (
+            "P2",
+            siu(
+                "P2",
+                "HX-2",
+                "",
+                Some("TQ1|1|||||4294967295^min|20261201100000"),
+            ),
+            "TQ1-6",
+        ),
+        // TQ1-8 − TQ1-7: a year long.
+        (
+            "P3",
+            siu(
+                "P3",
+                "HX-3",
+                "",
+                Some("TQ1|1||||||20261201100000|20271201100000"),
+            ),
+            "TQ1-8",
+        ),
+        // Years 9999 and 0000.
+        (
+            "P4",
+            siu("P4", "HX-4", "^^30^99991231235900", None),
+            "SCH-11",
+        ),
+        (
+            "P5",
+            siu("P5", "HX-5", "^^30^00000101000000", None),
+            "SCH-11",
+        ),
+        // An offset no zone has.
+        (
+            "P6",
+            siu("P6", "HX-6", "^^30^202612011000+9900", None),
+            "SCH-11",
+        ),
+    ];
+    for (ctl, msg, at) in &poisoned {
+        let ack = m.send(msg).await;
+        assert_eq!(msa(&ack), ("AE".to_owned(), (*ctl).to_owned()), "{at}");
+        assert_eq!(err(&ack), Some(("102".to_owned(), (*at).to_owned())));
+    }
+    // MSH-7 in year 0000.
+    let msg =
+        siu("P7", "HX-7", "^^30^20261201100000", None).replace("20261125093000", "00001125093000");
+    let ack = m.send(&msg).await;
+    assert_eq!(msa(&ack).0, "AE");
+    assert_eq!(err(&ack), Some(("102".to_owned(), "MSH-7".to_owned())));
+
+    // The longest accepted: one week, stored and read back.
+    let ok = siu("OK1", "HX-OK", "^^10080^20261201100000", None);
+    assert_eq!(msa(&m.send(&ok).await).0, "AA");
+    let (status, a) = d.api("GET", "/v1/appointments/HX-OK", None).await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["end"], "2026-12-08T09:00:00Z");
+    let patient = a["participant"][0]["actor"]["reference"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("Patient/")
+        .to_owned();
+    for id in ["HX-1", "HX-2", "HX-3", "HX-4", "HX-5", "HX-6", "HX-7"] {
+        let (status, _) = d.api("GET", &format!("/v1/appointments/{id}"), None).await;
+        assert_eq!(status, 404, "{id}");
+    }
+
+    // The API: the same values get 422 and nothing is stored.
+    let reference = json!([{"actor": {"reference": format!("Patient/{patient}")}}]);
+    for body in [
+        json!({"status": "booked", "start": "2026-12-01T09:00:00Z",
+               "minutesDuration": 4_294_967_295u32, "participant": reference}),
+        json!({"status": "booked", "start": "2026-12-01T09:00:00Z",
+               "end": "2027-12-01T09:00:00Z", "participant": reference}),
+        json!({"status": "booked", "start": "9999-01-01T00:00:00Z",
+               "participant": reference}),
+        json!({"status": "booked", "start": "0001-01-01T00:00:00Z",
+               "participant": reference}),
+    ] {
+        let (status, problem) = d.api("PUT", "/v1/appointments/HX-API", Some(body)).await;
+        assert_eq!(status, 422, "{problem}");
+    }
+    let (status, _) = d.api("GET", "/v1/appointments/HX-API", None).await;
+    assert_eq!(status, 404);
+    let slots =
+        json!([{"id": "S-X", "start": "9999-01-01T00:00:00Z", "end": "9999-01-01T01:00:00Z"}]);
+    assert_eq!(d.api("PUT", "/v1/slots", Some(slots)).await.0, 422);
+    let slots =
+        json!([{"id": "S-Y", "start": "2026-12-01T00:00:00Z", "end": "2027-12-31T23:00:00Z"}]);
+    assert_eq!(d.api("PUT", "/v1/slots", Some(slots)).await.0, 422);
+
+    let (status, list) = d
+        .api("GET", &format!("/v1/patients/{patient}/appointments"), None)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["total"], 1);
+    d.stop().await;
+}
+
+/// The real daemon in its own process, so its memory can be read from
+/// `/proc`; killed when dropped.
+struct Spawned {
+    child: std::process::Child,
+    mllp: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Spawned {
+    fn start(install: &TestInstall) -> Spawned {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&install.config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mllp = loop {
+            let line = lines.next().expect("daemon exited early").unwrap();
+            if let Some(rest) = line.split("mllp=").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        // Keep draining stderr so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Spawned { child, mllp, log }
+    }
+
+    /// A `/proc/PID/status` figure in KiB (`VmHWM`, `VmRSS`).
+    fn kib(&self, key: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A field of `len` repetition separators inside a well-formed ADT.
+fn tilde_frame(control_id: &str, len: usize) -> Vec<u8> {
+    let mut msg = format!(
+        "{}\rPID|1||ZZAMP^^^ZZHOSP^MR||ZZFAMILY^ZZGIVEN|||||",
+        msh("ADT^A04^ADT_A01", control_id, "2.5.1")
+    )
+    .into_bytes();
+    msg.extend(std::iter::repeat_n(b'~', len));
+    msg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_of_repetition_separators_is_refused_in_bounded_memory() {
+    let install = TestInstall::new("");
+    let daemon = Spawned::start(&install);
+    let mut m = Mllp::connect(daemon.mllp).await;
+    let adt = |n: &str| adt_a04(n, &format!("ZZAMP{n}"), "ZZAMP", "");
+    assert_eq!(msa(&m.send(&adt("W1")).await).0, "AA");
+    let before = daemon.kib("VmHWM");
+
+    let big = |ctl: &'static str, len: usize| {
+        let addr = daemon.mllp;
+        tokio::spawn(async move {
+            let mut c = Mllp::connect(addr).await;
+            c.send_raw(&tilde_frame(ctl, len)).await
+        })
+    };
+    let one_mb = big("AMP1", 1 << 20);
+    let fifteen_mb = big("AMP15", 15 << 20);
+    // A normal ADT meanwhile: answered well within a second.
+    let started = tokio::time::Instant::now();
+    assert_eq!(msa(&m.send(&adt("W2")).await).0, "AA");
+    let adt_ms = started.elapsed().as_millis();
+    for (handle, ctl) in [(one_mb, "AMP1"), (fifteen_mb, "AMP15")] {
+        let ack = handle.await.unwrap();
+        assert_eq!(msa(&ack), ("AR".to_owned(), ctl.to_owned()));
+        assert_eq!(err(&ack).unwrap().0, "102");
+        let text = ack
+            .segment("ERR")
+            .unwrap()
+            .component(8, 1)
+            .unwrap_or_default()
+            .to_owned();
+        assert!(text.contains("262144 delimiters"), "{text}");
+    }
+    let started = tokio::time::Instant::now();
+    assert_eq!(msa(&m.send(&adt("W3")).await).0, "AA");
+    let after_ms = started.elapsed().as_millis();
+    let growth_mib = (daemon.kib("VmHWM") - before) / 1024;
+    eprintln!(
+        "amplification: VmHWM +{growth_mib} MiB (1 MB and 15 MB frames of '~'), \
+         ADT during {adt_ms} ms, after {after_ms} ms"
+    );
+    assert!(adt_ms < 1000 && after_ms < 1000, "{adt_ms} {after_ms}");
+    // The two frames themselves are 16 MB; before the bound this was +3.7 GB.
+    assert!(growth_mib < 96, "VmHWM grew by {growth_mib} MiB");
+    let log = daemon.log_text();
+    assert!(log.contains("HL7 message rejected (AR)"), "{log}");
+    assert!(
+        log.lines().all(|l| l.len() < 4096),
+        "the input is not echoed"
+    );
+}
+
+/// `n` connections that never send a byte; kept open by the caller.
+async fn idle_unix(socket: &std::path::Path, n: usize) -> Vec<tokio::net::UnixStream> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        held.push(tokio::net::UnixStream::connect(socket).await.unwrap());
+    }
+    held
+}
+
+/// Polls (bounded) until the server has closed at least `n` of `conns`.
+async fn wait_until_closed(conns: &[tokio::net::UnixStream], n: usize) {
+    let mut closed = 0;
+    for _ in 0..200 {
+        let mut buf = [0u8; 1];
+        closed = conns
+            .iter()
+            .filter(|c| matches!(c.try_read(&mut buf), Ok(0)))
+            .count();
+        if closed >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the server closed {closed} connections, expected {n}");
+}
+
+/// Waits (bounded) for the server to close `s`; returns what it sent.
+async fn until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = s.read_to_end(&mut out);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+        Ok(_) => String::from_utf8_lossy(&out).into_owned(),
+        Err(_) => panic!("the server kept the connection open"),
+    }
+}
+
+/// A test install whose `[api]` section also has `lines`.
+fn install_with_api(lines: &str) -> TestInstall {
+    let install = TestInstall::new("");
+    let text = std::fs::read_to_string(&install.config).unwrap().replace(
+        "[api]\nsocket = \"api.sock\"\n",
+        &format!("[api]\nsocket = \"api.sock\"\n{lines}\n"),
+    );
+    std::fs::write(&install.config, text).unwrap();
+    install
+}
+
+const SHORT_TIMEOUTS: &str = "header_timeout = \"300ms\"\nbody_timeout = \"300ms\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_api_connections_do_not_lock_out_a_client() {
+    let d = Daemon::start("").await;
+    let socket = d.running.api_socket.clone();
+    let held = idle_unix(&socket, 1000).await;
+    // The daemon holds at most api.max_connections of them: the rest were
+    // closed to make room.
+    wait_until_closed(&held, 1000 - 64).await;
+    let started = tokio::time::Instant::now();
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        api_call(&socket, "GET", "/v1/status", None, &[]),
+    )
+    .await
+    .expect("/v1/status within 1 s")
+    .0;
+    assert_eq!(status, 200);
+    eprintln!(
+        "API: /v1/status in {} ms with 1,000 idle connections",
+        started.elapsed().as_millis()
+    );
+    drop(held);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_slow_bodies_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let install = install_with_api(SHORT_TIMEOUTS);
+    let d = Daemon::start_in(install).await;
+    let socket = d.running.api_socket.clone();
+
+    // Slowloris: a request line and then nothing.
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut s).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+
+    // An idle connection is closed too.
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    until_closed(&mut s).await;
+
+    // A chunked body that never ends.
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    s.write_all(
+        b"POST /v1/patients HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("api.body_timeout"), "{answer}");
+
+    // A body shorter than its Content-Length.
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    s.write_all(
+        b"POST /v1/patients HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"resourceType\"",
+    )
+    .await
+    .unwrap();
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Headers over 64 KiB: 431.
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let big = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let _ = s.write_all(big.as_bytes()).await;
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // And the API still answers.
+    assert_eq!(d.api("GET", "/v1/status", None).await.0, 200);
+    d.stop().await;
+}
+
+#[test]
+fn api_limits_are_configurable_and_checked() {
+    let ok =
+        install_with_api("max_connections = 8\nheader_timeout = \"5s\"\nbody_timeout = \"1m\"");
+    let out = ok.run(&["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c = clinic_relay::config::Config::load(&ok.config).unwrap();
+    assert_eq!(c.api.limits.max_connections, 8);
+    assert_eq!(
+        c.api.limits.header_timeout,
+        std::time::Duration::from_secs(5)
+    );
+    assert_eq!(
+        c.api.limits.body_timeout,
+        std::time::Duration::from_secs(60)
+    );
+    for bad in [
+        "max_connections = 0",
+        "max_connections = 100000",
+        "header_timeout = \"1h\"",
+        "body_timeout = \"0s\"",
+    ] {
+        let install = install_with_api(bad);
+        let out = install.run(&["config", "check"]);
+        assert!(!out.status.success(), "{bad}");
+    }
+}
