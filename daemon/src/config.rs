@@ -59,6 +59,8 @@ pub struct FileConfig {
     pub pms: PmsFile,
     #[serde(default)]
     pub api: ApiFile,
+    #[serde(default)]
+    pub whatsapp: crate::whatsapp::config::WhatsappFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +144,7 @@ pub struct Config {
     pub keys: KeysConfig,
     pub pms: PmsConfig,
     pub api: ApiConfig,
+    pub whatsapp: crate::whatsapp::config::WhatsappConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -581,6 +584,15 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         &invalid,
     )?;
 
+    let whatsapp = crate::whatsapp::config::validate(&file.whatsapp, |v| resolve(&base, v))
+        .map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: e.key,
+            value: e.value,
+            reason: e.reason,
+            fix: e.fix,
+        })?;
+
     Ok(Config {
         path: path.to_owned(),
         service: ServiceConfig {
@@ -595,6 +607,7 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         keys,
         pms,
         api,
+        whatsapp,
     })
 }
 

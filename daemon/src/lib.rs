@@ -36,3 +36,4 @@ pub mod service;
 pub mod sync;
 pub mod tls;
 pub mod vault;
+pub mod whatsapp;
