@@ -59,6 +59,8 @@ pub struct FileConfig {
     pub pms: PmsFile,
     #[serde(default)]
     pub api: ApiFile,
+    #[serde(default)]
+    pub webhook: crate::webhook::config::WebhookFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +141,8 @@ pub struct Config {
     pub keys: KeysConfig,
     pub pms: PmsConfig,
     pub api: ApiConfig,
+    /// The WhatsApp webhook receiver; None when `webhook.listen` is unset.
+    pub webhook: Option<crate::webhook::config::WebhookConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -574,6 +578,8 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         ),
         &invalid,
     )?;
+    let webhook =
+        crate::webhook::config::validate(&file.webhook, &|v| resolve(&base, v), &invalid)?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -589,6 +595,7 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         keys,
         pms,
         api,
+        webhook,
     })
 }
 

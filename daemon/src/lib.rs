@@ -34,3 +34,4 @@ pub mod service;
 pub mod sync;
 pub mod tls;
 pub mod vault;
+pub mod webhook;

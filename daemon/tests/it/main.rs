@@ -24,3 +24,4 @@ mod vault_crypto;
 mod vault_erasure;
 mod vault_privacy;
 mod vault_rotation;
+mod webhook;
