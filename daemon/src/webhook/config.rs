@@ -318,7 +318,7 @@ pub fn read_secret(key: &'static str, path: &Path) -> Result<Secret, SecretError
         .read_to_end(&mut raw)
         .map_err(read_err)?;
     let text = raw.trim_ascii();
-    if text.is_empty() || text.iter().any(|b| !b.is_ascii_graphic()) {
+    if text.is_empty() || text.iter().any(|b| !b.is_ascii_graphic() && *b != b' ') {
         return Err(format());
     }
     Ok(Secret::from_bytes(text))
