@@ -179,6 +179,11 @@ fn status(wamid: &str, state: &str, recipient: &str) -> serde_json::Value {
     s
 }
 
+/// A body with one status for `wamid`.
+pub fn statuses_body(wamid: &str, state: &str) -> Vec<u8> {
+    statuses(vec![status(wamid, state, "4915550100001")])
+}
+
 fn statuses(list: Vec<serde_json::Value>) -> Vec<u8> {
     meta_json(&envelope(serde_json::json!({
         "messaging_product": "whatsapp",
