@@ -61,6 +61,8 @@ pub struct FileConfig {
     pub api: ApiFile,
     #[serde(default)]
     pub whatsapp: crate::whatsapp::config::WhatsappFile,
+    #[serde(default)]
+    pub webhook: crate::webhook::config::WebhookFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +147,8 @@ pub struct Config {
     pub pms: PmsConfig,
     pub api: ApiConfig,
     pub whatsapp: crate::whatsapp::config::WhatsappConfig,
+    /// The WhatsApp webhook receiver; None when `webhook.listen` is unset.
+    pub webhook: Option<crate::webhook::config::WebhookConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -583,6 +587,8 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         ),
         &invalid,
     )?;
+    let webhook =
+        crate::webhook::config::validate(&file.webhook, &|v| resolve(&base, v), &invalid)?;
 
     let whatsapp = crate::whatsapp::config::validate(&file.whatsapp, |v| resolve(&base, v))
         .map_err(|e| ConfigError::Invalid {
@@ -608,6 +614,7 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         pms,
         api,
         whatsapp,
+        webhook,
     })
 }
 

@@ -28,3 +28,5 @@ mod vault_erasure;
 mod vault_privacy;
 mod vault_rotation;
 mod wa_client;
+mod webhook;
+mod webhook_crash;
