@@ -414,8 +414,10 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
     let mut warnings: Vec<String> = Vec::new();
 
     let outbox_depth = vault.count(Tree::PmsOutbox);
+    // Status must answer when storage does not (it is how IT learns why):
+    // a failed read leaves the figure out, the storage warning says why.
     let outbox_oldest =
-        crate::queue::oldest_enqueued(vault, &crate::queue::PMS_OUTBOX).map_err(internal)?;
+        crate::queue::oldest_enqueued(vault, &crate::queue::PMS_OUTBOX).unwrap_or(None);
     if let Some(oldest) = outbox_oldest {
         if now.duration_since(oldest).as_secs() > 3600 {
             warnings.push("messages for the PMS have waited over an hour (is the PMS reachable? see pms.outbound_endpoint)".to_owned());
@@ -462,6 +464,12 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
                 .and_then(|m| jiff::Timestamp::try_from(m).ok())
                 .map(|m| now.duration_since(m).as_secs() / 86_400);
         }
+    }
+    if let Some(why) = vault.storage_failure() {
+        warnings.push(format!(
+            "storage failed, writes are refused until it recovers by itself (free disk space for the data directory): {}",
+            why
+        ));
     }
     if let Some(why) = vault.audit_damage() {
         warnings.push(format!("audit log damaged: {why}"));

@@ -31,6 +31,7 @@ mod keyview;
 mod patients;
 mod reads;
 pub mod records;
+mod recovery;
 mod rotate;
 pub mod seal;
 mod store;

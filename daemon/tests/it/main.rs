@@ -11,6 +11,7 @@ mod audit_tamper;
 mod clock_jump;
 mod config_cli;
 mod core_apply;
+mod disk_full;
 mod fault_kill;
 mod hostile;
 mod openapi;
