@@ -465,6 +465,7 @@ fn spawn_all(
         max_connections: config.pms.max_connections,
         max_frame_bytes: config.pms.max_message_bytes,
         idle_timeout: config.pms.idle_timeout,
+        first_frame_timeout: config.pms.first_frame_timeout,
     };
     let allow = AllowList(config.pms.allow.clone());
     let mllp_task = match mllp_tls {

@@ -412,3 +412,108 @@ fn api_limits_are_configurable_and_checked() {
         assert!(!out.status.success(), "{bad}");
     }
 }
+
+/// Polls (bounded) until the peer has closed at least `n` of `conns`
+/// (EOF or a reset).
+async fn wait_until_tcp_closed(conns: &[tokio::net::TcpStream], n: usize) -> usize {
+    let mut closed = 0;
+    for _ in 0..200 {
+        let mut buf = [0u8; 1];
+        closed = conns
+            .iter()
+            .filter(|c| match c.try_read(&mut buf) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            })
+            .count();
+        if closed >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    closed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_mllp_connections_do_not_lock_out_the_pms() {
+    let install = TestInstall::new("");
+    let daemon = Spawned::start(&install);
+    let mut held = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        held.push(tokio::net::TcpStream::connect(daemon.mllp).await.unwrap());
+    }
+    let started = tokio::time::Instant::now();
+    let ack = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let mut pms = Mllp::connect(daemon.mllp).await;
+        pms.send(&adt_a04("LOCK1", "ZZLOCK1", "ZZLOCK", "")).await
+    })
+    .await
+    .expect("the PMS is answered within 1 s");
+    assert_eq!(msa(&ack).0, "AA");
+    eprintln!(
+        "MLLP: ADT ACKed in {} ms with 1,000 idle connections, VmHWM {} MiB",
+        started.elapsed().as_millis(),
+        daemon.kib("VmHWM") / 1024
+    );
+    let closed = wait_until_tcp_closed(&held, 1000 - 64).await;
+    assert!(closed >= 1000 - 64, "only {closed} idle connections closed");
+    let log = daemon.log_text();
+    assert!(
+        !log.contains("MLLP connection refused"),
+        "fresh connections are evicted, not the newcomer refused: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_first_frame_timeout_and_one_warning_per_interval() {
+    let install = TestInstall::new(
+        "[pms]\nmllp_listen = \"127.0.0.1:0\"\nmax_connections = 2\nfirst_frame_timeout = \"300ms\"\n",
+    );
+    let daemon = Spawned::start(&install);
+    // A connection that sends nothing is closed after the first-frame time.
+    let silent = tokio::net::TcpStream::connect(daemon.mllp).await.unwrap();
+    assert_eq!(
+        wait_until_tcp_closed(std::slice::from_ref(&silent), 1).await,
+        1
+    );
+
+    // Two PMS connections that have sent messages keep their slots; the
+    // 200 that come after are refused, with one WARN line, not 200.
+    let mut a = Mllp::connect(daemon.mllp).await;
+    let mut b = Mllp::connect(daemon.mllp).await;
+    assert_eq!(
+        msa(&a.send(&adt_a04("FF1", "ZZFF1", "ZZFF", "")).await).0,
+        "AA"
+    );
+    assert_eq!(
+        msa(&b.send(&adt_a04("FF2", "ZZFF2", "ZZFF", "")).await).0,
+        "AA"
+    );
+    let mut refused = Vec::new();
+    for _ in 0..200 {
+        refused.push(tokio::net::TcpStream::connect(daemon.mllp).await.unwrap());
+    }
+    assert_eq!(wait_until_tcp_closed(&refused, 200).await, 200);
+    assert_eq!(
+        msa(&a.send(&adt_a04("FF3", "ZZFF3", "ZZFF", "")).await).0,
+        "AA"
+    );
+    let log = daemon.log_text();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("MLLP connection refused"))
+        .count();
+    assert!((1..=2).contains(&warnings), "{warnings} lines: {log}");
+}
+
+#[test]
+fn pms_first_frame_timeout_is_checked() {
+    for (value, ok) in [("\"30s\"", true), ("\"2h\"", false), ("\"0s\"", false)] {
+        let install = TestInstall::new(&format!(
+            "[pms]\nmllp_listen = \"127.0.0.1:0\"\nfirst_frame_timeout = {value}\n"
+        ));
+        let out = install.run(&["config", "check"]);
+        assert_eq!(out.status.success(), ok, "{value}: {}", stderr(&out));
+    }
+}
