@@ -213,7 +213,7 @@ pub async fn serve_tcp(
                         }
                     };
                     let actor = format!("api:{}", crate::tls::peer_name(tls.get_ref().1));
-                    debug!(peer = %peer.ip(), client = %actor, "API TLS connection");
+                    debug!(peer = %peer.ip(), client = %crate::logging::clean(&actor), "API TLS connection");
                     serve_connection(tls, actor, Door::Tcp, state, stop, slot).await;
                 });
             }

@@ -517,3 +517,51 @@ fn pms_first_frame_timeout_is_checked() {
         assert_eq!(out.status.success(), ok, "{value}: {}", stderr(&out));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_values_cannot_forge_or_flood_log_lines() {
+    let install = TestInstall::new("");
+    let daemon = Spawned::start(&install);
+    let mut m = Mllp::connect(daemon.mllp).await;
+    let pid = "PID|1||ZZLOG1^^^ZZHOSP^MR||ZZFAMILY^ZZGIVEN";
+    let forged = "1999-01-01T00:00:00.000000Z ERROR FORGED-LINE";
+    for (ctl, kind) in [
+        // An escaped line break (the parser unescapes it) and a raw one
+        // would end the segment, so only the escape can reach a log.
+        ("LOG1", format!("ADT^A99\\X0A\\{forged}")),
+        ("LOG2", format!("SIU^S99\\X0A\\{forged}")),
+        ("LOG3", "ADT^A04\u{1b}[2J\u{1b}[31m".to_owned()),
+        ("LOG4", format!("ORM^{}", "Z".repeat(10_000))),
+    ] {
+        let msg = [
+            msh(&kind, ctl, "2.5.1"),
+            "EVN|A04|20261125093000".to_owned(),
+            pid.to_owned(),
+        ]
+        .join("\r");
+        let ack = m.send(&msg).await;
+        assert_eq!(msa(&ack).1, ctl);
+    }
+    // One more message, so the log has certainly been written past them.
+    assert_eq!(
+        msa(&m.send(&adt_a04("LOG5", "ZZLOG5", "ZZLOG", "")).await).0,
+        "AA"
+    );
+    let mut log = String::new();
+    for _ in 0..200 {
+        log = daemon.log_text();
+        if log.contains("ORM^ZZZZ") && log.contains("S99") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        log.contains("FORGED-LINE"),
+        "the values are logged, escaped: {log}"
+    );
+    for line in log.lines() {
+        assert!(!line.starts_with("1999-01-01"), "forged line: {line}");
+        assert!(!line.contains('\u{1b}'), "raw ESC: {line:?}");
+        assert!(line.len() < 1024, "a {} byte line", line.len());
+    }
+}
