@@ -445,6 +445,7 @@ fn spawn_all(
         authority: config.pms.mapping.assigning_authority.clone(),
         max_body_bytes: config.api.max_body_bytes,
         limits: config.api.limits,
+        downloads: Default::default(),
         started: clock.now(),
         max_wait: config.api.max_long_poll,
         health: crate::api::HealthSources {

@@ -565,3 +565,100 @@ async fn input_values_cannot_forge_or_flood_log_lines() {
         assert!(line.len() < 1024, "a {} byte line", line.len());
     }
 }
+
+/// GET over the API socket: status, `Retry-After`, and the body's length
+/// (read and dropped piece by piece, so the test holds no copies).
+async fn get_len(socket: std::path::PathBuf, path: &'static str) -> (u16, Option<String>, usize) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri(path)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let mut body = resp.into_body();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            len += data.len();
+        }
+    }
+    (status, retry, len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_result_downloads_are_bounded_in_number_and_memory() {
+    use base64::Engine as _;
+    let install = TestInstall::new("");
+    let socket = install.tmp.path().join("api.sock");
+    let daemon = Spawned::start(&install);
+    // A 9 MB synthetic PDF.
+    let mut pdf = b"%PDF-1.4\n% ZZTEST synthetic\n".to_vec();
+    pdf.resize(9 << 20, b'x');
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&pdf);
+    let msg = [
+        msh("ORU^R01", "BIG1", "2.5.1"),
+        "PID|1||ZZBIG^^^ZZHOSP^MR||ZZBIG^ZZGIVEN||19010203".to_owned(),
+        "OBR|1||ORDER-BIG".to_owned(),
+        format!("OBX|1|ED|PDF||^AP^PDF^Base64^{b64}||||||F"),
+    ]
+    .join("\r");
+    drop(b64);
+    let mut m = Mllp::connect(daemon.mllp).await;
+    assert_eq!(msa(&m.send(&msg).await).0, "AA");
+    drop(msg);
+    // One download first, so the baseline includes what any one costs.
+    let (status, _, whole) = get_len(socket.clone(), "/v1/results/ORDER-BIG").await;
+    assert_eq!(status, 200);
+    assert!(whole > 12 << 20, "{whole}");
+    let before = daemon.kib("VmHWM");
+
+    let tasks: Vec<_> = (0..30)
+        .map(|_| tokio::spawn(get_len(socket.clone(), "/v1/results/ORDER-BIG")))
+        .collect();
+    let (mut ok, mut busy) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, _, len) => {
+                assert_eq!(len, whole);
+                ok += 1;
+            }
+            (503, retry, _) => {
+                assert_eq!(retry.as_deref(), Some("2"));
+                busy += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let growth_mib = (daemon.kib("VmHWM") - before) / 1024;
+    eprintln!(
+        "downloads: 30 concurrent of a 9 MiB PDF: {ok} sent, {busy} told to retry; \
+         VmHWM +{growth_mib} MiB over one download"
+    );
+    assert!(ok >= 4 && ok + busy == 30, "{ok} {busy}");
+    assert!(busy > 0, "more than 4 at once were sent");
+    assert!(growth_mib < 128, "VmHWM grew by {growth_mib} MiB");
+
+    // Backups share the same slots.
+    let tasks: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(get_len(socket.clone(), "/v1/admin/backup")))
+        .collect();
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, _, len) => assert!(len > 0),
+            (503, retry, _) => assert_eq!(retry.as_deref(), Some("2")),
+            other => panic!("{other:?}"),
+        }
+    }
+}
