@@ -662,3 +662,30 @@ async fn concurrent_result_downloads_are_bounded_in_number_and_memory() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_the_daemon_creates_is_private_under_umask_022() {
+    use std::os::unix::fs::PermissionsExt;
+    // The usual login umask, inherited by the child (the test process's
+    // own umask is 022 on these machines; set it to be sure).
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let install = TestInstall::new("");
+    let daemon = Spawned::start(&install);
+    rustix::process::umask(old);
+    let mut m = Mllp::connect(daemon.mllp).await;
+    assert_eq!(
+        msa(&m.send(&adt_a04("UM1", "ZZUMASK", "ZZUMASK", "")).await).0,
+        "AA"
+    );
+    let mut checked = 0;
+    for file in files_below(&install.data) {
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue; // a temp file renamed away meanwhile
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", file.display());
+        checked += 1;
+    }
+    assert!(checked >= 3, "{checked} files");
+    drop(daemon);
+}
