@@ -37,6 +37,8 @@ pub enum Command {
         state: ConsentState,
         source: ConsentSource,
     },
+    /// A verified WhatsApp webhook call (see `webhook::apply`).
+    Webhook(Box<crate::webhook::apply::Batch>),
 }
 
 /// Who sent the commands and under which idempotency key.
@@ -374,6 +376,9 @@ fn build(
                         .detail("state", wire_name(state))
                         .detail("source", wire_name(source)),
                 );
+            }
+            Command::Webhook(batch) => {
+                crate::webhook::apply::stage(vault, &mut txn, batch, now)?;
             }
         }
     }

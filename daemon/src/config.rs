@@ -59,6 +59,10 @@ pub struct FileConfig {
     pub pms: PmsFile,
     #[serde(default)]
     pub api: ApiFile,
+    #[serde(default)]
+    pub whatsapp: crate::whatsapp::config::WhatsappFile,
+    #[serde(default)]
+    pub webhook: crate::webhook::config::WebhookFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +147,9 @@ pub struct Config {
     pub keys: KeysConfig,
     pub pms: PmsConfig,
     pub api: ApiConfig,
+    pub whatsapp: crate::whatsapp::config::WhatsappConfig,
+    /// The WhatsApp webhook receiver; None when `webhook.listen` is unset.
+    pub webhook: Option<crate::webhook::config::WebhookConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -583,6 +590,17 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         ),
         &invalid,
     )?;
+    let webhook =
+        crate::webhook::config::validate(&file.webhook, &|v| resolve(&base, v), &invalid)?;
+
+    let whatsapp = crate::whatsapp::config::validate(&file.whatsapp, |v| resolve(&base, v))
+        .map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: e.key,
+            value: e.value,
+            reason: e.reason,
+            fix: e.fix,
+        })?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -598,6 +616,8 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         keys,
         pms,
         api,
+        whatsapp,
+        webhook,
     })
 }
 

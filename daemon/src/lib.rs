@@ -36,3 +36,5 @@ pub mod service;
 pub mod sync;
 pub mod tls;
 pub mod vault;
+pub mod webhook;
+pub mod whatsapp;

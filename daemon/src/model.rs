@@ -311,6 +311,12 @@ pub enum EventKind {
     /// An event about a patient who has since been erased: nothing of it
     /// can be read any more (kind, time, ids are gone with their key).
     Redacted,
+    /// A WhatsApp message from a patient (or an unknown sender) was stored.
+    MessageReceived,
+    /// A message we sent moved on: sent, delivered, read, played, failed.
+    MessageStatus,
+    /// Meta reported an account-level error in a webhook.
+    WhatsappError,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -188,7 +188,7 @@ pub fn take_next<T: Queued>(
             drop_expired(&mut txn, spec, key, &envelope, now)?;
             continue;
         }
-        if envelope.due > now && !retry_now {
+        if waits(spec, &envelope, now) && !retry_now {
             earliest = Some(earliest.map_or(envelope.due, |e| e.min(envelope.due)));
             blocked.insert(envelope.order_key);
             continue;
@@ -196,6 +196,22 @@ pub fn take_next<T: Queued>(
         return Ok((txn, Next::Item { seq, envelope }));
     }
     Ok((txn, earliest.map_or(Next::Empty, Next::WaitUntil)))
+}
+
+/// Whether an item is not due yet at `now`. The clock may jump back (an NTP
+/// step, a wrong RTC fixed by hand): an item never waits for the length of
+/// that jump unless it was scheduled on purpose. A new item (due when it was
+/// enqueued) is due at once, and a retry never waits longer than the longest
+/// back-off from now; only a scheduled send (due after it was enqueued, no
+/// attempt yet) keeps its wall-clock time.
+fn waits<T>(spec: &QueueSpec, envelope: &Envelope<T>, now: Timestamp) -> bool {
+    if envelope.due <= now {
+        return false;
+    }
+    if envelope.attempts == 0 {
+        return envelope.due > envelope.enqueued_at;
+    }
+    envelope.due.duration_since(now) <= spec.max_backoff
 }
 
 /// How a delivery attempt ended.

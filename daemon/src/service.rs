@@ -58,6 +58,8 @@ pub enum ServiceError {
     AuditDamaged(String),
     #[error("a start-up task failed: {0}")]
     Join(String),
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
 }
 
 /// The vault as the service opens it, and the key to rotate to if the
@@ -231,6 +233,8 @@ pub struct Running {
     pub api_socket: std::path::PathBuf,
     /// The API's TCP (mutual TLS) address, when configured.
     pub api_tcp_addr: Option<std::net::SocketAddr>,
+    /// The WhatsApp webhook receiver's address, when configured.
+    pub webhook_addr: Option<std::net::SocketAddr>,
     pub vault: Vault,
     pub ingest: Arc<Ingest>,
     /// Wakes the PMS sender (None when no outbound endpoint is configured).
@@ -250,6 +254,7 @@ struct Bound {
     mllp_addr: std::net::SocketAddr,
     api_tcp: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
     api: tokio::net::UnixListener,
+    webhook: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
 }
 
 /// Binds every listener: the TCP ports first, the API socket last, so that
@@ -278,6 +283,20 @@ async fn bind_all(config: &Config) -> Result<Bound, ServiceError> {
         }
         None => None,
     };
+    let webhook = match &config.webhook {
+        Some(w) => {
+            let tcp = tokio::net::TcpListener::bind(w.listen)
+                .await
+                .map_err(|source| ServiceError::Bind {
+                    key: "webhook.listen",
+                    addr: w.listen.to_string(),
+                    source,
+                })?;
+            let bound = tcp.local_addr().map_err(ServiceError::Runtime)?;
+            Some((tcp, bound))
+        }
+        None => None,
+    };
     // Last: `api::bind` removes its own file if it fails after creating it.
     let api = crate::api::bind(&config.api.socket)?;
     Ok(Bound {
@@ -285,6 +304,7 @@ async fn bind_all(config: &Config) -> Result<Bound, ServiceError> {
         mllp_addr,
         api_tcp,
         api,
+        webhook,
     })
 }
 
@@ -334,6 +354,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         .tcp
         .as_ref()
         .map(|(_, files)| crate::tls::server_config(files))
+        .transpose()?;
+    let webhook = config
+        .webhook
+        .as_ref()
+        .map(crate::webhook::prepare)
         .transpose()?;
     let cfg = config.clone();
     let opened = tokio::task::spawn_blocking(move || open_vault(&cfg))
@@ -391,6 +416,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         mllp_tls,
         api_tls,
         watchdog,
+        webhook,
     ))
 }
 
@@ -405,6 +431,7 @@ fn spawn_all(
     mllp_tls: Option<Arc<rustls::ServerConfig>>,
     api_tls: Option<Arc<rustls::ServerConfig>>,
     watchdog: Option<Watchdog>,
+    webhook: Option<crate::webhook::Prepared>,
 ) -> Running {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: Vec<Named> = Vec::new();
@@ -461,6 +488,7 @@ fn spawn_all(
         mllp_addr,
         api_tcp,
         api: api_listener,
+        webhook: webhook_listener,
     } = bound;
     let limits = ListenerLimits {
         max_connections: config.pms.max_connections,
@@ -512,6 +540,29 @@ fn spawn_all(
             )),
         });
     }
+    let mut webhook_addr = None;
+    if let (Some(cfg), Some(prepared), Some((tcp, addr))) =
+        (&config.webhook, webhook, webhook_listener)
+    {
+        match crate::webhook::spawn(
+            cfg,
+            prepared,
+            tcp,
+            vault.clone(),
+            clock.clone(),
+            stop_rx.clone(),
+        ) {
+            Ok(handle) => {
+                info!(webhook = %addr, path = %cfg.path, "WhatsApp webhook receiver listening");
+                webhook_addr = Some(addr);
+                tasks.push(Named {
+                    name: "webhook",
+                    handle,
+                });
+            }
+            Err(e) => error!(error = %e, "the WhatsApp webhook receiver could not start"),
+        }
+    }
     tasks.push(Named {
         name: "local-api",
         handle: tokio::spawn(crate::api::serve(api_listener, api_state, stop_rx.clone())),
@@ -552,6 +603,7 @@ fn spawn_all(
         mllp_addr,
         api_socket: config.api.socket.clone(),
         api_tcp_addr,
+        webhook_addr,
         vault,
         ingest,
         pms_sender,

@@ -7,7 +7,7 @@
 
 pub mod client;
 mod download;
-mod fhir;
+pub mod fhir;
 pub mod limits;
 mod problem;
 pub mod read_audit;

@@ -681,8 +681,12 @@ async fn set_consent(
         &origin,
     )
     .await?;
-    let consent = state.vault.get_consent(id).map_err(internal)?;
-    ok(&serde_json::to_value(consent).map_err(internal)?)
+    // A repeated Idempotency-Key after the patient was erased applies
+    // nothing and finds no consent: that is a 404 (docs/api.md), not `null`.
+    match state.vault.get_consent(id).map_err(internal)? {
+        Some(consent) => ok(&serde_json::to_value(consent).map_err(internal)?),
+        None => Err(Problem::not_found("no such patient")),
+    }
 }
 
 async fn get_appointment(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {

@@ -38,10 +38,14 @@ pub enum Tree {
     PmsOutbox,
     /// Messages the PMS rejected for good (AE), key = seq. Sequenced.
     PmsDeadLetters,
+    /// What WhatsApp webhooks brought (see `webhook::apply`): inbound
+    /// messages (patient's key), delivery states (system key), a patient's
+    /// last inbound time; keys are blind indexes or patient ids.
+    Webhook,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 14] = [
+    pub const ALL: [Tree; 15] = [
         Tree::Patients,
         Tree::PatientIndex,
         Tree::Audit,
@@ -56,6 +60,7 @@ impl Tree {
         Tree::Ingested,
         Tree::PmsOutbox,
         Tree::PmsDeadLetters,
+        Tree::Webhook,
     ];
 
     /// Trees whose keys are dense u64 seqs handed out at commit.
@@ -77,6 +82,7 @@ impl Tree {
             Tree::Ingested => "ingested",
             Tree::PmsOutbox => "pms_outbox",
             Tree::PmsDeadLetters => "pms_dead_letters",
+            Tree::Webhook => "webhook",
         }
     }
 

@@ -1,0 +1,62 @@
+//! The WhatsApp webhook receiver: Meta's calls come in over HTTP(S), are
+//! authenticated by their HMAC signature over the raw body, parsed, and
+//! applied through the core's one apply path; only a durable commit is
+//! answered 200. See docs/webhook.md.
+
+pub mod apply;
+pub mod config;
+pub mod payload;
+pub mod server;
+
+use crate::clock::SharedClock;
+use crate::vault::Vault;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error(transparent)]
+    Secret(#[from] config::SecretError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Rng(#[from] server::RngError),
+}
+
+/// What the receiver needs that can fail, checked before the service
+/// opens anything: the secrets and the TLS material.
+pub struct Prepared {
+    secrets: config::Secrets,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+pub fn prepare(cfg: &config::WebhookConfig) -> Result<Prepared, WebhookError> {
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?;
+    Ok(Prepared {
+        secrets: config::load_secrets(cfg)?,
+        tls,
+    })
+}
+
+/// Starts serving on `listener` until `stop`.
+pub fn spawn(
+    cfg: &config::WebhookConfig,
+    prepared: Prepared,
+    listener: tokio::net::TcpListener,
+    vault: Vault,
+    clock: SharedClock,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, WebhookError> {
+    let receiver = Arc::new(server::Receiver::new(cfg, &prepared.secrets, vault, clock)?);
+    let limits = server::Limits {
+        max_connections: cfg.max_connections,
+        header_timeout: cfg.header_timeout,
+    };
+    let tls = prepared.tls.map(tokio_rustls::TlsAcceptor::from);
+    Ok(tokio::spawn(server::serve(
+        listener, tls, receiver, limits, stop,
+    )))
+}

@@ -1,0 +1,466 @@
+//! The WhatsApp webhook receiver (issue 9): config, signatures over raw
+//! bytes, limits, parsing, durable dedupe and the state a status ends in.
+
+use crate::support::*;
+use clinic_relay::config::Config;
+
+fn config_error(webhook: &str) -> String {
+    let install = TestInstall::new(&format!("[webhook]\n{webhook}"));
+    Config::load(&install.config).unwrap_err().to_string()
+}
+
+#[test]
+fn webhook_config_errors_name_the_key_and_the_fix() {
+    let e = config_error("listen = \"nowhere\"\n");
+    assert!(e.contains("webhook.listen") && e.contains("Fix:"), "{e}");
+    let e = config_error("listen = \"127.0.0.1:0\"\nverify_token_file = \"v\"\n");
+    assert!(
+        e.contains("webhook.app_secret_file") && e.contains("Fix:"),
+        "{e}"
+    );
+    let e = config_error(
+        "listen = \"127.0.0.1:0\"\napp_secret_file = \"a\"\nverify_token_file = \"v\"\nmax_body_bytes = 1\n",
+    );
+    assert!(e.contains("webhook.max_body_bytes"), "{e}");
+    let e = config_error(
+        "listen = \"127.0.0.1:0\"\napp_secret_file = \"a\"\nverify_token_file = \"v\"\ntls_cert = \"c\"\n",
+    );
+    assert!(
+        e.contains("webhook.tls_cert") && e.contains("tls_key"),
+        "{e}"
+    );
+    let e = config_error("listen = \"127.0.0.1:0\"\nsecret = \"inline\"\n");
+    assert!(e.contains("webhook.secret"), "{e}");
+}
+
+#[test]
+fn webhook_config_defaults() {
+    let install = TestInstall::new(
+        "[webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"a\"\nverify_token_file = \"v\"\n",
+    );
+    let c = Config::load(&install.config).unwrap().webhook.unwrap();
+    assert_eq!(c.path, "/webhook");
+    assert_eq!(c.max_body_bytes, 3 * 1024 * 1024);
+    assert_eq!(c.app_secret_file, install.tmp.path().join("a"));
+    assert!(!c.generate_dev_secrets && c.tls.is_none());
+    let off = TestInstall::new("");
+    assert!(Config::load(&off.config).unwrap().webhook.is_none());
+}
+
+// ---- the receiver over real sockets ---------------------------------------
+
+use crate::pms_support::Daemon;
+use clinic_relay::model::{EventKind, Patient};
+use clinic_relay::vault::Tree;
+use clinic_relay::webhook::payload::StatusKind;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use std::os::unix::fs::PermissionsExt;
+
+const SECRET: &str = "test-app-secret-0123456789abcdef";
+const OLD_SECRET: &str = "previous-app-secret-fedcba987654";
+const TOKEN: &str = "verify me+/=";
+
+fn write_secret(dir: &std::path::Path, name: &str, value: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{value}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+async fn start_receiver(extra: &str) -> Daemon {
+    let install = TestInstall::new(&format!(
+        "[webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
+         previous_app_secret_file = \"old-secret\"\nverify_token_file = \"verify-token\"\n{extra}"
+    ));
+    write_secret(install.tmp.path(), "app-secret", SECRET);
+    write_secret(install.tmp.path(), "old-secret", OLD_SECRET);
+    write_secret(install.tmp.path(), "verify-token", TOKEN);
+    Daemon::start_in(install).await
+}
+
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    format!(
+        "sha256={}",
+        hex::encode(ring::hmac::sign(&key, body).as_ref())
+    )
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, body).
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+) -> (u16, Vec<u8>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(bytes::Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (
+        status,
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+}
+
+async fn post(d: &Daemon, body: &[u8], signature: Option<String>) -> u16 {
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    if let Some(s) = signature {
+        headers.push(("x-hub-signature-256", s));
+    }
+    http(
+        d.running.webhook_addr.unwrap(),
+        "POST",
+        "/webhook",
+        body.to_vec(),
+        &headers,
+    )
+    .await
+    .0
+}
+
+async fn post_signed(d: &Daemon, body: &[u8]) -> u16 {
+    post(d, body, Some(sign(SECRET, body))).await
+}
+
+/// JSON the way Meta serialises it: non-ASCII as `\uXXXX` (surrogate pairs
+/// beyond the BMP) and `/` as `\/`.
+pub fn meta_json(v: &serde_json::Value) -> Vec<u8> {
+    let compact = serde_json::to_string(v).unwrap();
+    let mut out = String::with_capacity(compact.len());
+    for c in compact.chars() {
+        match c {
+            '/' => out.push_str("\\/"),
+            c if c.is_ascii() => out.push(c),
+            c => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+        }
+    }
+    out.into_bytes()
+}
+
+fn envelope(value: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}]
+    })
+}
+
+fn status(wamid: &str, state: &str, recipient: &str) -> serde_json::Value {
+    let mut s = serde_json::json!({
+        "id": wamid, "status": state, "timestamp": "1800000100", "recipient_id": recipient
+    });
+    if state == "failed" {
+        s["errors"] = serde_json::json!([{"code": 131026, "title": "Message undeliverable"}]);
+    }
+    s
+}
+
+/// A body with one status for `wamid`.
+pub fn statuses_body(wamid: &str, state: &str) -> Vec<u8> {
+    statuses(vec![status(wamid, state, "4915550100001")])
+}
+
+fn statuses(list: Vec<serde_json::Value>) -> Vec<u8> {
+    meta_json(&envelope(serde_json::json!({
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+        "statuses": list
+    })))
+}
+
+fn text_message(wamid: &str, from: &str, name: &str, text: &str) -> Vec<u8> {
+    meta_json(&envelope(serde_json::json!({
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+        "contacts": [{"profile": {"name": name}, "wa_id": from, "user_id": format!("US.{from}")}],
+        "messages": [{"from": from, "id": wamid, "timestamp": "1800000050", "type": "text",
+                      "text": {"body": text}}]
+    })))
+}
+
+async fn add_patient(d: &Daemon, tag: &str) -> Patient {
+    let vault = d.running.vault.clone();
+    let tag = tag.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let p = marker_patient(&vault, &tag);
+        vault.put_patient(&p, "test", t0()).unwrap();
+        p
+    })
+    .await
+    .unwrap()
+}
+
+fn wa_id(p: &Patient) -> String {
+    p.phone
+        .as_deref()
+        .unwrap()
+        .trim_start_matches('+')
+        .to_owned()
+}
+
+fn events(d: &Daemon, kind: EventKind) -> Vec<clinic_relay::model::Event> {
+    d.running
+        .vault
+        .events_after(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.kind == kind)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_echoes_the_challenge_only_for_the_verify_token() {
+    let d = start_receiver("").await;
+    let addr = d.running.webhook_addr.unwrap();
+    let ok =
+        "/webhook?hub.mode=subscribe&hub.verify_token=verify+me%2B%2F%3D&hub.challenge=1158201444";
+    assert_eq!(
+        http(addr, "GET", ok, vec![], &[]).await,
+        (200, b"1158201444".to_vec())
+    );
+    let wrong = "/webhook?hub.mode=subscribe&hub.verify_token=verify+mf%2B%2F%3D&hub.challenge=1";
+    assert_eq!(http(addr, "GET", wrong, vec![], &[]).await.0, 403);
+    let mode = "/webhook?hub.mode=unsubscribe&hub.verify_token=verify+me%2B%2F%3D&hub.challenge=1";
+    assert_eq!(http(addr, "GET", mode, vec![], &[]).await.0, 403);
+    assert_eq!(http(addr, "GET", "/other", vec![], &[]).await.0, 404);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_are_checked_over_the_raw_bytes_before_anything_is_stored() {
+    let d = start_receiver("").await;
+    let body = statuses(vec![status("wamid.SIG1", "delivered", "4915550100001")]);
+    // Missing, malformed, wrong secret, and a body changed after signing.
+    assert_eq!(post(&d, &body, None).await, 401);
+    assert_eq!(post(&d, &body, Some("sha256=zz".to_owned())).await, 401);
+    assert_eq!(
+        post(&d, &body, Some(sign("another-secret", &body))).await,
+        401
+    );
+    let mut tampered = body.clone();
+    let at = tampered.iter().position(|b| *b == b'd').unwrap();
+    tampered[at] = b'r';
+    assert_eq!(post(&d, &tampered, Some(sign(SECRET, &body))).await, 401);
+    assert_eq!(d.running.vault.count(Tree::Webhook), 0, "nothing stored");
+    assert!(events(&d, EventKind::MessageStatus).is_empty());
+    // Valid, and the previous secret during a rotation.
+    assert_eq!(post_signed(&d, &body).await, 200);
+    let body2 = statuses(vec![status("wamid.SIG2", "sent", "4915550100001")]);
+    assert_eq!(post(&d, &body2, Some(sign(OLD_SECRET, &body2))).await, 200);
+    let v = &d.running.vault;
+    assert_eq!(
+        v.wa_status("wamid.SIG1").unwrap().unwrap().state,
+        StatusKind::Delivered
+    );
+    assert_eq!(
+        v.wa_status("wamid.SIG2").unwrap().unwrap().state,
+        StatusKind::Sent
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_bodies_are_refused() {
+    let d = start_receiver("max_body_bytes = 65536\n").await;
+    let big = vec![b' '; 70_000];
+    assert_eq!(post_signed(&d, &big).await, 413);
+    let bad = b"{\"object\":\"whatsapp_business_account\",\"entry\":[".to_vec();
+    assert_eq!(post_signed(&d, &bad).await, 400);
+    let wrong_shape = br#"{"entry":{"changes":7}}"#.to_vec();
+    assert_eq!(post_signed(&d, &wrong_shape).await, 400);
+    assert_eq!(d.running.vault.count(Tree::Webhook), 0);
+    let addr = d.running.webhook_addr.unwrap();
+    assert_eq!(http(addr, "PUT", "/webhook", vec![], &[]).await.0, 405);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_posted_three_times_is_applied_once_and_non_ascii_verifies() {
+    let d = start_receiver("").await;
+    let p = add_patient(&d, "00007").await;
+    let text = "Grüße aus Köln 👋 – naïve café / ok";
+    let body = text_message("wamid.IN1", &wa_id(&p), "Zoë Ångström 😀", text);
+    assert!(body.windows(2).any(|w| w == b"\\u") && body.windows(2).any(|w| w == b"\\/"));
+    assert!(body.is_ascii());
+    for _ in 0..3 {
+        assert_eq!(post_signed(&d, &body).await, 200);
+    }
+    let received = events(&d, EventKind::MessageReceived);
+    assert_eq!(received.len(), 1, "applied once");
+    assert_eq!(received[0].patient, Some(p.id));
+    assert_eq!(received[0].details["type"], "text");
+    let v = &d.running.vault;
+    let record = v.wa_inbound("wamid.IN1").unwrap().unwrap();
+    assert_eq!(
+        record.content,
+        Some(clinic_relay::webhook::payload::Content::Text {
+            body: text.to_owned()
+        })
+    );
+    assert_eq!(
+        v.wa_last_inbound(p.id).unwrap(),
+        Some(jiff::Timestamp::from_second(1_800_000_050).unwrap())
+    );
+    // A message with only the business-scoped id finds the patient learnt
+    // from the first message.
+    let only_user = meta_json(&envelope(serde_json::json!({
+        "messages": [{"from_user_id": format!("US.{}", wa_id(&p)), "id": "wamid.IN2",
+                      "timestamp": "1800000060", "type": "interactive",
+                      "interactive": {"type": "button_reply",
+                                      "button_reply": {"id": "confirm:A1", "title": "Ja"}}}]
+    })));
+    assert_eq!(post_signed(&d, &only_user).await, 200);
+    let received = events(&d, EventKind::MessageReceived);
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[1].patient, Some(p.id));
+    assert_eq!(received[1].details["reply_id"], "confirm:A1");
+    // An unknown sender: not stored, an event without a patient.
+    let stranger = text_message("wamid.IN3", "4915559999999", "X", "hello");
+    assert_eq!(post_signed(&d, &stranger).await, 200);
+    assert_eq!(post_signed(&d, &stranger).await, 200);
+    let received = events(&d, EventKind::MessageReceived);
+    assert_eq!(received.len(), 3);
+    assert_eq!(received[2].patient, None);
+    assert_eq!(received[2].details["matched"], "false");
+    assert!(v
+        .wa_inbound("wamid.IN3")
+        .unwrap()
+        .unwrap()
+        .content
+        .is_none());
+    d.stop().await;
+}
+
+/// A small deterministic shuffle (no rand dependency).
+fn shuffle<T>(items: &mut [T], mut seed: u64) {
+    for i in (1..items.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        items.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shuffled_and_duplicated_statuses_end_in_the_right_state() {
+    let d = start_receiver("").await;
+    let p = add_patient(&d, "00011").await;
+    let to = wa_id(&p);
+    // (wamid, the statuses Meta sends for it, the final state)
+    let plan: Vec<(String, Vec<&str>, StatusKind)> = (0..12)
+        .map(|i| {
+            let (states, last): (Vec<&str>, StatusKind) = match i % 4 {
+                0 => (vec!["sent", "delivered", "read"], StatusKind::Read),
+                1 => (vec!["sent", "read"], StatusKind::Read), // read without delivered
+                2 => (vec!["sent", "failed"], StatusKind::Failed),
+                _ => (
+                    vec!["sent", "delivered", "read", "played"],
+                    StatusKind::Played,
+                ),
+            };
+            (format!("wamid.ST{i:02}"), states, last)
+        })
+        .collect();
+    let mut all: Vec<serde_json::Value> = Vec::new();
+    for (wamid, states, _) in &plan {
+        for s in states {
+            all.push(status(wamid, s, &to));
+            all.push(status(wamid, s, &to)); // every status twice (Meta retries)
+        }
+    }
+    shuffle(&mut all, 0x9E37_79B9_7F4A_7C15);
+    // In batches of 1 to 5, concurrently in pairs, some batches posted twice.
+    let mut chunks: Vec<Vec<serde_json::Value>> = Vec::new();
+    let mut rest = all.as_slice();
+    let mut n = 1;
+    while !rest.is_empty() {
+        let take = n.min(rest.len());
+        chunks.push(rest[..take].to_vec());
+        rest = &rest[take..];
+        n = n % 5 + 1;
+    }
+    for pair in chunks.chunks(2) {
+        let bodies: Vec<Vec<u8>> = pair.iter().map(|c| statuses(c.clone())).collect();
+        if let [a, b] = bodies.as_slice() {
+            let (x, y) = tokio::join!(post_signed(&d, a), post_signed(&d, b));
+            assert_eq!((x, y), (200, 200));
+        } else {
+            assert_eq!(post_signed(&d, &bodies[0]).await, 200);
+        }
+        assert_eq!(post_signed(&d, &bodies[0]).await, 200);
+    }
+    let v = &d.running.vault;
+    for (wamid, states, last) in &plan {
+        let r = v.wa_status(wamid).unwrap().unwrap();
+        assert_eq!(r.state, *last, "{wamid}");
+        assert_eq!(r.patient, Some(p.id));
+        let seen: u8 = states
+            .iter()
+            .map(|s| StatusKind::parse(s).unwrap().bit())
+            .sum();
+        assert_eq!(r.seen, seen, "{wamid}");
+        if *last == StatusKind::Failed {
+            assert_eq!(r.error_code, Some(131026));
+        }
+    }
+    // The feed never shows a state going backwards for a message.
+    let mut best: std::collections::HashMap<String, StatusKind> = Default::default();
+    for e in events(&d, EventKind::MessageStatus) {
+        let s = StatusKind::parse(&e.details["status"]).unwrap();
+        let prev = best.insert(e.details["ref"].clone(), s);
+        assert!(prev.is_none_or(|p| p < s), "backwards: {prev:?} then {s:?}");
+    }
+    assert_eq!(best.len(), plan.len());
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_webhook_content_reaches_the_disk_in_the_clear() {
+    let d = start_receiver("").await;
+    let p = add_patient(&d, "00013").await;
+    let secret_text = "ZZMARKWATEXT the lab says I have ZZMARKDIAG";
+    let body = text_message("wamid.PRIV1", &wa_id(&p), "ZZMARKPROFILE", secret_text);
+    assert_eq!(post_signed(&d, &body).await, 200);
+    let status_body = statuses(vec![status("wamid.PRIV2", "read", &wa_id(&p))]);
+    assert_eq!(post_signed(&d, &status_body).await, 200);
+    let install = d.stop().await;
+    let mut markers = markers(&p);
+    markers.extend(
+        [
+            "ZZMARKWATEXT",
+            "ZZMARKDIAG",
+            "ZZMARKPROFILE",
+            "wamid.PRIV1",
+            "wamid.PRIV2",
+            &wa_id(&p),
+        ]
+        .map(String::from),
+    );
+    let hits = scan_dir(&install.data, &markers);
+    assert!(hits.is_empty(), "plaintext on disk: {hits:#?}");
+}
