@@ -98,6 +98,7 @@ pub struct PmsFile {
     pub allow: Option<Vec<String>>,
     pub max_connections: Option<u32>,
     pub idle_timeout: Option<String>,
+    pub first_frame_timeout: Option<String>,
     pub max_message_bytes: Option<u64>,
     pub application: Option<String>,
     pub facility: Option<String>,
@@ -194,6 +195,8 @@ pub struct PmsConfig {
     pub allow: Vec<ipnet::IpNet>,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// How long a new connection may take to send its first frame.
+    pub first_frame_timeout: Duration,
     pub max_message_bytes: usize,
     pub application: String,
     pub facility: String,
@@ -765,6 +768,13 @@ fn validate_pms(
         (Duration::from_secs(1), Duration::from_secs(86_400)),
         invalid,
     )?;
+    let first_frame_timeout = duration_in(
+        file.first_frame_timeout.as_deref(),
+        "pms.first_frame_timeout",
+        Duration::from_secs(30),
+        (Duration::from_millis(100), Duration::from_secs(3600)),
+        invalid,
+    )?;
     let max_message_bytes = match file.max_message_bytes {
         None => 16 * 1024 * 1024,
         Some(n) if (1024..=256 * 1024 * 1024).contains(&n) => n as usize,
@@ -924,6 +934,7 @@ fn validate_pms(
         allow,
         max_connections,
         idle_timeout,
+        first_frame_timeout,
         max_message_bytes,
         application: file
             .application

@@ -472,6 +472,7 @@ fn spawn_all(
         authority: config.pms.mapping.assigning_authority.clone(),
         max_body_bytes: config.api.max_body_bytes,
         limits: config.api.limits,
+        downloads: Default::default(),
         started: clock.now(),
         max_wait: config.api.max_long_poll,
         health: crate::api::HealthSources {
@@ -493,6 +494,7 @@ fn spawn_all(
         max_connections: config.pms.max_connections,
         max_frame_bytes: config.pms.max_message_bytes,
         idle_timeout: config.pms.idle_timeout,
+        first_frame_timeout: config.pms.first_frame_timeout,
     };
     let allow = AllowList(config.pms.allow.clone());
     let mllp_task = match mllp_tls {

@@ -6,7 +6,6 @@
 use crate::model::{
     Appointment, AppointmentStatus, LabResult, Patient, PatientId, ResultStatus, Slot,
 };
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -391,7 +390,9 @@ pub struct SlotIn {
     pub service: Option<String>,
 }
 
-pub fn diagnostic_report(r: &LabResult) -> Value {
+/// `data` stands in for the PDF's base64: the download streams the
+/// document into its place instead of holding it twice over (`download.rs`).
+pub fn diagnostic_report(r: &LabResult, data: Value) -> Value {
     // A result the sender took back: FHIR's "withdrawn following a previous
     // final release", with no document.
     let status = match r.status {
@@ -406,7 +407,7 @@ pub fn diagnostic_report(r: &LabResult) -> Value {
     } else {
         json!([{
             "contentType": "application/pdf",
-            "data": base64::engine::general_purpose::STANDARD.encode(&r.pdf),
+            "data": data,
             "size": r.pdf.len(),
         }])
     };

@@ -36,3 +36,5 @@ pub const MAX_CONNECTIONS_RANGE: (u32, u32) = (1, 1024);
 /// The allowed range of both timeouts.
 pub const TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(600));
+
+pub use super::download::Downloads;

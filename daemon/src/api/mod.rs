@@ -6,6 +6,7 @@
 //! Bodies are capped; errors are RFC 9457 problem+json. Reference: docs/api.md.
 
 pub mod client;
+mod download;
 pub mod fhir;
 pub mod limits;
 mod problem;
@@ -213,7 +214,7 @@ pub async fn serve_tcp(
                         }
                     };
                     let actor = format!("api:{}", crate::tls::peer_name(tls.get_ref().1));
-                    debug!(peer = %peer.ip(), client = %actor, "API TLS connection");
+                    debug!(peer = %peer.ip(), client = %crate::logging::clean(&actor), "API TLS connection");
                     serve_connection(tls, actor, Door::Tcp, state, stop, slot).await;
                 });
             }

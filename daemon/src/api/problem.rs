@@ -16,6 +16,9 @@ pub struct Problem {
     /// RFC 9457 extension members (e.g. `head` of the event feed).
     #[serde(flatten)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
+    /// Sent as the `Retry-After` header (seconds).
+    #[serde(skip)]
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
@@ -31,7 +34,13 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             extensions: serde_json::Map::new(),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// Adds an extension member (never PHI: ids, counts, cursors).
@@ -119,6 +128,10 @@ impl Problem {
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, secs.into());
+        }
         resp
     }
 }

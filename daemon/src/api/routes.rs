@@ -35,6 +35,8 @@ pub struct ApiState {
     pub key_retention: jiff::SignedDuration,
     /// Connection caps and timeouts (`api.max_connections` and co.).
     pub limits: super::ApiLimits,
+    /// Slots for the large responses (results, backups).
+    pub downloads: super::limits::Downloads,
 }
 
 /// What `GET /v1/status` reports on besides the vault.
@@ -507,13 +509,17 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
 /// anonymous spool file (and audited there); the file is then sent with a
 /// bounded buffer, so a slow client holds neither the writer nor memory.
 async fn backup(state: &ApiState, actor: &str) -> Result<Resp, Problem> {
+    let permit = state.downloads.start()?;
     let (file, summary) = state
         .vault
         .backup_spool(state.clock.now(), actor)
         .await
         .map_err(internal)?;
     let (tx, rx) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_IN_FLIGHT);
-    tokio::task::spawn_blocking(move || send_file(file, &tx));
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        send_file(file, &tx);
+    });
     let mut resp = Response::new(ApiBody::Stream(rx));
     let headers = resp.headers_mut();
     headers.insert(
@@ -782,10 +788,12 @@ async fn put_slots(state: &ApiState, req: Request<Incoming>, actor: &str) -> Res
 }
 
 async fn get_result(state: &ApiState, order: &str, actor: &str) -> Result<Resp, Problem> {
+    // Taken before the document is opened: that is what costs memory.
+    let permit = state.downloads.start()?;
     match state.vault.get_result(order).map_err(internal)? {
         Some(r) => {
             audit_read(state, actor, "result.read", Some(r.patient)).await?;
-            ok(&fhir::diagnostic_report(&r))
+            super::download::result_response(r, permit)
         }
         None => Err(Problem::not_found("no such result")),
     }

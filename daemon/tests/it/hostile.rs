@@ -139,8 +139,20 @@ struct Spawned {
 
 impl Spawned {
     fn start(install: &TestInstall) -> Spawned {
+        Self::start_with(install, std::process::Command::new(BIN))
+    }
+
+    /// With at most `n` file descriptors (util-linux `prlimit` execs the
+    /// daemon, so the child is the daemon itself).
+    fn start_with_nofile(install: &TestInstall, n: u32) -> Spawned {
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.arg(format!("--nofile={n}:{n}")).arg(BIN);
+        Self::start_with(install, cmd)
+    }
+
+    fn start_with(install: &TestInstall, mut cmd: std::process::Command) -> Spawned {
         use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(BIN)
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(&install.config)
             .env_remove("NOTIFY_SOCKET")
@@ -411,4 +423,454 @@ fn api_limits_are_configurable_and_checked() {
         let out = install.run(&["config", "check"]);
         assert!(!out.status.success(), "{bad}");
     }
+}
+
+/// Polls (bounded) until the peer has closed at least `n` of `conns`
+/// (EOF or a reset).
+async fn wait_until_tcp_closed(conns: &[tokio::net::TcpStream], n: usize) -> usize {
+    let mut closed = 0;
+    for _ in 0..200 {
+        let mut buf = [0u8; 1];
+        closed = conns
+            .iter()
+            .filter(|c| match c.try_read(&mut buf) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            })
+            .count();
+        if closed >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    closed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_mllp_connections_do_not_lock_out_the_pms() {
+    let install = TestInstall::new("");
+    let daemon = Spawned::start(&install);
+    let mut held = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        held.push(tokio::net::TcpStream::connect(daemon.mllp).await.unwrap());
+    }
+    let started = tokio::time::Instant::now();
+    let ack = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let mut pms = Mllp::connect(daemon.mllp).await;
+        pms.send(&adt_a04("LOCK1", "ZZLOCK1", "ZZLOCK", "")).await
+    })
+    .await
+    .expect("the PMS is answered within 1 s");
+    assert_eq!(msa(&ack).0, "AA");
+    eprintln!(
+        "MLLP: ADT ACKed in {} ms with 1,000 idle connections, VmHWM {} MiB",
+        started.elapsed().as_millis(),
+        daemon.kib("VmHWM") / 1024
+    );
+    let closed = wait_until_tcp_closed(&held, 1000 - 64).await;
+    assert!(closed >= 1000 - 64, "only {closed} idle connections closed");
+    let log = daemon.log_text();
+    assert!(
+        !log.contains("MLLP connection refused"),
+        "fresh connections are evicted, not the newcomer refused: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_first_frame_timeout_and_one_warning_per_interval() {
+    let install = TestInstall::new(
+        "[pms]\nmllp_listen = \"127.0.0.1:0\"\nmax_connections = 2\nfirst_frame_timeout = \"300ms\"\n",
+    );
+    let daemon = Spawned::start(&install);
+    // A connection that sends nothing is closed after the first-frame time.
+    let silent = tokio::net::TcpStream::connect(daemon.mllp).await.unwrap();
+    assert_eq!(
+        wait_until_tcp_closed(std::slice::from_ref(&silent), 1).await,
+        1
+    );
+
+    // Two PMS connections that have sent messages keep their slots; the
+    // 200 that come after are refused, with one WARN line, not 200.
+    let mut a = Mllp::connect(daemon.mllp).await;
+    let mut b = Mllp::connect(daemon.mllp).await;
+    assert_eq!(
+        msa(&a.send(&adt_a04("FF1", "ZZFF1", "ZZFF", "")).await).0,
+        "AA"
+    );
+    assert_eq!(
+        msa(&b.send(&adt_a04("FF2", "ZZFF2", "ZZFF", "")).await).0,
+        "AA"
+    );
+    let mut refused = Vec::new();
+    for _ in 0..200 {
+        refused.push(tokio::net::TcpStream::connect(daemon.mllp).await.unwrap());
+    }
+    assert_eq!(wait_until_tcp_closed(&refused, 200).await, 200);
+    assert_eq!(
+        msa(&a.send(&adt_a04("FF3", "ZZFF3", "ZZFF", "")).await).0,
+        "AA"
+    );
+    let log = daemon.log_text();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("MLLP connection refused"))
+        .count();
+    assert!((1..=2).contains(&warnings), "{warnings} lines: {log}");
+}
+
+#[test]
+fn pms_first_frame_timeout_is_checked() {
+    for (value, ok) in [("\"30s\"", true), ("\"2h\"", false), ("\"0s\"", false)] {
+        let install = TestInstall::new(&format!(
+            "[pms]\nmllp_listen = \"127.0.0.1:0\"\nfirst_frame_timeout = {value}\n"
+        ));
+        let out = install.run(&["config", "check"]);
+        assert_eq!(out.status.success(), ok, "{value}: {}", stderr(&out));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_values_cannot_forge_or_flood_log_lines() {
+    let install = TestInstall::new("");
+    let daemon = Spawned::start(&install);
+    let mut m = Mllp::connect(daemon.mllp).await;
+    let pid = "PID|1||ZZLOG1^^^ZZHOSP^MR||ZZFAMILY^ZZGIVEN";
+    let forged = "1999-01-01T00:00:00.000000Z ERROR FORGED-LINE";
+    for (ctl, kind) in [
+        // An escaped line break (the parser unescapes it) and a raw one
+        // would end the segment, so only the escape can reach a log.
+        ("LOG1", format!("ADT^A99\\X0A\\{forged}")),
+        ("LOG2", format!("SIU^S99\\X0A\\{forged}")),
+        ("LOG3", "ADT^A04\u{1b}[2J\u{1b}[31m".to_owned()),
+        ("LOG4", format!("ORM^{}", "Z".repeat(10_000))),
+    ] {
+        let msg = [
+            msh(&kind, ctl, "2.5.1"),
+            "EVN|A04|20261125093000".to_owned(),
+            pid.to_owned(),
+        ]
+        .join("\r");
+        let ack = m.send(&msg).await;
+        assert_eq!(msa(&ack).1, ctl);
+    }
+    // One more message, so the log has certainly been written past them.
+    assert_eq!(
+        msa(&m.send(&adt_a04("LOG5", "ZZLOG5", "ZZLOG", "")).await).0,
+        "AA"
+    );
+    let mut log = String::new();
+    for _ in 0..200 {
+        log = daemon.log_text();
+        if log.contains("ORM^ZZZZ") && log.contains("S99") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        log.contains("FORGED-LINE"),
+        "the values are logged, escaped: {log}"
+    );
+    for line in log.lines() {
+        assert!(!line.starts_with("1999-01-01"), "forged line: {line}");
+        assert!(!line.contains('\u{1b}'), "raw ESC: {line:?}");
+        assert!(line.len() < 1024, "a {} byte line", line.len());
+    }
+}
+
+/// GET over the API socket: status, `Retry-After`, and the body's length
+/// (read and dropped piece by piece, so the test holds no copies).
+async fn get_len(socket: std::path::PathBuf, path: &'static str) -> (u16, Option<String>, usize) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri(path)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let mut body = resp.into_body();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            len += data.len();
+        }
+    }
+    (status, retry, len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_result_downloads_are_bounded_in_number_and_memory() {
+    use base64::Engine as _;
+    let install = TestInstall::new("");
+    let socket = install.tmp.path().join("api.sock");
+    let daemon = Spawned::start(&install);
+    // A 9 MB synthetic PDF.
+    let mut pdf = b"%PDF-1.4\n% ZZTEST synthetic\n".to_vec();
+    pdf.resize(9 << 20, b'x');
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&pdf);
+    let msg = [
+        msh("ORU^R01", "BIG1", "2.5.1"),
+        "PID|1||ZZBIG^^^ZZHOSP^MR||ZZBIG^ZZGIVEN||19010203".to_owned(),
+        "OBR|1||ORDER-BIG".to_owned(),
+        format!("OBX|1|ED|PDF||^AP^PDF^Base64^{b64}||||||F"),
+    ]
+    .join("\r");
+    drop(b64);
+    let mut m = Mllp::connect(daemon.mllp).await;
+    assert_eq!(msa(&m.send(&msg).await).0, "AA");
+    drop(msg);
+    // One download first, so the baseline includes what any one costs.
+    let (status, _, whole) = get_len(socket.clone(), "/v1/results/ORDER-BIG").await;
+    assert_eq!(status, 200);
+    assert!(whole > 12 << 20, "{whole}");
+    let before = daemon.kib("VmHWM");
+
+    let tasks: Vec<_> = (0..30)
+        .map(|_| tokio::spawn(get_len(socket.clone(), "/v1/results/ORDER-BIG")))
+        .collect();
+    let (mut ok, mut busy) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, _, len) => {
+                assert_eq!(len, whole);
+                ok += 1;
+            }
+            (503, retry, _) => {
+                assert_eq!(retry.as_deref(), Some("2"));
+                busy += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let growth_mib = (daemon.kib("VmHWM") - before) / 1024;
+    eprintln!(
+        "downloads: 30 concurrent of a 9 MiB PDF: {ok} sent, {busy} told to retry; \
+         VmHWM +{growth_mib} MiB over one download"
+    );
+    assert!(ok >= 4 && ok + busy == 30, "{ok} {busy}");
+    assert!(busy > 0, "more than 4 at once were sent");
+    assert!(growth_mib < 128, "VmHWM grew by {growth_mib} MiB");
+
+    // Backups share the same slots.
+    let tasks: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(get_len(socket.clone(), "/v1/admin/backup")))
+        .collect();
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, _, len) => assert!(len > 0),
+            (503, retry, _) => assert_eq!(retry.as_deref(), Some("2")),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_the_daemon_creates_is_private_under_umask_022() {
+    use std::os::unix::fs::PermissionsExt;
+    // The usual login umask, inherited by the child (the test process's
+    // own umask is 022 on these machines; set it to be sure).
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let install = TestInstall::new("");
+    let daemon = Spawned::start(&install);
+    rustix::process::umask(old);
+    let mut m = Mllp::connect(daemon.mllp).await;
+    assert_eq!(
+        msa(&m.send(&adt_a04("UM1", "ZZUMASK", "ZZUMASK", "")).await).0,
+        "AA"
+    );
+    let mut checked = 0;
+    for file in files_below(&install.data) {
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue; // a temp file renamed away meanwhile
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", file.display());
+        checked += 1;
+    }
+    assert!(checked >= 3, "{checked} files");
+    drop(daemon);
+}
+
+// What held up under the hostile tests of issue 8, kept as tests so that it
+// keeps holding (the delimiter bound above must not refuse real messages).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_held_up_over_mllp_keeps_holding() {
+    let install = TestInstall::new("");
+    let daemon = Spawned::start(&install);
+    let mut m = Mllp::connect(daemon.mllp).await;
+    assert_eq!(
+        msa(&m.send(&adt_a04("H0", "ZZHELD", "ZZHELD", "")).await).0,
+        "AA"
+    );
+    let before = daemon.kib("VmHWM");
+
+    // 200,000 repetitions in one field: under the delimiter bound, AA.
+    let mut msg = adt_a04("H1", "ZZHELD", "ZZHELD", "").into_bytes();
+    msg.extend_from_slice(b"\rZPI|1|");
+    msg.extend_from_slice(&b"A~".repeat(200_000));
+    let ack = m.send_raw(&msg).await;
+    assert_eq!(msa(&ack).0, "AA", "{:?}", err(&ack));
+    let repetitions_mib = (daemon.kib("VmHWM") - before) / 1024;
+
+    // A 50 MB frame: AR 102 (over pms.max_message_bytes), read without
+    // being kept, and the connection stays usable.
+    let mut big = msh("ADT^A04^ADT_A01", "H2", "2.5.1").into_bytes();
+    big.extend_from_slice(b"\rPID|1||");
+    big.resize(50 << 20, b'x');
+    let ack = m.send_raw(&big).await;
+    drop(big);
+    assert_eq!(msa(&ack), ("AR".to_owned(), "H2".to_owned()));
+    assert_eq!(err(&ack).unwrap().0, "102");
+    assert_eq!(
+        msa(&m.send(&adt_a04("H3", "ZZHELD", "ZZHELD", "")).await).0,
+        "AA"
+    );
+    let total_mib = (daemon.kib("VmHWM") - before) / 1024;
+
+    // 2,000 frames written back to back before any ACK is read: every ACK
+    // comes, in order.
+    let repeat = adt_a04("H4", "ZZHELD", "ZZHELD", "");
+    let (mut r, mut w) =
+        tokio::io::split(tokio::net::TcpStream::connect(daemon.mllp).await.unwrap());
+    let writer = tokio::spawn(async move {
+        for i in 0..2000 {
+            let msg = repeat.replace("|H4|", &format!("|P{i}|"));
+            clinic_relay::pms::mllp::write_frame(&mut w, msg.as_bytes())
+                .await
+                .unwrap();
+        }
+        w
+    });
+    // Unread until the writer is done, or (if the daemon's writes block on
+    // the full socket, which stops its reads: TCP back-pressure) 2 s.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while !writer.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let mut reader = tokio::io::BufReader::new(&mut r);
+    for i in 0..2000 {
+        let frame = clinic_relay::pms::mllp::read_frame(&mut reader, 1 << 20)
+            .await
+            .unwrap();
+        let Some(clinic_relay::pms::mllp::Incoming::Message(bytes)) = frame else {
+            panic!("no ACK {i}");
+        };
+        let ack = clinic_relay::pms::hl7::parse(&bytes).unwrap();
+        assert_eq!(msa(&ack), ("AA".to_owned(), format!("P{i}")));
+    }
+    writer.await.unwrap();
+    eprintln!(
+        "held: 200,000 repetitions AA (VmHWM +{repetitions_mib} MiB); 50 MB frame AR \
+         (VmHWM +{total_mib} MiB in all); 2,000 pipelined frames ACKed in order"
+    );
+    assert!(total_mib < 96, "VmHWM grew by {total_mib} MiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_held_up_over_the_api_keeps_holding() {
+    use tokio::io::AsyncWriteExt;
+    let d = Daemon::start("").await;
+    let socket = d.running.api_socket.clone();
+    // A 2 GB Content-Length: 413 before any body is read.
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    s.write_all(
+        b"POST /v1/patients HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 2147483648\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // 5,000 headers: 431.
+    let mut s = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let mut req = "GET /v1/status HTTP/1.1\r\nHost: x\r\n".to_owned();
+    for i in 0..5000 {
+        req.push_str(&format!("X-{i}: y\r\n"));
+    }
+    req.push_str("\r\n");
+    let _ = s.write_all(req.as_bytes()).await;
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(d.api("GET", "/v1/status", None).await.0, 200);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_daemon_backs_off_quietly_and_recovers() {
+    let install = install_with_api("header_timeout = \"500ms\"");
+    // About 15 descriptors in use at rest: 40 leaves room for a few
+    // connections, not for a flood.
+    let daemon = Spawned::start_with_nofile(&install, 40);
+    let socket = install.tmp.path().join("api.sock");
+    let mut m = Mllp::connect(daemon.mllp).await;
+    assert_eq!(
+        msa(&m.send(&adt_a04("FD1", "ZZFD", "ZZFD", "")).await).0,
+        "AA"
+    );
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        match tokio::net::UnixStream::connect(&socket).await {
+            Ok(s) => held.push(s),
+            Err(_) => break, // the listen backlog is full
+        }
+    }
+    let failures = |log: &str| log.lines().filter(|l| l.contains("accept failed")).count();
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = daemon.log_text();
+        if failures(&log) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(failures(&log) > 0, "the descriptors did not run out: {log}");
+    // The accept loop must not spin while it waits: wait (bounded) until it
+    // accepts again, once the header timeout has closed the idle
+    // connections it holds, and count the failures meanwhile.
+    let recovered = |log: &str| {
+        log.lines()
+            .skip_while(|l| !l.contains("accept failed"))
+            .any(|l| l.contains("API connection"))
+    };
+    for _ in 0..250 {
+        log = daemon.log_text();
+        if recovered(&log) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(recovered(&log), "{log}");
+    assert!(failures(&log) <= 2, "{} lines: {log}", failures(&log));
+    assert!(log.len() < 64 * 1024, "{} bytes of log", log.len());
+    drop(held);
+    // Recovered: the open connection and a new one are served again.
+    let ack = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        m.send(&adt_a04("FD2", "ZZFD", "ZZFD", "")),
+    )
+    .await
+    .expect("ACK after the flood");
+    assert_eq!(msa(&ack).0, "AA");
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        api_call(&socket, "GET", "/v1/status", None, &[]),
+    )
+    .await
+    .expect("API after the flood")
+    .0;
+    assert_eq!(status, 200);
 }
