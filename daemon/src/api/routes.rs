@@ -127,8 +127,16 @@ fn no_content() -> Result<Resp, Problem> {
     Ok(resp)
 }
 
+/// A storage error: 503 while the store is out of service after a write
+/// failure (a full disk; it recovers by itself, so the client should retry),
+/// 500 for anything else.
 fn internal<E: std::fmt::Display>(e: E) -> Problem {
-    Problem::internal(e.to_string())
+    let text = e.to_string();
+    if text.contains(crate::vault::STORAGE_FAILED) {
+        Problem::unavailable(text)
+    } else {
+        Problem::internal(text)
+    }
 }
 
 fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
@@ -470,7 +478,7 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
     if let Some(why) = vault.storage_failure() {
         warnings.push(format!(
             "storage failed, writes are refused until it recovers by itself (free disk space for the data directory): {}",
-            why
+            crate::logging::clean(&why)
         ));
     }
     if let Some(why) = vault.audit_damage() {

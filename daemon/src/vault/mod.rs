@@ -43,7 +43,7 @@ pub use anchor::anchor_path;
 pub use error::{VaultError, VaultResult};
 use keyview::{KeyView, PurposeKeys, ViewKey};
 pub use rotate::RotationReport;
-pub use store::{Tree, DEFAULT_CACHE_BYTES};
+pub use store::{Tree, DEFAULT_CACHE_BYTES, STORAGE_FAILED};
 pub(crate) use txn::AfterCommit;
 use txn::Op;
 pub use txn::{FirstRecord, Receipt, Txn};

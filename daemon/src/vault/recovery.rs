@@ -30,7 +30,10 @@ impl RecoveryGate {
             }
         };
         if due {
-            self.last = Some((std::time::Instant::now(), free));
+            #[allow(clippy::disallowed_methods)]
+            // paces reopen attempts (machine time), not business time
+            let now = std::time::Instant::now();
+            self.last = Some((now, free));
         }
         due
     }

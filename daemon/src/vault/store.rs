@@ -138,6 +138,10 @@ pub trait Store: Send + Sync + 'static {
 /// lookups by blind index, and the OS page cache still holds the file.
 pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// How an error from a failed store starts; the API answers such errors with
+/// 503 (retry later) instead of 500.
+pub const STORAGE_FAILED: &str = "storage failed";
+
 /// sled behind a swap: after an I/O error (a full disk) the running sled
 /// instance is never touched again. sled 0.34 keeps such an error for the
 /// life of the instance, and a read after it can spin forever in a node
@@ -199,7 +203,7 @@ impl SledStore {
         match &*crate::sync::read(&self.state) {
             EngineState::Open(engine) => Ok(engine.clone()),
             EngineState::Failed(why) => Err(sled::Error::Io(std::io::Error::other(format!(
-                "storage failed ({why}); writes resume once space is freed"
+                "{STORAGE_FAILED} ({why}); writes resume once space is freed"
             )))),
         }
     }

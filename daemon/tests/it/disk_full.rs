@@ -100,6 +100,11 @@ async fn the_daemon_survives_a_full_disk_and_resumes_by_itself() {
     let warnings = s["warnings"].to_string();
     assert!(warnings.contains("storage failed"), "{warnings}");
 
+    // An API write is refused with 503 (retry later), not a 500.
+    let body = serde_json::json!({"identifier": [{"value": "DF-API"}]});
+    let (status, problem) = d.api("POST", "/v1/patients", Some(body)).await;
+    assert_eq!(status, 503, "{problem}");
+
     // Space comes back: ingest resumes without a restart.
     std::fs::remove_file(&filler).unwrap();
     let mut resumed = false;
