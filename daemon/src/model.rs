@@ -311,6 +311,11 @@ pub enum EventKind {
     /// An event about a patient who has since been erased: nothing of it
     /// can be read any more (kind, time, ids are gone with their key).
     Redacted,
+    /// Meta refused a WhatsApp message for good (details: Meta's code), or
+    /// it ran out of attempts.
+    WhatsappMessageRejected,
+    /// A WhatsApp message passed its expiry before it could be sent.
+    WhatsappMessageExpired,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -38,10 +38,16 @@ pub enum Tree {
     PmsOutbox,
     /// Messages the PMS rejected for good (AE), key = seq. Sequenced.
     PmsDeadLetters,
+    /// WhatsApp messages waiting to be sent, key = seq. Sequenced.
+    WaOutbox,
+    /// WhatsApp messages refused for good or out of attempts. Sequenced.
+    WaDeadLetters,
+    /// WhatsApp messages sent (wamid, wa_id), key = seq. Sequenced.
+    WaSent,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 14] = [
+    pub const ALL: [Tree; 17] = [
         Tree::Patients,
         Tree::PatientIndex,
         Tree::Audit,
@@ -56,10 +62,20 @@ impl Tree {
         Tree::Ingested,
         Tree::PmsOutbox,
         Tree::PmsDeadLetters,
+        Tree::WaOutbox,
+        Tree::WaDeadLetters,
+        Tree::WaSent,
     ];
 
     /// Trees whose keys are dense u64 seqs handed out at commit.
-    pub const SEQUENCED: [Tree; 3] = [Tree::Events, Tree::PmsOutbox, Tree::PmsDeadLetters];
+    pub const SEQUENCED: [Tree; 6] = [
+        Tree::Events,
+        Tree::PmsOutbox,
+        Tree::PmsDeadLetters,
+        Tree::WaOutbox,
+        Tree::WaDeadLetters,
+        Tree::WaSent,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -77,6 +93,9 @@ impl Tree {
             Tree::Ingested => "ingested",
             Tree::PmsOutbox => "pms_outbox",
             Tree::PmsDeadLetters => "pms_dead_letters",
+            Tree::WaOutbox => "wa_outbox",
+            Tree::WaDeadLetters => "wa_dead_letters",
+            Tree::WaSent => "wa_sent",
         }
     }
 

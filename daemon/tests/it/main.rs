@@ -25,3 +25,4 @@ mod vault_erasure;
 mod vault_privacy;
 mod vault_rotation;
 mod wa_client;
+mod wa_outbox;
