@@ -25,4 +25,5 @@ mod vault_erasure;
 mod vault_privacy;
 mod vault_rotation;
 mod wa_client;
+mod wa_crash;
 mod wa_outbox;
