@@ -148,8 +148,21 @@ pub fn take_next<T: Queued>(
     now: Timestamp,
     retry_now: bool,
 ) -> VaultResult<(Txn, Next<T>)> {
+    take_next_except(vault, spec, now, retry_now, &HashSet::new())
+}
+
+/// [`take_next`] for a worker with items in flight: items whose order key
+/// is in `busy` (and every later item with that key) are skipped, so that
+/// several items with different keys can be out at once.
+pub fn take_next_except<T: Queued>(
+    vault: &Vault,
+    spec: &QueueSpec,
+    now: Timestamp,
+    retry_now: bool,
+    busy: &HashSet<String>,
+) -> VaultResult<(Txn, Next<T>)> {
     let mut txn = Txn::new(now);
-    let mut blocked: HashSet<String> = HashSet::new();
+    let mut blocked: HashSet<String> = busy.clone();
     let mut earliest: Option<Timestamp> = None;
     for raw in vault.scan_raw(spec.items).take(SCAN_LIMIT) {
         let (key, opened) = raw?;
@@ -222,6 +235,15 @@ pub enum Outcome {
     Refused(String),
     /// Try again later (timeouts, "send again", connection errors).
     Retry(String),
+    /// [`Outcome::Retry`], due this much later than the back-off alone
+    /// (jitter, so that many items failed together do not return together).
+    RetryJittered(String, SignedDuration),
+    /// [`Outcome::Refused`], with the receiver's PHI-free error code for
+    /// the feed event (`details.code`).
+    RefusedWith {
+        reason: String,
+        code: String,
+    },
 }
 
 /// What [`settle`] did with the item.
@@ -267,7 +289,17 @@ pub fn settle<T: Queued>(
             dead_letter(&mut txn, spec, key, seq, envelope, "refused", now)?;
             Settled::DeadLettered
         }
-        Outcome::Retry(reason) => {
+        Outcome::RefusedWith { reason, code } => {
+            envelope.last_error = Some(reason.clone());
+            let reason = format!("refused:{code}");
+            dead_letter(&mut txn, spec, key, seq, envelope, &reason, now)?;
+            Settled::DeadLettered
+        }
+        Outcome::Retry(reason) | Outcome::RetryJittered(reason, _) => {
+            let jitter = match outcome {
+                Outcome::RetryJittered(_, j) => *j,
+                _ => SignedDuration::ZERO,
+            };
             envelope.attempts = envelope.attempts.saturating_add(1);
             envelope.last_error = Some(reason.clone());
             if spec
@@ -279,6 +311,7 @@ pub fn settle<T: Queued>(
             } else {
                 let due = now
                     .checked_add(backoff(spec, envelope.attempts))
+                    .and_then(|t| t.checked_add(jitter))
                     .unwrap_or(now);
                 envelope.due = due;
                 let owner = envelope.owner();

@@ -241,6 +241,9 @@ pub struct Running {
     pub pms_sender: Option<crate::pms::sender::SenderHandle>,
     /// How patient actions are shaped for the PMS.
     pub outbound: crate::pms::outbound::OutboundConfig,
+    /// The WhatsApp outbox (dry-run without a token; None if its client
+    /// could not be set up, which is logged).
+    pub whatsapp: Option<crate::whatsapp::worker::OutboxHandle>,
     stop: watch::Sender<bool>,
     tasks: Vec<Named>,
     watchdog: Option<Watchdog>,
@@ -582,6 +585,24 @@ fn spawn_all(
         }
         None => None,
     };
+    let whatsapp = match crate::whatsapp::worker::Worker::new(
+        vault.clone(),
+        clock.clone(),
+        &config.whatsapp,
+        None,
+    ) {
+        Ok((worker, handle)) => {
+            tasks.push(Named {
+                name: "whatsapp-outbox",
+                handle: tokio::spawn(worker.run(stop_rx.clone())),
+            });
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the WhatsApp outbox cannot start; messages stay queued");
+            None
+        }
+    };
     tasks.push(Named {
         name: "housekeeping",
         handle: tokio::spawn(housekeeping(
@@ -608,6 +629,7 @@ fn spawn_all(
         ingest,
         pms_sender,
         outbound: config.pms.outbound.clone(),
+        whatsapp,
         stop: stop_tx,
         tasks,
         watchdog,
@@ -665,7 +687,12 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), ServiceErro
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = sighup.recv() => { info!("SIGHUP: nothing to reload yet"); }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the WhatsApp token");
+                if let Some(w) = &running.whatsapp {
+                    w.reload_token();
+                }
+            }
         }
     }
     notify(&[NotifyState::Stopping, NotifyState::Status("shutting down")]);

@@ -127,12 +127,13 @@ fn no_content() -> Result<Resp, Problem> {
     Ok(resp)
 }
 
-/// A storage error: 503 while the store is out of service after a write
-/// failure (a full disk; it recovers by itself, so the client should retry),
-/// 500 for anything else.
+/// A storage error: 503 while the disk is full or the store is out of
+/// service after a write failure (it recovers by itself once space is
+/// freed, so the client should retry), 500 for anything else.
 fn internal<E: std::fmt::Display>(e: E) -> Problem {
     let text = e.to_string();
-    if text.contains(crate::vault::STORAGE_FAILED) {
+    // ENOSPC from the keyring or the spool reads "No space left on device".
+    if text.contains(crate::vault::STORAGE_FAILED) || text.contains("No space left on device") {
         Problem::unavailable(text)
     } else {
         Problem::internal(text)

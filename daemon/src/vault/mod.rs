@@ -124,6 +124,8 @@ struct Inner {
     events_durable: tokio::sync::watch::Sender<u64>,
     /// Woken when a message lands in the PMS outbox.
     outbox_signal: tokio::sync::Notify,
+    /// Woken when a message lands in the WhatsApp outbox.
+    wa_outbox_signal: tokio::sync::Notify,
     purpose: PurposeKeys,
     rng: SystemRandom,
     _lock: fs::File,
@@ -252,6 +254,7 @@ impl Vault {
                 }),
                 events_durable: tokio::sync::watch::channel(0).0,
                 outbox_signal: tokio::sync::Notify::new(),
+                wa_outbox_signal: tokio::sync::Notify::new(),
                 writer,
                 anchorer,
                 purpose,

@@ -10,7 +10,7 @@ const MIN_FREE_BYTES: u64 = 4 * 1024 * 1024;
 /// How much more free space than at the last attempt makes a new attempt
 /// worth it at once; otherwise one attempt per [`RETRY_EVERY`].
 const MORE_FREE_BYTES: u64 = 1024 * 1024;
-const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// When the writer last tried, and how much space there was.
 #[derive(Default)]

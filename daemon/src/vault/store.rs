@@ -42,10 +42,16 @@ pub enum Tree {
     /// messages (patient's key), delivery states (system key), a patient's
     /// last inbound time; keys are blind indexes or patient ids.
     Webhook,
+    /// WhatsApp messages waiting to be sent, key = seq. Sequenced.
+    WaOutbox,
+    /// WhatsApp messages refused for good or out of attempts. Sequenced.
+    WaDeadLetters,
+    /// WhatsApp messages sent (wamid, wa_id), key = seq. Sequenced.
+    WaSent,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 15] = [
+    pub const ALL: [Tree; 18] = [
         Tree::Patients,
         Tree::PatientIndex,
         Tree::Audit,
@@ -61,10 +67,20 @@ impl Tree {
         Tree::PmsOutbox,
         Tree::PmsDeadLetters,
         Tree::Webhook,
+        Tree::WaOutbox,
+        Tree::WaDeadLetters,
+        Tree::WaSent,
     ];
 
     /// Trees whose keys are dense u64 seqs handed out at commit.
-    pub const SEQUENCED: [Tree; 3] = [Tree::Events, Tree::PmsOutbox, Tree::PmsDeadLetters];
+    pub const SEQUENCED: [Tree; 6] = [
+        Tree::Events,
+        Tree::PmsOutbox,
+        Tree::PmsDeadLetters,
+        Tree::WaOutbox,
+        Tree::WaDeadLetters,
+        Tree::WaSent,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -83,6 +99,9 @@ impl Tree {
             Tree::PmsOutbox => "pms_outbox",
             Tree::PmsDeadLetters => "pms_dead_letters",
             Tree::Webhook => "webhook",
+            Tree::WaOutbox => "wa_outbox",
+            Tree::WaDeadLetters => "wa_dead_letters",
+            Tree::WaSent => "wa_sent",
         }
     }
 

@@ -4,4 +4,7 @@
 
 pub mod client;
 pub mod config;
+pub mod limiter;
 pub mod message;
+pub mod outbox;
+pub mod worker;

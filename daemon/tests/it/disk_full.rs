@@ -107,8 +107,10 @@ async fn the_daemon_survives_a_full_disk_and_resumes_by_itself() {
 
     // Space comes back: ingest resumes without a restart.
     std::fs::remove_file(&filler).unwrap();
+    // The reopen waits for the failed instance's threads to let go of its
+    // files: poll (a real file system, not business time) for up to 30 s.
     let mut resumed = false;
-    for i in 0..200 {
+    for i in 0..600 {
         let mrn = format!("DFR{i:03}");
         let ack = c
             .send(&adt_a04(&format!("DFR-{i}"), &mrn, "ZZBACK", ""))
@@ -118,7 +120,7 @@ async fn the_daemon_survives_a_full_disk_and_resumes_by_itself() {
             resumed = true;
             break;
         }
-        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(resumed, "ingest did not resume after space was freed");
     // The storage warning is gone (the tmpfs stays "almost full" by the

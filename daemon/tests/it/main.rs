@@ -30,5 +30,7 @@ mod vault_erasure;
 mod vault_privacy;
 mod vault_rotation;
 mod wa_client;
+mod wa_crash;
+mod wa_outbox;
 mod webhook;
 mod webhook_crash;
