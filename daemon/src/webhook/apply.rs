@@ -119,6 +119,14 @@ impl Batch {
         batch
     }
 
+    /// Appends `other`'s items (a group of calls applied as one job).
+    pub fn extend(&mut self, other: Batch) {
+        self.messages.extend(other.messages);
+        self.statuses.extend(other.statuses);
+        self.errors.extend(other.errors);
+        self.contacts.extend(other.contacts);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.statuses.is_empty() && self.errors.is_empty()
     }

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod group;
 pub mod payload;
 pub mod server;
 

@@ -7,7 +7,6 @@ use super::apply::Batch;
 use super::config::{Secrets, WebhookConfig};
 use super::payload::Notification;
 use crate::clock::SharedClock;
-use crate::commands::{self, Command, Origin};
 use crate::vault::Vault;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -19,7 +18,7 @@ use ring::hmac;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 /// The audit/apply actor of webhook changes.
 pub const ACTOR: &str = "whatsapp:webhook";
@@ -38,8 +37,7 @@ pub struct Receiver {
     /// about either (not even the length).
     token_key: hmac::Key,
     token_tag: hmac::Tag,
-    vault: Vault,
-    clock: SharedClock,
+    grouper: super::group::Grouper,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +65,7 @@ impl Receiver {
                 .collect(),
             token_key,
             token_tag,
-            vault,
-            clock,
+            grouper: super::group::Grouper::start(vault, clock, ACTOR),
         })
     }
 
@@ -175,21 +172,11 @@ impl Receiver {
         if batch.is_empty() {
             return reply(StatusCode::OK, "ok");
         }
-        let now = self.clock.now();
-        let applied = commands::apply(
-            &self.vault,
-            vec![Command::Webhook(Box::new(batch))],
-            Origin::new(ACTOR),
-            now,
-        )
-        .await;
-        match applied {
-            Ok(_) => reply(StatusCode::OK, "ok"),
-            Err(e) => {
-                // Not 200: Meta retries, and the dedupe makes that safe.
-                error!(error = %e, "a webhook could not be stored; Meta will retry it");
-                reply(StatusCode::INTERNAL_SERVER_ERROR, "not stored")
-            }
+        if self.grouper.apply(batch).await {
+            reply(StatusCode::OK, "ok")
+        } else {
+            // Not 200: Meta retries, and the dedupe makes that safe.
+            reply(StatusCode::INTERNAL_SERVER_ERROR, "not stored")
         }
     }
 }
