@@ -219,7 +219,7 @@ pub struct Limits {
 /// connection cap, accepting waits (the kernel's backlog holds the rest).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<super::TlsReload>,
     receiver: Arc<Receiver>,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
@@ -243,7 +243,8 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (receiver, stop, tls) = (receiver.clone(), stop.clone(), tls.clone());
+        let tls = tls.as_ref().map(super::TlsReload::acceptor);
+        let (receiver, stop) = (receiver.clone(), stop.clone());
         connections.spawn(async move {
             let _permit = permit;
             match tls {

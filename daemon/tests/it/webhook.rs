@@ -464,3 +464,104 @@ async fn no_webhook_content_reaches_the_disk_in_the_clear() {
     let hits = scan_dir(&install.data, &markers);
     assert!(hits.is_empty(), "plaintext on disk: {hits:#?}");
 }
+
+// ---- direct TLS, reloaded on SIGHUP ------------------------------------------
+
+mod tls {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+
+    /// A self-signed certificate for 127.0.0.1: (cert PEM, key PEM).
+    fn self_signed() -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A signed POST over TLS trusting only `cert_pem`; None if the
+    /// handshake fails.
+    async fn post_tls(addr: std::net::SocketAddr, cert_pem: &str, body: Vec<u8>) -> Option<u16> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri("/webhook")
+            .header("host", "127.0.0.1")
+            .header("x-hub-signature-256", sign(SECRET, &body))
+            .body(Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        Some(sender.send_request(req).await.unwrap().status().as_u16())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn direct_tls_serves_and_reloads_the_certificate() {
+        let install = TestInstall::new(
+            "[webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
+             verify_token_file = \"verify-token\"\ntls_cert = \"wh.pem\"\ntls_key = \"wh.key\"\n",
+        );
+        let dir = install.tmp.path().to_owned();
+        write_secret(&dir, "app-secret", SECRET);
+        write_secret(&dir, "verify-token", TOKEN);
+        let (cert1, key1) = self_signed();
+        std::fs::write(dir.join("wh.pem"), &cert1).unwrap();
+        write_secret(&dir, "wh.key", key1.trim());
+        let d = Daemon::start_in(install).await;
+        let addr = d.running.webhook_addr.unwrap();
+        let body = statuses_body("wamid.TLS1", "sent");
+        assert_eq!(post_tls(addr, &cert1, body.clone()).await, Some(200));
+        // Plain HTTP gets no answer from a TLS port.
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let plain =
+            hyper::client::conn::http1::handshake::<_, Full<bytes::Bytes>>(TokioIo::new(tcp)).await;
+        if let Ok((mut sender, conn)) = plain {
+            tokio::spawn(conn);
+            let req = hyper::Request::builder()
+                .method("POST")
+                .uri("/webhook")
+                .body(Full::new(bytes::Bytes::from(body.clone())))
+                .unwrap();
+            assert!(sender.send_request(req).await.is_err());
+        }
+
+        // A renewed certificate is served after a reload; a broken one is
+        // refused and the current one stays.
+        let (cert2, key2) = self_signed();
+        std::fs::write(dir.join("wh.pem"), &cert2).unwrap();
+        write_secret(&dir, "wh.key", key2.trim());
+        let reload = d.running.webhook_tls.clone().unwrap();
+        reload.reload().unwrap();
+        assert_eq!(post_tls(addr, &cert1, body.clone()).await, None);
+        let body2 = statuses_body("wamid.TLS2", "sent");
+        assert_eq!(post_tls(addr, &cert2, body2).await, Some(200));
+        std::fs::write(dir.join("wh.pem"), "not a certificate").unwrap();
+        assert!(reload.reload().is_err());
+        let body3 = statuses_body("wamid.TLS3", "sent");
+        assert_eq!(post_tls(addr, &cert2, body3).await, Some(200));
+        assert!(d.running.vault.wa_status("wamid.TLS3").unwrap().is_some());
+        d.stop().await;
+    }
+}
