@@ -64,6 +64,43 @@ impl TlsReload {
     }
 }
 
+/// What `config check` says about the receiver, or why it cannot start:
+/// the secret files and TLS material are read (never created: a missing
+/// development secret is reported as to be generated).
+pub fn check(cfg: &config::WebhookConfig) -> Result<String, WebhookError> {
+    if let Some(files) = &cfg.tls {
+        crate::tls::server_config(files)?;
+    }
+    let files = [
+        ("webhook.app_secret_file", Some(&cfg.app_secret_file)),
+        (
+            "webhook.previous_app_secret_file",
+            cfg.previous_app_secret_file.as_ref(),
+        ),
+        ("webhook.verify_token_file", Some(&cfg.verify_token_file)),
+    ];
+    let mut generated = false;
+    for (key, path) in files {
+        let Some(path) = path else { continue };
+        if cfg.generate_dev_secrets && !path.exists() && key != "webhook.previous_app_secret_file" {
+            generated = true;
+            continue;
+        }
+        config::read_secret(key, path)?;
+    }
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    Ok(format!(
+        "webhook on {scheme}://{}{}{}",
+        cfg.listen,
+        cfg.path,
+        if generated {
+            " (development secrets will be generated)"
+        } else {
+            ""
+        }
+    ))
+}
+
 /// Starts serving on `listener` until `stop`; with TLS, also returns the
 /// handle that reloads the certificate.
 pub fn spawn(

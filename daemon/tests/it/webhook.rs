@@ -565,3 +565,66 @@ mod tls {
         d.stop().await;
     }
 }
+
+#[test]
+fn config_check_reads_the_webhook_secrets() {
+    let install = TestInstall::new(
+        "[webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
+         verify_token_file = \"verify-token\"\n",
+    );
+    let out = install.run(&["config", "check"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("webhook.app_secret_file") && err.contains("Fix:"),
+        "{err}"
+    );
+    write_secret(install.tmp.path(), "app-secret", SECRET);
+    write_secret(install.tmp.path(), "verify-token", TOKEN);
+    let out = install.run(&["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("webhook on http://127.0.0.1:0/webhook"),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::set_permissions(
+        install.tmp.path().join("verify-token"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let err = stderr(&install.run(&["config", "check"]));
+    assert!(
+        err.contains("webhook.verify_token_file") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_patients_messages_stay_unreadable_and_are_not_reapplied() {
+    let d = start_receiver("").await;
+    let p = add_patient(&d, "00021").await;
+    let body = text_message("wamid.ER1", &wa_id(&p), "Z", "ZZMARKERASED");
+    assert_eq!(post_signed(&d, &body).await, 200);
+    assert!(d.running.vault.wa_inbound("wamid.ER1").unwrap().is_some());
+    let vault = d.running.vault.clone();
+    let id = p.id;
+    vault.erase_patient_async(id, "test", t0()).await.unwrap();
+    let v = &d.running.vault;
+    assert!(v.wa_inbound("wamid.ER1").unwrap().is_none());
+    assert_eq!(v.wa_last_inbound(p.id).unwrap(), None);
+    // Meta's retry of the old call is not applied again; a new message from
+    // the number no longer finds anyone.
+    assert_eq!(post_signed(&d, &body).await, 200);
+    let new = text_message("wamid.ER2", &wa_id(&p), "Z", "again");
+    assert_eq!(post_signed(&d, &new).await, 200);
+    let received = events(&d, EventKind::MessageReceived);
+    assert_eq!(
+        received.len(),
+        1,
+        "the first is redacted, the second unmatched"
+    );
+    assert_eq!(received[0].patient, None);
+    assert_eq!(received[0].details["matched"], "false");
+    d.stop().await;
+}
