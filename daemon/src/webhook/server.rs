@@ -15,6 +15,7 @@ use hyper::server::conn::http1;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ring::hmac;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -38,6 +39,9 @@ pub struct Receiver {
     token_key: hmac::Key,
     token_tag: hmac::Tag,
     grouper: super::group::Grouper,
+    /// Handshakes and POSTs refused since the start (their warnings are
+    /// logged at the 1st, 2nd, 4th, 8th … only).
+    refused: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +70,7 @@ impl Receiver {
             token_key,
             token_tag,
             grouper: super::group::Grouper::start(vault, clock, ACTOR),
+            refused: AtomicU64::new(0),
         })
     }
 
@@ -124,7 +129,10 @@ impl Receiver {
         let fit =
             challenge.len() <= MAX_CHALLENGE && challenge.bytes().all(|b| b.is_ascii_graphic());
         if mode.as_deref() != Some("subscribe") || !self.token_ok(&token) || !fit {
-            warn!("webhook handshake refused (wrong mode or verify token)");
+            let n = self.refused.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() || n == 0 {
+                warn!(refused_so_far = n + 1, "webhook handshake refused (wrong mode or verify token: check webhook.verify_token_file against the Meta dashboard)");
+            }
             return reply(StatusCode::FORBIDDEN, "forbidden");
         }
         Response::builder()
@@ -157,7 +165,12 @@ impl Receiver {
             Ok(Ok(collected)) => collected.to_bytes(),
         };
         if !self.signature_ok(signature.as_deref(), &body) {
-            warn!("webhook POST with a missing or invalid signature refused");
+            // Worth a warning (a wrong app secret in the config looks like
+            // this), but not one per request: anyone can post junk.
+            let n = self.refused.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() || n == 0 {
+                warn!(refused_so_far = n + 1, "webhook POST with a missing or invalid signature refused (check webhook.app_secret_file if Meta's calls are refused)");
+            }
             return reply(StatusCode::UNAUTHORIZED, "invalid signature");
         }
         let notification: Notification = match serde_json::from_slice(&body) {
