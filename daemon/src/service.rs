@@ -755,6 +755,11 @@ async fn housekeeping(
             Ok(n) => info!(pruned = n, "expired idempotency keys pruned"),
             Err(e) => warn!(error = %e, "could not prune idempotency keys; will try again"),
         }
+        match crate::webhook::prune::prune(&vault, clock.now(), key_retention).await {
+            Ok(0) => {}
+            Ok(n) => info!(pruned = n, "old webhook records pruned"),
+            Err(e) => warn!(error = %e, "could not prune webhook records; will try again"),
+        }
     }
 }
 

@@ -28,8 +28,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-const P_MESSAGE: u8 = 1;
-const P_STATUS: u8 = 2;
+pub(crate) const P_MESSAGE: u8 = 1;
+pub(crate) const P_STATUS: u8 = 2;
 const P_LAST_INBOUND: u8 = 3;
 const P_USER: u8 = 4;
 

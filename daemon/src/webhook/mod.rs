@@ -7,6 +7,7 @@ pub mod apply;
 pub mod config;
 pub mod group;
 pub mod payload;
+pub mod prune;
 pub mod server;
 
 use crate::clock::SharedClock;

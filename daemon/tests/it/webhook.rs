@@ -628,3 +628,45 @@ async fn an_erased_patients_messages_stay_unreadable_and_are_not_reapplied() {
     assert_eq!(received[0].details["matched"], "false");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_delivery_states_and_an_erased_patients_records_are_pruned() {
+    let d = start_receiver("").await;
+    let kept = add_patient(&d, "00031").await;
+    let erased = add_patient(&d, "00032").await;
+    let bodies = [
+        statuses_body("wamid.PR1", "read"),
+        text_message("wamid.PR2", "4915559990000", "X", "unknown sender"),
+        text_message("wamid.PR3", &wa_id(&kept), "K", "kept"),
+        text_message("wamid.PR4", &wa_id(&erased), "E", "erased"),
+    ];
+    for b in &bodies {
+        assert_eq!(post_signed(&d, b).await, 200);
+    }
+    let v = d.running.vault.clone();
+    v.erase_patient_async(erased.id, "test", t0())
+        .await
+        .unwrap();
+    let retention = jiff::SignedDuration::from_hours(30 * 24);
+    let t = jiff::Timestamp::from_second(1_800_000_100).unwrap();
+    // Within the retention only the erased patient's records go (their
+    // message, last inbound time, business-scoped id).
+    let gone = clinic_relay::webhook::prune::prune(&v, t, retention)
+        .await
+        .unwrap();
+    assert_eq!(gone, 3);
+    assert!(v.wa_status("wamid.PR1").unwrap().is_some());
+    let later = t
+        .checked_add(jiff::SignedDuration::from_hours(31 * 24))
+        .unwrap();
+    let gone = clinic_relay::webhook::prune::prune(&v, later, retention)
+        .await
+        .unwrap();
+    assert_eq!(gone, 2, "the old state and the unknown sender's marker");
+    assert!(v.wa_status("wamid.PR1").unwrap().is_none());
+    assert!(v.wa_inbound("wamid.PR2").unwrap().is_none());
+    let record = v.wa_inbound("wamid.PR3").unwrap().unwrap();
+    assert_eq!(record.patient, Some(kept.id), "a patient's messages stay");
+    assert!(v.wa_last_inbound(kept.id).unwrap().is_some());
+    d.stop().await;
+}
