@@ -670,3 +670,49 @@ async fn old_delivery_states_and_an_erased_patients_records_are_pruned() {
     assert!(v.wa_last_inbound(kept.id).unwrap().is_some());
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_with_many_entries_and_changes_applies_all_of_them() {
+    let d = start_receiver("").await;
+    let p = add_patient(&d, "00041").await;
+    let change =
+        |value: serde_json::Value| serde_json::json!({"field": "messages", "value": value});
+    let body = meta_json(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [
+            {"id": "1", "changes": [
+                change(serde_json::json!({"statuses": [status("wamid.M1", "delivered", &wa_id(&p))]})),
+                change(serde_json::json!({"messages": [{
+                    "from": wa_id(&p), "id": "wamid.M2", "timestamp": "1800000070", "type": "image",
+                    "image": {"id": "1234567890", "mime_type": "image/jpeg", "caption": "ZZMARKCAPTION"}}]})),
+            ]},
+            {"id": "2", "changes": [
+                change(serde_json::json!({"errors": [{"code": 131000, "title": "Something went wrong"}]})),
+                change(serde_json::json!({"messages": [{
+                    "from": wa_id(&p), "id": "wamid.M3", "timestamp": "1800000080", "type": "button",
+                    "button": {"payload": "cancel:A7", "text": "Absagen"}}]})),
+            ]}
+        ]
+    }));
+    assert_eq!(post_signed(&d, &body).await, 200);
+    let v = &d.running.vault;
+    assert_eq!(
+        v.wa_status("wamid.M1").unwrap().unwrap().state,
+        StatusKind::Delivered
+    );
+    let received = events(&d, EventKind::MessageReceived);
+    let kinds: Vec<&str> = received
+        .iter()
+        .map(|e| e.details["type"].as_str())
+        .collect();
+    assert_eq!(kinds, ["image", "button"]);
+    assert_eq!(received[1].details["reply_id"], "cancel:A7");
+    let errors = events(&d, EventKind::WhatsappError);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].details["error_code"], "131000");
+    assert_eq!(
+        v.wa_last_inbound(p.id).unwrap(),
+        Some(jiff::Timestamp::from_second(1_800_000_080).unwrap())
+    );
+    d.stop().await;
+}
