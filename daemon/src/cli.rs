@@ -139,6 +139,13 @@ pub fn run(cli: Cli) -> Result<(), String> {
             if let Some((_, files)) = &config.api.tcp {
                 crate::tls::server_config(files).map_err(|e| e.to_string())?;
             }
+            let key = match &config.webhook {
+                Some(w) => format!(
+                    "{key}; {}",
+                    crate::webhook::check(w).map_err(|e| e.to_string())?
+                ),
+                None => key,
+            };
             println!(
                 "{}: OK (data in {}, time zone {}; {})",
                 config.path.display(),

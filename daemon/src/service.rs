@@ -235,6 +235,8 @@ pub struct Running {
     pub api_tcp_addr: Option<std::net::SocketAddr>,
     /// The WhatsApp webhook receiver's address, when configured.
     pub webhook_addr: Option<std::net::SocketAddr>,
+    /// Reloads the webhook receiver's TLS certificate (SIGHUP).
+    pub webhook_tls: Option<crate::webhook::TlsReload>,
     pub vault: Vault,
     pub ingest: Arc<Ingest>,
     /// Wakes the PMS sender (None when no outbound endpoint is configured).
@@ -544,6 +546,7 @@ fn spawn_all(
         });
     }
     let mut webhook_addr = None;
+    let mut webhook_tls = None;
     if let (Some(cfg), Some(prepared), Some((tcp, addr))) =
         (&config.webhook, webhook, webhook_listener)
     {
@@ -555,9 +558,10 @@ fn spawn_all(
             clock.clone(),
             stop_rx.clone(),
         ) {
-            Ok(handle) => {
+            Ok((handle, tls)) => {
                 info!(webhook = %addr, path = %cfg.path, "WhatsApp webhook receiver listening");
                 webhook_addr = Some(addr);
+                webhook_tls = tls;
                 tasks.push(Named {
                     name: "webhook",
                     handle,
@@ -625,6 +629,7 @@ fn spawn_all(
         api_socket: config.api.socket.clone(),
         api_tcp_addr,
         webhook_addr,
+        webhook_tls,
         vault,
         ingest,
         pms_sender,
@@ -688,9 +693,16 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), ServiceErro
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
             _ = sighup.recv() => {
-                info!("SIGHUP: reloading the WhatsApp token");
                 if let Some(w) = &running.whatsapp {
+                    info!("SIGHUP: reloading the WhatsApp token");
                     w.reload_token();
+                }
+                match &running.webhook_tls {
+                    Some(tls) => match tls.reload() {
+                        Ok(()) => info!("SIGHUP: webhook TLS certificate reloaded"),
+                        Err(e) => error!(error = %e, "SIGHUP: webhook TLS certificate not reloaded; the old one stays"),
+                    },
+                    None => info!("SIGHUP: no webhook TLS certificate to reload"),
                 }
             }
         }
@@ -771,6 +783,11 @@ async fn housekeeping(
             Ok(0) => {}
             Ok(n) => info!(pruned = n, "expired idempotency keys pruned"),
             Err(e) => warn!(error = %e, "could not prune idempotency keys; will try again"),
+        }
+        match crate::webhook::prune::prune(&vault, clock.now(), key_retention).await {
+            Ok(0) => {}
+            Ok(n) => info!(pruned = n, "old webhook records pruned"),
+            Err(e) => warn!(error = %e, "could not prune webhook records; will try again"),
         }
     }
 }

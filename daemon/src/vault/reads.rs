@@ -30,6 +30,19 @@ impl Vault {
         })
     }
 
+    /// [`Vault::scan_raw`] from `start` on.
+    pub fn scan_raw_from<'a>(
+        &'a self,
+        tree: Tree,
+        start: &[u8],
+    ) -> impl Iterator<Item = VaultResult<FirstRecord>> + 'a {
+        self.inner.store.scan_from(tree, start).map(move |r| {
+            let (k, v) = r?;
+            let opened = self.open_value(tree, k.as_ref(), v.as_ref());
+            Ok((k.as_ref().to_vec(), opened))
+        })
+    }
+
     /// Records of `tree` whose key starts with `prefix`, in key order, opened.
     pub fn scan_prefix<'a>(
         &'a self,

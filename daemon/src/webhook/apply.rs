@@ -28,8 +28,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-const P_MESSAGE: u8 = 1;
-const P_STATUS: u8 = 2;
+pub(crate) const P_MESSAGE: u8 = 1;
+pub(crate) const P_STATUS: u8 = 2;
 const P_LAST_INBOUND: u8 = 3;
 const P_USER: u8 = 4;
 
@@ -117,6 +117,14 @@ impl Batch {
             batch.errors.extend(value.errors.iter().map(|e| e.code));
         }
         batch
+    }
+
+    /// Appends `other`'s items (a group of calls applied as one job).
+    pub fn extend(&mut self, other: Batch) {
+        self.messages.extend(other.messages);
+        self.statuses.extend(other.statuses);
+        self.errors.extend(other.errors);
+        self.contacts.extend(other.contacts);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -121,7 +121,7 @@ pub fn validate(
         }
     };
     let max_connections = match file.max_connections {
-        None => 256,
+        None => 64,
         Some(n @ 1..=4096) => n as usize,
         Some(n) => {
             return Err(invalid(

@@ -5,7 +5,9 @@
 
 pub mod apply;
 pub mod config;
+pub mod group;
 pub mod payload;
+pub mod prune;
 pub mod server;
 
 use crate::clock::SharedClock;
@@ -41,7 +43,67 @@ pub fn prepare(cfg: &config::WebhookConfig) -> Result<Prepared, WebhookError> {
     })
 }
 
-/// Starts serving on `listener` until `stop`.
+/// The receiver's TLS acceptor, replaced on SIGHUP with one built from the
+/// same files (renewed certificates are picked up without a restart;
+/// connections already open keep the old one).
+#[derive(Clone)]
+pub struct TlsReload {
+    files: crate::tls::TlsFiles,
+    current: Arc<std::sync::Mutex<tokio_rustls::TlsAcceptor>>,
+}
+
+impl TlsReload {
+    /// Re-reads the certificate and key; on an error the old ones stay.
+    pub fn reload(&self) -> Result<(), crate::tls::TlsError> {
+        let config = crate::tls::server_config(&self.files)?;
+        *crate::sync::lock(&self.current) = tokio_rustls::TlsAcceptor::from(config);
+        Ok(())
+    }
+
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        crate::sync::lock(&self.current).clone()
+    }
+}
+
+/// What `config check` says about the receiver, or why it cannot start:
+/// the secret files and TLS material are read (never created: a missing
+/// development secret is reported as to be generated).
+pub fn check(cfg: &config::WebhookConfig) -> Result<String, WebhookError> {
+    if let Some(files) = &cfg.tls {
+        crate::tls::server_config(files)?;
+    }
+    let files = [
+        ("webhook.app_secret_file", Some(&cfg.app_secret_file)),
+        (
+            "webhook.previous_app_secret_file",
+            cfg.previous_app_secret_file.as_ref(),
+        ),
+        ("webhook.verify_token_file", Some(&cfg.verify_token_file)),
+    ];
+    let mut generated = false;
+    for (key, path) in files {
+        let Some(path) = path else { continue };
+        if cfg.generate_dev_secrets && !path.exists() && key != "webhook.previous_app_secret_file" {
+            generated = true;
+            continue;
+        }
+        config::read_secret(key, path)?;
+    }
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    Ok(format!(
+        "webhook on {scheme}://{}{}{}",
+        cfg.listen,
+        cfg.path,
+        if generated {
+            " (development secrets will be generated)"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// Starts serving on `listener` until `stop`; with TLS, also returns the
+/// handle that reloads the certificate.
 pub fn spawn(
     cfg: &config::WebhookConfig,
     prepared: Prepared,
@@ -49,14 +111,21 @@ pub fn spawn(
     vault: Vault,
     clock: SharedClock,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, WebhookError> {
+) -> Result<(tokio::task::JoinHandle<()>, Option<TlsReload>), WebhookError> {
     let receiver = Arc::new(server::Receiver::new(cfg, &prepared.secrets, vault, clock)?);
     let limits = server::Limits {
         max_connections: cfg.max_connections,
         header_timeout: cfg.header_timeout,
     };
-    let tls = prepared.tls.map(tokio_rustls::TlsAcceptor::from);
-    Ok(tokio::spawn(server::serve(
-        listener, tls, receiver, limits, stop,
-    )))
+    let tls = match (prepared.tls, &cfg.tls) {
+        (Some(config), Some(files)) => Some(TlsReload {
+            files: files.clone(),
+            current: Arc::new(std::sync::Mutex::new(tokio_rustls::TlsAcceptor::from(
+                config,
+            ))),
+        }),
+        _ => None,
+    };
+    let handle = tokio::spawn(server::serve(listener, tls.clone(), receiver, limits, stop));
+    Ok((handle, tls))
 }

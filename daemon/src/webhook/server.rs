@@ -7,7 +7,6 @@ use super::apply::Batch;
 use super::config::{Secrets, WebhookConfig};
 use super::payload::Notification;
 use crate::clock::SharedClock;
-use crate::commands::{self, Command, Origin};
 use crate::vault::Vault;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -16,10 +15,11 @@ use hyper::server::conn::http1;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ring::hmac;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 /// The audit/apply actor of webhook changes.
 pub const ACTOR: &str = "whatsapp:webhook";
@@ -38,8 +38,10 @@ pub struct Receiver {
     /// about either (not even the length).
     token_key: hmac::Key,
     token_tag: hmac::Tag,
-    vault: Vault,
-    clock: SharedClock,
+    grouper: super::group::Grouper,
+    /// Handshakes and POSTs refused since the start (their warnings are
+    /// logged at the 1st, 2nd, 4th, 8th … only).
+    refused: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +69,8 @@ impl Receiver {
                 .collect(),
             token_key,
             token_tag,
-            vault,
-            clock,
+            grouper: super::group::Grouper::start(vault, clock, ACTOR),
+            refused: AtomicU64::new(0),
         })
     }
 
@@ -127,7 +129,10 @@ impl Receiver {
         let fit =
             challenge.len() <= MAX_CHALLENGE && challenge.bytes().all(|b| b.is_ascii_graphic());
         if mode.as_deref() != Some("subscribe") || !self.token_ok(&token) || !fit {
-            warn!("webhook handshake refused (wrong mode or verify token)");
+            let n = self.refused.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() || n == 0 {
+                warn!(refused_so_far = n + 1, "webhook handshake refused (wrong mode or verify token: check webhook.verify_token_file against the Meta dashboard)");
+            }
             return reply(StatusCode::FORBIDDEN, "forbidden");
         }
         Response::builder()
@@ -160,7 +165,12 @@ impl Receiver {
             Ok(Ok(collected)) => collected.to_bytes(),
         };
         if !self.signature_ok(signature.as_deref(), &body) {
-            warn!("webhook POST with a missing or invalid signature refused");
+            // Worth a warning (a wrong app secret in the config looks like
+            // this), but not one per request: anyone can post junk.
+            let n = self.refused.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() || n == 0 {
+                warn!(refused_so_far = n + 1, "webhook POST with a missing or invalid signature refused (check webhook.app_secret_file if Meta's calls are refused)");
+            }
             return reply(StatusCode::UNAUTHORIZED, "invalid signature");
         }
         let notification: Notification = match serde_json::from_slice(&body) {
@@ -175,21 +185,11 @@ impl Receiver {
         if batch.is_empty() {
             return reply(StatusCode::OK, "ok");
         }
-        let now = self.clock.now();
-        let applied = commands::apply(
-            &self.vault,
-            vec![Command::Webhook(Box::new(batch))],
-            Origin::new(ACTOR),
-            now,
-        )
-        .await;
-        match applied {
-            Ok(_) => reply(StatusCode::OK, "ok"),
-            Err(e) => {
-                // Not 200: Meta retries, and the dedupe makes that safe.
-                error!(error = %e, "a webhook could not be stored; Meta will retry it");
-                reply(StatusCode::INTERNAL_SERVER_ERROR, "not stored")
-            }
+        if self.grouper.apply(batch).await {
+            reply(StatusCode::OK, "ok")
+        } else {
+            // Not 200: Meta retries, and the dedupe makes that safe.
+            reply(StatusCode::INTERNAL_SERVER_ERROR, "not stored")
         }
     }
 }
@@ -232,7 +232,7 @@ pub struct Limits {
 /// connection cap, accepting waits (the kernel's backlog holds the rest).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<super::TlsReload>,
     receiver: Arc<Receiver>,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
@@ -256,7 +256,8 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (receiver, stop, tls) = (receiver.clone(), stop.clone(), tls.clone());
+        let tls = tls.as_ref().map(super::TlsReload::acceptor);
+        let (receiver, stop) = (receiver.clone(), stop.clone());
         connections.spawn(async move {
             let _permit = permit;
             match tls {

@@ -98,7 +98,10 @@ async fn the_daemon_survives_a_full_disk_and_resumes_by_itself() {
     assert_eq!(status, 200, "{s}");
     assert_eq!(s["healthy"], false, "{s}");
     let warnings = s["warnings"].to_string();
-    assert!(warnings.contains("storage failed"), "{warnings}");
+    // Which write hits ENOSPC first varies (a sled segment, or the keyring
+    // append of a new patient's key, which is undone); either way the
+    // warnings name the disk.
+    assert!(warnings.contains("disk"), "{warnings}");
 
     // An API write is refused with 503 (retry later), not a 500.
     let body = serde_json::json!({"identifier": [{"value": "DF-API"}]});

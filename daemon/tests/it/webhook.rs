@@ -464,3 +464,255 @@ async fn no_webhook_content_reaches_the_disk_in_the_clear() {
     let hits = scan_dir(&install.data, &markers);
     assert!(hits.is_empty(), "plaintext on disk: {hits:#?}");
 }
+
+// ---- direct TLS, reloaded on SIGHUP ------------------------------------------
+
+mod tls {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+
+    /// A self-signed certificate for 127.0.0.1: (cert PEM, key PEM).
+    fn self_signed() -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A signed POST over TLS trusting only `cert_pem`; None if the
+    /// handshake fails.
+    async fn post_tls(addr: std::net::SocketAddr, cert_pem: &str, body: Vec<u8>) -> Option<u16> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri("/webhook")
+            .header("host", "127.0.0.1")
+            .header("x-hub-signature-256", sign(SECRET, &body))
+            .body(Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        Some(sender.send_request(req).await.unwrap().status().as_u16())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn direct_tls_serves_and_reloads_the_certificate() {
+        let install = TestInstall::new(
+            "[webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
+             verify_token_file = \"verify-token\"\ntls_cert = \"wh.pem\"\ntls_key = \"wh.key\"\n",
+        );
+        let dir = install.tmp.path().to_owned();
+        write_secret(&dir, "app-secret", SECRET);
+        write_secret(&dir, "verify-token", TOKEN);
+        let (cert1, key1) = self_signed();
+        std::fs::write(dir.join("wh.pem"), &cert1).unwrap();
+        write_secret(&dir, "wh.key", key1.trim());
+        let d = Daemon::start_in(install).await;
+        let addr = d.running.webhook_addr.unwrap();
+        let body = statuses_body("wamid.TLS1", "sent");
+        assert_eq!(post_tls(addr, &cert1, body.clone()).await, Some(200));
+        // Plain HTTP gets no answer from a TLS port.
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let plain =
+            hyper::client::conn::http1::handshake::<_, Full<bytes::Bytes>>(TokioIo::new(tcp)).await;
+        if let Ok((mut sender, conn)) = plain {
+            tokio::spawn(conn);
+            let req = hyper::Request::builder()
+                .method("POST")
+                .uri("/webhook")
+                .body(Full::new(bytes::Bytes::from(body.clone())))
+                .unwrap();
+            assert!(sender.send_request(req).await.is_err());
+        }
+
+        // A renewed certificate is served after a reload; a broken one is
+        // refused and the current one stays.
+        let (cert2, key2) = self_signed();
+        std::fs::write(dir.join("wh.pem"), &cert2).unwrap();
+        write_secret(&dir, "wh.key", key2.trim());
+        let reload = d.running.webhook_tls.clone().unwrap();
+        reload.reload().unwrap();
+        assert_eq!(post_tls(addr, &cert1, body.clone()).await, None);
+        let body2 = statuses_body("wamid.TLS2", "sent");
+        assert_eq!(post_tls(addr, &cert2, body2).await, Some(200));
+        std::fs::write(dir.join("wh.pem"), "not a certificate").unwrap();
+        assert!(reload.reload().is_err());
+        let body3 = statuses_body("wamid.TLS3", "sent");
+        assert_eq!(post_tls(addr, &cert2, body3).await, Some(200));
+        assert!(d.running.vault.wa_status("wamid.TLS3").unwrap().is_some());
+        d.stop().await;
+    }
+}
+
+#[test]
+fn config_check_reads_the_webhook_secrets() {
+    let install = TestInstall::new(
+        "[webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
+         verify_token_file = \"verify-token\"\n",
+    );
+    let out = install.run(&["config", "check"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("webhook.app_secret_file") && err.contains("Fix:"),
+        "{err}"
+    );
+    write_secret(install.tmp.path(), "app-secret", SECRET);
+    write_secret(install.tmp.path(), "verify-token", TOKEN);
+    let out = install.run(&["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("webhook on http://127.0.0.1:0/webhook"),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::set_permissions(
+        install.tmp.path().join("verify-token"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let err = stderr(&install.run(&["config", "check"]));
+    assert!(
+        err.contains("webhook.verify_token_file") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_patients_messages_stay_unreadable_and_are_not_reapplied() {
+    let d = start_receiver("").await;
+    let p = add_patient(&d, "00021").await;
+    let body = text_message("wamid.ER1", &wa_id(&p), "Z", "ZZMARKERASED");
+    assert_eq!(post_signed(&d, &body).await, 200);
+    assert!(d.running.vault.wa_inbound("wamid.ER1").unwrap().is_some());
+    let vault = d.running.vault.clone();
+    let id = p.id;
+    vault.erase_patient_async(id, "test", t0()).await.unwrap();
+    let v = &d.running.vault;
+    assert!(v.wa_inbound("wamid.ER1").unwrap().is_none());
+    assert_eq!(v.wa_last_inbound(p.id).unwrap(), None);
+    // Meta's retry of the old call is not applied again; a new message from
+    // the number no longer finds anyone.
+    assert_eq!(post_signed(&d, &body).await, 200);
+    let new = text_message("wamid.ER2", &wa_id(&p), "Z", "again");
+    assert_eq!(post_signed(&d, &new).await, 200);
+    let received = events(&d, EventKind::MessageReceived);
+    assert_eq!(
+        received.len(),
+        1,
+        "the first is redacted, the second unmatched"
+    );
+    assert_eq!(received[0].patient, None);
+    assert_eq!(received[0].details["matched"], "false");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_delivery_states_and_an_erased_patients_records_are_pruned() {
+    let d = start_receiver("").await;
+    let kept = add_patient(&d, "00031").await;
+    let erased = add_patient(&d, "00032").await;
+    let bodies = [
+        statuses_body("wamid.PR1", "read"),
+        text_message("wamid.PR2", "4915559990000", "X", "unknown sender"),
+        text_message("wamid.PR3", &wa_id(&kept), "K", "kept"),
+        text_message("wamid.PR4", &wa_id(&erased), "E", "erased"),
+    ];
+    for b in &bodies {
+        assert_eq!(post_signed(&d, b).await, 200);
+    }
+    let v = d.running.vault.clone();
+    v.erase_patient_async(erased.id, "test", t0())
+        .await
+        .unwrap();
+    let retention = jiff::SignedDuration::from_hours(30 * 24);
+    let t = jiff::Timestamp::from_second(1_800_000_100).unwrap();
+    // Within the retention only the erased patient's records go (their
+    // message, last inbound time, business-scoped id).
+    let gone = clinic_relay::webhook::prune::prune(&v, t, retention)
+        .await
+        .unwrap();
+    assert_eq!(gone, 3);
+    assert!(v.wa_status("wamid.PR1").unwrap().is_some());
+    let later = t
+        .checked_add(jiff::SignedDuration::from_hours(31 * 24))
+        .unwrap();
+    let gone = clinic_relay::webhook::prune::prune(&v, later, retention)
+        .await
+        .unwrap();
+    assert_eq!(gone, 2, "the old state and the unknown sender's marker");
+    assert!(v.wa_status("wamid.PR1").unwrap().is_none());
+    assert!(v.wa_inbound("wamid.PR2").unwrap().is_none());
+    let record = v.wa_inbound("wamid.PR3").unwrap().unwrap();
+    assert_eq!(record.patient, Some(kept.id), "a patient's messages stay");
+    assert!(v.wa_last_inbound(kept.id).unwrap().is_some());
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_with_many_entries_and_changes_applies_all_of_them() {
+    let d = start_receiver("").await;
+    let p = add_patient(&d, "00041").await;
+    let change =
+        |value: serde_json::Value| serde_json::json!({"field": "messages", "value": value});
+    let body = meta_json(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [
+            {"id": "1", "changes": [
+                change(serde_json::json!({"statuses": [status("wamid.M1", "delivered", &wa_id(&p))]})),
+                change(serde_json::json!({"messages": [{
+                    "from": wa_id(&p), "id": "wamid.M2", "timestamp": "1800000070", "type": "image",
+                    "image": {"id": "1234567890", "mime_type": "image/jpeg", "caption": "ZZMARKCAPTION"}}]})),
+            ]},
+            {"id": "2", "changes": [
+                change(serde_json::json!({"errors": [{"code": 131000, "title": "Something went wrong"}]})),
+                change(serde_json::json!({"messages": [{
+                    "from": wa_id(&p), "id": "wamid.M3", "timestamp": "1800000080", "type": "button",
+                    "button": {"payload": "cancel:A7", "text": "Absagen"}}]})),
+            ]}
+        ]
+    }));
+    assert_eq!(post_signed(&d, &body).await, 200);
+    let v = &d.running.vault;
+    assert_eq!(
+        v.wa_status("wamid.M1").unwrap().unwrap().state,
+        StatusKind::Delivered
+    );
+    let received = events(&d, EventKind::MessageReceived);
+    let kinds: Vec<&str> = received
+        .iter()
+        .map(|e| e.details["type"].as_str())
+        .collect();
+    assert_eq!(kinds, ["image", "button"]);
+    assert_eq!(received[1].details["reply_id"], "cancel:A7");
+    let errors = events(&d, EventKind::WhatsappError);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].details["error_code"], "131000");
+    assert_eq!(
+        v.wa_last_inbound(p.id).unwrap(),
+        Some(jiff::Timestamp::from_second(1_800_000_080).unwrap())
+    );
+    d.stop().await;
+}
