@@ -113,7 +113,9 @@ fuzz_target!(|bytes: &[u8]| {
                     for c in &commands {
                         match c {
                             Command::UpsertAppointment(a) => drop(fhir::appointment(a)),
-                            Command::UpsertResult(r) => drop(fhir::diagnostic_report(r)),
+                            Command::UpsertResult(r) => {
+                                drop(fhir::diagnostic_report(r, serde_json::Value::Null))
+                            }
                             Command::UpsertPatient(p) | Command::UpdatePatientFromContext(p) => {
                                 drop(fhir::patient(p))
                             }
