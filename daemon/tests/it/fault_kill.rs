@@ -1,13 +1,15 @@
 //! kill -9 under mixed load (issue #8): MLLP registrations and appointments
-//! on two connections, API patient writes and erasures at once, and the real
-//! daemon SIGKILLed at a varying moment, 50 times on one data dir. After
+//! on two connections, API patient writes and erasures, and signed WhatsApp
+//! webhooks at once, and the real daemon SIGKILLed at a varying moment, 50
+//! times on one data dir. (The WhatsApp outbox under kill -9 has its own
+//! test, `wa_crash`, against the Graph simulator.) After
 //! every kill: everything acknowledged is present and opens, every index
 //! entry agrees with its record (`Vault::verify`), the audit chain verifies,
 //! and nothing of a patient whose erasure was acknowledged opens.
 
-use crate::pms_crash::spawn_daemon;
 use crate::pms_support::*;
 use crate::support::*;
+use crate::webhook::{sign, statuses_body};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,9 +29,92 @@ struct Acked {
     erase_sent: BTreeSet<String>,
     /// (MRN, id) of erasures answered 204.
     erased: Vec<(String, String)>,
+    /// wamids of webhook status posts answered 200.
+    statuses: Vec<String>,
+}
+
+impl Acked {
+    fn total(&self) -> usize {
+        self.patients.len() + self.appointments.len() + self.erased.len() + self.statuses.len()
+    }
+}
+
+const WEBHOOK_SECRET: &str = "fault-kill-app-secret";
+
+async fn webhook_load(addr: std::net::SocketAddr, round: u64, acked: Shared) {
+    use http_body_util::{BodyExt, Full};
+    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+        return;
+    };
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(io).await else {
+        return;
+    };
+    tokio::spawn(conn);
+    for i in 0.. {
+        let wamid = format!("wamid.FK{round}-{i}");
+        let body = statuses_body(&wamid, ["sent", "delivered", "read"][i % 3]);
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri("/webhook")
+            .header("host", "localhost")
+            .header("x-hub-signature-256", sign(WEBHOOK_SECRET, &body))
+            .body(Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let Ok(resp) = sender.send_request(req).await else {
+            return;
+        };
+        let status = resp.status().as_u16();
+        if resp.into_body().collect().await.is_err() {
+            return;
+        }
+        assert_eq!(status, 200, "webhook {wamid}");
+        acked.lock().unwrap().statuses.push(wamid);
+    }
 }
 
 type Shared = Arc<Mutex<Acked>>;
+
+/// Starts `serve`; the MLLP and webhook addresses from its "listening" line.
+fn spawn_daemon(
+    install: &TestInstall,
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&install.config)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = |line: &str, key: &str| -> Option<std::net::SocketAddr> {
+        line.split(key)
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let (mut mllp, mut webhook) = (None, None);
+    while mllp.is_none() || webhook.is_none() {
+        let line = lines
+            .next()
+            .expect("daemon exited before listening")
+            .unwrap();
+        mllp = mllp.or_else(|| addr(&line, "mllp="));
+        webhook = webhook.or_else(|| addr(&line, "webhook="));
+    }
+    // Keep draining stderr so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, mllp.unwrap(), webhook.unwrap())
+}
 
 /// Sends one frame and reads its ACK; `None` once the daemon is gone.
 async fn mllp_round_trip(s: &mut tokio::net::TcpStream, message: &str) -> Option<bool> {
@@ -168,6 +253,12 @@ fn check_after_kill(
             "erased {mrn} opens"
         );
     }
+    for wamid in &a.statuses {
+        assert!(
+            vault.wa_status(wamid).unwrap().is_some(),
+            "kill {round}: the 200'd webhook {wamid} was lost"
+        );
+    }
     let report = vault.verify().unwrap();
     assert!(report.is_ok(), "kill {round}: {:#?}", report.problems);
     assert_eq!(vault.audit_damage(), None, "kill {round}");
@@ -178,7 +269,16 @@ fn check_after_kill(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_mixed_load_loses_nothing_acknowledged() {
-    let install = TestInstall::new("");
+    let install = TestInstall::new(
+        "[webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
+         verify_token_file = \"verify-token\"\n",
+    );
+    for (name, value) in [("app-secret", WEBHOOK_SECRET), ("verify-token", "t")] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = install.tmp.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let socket = install.tmp.path().join("api.sock");
     let acked: Shared = Arc::default();
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
@@ -186,24 +286,19 @@ async fn kill_9_under_mixed_load_loses_nothing_acknowledged() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let (mut child, addr) = spawn_daemon(&install);
-        let before = {
-            let a = acked.lock().unwrap();
-            a.patients.len() + a.appointments.len() + a.erased.len()
-        };
+        let (mut child, addr, webhook) = spawn_daemon(&install);
+        let before = acked.lock().unwrap().total();
         let load = [
             tokio::spawn(mllp_load(addr, 1, round, acked.clone())),
             tokio::spawn(mllp_load(addr, 2, round, acked.clone())),
             tokio::spawn(api_load(socket.clone(), round, acked.clone())),
+            tokio::spawn(webhook_load(webhook, round, acked.clone())),
         ];
         // Kill after a varying number of acknowledgements, so that the kill
         // lands in every phase of a commit (load keeps running meanwhile).
-        let target = before + 1 + (seed % 24) as usize;
+        let target = before + 1 + (seed % 32) as usize;
         loop {
-            let now = {
-                let a = acked.lock().unwrap();
-                a.patients.len() + a.appointments.len() + a.erased.len()
-            };
+            let now = acked.lock().unwrap().total();
             if now >= target || load.iter().all(|h| h.is_finished()) {
                 break;
             }
@@ -228,10 +323,11 @@ async fn kill_9_under_mixed_load_loses_nothing_acknowledged() {
     }
     let a = acked.lock().unwrap();
     eprintln!(
-        "{KILLS} kills: {} patients, {} appointments, {} erasures acknowledged",
+        "{KILLS} kills: {} patients, {} appointments, {} erasures, {} webhooks acknowledged",
         a.patients.len(),
         a.appointments.len(),
-        a.erased.len()
+        a.erased.len(),
+        a.statuses.len()
     );
-    assert!(a.erased.len() >= 10 && a.appointments.len() >= 100);
+    assert!(a.erased.len() >= 10 && a.appointments.len() >= 100 && a.statuses.len() >= 100);
 }
