@@ -31,17 +31,11 @@ fn at(secs: i64) -> Timestamp {
 const DAY: i64 = 86_400;
 
 fn take(vault: &Vault, now: Timestamp) -> Next<Outgoing> {
-    vault
-        .write_blocking(move |v| queue::take_next::<Outgoing>(v, &SPEC, now, false))
-        .unwrap()
-        .value
+    crate::queue::take_from(vault, &SPEC, now)
 }
 
 fn settle(vault: &Vault, seq: u64, outcome: Outcome, now: Timestamp) -> Settled {
-    vault
-        .write_blocking(move |v| queue::settle::<Outgoing>(v, &SPEC, seq, &outcome, now))
-        .unwrap()
-        .value
+    crate::queue::settle_in(vault, &SPEC, seq, outcome, now)
 }
 
 /// Takes the next item and reports it delivered; its control id.

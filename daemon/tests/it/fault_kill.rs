@@ -75,47 +75,6 @@ async fn webhook_load(addr: std::net::SocketAddr, round: u64, acked: Shared) {
 
 type Shared = Arc<Mutex<Acked>>;
 
-/// Starts `serve`; the MLLP and webhook addresses from its "listening" line.
-fn spawn_daemon(
-    install: &TestInstall,
-) -> (
-    std::process::Child,
-    std::net::SocketAddr,
-    std::net::SocketAddr,
-) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&install.config)
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = |line: &str, key: &str| -> Option<std::net::SocketAddr> {
-        line.split(key)
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    let (mut mllp, mut webhook) = (None, None);
-    while mllp.is_none() || webhook.is_none() {
-        let line = lines
-            .next()
-            .expect("daemon exited before listening")
-            .unwrap();
-        mllp = mllp.or_else(|| addr(&line, "mllp="));
-        webhook = webhook.or_else(|| addr(&line, "webhook="));
-    }
-    // Keep draining stderr so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, mllp.unwrap(), webhook.unwrap())
-}
-
 /// Sends one frame and reads its ACK; `None` once the daemon is gone.
 async fn mllp_round_trip(s: &mut tokio::net::TcpStream, message: &str) -> Option<bool> {
     let mut frame = vec![0x0b];
@@ -286,7 +245,12 @@ async fn kill_9_under_mixed_load_loses_nothing_acknowledged() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let (mut child, addr, webhook) = spawn_daemon(&install);
+        let Served {
+            mut child,
+            mllp: addr,
+            webhook,
+        } = spawn_serve(&install);
+        let webhook = webhook.expect("the webhook receiver listens");
         let before = acked.lock().unwrap().total();
         let load = [
             tokio::spawn(mllp_load(addr, 1, round, acked.clone())),

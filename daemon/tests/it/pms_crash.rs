@@ -5,37 +5,8 @@
 
 use crate::pms_support::*;
 use crate::support::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 
 const ROUNDS: u64 = 20;
-
-/// Starts `serve` and returns it with the MLLP address it logged.
-pub(crate) fn spawn_daemon(install: &TestInstall) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&install.config)
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("daemon exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("mllp=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining stderr so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_ingest_loses_no_acknowledged_message() {
@@ -48,7 +19,11 @@ async fn kill_9_during_ingest_loses_no_acknowledged_message() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let kill_after = 1 + seed % 15;
-        let (mut child, addr) = spawn_daemon(&install);
+        let Served {
+            mut child,
+            mllp: addr,
+            ..
+        } = spawn_serve(&install);
         let mut c = Mllp::connect(addr).await;
         // A second engine resends every message at once (a retransmission
         // racing the original): its AA is a promise too, so it must not

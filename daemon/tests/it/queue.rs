@@ -32,15 +32,31 @@ fn enqueue(vault: &Vault, envelopes: Vec<Envelope<Outgoing>>) {
 }
 
 fn take(vault: &Vault, now: Timestamp) -> Next<Outgoing> {
+    take_from(vault, &SPEC, now)
+}
+
+fn settle(vault: &Vault, seq: u64, outcome: Outcome, now: Timestamp) -> Settled {
+    settle_in(vault, &SPEC, seq, outcome, now)
+}
+
+/// The next item of the PMS outbox queue `spec` at `now` (a writer job).
+pub(crate) fn take_from(vault: &Vault, spec: &'static QueueSpec, now: Timestamp) -> Next<Outgoing> {
     vault
-        .write_blocking(move |v| queue::take_next::<Outgoing>(v, &SPEC, now, false))
+        .write_blocking(move |v| queue::take_next::<Outgoing>(v, spec, now, false))
         .unwrap()
         .value
 }
 
-fn settle(vault: &Vault, seq: u64, outcome: Outcome, now: Timestamp) -> Settled {
+/// Settles item `seq` of queue `spec` (a writer job).
+pub(crate) fn settle_in(
+    vault: &Vault,
+    spec: &'static QueueSpec,
+    seq: u64,
+    outcome: Outcome,
+    now: Timestamp,
+) -> Settled {
     vault
-        .write_blocking(move |v| queue::settle::<Outgoing>(v, &SPEC, seq, &outcome, now))
+        .write_blocking(move |v| queue::settle::<Outgoing>(v, spec, seq, &outcome, now))
         .unwrap()
         .value
 }

@@ -222,3 +222,54 @@ pub fn pid(n: u64) -> PatientId {
     b[8..].copy_from_slice(&n.to_be_bytes());
     PatientId(b)
 }
+
+/// The real binary running `serve` on `install`, and the addresses it
+/// logged (for tests that kill it; in-process tests use `Daemon`).
+pub struct Served {
+    pub child: std::process::Child,
+    pub mllp: std::net::SocketAddr,
+    /// Set when the config has a `[webhook]` section.
+    pub webhook: Option<std::net::SocketAddr>,
+}
+
+/// Starts `serve` and waits for its listening lines. Its stderr keeps being
+/// drained, so the daemon never blocks on a full pipe.
+pub fn spawn_serve(install: &TestInstall) -> Served {
+    use std::io::BufRead;
+    let wants_webhook = std::fs::read_to_string(&install.config)
+        .unwrap()
+        .contains("[webhook]");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&install.config)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = |line: &str, key: &str| -> Option<std::net::SocketAddr> {
+        line.split(key)
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let (mut mllp, mut webhook) = (None, None);
+    while mllp.is_none() || (wants_webhook && webhook.is_none()) {
+        let line = lines
+            .next()
+            .expect("daemon exited before listening")
+            .unwrap();
+        mllp = mllp.or_else(|| addr(&line, "mllp="));
+        webhook = webhook.or_else(|| addr(&line, "webhook="));
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Served {
+        child,
+        mllp: mllp.unwrap(),
+        webhook,
+    }
+}

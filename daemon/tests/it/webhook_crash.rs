@@ -7,38 +7,11 @@ use crate::support::*;
 use crate::webhook::{sign, statuses_body};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
 
 const ROUNDS: u64 = 20;
 const SECRET: &str = "crash-test-app-secret";
 const POSTERS: usize = 4;
-
-fn spawn_daemon(install: &TestInstall) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&install.config)
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("daemon exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("webhook=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
 
 /// Posts `body` on a kept-alive connection; None once the daemon is gone.
 async fn try_post(
@@ -76,7 +49,10 @@ async fn kill_9_while_webhooks_are_posted_loses_no_acknowledged_one() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let kill_after = 1 + (seed % 40) as usize;
-        let (mut child, addr) = spawn_daemon(&install);
+        let Served {
+            mut child, webhook, ..
+        } = spawn_serve(&install);
+        let addr = webhook.expect("the webhook receiver listens");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let mut posters = Vec::new();
         for task in 0..POSTERS {
