@@ -249,6 +249,7 @@ async fn kill_9_under_mixed_load_loses_nothing_acknowledged() {
             mut child,
             mllp: addr,
             webhook,
+            ..
         } = spawn_serve(&install);
         let webhook = webhook.expect("the webhook receiver listens");
         let before = acked.lock().unwrap().total();

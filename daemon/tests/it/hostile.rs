@@ -150,32 +150,10 @@ impl Spawned {
         Self::start_with(install, cmd)
     }
 
-    fn start_with(install: &TestInstall, mut cmd: std::process::Command) -> Spawned {
-        use std::io::{BufRead, BufReader};
-        let mut child = cmd
-            .args(["serve", "--config"])
-            .arg(&install.config)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mllp = loop {
-            let line = lines.next().expect("daemon exited early").unwrap();
-            if let Some(rest) = line.split("mllp=").nth(1) {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        };
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = log.clone();
-        // Keep draining stderr so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+    fn start_with(install: &TestInstall, cmd: std::process::Command) -> Spawned {
+        let Served {
+            child, mllp, log, ..
+        } = spawn_serve_with(install, cmd);
         Spawned { child, mllp, log }
     }
 

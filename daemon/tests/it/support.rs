@@ -230,16 +230,24 @@ pub struct Served {
     pub mllp: std::net::SocketAddr,
     /// Set when the config has a `[webhook]` section.
     pub webhook: Option<std::net::SocketAddr>,
+    /// Every stderr line after the listening lines.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-/// Starts `serve` and waits for its listening lines. Its stderr keeps being
-/// drained, so the daemon never blocks on a full pipe.
+/// Starts `serve` and waits for its listening lines.
 pub fn spawn_serve(install: &TestInstall) -> Served {
+    spawn_serve_with(install, Command::new(BIN))
+}
+
+/// [`spawn_serve`] through `cmd` (the binary itself, or a wrapper such as
+/// `prlimit … BIN` that execs it). Its stderr keeps being drained into
+/// `log`, so the daemon never blocks on a full pipe.
+pub fn spawn_serve_with(install: &TestInstall, mut cmd: Command) -> Served {
     use std::io::BufRead;
     let wants_webhook = std::fs::read_to_string(&install.config)
         .unwrap()
         .contains("[webhook]");
-    let mut child = Command::new(BIN)
+    let mut child = cmd
         .args(["serve", "--config"])
         .arg(&install.config)
         .env_remove("NOTIFY_SOCKET")
@@ -266,10 +274,17 @@ pub fn spawn_serve(install: &TestInstall) -> Served {
         mllp = mllp.or_else(|| addr(&line, "mllp="));
         webhook = webhook.or_else(|| addr(&line, "webhook="));
     }
-    std::thread::spawn(move || for _ in lines {});
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
     Served {
         child,
         mllp: mllp.unwrap(),
         webhook,
+        log,
     }
 }
