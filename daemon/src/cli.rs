@@ -100,6 +100,7 @@ pub enum AuditCommand {
 
 /// Entry point for the binary.
 pub fn main() -> ExitCode {
+    crate::process::private_umask();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

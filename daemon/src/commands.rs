@@ -195,7 +195,7 @@ fn decide(
         match origin.on_reuse {
             KeyReuse::Reject => return Ok((Txn::new(now), Applied::KeyConflict)),
             KeyReuse::Reapply => {
-                tracing::warn!(actor = %origin.actor, "a reused message control id with new content is applied as a new message");
+                tracing::warn!(actor = %crate::logging::clean(&origin.actor), "a reused message control id with new content is applied as a new message");
             }
         }
     }

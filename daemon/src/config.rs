@@ -60,6 +60,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub api: ApiFile,
     #[serde(default)]
+    pub whatsapp: crate::whatsapp::config::WhatsappFile,
+    #[serde(default)]
     pub webhook: crate::webhook::config::WebhookFile,
 }
 
@@ -96,6 +98,7 @@ pub struct PmsFile {
     pub allow: Option<Vec<String>>,
     pub max_connections: Option<u32>,
     pub idle_timeout: Option<String>,
+    pub first_frame_timeout: Option<String>,
     pub max_message_bytes: Option<u64>,
     pub application: Option<String>,
     pub facility: Option<String>,
@@ -128,6 +131,9 @@ pub struct ApiFile {
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub client_ca: Option<String>,
+    pub max_connections: Option<u32>,
+    pub header_timeout: Option<String>,
+    pub body_timeout: Option<String>,
 }
 
 // ---- the runtime layer ------------------------------------------------------
@@ -141,6 +147,7 @@ pub struct Config {
     pub keys: KeysConfig,
     pub pms: PmsConfig,
     pub api: ApiConfig,
+    pub whatsapp: crate::whatsapp::config::WhatsappConfig,
     /// The WhatsApp webhook receiver; None when `webhook.listen` is unset.
     pub webhook: Option<crate::webhook::config::WebhookConfig>,
 }
@@ -188,6 +195,8 @@ pub struct PmsConfig {
     pub allow: Vec<ipnet::IpNet>,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// How long a new connection may take to send its first frame.
+    pub first_frame_timeout: Duration,
     pub max_message_bytes: usize,
     pub application: String,
     pub facility: String,
@@ -206,6 +215,7 @@ pub struct ApiConfig {
     pub max_long_poll: Duration,
     /// The optional TCP door (mutual TLS, client certificates required).
     pub tcp: Option<(SocketAddr, crate::tls::TlsFiles)>,
+    pub limits: crate::api::ApiLimits,
 }
 
 impl Config {
@@ -561,11 +571,13 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             Some((addr, files))
         }
     };
+    let api_limits = api_limits(&file.api, &invalid)?;
     let api = ApiConfig {
         socket: api_socket,
         max_body_bytes,
         max_long_poll,
         tcp,
+        limits: api_limits,
     };
 
     let idempotency_retention = duration_in(
@@ -581,6 +593,15 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
     let webhook =
         crate::webhook::config::validate(&file.webhook, &|v| resolve(&base, v), &invalid)?;
 
+    let whatsapp = crate::whatsapp::config::validate(&file.whatsapp, |v| resolve(&base, v))
+        .map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: e.key,
+            value: e.value,
+            reason: e.reason,
+            fix: e.fix,
+        })?;
+
     Ok(Config {
         path: path.to_owned(),
         service: ServiceConfig {
@@ -595,6 +616,7 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         keys,
         pms,
         api,
+        whatsapp,
         webhook,
     })
 }
@@ -631,6 +653,41 @@ fn require_allow_list(pms: &PmsConfig, invalid: &Invalid<'_>) -> Result<(), Conf
         ));
     }
     Ok(())
+}
+
+/// `api.max_connections`, `api.header_timeout`, `api.body_timeout`.
+fn api_limits(file: &ApiFile, invalid: &Invalid<'_>) -> Result<crate::api::ApiLimits, ConfigError> {
+    use crate::api::limits::{MAX_CONNECTIONS_RANGE, TIMEOUT_RANGE};
+    let default = crate::api::ApiLimits::default();
+    let max_connections = match file.max_connections {
+        None => default.max_connections,
+        Some(n) if (MAX_CONNECTIONS_RANGE.0..=MAX_CONNECTIONS_RANGE.1).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(invalid(
+                "api.max_connections",
+                &n.to_string(),
+                "out of range",
+                "use 1 to 1024",
+            ))
+        }
+    };
+    Ok(crate::api::ApiLimits {
+        max_connections,
+        header_timeout: duration_in(
+            file.header_timeout.as_deref(),
+            "api.header_timeout",
+            default.header_timeout,
+            TIMEOUT_RANGE,
+            invalid,
+        )?,
+        body_timeout: duration_in(
+            file.body_timeout.as_deref(),
+            "api.body_timeout",
+            default.body_timeout,
+            TIMEOUT_RANGE,
+            invalid,
+        )?,
+    })
 }
 
 type Invalid<'a> = dyn Fn(&'static str, &str, &str, &'static str) -> ConfigError + 'a;
@@ -709,6 +766,13 @@ fn validate_pms(
         "pms.idle_timeout",
         Duration::from_secs(300),
         (Duration::from_secs(1), Duration::from_secs(86_400)),
+        invalid,
+    )?;
+    let first_frame_timeout = duration_in(
+        file.first_frame_timeout.as_deref(),
+        "pms.first_frame_timeout",
+        Duration::from_secs(30),
+        (Duration::from_millis(100), Duration::from_secs(3600)),
         invalid,
     )?;
     let max_message_bytes = match file.max_message_bytes {
@@ -870,6 +934,7 @@ fn validate_pms(
         allow,
         max_connections,
         idle_timeout,
+        first_frame_timeout,
         max_message_bytes,
         application: file
             .application

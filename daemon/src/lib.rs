@@ -18,8 +18,10 @@
 )]
 #![deny(clippy::await_holding_lock)]
 
+pub mod admission;
 pub mod api;
 pub mod audit;
+pub mod bounds;
 pub mod cli;
 pub mod clock;
 pub mod commands;
@@ -35,3 +37,4 @@ pub mod sync;
 pub mod tls;
 pub mod vault;
 pub mod webhook;
+pub mod whatsapp;

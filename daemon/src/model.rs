@@ -317,6 +317,11 @@ pub enum EventKind {
     MessageStatus,
     /// Meta reported an account-level error in a webhook.
     WhatsappError,
+    /// Meta refused a WhatsApp message for good (details: Meta's code), or
+    /// it ran out of attempts.
+    WhatsappMessageRejected,
+    /// A WhatsApp message passed its expiry before it could be sent.
+    WhatsappMessageExpired,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

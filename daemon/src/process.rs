@@ -16,3 +16,12 @@ pub fn disable_core_dumps() -> std::io::Result<()> {
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
     Ok(())
 }
+
+/// Files this process creates are private (0600, directories 0700),
+/// whatever umask it was started with: sled creates its files with 0644
+/// less the umask, so under the usual 022 the database files were readable
+/// by every user who could reach them (issue 8). The systemd unit sets
+/// `UMask=0077` too; this covers every other way of starting us.
+pub fn private_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}

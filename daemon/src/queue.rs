@@ -148,8 +148,21 @@ pub fn take_next<T: Queued>(
     now: Timestamp,
     retry_now: bool,
 ) -> VaultResult<(Txn, Next<T>)> {
+    take_next_except(vault, spec, now, retry_now, &HashSet::new())
+}
+
+/// [`take_next`] for a worker with items in flight: items whose order key
+/// is in `busy` (and every later item with that key) are skipped, so that
+/// several items with different keys can be out at once.
+pub fn take_next_except<T: Queued>(
+    vault: &Vault,
+    spec: &QueueSpec,
+    now: Timestamp,
+    retry_now: bool,
+    busy: &HashSet<String>,
+) -> VaultResult<(Txn, Next<T>)> {
     let mut txn = Txn::new(now);
-    let mut blocked: HashSet<String> = HashSet::new();
+    let mut blocked: HashSet<String> = busy.clone();
     let mut earliest: Option<Timestamp> = None;
     for raw in vault.scan_raw(spec.items).take(SCAN_LIMIT) {
         let (key, opened) = raw?;
@@ -188,7 +201,7 @@ pub fn take_next<T: Queued>(
             drop_expired(&mut txn, spec, key, &envelope, now)?;
             continue;
         }
-        if envelope.due > now && !retry_now {
+        if waits(spec, &envelope, now) && !retry_now {
             earliest = Some(earliest.map_or(envelope.due, |e| e.min(envelope.due)));
             blocked.insert(envelope.order_key);
             continue;
@@ -196,6 +209,22 @@ pub fn take_next<T: Queued>(
         return Ok((txn, Next::Item { seq, envelope }));
     }
     Ok((txn, earliest.map_or(Next::Empty, Next::WaitUntil)))
+}
+
+/// Whether an item is not due yet at `now`. The clock may jump back (an NTP
+/// step, a wrong RTC fixed by hand): an item never waits for the length of
+/// that jump unless it was scheduled on purpose. A new item (due when it was
+/// enqueued) is due at once, and a retry never waits longer than the longest
+/// back-off from now; only a scheduled send (due after it was enqueued, no
+/// attempt yet) keeps its wall-clock time.
+fn waits<T>(spec: &QueueSpec, envelope: &Envelope<T>, now: Timestamp) -> bool {
+    if envelope.due <= now {
+        return false;
+    }
+    if envelope.attempts == 0 {
+        return envelope.due > envelope.enqueued_at;
+    }
+    envelope.due.duration_since(now) <= spec.max_backoff
 }
 
 /// How a delivery attempt ended.
@@ -206,6 +235,15 @@ pub enum Outcome {
     Refused(String),
     /// Try again later (timeouts, "send again", connection errors).
     Retry(String),
+    /// [`Outcome::Retry`], due this much later than the back-off alone
+    /// (jitter, so that many items failed together do not return together).
+    RetryJittered(String, SignedDuration),
+    /// [`Outcome::Refused`], with the receiver's PHI-free error code for
+    /// the feed event (`details.code`).
+    RefusedWith {
+        reason: String,
+        code: String,
+    },
 }
 
 /// What [`settle`] did with the item.
@@ -251,7 +289,17 @@ pub fn settle<T: Queued>(
             dead_letter(&mut txn, spec, key, seq, envelope, "refused", now)?;
             Settled::DeadLettered
         }
-        Outcome::Retry(reason) => {
+        Outcome::RefusedWith { reason, code } => {
+            envelope.last_error = Some(reason.clone());
+            let reason = format!("refused:{code}");
+            dead_letter(&mut txn, spec, key, seq, envelope, &reason, now)?;
+            Settled::DeadLettered
+        }
+        Outcome::Retry(reason) | Outcome::RetryJittered(reason, _) => {
+            let jitter = match outcome {
+                Outcome::RetryJittered(_, j) => *j,
+                _ => SignedDuration::ZERO,
+            };
             envelope.attempts = envelope.attempts.saturating_add(1);
             envelope.last_error = Some(reason.clone());
             if spec
@@ -263,6 +311,7 @@ pub fn settle<T: Queued>(
             } else {
                 let due = now
                     .checked_add(backoff(spec, envelope.attempts))
+                    .and_then(|t| t.checked_add(jitter))
                     .unwrap_or(now);
                 envelope.due = due;
                 let owner = envelope.owner();

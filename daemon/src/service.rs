@@ -243,6 +243,9 @@ pub struct Running {
     pub pms_sender: Option<crate::pms::sender::SenderHandle>,
     /// How patient actions are shaped for the PMS.
     pub outbound: crate::pms::outbound::OutboundConfig,
+    /// The WhatsApp outbox (dry-run without a token; None if its client
+    /// could not be set up, which is logged).
+    pub whatsapp: Option<crate::whatsapp::worker::OutboxHandle>,
     stop: watch::Sender<bool>,
     tasks: Vec<Named>,
     watchdog: Option<Watchdog>,
@@ -473,6 +476,8 @@ fn spawn_all(
         phone_plan: config.pms.mapping.phone_plan.clone(),
         authority: config.pms.mapping.assigning_authority.clone(),
         max_body_bytes: config.api.max_body_bytes,
+        limits: config.api.limits,
+        downloads: Default::default(),
         started: clock.now(),
         max_wait: config.api.max_long_poll,
         health: crate::api::HealthSources {
@@ -494,6 +499,7 @@ fn spawn_all(
         max_connections: config.pms.max_connections,
         max_frame_bytes: config.pms.max_message_bytes,
         idle_timeout: config.pms.idle_timeout,
+        first_frame_timeout: config.pms.first_frame_timeout,
     };
     let allow = AllowList(config.pms.allow.clone());
     let mllp_task = match mllp_tls {
@@ -583,6 +589,24 @@ fn spawn_all(
         }
         None => None,
     };
+    let whatsapp = match crate::whatsapp::worker::Worker::new(
+        vault.clone(),
+        clock.clone(),
+        &config.whatsapp,
+        None,
+    ) {
+        Ok((worker, handle)) => {
+            tasks.push(Named {
+                name: "whatsapp-outbox",
+                handle: tokio::spawn(worker.run(stop_rx.clone())),
+            });
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the WhatsApp outbox cannot start; messages stay queued");
+            None
+        }
+    };
     tasks.push(Named {
         name: "housekeeping",
         handle: tokio::spawn(housekeeping(
@@ -610,6 +634,7 @@ fn spawn_all(
         ingest,
         pms_sender,
         outbound: config.pms.outbound.clone(),
+        whatsapp,
         stop: stop_tx,
         tasks,
         watchdog,
@@ -668,12 +693,16 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), ServiceErro
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
             _ = sighup.recv() => {
+                if let Some(w) = &running.whatsapp {
+                    info!("SIGHUP: reloading the WhatsApp token");
+                    w.reload_token();
+                }
                 match &running.webhook_tls {
                     Some(tls) => match tls.reload() {
                         Ok(()) => info!("SIGHUP: webhook TLS certificate reloaded"),
                         Err(e) => error!(error = %e, "SIGHUP: webhook TLS certificate not reloaded; the old one stays"),
                     },
-                    None => info!("SIGHUP: nothing to reload"),
+                    None => info!("SIGHUP: no webhook TLS certificate to reload"),
                 }
             }
         }

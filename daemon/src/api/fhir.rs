@@ -6,7 +6,6 @@
 use crate::model::{
     Appointment, AppointmentStatus, LabResult, Patient, PatientId, ResultStatus, Slot,
 };
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -226,7 +225,8 @@ impl PatientIn {
 }
 
 pub fn appointment(a: &Appointment) -> Value {
-    let end = a.start + jiff::SignedDuration::from_mins(i64::from(a.duration_minutes));
+    // Checked: a record stored before issue 8's bounds may not have an end.
+    let end = crate::bounds::end_of(a.start, a.duration_minutes);
     let mut participants = vec![
         json!({"actor": {"reference": format!("Patient/{}", a.patient.to_hex())}, "status": "accepted"}),
     ];
@@ -237,16 +237,19 @@ pub fn appointment(a: &Appointment) -> Value {
         participants
             .push(json!({"actor": {"display": l, "type": "Location"}, "status": "accepted"}));
     }
-    json!({
+    let mut v = json!({
         "resourceType": "Appointment",
         "id": a.id,
         "status": a.status.fhir_code(),
         "start": a.start.to_string(),
-        "end": end.to_string(),
         "minutesDuration": a.duration_minutes,
         "participant": participants,
         "extension": [{"url": "urn:clinic-relay:patient-confirmed", "valueBoolean": a.patient_confirmed}],
-    })
+    });
+    if let Some(end) = end {
+        set(&mut v, "end", json!(end.to_string()));
+    }
+    v
 }
 
 #[derive(Deserialize)]
@@ -318,6 +321,23 @@ impl AppointmentIn {
             .unwrap_or(15)
     }
 
+    /// The ranges of [`crate::bounds`]; the problem text when out of them.
+    pub fn out_of_range(&self) -> Option<&'static str> {
+        if !crate::bounds::timestamp_in_range(self.start) {
+            return Some("start: years 1900 to 2199");
+        }
+        if self
+            .end
+            .is_some_and(|e| !crate::bounds::timestamp_in_range(e))
+        {
+            return Some("end: years 1900 to 2199");
+        }
+        if !crate::bounds::duration_in_range(self.duration_minutes()) {
+            return Some("minutesDuration: at most 10,080 minutes (one week)");
+        }
+        None
+    }
+
     fn display_where(&self, location: bool) -> Option<String> {
         self.participant
             .iter()
@@ -338,14 +358,15 @@ impl AppointmentIn {
 }
 
 pub fn slot(s: &Slot) -> Value {
-    let end = s.start + jiff::SignedDuration::from_mins(i64::from(s.duration_minutes));
     let mut v = json!({
         "resourceType": "Slot",
         "id": s.id,
         "status": "free",
         "start": s.start.to_string(),
-        "end": end.to_string(),
     });
+    if let Some(end) = crate::bounds::end_of(s.start, s.duration_minutes) {
+        set(&mut v, "end", json!(end.to_string()));
+    }
     if let Some(p) = &s.provider {
         set(&mut v, "schedule", json!({"display": p}));
     }
@@ -369,7 +390,9 @@ pub struct SlotIn {
     pub service: Option<String>,
 }
 
-pub fn diagnostic_report(r: &LabResult) -> Value {
+/// `data` stands in for the PDF's base64: the download streams the
+/// document into its place instead of holding it twice over (`download.rs`).
+pub fn diagnostic_report(r: &LabResult, data: Value) -> Value {
     // A result the sender took back: FHIR's "withdrawn following a previous
     // final release", with no document.
     let status = match r.status {
@@ -384,7 +407,7 @@ pub fn diagnostic_report(r: &LabResult) -> Value {
     } else {
         json!([{
             "contentType": "application/pdf",
-            "data": base64::engine::general_purpose::STANDARD.encode(&r.pdf),
+            "data": data,
             "size": r.pdf.len(),
         }])
     };
@@ -414,6 +437,32 @@ pub fn bundle(entries: Vec<Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_record_out_of_range_renders_without_an_end() {
+        let a = Appointment {
+            id: "A".into(),
+            patient: PatientId([1; 16]),
+            start: jiff::Timestamp::MAX,
+            duration_minutes: u32::MAX,
+            status: AppointmentStatus::Booked,
+            pms_status: None,
+            provider: None,
+            location: None,
+            patient_confirmed: false,
+        };
+        let v = appointment(&a);
+        assert!(v.get("end").is_none(), "{v}");
+        let s = Slot {
+            id: "S".into(),
+            start: jiff::Timestamp::MAX,
+            duration_minutes: u32::MAX,
+            provider: None,
+            location: None,
+            service: None,
+        };
+        assert!(slot(&s).get("end").is_none());
+    }
 
     #[test]
     fn debug_of_request_shapes_prints_no_phi() {

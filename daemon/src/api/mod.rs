@@ -6,14 +6,18 @@
 //! Bodies are capped; errors are RFC 9457 problem+json. Reference: docs/api.md.
 
 pub mod client;
-mod fhir;
+mod download;
+pub mod fhir;
+pub mod limits;
 mod problem;
 pub mod read_audit;
 mod routes;
 
+pub use limits::ApiLimits;
 pub use problem::Problem;
 pub use routes::{ApiBody, ApiState, Door, HealthSources};
 
+use crate::admission::{self, Admitted, Slots, Throttle};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::os::unix::fs::PermissionsExt;
@@ -64,26 +68,75 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
 /// open requests finish.
 pub async fn serve(listener: UnixListener, state: Arc<ApiState>, mut stop: watch::Receiver<bool>) {
     let mut connections = tokio::task::JoinSet::new();
+    let slots = Slots::new(state.limits.max_connections, true);
+    let noisy = Noise::new();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => {
                 let stream = match accepted {
                     Ok((s, _)) => s,
-                    Err(e) => { warn!(error = %e, "API accept failed"); continue; }
+                    Err(e) => { noisy.accept_failed("API", &e).await; continue; }
                 };
+                let Some(slot) = noisy.admit(&slots, "API") else { continue };
                 let cred = stream.peer_cred().ok();
                 debug!(peer_uid = ?cred.map(|c| c.uid()), peer_pid = ?cred.and_then(|c| c.pid()), "API connection");
                 let (state, stop) = (state.clone(), stop.clone());
                 connections.spawn(async move {
                     let actor = unix_actor(cred.map(|c| c.uid()));
-                    serve_connection(stream, actor, Door::Unix, state, stop).await;
+                    serve_connection(stream, actor, Door::Unix, state, stop, slot).await;
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
     while connections.join_next().await.is_some() {}
+}
+
+/// The rate-limited warnings of one listener.
+struct Noise {
+    accept: Throttle,
+    full: Throttle,
+}
+
+impl Noise {
+    fn new() -> Noise {
+        Noise {
+            accept: Throttle::new(admission::LOG_EVERY),
+            full: Throttle::new(admission::LOG_EVERY),
+        }
+    }
+
+    /// Logs (at most once per interval) and waits before the next accept:
+    /// out of file descriptors, accept fails again at once.
+    async fn accept_failed(&self, door: &str, e: &std::io::Error) {
+        if let Some(held) = self.accept.allow() {
+            warn!(error = %e, repeated = held, "{door} accept failed; retrying");
+        }
+        tokio::time::sleep(admission::ACCEPT_BACKOFF).await;
+    }
+
+    /// A slot, or `None` (the caller drops the connection) when every slot
+    /// holds a request in progress.
+    fn admit(&self, slots: &Arc<Slots>, door: &str) -> Option<admission::Slot> {
+        match slots.admit() {
+            Some((slot, Admitted::Free)) => Some(slot),
+            Some((slot, Admitted::Evicted)) => {
+                debug!("{door}: all connection slots taken; the oldest idle connection was closed");
+                Some(slot)
+            }
+            None => {
+                if let Some(held) = self.full.allow() {
+                    warn!(
+                        limit = slots.max(),
+                        repeated = held,
+                        "{door} connection refused: every connection is busy (api.max_connections)"
+                    );
+                }
+                None
+            }
+        }
+    }
 }
 
 /// The audit actor of a client on the Unix socket: the uid from
@@ -118,7 +171,8 @@ fn user_name(passwd: &str, uid: u32) -> Option<&str> {
 }
 
 /// The API's optional TCP door: TLS with a client certificate from the
-/// configured CA, or no connection at all.
+/// configured CA, or no connection at all. A slot is taken before the
+/// handshake, which must finish within `api.header_timeout`.
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -126,25 +180,42 @@ pub async fn serve_tcp(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
+    let slots = Slots::new(state.limits.max_connections, true);
+    let noisy = Noise::new();
+    let handshake_failed = Arc::new(Throttle::new(admission::LOG_EVERY));
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => {
                 let (tcp, peer) = match accepted {
                     Ok(pair) => pair,
-                    Err(e) => { warn!(error = %e, "API TCP accept failed"); continue; }
+                    Err(e) => { noisy.accept_failed("API TCP", &e).await; continue; }
                 };
-                let (acceptor, state, stop) = (acceptor.clone(), state.clone(), stop.clone());
+                let Some(mut slot) = noisy.admit(&slots, "API TCP") else { continue };
+                let (acceptor, state, stop, handshake_failed) = (acceptor.clone(), state.clone(), stop.clone(), handshake_failed.clone());
                 connections.spawn(async move {
-                    let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    let handshake = tokio::select! {
+                        h = tokio::time::timeout(state.limits.header_timeout, acceptor.accept(tcp)) => h,
+                        () = slot.evicted() => return,
+                    };
                     let tls = match handshake {
                         Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => { warn!(peer = %peer.ip(), error = %e, "API TLS handshake refused"); return; }
-                        Err(_) => { warn!(peer = %peer.ip(), "API TLS handshake timed out"); return; }
+                        Ok(Err(e)) => {
+                            if let Some(held) = handshake_failed.allow() {
+                                warn!(peer = %peer.ip(), error = %e, repeated = held, "API TLS handshake refused");
+                            }
+                            return;
+                        }
+                        Err(_) => {
+                            if let Some(held) = handshake_failed.allow() {
+                                warn!(peer = %peer.ip(), repeated = held, "API TLS handshake timed out");
+                            }
+                            return;
+                        }
                     };
                     let actor = format!("api:{}", crate::tls::peer_name(tls.get_ref().1));
-                    debug!(peer = %peer.ip(), client = %actor, "API TLS connection");
-                    serve_connection(tls, actor, Door::Tcp, state, stop).await;
+                    debug!(peer = %peer.ip(), client = %crate::logging::clean(&actor), "API TLS connection");
+                    serve_connection(tls, actor, Door::Tcp, state, stop, slot).await;
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -159,22 +230,49 @@ async fn serve_connection<S>(
     door: Door,
     state: Arc<ApiState>,
     mut stop: watch::Receiver<bool>,
+    mut slot: admission::Slot,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let actor: Arc<str> = actor.into();
+    let limits = state.limits;
+    let marker = slot.marker();
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
         let actor = actor.clone();
-        async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, req, &actor, door).await) }
+        let marker = marker.clone();
+        async move {
+            // Busy while a request is answered: only then is the slot safe
+            // from a newcomer. A connection evicted just before never starts
+            // its request (the client may retry it).
+            if !marker.busy() {
+                let problem = Problem::unavailable("connection closed to make room; retry");
+                return Ok(problem.into_response().map(ApiBody::Full));
+            }
+            let resp = routes::handle(&state, req, &actor, door).await;
+            // A streamed body (a backup) is still being sent: the slot stays
+            // busy until the next request or the header timeout.
+            if matches!(resp.body(), ApiBody::Full(_)) {
+                marker.idle();
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = http1::Builder::new()
         .keep_alive(true)
-        .max_buf_size(64 * 1024)
+        .timer(hyper_util::rt::TokioTimer::new())
+        // Runs from the connect (or the previous response) to the end of the
+        // headers, so it also closes idle keep-alive connections.
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(limits::MAX_HEADER_BYTES)
+        .max_buf_size(limits::MAX_HEADER_BYTES + 16 * 1024)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => { if let Err(e) = res { debug!(error = %e, "API connection ended"); } }
+        // Closed at once: it holds no request (see `admission`), and a flood
+        // must not leave evicted sockets open.
+        () = slot.evicted() => {}
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;

@@ -16,6 +16,9 @@ pub struct Problem {
     /// RFC 9457 extension members (e.g. `head` of the event feed).
     #[serde(flatten)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
+    /// Sent as the `Retry-After` header (seconds).
+    #[serde(skip)]
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
@@ -31,7 +34,13 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             extensions: serde_json::Map::new(),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// Adds an extension member (never PHI: ids, counts, cursors).
@@ -59,6 +68,27 @@ impl Problem {
             "too-large",
             "Request body too large",
             format!("the body exceeds the limit of {limit} bytes (api.max_body_bytes)"),
+        )
+    }
+
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "Request body too slow",
+            format!(
+                "the body did not arrive within {} s (api.body_timeout)",
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            detail,
         )
     }
 
@@ -98,6 +128,10 @@ impl Problem {
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, secs.into());
+        }
         resp
     }
 }

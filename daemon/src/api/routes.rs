@@ -33,6 +33,10 @@ pub struct ApiState {
     pub read_audit: super::read_audit::ReadAuditor,
     /// How long an Idempotency-Key is remembered.
     pub key_retention: jiff::SignedDuration,
+    /// Connection caps and timeouts (`api.max_connections` and co.).
+    pub limits: super::ApiLimits,
+    /// Slots for the large responses (results, backups).
+    pub downloads: super::limits::Downloads,
 }
 
 /// What `GET /v1/status` reports on besides the vault.
@@ -123,8 +127,17 @@ fn no_content() -> Result<Resp, Problem> {
     Ok(resp)
 }
 
+/// A storage error: 503 while the disk is full or the store is out of
+/// service after a write failure (it recovers by itself once space is
+/// freed, so the client should retry), 500 for anything else.
 fn internal<E: std::fmt::Display>(e: E) -> Problem {
-    Problem::internal(e.to_string())
+    let text = e.to_string();
+    // ENOSPC from the keyring or the spool reads "No space left on device".
+    if text.contains(crate::vault::STORAGE_FAILED) || text.contains("No space left on device") {
+        Problem::unavailable(text)
+    } else {
+        Problem::internal(text)
+    }
 }
 
 fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
@@ -173,8 +186,9 @@ fn decode(s: &str, plus_is_space: bool) -> String {
 
 async fn read_json<T: DeserializeOwned>(
     req: Request<Incoming>,
-    limit: usize,
+    state: &ApiState,
 ) -> Result<T, Problem> {
+    let limit = state.max_body_bytes;
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -183,9 +197,12 @@ async fn read_json<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > limit) {
         return Err(Problem::too_large(limit));
     }
-    let body = Limited::new(req.into_body(), limit)
-        .collect()
+    // A body that trickles, never ends or stops short must not hold the
+    // connection (and its slot) for ever.
+    let read = Limited::new(req.into_body(), limit).collect();
+    let body = tokio::time::timeout(state.limits.body_timeout, read)
         .await
+        .map_err(|_| Problem::body_timeout(state.limits.body_timeout))?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 Problem::too_large(limit)
@@ -408,8 +425,10 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
     let mut warnings: Vec<String> = Vec::new();
 
     let outbox_depth = vault.count(Tree::PmsOutbox);
+    // Status must answer when storage does not (it is how IT learns why):
+    // a failed read leaves the figure out, the storage warning says why.
     let outbox_oldest =
-        crate::queue::oldest_enqueued(vault, &crate::queue::PMS_OUTBOX).map_err(internal)?;
+        crate::queue::oldest_enqueued(vault, &crate::queue::PMS_OUTBOX).unwrap_or(None);
     if let Some(oldest) = outbox_oldest {
         if now.duration_since(oldest).as_secs() > 3600 {
             warnings.push("messages for the PMS have waited over an hour (is the PMS reachable? see pms.outbound_endpoint)".to_owned());
@@ -457,6 +476,12 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
                 .map(|m| now.duration_since(m).as_secs() / 86_400);
         }
     }
+    if let Some(why) = vault.storage_failure() {
+        warnings.push(format!(
+            "storage failed, writes are refused until it recovers by itself (free disk space for the data directory): {}",
+            crate::logging::clean(&why)
+        ));
+    }
     if let Some(why) = vault.audit_damage() {
         warnings.push(format!("audit log damaged: {why}"));
     }
@@ -493,13 +518,17 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
 /// anonymous spool file (and audited there); the file is then sent with a
 /// bounded buffer, so a slow client holds neither the writer nor memory.
 async fn backup(state: &ApiState, actor: &str) -> Result<Resp, Problem> {
+    let permit = state.downloads.start()?;
     let (file, summary) = state
         .vault
         .backup_spool(state.clock.now(), actor)
         .await
         .map_err(internal)?;
     let (tx, rx) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_IN_FLIGHT);
-    tokio::task::spawn_blocking(move || send_file(file, &tx));
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        send_file(file, &tx);
+    });
     let mut resp = Response::new(ApiBody::Stream(rx));
     let headers = resp.headers_mut();
     headers.insert(
@@ -577,7 +606,7 @@ async fn upsert_patient(
     actor: &str,
 ) -> Result<Resp, Problem> {
     let origin = origin(state, &req, actor);
-    let input: fhir::PatientIn = read_json(req, state.max_body_bytes).await?;
+    let input: fhir::PatientIn = read_json(req, state).await?;
     let mrn = input
         .mrn()
         .ok_or_else(|| Problem::unprocessable("identifier: an MRN is required"))?
@@ -593,7 +622,11 @@ async fn upsert_patient(
         None => None,
         Some(d) => Some(
             d.parse::<jiff::civil::Date>()
-                .map_err(|_| Problem::unprocessable("birthDate: expected YYYY-MM-DD"))?,
+                .ok()
+                .filter(|d| crate::bounds::date_in_range(*d))
+                .ok_or_else(|| {
+                    Problem::unprocessable("birthDate: expected YYYY-MM-DD, years 1900 to 2199")
+                })?,
         ),
     };
     let name = input.name.first();
@@ -654,7 +687,7 @@ async fn set_consent(
     }
     let id = patient_id(id)?;
     let origin = origin(state, &req, actor);
-    let input: ConsentIn = read_json(req, state.max_body_bytes).await?;
+    let input: ConsentIn = read_json(req, state).await?;
     apply(
         state,
         &[Command::SetConsent {
@@ -665,8 +698,12 @@ async fn set_consent(
         &origin,
     )
     .await?;
-    let consent = state.vault.get_consent(id).map_err(internal)?;
-    ok(&serde_json::to_value(consent).map_err(internal)?)
+    // A repeated Idempotency-Key after the patient was erased applies
+    // nothing and finds no consent: that is a 404 (docs/api.md), not `null`.
+    match state.vault.get_consent(id).map_err(internal)? {
+        Some(consent) => ok(&serde_json::to_value(consent).map_err(internal)?),
+        None => Err(Problem::not_found("no such patient")),
+    }
 }
 
 async fn get_appointment(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
@@ -686,10 +723,13 @@ async fn put_appointment(
     actor: &str,
 ) -> Result<Resp, Problem> {
     let origin = origin(state, &req, actor);
-    let input: fhir::AppointmentIn = read_json(req, state.max_body_bytes).await?;
+    let input: fhir::AppointmentIn = read_json(req, state).await?;
     let patient = input.patient().ok_or_else(|| {
         Problem::unprocessable("participant: a Patient/<id> reference is required")
     })?;
+    if let Some(why) = input.out_of_range() {
+        return Err(Problem::unprocessable(why));
+    }
     let appt = Appointment {
         id: id.to_owned(),
         patient,
@@ -721,17 +761,28 @@ fn list_slots(state: &ApiState) -> Result<Resp, Problem> {
 
 async fn put_slots(state: &ApiState, req: Request<Incoming>, actor: &str) -> Result<Resp, Problem> {
     let origin = origin(state, &req, actor);
-    let input: Vec<fhir::SlotIn> = read_json(req, state.max_body_bytes).await?;
+    let input: Vec<fhir::SlotIn> = read_json(req, state).await?;
     let mut slots = Vec::with_capacity(input.len());
     for s in input {
         if s.id.is_empty() || s.id.len() > 128 {
             return Err(Problem::unprocessable("slot id: 1 to 128 characters"));
+        }
+        if !crate::bounds::timestamp_in_range(s.start) || !crate::bounds::timestamp_in_range(s.end)
+        {
+            return Err(Problem::unprocessable(
+                "slot start and end: years 1900 to 2199",
+            ));
         }
         let minutes = s.end.duration_since(s.start).as_secs() / 60;
         let minutes = u32::try_from(minutes)
             .ok()
             .filter(|m| *m > 0)
             .ok_or_else(|| Problem::unprocessable("slot end must be after start"))?;
+        if !crate::bounds::duration_in_range(minutes) {
+            return Err(Problem::unprocessable(
+                "slot: at most 10,080 minutes (one week)",
+            ));
+        }
         slots.push(Slot {
             id: s.id,
             start: s.start,
@@ -746,10 +797,12 @@ async fn put_slots(state: &ApiState, req: Request<Incoming>, actor: &str) -> Res
 }
 
 async fn get_result(state: &ApiState, order: &str, actor: &str) -> Result<Resp, Problem> {
+    // Taken before the document is opened: that is what costs memory.
+    let permit = state.downloads.start()?;
     match state.vault.get_result(order).map_err(internal)? {
         Some(r) => {
             audit_read(state, actor, "result.read", Some(r.patient)).await?;
-            ok(&fhir::diagnostic_report(&r))
+            super::download::result_response(r, permit)
         }
         None => Err(Problem::not_found("no such result")),
     }

@@ -11,6 +11,7 @@ use super::map::{self, MapContext, MappingConfig, Rejection};
 use super::mllp::Incoming;
 use crate::clock::SharedClock;
 use crate::commands::{self, Applied, Command, CommandError, KeyReuse, Origin};
+use crate::logging::clean;
 use crate::model::PatientId;
 use crate::vault::Vault;
 use std::net::SocketAddr;
@@ -136,7 +137,7 @@ impl Ingest {
         let msg = match hl7::parse_with_limit(bytes, self.max_message_bytes) {
             Ok(m) => m,
             Err(e) => {
-                info!(reason = %e, "HL7 message rejected (AR)");
+                info!(reason = %clean(&e.to_string()), "HL7 message rejected (AR)");
                 return self.reject_unreadable(bytes, &AckError::new(102, e.to_string()));
             }
         };
@@ -163,7 +164,7 @@ impl Ingest {
                 )
             };
             let err = AckError::new(202, text).at("MSH", 11);
-            info!(message_type = %kind, "HL7 message with a processing id not in pms.processing_ids refused (AR)");
+            info!(message_type = %clean(&kind), "HL7 message with a processing id not in pms.processing_ids refused (AR)");
             return self.ack(&msg, AckCode::Reject, Some(&err));
         }
         let now = self.clock.now();
@@ -175,7 +176,7 @@ impl Ingest {
         let commands = match map::map(&msg, &ctx) {
             Ok(c) => c,
             Err(Rejection { code, error }) => {
-                info!(message_type = %kind, code = code.as_str(), reason = %error.text, "HL7 message not applied");
+                info!(message_type = %clean(&kind), code = code.as_str(), reason = %clean(&error.text), "HL7 message not applied");
                 return self.ack(&msg, code, Some(&error));
             }
         };
@@ -202,11 +203,11 @@ impl Ingest {
             Ok(Applied::Done) => {
                 self.last_message_at
                     .store(now.as_second(), Ordering::Relaxed);
-                debug!(message_type = %kind, "HL7 message applied");
+                debug!(message_type = %clean(&kind), "HL7 message applied");
                 self.ack(&msg, AckCode::Accept, None)
             }
             Ok(Applied::Duplicate | Applied::KeyConflict) => {
-                info!(message_type = %kind, "repeated HL7 message acknowledged again, not applied twice");
+                info!(message_type = %clean(&kind), "repeated HL7 message acknowledged again, not applied twice");
                 self.ack(&msg, AckCode::Accept, None)
             }
             Err(CommandError::UnknownPatient(id)) => {
@@ -216,7 +217,7 @@ impl Ingest {
             Err(CommandError::Vault(e)) => {
                 // Not stored. AR rather than AE: engines treat AE as final,
                 // and this message must be sent again.
-                error!(message_type = %kind, error = %e, "HL7 message could not be stored");
+                error!(message_type = %clean(&kind), error = %clean(&e.to_string()), "HL7 message could not be stored");
                 let err = AckError::new(
                     207,
                     "application internal error: the message was not stored; send it again",

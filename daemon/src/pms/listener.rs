@@ -2,11 +2,15 @@
 //! each to the handler and writes back its reply (the ACK), one message at a
 //! time per connection as HL7 original mode requires.
 //!
-//! Limits: a global cap on open connections (extra ones are closed at once),
-//! a frame size cap, an idle timeout, and an IP allow-list checked before a
-//! single byte is read.
+//! Limits: a global cap on open connections, a frame size cap, a time
+//! allowed for the first frame and an idle timeout after it, and an IP
+//! allow-list checked before a single byte is read. At the cap, a new
+//! connection takes the slot of the oldest one that has not sent a frame
+//! yet ([`crate::admission`]): sockets opened and left idle cannot lock the
+//! PMS out (issue 8). Repeated warnings are written once per interval.
 
 use super::mllp::{self, Incoming};
+use crate::admission::{self, Admitted, Slot, Slots, Throttle};
 use ipnet::IpNet;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 /// What the listener does with a frame: returns the bytes to send back.
@@ -27,6 +31,8 @@ pub struct ListenerLimits {
     pub max_connections: usize,
     pub max_frame_bytes: usize,
     pub idle_timeout: Duration,
+    /// From the accept (or the TLS handshake) to the first complete frame.
+    pub first_frame_timeout: Duration,
 }
 
 impl Default for ListenerLimits {
@@ -35,6 +41,7 @@ impl Default for ListenerLimits {
             max_connections: 64,
             max_frame_bytes: 16 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
+            first_frame_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -86,6 +93,14 @@ impl Upgrade for TlsUpgrade {
     }
 }
 
+/// The warnings a flood could repeat, each written once per interval.
+struct Noise {
+    accept: Throttle,
+    refused: Throttle,
+    full: Throttle,
+    handshake: Throttle,
+}
+
 /// Serves until `stop` turns true; then stops accepting and lets each open
 /// connection finish the message it is on.
 pub async fn serve<H: FrameHandler, U: Upgrade>(
@@ -96,7 +111,15 @@ pub async fn serve<H: FrameHandler, U: Upgrade>(
     allow: AllowList,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // A PMS that has sent a frame keeps its connection: only fresh ones
+    // are evicted.
+    let slots = Slots::new(limits.max_connections, false);
+    let noise = Arc::new(Noise {
+        accept: Throttle::new(admission::LOG_EVERY),
+        refused: Throttle::new(admission::LOG_EVERY),
+        full: Throttle::new(admission::LOG_EVERY),
+        handshake: Throttle::new(admission::LOG_EVERY),
+    });
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -104,23 +127,48 @@ pub async fn serve<H: FrameHandler, U: Upgrade>(
             accepted = listener.accept() => {
                 let (tcp, peer) = match accepted {
                     Ok(pair) => pair,
-                    Err(e) => { warn!(error = %e, "MLLP accept failed"); continue; }
+                    Err(e) => {
+                        if let Some(held) = noise.accept.allow() {
+                            warn!(error = %e, repeated = held, "MLLP accept failed; retrying");
+                        }
+                        // Out of descriptors, accept fails again at once.
+                        tokio::time::sleep(admission::ACCEPT_BACKOFF).await;
+                        continue;
+                    }
                 };
                 if !allow.permits(&peer) {
-                    warn!(peer = %peer.ip(), "MLLP connection refused: not in pms.allow");
+                    if let Some(held) = noise.refused.allow() {
+                        warn!(peer = %peer.ip(), repeated = held, "MLLP connection refused: not in pms.allow");
+                    }
                     continue;
                 }
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    warn!(peer = %peer.ip(), limit = limits.max_connections, "MLLP connection refused: too many connections");
-                    continue;
+                let mut slot = match slots.admit() {
+                    Some((slot, Admitted::Free)) => slot,
+                    Some((slot, Admitted::Evicted)) => {
+                        debug!(peer = %peer.ip(), "MLLP connection slots full; the oldest connection without a frame was closed");
+                        slot
+                    }
+                    None => {
+                        if let Some(held) = noise.full.allow() {
+                            warn!(peer = %peer.ip(), limit = limits.max_connections, repeated = held, "MLLP connection refused: every connection has sent messages (pms.max_connections)");
+                        }
+                        continue;
+                    }
                 };
                 let _ = tcp.set_nodelay(true);
-                let (handler, upgrade, limits, stop) = (handler.clone(), upgrade.clone(), limits.clone(), stop.clone());
+                let (handler, upgrade, limits, stop, noise) = (handler.clone(), upgrade.clone(), limits.clone(), stop.clone(), noise.clone());
                 connections.spawn(async move {
-                    let _permit = permit;
-                    match upgrade.upgrade(tcp).await {
-                        Ok(stream) => connection(stream, peer, handler, &limits, stop).await,
-                        Err(e) => warn!(peer = %peer.ip(), error = %e, "MLLP TLS handshake failed"),
+                    let upgraded = tokio::select! {
+                        u = upgrade.upgrade(tcp) => u,
+                        () = slot.evicted() => return,
+                    };
+                    match upgraded {
+                        Ok(stream) => connection(stream, peer, handler, &limits, stop, slot).await,
+                        Err(e) => {
+                            if let Some(held) = noise.handshake.allow() {
+                                warn!(peer = %peer.ip(), error = %e, repeated = held, "MLLP TLS handshake failed");
+                            }
+                        }
                     }
                 });
             }
@@ -136,6 +184,7 @@ async fn connection<S, H>(
     handler: Arc<H>,
     limits: &ListenerLimits,
     mut stop: watch::Receiver<bool>,
+    mut slot: Slot,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
     H: FrameHandler,
@@ -143,12 +192,26 @@ async fn connection<S, H>(
     debug!(peer = %peer.ip(), "MLLP connection open");
     let (read, mut write) = tokio::io::split(stream);
     let mut reader = BufReader::with_capacity(64 * 1024, read);
+    let mut first = true;
     loop {
+        let wait = if first {
+            limits.first_frame_timeout
+        } else {
+            limits.idle_timeout
+        };
         let next = tokio::select! {
             _ = stop.changed() => break,
-            next = tokio::time::timeout(limits.idle_timeout, mllp::read_frame(&mut reader, limits.max_frame_bytes)) => next,
+            () = slot.evicted(), if first => {
+                debug!(peer = %peer.ip(), "MLLP connection without a frame closed to make room");
+                break;
+            }
+            next = tokio::time::timeout(wait, mllp::read_frame(&mut reader, limits.max_frame_bytes)) => next,
         };
         let frame = match next {
+            Err(_) if first => {
+                debug!(peer = %peer.ip(), "MLLP connection sent no frame in time (pms.first_frame_timeout); closing");
+                break;
+            }
             Err(_) => {
                 info!(peer = %peer.ip(), "MLLP connection idle too long; closing");
                 break;
@@ -160,6 +223,14 @@ async fn connection<S, H>(
             }
             Ok(Ok(Some(frame))) => frame,
         };
+        if first {
+            // Evicted in the meantime: the frame is not handled (no ACK, so
+            // the sender sends it again).
+            if !slot.busy() {
+                break;
+            }
+            first = false;
+        }
         let reply = handler.handle(frame, peer).await;
         if let Err(e) = mllp::write_frame(&mut write, &reply).await {
             debug!(peer = %peer.ip(), error = %e, "MLLP reply not delivered");

@@ -169,7 +169,7 @@ impl Sender {
             .value;
         match (&outcome, settled) {
             (queue::Outcome::Retry(reason), Settled::RetryAt(due)) => {
-                warn!(message = %msg.kind, reason = %reason, attempts = envelope.attempts + 1, "PMS delivery failed; will retry");
+                warn!(message = %msg.kind, reason = %crate::logging::clean(reason), attempts = envelope.attempts + 1, "PMS delivery failed; will retry");
                 return Ok(Step::WaitUntil(due));
             }
             (_, Settled::DeadLettered) => {

@@ -131,6 +131,9 @@ impl Vault {
         if receipt.last_in(Tree::PmsOutbox).is_some() {
             self.inner.outbox_signal.notify_one();
         }
+        if receipt.last_in(Tree::WaOutbox).is_some() {
+            self.inner.wa_outbox_signal.notify_one();
+        }
         if let Some(seq) = receipt.last_in(Tree::Events) {
             self.inner.events_durable.send_if_modified(|cur| {
                 let moved = seq > *cur;
@@ -145,6 +148,11 @@ impl Vault {
     /// Notified when a durable commit queued a message for the PMS.
     pub fn outbox_signal(&self) -> &tokio::sync::Notify {
         &self.inner.outbox_signal
+    }
+
+    /// Woken when a message lands in the WhatsApp outbox.
+    pub fn wa_outbox_signal(&self) -> &tokio::sync::Notify {
+        &self.inner.wa_outbox_signal
     }
 
     /// The first record of a tree (lowest key): its key, and its value or

@@ -31,6 +31,7 @@ mod keyview;
 mod patients;
 mod reads;
 pub mod records;
+mod recovery;
 mod rotate;
 pub mod seal;
 mod store;
@@ -42,7 +43,7 @@ pub use anchor::anchor_path;
 pub use error::{VaultError, VaultResult};
 use keyview::{KeyView, PurposeKeys, ViewKey};
 pub use rotate::RotationReport;
-pub use store::{Tree, DEFAULT_CACHE_BYTES};
+pub use store::{Tree, DEFAULT_CACHE_BYTES, STORAGE_FAILED};
 pub(crate) use txn::AfterCommit;
 use txn::Op;
 pub use txn::{FirstRecord, Receipt, Txn};
@@ -123,6 +124,8 @@ struct Inner {
     events_durable: tokio::sync::watch::Sender<u64>,
     /// Woken when a message lands in the PMS outbox.
     outbox_signal: tokio::sync::Notify,
+    /// Woken when a message lands in the WhatsApp outbox.
+    wa_outbox_signal: tokio::sync::Notify,
     purpose: PurposeKeys,
     rng: SystemRandom,
     _lock: fs::File,
@@ -251,6 +254,7 @@ impl Vault {
                 }),
                 events_durable: tokio::sync::watch::channel(0).0,
                 outbox_signal: tokio::sync::Notify::new(),
+                wa_outbox_signal: tokio::sync::Notify::new(),
                 writer,
                 anchorer,
                 purpose,

@@ -42,10 +42,16 @@ pub enum Tree {
     /// messages (patient's key), delivery states (system key), a patient's
     /// last inbound time; keys are blind indexes or patient ids.
     Webhook,
+    /// WhatsApp messages waiting to be sent, key = seq. Sequenced.
+    WaOutbox,
+    /// WhatsApp messages refused for good or out of attempts. Sequenced.
+    WaDeadLetters,
+    /// WhatsApp messages sent (wamid, wa_id), key = seq. Sequenced.
+    WaSent,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 15] = [
+    pub const ALL: [Tree; 18] = [
         Tree::Patients,
         Tree::PatientIndex,
         Tree::Audit,
@@ -61,10 +67,20 @@ impl Tree {
         Tree::PmsOutbox,
         Tree::PmsDeadLetters,
         Tree::Webhook,
+        Tree::WaOutbox,
+        Tree::WaDeadLetters,
+        Tree::WaSent,
     ];
 
     /// Trees whose keys are dense u64 seqs handed out at commit.
-    pub const SEQUENCED: [Tree; 3] = [Tree::Events, Tree::PmsOutbox, Tree::PmsDeadLetters];
+    pub const SEQUENCED: [Tree; 6] = [
+        Tree::Events,
+        Tree::PmsOutbox,
+        Tree::PmsDeadLetters,
+        Tree::WaOutbox,
+        Tree::WaDeadLetters,
+        Tree::WaSent,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -83,6 +99,9 @@ impl Tree {
             Tree::PmsOutbox => "pms_outbox",
             Tree::PmsDeadLetters => "pms_dead_letters",
             Tree::Webhook => "webhook",
+            Tree::WaOutbox => "wa_outbox",
+            Tree::WaDeadLetters => "wa_dead_letters",
+            Tree::WaSent => "wa_sent",
         }
     }
 
@@ -138,9 +157,31 @@ pub trait Store: Send + Sync + 'static {
 /// lookups by blind index, and the OS page cache still holds the file.
 pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// How an error from a failed store starts; the API answers such errors with
+/// 503 (retry later) instead of 500.
+pub const STORAGE_FAILED: &str = "storage failed";
+
+/// sled behind a swap: after an I/O error (a full disk) the running sled
+/// instance is never touched again. sled 0.34 keeps such an error for the
+/// life of the instance, and a read after it can spin forever in a node
+/// split that cannot allocate. Every call then fails fast until
+/// [`SledStore::recover`] reopens the store from what is on disk, which is
+/// exactly what was flushed (and so acknowledged).
 pub struct SledStore {
+    path: std::path::PathBuf,
+    cache_bytes: u64,
+    state: std::sync::RwLock<EngineState>,
+}
+
+struct Engine {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+}
+
+enum EngineState {
+    Open(std::sync::Arc<Engine>),
+    /// Why writes failed; the old instance is being dropped.
+    Failed(String),
 }
 
 impl SledStore {
@@ -151,6 +192,88 @@ impl SledStore {
 
     /// Opens with a page cache of `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
+        let engine = Engine::open(dir, cache_bytes)?;
+        Ok(Self {
+            path: dir.to_owned(),
+            cache_bytes,
+            state: std::sync::RwLock::new(EngineState::Open(std::sync::Arc::new(engine))),
+        })
+    }
+
+    /// Waits (bounded, about five seconds) until no handle of this process holds
+    /// sled's lock on the store in `dir`.
+    pub fn wait_released(dir: &Path) {
+        use rustix::fs::{flock, FlockOperation};
+        let Ok(file) = std::fs::File::open(dir.join("db")) else {
+            return;
+        };
+        for _ in 0..500 {
+            if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
+                let _ = flock(&file, FlockOperation::Unlock);
+                return;
+            }
+            #[allow(clippy::disallowed_methods)]
+            // a bounded back-off on a file lock, not business time
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn engine(&self) -> StoreResult<std::sync::Arc<Engine>> {
+        match &*crate::sync::read(&self.state) {
+            EngineState::Open(engine) => Ok(engine.clone()),
+            EngineState::Failed(why) => Err(sled::Error::Io(std::io::Error::other(format!(
+                "{STORAGE_FAILED} ({why}); writes resume once space is freed"
+            )))),
+        }
+    }
+
+    /// Why the store is failed, if it is.
+    pub fn failure(&self) -> Option<String> {
+        match &*crate::sync::read(&self.state) {
+            EngineState::Open(_) => None,
+            EngineState::Failed(why) => Some(why.clone()),
+        }
+    }
+
+    /// Takes the instance out of service after an I/O error. The old
+    /// instance is dropped on a thread of its own (its last flush may take
+    /// a while to fail), which releases sled's file lock for a reopen.
+    fn fail(&self, error: &sled::Error) {
+        let mut state = crate::sync::write(&self.state);
+        if let EngineState::Open(engine) = &*state {
+            let engine = engine.clone();
+            *state = EngineState::Failed(error.to_string());
+            drop(state);
+            tracing::error!(error = %error, "storage write failed; refusing writes until the store can be reopened");
+            let _ = std::thread::Builder::new()
+                .name("store-drop".to_owned())
+                .spawn(move || drop(engine));
+        }
+    }
+
+    /// Reopens a failed store from disk. `Ok(true)` when it was failed and
+    /// is open again; the caller reloads whatever it derived from the store.
+    pub fn recover(&self) -> StoreResult<bool> {
+        if self.failure().is_none() {
+            return Ok(false);
+        }
+        let engine = Engine::open(&self.path, self.cache_bytes)?;
+        *crate::sync::write(&self.state) = EngineState::Open(std::sync::Arc::new(engine));
+        tracing::warn!("storage reopened after a write failure; writes resume");
+        Ok(true)
+    }
+
+    /// Marks the store failed when `result` is an I/O error.
+    fn check<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
+        if let Err(e @ sled::Error::Io(_)) = &result {
+            self.fail(e);
+        }
+        result
+    }
+}
+
+impl Engine {
+    fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
         // Our own flock (taken before this) keeps other processes out. A
         // sled lock still held here is this process's previous instance of
         // the store: sled finishes its last writes on background threads
@@ -169,24 +292,6 @@ impl SledStore {
                 }
                 other => return other,
             }
-        }
-    }
-
-    /// Waits (bounded, about five seconds) until no handle of this process holds
-    /// sled's lock on the store in `dir`.
-    pub fn wait_released(dir: &Path) {
-        use rustix::fs::{flock, FlockOperation};
-        let Ok(file) = std::fs::File::open(dir.join("db")) else {
-            return;
-        };
-        for _ in 0..500 {
-            if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
-                let _ = flock(&file, FlockOperation::Unlock);
-                return;
-            }
-            #[allow(clippy::disallowed_methods)]
-            // a bounded back-off on a file lock, not business time
-            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 
@@ -216,24 +321,41 @@ impl Store for SledStore {
     type Bytes = sled::IVec;
 
     fn get(&self, tree: Tree, key: &[u8]) -> StoreResult<Option<sled::IVec>> {
-        self.tree(tree)?.get(key)
+        self.engine()?.tree(tree)?.get(key)
     }
 
     fn last(&self, tree: Tree) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
-        self.tree(tree)?.last()
+        self.engine()?.tree(tree)?.last()
     }
 
     fn scan_from(&self, tree: Tree, start: &[u8]) -> Scan<'_, sled::IVec> {
-        match self.tree(tree) {
+        // sled's iterator owns its tree handle, so the scan outlives the
+        // read lock (and keeps an instance it started on).
+        match self.engine().and_then(|e| e.tree(tree).cloned()) {
             Ok(t) => Box::new(t.range(start.to_vec()..)),
             Err(e) => Box::new(std::iter::once(Err(e))),
         }
     }
 
     fn len(&self, tree: Tree) -> usize {
-        self.tree(tree).map_or(0, sled::Tree::len)
+        self.engine()
+            .ok()
+            .and_then(|e| e.tree(tree).ok().map(sled::Tree::len))
+            .unwrap_or(0)
     }
 
+    fn apply(&self, writes: &[Write]) -> StoreResult<()> {
+        let engine = self.engine()?;
+        self.check(engine.apply(writes))
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        let engine = self.engine()?;
+        self.check(engine.db.flush().map(|_| ()))
+    }
+}
+
+impl Engine {
     fn apply(&self, writes: &[Write]) -> StoreResult<()> {
         use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
         // Only the trees this commit touches take part in the transaction.
@@ -280,9 +402,5 @@ impl Store for SledStore {
                 "transaction view missing".to_owned(),
             )),
         }
-    }
-
-    fn flush(&self) -> StoreResult<()> {
-        self.db.flush().map(|_| ())
     }
 }

@@ -94,11 +94,15 @@ impl Writer {
 }
 
 fn run(rx: &mpsc::Receiver<Job>, vault: &Weak<super::Inner>) {
+    let mut recovery = super::recovery::RecoveryGate::default();
     while let Ok(first) = rx.recv() {
         let Some(inner) = vault.upgrade() else {
             return;
         };
         let vault = Vault { inner };
+        // After a failed write (a full disk) the store refuses everything;
+        // each new batch first checks whether it can be reopened.
+        vault.recover_store(&mut recovery);
         let mut batch = Vec::new();
         let mut wrote = false;
         for job in std::iter::once(first).chain(rx.try_iter().take(MAX_BATCH - 1)) {

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 const ROUNDS: u64 = 20;
 
 /// Starts `serve` and returns it with the MLLP address it logged.
-fn spawn_daemon(install: &TestInstall) -> (Child, std::net::SocketAddr) {
+pub(crate) fn spawn_daemon(install: &TestInstall) -> (Child, std::net::SocketAddr) {
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&install.config)

@@ -224,3 +224,45 @@ fn tls_config_errors_name_the_key() {
         stderr(&out)
     );
 }
+
+/// Issue 8: 1,000 sockets that never start a handshake do not keep a
+/// client with a certificate out; the door holds at most
+/// `api.max_connections` of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_do_not_lock_the_tcp_door() {
+    let pki = Pki::new();
+    let d = Daemon::start_in(install_with_tls(&pki)).await;
+    let addr = d.running.api_tcp_addr.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let (cert, key) = pki.leaf();
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        https_status(addr, pki.client_config(Some((&cert, &key)))),
+    )
+    .await
+    .expect("served within 1 s");
+    assert_eq!(status, Ok(200));
+    let mut closed = 0;
+    for _ in 0..200 {
+        let mut buf = [0u8; 1];
+        // EOF or a reset: closed by the daemon.
+        closed = held
+            .iter()
+            .filter(|c| match c.try_read(&mut buf) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            })
+            .count();
+        if closed >= 1000 - 64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(closed >= 1000 - 64, "only {closed} closed");
+    drop(held);
+    d.stop().await;
+}

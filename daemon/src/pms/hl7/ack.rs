@@ -107,6 +107,7 @@ impl From<&ParseError> for AckError {
         let text = err.to_string();
         match err {
             ParseError::TooLarge { .. } => AckError::new(104, text),
+            ParseError::TooManyDelimiters { .. } => AckError::new(102, text),
             ParseError::NotHl7 | ParseError::BadSegmentId { .. } => AckError::new(100, text),
             ParseError::BadSeparators { field, .. } => AckError::new(102, text).at("MSH", *field),
             ParseError::MissingField { segment, field } => {
@@ -325,6 +326,7 @@ mod tests {
                 segment: "MSH",
                 field: 10,
             },
+            ParseError::TooManyDelimiters { limit: 1 },
         ];
         for e in &errors {
             let a = AckError::from(e);

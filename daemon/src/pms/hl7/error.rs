@@ -17,6 +17,8 @@ pub enum ParseError {
     BadSegmentId { index: usize },
     #[error("required field {segment}-{field} is missing or empty")]
     MissingField { segment: &'static str, field: u32 },
+    #[error("message has more than {limit} delimiters (fields, components, repetitions, subcomponents and segments); refused unread")]
+    TooManyDelimiters { limit: usize },
 }
 
 /// A programming error in a [`super::MessageBuilder`] call.

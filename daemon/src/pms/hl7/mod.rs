@@ -31,7 +31,7 @@ pub use charset::Encoding;
 pub use encode::{MessageBuilder, SegmentBuilder, MAX_POSITION};
 pub use error::{EncodeError, ParseError};
 pub use message::{Component, Field, Message, MessageType, Repetition, Segment, Separators};
-pub use parse::{parse, parse_header, parse_with_limit};
+pub use parse::{parse, parse_header, parse_with_limit, MAX_DELIMITERS};
 
 /// Default size limit for one message. Large because ORU^R01 results carry
 /// base64 PDFs in OBX-5; the MLLP reader should enforce the same bound before

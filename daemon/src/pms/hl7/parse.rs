@@ -14,6 +14,14 @@ use super::MAX_MESSAGE_BYTES;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// The most delimiters (field, component, repetition and subcomponent
+/// separators, and segment ends) one message may hold. Each becomes a node
+/// of the parsed tree (100–250 bytes), so without a bound 1 MB of `~` took
+/// 240 MB (issue 8). 262,144 still admits 200,000 repetitions in a field
+/// (measured: +53 MiB peak for those, against +16 MiB for refusing 1 MB and
+/// 15 MB of `~`; `tests/it/hostile.rs`).
+pub const MAX_DELIMITERS: usize = 262_144;
+
 /// Parse one message with the default size limit ([`MAX_MESSAGE_BYTES`]).
 pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
     parse_with_limit(bytes, MAX_MESSAGE_BYTES)
@@ -32,6 +40,7 @@ pub fn parse_with_limit(bytes: &[u8], max_bytes: usize) -> Result<Message, Parse
     }
     let input = trim_start(bytes);
     let separators = read_separators(input)?;
+    check_delimiters(input, &separators)?;
     let lines = segment_lines(input)?;
     let msg = build(&lines, input, separators);
     if msg.message_type().is_none() {
@@ -65,7 +74,39 @@ pub fn parse_header(bytes: &[u8]) -> Result<Message, ParseError> {
     if !valid_segment_id(segment_id(first, separators.field)) {
         return Err(ParseError::BadSegmentId { index: 1 });
     }
+    check_delimiters(first, &separators)?;
     Ok(build(&[first], first, separators))
+}
+
+/// One linear pass that refuses a message before any of it is split, so
+/// the work and memory of parsing stay proportional to a sane message.
+fn check_delimiters(input: &[u8], seps: &Separators) -> Result<(), ParseError> {
+    let mut table = [false; 256];
+    for d in [
+        Some(seps.field),
+        seps.component,
+        seps.repetition,
+        seps.subcomponent,
+        Some(b'\r'),
+        Some(b'\n'),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Some(slot) = table.get_mut(usize::from(d)) {
+            *slot = true;
+        }
+    }
+    let count = input
+        .iter()
+        .filter(|&&b| table.get(usize::from(b)).copied().unwrap_or(false))
+        .count();
+    if count > MAX_DELIMITERS {
+        return Err(ParseError::TooManyDelimiters {
+            limit: MAX_DELIMITERS,
+        });
+    }
+    Ok(())
 }
 
 /// Skip a UTF-8 byte-order mark and leading blank lines or spaces.
@@ -266,6 +307,27 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn delimiters_are_bounded() {
+        let mut msg = b"MSH|^~\\&|APP||||||ADT^A04|1|P|2.5\rPID|1||".to_vec();
+        let base = msg.iter().filter(|b| b"|^~&\r".contains(b)).count();
+        msg.extend(std::iter::repeat_n(b'~', MAX_DELIMITERS - base));
+        assert!(parse(&msg).is_ok());
+        msg.push(b'~');
+        assert_eq!(
+            parse(&msg),
+            Err(ParseError::TooManyDelimiters {
+                limit: MAX_DELIMITERS
+            })
+        );
+        let mut header = b"MSH|^~\\&|APP|".to_vec();
+        header.extend(std::iter::repeat_n(b'^', MAX_DELIMITERS + 1));
+        assert!(matches!(
+            parse_header(&header),
+            Err(ParseError::TooManyDelimiters { .. })
+        ));
     }
 
     #[test]

@@ -89,9 +89,9 @@ pub fn patient_from_pid(pid: &Segment, ctx: &MapContext<'_>) -> Result<Patient, 
         .to_owned();
     let birth_date = match clean(pid.text(7)) {
         None => None,
-        Some(v) => Some(
-            parse_date(v).ok_or_else(|| Rejection::invalid("PID", 7, "not a date (YYYYMMDD)"))?,
-        ),
+        Some(v) => Some(parse_date(v).ok_or_else(|| {
+            Rejection::invalid("PID", 7, "not a date (YYYYMMDD, years 1900 to 2199)")
+        })?),
     };
     let language = clean(pid.component(15, 1)).map(|l| l.to_ascii_lowercase());
     Ok(Patient {
@@ -151,7 +151,8 @@ fn phone_from_pid(pid: &Segment, ctx: &MapContext<'_>) -> Option<String> {
         .and_then(|n| phone::to_e164(&n, &ctx.config.phone_plan))
 }
 
-/// `YYYYMMDD` (longer DTM values are cut to the date).
+/// `YYYYMMDD` (longer DTM values are cut to the date), years in
+/// [`bounds`](crate::bounds) only.
 pub fn parse_date(v: &str) -> Option<Date> {
     let digits = v.get(..8)?;
     let (y, m, d) = (
@@ -159,7 +160,9 @@ pub fn parse_date(v: &str) -> Option<Date> {
         digits.get(4..6)?.parse().ok()?,
         digits.get(6..8)?.parse().ok()?,
     );
-    Date::new(y, m, d).ok()
+    Date::new(y, m, d)
+        .ok()
+        .filter(|d| crate::bounds::date_in_range(*d))
 }
 
 /// HL7 DTM: `YYYY[MM[DD[HH[MM[SS[.S…]]]]]][+/-ZZZZ]`. Without an offset the
@@ -187,6 +190,9 @@ pub fn parse_dtm(v: &str, tz: &TimeZone) -> Option<Timestamp> {
             let sign: i32 = if o.starts_with('-') { -1 } else { 1 };
             let hours: i32 = o.get(1..3)?.parse().ok()?;
             let mins: i32 = o.get(3..5)?.parse().ok()?;
+            if mins >= 60 || hours * 60 + mins > crate::bounds::MAX_OFFSET_MINUTES {
+                return None;
+            }
             let offset = jiff::tz::Offset::from_seconds(sign * (hours * 3600 + mins * 60)).ok()?;
             offset.to_timestamp(dt).ok()
         }
@@ -244,6 +250,13 @@ mod tests {
         assert!(parse_dtm("2026", &berlin).is_none());
         assert!(parse_dtm("20261341", &berlin).is_none());
         assert!(parse_dtm("", &berlin).is_none());
+        assert!(parse_dtm("00000101", &berlin).is_none());
+        assert!(parse_dtm("99991231235959", &berlin).is_none());
+        assert!(parse_dtm("189912312359", &berlin).is_none());
+        assert!(parse_dtm("220001010000", &berlin).is_none());
+        assert!(parse_dtm("202612010930+1500", &berlin).is_none());
+        assert!(parse_dtm("202612010930+0060", &berlin).is_none());
+        assert!(parse_dtm("202612010930+1400", &berlin).is_some());
     }
 
     #[test]

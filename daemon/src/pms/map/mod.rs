@@ -100,6 +100,7 @@ pub fn map(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rejectio
             error: AckError::required_field_missing("MSH", 9),
         });
     };
+    check_message_time(msg)?;
     let code = kind.code.trim().to_ascii_uppercase();
     let trigger = kind.trigger.trim().to_ascii_uppercase();
     match (code.as_str(), trigger.as_str()) {
@@ -119,5 +120,28 @@ pub fn map(msg: &Message, ctx: &MapContext<'_>) -> Result<Vec<Command>, Rejectio
             code: AckCode::Reject,
             error: AckError::new(200, format!("unsupported message type {code}")).at("MSH", 9),
         }),
+    }
+}
+
+/// MSH-7 is not stored, but a year outside [`crate::bounds`] is a sender
+/// bug worth an AE rather than a silent AA. Other shapes stay accepted, as
+/// they always were (some PMSs write odd MSH-7s).
+fn check_message_time(msg: &Message) -> Result<(), Rejection> {
+    let Some(value) = msg
+        .segment("MSH")
+        .and_then(|msh| fields::clean(msh.component(7, 1)))
+    else {
+        return Ok(());
+    };
+    let year = value
+        .trim()
+        .get(..4)
+        .filter(|y| y.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|y| y.parse::<i16>().ok());
+    match year {
+        Some(y) if !(crate::bounds::MIN_YEAR..=crate::bounds::MAX_YEAR).contains(&y) => Err(
+            Rejection::invalid("MSH", 7, "date/time out of range (years 1900 to 2199)"),
+        ),
+        _ => Ok(()),
     }
 }

@@ -304,7 +304,7 @@ fn find_pdf(
                 info!(obx = position, "a further PDF in the same message ignored");
             }
             (Err(e), _) => {
-                info!(obx = position, reason = %e.error.text, "ED observation that is not a usable PDF ignored");
+                info!(obx = position, reason = %crate::logging::clean(&e.error.text), "ED observation that is not a usable PDF ignored");
                 first_error.get_or_insert(e);
             }
         }
@@ -337,7 +337,7 @@ fn find_pdf(
             Some(Ok(pdf)) => return Ok(Some(pdf)),
             Some(Err(e)) => {
                 let e = decode_error(e, max_bytes);
-                info!(obx = p.position, reason = %e.error.text, "PDF inside a CDA document not usable");
+                info!(obx = p.position, reason = %crate::logging::clean(&e.error.text), "PDF inside a CDA document not usable");
                 first_error.get_or_insert(e);
             }
             None => {

@@ -34,12 +34,25 @@ pub fn schedule(
         .ok_or_else(|| Rejection::missing("PID", 3))?;
     let patient = fields::patient_from_pid(pid, ctx)?;
     let start = start(msg, sch, ctx)?;
+    let length = duration(msg, sch, start, &ctx.config.time_zone);
+    // Bounded here so that no stored appointment can overflow when its end
+    // is computed (issue 8).
+    if let Some((m, segment, field)) = length {
+        if !crate::bounds::duration_in_range(m) {
+            return Err(Rejection::invalid(
+                segment,
+                field,
+                "duration over 10,080 minutes (one week)",
+            ));
+        }
+    }
     let appointment = Appointment {
         id,
         patient: patient.id,
         start,
         // A zero length from any source means "not given".
-        duration_minutes: duration(msg, sch, start, &ctx.config.time_zone)
+        duration_minutes: length
+            .map(|(m, _, _)| m)
             .filter(|m| *m > 0)
             .unwrap_or(ctx.config.default_duration_minutes),
         status: status(sch, trigger, ctx),
@@ -93,40 +106,46 @@ fn start(msg: &Message, sch: &Segment, ctx: &MapContext<'_>) -> Result<jiff::Tim
         ));
     };
     parse_dtm(value, tz).ok_or_else(|| {
-        Rejection::invalid(segment, field, "not a date/time (YYYYMMDDHHMM[SS][+ZZZZ])")
+        Rejection::invalid(
+            segment,
+            field,
+            "not a date/time (YYYYMMDDHHMM[SS][+ZZZZ], years 1900 to 2199)",
+        )
     })
 }
 
 /// TQ1-6 (service duration), then TQ1-8 − TQ1-7 (end − start), then
-/// AIS-7 + AIS-8, then SCH-11.3 (v2.3 timing quantity), then SCH-9 + SCH-10.
+/// AIS-7 + AIS-8, then SCH-11.3 (v2.3 timing quantity), then SCH-9 + SCH-10;
+/// with the field it came from.
 fn duration(
     msg: &Message,
     sch: &Segment,
     start: jiff::Timestamp,
     tz: &jiff::tz::TimeZone,
-) -> Option<u32> {
+) -> Option<(u32, &'static str, u32)> {
     if let Some(tq1) = msg.segment("TQ1") {
         let service =
             clean(tq1.component(6, 1)).and_then(|q| minutes(q, clean(tq1.component(6, 2))));
         if let Some(m) = service.filter(|m| *m > 0) {
-            return Some(m);
+            return Some((m, "TQ1", 6));
         }
         if let Some(end) = clean(tq1.component(8, 1)).and_then(|v| parse_dtm(v, tz)) {
             return u32::try_from(end.duration_since(start).as_secs() / 60)
                 .ok()
-                .filter(|m| *m > 0);
+                .filter(|m| *m > 0)
+                .map(|m| (m, "TQ1", 8));
         }
     }
     if let Some(ais) = msg.segment("AIS") {
         if let Some(q) = clean(ais.component(7, 1)) {
-            return minutes(q, clean(ais.component(8, 1)));
+            return minutes(q, clean(ais.component(8, 1))).map(|m| (m, "AIS", 7));
         }
     }
     if let Some(q) = clean(sch.component(11, 3)) {
-        return minutes(q, None);
+        return minutes(q, None).map(|m| (m, "SCH", 11));
     }
     let q = clean(sch.component(9, 1))?;
-    minutes(q, clean(sch.component(10, 1)))
+    minutes(q, clean(sch.component(10, 1))).map(|m| (m, "SCH", 9))
 }
 
 /// SCH-25 through table 0278 and the clinic's own codes; the trigger

@@ -1,0 +1,498 @@
+//! The Cloud API client: hyper 1 over rustls (ring), pooled keep-alive
+//! connections, connect and request timeouts, trust roots from the OS store
+//! plus an optional extra CA file.
+//!
+//! Meta's answers are classified here ([`ApiError::retryable`]), so the
+//! outbox only decides what to do with a class. The token lives in a
+//! [`Token`] whose `Debug` is redacted and whose bytes are zeroized.
+
+use super::config::WhatsappConfig;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// Larger answers are not Meta's (the biggest is a template list page).
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// The bearer token. Never printed.
+#[derive(Clone)]
+pub struct Token(Arc<Zeroizing<String>>);
+
+impl Token {
+    pub fn new(text: &str) -> Self {
+        Self(Arc::new(Zeroizing::new(text.trim().to_owned())))
+    }
+
+    /// Reads the token file (a trailing newline is ignored).
+    pub fn load(path: &Path) -> Result<Self, ClientError> {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| ClientError::Token(format!("cannot read {}: {e}", path.display())))?,
+        );
+        let token = Self::new(&text);
+        if token.0.is_empty() || token.0.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ClientError::Token(format!(
+                "{} does not hold one access token",
+                path.display()
+            )));
+        }
+        Ok(token)
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token([redacted])")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("whatsapp token: {0}")]
+    Token(String),
+    #[error("whatsapp.extra_ca_file: {0}")]
+    Ca(String),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+/// Why a call failed. `Display` carries Meta's code and message; Meta's
+/// `details` may quote a phone number, so errors are sealed with their
+/// item and logs show only [`ApiError::code`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("Meta error {code} (HTTP {http_status}): {message}")]
+    Meta {
+        http_status: u16,
+        code: u32,
+        subcode: Option<u32>,
+        message: String,
+        fbtrace_id: Option<String>,
+    },
+    #[error("HTTP {0} without a Meta error body")]
+    Http(u16),
+    #[error("no answer within the timeout")]
+    Timeout,
+    #[error("connection: {0}")]
+    Connect(String),
+    #[error("unreadable answer: {0}")]
+    Decode(String),
+}
+
+impl ApiError {
+    /// Meta's error code, or a short class name, for logs and events.
+    pub fn code(&self) -> String {
+        match self {
+            ApiError::Meta { code, .. } => code.to_string(),
+            ApiError::Http(s) => format!("http-{s}"),
+            ApiError::Timeout => "timeout".to_owned(),
+            ApiError::Connect(_) => "connect".to_owned(),
+            ApiError::Decode(_) => "decode".to_owned(),
+        }
+    }
+
+    /// Worth trying again later: throttling, Meta's transient failures,
+    /// 5xx, timeouts and connection errors. Everything else is permanent.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ApiError::Meta {
+                code, http_status, ..
+            } => {
+                matches!(
+                    code,
+                    1 | 2 | 4 | 80007 | 130429 | 131000 | 131016 | 131056 | 131057
+                ) || (*http_status >= 500 && !is_permanent(*code))
+            }
+            ApiError::Http(s) => *s >= 500 || *s == 429 || *s == 408,
+            ApiError::Timeout | ApiError::Connect(_) => true,
+            // The request may have been accepted: retrying risks a
+            // duplicate, which at-least-once allows.
+            ApiError::Decode(_) => true,
+        }
+    }
+
+    /// 190: the token expired or was revoked; nothing may be sent until
+    /// it is replaced.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, ApiError::Meta { code: 190, .. })
+    }
+
+    /// Throttling (slow the whole sender down, not only this item).
+    pub fn is_throttle(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Meta {
+                code: 4 | 80007 | 130429,
+                ..
+            }
+        )
+    }
+}
+
+fn is_permanent(code: u32) -> bool {
+    matches!(code, 131047 | 131026 | 131050 | 133010 | 368 | 190)
+        || (132000..133000).contains(&code)
+}
+
+/// What Meta answered to a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub wamid: String,
+    /// The WhatsApp id Meta resolved the number to (may differ from it).
+    pub wa_id: Option<String>,
+}
+
+/// A template on the account.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RemoteTemplate {
+    pub name: String,
+    pub language: String,
+    pub status: String,
+    #[serde(default)]
+    pub category: String,
+}
+
+type Http = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+#[derive(Clone)]
+pub struct GraphClient {
+    http: Http,
+    base: String,
+    version: String,
+    phone_number_id: String,
+    business_account_id: Option<String>,
+    token: Arc<RwLock<Option<Token>>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraphClient {
+    pub fn new(config: &WhatsappConfig, token: Option<Token>) -> Result<Self, ClientError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = tls_config(config.extra_ca_file.as_deref())?;
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            // Config validation lets http:// through to loopback only.
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Ok(Self {
+            http,
+            base: config.api_base_url.clone(),
+            version: config.api_version.clone(),
+            phone_number_id: config.phone_number_id.clone(),
+            business_account_id: config.business_account_id.clone(),
+            token: Arc::new(RwLock::new(token)),
+            timeout: config.request_timeout,
+        })
+    }
+
+    /// Replaces the token (after the token file changed).
+    pub fn set_token(&self, token: Token) {
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = Some(token);
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{}/{}", self.base, self.version, path)
+    }
+
+    /// `POST /{phone-number-id}/messages`.
+    pub async fn send(&self, message: &Value) -> Result<Sent, ApiError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            contacts: Vec<Contact>,
+            #[serde(default)]
+            messages: Vec<Id>,
+        }
+        #[derive(Deserialize)]
+        struct Contact {
+            wa_id: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let body =
+            Bytes::from(serde_json::to_vec(message).map_err(|e| ApiError::Decode(e.to_string()))?);
+        let url = self.url(&format!("{}/messages", self.phone_number_id));
+        let v = self
+            .call(
+                Method::POST,
+                &url,
+                Some(("application/json".to_owned(), body)),
+            )
+            .await?;
+        let a: Answer = serde_json::from_value(v).map_err(|e| ApiError::Decode(e.to_string()))?;
+        let wamid = a
+            .messages
+            .into_iter()
+            .next()
+            .map(|m| m.id)
+            .unwrap_or_default();
+        Ok(Sent {
+            wamid,
+            wa_id: a.contacts.into_iter().next().and_then(|c| c.wa_id),
+        })
+    }
+
+    /// `POST /{phone-number-id}/media` (multipart); returns the media id.
+    pub async fn upload_media(
+        &self,
+        bytes: &[u8],
+        mime_type: &str,
+        filename: &str,
+    ) -> Result<String, ApiError> {
+        let boundary = format!("clinic-relay-{:016x}", bytes.len() as u64 ^ 0x5bd1_e995);
+        let safe_name: String = filename
+            .chars()
+            .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+            .collect();
+        let mut body = Vec::with_capacity(bytes.len() + 512);
+        for (name, value) in [("messaging_product", "whatsapp"), ("type", mime_type)] {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                    .as_bytes(),
+            );
+        }
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{safe_name}\"\r\nContent-Type: {mime_type}\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let url = self.url(&format!("{}/media", self.phone_number_id));
+        let ct = format!("multipart/form-data; boundary={boundary}");
+        let v = self
+            .call(Method::POST, &url, Some((ct, Bytes::from(body))))
+            .await?;
+        at(&v, "/id")
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::Decode("no media id".to_owned()))
+    }
+
+    /// `DELETE /{media-id}`.
+    pub async fn delete_media(&self, media_id: &str) -> Result<(), ApiError> {
+        if !media_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(ApiError::Decode("not a media id".to_owned()));
+        }
+        self.call(Method::DELETE, &self.url(media_id), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET /{waba-id}/message_templates`, every page.
+    pub async fn templates(&self) -> Result<Vec<RemoteTemplate>, ApiError> {
+        let Some(waba) = &self.business_account_id else {
+            return Err(ApiError::Decode(
+                "whatsapp.business_account_id is not configured".to_owned(),
+            ));
+        };
+        let mut url = self.url(&format!(
+            "{waba}/message_templates?fields=name,language,status,category&limit=100"
+        ));
+        let mut out = Vec::new();
+        // A bounded number of pages: a runaway `next` cannot loop forever.
+        for _ in 0..100 {
+            let v = self.call(Method::GET, &url, None).await?;
+            let page: Vec<RemoteTemplate> = serde_json::from_value(at(&v, "/data").clone())
+                .map_err(|e| ApiError::Decode(e.to_string()))?;
+            out.extend(page);
+            match at(&v, "/paging/next").as_str() {
+                Some(next) if next.starts_with(&self.base) => url = next.to_owned(),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// `POST /{waba-id}/message_templates` (submit a definition).
+    pub async fn create_template(&self, definition: &Value) -> Result<Value, ApiError> {
+        let Some(waba) = &self.business_account_id else {
+            return Err(ApiError::Decode(
+                "whatsapp.business_account_id is not configured".to_owned(),
+            ));
+        };
+        let body = Bytes::from(definition.to_string());
+        self.call(
+            Method::POST,
+            &self.url(&format!("{waba}/message_templates")),
+            Some(("application/json".to_owned(), body)),
+        )
+        .await
+    }
+
+    /// `GET /{phone-number-id}` with the fields `whatsapp check` shows.
+    pub async fn phone_number(&self) -> Result<Value, ApiError> {
+        let url = self.url(&format!(
+            "{}?fields=verified_name,display_phone_number,quality_rating,code_verification_status,throughput",
+            self.phone_number_id
+        ));
+        self.call(Method::GET, &url, None).await
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<(String, Bytes)>,
+    ) -> Result<Value, ApiError> {
+        let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut req = Request::builder().method(method).uri(url);
+        if let Some(t) = &token {
+            req = req.header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", t.0.as_str()),
+            );
+        }
+        let (ct, bytes) = body.unwrap_or_default();
+        if !ct.is_empty() {
+            req = req.header(hyper::header::CONTENT_TYPE, ct);
+        }
+        let req = req
+            .body(Full::new(bytes))
+            .map_err(|e| ApiError::Connect(e.to_string()))?;
+        let exchange = async {
+            let resp = self.http.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    ApiError::Connect(e.to_string())
+                } else {
+                    ApiError::Connect(format!("request: {e}"))
+                }
+            })?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| ApiError::Connect(format!("answer: {e}")))?
+                .to_bytes();
+            Ok::<_, ApiError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ApiError::Timeout)??;
+        classify(status, &body)
+    }
+}
+
+fn classify(status: StatusCode, body: &[u8]) -> Result<Value, ApiError> {
+    let parsed = serde_json::from_slice::<Value>(body);
+    if status.is_success() {
+        return parsed.map_err(|e| ApiError::Decode(e.to_string()));
+    }
+    let Ok(v) = parsed else {
+        return Err(ApiError::Http(status.as_u16()));
+    };
+    let e = at(&v, "/error");
+    let Some(code) = at(e, "/code").as_u64() else {
+        return Err(ApiError::Http(status.as_u16()));
+    };
+    let details = at(e, "/error_data/details").as_str().unwrap_or_default();
+    let mut message = at(e, "/message").as_str().unwrap_or_default().to_owned();
+    if !details.is_empty() && details != message {
+        message = format!("{message} ({details})");
+    }
+    Err(ApiError::Meta {
+        http_status: status.as_u16(),
+        code: u32::try_from(code).unwrap_or(u32::MAX),
+        subcode: at(e, "/error_subcode")
+            .as_u64()
+            .and_then(|s| u32::try_from(s).ok()),
+        message: message.chars().take(500).collect(),
+        fbtrace_id: at(e, "/fbtrace_id").as_str().map(str::to_owned),
+    })
+}
+
+/// A JSON pointer lookup that yields null when absent (never panics).
+pub(crate) fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
+    v.pointer(pointer).unwrap_or(&Value::Null)
+}
+
+fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = extra_ca {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| ClientError::Ca(format!("cannot read {}: {e}", path.display())))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| ClientError::Ca(format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(ClientError::Ca(format!(
+                "{} holds no certificate",
+                path.display()
+            )));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| ClientError::Ca(format!("{}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_meta_codes() {
+        let meta = |code, status| ApiError::Meta {
+            http_status: status,
+            code,
+            subcode: None,
+            message: String::new(),
+            fbtrace_id: None,
+        };
+        for c in [4, 80007, 130429, 131000, 131016, 131056, 131057] {
+            assert!(meta(c, 400).retryable(), "{c}");
+        }
+        for c in [131047, 131026, 131050, 132000, 132001, 133010, 368, 190] {
+            assert!(!meta(c, 400).retryable(), "{c}");
+        }
+        assert!(meta(190, 401).is_auth());
+        assert!(!meta(132001, 500).retryable());
+        assert!(ApiError::Http(502).retryable());
+        assert!(!ApiError::Http(404).retryable());
+        assert!(ApiError::Timeout.retryable());
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        let t = Token::new("EAAGsecretsecret\n");
+        assert_eq!(format!("{t:?}"), "Token([redacted])");
+    }
+}

@@ -1,0 +1,10 @@
+//! The WhatsApp half, outbound: the Cloud API client, message builders and
+//! the durable outbox that sends through them. (Inbound webhooks are in
+//! `crate::webhook`.) See docs/whatsapp.md.
+
+pub mod client;
+pub mod config;
+pub mod limiter;
+pub mod message;
+pub mod outbox;
+pub mod worker;

@@ -1,0 +1,246 @@
+//! The WhatsApp outbox on the core's durable queue (`crate::queue`).
+//!
+//! A message is committed here before any network call. Items to one
+//! recipient share an order key (a blind index of the recipient, so the
+//! number itself is only inside the sealed item) and leave strictly in
+//! order; items to different recipients go out side by side. What Meta
+//! answers (`wamid`, `wa_id`) is recorded in the sent tree in the same
+//! transaction that removes the item.
+//!
+//! Delivery is at-least-once: the Cloud API has no idempotency key, so a
+//! process that dies after Meta accepted a message and before that
+//! transaction is durable sends it again after the restart. See
+//! docs/whatsapp.md for the window.
+
+use super::message::{Kind, OutMessage, Recipient};
+use crate::model::{EventKind, PatientId};
+use crate::queue::{self, Envelope, QueueSpec, Queued};
+use crate::vault::{Owner, Tree, Txn, Vault, VaultError, VaultResult};
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const WA_OUTBOX: QueueSpec = QueueSpec {
+    name: "whatsapp.outbound",
+    items: Tree::WaOutbox,
+    dead_letters: Tree::WaDeadLetters,
+    dead_letter_event: EventKind::WhatsappMessageRejected,
+    expired_event: EventKind::WhatsappMessageExpired,
+    // About 4 hours of retries at the capped back-off, then an event; a
+    // reminder should carry an expiry that ends it sooner.
+    max_attempts: Some(25),
+    first_backoff: SignedDuration::from_secs(1),
+    max_backoff: SignedDuration::from_secs(900),
+};
+
+/// A queued WhatsApp message. Sealed under the patient's key when it names
+/// one (the recipient is PHI); its `Debug` shows neither recipient nor
+/// content.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct WaItem {
+    pub patient: Option<PatientId>,
+    /// None only for mark-as-read.
+    pub recipient: Option<Recipient>,
+    pub message: OutMessage,
+    /// The caller's PHI-free reference (an appointment id hash, a workflow
+    /// step), echoed in events.
+    pub reference: Option<String>,
+}
+
+impl std::fmt::Debug for WaItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WaItem")
+            .field("patient", &self.patient)
+            .field("message", &self.message)
+            .field("reference", &self.reference)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queued for WaItem {
+    fn patient(&self) -> Option<PatientId> {
+        self.patient
+    }
+
+    fn describe(&self) -> BTreeMap<String, String> {
+        let mut d = BTreeMap::from([("message".to_owned(), self.message.kind.as_str().to_owned())]);
+        if let Some((name, lang)) = &self.message.template {
+            d.insert("template".to_owned(), format!("{name}/{lang}"));
+        }
+        if let Some(r) = &self.reference {
+            d.insert("reference".to_owned(), r.clone());
+        }
+        d
+    }
+}
+
+/// What Meta answered for a sent message (or the dry-run stand-in).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SentRecord {
+    pub outbox_seq: u64,
+    pub wamid: String,
+    /// The WhatsApp id Meta resolved the number to (PHI).
+    pub wa_id: Option<String>,
+    pub kind: Kind,
+    pub template: Option<String>,
+    pub patient: Option<PatientId>,
+    pub reference: Option<String>,
+    pub enqueued_at: Timestamp,
+    pub sent_at: Timestamp,
+    pub attempts: u32,
+    /// Recorded without connecting anywhere (no live credentials).
+    pub dry_run: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("a {0} message needs a recipient")]
+    NoRecipient(&'static str),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+/// The order key: the same for every message to one recipient.
+pub fn order_key(vault: &Vault, item: &WaItem) -> String {
+    match &item.recipient {
+        Some(r) => hex::encode(
+            vault
+                .blind_index("whatsapp-recipient", r.as_str())
+                .get(..12)
+                .unwrap_or_default(),
+        ),
+        // Read receipts need no order among themselves.
+        None => "mark-read".to_owned(),
+    }
+}
+
+/// Stages `item` in `txn` (for callers that commit it with their own
+/// state change).
+pub fn stage(
+    vault: &Vault,
+    txn: &mut Txn,
+    item: WaItem,
+    now: Timestamp,
+    expires: Option<Timestamp>,
+) -> Result<(), OutboxError> {
+    if item.recipient.is_none() && item.message.kind != Kind::MarkRead {
+        return Err(OutboxError::NoRecipient(item.message.kind.as_str()));
+    }
+    let key = order_key(vault, &item);
+    let mut envelope = Envelope::new(item, now);
+    envelope.order_key = key;
+    envelope.expires = expires;
+    queue::enqueue(txn, &WA_OUTBOX, &envelope)?;
+    Ok(())
+}
+
+/// Queues one message durably; returns once it is on disk.
+pub async fn enqueue(
+    vault: &Vault,
+    item: WaItem,
+    now: Timestamp,
+    expires: Option<Timestamp>,
+) -> Result<(), OutboxError> {
+    vault
+        .write(move |v| {
+            let mut txn = Txn::new(now);
+            stage(v, &mut txn, item, now, expires)?;
+            Ok::<_, OutboxError>((txn, ()))
+        })
+        .await
+        .map(|c| c.value)
+}
+
+/// Stages the sent record for `envelope`.
+pub fn stage_sent(
+    txn: &mut Txn,
+    seq: u64,
+    envelope: &Envelope<WaItem>,
+    wamid: String,
+    wa_id: Option<String>,
+    dry_run: bool,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let item = &envelope.item;
+    let record = SentRecord {
+        outbox_seq: seq,
+        wamid,
+        wa_id,
+        kind: item.message.kind,
+        template: item.message.template.as_ref().map(|t| t.0.clone()),
+        patient: item.patient,
+        reference: item.reference.clone(),
+        enqueued_at: envelope.enqueued_at,
+        sent_at: now,
+        attempts: envelope.attempts.saturating_add(1),
+        dry_run,
+    };
+    let owner = item.patient.map_or(Owner::System, Owner::Patient);
+    txn.append_json(Tree::WaSent, owner, &record)
+}
+
+/// The sent records, oldest first (records of erased patients are skipped).
+pub fn sent(vault: &Vault) -> VaultResult<Vec<SentRecord>> {
+    let mut out = Vec::new();
+    for r in vault.scan_raw(Tree::WaSent) {
+        let (_, opened) = r?;
+        if let Ok(bytes) = opened {
+            if let Ok(rec) = serde_json::from_slice::<SentRecord>(&bytes) {
+                out.push(rec);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One line of `outbox list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub seq: u64,
+    pub state: &'static str,
+    pub kind: Kind,
+    pub template: Option<String>,
+    /// The patient's pseudonym (never the number).
+    pub patient: Option<PatientId>,
+    pub at: Timestamp,
+    pub attempts: u32,
+    pub wamid: Option<String>,
+}
+
+/// Queued and sent messages, newest first, at most `limit`.
+pub fn list(vault: &Vault, limit: usize) -> VaultResult<Vec<Listed>> {
+    let mut out = Vec::new();
+    for r in vault.scan_raw(Tree::WaOutbox) {
+        let (key, opened) = r?;
+        let seq = <[u8; 8]>::try_from(key.as_slice()).map_or(0, u64::from_be_bytes);
+        let Ok(bytes) = opened else { continue };
+        let Ok(e) = serde_json::from_slice::<Envelope<WaItem>>(&bytes) else {
+            continue;
+        };
+        out.push(Listed {
+            seq,
+            state: if e.attempts > 0 { "retrying" } else { "queued" },
+            kind: e.item.message.kind,
+            template: e.item.message.template.map(|t| t.0),
+            patient: e.item.patient,
+            at: e.enqueued_at,
+            attempts: e.attempts,
+            wamid: None,
+        });
+    }
+    for rec in sent(vault)? {
+        out.push(Listed {
+            seq: rec.outbox_seq,
+            state: if rec.dry_run { "dry-run" } else { "sent" },
+            kind: rec.kind,
+            template: rec.template,
+            patient: rec.patient,
+            at: rec.sent_at,
+            attempts: rec.attempts,
+            wamid: Some(rec.wamid),
+        });
+    }
+    out.sort_by_key(|l| std::cmp::Reverse(l.seq));
+    out.truncate(limit);
+    Ok(out)
+}
