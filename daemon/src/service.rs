@@ -557,6 +557,7 @@ fn spawn_all(
             vault.clone(),
             clock.clone(),
             stop_rx.clone(),
+            key_retention,
         ) {
             Ok((handle, tls)) => {
                 info!(webhook = %addr, path = %cfg.path, "WhatsApp webhook receiver listening");
@@ -783,11 +784,6 @@ async fn housekeeping(
             Ok(0) => {}
             Ok(n) => info!(pruned = n, "expired idempotency keys pruned"),
             Err(e) => warn!(error = %e, "could not prune idempotency keys; will try again"),
-        }
-        match crate::webhook::prune::prune(&vault, clock.now(), key_retention).await {
-            Ok(0) => {}
-            Ok(n) => info!(pruned = n, "old webhook records pruned"),
-            Err(e) => warn!(error = %e, "could not prune webhook records; will try again"),
         }
     }
 }

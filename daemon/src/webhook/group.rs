@@ -8,8 +8,9 @@
 //! one status each, that fixed cost dominated the per-status work. The
 //! writer's own group commit (one flush per batch of jobs) stays: this only
 //! makes its jobs bigger. Dedupe inside a group works as inside one call
-//! (`apply::stage` remembers what it staged), and a failed commit fails
-//! every call of its group (each gets a 500, and Meta retries each).
+//! (`apply::stage` remembers what it staged). If a group fails, its calls
+//! are applied one by one, so that one call's bad record (a damaged
+//! stored state it touches) fails only that call (a 500: Meta retries it).
 
 use super::apply::Batch;
 use crate::clock::SharedClock;
@@ -53,29 +54,54 @@ async fn run(mut rx: mpsc::Receiver<Item>, vault: Vault, clock: SharedClock, act
     let mut group: Vec<Item> = Vec::with_capacity(MAX_GROUP);
     // One group in flight at a time: while it commits, the next one fills.
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let mut merged = Batch::default();
+        let mut batches = Vec::with_capacity(group.len());
         let mut replies = Vec::with_capacity(group.len());
         for (batch, reply) in group.drain(..) {
-            merged.extend(batch);
+            batches.push(batch);
             replies.push(reply);
         }
-        let applied = commands::apply(
-            &vault,
-            vec![Command::Webhook(Box::new(merged))],
-            Origin::new(actor),
-            clock.now(),
-        )
-        .await;
-        let ok = match applied {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::error!(error = %e, calls = replies.len(), "webhooks could not be stored; Meta will retry them");
-                false
+        let ok = if batches.len() == 1 {
+            vec![apply(&vault, &clock, actor, batches).await]
+        } else {
+            let mut merged = Batch::default();
+            for b in &batches {
+                merged.extend(b.clone());
+            }
+            if apply(&vault, &clock, actor, vec![merged]).await {
+                vec![true; batches.len()]
+            } else {
+                // One call's records may be what failed (a damaged record
+                // it touches): each alone, so that the others still land.
+                let mut each = Vec::with_capacity(batches.len());
+                for b in batches {
+                    each.push(apply(&vault, &clock, actor, vec![b]).await);
+                }
+                each
             }
         };
-        for reply in replies {
+        for (reply, ok) in replies.into_iter().zip(ok) {
             // A caller that went away (connection closed) is no error.
             let _ = reply.send(ok);
+        }
+    }
+}
+
+/// Applies `batches` (merged already, or one call) as one job; true once durable.
+async fn apply(
+    vault: &Vault,
+    clock: &SharedClock,
+    actor: &'static str,
+    batches: Vec<Batch>,
+) -> bool {
+    let commands = batches
+        .into_iter()
+        .map(|b| Command::Webhook(Box::new(b)))
+        .collect();
+    match commands::apply(vault, commands, Origin::new(actor), clock.now()).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "webhooks could not be stored; Meta will retry them");
+            false
         }
     }
 }

@@ -111,7 +111,9 @@ pub fn spawn(
     vault: Vault,
     clock: SharedClock,
     stop: tokio::sync::watch::Receiver<bool>,
+    retention: jiff::SignedDuration,
 ) -> Result<(tokio::task::JoinHandle<()>, Option<TlsReload>), WebhookError> {
+    let pruner = prune::hourly(vault.clone(), clock.clone(), retention, stop.clone());
     let receiver = Arc::new(server::Receiver::new(cfg, &prepared.secrets, vault, clock)?);
     let limits = server::Limits {
         max_connections: cfg.max_connections,
@@ -126,6 +128,9 @@ pub fn spawn(
         }),
         _ => None,
     };
-    let handle = tokio::spawn(server::serve(listener, tls.clone(), receiver, limits, stop));
+    let server = server::serve(listener, tls.clone(), receiver, limits, stop);
+    let handle = tokio::spawn(async move {
+        tokio::join!(server, pruner);
+    });
     Ok((handle, tls))
 }

@@ -1,5 +1,5 @@
-//! Forgetting what webhooks left behind, hourly (service housekeeping), in
-//! bounded writer jobs like the idempotency keys:
+//! Forgetting what webhooks left behind, hourly (the first run an hour
+//! after the start), in bounded writer jobs like the idempotency keys:
 //! - delivery states older than the retention (`service.idempotency_retention`,
 //!   default 30 days): their feed events are long delivered, and Meta stops
 //!   retrying after 7 days;
@@ -13,6 +13,29 @@
 use super::apply::{InboundRecord, StatusRecord};
 use crate::vault::{Tree, Txn, Vault, VaultError};
 use jiff::{SignedDuration, Timestamp};
+
+/// Prunes every hour until `stop`; the first run comes an hour after the
+/// start (not at once: a restart loop must not turn into a prune loop).
+pub async fn hourly(
+    vault: Vault,
+    clock: crate::clock::SharedClock,
+    retention: SignedDuration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    every.tick().await; // the immediate first tick
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = every.tick() => {}
+        }
+        match prune(&vault, clock.now(), retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "old webhook records pruned"),
+            Err(e) => tracing::warn!(error = %e, "could not prune webhook records; will try again"),
+        }
+    }
+}
 
 /// Records one job reads at most.
 const BATCH: usize = 2_000;
