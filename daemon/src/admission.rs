@@ -237,6 +237,58 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How often a repeated warning of a listener is written.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// The rate-limited warnings of one listener, and its accept back-off.
+pub struct Noise {
+    accept: Throttle,
+    full: Throttle,
+    /// The config key that sets the connection cap (named in the warning).
+    limit_key: &'static str,
+}
+
+impl Noise {
+    pub fn new(limit_key: &'static str) -> Noise {
+        Noise {
+            accept: Throttle::new(LOG_EVERY),
+            full: Throttle::new(LOG_EVERY),
+            limit_key,
+        }
+    }
+
+    /// Logs (at most once per interval) and waits before the next accept:
+    /// out of file descriptors, accept fails again at once.
+    pub async fn accept_failed(&self, door: &str, e: &std::io::Error) {
+        if let Some(held) = self.accept.allow() {
+            tracing::warn!(error = %e, repeated = held, "{door} accept failed; retrying");
+        }
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+
+    /// A slot, or `None` (the caller drops the connection) when every slot
+    /// holds a request in progress.
+    pub fn admit(&self, slots: &Arc<Slots>, door: &str) -> Option<Slot> {
+        match slots.admit() {
+            Some((slot, Admitted::Free)) => Some(slot),
+            Some((slot, Admitted::Evicted)) => {
+                tracing::debug!(
+                    "{door}: all connection slots taken; the oldest idle connection was closed"
+                );
+                Some(slot)
+            }
+            None => {
+                if let Some(held) = self.full.allow() {
+                    tracing::warn!(
+                        limit = slots.max(),
+                        repeated = held,
+                        "{door} connection refused: every connection is busy ({})",
+                        self.limit_key
+                    );
+                }
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ pub use limits::ApiLimits;
 pub use problem::Problem;
 pub use routes::{ApiBody, ApiState, Door, HealthSources};
 
-use crate::admission::{self, Admitted, Slots, Throttle};
+use crate::admission::{self, Noise, Slots, Throttle};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::os::unix::fs::PermissionsExt;
@@ -69,7 +69,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
 pub async fn serve(listener: UnixListener, state: Arc<ApiState>, mut stop: watch::Receiver<bool>) {
     let mut connections = tokio::task::JoinSet::new();
     let slots = Slots::new(state.limits.max_connections, true);
-    let noisy = Noise::new();
+    let noisy = Noise::new("api.max_connections");
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -91,52 +91,6 @@ pub async fn serve(listener: UnixListener, state: Arc<ApiState>, mut stop: watch
         }
     }
     while connections.join_next().await.is_some() {}
-}
-
-/// The rate-limited warnings of one listener.
-struct Noise {
-    accept: Throttle,
-    full: Throttle,
-}
-
-impl Noise {
-    fn new() -> Noise {
-        Noise {
-            accept: Throttle::new(admission::LOG_EVERY),
-            full: Throttle::new(admission::LOG_EVERY),
-        }
-    }
-
-    /// Logs (at most once per interval) and waits before the next accept:
-    /// out of file descriptors, accept fails again at once.
-    async fn accept_failed(&self, door: &str, e: &std::io::Error) {
-        if let Some(held) = self.accept.allow() {
-            warn!(error = %e, repeated = held, "{door} accept failed; retrying");
-        }
-        tokio::time::sleep(admission::ACCEPT_BACKOFF).await;
-    }
-
-    /// A slot, or `None` (the caller drops the connection) when every slot
-    /// holds a request in progress.
-    fn admit(&self, slots: &Arc<Slots>, door: &str) -> Option<admission::Slot> {
-        match slots.admit() {
-            Some((slot, Admitted::Free)) => Some(slot),
-            Some((slot, Admitted::Evicted)) => {
-                debug!("{door}: all connection slots taken; the oldest idle connection was closed");
-                Some(slot)
-            }
-            None => {
-                if let Some(held) = self.full.allow() {
-                    warn!(
-                        limit = slots.max(),
-                        repeated = held,
-                        "{door} connection refused: every connection is busy (api.max_connections)"
-                    );
-                }
-                None
-            }
-        }
-    }
 }
 
 /// The audit actor of a client on the Unix socket: the uid from
@@ -181,7 +135,7 @@ pub async fn serve_tcp(
 ) {
     let mut connections = tokio::task::JoinSet::new();
     let slots = Slots::new(state.limits.max_connections, true);
-    let noisy = Noise::new();
+    let noisy = Noise::new("api.max_connections");
     let handshake_failed = Arc::new(Throttle::new(admission::LOG_EVERY));
     loop {
         tokio::select! {

@@ -6,6 +6,7 @@
 use super::apply::Batch;
 use super::config::{Secrets, WebhookConfig};
 use super::payload::Notification;
+use crate::admission::{Noise, Slot, Slots};
 use crate::clock::SharedClock;
 use crate::vault::Vault;
 use bytes::Bytes;
@@ -228,8 +229,11 @@ pub struct Limits {
     pub header_timeout: Duration,
 }
 
-/// Serves until `stop` turns true, then lets open requests finish. At the
-/// connection cap, accepting waits (the kernel's backlog holds the rest).
+/// Serves until `stop` turns true, then lets open requests finish. The
+/// connection cap works as on every listener (`admission`): at the cap a
+/// newcomer takes the slot of the oldest connection that has sent nothing
+/// (or sits idle between requests); a failed accept backs off and is
+/// logged once per interval.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<super::TlsReload>,
@@ -237,13 +241,10 @@ pub async fn serve(
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let slots = Slots::new(limits.max_connections, true);
+    let noisy = Noise::new("webhook.max_connections");
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            _ = stop.changed() => break,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         let accepted = tokio::select! {
             _ = stop.changed() => break,
             a = listener.accept() => a,
@@ -251,22 +252,28 @@ pub async fn serve(
         let (tcp, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                warn!(error = %e, "webhook accept failed");
+                noisy.accept_failed("webhook", &e).await;
                 continue;
             }
+        };
+        let Some(mut slot) = noisy.admit(&slots, "webhook") else {
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let tls = tls.as_ref().map(super::TlsReload::acceptor);
         let (receiver, stop) = (receiver.clone(), stop.clone());
         connections.spawn(async move {
-            let _permit = permit;
             match tls {
-                None => serve_connection(tcp, receiver, limits, stop).await,
+                None => serve_connection(tcp, receiver, limits, stop, slot).await,
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await;
+                    let handshake = tokio::select! {
+                        () = slot.evicted() => return,
+                        h = tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)) => h,
+                    };
                     match handshake {
-                        Ok(Ok(stream)) => serve_connection(stream, receiver, limits, stop).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, receiver, limits, stop, slot).await
+                        }
                         Ok(Err(e)) => {
                             debug!(peer = %peer.ip(), error = %e, "webhook TLS handshake failed")
                         }
@@ -285,12 +292,28 @@ async fn serve_connection<S>(
     receiver: Arc<Receiver>,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
+    mut slot: Slot,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let marker = slot.marker();
     let service = hyper::service::service_fn(move |req| {
         let receiver = receiver.clone();
-        async move { Ok::<_, std::convert::Infallible>(receiver.handle(req).await) }
+        let marker = marker.clone();
+        async move {
+            // Busy while a request is answered: only then is the slot safe
+            // from a newcomer. One evicted just before does not start (Meta
+            // retries a call that got no 200).
+            if !marker.busy() {
+                return Ok(reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "connection closed to make room",
+                ));
+            }
+            let resp = receiver.handle(req).await;
+            marker.idle();
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -301,6 +324,9 @@ async fn serve_connection<S>(
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => { if let Err(e) = res { debug!(error = %e, "webhook connection ended"); } }
+        // Closed at once: it holds no request, and a flood must not leave
+        // evicted sockets open.
+        () = slot.evicted() => {}
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;

@@ -716,3 +716,51 @@ async fn one_call_with_many_entries_and_changes_applies_all_of_them() {
     );
     d.stop().await;
 }
+
+/// Issue 8 extended to the webhook door: 1,000 idle connections (and a
+/// slowloris header) do not lock out Meta. At the cap the oldest connection
+/// that sent nothing is closed to make room, and a signed POST is answered
+/// 200 within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_webhook_connections_do_not_lock_out_meta() {
+    use tokio::io::AsyncWriteExt;
+    let d = start_receiver("").await;
+    let addr = d.running.webhook_addr.unwrap();
+    let mut held = Vec::with_capacity(1000);
+    for i in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if i % 10 == 0 {
+            // Slowloris: a request that never finishes its headers.
+            s.write_all(b"POST /webhook HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+                .await
+                .unwrap();
+        }
+        held.push(s);
+    }
+    // The receiver keeps at most webhook.max_connections (64) of them.
+    let mut closed = 0;
+    for _ in 0..200 {
+        let mut buf = [0u8; 64];
+        closed = held
+            .iter()
+            .filter(|c| matches!(c.try_read(&mut buf), Ok(0)))
+            .count();
+        if closed >= 1000 - 64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(closed >= 1000 - 64, "only {closed} idle connections closed");
+    let body = statuses_body("wamid.FLOOD1", "delivered");
+    let started = tokio::time::Instant::now();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(1), post_signed(&d, &body))
+        .await
+        .expect("a signed POST answered within 1 s");
+    assert_eq!(status, 200);
+    eprintln!(
+        "webhook: signed POST in {} ms with 1,000 idle connections",
+        started.elapsed().as_millis()
+    );
+    drop(held);
+    d.stop().await;
+}
