@@ -17,7 +17,7 @@ use super::config::WhatsappConfig;
 use super::limiter::Limiter;
 use super::outbox::{self, WaItem, WA_OUTBOX};
 use crate::clock::SharedClock;
-use crate::queue::{self, Envelope, Next, Outcome, Settled};
+use crate::queue::{self, Envelope, Outcome, Settled};
 use crate::vault::Vault;
 use jiff::SignedDuration;
 use std::collections::HashSet;
@@ -175,47 +175,49 @@ impl Worker {
                 break;
             }
             let mut wait: Option<Duration> = None;
-            // Fill the free lanes.
-            while !self.handle.paused() && tasks.len() < self.concurrency {
+            // Fill the free lanes: one writer job takes a batch.
+            if !self.handle.paused() && tasks.len() < self.concurrency {
                 let now = self.clock.now();
                 let except = busy.clone();
-                let next = self
+                let free = self.concurrency - tasks.len();
+                let taken = self
                     .vault
                     .write(move |v| {
-                        queue::take_next_except::<WaItem>(v, &WA_OUTBOX, now, retry_now, &except)
+                        queue::take_batch::<WaItem>(v, &WA_OUTBOX, now, retry_now, &except, free)
                     })
-                    .await;
-                let (seq, envelope) = match next.map(|c| c.value) {
-                    Ok(Next::Item { seq, envelope }) => (seq, envelope),
-                    Ok(Next::WaitUntil(due)) => {
-                        wait = Some(
-                            Duration::try_from(due.duration_since(self.clock.now()))
-                                .unwrap_or(Duration::ZERO),
-                        );
-                        break;
+                    .await
+                    .map(|c| c.value);
+                match taken {
+                    Ok(batch) => {
+                        if let Some(due) = batch.wait_until {
+                            wait = Some(
+                                Duration::try_from(due.duration_since(self.clock.now()))
+                                    .unwrap_or(Duration::ZERO),
+                            );
+                        }
+                        for (seq, envelope) in batch.items {
+                            let at = self.limiter.reserve(tokio::time::Instant::now());
+                            tokio::select! {
+                                _ = stop.changed() => break,
+                                _ = tokio::time::sleep_until(at) => {}
+                            }
+                            busy.insert(envelope.order_key.clone());
+                            let key = envelope.order_key.clone();
+                            let vault = self.vault.clone();
+                            let clock = self.clock.clone();
+                            let client = self.client.clone();
+                            tasks.spawn(async move {
+                                let end = send(vault, clock, client.as_ref(), seq, envelope).await;
+                                (key, end)
+                            });
+                        }
                     }
-                    Ok(Next::Empty) => break,
                     Err(e) => {
                         warn!(reason = %e, "the WhatsApp outbox could not be read; will retry");
                         wait = Some(storage_backoff);
                         storage_backoff = (storage_backoff * 2).min(Duration::from_secs(60));
-                        break;
                     }
-                };
-                let at = self.limiter.reserve(tokio::time::Instant::now());
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    _ = tokio::time::sleep_until(at) => {}
                 }
-                busy.insert(envelope.order_key.clone());
-                let key = envelope.order_key.clone();
-                let vault = self.vault.clone();
-                let clock = self.clock.clone();
-                let client = self.client.clone();
-                tasks.spawn(async move {
-                    let end = send(vault, clock, client.as_ref(), seq, envelope).await;
-                    (key, end)
-                });
             }
             retry_now = false;
             if *stop.borrow() {
@@ -230,6 +232,14 @@ impl Worker {
                     if let Ok((key, end)) = done {
                         busy.remove(&key);
                         self.finished(end);
+                    }
+                    // Sends settled by the same flush finish together:
+                    // collect them all, then take one batch for the lanes.
+                    while let Some(done) = tasks.try_join_next() {
+                        if let Ok((key, end)) = done {
+                            busy.remove(&key);
+                            self.finished(end);
+                        }
                     }
                 }
                 _ = self.handle.kick.notified() => retry_now = true,
