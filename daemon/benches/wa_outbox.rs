@@ -4,7 +4,8 @@
 //! machine's cores, as on a clinic's small server).
 //!
 //! * `lifted` (default N = 20,000): producers enqueue N messages to 500
-//!   recipients while the worker sends them with the limiter lifted;
+//!   recipients (in commits of 50, like a reminder run) while the worker
+//!   sends them with the limiter lifted;
 //!   prints enqueue and end-to-end send rates.
 //! * `paced` (30 s): the limiter at 80 msg/s with a backlog; prints the
 //!   rate measured over 30 s and its deviation from 80.
@@ -25,7 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const RECIPIENTS: usize = 500;
-const PRODUCERS: usize = 8;
+const PRODUCERS: usize = 4;
+const BATCH: usize = 50;
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -125,7 +127,7 @@ async fn lifted(n: usize) {
     let total = start.elapsed();
     let sent = sim.sent_messages().len();
     println!(
-        "outbox lifted: {n} messages to {RECIPIENTS} recipients, {PRODUCERS} producers, concurrency {}",
+        "outbox lifted: {n} messages to {RECIPIENTS} recipients, {PRODUCERS} producers committing {BATCH} at a time, concurrency {}",
         config.concurrency
     );
     println!(
