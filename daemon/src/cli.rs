@@ -42,6 +42,16 @@ pub enum Command {
     Backup(BackupCommand),
     /// Ask the running daemon how it is; exits non-zero when unhealthy or not running.
     Status,
+    /// WhatsApp message templates.
+    #[command(subcommand)]
+    Templates(TemplatesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplatesCommand {
+    /// List the shipped templates against the WhatsApp account (missing,
+    /// pending, rejected, paused, moved to MARKETING); exit 1 unless all are approved.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +195,9 @@ pub fn run(cli: Cli) -> Result<(), String> {
             vault.close().map_err(|e| e.to_string())
         }
         Command::Status => status(&load_config(&cli.config)?),
+        Command::Templates(TemplatesCommand::Check) => {
+            crate::whatsapp::cli::templates_check(&load_config(&cli.config)?)
+        }
         Command::Backup(BackupCommand::Create { file }) => {
             backup_create(&load_config(&cli.config)?, &file)
         }

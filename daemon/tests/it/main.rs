@@ -27,3 +27,4 @@ mod vault_rotation;
 mod wa_client;
 mod wa_crash;
 mod wa_outbox;
+mod wa_templates;
