@@ -45,6 +45,19 @@ pub enum Command {
     /// WhatsApp message templates.
     #[command(subcommand)]
     Templates(TemplatesCommand),
+    /// The WhatsApp outbox (daemon stopped).
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Recent outbound messages, newest first: state, kind, template,
+    /// patient pseudonym (never the number or the content).
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +208,11 @@ pub fn run(cli: Cli) -> Result<(), String> {
             vault.close().map_err(|e| e.to_string())
         }
         Command::Status => status(&load_config(&cli.config)?),
+        Command::Outbox(OutboxCommand::List { limit }) => {
+            let config = load_config(&cli.config)?;
+            let vault = open_offline(&config)?;
+            crate::whatsapp::cli::outbox_list(&vault, limit)
+        }
         Command::Templates(TemplatesCommand::Check) => {
             crate::whatsapp::cli::templates_check(&load_config(&cli.config)?)
         }

@@ -41,3 +41,23 @@ pub fn templates_check(config: &Config) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// `clinic-relay outbox list [--limit N]`.
+pub fn outbox_list(vault: &crate::vault::Vault, limit: usize) -> Result<(), String> {
+    let rows = super::outbox::list(vault, limit).map_err(|e| e.to_string())?;
+    println!("seq\tstate\tkind\ttemplate\tpatient\tattempts\tat\twamid");
+    for r in rows {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            r.seq,
+            r.state,
+            r.kind.as_str(),
+            r.template.unwrap_or_else(|| "-".to_owned()),
+            r.patient.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            r.attempts,
+            r.at,
+            r.wamid.unwrap_or_else(|| "-".to_owned()),
+        );
+    }
+    Ok(())
+}

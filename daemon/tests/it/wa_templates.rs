@@ -53,3 +53,35 @@ async fn templates_check_reports_missing_and_rejected() {
     let out = run_cli_async(&dry.config, &["templates", "check"]).await;
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs live credentials"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_list_shows_state_and_pseudonyms_never_numbers() {
+    use clinic_relay::whatsapp::message::{self, Recipient};
+    use clinic_relay::whatsapp::outbox::{self, WaItem};
+    let install = TestInstall::new("");
+    let vault = install.open();
+    for body in ["ZZMARKBODY1", "ZZMARKBODY2"] {
+        let item = WaItem {
+            patient: None,
+            recipient: Some(Recipient::phone("+4915550999").unwrap()),
+            message: message::text(body).unwrap(),
+            reference: None,
+        };
+        outbox::enqueue(&vault, item, t0(), None).await.unwrap();
+    }
+    vault.close().unwrap();
+    let out = run_cli_async(&install.config, &["outbox", "list", "--limit", "1"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert!(
+        rows[0].contains("queued") && rows[0].contains("text"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("4915550999") && !stdout.contains("ZZMARK"));
+}
