@@ -42,6 +42,29 @@ pub enum Command {
     Backup(BackupCommand),
     /// Ask the running daemon how it is; exits non-zero when unhealthy or not running.
     Status,
+    /// WhatsApp message templates.
+    #[command(subcommand)]
+    Templates(TemplatesCommand),
+    /// The WhatsApp outbox (daemon stopped).
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Recent outbound messages, newest first: state, kind, template,
+    /// patient pseudonym (never the number or the content).
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplatesCommand {
+    /// List the shipped templates against the WhatsApp account (missing,
+    /// pending, rejected, paused, moved to MARKETING); exit 1 unless all are approved.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +216,14 @@ pub fn run(cli: Cli) -> Result<(), String> {
             vault.close().map_err(|e| e.to_string())
         }
         Command::Status => status(&load_config(&cli.config)?),
+        Command::Outbox(OutboxCommand::List { limit }) => {
+            let config = load_config(&cli.config)?;
+            let vault = open_offline(&config)?;
+            crate::whatsapp::cli::outbox_list(&vault, limit)
+        }
+        Command::Templates(TemplatesCommand::Check) => {
+            crate::whatsapp::cli::templates_check(&load_config(&cli.config)?)
+        }
         Command::Backup(BackupCommand::Create { file }) => {
             backup_create(&load_config(&cli.config)?, &file)
         }

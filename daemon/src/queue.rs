@@ -161,7 +161,35 @@ pub fn take_next_except<T: Queued>(
     retry_now: bool,
     busy: &HashSet<String>,
 ) -> VaultResult<(Txn, Next<T>)> {
+    let (txn, mut batch) = take_batch(vault, spec, now, retry_now, busy, 1)?;
+    let next = match batch.items.pop() {
+        Some((seq, envelope)) => Next::Item { seq, envelope },
+        None => batch.wait_until.map_or(Next::Empty, Next::WaitUntil),
+    };
+    Ok((txn, next))
+}
+
+/// What [`take_batch`] found: due items with distinct order keys, in seq
+/// order, and when the next one is due if there are none.
+#[derive(Debug)]
+pub struct Batch<T> {
+    pub items: Vec<(u64, Envelope<T>)>,
+    pub wait_until: Option<Timestamp>,
+}
+
+/// Up to `max` items to deliver side by side, in one scan (one writer job
+/// for many items: a worker with free lanes does not wait for a flush per
+/// item). At most one item per order key; keys in `busy` are skipped.
+pub fn take_batch<T: Queued>(
+    vault: &Vault,
+    spec: &QueueSpec,
+    now: Timestamp,
+    retry_now: bool,
+    busy: &HashSet<String>,
+    max: usize,
+) -> VaultResult<(Txn, Batch<T>)> {
     let mut txn = Txn::new(now);
+    let mut items = Vec::new();
     let mut blocked: HashSet<String> = busy.clone();
     let mut earliest: Option<Timestamp> = None;
     for raw in vault.scan_raw(spec.items).take(SCAN_LIMIT) {
@@ -206,9 +234,14 @@ pub fn take_next_except<T: Queued>(
             blocked.insert(envelope.order_key);
             continue;
         }
-        return Ok((txn, Next::Item { seq, envelope }));
+        blocked.insert(envelope.order_key.clone());
+        items.push((seq, envelope));
+        if items.len() >= max {
+            break;
+        }
     }
-    Ok((txn, earliest.map_or(Next::Empty, Next::WaitUntil)))
+    let wait_until = if items.is_empty() { earliest } else { None };
+    Ok((txn, Batch { items, wait_until }))
 }
 
 /// Whether an item is not due yet at `now`. The clock may jump back (an NTP

@@ -17,6 +17,9 @@ pub struct Limiter {
 
 /// How long a throttle answer stops all sending.
 const THROTTLE_PAUSE: Duration = Duration::from_secs(1);
+/// How far behind schedule the sender may catch up (at most
+/// `rate * CATCH_UP` messages back to back).
+const CATCH_UP: Duration = Duration::from_millis(250);
 /// Never slower than this spacing (1 message per second).
 const SLOWEST: Duration = Duration::from_secs(1);
 
@@ -40,9 +43,10 @@ impl Limiter {
             return now;
         };
         let at = match self.next {
-            // A slot not used for longer than one spacing is lost: no
-            // burst after an idle period.
-            Some(n) if n + spacing >= now => n.max(now),
+            // Slots missed by less than CATCH_UP (the worker was busy
+            // recording a round) are used late, so the average holds; older
+            // ones are lost: no burst after an idle period.
+            Some(n) if n + CATCH_UP >= now => n,
             _ => now,
         };
         self.next = Some(at + spacing);

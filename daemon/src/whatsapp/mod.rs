@@ -2,9 +2,11 @@
 //! the durable outbox that sends through them. (Inbound webhooks are in
 //! `crate::webhook`.) See docs/whatsapp.md.
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod limiter;
 pub mod message;
 pub mod outbox;
+pub mod templates;
 pub mod worker;

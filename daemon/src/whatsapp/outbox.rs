@@ -151,6 +151,25 @@ pub async fn enqueue(
         .map(|c| c.value)
 }
 
+/// Queues many messages in one durable commit (a reminder run): one flush
+/// for the lot. Returns once they are on disk.
+pub async fn enqueue_many(
+    vault: &Vault,
+    items: Vec<(WaItem, Option<Timestamp>)>,
+    now: Timestamp,
+) -> Result<(), OutboxError> {
+    vault
+        .write(move |v| {
+            let mut txn = Txn::new(now);
+            for (item, expires) in items {
+                stage(v, &mut txn, item, now, expires)?;
+            }
+            Ok::<_, OutboxError>((txn, ()))
+        })
+        .await
+        .map(|c| c.value)
+}
+
 /// Stages the sent record for `envelope`.
 pub fn stage_sent(
     txn: &mut Txn,

@@ -17,7 +17,7 @@ use super::config::WhatsappConfig;
 use super::limiter::Limiter;
 use super::outbox::{self, WaItem, WA_OUTBOX};
 use crate::clock::SharedClock;
-use crate::queue::{self, Envelope, Next, Outcome, Settled};
+use crate::queue::{self, Envelope, Outcome, Settled};
 use crate::vault::Vault;
 use jiff::SignedDuration;
 use std::collections::HashSet;
@@ -70,18 +70,24 @@ impl OutboxHandle {
     }
 }
 
-/// How a send task ended.
-enum End {
-    Settled {
-        /// It left the queue (sent, dry-run or dead-lettered).
-        left: bool,
-        throttled: bool,
-        sent: bool,
-    },
-    /// 190: not settled; the outbox pauses.
-    TokenRejected,
-    /// The vault could not record the outcome (the item stays queued).
-    Storage(String),
+/// A finished send, waiting to be settled.
+struct Done {
+    key: String,
+    seq: u64,
+    envelope: Envelope<WaItem>,
+    /// None: the token was rejected (190); nothing is settled.
+    outcome: Option<Outcome>,
+    /// (wamid, wa_id, dry_run) of an accepted message.
+    record: Option<(String, Option<String>, bool)>,
+    throttled: bool,
+}
+
+/// What settling a finished send came to (for the worker's bookkeeping).
+struct Report {
+    key: String,
+    settled: Settled,
+    throttled: bool,
+    sent: bool,
 }
 
 pub struct Worker {
@@ -166,7 +172,8 @@ impl Worker {
 
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut busy: HashSet<String> = HashSet::new();
-        let mut tasks: JoinSet<(String, End)> = JoinSet::new();
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut done: Vec<Done> = Vec::new();
         let mut retry_now = false;
         let mut storage_backoff = Duration::from_millis(100);
         info!(dry_run = self.handle.dry_run, "WhatsApp outbox started");
@@ -175,61 +182,95 @@ impl Worker {
                 break;
             }
             let mut wait: Option<Duration> = None;
-            // Fill the free lanes.
-            while !self.handle.paused() && tasks.len() < self.concurrency {
+            let mut again = false;
+            // 190 settles nothing: the item stays queued, the outbox pauses.
+            if done.iter().any(|d| d.outcome.is_none()) {
+                for d in done.iter().filter(|d| d.outcome.is_none()) {
+                    busy.remove(&d.key);
+                }
+                done.retain(|d| d.outcome.is_some());
+                if !self.handle.paused() {
+                    error!("WhatsApp rejected the access token (190): outbox paused, nothing dropped; replace the token file (or send SIGHUP after replacing the credential)");
+                    self.handle.paused.send_replace(true);
+                }
+            }
+            let free = if self.handle.paused() {
+                0
+            } else {
+                self.concurrency.saturating_sub(tasks.len())
+            };
+            if !done.is_empty() || free > 0 {
+                // One writer job settles every finished send and takes the
+                // next batch: one flush per round, however many lanes.
+                let finished = std::mem::take(&mut done);
+                let keys: Vec<String> = finished.iter().map(|d| d.key.clone()).collect();
                 let now = self.clock.now();
                 let except = busy.clone();
-                let next = self
+                let job = self
                     .vault
-                    .write(move |v| {
-                        queue::take_next_except::<WaItem>(v, &WA_OUTBOX, now, retry_now, &except)
-                    })
-                    .await;
-                let (seq, envelope) = match next.map(|c| c.value) {
-                    Ok(Next::Item { seq, envelope }) => (seq, envelope),
-                    Ok(Next::WaitUntil(due)) => {
-                        wait = Some(
-                            Duration::try_from(due.duration_since(self.clock.now()))
-                                .unwrap_or(Duration::ZERO),
-                        );
-                        break;
+                    .write(move |v| round(v, finished, now, retry_now, &except, free))
+                    .await
+                    .map(|c| c.value);
+                match job {
+                    Ok((reports, batch)) => {
+                        storage_backoff = Duration::from_millis(100);
+                        // The next items of the recipients just settled
+                        // were still blocked in this round: look again.
+                        again = !reports.is_empty();
+                        for r in reports {
+                            busy.remove(&r.key);
+                            self.report(&r);
+                        }
+                        if let Some(due) = batch.wait_until {
+                            wait = Some(
+                                Duration::try_from(due.duration_since(self.clock.now()))
+                                    .unwrap_or(Duration::ZERO),
+                            );
+                        }
+                        for (seq, envelope) in batch.items {
+                            let at = self.limiter.reserve(tokio::time::Instant::now());
+                            tokio::select! {
+                                _ = stop.changed() => break,
+                                _ = tokio::time::sleep_until(at) => {}
+                            }
+                            busy.insert(envelope.order_key.clone());
+                            let client = self.client.clone();
+                            tasks.spawn(async move { send(client.as_ref(), seq, envelope).await });
+                        }
                     }
-                    Ok(Next::Empty) => break,
                     Err(e) => {
-                        warn!(reason = %e, "the WhatsApp outbox could not be read; will retry");
+                        // Nothing was recorded: the items stay queued and
+                        // are sent again (at-least-once).
+                        for k in keys {
+                            busy.remove(&k);
+                        }
+                        warn!(reason = %e, "the WhatsApp outbox could not be worked; will retry");
                         wait = Some(storage_backoff);
                         storage_backoff = (storage_backoff * 2).min(Duration::from_secs(60));
-                        break;
                     }
-                };
-                let at = self.limiter.reserve(tokio::time::Instant::now());
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    _ = tokio::time::sleep_until(at) => {}
                 }
-                busy.insert(envelope.order_key.clone());
-                let key = envelope.order_key.clone();
-                let vault = self.vault.clone();
-                let clock = self.clock.clone();
-                let client = self.client.clone();
-                tasks.spawn(async move {
-                    let end = send(vault, clock, client.as_ref(), seq, envelope).await;
-                    (key, end)
-                });
             }
             retry_now = false;
             if *stop.borrow() {
                 break;
+            }
+            if again && tasks.len() < self.concurrency && !self.handle.paused() {
+                continue;
             }
             let signal = self.vault.wa_outbox_signal();
             let paused = self.handle.paused();
             let poll = if paused { Some(self.token_poll) } else { None };
             tokio::select! {
                 _ = stop.changed() => break,
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok((key, end)) = done {
-                        busy.remove(&key);
-                        self.finished(end);
+                Some(finished) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok(d) = finished {
+                        done.push(d);
+                    }
+                    // Sends answered together are settled together.
+                    while let Some(finished) = tasks.try_join_next() {
+                        if let Ok(d) = finished {
+                            done.push(d);
+                        }
                     }
                 }
                 _ = self.handle.kick.notified() => retry_now = true,
@@ -239,36 +280,31 @@ impl Worker {
                 _ = sleep_opt(poll) => self.resume_if_token(false),
             }
         }
-        // In-flight sends finish (or are cut at shutdown: their items stay
-        // queued and go again after the restart).
+        // Sends in flight at shutdown are cut: their items stay queued and
+        // go again after the restart (at-least-once). Answers already in
+        // are recorded first.
+        while let Some(Ok(d)) = tasks.try_join_next() {
+            done.push(d);
+        }
+        done.retain(|d| d.outcome.is_some());
+        if !done.is_empty() {
+            let now = self.clock.now();
+            let _ = self
+                .vault
+                .write(move |v| round(v, done, now, false, &HashSet::new(), 0))
+                .await;
+        }
         tasks.shutdown().await;
     }
 
-    fn finished(&mut self, end: End) {
-        match end {
-            End::Settled {
-                left,
-                throttled,
-                sent,
-            } => {
-                if throttled {
-                    self.limiter.throttled(tokio::time::Instant::now());
-                } else if sent {
-                    self.limiter.succeeded();
-                }
-                if left {
-                    self.handle.processed.send_modify(|n| *n += 1);
-                }
-            }
-            End::TokenRejected => {
-                if !self.handle.paused() {
-                    error!("WhatsApp rejected the access token (190): outbox paused, nothing dropped; replace the token file (or send SIGHUP after replacing the credential)");
-                    self.handle.paused.send_replace(true);
-                }
-            }
-            End::Storage(why) => {
-                warn!(reason = %why, "a WhatsApp send could not be recorded; it stays queued");
-            }
+    fn report(&mut self, r: &Report) {
+        if r.throttled && matches!(r.settled, Settled::RetryAt(_)) {
+            self.limiter.throttled(tokio::time::Instant::now());
+        } else if r.sent {
+            self.limiter.succeeded();
+        }
+        if matches!(r.settled, Settled::Removed | Settled::DeadLettered) {
+            self.handle.processed.send_modify(|n| *n += 1);
         }
     }
 
@@ -301,13 +337,48 @@ fn jitter(attempts: u32) -> SignedDuration {
     SignedDuration::from_millis(i64::from(r) % millis)
 }
 
-async fn send(
-    vault: Vault,
-    clock: SharedClock,
-    client: Option<&GraphClient>,
-    seq: u64,
-    envelope: Envelope<WaItem>,
-) -> End {
+/// Settles `finished` and takes up to `free` more, on the writer.
+fn round(
+    v: &Vault,
+    finished: Vec<Done>,
+    now: jiff::Timestamp,
+    retry_now: bool,
+    busy: &HashSet<String>,
+    free: usize,
+) -> Result<(crate::vault::Txn, Round), crate::vault::VaultError> {
+    let mut txn = crate::vault::Txn::new(now);
+    let mut reports = Vec::with_capacity(finished.len());
+    for d in finished {
+        let Some(outcome) = d.outcome else { continue };
+        let (t, settled) = queue::settle::<WaItem>(v, &WA_OUTBOX, d.seq, &outcome, now)?;
+        txn.extend(t);
+        let sent = d.record.is_some();
+        if let (Some((wamid, wa_id, dry)), Settled::Removed) = (d.record, settled) {
+            outbox::stage_sent(&mut txn, d.seq, &d.envelope, wamid, wa_id, dry, now)?;
+        }
+        reports.push(Report {
+            key: d.key,
+            settled,
+            throttled: d.throttled,
+            sent,
+        });
+    }
+    let batch = if free > 0 {
+        let (t, batch) = queue::take_batch::<WaItem>(v, &WA_OUTBOX, now, retry_now, busy, free)?;
+        txn.extend(t);
+        batch
+    } else {
+        queue::Batch {
+            items: Vec::new(),
+            wait_until: None,
+        }
+    };
+    Ok((txn, (reports, batch)))
+}
+
+type Round = (Vec<Report>, queue::Batch<WaItem>);
+
+async fn send(client: Option<&GraphClient>, seq: u64, envelope: Envelope<WaItem>) -> Done {
     let result = match client {
         None => Ok(None),
         Some(c) => {
@@ -319,25 +390,26 @@ async fn send(
         }
     };
     let kind = envelope.item.message.kind.as_str();
-    let (outcome, sent, throttled) = match &result {
-        Ok(_) => (Outcome::Delivered, true, false),
-        Err(e) if e.is_auth() => return End::TokenRejected,
+    let (outcome, throttled) = match &result {
+        Ok(_) => (Some(Outcome::Delivered), false),
+        Err(e) if e.is_auth() => (None, false),
         Err(e) if e.retryable() => {
             warn!(message = kind, code = %e.code(), attempts = envelope.attempts + 1, "WhatsApp send failed; will retry");
             (
-                Outcome::RetryJittered(e.to_string(), jitter(envelope.attempts)),
-                false,
+                Some(Outcome::RetryJittered(
+                    e.to_string(),
+                    jitter(envelope.attempts),
+                )),
                 e.is_throttle(),
             )
         }
         Err(e) => {
             warn!(message = kind, code = %e.code(), "WhatsApp refused a message for good; moved to dead letters");
             (
-                Outcome::RefusedWith {
+                Some(Outcome::RefusedWith {
                     reason: e.to_string(),
                     code: e.code(),
-                },
-                false,
+                }),
                 false,
             )
         }
@@ -347,22 +419,12 @@ async fn send(
         Ok(None) => Some((format!("dry-run.{seq}"), None, true)),
         Err(_) => None,
     };
-    let now = clock.now();
-    let written = vault
-        .write(move |v| {
-            let (mut txn, settled) = queue::settle::<WaItem>(v, &WA_OUTBOX, seq, &outcome, now)?;
-            if let (Some((wamid, wa_id, dry)), Settled::Removed) = (record, settled) {
-                outbox::stage_sent(&mut txn, seq, &envelope, wamid, wa_id, dry, now)?;
-            }
-            Ok::<_, crate::vault::VaultError>((txn, settled))
-        })
-        .await;
-    match written {
-        Ok(c) => End::Settled {
-            left: matches!(c.value, Settled::Removed | Settled::DeadLettered),
-            throttled: matches!(c.value, Settled::RetryAt(_)) && throttled,
-            sent,
-        },
-        Err(e) => End::Storage(e.to_string()),
+    Done {
+        key: envelope.order_key.clone(),
+        seq,
+        envelope,
+        outcome,
+        record,
+        throttled,
     }
 }

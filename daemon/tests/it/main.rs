@@ -32,5 +32,6 @@ mod vault_rotation;
 mod wa_client;
 mod wa_crash;
 mod wa_outbox;
+mod wa_templates;
 mod webhook;
 mod webhook_crash;

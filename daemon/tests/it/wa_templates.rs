@@ -1,0 +1,87 @@
+//! `clinic-relay templates check` against the simulator.
+
+use crate::support::*;
+use graph_sim::{Sim, Template};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_check_reports_missing_and_rejected() {
+    let sim = Sim::start().await.unwrap();
+    sim.require_token(Some("tok-t"));
+    sim.add_template(Template::approved("appointment_reminder", "de"));
+    sim.add_template(Template::approved("appointment_reminder", "en"));
+    sim.add_template(Template {
+        status: "REJECTED".to_owned(),
+        ..Template::approved("lab_result_ready", "de")
+    });
+    let install = TestInstall::new(&format!(
+        "[whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"1065\"\n\
+         business_account_id = \"1022\"\ntoken_file = \"wa.token\"\n",
+        sim.base_url()
+    ));
+    std::fs::write(install.tmp.path().join("wa.token"), "tok-t\n").unwrap();
+    let out = run_cli_async(&install.config, &["templates", "check"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let line = |name: &str, lang: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name) && l.split_whitespace().nth(1) == Some(lang))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        line("appointment_reminder", "de").ends_with("approved"),
+        "{stdout}"
+    );
+    assert!(
+        line("lab_result_ready", "de").ends_with("rejected"),
+        "{stdout}"
+    );
+    assert!(
+        line("lab_result_ready", "en").ends_with("missing"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("2 of 4 templates are not approved"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("tok-t") && !stderr.contains("tok-t"));
+
+    // Without credentials it says what to configure.
+    let dry = TestInstall::new("[whatsapp]\n");
+    let out = run_cli_async(&dry.config, &["templates", "check"]).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs live credentials"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_list_shows_state_and_pseudonyms_never_numbers() {
+    use clinic_relay::whatsapp::message::{self, Recipient};
+    use clinic_relay::whatsapp::outbox::{self, WaItem};
+    let install = TestInstall::new("");
+    let vault = install.open();
+    for body in ["ZZMARKBODY1", "ZZMARKBODY2"] {
+        let item = WaItem {
+            patient: None,
+            recipient: Some(Recipient::phone("+4915550999").unwrap()),
+            message: message::text(body).unwrap(),
+            reference: None,
+        };
+        outbox::enqueue(&vault, item, t0(), None).await.unwrap();
+    }
+    vault.close().unwrap();
+    let out = run_cli_async(&install.config, &["outbox", "list", "--limit", "1"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert!(
+        rows[0].contains("queued") && rows[0].contains("text"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("4915550999") && !stdout.contains("ZZMARK"));
+}
