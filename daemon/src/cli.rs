@@ -469,9 +469,15 @@ fn status(config: &Config) -> Result<(), String> {
         text(at(&s, "/pms/sender"))
     );
     println!(
-        "WhatsApp: last webhook {}, outbox {}",
-        text(at(&s, "/whatsapp/last_webhook_at")),
-        at(&s, "/whatsapp/outbox_depth")
+        "WhatsApp: outbox {}, dead letters {}, {}, webhook {}",
+        at(&s, "/whatsapp/outbox_depth"),
+        at(&s, "/whatsapp/dead_letters"),
+        if at(&s, "/whatsapp/paused").as_bool() == Some(true) {
+            "PAUSED"
+        } else {
+            "sending"
+        },
+        text(at(&s, "/whatsapp/webhook"))
     );
     let age = at(&s, "/keys/master_key_age_days")
         .as_u64()

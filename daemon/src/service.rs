@@ -468,6 +468,9 @@ fn spawn_all(
     );
     let (read_audit, read_audit_task) =
         crate::api::read_audit::ReadAuditor::start(vault.clone(), clock.clone());
+    let whatsapp_handle: std::sync::Arc<
+        std::sync::OnceLock<crate::whatsapp::worker::OutboxHandle>,
+    > = std::sync::Arc::default();
     let api_state = Arc::new(crate::api::ApiState {
         read_audit,
         key_retention,
@@ -485,6 +488,8 @@ fn spawn_all(
             data_dir: config.service.data_dir.clone(),
             master_key_file: keys::locate(config.keys.master_key_file.as_deref()).ok(),
             pms_sender_configured: config.pms.sender.is_some(),
+            whatsapp: whatsapp_handle.clone(),
+            webhook_configured: config.webhook.is_some(),
         },
     });
 
@@ -601,6 +606,7 @@ fn spawn_all(
                 name: "whatsapp-outbox",
                 handle: tokio::spawn(worker.run(stop_rx.clone())),
             });
+            let _ = whatsapp_handle.set(handle.clone());
             Some(handle)
         }
         Err(e) => {

@@ -45,6 +45,11 @@ pub struct HealthSources {
     pub data_dir: std::path::PathBuf,
     pub master_key_file: Option<std::path::PathBuf>,
     pub pms_sender_configured: bool,
+    /// The WhatsApp outbox's handle, set once its worker runs (after the
+    /// API state is built); unset when it could not start.
+    pub whatsapp: std::sync::Arc<std::sync::OnceLock<crate::whatsapp::worker::OutboxHandle>>,
+    /// Whether the webhook receiver is configured.
+    pub webhook_configured: bool,
 }
 
 /// Which listener a request came in on: admin endpoints answer only on the
@@ -491,10 +496,31 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
     if vault.rotation_pending() {
         warnings.push("a master key rotation is in progress".to_owned());
     }
+    let wa = health.whatsapp.get();
+    let wa_depth = vault.count(Tree::WaOutbox);
+    let wa_dead = vault.count(Tree::WaDeadLetters);
+    match wa {
+        None => warnings.push(
+            "the WhatsApp outbox is not running (see the log; messages stay queued)".to_owned(),
+        ),
+        Some(h) if h.paused() => warnings.push(
+            "the WhatsApp outbox is paused: Meta rejected the access token (190); replace whatsapp.token_file (sending resumes when it changes, or on SIGHUP)".to_owned(),
+        ),
+        Some(_) => {}
+    }
+    if wa_dead > 0 {
+        warnings.push(format!(
+            "{wa_dead} WhatsApp message(s) refused by Meta or out of attempts (dead letters)"
+        ));
+    }
+    let wa_mode = match wa {
+        Some(h) if !h.dry_run => "live",
+        _ => "dry-run",
+    };
     ok(&json!({
         "version": crate::service::VERSION,
         "uptime_seconds": now.duration_since(state.started).as_secs(),
-        "whatsapp_mode": "dry-run",
+        "whatsapp_mode": wa_mode,
         "patients": vault.count(Tree::Patients),
         "pms": {
             "last_message_at": health.ingest.last_message_at().map(|t| t.to_string()),
@@ -503,7 +529,12 @@ fn status(state: &ApiState) -> Result<Resp, Problem> {
             "dead_letters": dead_letters,
             "sender": if health.pms_sender_configured { "configured" } else { "not configured" },
         },
-        "whatsapp": {"last_webhook_at": null, "outbox_depth": 0},
+        "whatsapp": {
+            "outbox_depth": wa_depth,
+            "dead_letters": wa_dead,
+            "paused": wa.is_some_and(|h| h.paused()),
+            "webhook": if health.webhook_configured { "configured" } else { "not configured" },
+        },
         "keys": {"generation": vault.key_generation(), "master_key_age_days": key_age_days},
         "audit": {"seq": vault.audit_seq(), "reads_waiting": state.read_audit.waiting()},
         "storage": {"data_dir": health.data_dir.display().to_string(), "free_bytes": free_bytes, "total_bytes": total_bytes},

@@ -354,3 +354,49 @@ async fn an_expired_item_is_dropped_with_an_event_not_sent() {
         .any(|(_, e)| e.kind == EventKind::WhatsappMessageExpired
             && e.details["reference"] == "appt-hash"));
 }
+
+/// `/v1/status` tells clinic IT what the WhatsApp side is doing: dry-run by
+/// default; live with a token, and a paused outbox (token rejected, 190) is
+/// a warning that names the fix, with the queued messages still counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_the_whatsapp_mode_queue_and_a_paused_outbox() {
+    use crate::pms_support::Daemon;
+    let d = Daemon::start("").await;
+    let (status, s) = d.api("GET", "/v1/status", None).await;
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["whatsapp_mode"], "dry-run");
+    assert_eq!(s["whatsapp"]["paused"], false);
+    assert_eq!(s["whatsapp"]["webhook"], "not configured");
+    d.stop().await;
+
+    let sim = Sim::start().await.unwrap();
+    sim.require_token(Some("the-right-token"));
+    let install = TestInstall::new(&format!(
+        "[whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"106540352242922\"\n\
+         token_file = \"wa.token\"\n",
+        sim.base_url()
+    ));
+    std::fs::write(install.tmp.path().join("wa.token"), "an-expired-token\n").unwrap();
+    let d = Daemon::start_in(install).await;
+    let item = WaItem {
+        patient: None,
+        recipient: Some(Recipient::phone("+4915550029").unwrap()),
+        message: message::text("ZZ status").unwrap(),
+        reference: None,
+    };
+    outbox::enqueue(&d.running.vault, item, t0(), None)
+        .await
+        .unwrap();
+    let handle = d.running.whatsapp.clone().unwrap();
+    within(handle.wait_paused(true)).await;
+    let (_, s) = d.api("GET", "/v1/status", None).await;
+    assert_eq!(s["whatsapp_mode"], "live", "{s}");
+    assert_eq!(s["whatsapp"]["paused"], true);
+    assert_eq!(s["whatsapp"]["outbox_depth"], 1);
+    assert_eq!(s["healthy"], false);
+    assert!(
+        s["warnings"].to_string().contains("whatsapp.token_file"),
+        "{s}"
+    );
+    d.stop().await;
+}
