@@ -92,10 +92,19 @@ pub struct SentRecord {
     pub dry_run: bool,
 }
 
+/// Meta's customer-service window: a free-form message (anything but an
+/// approved template) may only go to someone who wrote to us within it.
+pub const SERVICE_WINDOW: SignedDuration = SignedDuration::from_hours(24);
+
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("a {0} message needs a recipient")]
     NoRecipient(&'static str),
+    #[error(
+        "a free-form {kind} message is outside the patient's 24-hour customer-service window \
+         ({since}); send an approved template instead"
+    )]
+    OutsideWindow { kind: &'static str, since: String },
     #[error(transparent)]
     Vault(#[from] VaultError),
 }
@@ -114,6 +123,35 @@ pub fn order_key(vault: &Vault, item: &WaItem) -> String {
     }
 }
 
+/// Refuses a free-form message to a patient outside the 24-hour window
+/// (Meta would refuse it with 131047 after the queue, where the workflow can
+/// no longer choose a template instead). Templates and read receipts are
+/// always allowed; a message without a patient (a reply to a sender we
+/// could not match) is the caller's call.
+fn check_window(vault: &Vault, item: &WaItem, now: Timestamp) -> Result<(), OutboxError> {
+    let (Some(patient), kind) = (item.patient, item.message.kind) else {
+        return Ok(());
+    };
+    if matches!(kind, Kind::Template | Kind::MarkRead) {
+        return Ok(());
+    }
+    let last = vault.wa_last_inbound(patient)?;
+    let open = last.is_some_and(|at| now.duration_since(at) < SERVICE_WINDOW);
+    if open {
+        return Ok(());
+    }
+    Err(OutboxError::OutsideWindow {
+        kind: kind.as_str(),
+        since: match last {
+            Some(at) => format!(
+                "their last message came {} h ago",
+                now.duration_since(at).as_hours()
+            ),
+            None => "they have not written to us".to_owned(),
+        },
+    })
+}
+
 /// Stages `item` in `txn` (for callers that commit it with their own
 /// state change).
 pub fn stage(
@@ -126,6 +164,7 @@ pub fn stage(
     if item.recipient.is_none() && item.message.kind != Kind::MarkRead {
         return Err(OutboxError::NoRecipient(item.message.kind.as_str()));
     }
+    check_window(vault, &item, now)?;
     let key = order_key(vault, &item);
     let mut envelope = Envelope::new(item, now);
     envelope.order_key = key;

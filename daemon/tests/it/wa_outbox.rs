@@ -400,3 +400,75 @@ async fn status_reports_the_whatsapp_mode_queue_and_a_paused_outbox() {
     );
     d.stop().await;
 }
+
+/// Issue 9 item 6: a free-form message to a patient outside Meta's 24-hour
+/// customer-service window is refused at enqueue with a clear error (Meta
+/// would refuse it with 131047 after the queue); a template always goes.
+/// The window opens with the patient's inbound message (through the real
+/// webhook apply path) and closes 24 hours later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_form_messages_need_the_24_hour_window_templates_do_not() {
+    use clinic_relay::vault::Txn;
+    use clinic_relay::webhook::{apply, payload::Notification};
+    let s = Setup::new();
+    let p = marker_patient(&s.vault, "71");
+    tokio::task::block_in_place(|| s.vault.put_patient(&p, "test", t0())).unwrap();
+    let phone = p.phone.clone().unwrap();
+    let item = |msg: message::OutMessage| WaItem {
+        patient: Some(p.id),
+        recipient: Some(Recipient::phone(&phone).unwrap()),
+        message: msg,
+        reference: None,
+    };
+    let text = || message::text("ZZ free form").unwrap();
+    let template = || {
+        message::template(&TemplateSpec {
+            name: "appointment_reminder",
+            language: "de",
+            header: None,
+            body: Params::Positional(vec!["Mo", "9:00"]),
+            quick_replies: vec![],
+        })
+        .unwrap()
+    };
+
+    let refused = outbox::enqueue(&s.vault, item(text()), t0(), None).await;
+    let err = refused.expect_err("no inbound message yet").to_string();
+    assert!(err.contains("24-hour") && err.contains("template"), "{err}");
+    outbox::enqueue(&s.vault, item(template()), t0(), None)
+        .await
+        .expect("a template is always allowed");
+
+    // The patient writes to us: the window opens.
+    let inbound: Notification = serde_json::from_value(serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "ZZWABA", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "messages": [{"from": phone.trim_start_matches('+'), "id": "wamid.WIN1",
+                          "timestamp": t0().as_second().to_string(), "type": "text",
+                          "text": {"body": "ZZ hello"}}]
+        }}]}]
+    }))
+    .unwrap();
+    let batch = apply::Batch::from_notification(inbound);
+    s.vault
+        .write(move |v| {
+            let mut txn = Txn::new(t0());
+            apply::stage(v, &mut txn, &batch, t0())?;
+            Ok::<_, clinic_relay::vault::VaultError>((txn, ()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.vault.wa_last_inbound(p.id).unwrap(), Some(t0()));
+    let later = t0() + SignedDuration::from_hours(23);
+    outbox::enqueue(&s.vault, item(text()), later, None)
+        .await
+        .expect("inside the window");
+    let closed = t0() + SignedDuration::from_hours(25);
+    let err = outbox::enqueue(&s.vault, item(text()), closed, None)
+        .await
+        .expect_err("the window closed")
+        .to_string();
+    assert!(err.contains("25 h ago"), "{err}");
+    assert_eq!(s.vault.count(Tree::WaOutbox), 2);
+}
