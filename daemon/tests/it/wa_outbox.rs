@@ -472,3 +472,71 @@ async fn free_form_messages_need_the_24_hour_window_templates_do_not() {
     assert!(err.contains("25 h ago"), "{err}");
     assert_eq!(s.vault.count(Tree::WaOutbox), 2);
 }
+
+/// End to end through real sockets in both directions (issue 9): the daemon
+/// sends through the simulator, and the simulator delivers the status
+/// lifecycle back to the daemon's webhook the way Meta does, signed over
+/// `\uXXXX`-escaped JSON, shuffled, every update twice, four to a call.
+/// Every message ends in `read`, whatever the order of arrival.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_lifecycle_from_the_simulator_ends_in_the_right_state() {
+    use crate::pms_support::Daemon;
+    use clinic_relay::webhook::payload::StatusKind;
+    use graph_sim::webhooks::{deliver, Delivery};
+    use std::os::unix::fs::PermissionsExt;
+    const SECRET: &str = "lifecycle-app-secret";
+    let sim = Sim::start().await.unwrap();
+    let install = TestInstall::new(&format!(
+        "[whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"106540352242922\"\n\
+         token_file = \"wa.token\"\nrate_per_second = 1000\n\n\
+         [webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
+         verify_token_file = \"verify-token\"\n",
+        sim.base_url()
+    ));
+    for (name, value) in [
+        ("wa.token", "tok"),
+        ("app-secret", SECRET),
+        ("verify-token", "t"),
+    ] {
+        let path = install.tmp.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let d = Daemon::start_in(install).await;
+    for (i, to) in ["+4915550031", "+4915550032", "+4915550031", "+4915550033"]
+        .iter()
+        .enumerate()
+    {
+        let item = WaItem {
+            patient: None,
+            recipient: Some(Recipient::phone(to).unwrap()),
+            message: message::text(&format!("ZZ lifecycle {i} – ü/😀")).unwrap(),
+            reference: None,
+        };
+        outbox::enqueue(&d.running.vault, item, t0(), None)
+            .await
+            .unwrap();
+    }
+    let handle = d.running.whatsapp.clone().unwrap();
+    within(handle.processed_at_least(4)).await;
+    let wamids = sim.accepted_wamids();
+    assert_eq!(wamids.len(), 4);
+
+    let delivery = Delivery {
+        url: format!("http://{}/webhook", d.running.webhook_addr.unwrap()),
+        app_secret: SECRET.to_owned(),
+        shuffle: Some(0x5eed),
+        duplicate: true,
+        per_call: 4,
+    };
+    let statuses = deliver(&sim.status_updates(t0().as_second() as u64), &delivery)
+        .await
+        .unwrap();
+    assert_eq!(statuses.len(), 6, "24 updates, 4 to a call");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    for wamid in &wamids {
+        let record = d.running.vault.wa_status(wamid).unwrap().expect(wamid);
+        assert_eq!(record.state, StatusKind::Read, "{wamid}");
+    }
+    d.stop().await;
+}

@@ -7,10 +7,14 @@
 //! with Meta's success and error shapes, records every request, and can be
 //! told to fail: injected errors per code or HTTP status, its own rate limit
 //! (130429), the pair limit (131056), a required token (190), a delay, and
-//! refusing connections altogether (the listening socket is closed).
+//! refusing connections altogether (the listening socket is closed). It also
+//! delivers webhooks back the way Meta does ([`webhooks`]): status updates
+//! for what it accepted, inbound messages, signed, shuffled, duplicated and
+//! batched on request.
 
 mod routes;
 mod state;
+pub mod webhooks;
 
 pub use state::{meta_error, Injection, PhoneFields, Recorded, Route, Template};
 
@@ -164,6 +168,32 @@ impl Sim {
     /// Media ids currently stored (uploaded and not deleted).
     pub fn media_ids(&self) -> Vec<String> {
         self.state().media.keys().cloned().collect()
+    }
+
+    /// Status updates for every message accepted so far: `sent`, `delivered`
+    /// and `read` each (times one second apart from `at`), in order.
+    pub fn status_updates(&self, at: u64) -> Vec<webhooks::Update> {
+        self.state()
+            .accepted
+            .iter()
+            .flat_map(|(wamid, wa_id)| {
+                let to = wa_id.clone().unwrap_or_default();
+                ["sent", "delivered", "read"]
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, s)| webhooks::status(wamid, s, &to, at + i as u64))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The wamids of every message accepted so far, in order.
+    pub fn accepted_wamids(&self) -> Vec<String> {
+        self.state()
+            .accepted
+            .iter()
+            .map(|(w, _)| w.clone())
+            .collect()
     }
 
     /// Refuse connections (close the listening socket and every open

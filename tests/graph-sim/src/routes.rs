@@ -154,6 +154,8 @@ fn messages(state: &mut State, body: &[u8]) -> Answer {
         (None, Some(r)) => json!({"input": r, "user_id": r}),
         (None, None) => json!({}),
     };
+    let wa_id = contact["wa_id"].as_str().map(str::to_owned);
+    state.accepted.push((wamid.clone(), wa_id));
     ok(json!({
         "messaging_product": "whatsapp",
         "contacts": [contact],

@@ -192,6 +192,8 @@ pub struct State {
     /// Delay before every answer (to provoke client timeouts).
     pub delay: Option<Duration>,
     pub phone: PhoneFields,
+    /// Every message answered 200: (wamid, wa_id), for status webhooks.
+    pub accepted: Vec<(String, Option<String>)>,
 }
 
 /// What `GET /{phone-number-id}` answers.
