@@ -53,10 +53,14 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
     /// Recent outbound messages, newest first: state, kind, template,
-    /// patient pseudonym (never the number or the content).
+    /// patient pseudonym (never the number; the content only with
+    /// --show-content).
     List {
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Also print what queued messages say (PHI; the read is audited).
+        #[arg(long)]
+        show_content: bool,
     },
 }
 
@@ -216,10 +220,13 @@ pub fn run(cli: Cli) -> Result<(), String> {
             vault.close().map_err(|e| e.to_string())
         }
         Command::Status => status(&load_config(&cli.config)?),
-        Command::Outbox(OutboxCommand::List { limit }) => {
+        Command::Outbox(OutboxCommand::List {
+            limit,
+            show_content,
+        }) => {
             let config = load_config(&cli.config)?;
             let vault = open_offline(&config)?;
-            crate::whatsapp::cli::outbox_list(&vault, limit)
+            crate::whatsapp::cli::outbox_list(&vault, limit, show_content)
         }
         Command::Templates(TemplatesCommand::Check) => {
             crate::whatsapp::cli::templates_check(&load_config(&cli.config)?)

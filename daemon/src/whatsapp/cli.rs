@@ -42,13 +42,47 @@ pub fn templates_check(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// `clinic-relay outbox list [--limit N]`.
-pub fn outbox_list(vault: &crate::vault::Vault, limit: usize) -> Result<(), String> {
-    let rows = super::outbox::list(vault, limit).map_err(|e| e.to_string())?;
-    println!("seq\tstate\tkind\ttemplate\tpatient\tattempts\tat\twamid");
+/// `clinic-relay outbox list [--limit N] [--show-content]`. With the content
+/// (PHI), the read is audited first (`outbox.read`, one entry per patient
+/// shown), and nothing is printed if the audit entry cannot be written.
+pub fn outbox_list(
+    vault: &crate::vault::Vault,
+    limit: usize,
+    show_content: bool,
+) -> Result<(), String> {
+    let rows = if show_content {
+        let rows = super::outbox::list_with_content(vault, limit).map_err(|e| e.to_string())?;
+        let mut patients: Vec<_> = rows
+            .iter()
+            .filter(|r| r.content.is_some())
+            .map(|r| r.patient)
+            .collect();
+        patients.sort_by_key(|p| p.map(|p| p.to_string()));
+        patients.dedup();
+        let drafts = patients.into_iter().map(|p| {
+            let mut d = crate::audit::AuditDraft::new("admin:cli", "outbox.read");
+            d.subject = p.map(|p| p.to_string());
+            d
+        });
+        vault
+            .record_audit_blocking(crate::clock::Clock::now(&crate::clock::SystemClock), drafts)
+            .map_err(|e| format!("the read could not be audited, nothing shown: {e}"))?;
+        rows
+    } else {
+        super::outbox::list(vault, limit).map_err(|e| e.to_string())?
+    };
+    println!(
+        "seq\tstate\tkind\ttemplate\tpatient\tattempts\tat\twamid{}",
+        if show_content { "\tcontent" } else { "" }
+    );
     for r in rows {
+        let content = match (&r.content, show_content) {
+            (Some(c), true) => format!("\t{c}"),
+            (None, true) => "\t-".to_owned(),
+            _ => String::new(),
+        };
         println!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}{content}",
             r.seq,
             r.state,
             r.kind.as_str(),

@@ -263,10 +263,24 @@ pub struct Listed {
     pub at: Timestamp,
     pub attempts: u32,
     pub wamid: Option<String>,
+    /// The message as it will be sent (PHI): only from [`list_with_content`],
+    /// and only for messages still queued (a sent message's content is not
+    /// kept).
+    pub content: Option<serde_json::Value>,
 }
 
 /// Queued and sent messages, newest first, at most `limit`.
 pub fn list(vault: &Vault, limit: usize) -> VaultResult<Vec<Listed>> {
+    list_inner(vault, limit, false)
+}
+
+/// [`list`] with the content of the queued messages. The caller audits
+/// the read (it shows PHI).
+pub fn list_with_content(vault: &Vault, limit: usize) -> VaultResult<Vec<Listed>> {
+    list_inner(vault, limit, true)
+}
+
+fn list_inner(vault: &Vault, limit: usize, with_content: bool) -> VaultResult<Vec<Listed>> {
     let mut out = Vec::new();
     for r in vault.scan_raw(Tree::WaOutbox) {
         let (key, opened) = r?;
@@ -284,6 +298,7 @@ pub fn list(vault: &Vault, limit: usize) -> VaultResult<Vec<Listed>> {
             at: e.enqueued_at,
             attempts: e.attempts,
             wamid: None,
+            content: with_content.then(|| e.item.message.payload.clone()),
         });
     }
     for rec in sent(vault)? {
@@ -296,6 +311,7 @@ pub fn list(vault: &Vault, limit: usize) -> VaultResult<Vec<Listed>> {
             at: rec.sent_at,
             attempts: rec.attempts,
             wamid: Some(rec.wamid),
+            content: None,
         });
     }
     out.sort_by_key(|l| std::cmp::Reverse(l.seq));

@@ -84,4 +84,21 @@ async fn outbox_list_shows_state_and_pseudonyms_never_numbers() {
         "{stdout}"
     );
     assert!(!stdout.contains("4915550999") && !stdout.contains("ZZMARK"));
+
+    // --show-content prints what the queued messages say, and audits it.
+    let out = run_cli_async(&install.config, &["outbox", "list", "--show-content"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ZZMARKBODY1") && stdout.contains("ZZMARKBODY2"),
+        "{stdout}"
+    );
+    let out = run_cli_async(&install.config, &["audit", "export"]).await;
+    let audit = String::from_utf8_lossy(&out.stdout);
+    assert!(audit.contains("outbox.read"), "{audit}");
+    assert!(!audit.contains("ZZMARK"), "the audit log holds no content");
 }
