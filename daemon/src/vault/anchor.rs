@@ -70,6 +70,12 @@ fn write_anchor_file(path: &Path, key: &hmac::Key, seq: u64, hash: &str) -> Vaul
 /// coalesce into the next one. The anchor then lags the store by at most the
 /// write in flight, which is what a crash between flush and anchor leaves
 /// anyway, and which the next open accepts.
+/// The least time between two anchor writes while running. The anchor may
+/// lag the store (see above); this bounds the lag by about this much plus
+/// one write, so a rollback of less than that could go unnoticed, the same
+/// order as the write in flight already allows.
+const ANCHOR_MIN_GAP: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub(super) struct Anchorer {
     shared: Arc<AnchorShared>,
     worker: Mutex<Option<JoinHandle<()>>>,
@@ -149,6 +155,18 @@ fn anchor_loop(shared: &AnchorShared, path: &Path, key: &hmac::Key) {
         if let Err(e) = write_anchor_file(path, key, seq, &hash) {
             tracing::error!(error = %e, seq, "the audit anchor could not be updated; it lags the store (accepted at the next start) until a later update succeeds");
         }
+        // Rest before the next write unless stopping (a stop still writes
+        // what is pending, at once). Under load the writes otherwise follow
+        // each other back to back, and each one's fsyncs, rename and
+        // directory fsync are ext4 journal commits that every durable
+        // append (the keyring's fdatasync) then queues behind.
+        let slot = crate::sync::lock(&shared.slot);
+        drop(
+            shared
+                .wake
+                .wait_timeout_while(slot, ANCHOR_MIN_GAP, |s| !s.stop)
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
     }
 }
 

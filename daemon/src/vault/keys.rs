@@ -79,7 +79,7 @@ impl Vault {
         plain: &[u8],
     ) -> VaultResult<Vec<u8>> {
         let vk = self.sealing_key(owner)?;
-        vk.with_key(|dk| seal::seal(dk, &self.inner.rng, tree.name(), key, plain))?
+        vk.with_key(|dk| seal::seal(dk, &self.inner.nonces, tree.name(), key, plain))?
             .map_err(|source| VaultError::Damaged {
                 tree: tree.name(),
                 source,

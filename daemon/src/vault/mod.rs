@@ -128,6 +128,8 @@ struct Inner {
     wa_outbox_signal: tokio::sync::Notify,
     purpose: PurposeKeys,
     rng: SystemRandom,
+    /// Nonces for sealing, drawn in blocks (seal.rs).
+    nonces: seal::NoncePool,
     _lock: fs::File,
 }
 
@@ -259,6 +261,7 @@ impl Vault {
                 anchorer,
                 purpose,
                 rng: SystemRandom::new(),
+                nonces: seal::NoncePool::default(),
                 _lock: lock,
             }
         });
