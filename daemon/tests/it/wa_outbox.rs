@@ -531,7 +531,7 @@ async fn the_status_lifecycle_from_the_simulator_ends_in_the_right_state() {
     };
     let statuses = deliver(&sim.status_updates(t0().as_second() as u64), &delivery)
         .await
-        .unwrap();
+        .expect("the webhook calls are delivered");
     assert_eq!(statuses.len(), 6, "24 updates, 4 to a call");
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     for wamid in &wamids {

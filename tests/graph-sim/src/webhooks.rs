@@ -107,40 +107,75 @@ pub fn calls(updates: &[Update], d: &Delivery) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// POSTs every call to `d.url`, one after another on one connection;
-/// returns the HTTP statuses.
+/// POSTs every call to `d.url` on a kept-alive connection; returns the
+/// HTTP statuses. A call whose connection fails is sent again on a new
+/// connection (up to three tries), as Meta retries.
 pub async fn deliver(updates: &[Update], d: &Delivery) -> std::io::Result<Vec<u16>> {
     let rest = d
         .url
         .strip_prefix("http://")
         .ok_or_else(|| std::io::Error::other("only http:// webhook URLs"))?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut sender = None;
+    let mut statuses = Vec::new();
+    for body in calls(updates, d) {
+        let mut tries = 0;
+        let status = loop {
+            tries += 1;
+            let s = match sender.take() {
+                Some(s) => s,
+                None => connect(host).await?,
+            };
+            match post(s, host, path, &body, &d.app_secret).await {
+                Ok((status, s)) => {
+                    sender = Some(s);
+                    break status;
+                }
+                Err(e) if tries >= 3 => return Err(e),
+                Err(_) => continue,
+            }
+        };
+        statuses.push(status);
+    }
+    Ok(statuses)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<bytes::Bytes>>;
+
+async fn connect(host: &str) -> std::io::Result<Sender> {
     let stream = tokio::net::TcpStream::connect(host).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
     tokio::spawn(conn);
-    let mut statuses = Vec::new();
-    for body in calls(updates, d) {
-        let req = hyper::Request::builder()
-            .method("POST")
-            .uri(format!("/{path}"))
-            .header("host", host)
-            .header("content-type", "application/json")
-            .header("x-hub-signature-256", sign(&d.app_secret, &body))
-            .body(Full::new(bytes::Bytes::from(body)))
-            .map_err(std::io::Error::other)?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(std::io::Error::other)?;
-        statuses.push(resp.status().as_u16());
-        resp.into_body()
-            .collect()
-            .await
-            .map_err(std::io::Error::other)?;
-    }
-    Ok(statuses)
+    Ok(sender)
+}
+
+async fn post(
+    mut sender: Sender,
+    host: &str,
+    path: &str,
+    body: &[u8],
+    secret: &str,
+) -> std::io::Result<(u16, Sender)> {
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("/{path}"))
+        .header("host", host)
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", sign(secret, body))
+        .body(Full::new(bytes::Bytes::copy_from_slice(body)))
+        .map_err(std::io::Error::other)?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(std::io::Error::other)?;
+    let status = resp.status().as_u16();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok((status, sender))
 }
 
 #[cfg(test)]
