@@ -78,13 +78,7 @@ async fn start_receiver(extra: &str) -> Daemon {
     Daemon::start_in(install).await
 }
 
-pub fn sign(secret: &str, body: &[u8]) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    format!(
-        "sha256={}",
-        hex::encode(ring::hmac::sign(&key, body).as_ref())
-    )
-}
+pub use graph_sim::webhooks::sign;
 
 /// One HTTP/1.1 request on a fresh connection: (status, body).
 pub async fn http(
@@ -142,25 +136,8 @@ async fn post_signed(d: &Daemon, body: &[u8]) -> u16 {
     post(d, body, Some(sign(SECRET, body))).await
 }
 
-/// JSON the way Meta serialises it: non-ASCII as `\uXXXX` (surrogate pairs
-/// beyond the BMP) and `/` as `\/`.
-pub fn meta_json(v: &serde_json::Value) -> Vec<u8> {
-    let compact = serde_json::to_string(v).unwrap();
-    let mut out = String::with_capacity(compact.len());
-    for c in compact.chars() {
-        match c {
-            '/' => out.push_str("\\/"),
-            c if c.is_ascii() => out.push(c),
-            c => {
-                let mut units = [0u16; 2];
-                for u in c.encode_utf16(&mut units) {
-                    out.push_str(&format!("\\u{u:04x}"));
-                }
-            }
-        }
-    }
-    out.into_bytes()
-}
+/// JSON the way Meta serialises it (the simulator's serialiser).
+pub use graph_sim::webhooks::meta_json;
 
 fn envelope(value: serde_json::Value) -> serde_json::Value {
     serde_json::json!({
