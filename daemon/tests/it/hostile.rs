@@ -852,3 +852,124 @@ async fn out_of_file_descriptors_the_daemon_backs_off_quietly_and_recovers() {
     .0;
     assert_eq!(status, 200);
 }
+
+/// Every listener flooded at once, in one real daemon process: 1,000 idle
+/// connections each on MLLP, the API socket and the webhook receiver, one in
+/// ten of them a slow client stuck in the middle of its first request. A
+/// normal ADT, a `/v1/status` and a signed webhook are each still answered
+/// within a second, and the daemon's peak RSS stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listener_flooded_at_once_still_serves_in_bounded_memory() {
+    use tokio::io::AsyncWriteExt;
+    const SECRET: &str = "flood-app-secret";
+    // 3,000 client sockets here: raise the soft limit to the hard one.
+    if let Ok(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .ok_or(())
+    {
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(limit),
+                maximum: Some(limit),
+            },
+        );
+    }
+    let install = TestInstall::new(
+        "[webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
+         verify_token_file = \"verify-token\"\n",
+    );
+    for (name, value) in [("app-secret", SECRET), ("verify-token", "t")] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = install.tmp.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let Served {
+        mut child,
+        mllp,
+        webhook,
+        ..
+    } = spawn_serve(&install);
+    let webhook = webhook.unwrap();
+    let socket = install.tmp.path().join("api.sock");
+    let hwm = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let mut m = Mllp::connect(mllp).await;
+    assert_eq!(
+        msa(&m.send(&adt_a04("FL0", "ZZFL0", "ZZFLOOD", "")).await).0,
+        "AA"
+    );
+    let before = hwm(child.id());
+
+    let mut tcp_held = Vec::with_capacity(2000);
+    let mut unix_held = Vec::with_capacity(1000);
+    for i in 0..1000 {
+        let mut a = tokio::net::TcpStream::connect(mllp).await.unwrap();
+        let mut w = tokio::net::TcpStream::connect(webhook).await.unwrap();
+        let mut u = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        if i % 10 == 0 {
+            let _ = a.write_all(b"\x0bMSH|^~\\&|SLOW").await;
+            let _ = w
+                .write_all(b"POST /webhook HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+                .await;
+            let _ = u
+                .write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+                .await;
+        }
+        tcp_held.push(a);
+        tcp_held.push(w);
+        unix_held.push(u);
+    }
+
+    let started = tokio::time::Instant::now();
+    let within = std::time::Duration::from_secs(1);
+    let ack = tokio::time::timeout(within, async {
+        let mut pms = Mllp::connect(mllp).await;
+        pms.send(&adt_a04("FL1", "ZZFL1", "ZZFLOOD", "")).await
+    })
+    .await
+    .expect("an ADT within 1 s");
+    assert_eq!(msa(&ack).0, "AA");
+    let adt_ms = started.elapsed().as_millis();
+    let started = tokio::time::Instant::now();
+    let (status, _) =
+        tokio::time::timeout(within, api_call(&socket, "GET", "/v1/status", None, &[]))
+            .await
+            .expect("/v1/status within 1 s");
+    assert_eq!(status, 200);
+    let api_ms = started.elapsed().as_millis();
+    let body = crate::webhook::statuses_body("wamid.FLOODALL", "delivered");
+    let started = tokio::time::Instant::now();
+    let (status, _) = tokio::time::timeout(
+        within,
+        crate::webhook::http(
+            webhook,
+            "POST",
+            "/webhook",
+            body.clone(),
+            &[("x-hub-signature-256", crate::webhook::sign(SECRET, &body))],
+        ),
+    )
+    .await
+    .expect("a signed webhook within 1 s");
+    assert_eq!(status, 200);
+    let webhook_ms = started.elapsed().as_millis();
+    let growth_mib = (hwm(child.id()).saturating_sub(before)) / 1024;
+    eprintln!(
+        "all listeners flooded (3 x 1,000 connections, 10 % slow): ADT {adt_ms} ms, \
+         status {api_ms} ms, webhook {webhook_ms} ms, VmHWM +{growth_mib} MiB (total {} MiB)",
+        hwm(child.id()) / 1024
+    );
+    assert!(growth_mib < 64, "VmHWM grew by {growth_mib} MiB");
+    drop(tcp_held);
+    drop(unix_held);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
