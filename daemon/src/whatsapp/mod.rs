@@ -8,5 +8,6 @@ pub mod config;
 pub mod limiter;
 pub mod message;
 pub mod outbox;
+pub mod template_book;
 pub mod templates;
 pub mod worker;
