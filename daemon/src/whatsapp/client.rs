@@ -1,14 +1,18 @@
 //! The Cloud API client: hyper 1 over rustls (ring), pooled keep-alive
 //! connections, connect and request timeouts, trust roots from the OS store
-//! plus an optional extra CA file.
+//! plus an optional extra CA file, optionally through an HTTP CONNECT proxy
+//! (`super::proxy`). The token goes in `Authorization: Bearer`, or in the
+//! header a Business Solution Provider names (`whatsapp.auth_header`).
 //!
 //! Meta's answers are classified here ([`ApiError::retryable`]), so the
 //! outbox only decides what to do with a class. The token lives in a
 //! [`Token`] whose `Debug` is redacted and whose bytes are zeroized.
 
 use super::config::WhatsappConfig;
+use super::proxy::{Connector, Proxy, ProxyError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -66,6 +70,8 @@ pub enum ClientError {
     Ca(String),
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Proxy(String),
 }
 
 /// Why a call failed. `Display` carries Meta's code and message; Meta's
@@ -164,7 +170,7 @@ pub struct RemoteTemplate {
     pub category: String,
 }
 
-type Http = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(crate) type Http = Client<HttpsConnector<Connector>, Full<Bytes>>;
 
 #[derive(Clone)]
 pub struct GraphClient {
@@ -174,6 +180,8 @@ pub struct GraphClient {
     phone_number_id: String,
     business_account_id: Option<String>,
     token: Arc<RwLock<Option<Token>>>,
+    auth_header: Option<HeaderName>,
+    proxy: Option<Proxy>,
     timeout: Duration,
 }
 
@@ -187,24 +195,15 @@ impl std::fmt::Debug for GraphClient {
 
 impl GraphClient {
     pub fn new(config: &WhatsappConfig, token: Option<Token>) -> Result<Self, ClientError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let tls = tls_config(config.extra_ca_file.as_deref())?;
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            // Config validation lets http:// through to loopback only.
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(connector);
+        let base: hyper::Uri = config
+            .api_base_url
+            .parse()
+            .map_err(|_| ClientError::Tls("whatsapp.api_base_url is not a URL".to_owned()))?;
+        let (http, proxy) = http_for(config, &base)?;
         Ok(Self {
             http,
+            auth_header: config.auth_header.clone(),
+            proxy,
             base: config.api_base_url.clone(),
             version: config.api_version.clone(),
             phone_number_id: config.phone_number_id.clone(),
@@ -212,6 +211,15 @@ impl GraphClient {
             token: Arc::new(RwLock::new(token)),
             timeout: config.request_timeout,
         })
+    }
+
+    /// How calls leave: `direct`, or through which proxy (and which setting
+    /// chose it).
+    pub fn route(&self) -> String {
+        self.proxy.as_ref().map_or_else(
+            || "direct".to_owned(),
+            |p| format!("through the proxy {}", p.describe()),
+        )
     }
 
     /// Replaces the token (after the token file changed).
@@ -367,10 +375,17 @@ impl GraphClient {
         let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut req = Request::builder().method(method).uri(url);
         if let Some(t) = &token {
-            req = req.header(
-                hyper::header::AUTHORIZATION,
-                format!("Bearer {}", t.0.as_str()),
-            );
+            let (name, value) = match &self.auth_header {
+                Some(name) => (name.clone(), HeaderValue::from_str(t.0.as_str())),
+                None => (
+                    hyper::header::AUTHORIZATION,
+                    HeaderValue::from_str(&format!("Bearer {}", t.0.as_str())),
+                ),
+            };
+            let mut value = value
+                .map_err(|_| ApiError::Connect("the token is not usable in a header".to_owned()))?;
+            value.set_sensitive(true);
+            req = req.header(name, value);
         }
         let (ct, bytes) = body.unwrap_or_default();
         if !ct.is_empty() {
@@ -380,13 +395,11 @@ impl GraphClient {
             .body(Full::new(bytes))
             .map_err(|e| ApiError::Connect(e.to_string()))?;
         let exchange = async {
-            let resp = self.http.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    ApiError::Connect(e.to_string())
-                } else {
-                    ApiError::Connect(format!("request: {e}"))
-                }
-            })?;
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| connect_error(&e))?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
                 .collect()
@@ -400,6 +413,51 @@ impl GraphClient {
             .map_err(|_| ApiError::Timeout)??;
         classify(status, &body)
     }
+}
+
+/// A connection failure, worded for whoever fixes it: a proxy failure names
+/// the proxy setting; otherwise the deepest cause ("Connection refused").
+pub(crate) fn connect_error(e: &hyper_util::client::legacy::Error) -> ApiError {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(p) = err.downcast_ref::<ProxyError>() {
+            return ApiError::Connect(p.0.clone());
+        }
+        cur = err.source();
+    }
+    let why = super::proxy::innermost(e);
+    if e.is_connect() {
+        ApiError::Connect(why)
+    } else {
+        ApiError::Connect(format!("request: {why}"))
+    }
+}
+
+/// A pooled client for `dst` (the API, or the webhook's public URL for
+/// `whatsapp check`), through the proxy the config and environment choose.
+pub(crate) fn http_for(
+    config: &WhatsappConfig,
+    dst: &hyper::Uri,
+) -> Result<(Http, Option<Proxy>), ClientError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = tls_config(config.extra_ca_file.as_deref())?;
+    let proxy = super::proxy::choose(config, dst, &|k| std::env::var(k).ok())
+        .map_err(|e| ClientError::Proxy(e.0))?;
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        // Config validation lets http:// through to loopback only.
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(Connector::new(http, proxy.clone(), config.connect_timeout));
+    let http = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .build(connector);
+    Ok((http, proxy))
 }
 
 fn classify(status: StatusCode, body: &[u8]) -> Result<Value, ApiError> {

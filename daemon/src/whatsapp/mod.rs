@@ -8,5 +8,6 @@ pub mod config;
 pub mod limiter;
 pub mod message;
 pub mod outbox;
+pub mod proxy;
 pub mod templates;
 pub mod worker;

@@ -32,6 +32,7 @@ mod vault_rotation;
 mod wa_client;
 mod wa_crash;
 mod wa_outbox;
+mod wa_proxy;
 mod wa_templates;
 mod webhook;
 mod webhook_crash;

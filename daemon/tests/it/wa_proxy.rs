@@ -1,0 +1,207 @@
+//! The Cloud API client through an HTTP CONNECT proxy: a tiny proxy on
+//! loopback (counts CONNECTs, copies bytes both ways) in front of the
+//! Graph API simulator.
+
+use crate::wa_client::config_for;
+use clinic_relay::whatsapp::client::{ApiError, GraphClient, Token};
+use clinic_relay::whatsapp::proxy::parse_setting;
+use graph_sim::Sim;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How the test proxy answers a CONNECT.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 200, then a tunnel.
+    Tunnel,
+    /// Accepts the connection and never answers.
+    Silent,
+}
+
+/// A CONNECT proxy on loopback.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    /// Every CONNECT target (`host:port`), in order.
+    pub connects: Arc<Mutex<Vec<String>>>,
+    /// Every `Proxy-Authorization` value received.
+    pub auths: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestProxy {
+    /// `require`: the `Proxy-Authorization` value without which it answers 407.
+    pub async fn start(mode: Mode, require: Option<&str>) -> TestProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = Arc::new(Mutex::new(Vec::new()));
+        let auths = Arc::new(Mutex::new(Vec::new()));
+        let require = require.map(str::to_owned);
+        let (c, a) = (connects.clone(), auths.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, mode, require.clone(), c.clone(), a.clone()));
+            }
+        });
+        TestProxy {
+            addr,
+            connects,
+            auths,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn connects(&self) -> Vec<String> {
+        self.connects.lock().unwrap().clone()
+    }
+}
+
+async fn serve(
+    mut client: TcpStream,
+    mode: Mode,
+    require: Option<String>,
+    connects: Arc<Mutex<Vec<String>>>,
+    auths: Arc<Mutex<Vec<String>>>,
+) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte up to the blank line: nothing of the tunnel is read.
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 || client.read(&mut byte).await.unwrap_or(0) == 0 {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.lines();
+    let first: Vec<&str> = lines.next().unwrap_or_default().split(' ').collect();
+    if first.first() != Some(&"CONNECT") || first.len() < 2 {
+        let _ = client
+            .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            .await;
+        return;
+    }
+    let target = first[1].to_owned();
+    connects.lock().unwrap().push(target.clone());
+    let auth = lines.find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("proxy-authorization")
+            .then(|| value.trim().to_owned())
+    });
+    if let Some(a) = &auth {
+        auths.lock().unwrap().push(a.clone());
+    }
+    if mode == Mode::Silent {
+        let mut sink = [0u8; 64];
+        while client.read(&mut sink).await.unwrap_or(0) > 0 {}
+        return;
+    }
+    if require.is_some() && auth != require {
+        let _ = client
+            .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"clinic\"\r\nContent-Length: 0\r\n\r\n")
+            .await;
+        return;
+    }
+    let Ok(mut upstream) = TcpStream::connect(&target).await else {
+        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+        return;
+    };
+    if client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+fn text(to: &str) -> serde_json::Value {
+    json!({"messaging_product": "whatsapp", "to": to, "type": "text", "text": {"body": "hello"}})
+}
+
+#[tokio::test]
+async fn messages_reach_the_simulator_through_the_connect_proxy() {
+    let sim = Sim::start().await.unwrap();
+    sim.require_token(Some("tok-p"));
+    let proxy = TestProxy::start(Mode::Tunnel, None).await;
+    let mut cfg = config_for(&sim);
+    cfg.proxy = parse_setting(&proxy.url()).unwrap();
+    let client = GraphClient::new(&cfg, Some(Token::new("tok-p"))).unwrap();
+    assert_eq!(
+        client.route(),
+        format!("through the proxy {} (whatsapp.proxy)", proxy.addr)
+    );
+    for n in 0..3 {
+        let sent = client.send(&text(&format!("+491555000{n}"))).await.unwrap();
+        assert!(sent.wamid.starts_with("wamid."));
+    }
+    assert_eq!(sim.sent_messages().len(), 3);
+    // One tunnel, to the simulator, reused by the pooled connection.
+    assert_eq!(proxy.connects(), vec![sim.addr().to_string()]);
+    assert!(proxy.auths.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_proxy_asking_for_credentials_names_the_setting_and_the_auth_file_answers_it() {
+    let sim = Sim::start().await.unwrap();
+    // base64("clinic:s3cret")
+    let proxy = TestProxy::start(Mode::Tunnel, Some("Basic Y2xpbmljOnMzY3JldA==")).await;
+    let mut cfg = config_for(&sim);
+    cfg.proxy = parse_setting(&proxy.url()).unwrap();
+    let client = GraphClient::new(&cfg, None).unwrap();
+    let e = client.send(&text("+4915550001")).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, ApiError::Connect(_)) && e.retryable(), "{e:?}");
+    assert!(
+        msg.contains("whatsapp.proxy") && msg.contains("407") && msg.contains("proxy_auth_file"),
+        "{msg}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let auth_file = dir.path().join("proxy-auth");
+    std::fs::write(&auth_file, "clinic:s3cret\n").unwrap();
+    cfg.proxy_auth_file = Some(auth_file);
+    let client = GraphClient::new(&cfg, None).unwrap();
+    client.send(&text("+4915550001")).await.unwrap();
+    assert_eq!(sim.sent_messages().len(), 1);
+    assert!(!format!("{client:?}").contains("s3cret"));
+}
+
+#[tokio::test]
+async fn a_refused_or_silent_proxy_is_a_clear_bounded_error() {
+    let sim = Sim::start().await.unwrap();
+    // A port nothing listens on: bind, note it, close it.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let mut cfg = config_for(&sim);
+    cfg.proxy = parse_setting(&format!("http://{closed_addr}")).unwrap();
+    let client = GraphClient::new(&cfg, None).unwrap();
+    let msg = client.send(&text("+1")).await.unwrap_err().to_string();
+    assert!(
+        msg.contains("whatsapp.proxy") && msg.contains("cannot connect to the proxy"),
+        "{msg}"
+    );
+
+    // A proxy that never answers the CONNECT: the connect timeout applies
+    // to the proxy leg too (well before the request timeout).
+    let silent = TestProxy::start(Mode::Silent, None).await;
+    cfg.proxy = parse_setting(&silent.url()).unwrap();
+    cfg.connect_timeout = Duration::from_millis(100);
+    cfg.request_timeout = Duration::from_secs(30);
+    let client = GraphClient::new(&cfg, None).unwrap();
+    let started = std::time::Instant::now();
+    let msg = client.send(&text("+1")).await.unwrap_err().to_string();
+    assert!(
+        msg.contains("whatsapp.proxy") && msg.contains("connect_timeout"),
+        "{msg}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(sim.requests().is_empty());
+}
