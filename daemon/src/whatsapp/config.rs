@@ -370,4 +370,23 @@ mod tests {
         let c = check("phone_number_id = \"1\"\ntoken_file = \"tok\"\ndry_run = true").unwrap();
         assert!(c.token_path().is_none());
     }
+
+    #[test]
+    fn bsp_header_proxy_and_webhook_url_are_checked() {
+        let c = check("auth_header = \"D360-API-KEY\"").unwrap();
+        assert_eq!(c.auth_header.unwrap().as_str(), "d360-api-key");
+        for bad in ["X Key", "", "Content-Length", "Host"] {
+            let e = check(&format!("auth_header = \"{bad}\"")).unwrap_err();
+            assert_eq!(e.key, "whatsapp.auth_header");
+            assert!(e.fix.contains("D360-API-KEY"));
+        }
+        let e = check("proxy = \"http://u:p@proxy:3128\"").unwrap_err();
+        assert_eq!(e.key, "whatsapp.proxy");
+        assert!(!e.reason.contains("u:p") && e.fix.contains("proxy_auth_file"));
+        assert!(check("proxy = \"none\"").is_ok());
+        assert!(check("webhook_public_url = \"https://relay.example/webhook\"").is_ok());
+        assert!(check("webhook_public_url = \"http://127.0.0.1:8443/webhook\"").is_ok());
+        let e = check("webhook_public_url = \"http://relay.example/webhook\"").unwrap_err();
+        assert_eq!(e.key, "whatsapp.webhook_public_url");
+    }
 }

@@ -207,3 +207,22 @@ async fn a_refused_or_silent_proxy_is_a_clear_bounded_error() {
     );
     assert!(sim.requests().is_empty());
 }
+
+#[tokio::test]
+async fn a_bsp_header_carries_the_token_and_no_authorization_is_sent() {
+    let sim = Sim::start().await.unwrap();
+    sim.require_token(Some("bsp-key-1"));
+    sim.token_header(Some("D360-API-KEY"));
+    let mut cfg = config_for(&sim);
+    cfg.auth_header = Some(hyper::header::HeaderName::from_static("d360-api-key"));
+    let client = GraphClient::new(&cfg, Some(Token::new("bsp-key-1\n"))).unwrap();
+    client.send(&text("+4915550001")).await.unwrap();
+    let req = &sim.requests()[0];
+    assert_eq!(req.status, 200);
+    assert_eq!(req.header("d360-api-key"), Some("bsp-key-1"));
+    assert_eq!(req.authorization, None);
+
+    // The simulator refuses a bearer token when it expects the header.
+    let bearer = GraphClient::new(&config_for(&sim), Some(Token::new("bsp-key-1"))).unwrap();
+    assert!(bearer.send(&text("+1")).await.unwrap_err().is_auth());
+}
