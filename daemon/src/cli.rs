@@ -48,6 +48,17 @@ pub enum Command {
     /// The WhatsApp outbox (daemon stopped).
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// The WhatsApp connection.
+    #[command(subcommand)]
+    Whatsapp(WhatsappCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WhatsappCommand {
+    /// Try the live configuration end to end (token, phone number id,
+    /// business account, webhook public URL); prints OK or FIX per check,
+    /// exit 1 when anything needs fixing.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,6 +241,9 @@ pub fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Templates(TemplatesCommand::Check) => {
             crate::whatsapp::cli::templates_check(&load_config(&cli.config)?)
+        }
+        Command::Whatsapp(WhatsappCommand::Check) => {
+            crate::whatsapp::cli::whatsapp_check(&load_config(&cli.config)?)
         }
         Command::Backup(BackupCommand::Create { file }) => {
             backup_create(&load_config(&cli.config)?, &file)

@@ -9,17 +9,11 @@
 //! [`Token`] whose `Debug` is redacted and whose bytes are zeroized.
 
 use super::config::WhatsappConfig;
-use super::proxy::{Connector, Proxy, ProxyError};
+use super::proxy::Proxy;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::Path;
@@ -170,7 +164,7 @@ pub struct RemoteTemplate {
     pub category: String,
 }
 
-pub(crate) type Http = Client<HttpsConnector<Connector>, Full<Bytes>>;
+use super::transport::{connect_error, http_for, Http};
 
 #[derive(Clone)]
 pub struct GraphClient {
@@ -357,6 +351,18 @@ impl GraphClient {
         .await
     }
 
+    /// `GET /{waba-id}/message_templates?limit=1`: is the business account
+    /// there for this token (`whatsapp check`)?
+    pub async fn business_account(&self) -> Result<(), ApiError> {
+        let Some(waba) = &self.business_account_id else {
+            return Err(ApiError::Decode(
+                "whatsapp.business_account_id is not configured".to_owned(),
+            ));
+        };
+        let url = self.url(&format!("{waba}/message_templates?fields=name&limit=1"));
+        self.call(Method::GET, &url, None).await.map(|_| ())
+    }
+
     /// `GET /{phone-number-id}` with the fields `whatsapp check` shows.
     pub async fn phone_number(&self) -> Result<Value, ApiError> {
         let url = self.url(&format!(
@@ -415,51 +421,6 @@ impl GraphClient {
     }
 }
 
-/// A connection failure, worded for whoever fixes it: a proxy failure names
-/// the proxy setting; otherwise the deepest cause ("Connection refused").
-pub(crate) fn connect_error(e: &hyper_util::client::legacy::Error) -> ApiError {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(p) = err.downcast_ref::<ProxyError>() {
-            return ApiError::Connect(p.0.clone());
-        }
-        cur = err.source();
-    }
-    let why = super::proxy::innermost(e);
-    if e.is_connect() {
-        ApiError::Connect(why)
-    } else {
-        ApiError::Connect(format!("request: {why}"))
-    }
-}
-
-/// A pooled client for `dst` (the API, or the webhook's public URL for
-/// `whatsapp check`), through the proxy the config and environment choose.
-pub(crate) fn http_for(
-    config: &WhatsappConfig,
-    dst: &hyper::Uri,
-) -> Result<(Http, Option<Proxy>), ClientError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = tls_config(config.extra_ca_file.as_deref())?;
-    let proxy = super::proxy::choose(config, dst, &|k| std::env::var(k).ok())
-        .map_err(|e| ClientError::Proxy(e.0))?;
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(config.connect_timeout));
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        // Config validation lets http:// through to loopback only.
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(Connector::new(http, proxy.clone(), config.connect_timeout));
-    let http = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
-        .build(connector);
-    Ok((http, proxy))
-}
-
 fn classify(status: StatusCode, body: &[u8]) -> Result<Value, ApiError> {
     let parsed = serde_json::from_slice::<Value>(body);
     if status.is_success() {
@@ -491,35 +452,6 @@ fn classify(status: StatusCode, body: &[u8]) -> Result<Value, ApiError> {
 /// A JSON pointer lookup that yields null when absent (never panics).
 pub(crate) fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
     v.pointer(pointer).unwrap_or(&Value::Null)
-}
-
-fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, ClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = extra_ca {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| ClientError::Ca(format!("cannot read {}: {e}", path.display())))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| ClientError::Ca(format!("{}: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(ClientError::Ca(format!(
-                "{} holds no certificate",
-                path.display()
-            )));
-        }
-        for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| ClientError::Ca(format!("{}: {e}", path.display())))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! the durable outbox that sends through them. (Inbound webhooks are in
 //! `crate::webhook`.) See docs/whatsapp.md.
 
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -10,4 +11,5 @@ pub mod message;
 pub mod outbox;
 pub mod proxy;
 pub mod templates;
+pub mod transport;
 pub mod worker;

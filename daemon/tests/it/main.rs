@@ -29,6 +29,7 @@ mod vault_crypto;
 mod vault_erasure;
 mod vault_privacy;
 mod vault_rotation;
+mod wa_check;
 mod wa_client;
 mod wa_crash;
 mod wa_outbox;
