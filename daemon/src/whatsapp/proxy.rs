@@ -33,9 +33,6 @@ use zeroize::Zeroizing;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A proxy file larger than this is not one `user:password` line.
-const MAX_AUTH_FILE_BYTES: u64 = 4096;
-
 /// The `whatsapp.proxy` key as configured.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ProxySetting {
@@ -157,28 +154,25 @@ pub fn choose(
     }
 }
 
-/// `user:password` on one line, as `Proxy-Authorization: Basic …`.
+/// `user:password` on one line, as `Proxy-Authorization: Basic …`. The
+/// file is checked like every secret file (0600, one line).
 fn read_auth_file(path: &Path) -> Result<HeaderValue, ProxyError> {
     use base64::Engine;
-    use std::io::Read;
-    let fail = |why: String| {
+    let secret = crate::webhook::config::read_secret("whatsapp.proxy_auth_file", path)
+        .map_err(|e| ProxyError(e.to_string()))?;
+    if !secret.expose().contains(&b':') {
+        return Err(ProxyError(format!(
+            "whatsapp.proxy_auth_file {}: must hold one line user:password",
+            path.display()
+        )));
+    }
+    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(secret.expose()));
+    let mut value = HeaderValue::try_from(format!("Basic {}", encoded.as_str())).map_err(|_| {
         ProxyError(format!(
-            "whatsapp.proxy_auth_file {}: {why}",
+            "whatsapp.proxy_auth_file {}: not usable in a header",
             path.display()
         ))
-    };
-    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-    let mut text = Zeroizing::new(String::new());
-    file.take(MAX_AUTH_FILE_BYTES)
-        .read_to_string(&mut text)
-        .map_err(|e| fail(format!("cannot read it: {e}")))?;
-    let line = text.trim_end_matches(['\r', '\n']);
-    if !line.contains(':') || line.contains(['\r', '\n']) {
-        return Err(fail("must hold one line user:password".to_owned()));
-    }
-    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(line));
-    let mut value = HeaderValue::try_from(format!("Basic {}", encoded.as_str()))
-        .map_err(|_| fail("not usable in a header".to_owned()))?;
+    })?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -369,9 +363,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("proxy-auth");
         std::fs::write(&path, "clinic:s3cret\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |m| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).unwrap();
+        mode(0o644);
         let mut c = cfg(parse_setting("http://proxy.lan:3128").unwrap());
         c.proxy_auth_file = Some(path.clone());
         let graph: Uri = GRAPH.parse().unwrap();
+        let e = choose(&c, &graph, &|_| None).unwrap_err();
+        assert!(e.0.contains("chmod 600"), "{e}");
+        mode(0o600);
         let p = choose(&c, &graph, &|_| None).unwrap().unwrap();
         // base64("clinic:s3cret")
         assert_eq!(p.auth.unwrap(), "Basic Y2xpbmljOnMzY3JldA==");

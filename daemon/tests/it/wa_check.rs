@@ -208,4 +208,16 @@ async fn dry_run_says_what_to_set_and_a_bsp_header_config_checks_ok() {
         .requests()
         .iter()
         .all(|r| r.authorization.is_none() && r.header("d360-api-key") == Some("bsp-key")));
+
+    // A token file others can read is a FIX (the daemon still uses it).
+    let token = bsp.tmp.path().join("wa.token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run_cli_async(&bsp.config, &["whatsapp", "check"]).await;
+    let printed = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    let line = finding(&printed, "token file");
+    assert!(
+        line.starts_with("FIX") && line.contains("chmod 600"),
+        "{printed}"
+    );
 }

@@ -166,6 +166,8 @@ async fn a_proxy_asking_for_credentials_names_the_setting_and_the_auth_file_answ
     let dir = tempfile::tempdir().unwrap();
     let auth_file = dir.path().join("proxy-auth");
     std::fs::write(&auth_file, "clinic:s3cret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     cfg.proxy_auth_file = Some(auth_file);
     let client = GraphClient::new(&cfg, None).unwrap();
     client.send(&text("+4915550001")).await.unwrap();
