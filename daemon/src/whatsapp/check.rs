@@ -139,7 +139,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
             "graph api",
             "not tried until the lines above are fixed",
         ));
-        out.extend(webhook(config).await);
+        out.push(webhook(config).await);
         return out;
     };
     let base = &wa.api_base_url;
@@ -213,7 +213,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
             Err(e) => out.push(unreachable_line("business account", base, &client, &e)),
         },
     }
-    out.extend(webhook(config).await);
+    out.push(webhook(config).await);
     out
 }
 
@@ -238,44 +238,38 @@ fn unreachable_line(what: &'static str, base: &str, client: &GraphClient, e: &Ap
 
 /// Meta's subscription handshake against the public URL, as Meta would
 /// send it: a random challenge that must come back verbatim.
-async fn webhook(config: &Config) -> Option<Finding> {
+async fn webhook(config: &Config) -> Finding {
     let wa = &config.whatsapp;
     let Some(url) = &wa.webhook_public_url else {
-        return Some(line(
+        return line(
             Verdict::Skip,
             "webhook",
             "whatsapp.webhook_public_url is not set, so the webhook was not tried from outside",
-        ));
+        );
     };
     let Some(hook) = &config.webhook else {
-        return Some(line(
+        return line(
             Verdict::Fix,
             "webhook",
             "whatsapp.webhook_public_url is set but the [webhook] section is not (webhook.listen, webhook.verify_token_file)",
-        ));
+        );
     };
     let token = match crate::webhook::config::read_secret(
         "webhook.verify_token_file",
         &hook.verify_token_file,
     ) {
         Ok(t) => t,
-        Err(e) => return Some(line(Verdict::Fix, "webhook", e.to_string())),
+        Err(e) => return line(Verdict::Fix, "webhook", e.to_string()),
     };
     let challenge = match challenge() {
         Some(c) => c,
-        None => {
-            return Some(line(
-                Verdict::Fix,
-                "webhook",
-                "no randomness for a challenge",
-            ))
-        }
+        None => return line(Verdict::Fix, "webhook", "no randomness for a challenge"),
     };
     let target = format!(
         "{url}?hub.mode=subscribe&hub.challenge={challenge}&hub.verify_token={}",
         percent_encode(token.expose())
     );
-    Some(match get(wa, &target).await {
+    match get(wa, &target).await {
         Ok((200, body)) if body.as_ref() == challenge.as_bytes() => line(
             Verdict::Ok,
             "webhook",
@@ -306,7 +300,7 @@ async fn webhook(config: &Config) -> Option<Finding> {
             "webhook",
             format!("cannot reach {url}: {e} (Meta must reach it from the internet: docs/whatsapp.md, reaching the webhook)"),
         ),
-    })
+    }
 }
 
 /// A decimal challenge, as Meta sends.

@@ -194,6 +194,9 @@ impl GraphClient {
             .parse()
             .map_err(|_| ClientError::Tls("whatsapp.api_base_url is not a URL".to_owned()))?;
         let (http, proxy) = http_for(config, &base)?;
+        if let Some(p) = &proxy {
+            tracing::info!(proxy = %p.describe(), "WhatsApp Cloud API calls go through a proxy");
+        }
         Ok(Self {
             http,
             auth_header: config.auth_header.clone(),

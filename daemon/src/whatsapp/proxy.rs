@@ -25,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -184,6 +185,8 @@ pub struct Connector {
     direct: HttpConnector,
     tunnel: Option<(Tunnel<HttpConnector>, Arc<Proxy>)>,
     timeout: Duration,
+    /// Tunnel failures so far (the log gets the 1st, 2nd, 4th, 8th, …).
+    failures: Arc<AtomicU64>,
 }
 
 impl Connector {
@@ -199,6 +202,7 @@ impl Connector {
             direct: http,
             tunnel,
             timeout,
+            failures: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -230,16 +234,23 @@ impl tower_service::Service<Uri> for Connector {
         let connecting = tunnel.call(dst);
         let proxy = proxy.clone();
         let timeout = self.timeout;
+        let failures = self.failures.clone();
         Box::pin(async move {
-            match tokio::time::timeout(timeout, connecting).await {
-                Ok(Ok(stream)) => Ok(stream),
-                Ok(Err(e)) => Err(explain(&proxy, &target, &e).into()),
-                Err(_) => Err(ProxyError(format!(
+            let failed = match tokio::time::timeout(timeout, connecting).await {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(e)) => explain(&proxy, &target, &e),
+                Err(_) => ProxyError(format!(
                     "{}: no tunnel to {target} within whatsapp.connect_timeout",
                     proxy.describe()
-                ))
-                .into()),
+                )),
+            };
+            // The outbox logs only an error's class ("connect"); the cause
+            // and the setting to fix are logged here, without flooding.
+            let n = failures.fetch_add(1, Ordering::Relaxed);
+            if n == 0 || (n + 1).is_power_of_two() {
+                tracing::warn!(failures = n + 1, error = %failed.0, "WhatsApp: no tunnel through the proxy");
             }
+            Err(failed.into())
         })
     }
 }

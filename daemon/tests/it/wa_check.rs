@@ -103,6 +103,18 @@ async fn a_good_config_is_all_ok_directly_and_through_a_proxy() {
         .starts_with("/v21.0/102290129340398/message_templates")
         && r.path.contains("limit=1")));
 
+    // A public URL whose path does not reach webhook.path.
+    let wrong_path = dir.join("wrong-path.toml");
+    std::fs::write(&wrong_path, text.replace(&hook, &format!("{hook}-old"))).unwrap();
+    let out = run_cli_async(&wrong_path, &["whatsapp", "check"]).await;
+    let printed = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    let line = finding(&printed, "webhook");
+    assert!(
+        line.starts_with("FIX") && line.contains("404") && line.contains("webhook.path (/webhook)"),
+        "{printed}"
+    );
+
     // The same through a CONNECT proxy named in the config.
     let proxy = TestProxy::start(Mode::Tunnel, None).await;
     let proxied = dir.join("proxied.toml");
