@@ -80,6 +80,9 @@ pub enum TemplatesCommand {
     /// List the shipped templates against the WhatsApp account (missing,
     /// pending, rejected, paused, moved to MARKETING); exit 1 unless all are approved.
     Check,
+    /// Submit the shipped templates the account is missing for Meta's
+    /// review (rejected or paused ones are listed, not resubmitted).
+    Create,
 }
 
 #[derive(Debug, Subcommand)]
@@ -244,6 +247,9 @@ pub fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Whatsapp(WhatsappCommand::Check) => {
             crate::whatsapp::cli::whatsapp_check(&load_config(&cli.config)?)
+        }
+        Command::Templates(TemplatesCommand::Create) => {
+            crate::whatsapp::cli::templates_create(&load_config(&cli.config)?)
         }
         Command::Backup(BackupCommand::Create { file }) => {
             backup_create(&load_config(&cli.config)?, &file)

@@ -10,6 +10,7 @@ pub mod limiter;
 pub mod message;
 pub mod outbox;
 pub mod proxy;
+pub mod template_book;
 pub mod templates;
 pub mod transport;
 pub mod worker;
