@@ -180,6 +180,12 @@ pub fn run(cli: Cli) -> Result<(), String> {
             if let Some((_, files)) = &config.api.tcp {
                 crate::tls::server_config(files).map_err(|e| e.to_string())?;
             }
+            if config.whatsapp.token_path().is_some() {
+                // Builds the client offline: the extra CA, the proxy and its
+                // credentials file are checked before the daemon needs them.
+                crate::whatsapp::client::GraphClient::new(&config.whatsapp, None)
+                    .map_err(|e| e.to_string())?;
+            }
             let key = match &config.webhook {
                 Some(w) => format!(
                     "{key}; {}",

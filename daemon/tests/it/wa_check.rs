@@ -233,3 +233,28 @@ async fn dry_run_says_what_to_set_and_a_bsp_header_config_checks_ok() {
         "{printed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_reads_the_proxy_credentials_file() {
+    let sim = Sim::start().await.unwrap();
+    let install = TestInstall::new(&wa_section(
+        &sim,
+        "proxy = \"http://127.0.0.1:3128\"\nproxy_auth_file = \"proxy-auth\"",
+    ));
+    let dir = install.tmp.path();
+    secret_file(dir, "wa.token", "tok\n");
+    let auth = dir.join("proxy-auth");
+    std::fs::write(&auth, "clinic:s3cret\n").unwrap();
+    std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run_cli_async(&install.config, &["config", "check"]).await;
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("whatsapp.proxy_auth_file") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"));
+    std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run_cli_async(&install.config, &["config", "check"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
