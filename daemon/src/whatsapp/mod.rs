@@ -2,12 +2,15 @@
 //! the durable outbox that sends through them. (Inbound webhooks are in
 //! `crate::webhook`.) See docs/whatsapp.md.
 
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod limiter;
 pub mod message;
 pub mod outbox;
+pub mod proxy;
 pub mod template_book;
 pub mod templates;
+pub mod transport;
 pub mod worker;
