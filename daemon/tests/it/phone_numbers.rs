@@ -1,0 +1,133 @@
+//! Phone numbers through libphonenumber (issue 9, item 2): the config keys
+//! old and new, E.164 from whatever the PMS writes, and stores written by
+//! the hand-written normaliser that came before.
+
+use crate::pms_support::*;
+use crate::support::*;
+use clinic_relay::config::Config;
+use clinic_relay::model::Patient;
+use clinic_relay::pms::phone;
+
+/// The pre-registered patient's MRN (the test config has no assigning
+/// authority, so the id is the one ingest computes for this MRN).
+const MRN: &str = "000901";
+
+fn config(pms: &str) -> Result<Config, String> {
+    let install = TestInstall::new(&format!("[pms]\nmllp_listen = \"127.0.0.1:0\"\n{pms}"));
+    Config::load(&install.config).map_err(|e| e.to_string())
+}
+
+#[test]
+fn phone_region_and_the_old_keys_load_and_bad_values_name_the_fix() {
+    let region = |pms: &str| {
+        config(pms)
+            .unwrap()
+            .pms
+            .mapping
+            .phone_plan
+            .region()
+            .to_owned()
+    };
+    assert_eq!(region(""), "DE");
+    assert_eq!(region("phone_region = \"AT\"\n"), "AT");
+    // A file written before pms.phone_region still loads as it meant.
+    assert_eq!(
+        region("phone_country_code = \"49\"\nphone_trunk_prefix = \"0\"\n"),
+        "DE"
+    );
+    assert_eq!(
+        region("phone_country_code = \"1\"\nphone_trunk_prefix = \"1\"\n"),
+        "US"
+    );
+    let e = config("phone_region = \"Germany\"\n").unwrap_err();
+    assert!(
+        e.contains("`pms.phone_region` = \"Germany\"") && e.contains("Fix:"),
+        "{e}"
+    );
+    let e = config("phone_region = \"AT\"\nphone_country_code = \"49\"\n").unwrap_err();
+    assert!(
+        e.contains("pms.phone_country_code") && e.contains("43"),
+        "{e}"
+    );
+    let e = config("phone_trunk_prefix = \"x\"\n").unwrap_err();
+    assert!(
+        e.contains("pms.phone_trunk_prefix") && e.contains("Fix:"),
+        "{e}"
+    );
+}
+
+/// A patient as the release before libphonenumber stored them: its
+/// normaliser wrote "0151 555-01234" as this string, and the blind index is
+/// over it.
+fn stored_before(vault: &clinic_relay::vault::Vault) -> Patient {
+    Patient {
+        id: vault.patient_id_for_mrn("", MRN),
+        mrn: MRN.to_owned(),
+        family_name: "ZZPHONEFAMILY".to_owned(),
+        given_name: "ZZPHONEGIVEN".to_owned(),
+        birth_date: Some(jiff::civil::date(1901, 2, 3)),
+        phone: Some("+4915155501234".to_owned()),
+        language: None,
+        deceased: false,
+        protected: false,
+    }
+}
+
+/// An ADT^A08 for [`MRN`] whose only number is `phone`, as the PMS wrote it.
+fn adt_a08(control_id: &str, phone: &str) -> String {
+    [
+        msh("ADT^A08^ADT_A01", control_id, "2.5.1"),
+        "EVN|A08|20261125093000".to_owned(),
+        format!(
+            "PID|1||{MRN}^^^ZZHOSP^MR||ZZPHONEFAMILY^ZZPHONEGIVEN||19010203|F|||||{phone}^PRN^CP"
+        ),
+    ]
+    .join("\r")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_written_before_still_finds_the_patient_by_phone() {
+    let install = TestInstall::new("[pms]\nmllp_listen = \"127.0.0.1:0\"\nphone_region = \"DE\"\n");
+    let (install, before) = tokio::task::spawn_blocking(move || {
+        let vault = install.open();
+        let p = stored_before(&vault);
+        vault.put_patient(&p, "test", t0()).unwrap();
+        vault.close().unwrap();
+        (install, p)
+    })
+    .await
+    .unwrap();
+    let d = Daemon::start_in(install).await;
+    let vault = &d.running.vault;
+    let plan = phone::PhonePlan::for_region("DE").unwrap();
+    for raw in ["0151 555-01234", "+49 (0)151 55501234", "0049 151 55501234"] {
+        let e164 = phone::to_e164(raw, &plan).unwrap();
+        assert_eq!(
+            vault.find_patients_by_phone(&e164).unwrap(),
+            vec![before.id],
+            "{raw}"
+        );
+    }
+    // The PMS sends the number again in another layout: still one patient
+    // under one index entry.
+    let mut c = d.mllp().await;
+    let ack = c.send(&adt_a08("PHONE1", "+49 (0)151 555-01234")).await;
+    assert_eq!(msa(&ack).0, "AA");
+    let p = vault.get_patient(before.id).unwrap().unwrap();
+    assert_eq!(p.phone, before.phone);
+    assert_eq!(
+        vault.find_patients_by_phone("+4915155501234").unwrap(),
+        vec![before.id]
+    );
+    // A number libphonenumber does not accept counts as absent, and a
+    // registration replaces the record (HL7 § 5.1): the index entry goes.
+    let ack = c.send(&adt_a08("PHONE2", "0151 12")).await;
+    assert_eq!(msa(&ack).0, "AA");
+    let p = vault.get_patient(before.id).unwrap().unwrap();
+    assert_eq!(p.phone, None);
+    assert!(vault
+        .find_patients_by_phone("+4915155501234")
+        .unwrap()
+        .is_empty());
+    d.stop().await;
+}
