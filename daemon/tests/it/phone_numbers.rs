@@ -131,3 +131,109 @@ async fn a_store_written_before_still_finds_the_patient_by_phone() {
         .is_empty());
     d.stop().await;
 }
+
+// ---- mobile-only WhatsApp --------------------------------------------------
+
+use clinic_relay::model::EventKind;
+use clinic_relay::vault::Tree;
+use clinic_relay::whatsapp::message::{self, Params, Recipient, TemplateSpec};
+use clinic_relay::whatsapp::outbox::{self, OutboxError, WaItem};
+
+fn reminder(
+    vault: &clinic_relay::vault::Vault,
+    mrn: &str,
+    raw: &str,
+) -> (WaItem, clinic_relay::model::PatientId) {
+    let plan = phone::PhonePlan::default();
+    let e164 = phone::to_e164(raw, &plan).unwrap();
+    let patient = vault.patient_id_for_mrn("", mrn);
+    let mut p = stored_before(vault);
+    (p.id, p.mrn, p.phone) = (patient, mrn.to_owned(), Some(e164.clone()));
+    vault.put_patient(&p, "test", t0()).unwrap();
+    let item = WaItem {
+        patient: Some(patient),
+        recipient: Some(Recipient::phone(&e164).unwrap()),
+        message: message::template(&TemplateSpec {
+            name: "appointment_reminder",
+            language: "de",
+            header: None,
+            body: Params::Positional(vec!["Mo", "9:00"]),
+            quick_replies: vec![],
+        })
+        .unwrap(),
+        reference: Some("appt-ref-1".to_owned()),
+    };
+    (item, patient)
+}
+
+fn unreachable_events(vault: &clinic_relay::vault::Vault) -> Vec<clinic_relay::model::Event> {
+    vault
+        .events_after(0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.kind == EventKind::WhatsappUnreachable)
+        .collect()
+}
+
+/// Patients are written with the vault's blocking calls, which must not
+/// run on the runtime: enqueue runs on this one.
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn a_landline_is_not_queued_and_the_feed_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = open(&tmp.path().join("data"), &key(9));
+    // A Berlin landline: refused at enqueue, with an event and no number.
+    let (landline, patient) = reminder(&vault, "000911", "030 12345678");
+    let err = run(outbox::enqueue(&vault, landline, t0(), None)).unwrap_err();
+    assert!(
+        matches!(err, OutboxError::Unreachable { reason: "landline" }),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("12345678"), "{err}");
+    assert_eq!(vault.count(Tree::WaOutbox), 0, "nothing queued");
+    let events = unreachable_events(&vault);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].patient, Some(patient));
+    assert_eq!(events[0].details["reason"], "landline");
+    assert_eq!(events[0].details["reference"], "appt-ref-1");
+    assert_eq!(events[0].details["message"], "template");
+    let json = serde_json::to_string(&events[0]).unwrap();
+    assert!(!json.contains("12345678"), "no number on the feed: {json}");
+    // A toll-free number cannot be a mobile either.
+    let (free, _) = reminder(&vault, "000912", "0800 1234567");
+    let err = run(outbox::enqueue(&vault, free, t0(), None)).unwrap_err();
+    assert!(matches!(
+        err,
+        OutboxError::Unreachable {
+            reason: "not_mobile"
+        }
+    ));
+    // A German mobile and a US number (NANP: fixed or mobile) are queued.
+    let (mobile, _) = reminder(&vault, "000913", "0151 12345678");
+    run(outbox::enqueue(&vault, mobile, t0(), None)).unwrap();
+    let us = WaItem {
+        recipient: Some(Recipient::phone("+12015550123").unwrap()),
+        ..reminder(&vault, "000914", "0151 12345679").0
+    };
+    run(outbox::enqueue(&vault, us, t0(), None)).unwrap();
+    assert_eq!(vault.count(Tree::WaOutbox), 2);
+    assert_eq!(unreachable_events(&vault).len(), 2);
+    // A reminder run: the landline is left out with its event, the rest
+    // goes in the same commit.
+    let batch = vec![
+        (reminder(&vault, "000915", "089 1234567").0, None),
+        (reminder(&vault, "000916", "0160 1234567").0, None),
+    ];
+    run(outbox::enqueue_many(&vault, batch, t0())).unwrap();
+    assert_eq!(vault.count(Tree::WaOutbox), 3);
+    assert_eq!(unreachable_events(&vault).len(), 3);
+    vault.close().unwrap();
+}
