@@ -175,6 +175,31 @@ pub fn international_to_e164(raw: &str) -> Option<String> {
     }
 }
 
+/// The E.164 number a WhatsApp `wa_id` (digits without "+") stands for, so
+/// that an inbound message finds the patient however the PMS wrote the
+/// number. Meta's ids differ from E.164 in two known ways, both undone here
+/// only when the id as given is not a valid number: Mexican mobiles carry
+/// the old "1" after the country code (`521…` for `+52…`), and Brazilian
+/// accounts registered before the ninth mobile digit lack it (`55 11
+/// 8765-4321` for `+55 11 98765-4321`).
+pub fn wa_id_to_e164(wa_id: &str) -> Option<String> {
+    if let Some(e164) = international_to_e164(wa_id) {
+        return Some(e164);
+    }
+    let digits = wa_id.trim().trim_start_matches('+');
+    if !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let alternative = match (digits.get(..3), digits.get(..2), digits.len()) {
+        (Some("521"), _, 13) => format!("+52{}", digits.get(3..)?),
+        (_, Some("55"), 12) if digits.get(4..5).is_some_and(|d| d >= "6") => {
+            format!("+55{}9{}", digits.get(2..4)?, digits.get(4..)?)
+        }
+        _ => return None,
+    };
+    parse(&alternative, None).filter(|e164| number_type(e164).may_be_mobile())
+}
+
 fn parse(raw: &str, region: Option<Id>) -> Option<String> {
     let number = checked(raw, region)?;
     Some(number.format().mode(Mode::E164).to_string())

@@ -194,11 +194,16 @@ impl Vault {
     /// writes `wa_id`), or with this business-scoped user id.
     fn wa_patient(&self, wa_id: Option<&str>, user_id: Option<&str>) -> VaultResult<Lookup> {
         if let Some(digits) = wa_id.filter(|d| !d.is_empty()) {
-            let e164 = if digits.starts_with('+') {
-                digits.to_owned()
-            } else {
-                format!("+{digits}")
-            };
+            // The same E.164 form the PMS's numbers were stored in; an id
+            // libphonenumber does not accept is looked up as it came, as
+            // before it was normalised.
+            let e164 = crate::pms::phone::wa_id_to_e164(digits).unwrap_or_else(|| {
+                if digits.starts_with('+') {
+                    digits.to_owned()
+                } else {
+                    format!("+{digits}")
+                }
+            });
             match self.find_patients_by_phone(&e164)?.as_slice() {
                 [one] => return Ok(Lookup::One(*one)),
                 [] => {}

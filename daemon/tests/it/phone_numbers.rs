@@ -73,13 +73,13 @@ fn stored_before(vault: &clinic_relay::vault::Vault) -> Patient {
     }
 }
 
-/// An ADT^A08 for [`MRN`] whose only number is `phone`, as the PMS wrote it.
-fn adt_a08(control_id: &str, phone: &str) -> String {
+/// An ADT^A08 for `mrn` whose only number is `phone`, as the PMS wrote it.
+fn adt_a08(control_id: &str, mrn: &str, phone: &str) -> String {
     [
         msh("ADT^A08^ADT_A01", control_id, "2.5.1"),
         "EVN|A08|20261125093000".to_owned(),
         format!(
-            "PID|1||{MRN}^^^ZZHOSP^MR||ZZPHONEFAMILY^ZZPHONEGIVEN||19010203|F|||||{phone}^PRN^CP"
+            "PID|1||{mrn}^^^ZZHOSP^MR||ZZPHONEFAMILY^ZZPHONEGIVEN||19010203|F|||||{phone}^PRN^CP"
         ),
     ]
     .join("\r")
@@ -111,7 +111,9 @@ async fn a_store_written_before_still_finds_the_patient_by_phone() {
     // The PMS sends the number again in another layout: still one patient
     // under one index entry.
     let mut c = d.mllp().await;
-    let ack = c.send(&adt_a08("PHONE1", "+49 (0)151 555-01234")).await;
+    let ack = c
+        .send(&adt_a08("PHONE1", MRN, "+49 (0)151 555-01234"))
+        .await;
     assert_eq!(msa(&ack).0, "AA");
     let p = vault.get_patient(before.id).unwrap().unwrap();
     assert_eq!(p.phone, before.phone);
@@ -121,7 +123,7 @@ async fn a_store_written_before_still_finds_the_patient_by_phone() {
     );
     // A number libphonenumber does not accept counts as absent, and a
     // registration replaces the record (HL7 § 5.1): the index entry goes.
-    let ack = c.send(&adt_a08("PHONE2", "0151 12")).await;
+    let ack = c.send(&adt_a08("PHONE2", MRN, "0151 12")).await;
     assert_eq!(msa(&ack).0, "AA");
     let p = vault.get_patient(before.id).unwrap().unwrap();
     assert_eq!(p.phone, None);
@@ -236,4 +238,41 @@ fn a_landline_is_not_queued_and_the_feed_says_so() {
     assert_eq!(vault.count(Tree::WaOutbox), 3);
     assert_eq!(unreachable_events(&vault).len(), 3);
     vault.close().unwrap();
+}
+
+// ---- inbound wa_id matching -------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_webhook_finds_the_patient_the_pms_wrote_in_national_form() {
+    use crate::webhook::{events, post_signed, start_receiver, text_message};
+    let d = start_receiver("").await;
+    let mut c = d.mllp().await;
+    for (id, mrn, raw) in [
+        ("PHONE3", "000921", "0151 555-01234"),
+        ("PHONE4", "000922", "+52 55 1234 5678"),
+        ("PHONE5", "000923", "+55 11 98765-4321"),
+    ] {
+        let ack = c.send(&adt_a08(id, mrn, raw)).await;
+        assert_eq!(msa(&ack).0, "AA", "{raw}");
+    }
+    let vault = &d.running.vault;
+    let id = |mrn| vault.patient_id_for_mrn("", mrn);
+    // Meta's wa_id: digits without "+"; for Mexico with the old mobile "1",
+    // for an old Brazilian account without the ninth digit.
+    for (wamid, wa_id) in [
+        ("wamid.PH1", "4915155501234"),
+        ("wamid.PH2", "5215512345678"),
+        ("wamid.PH3", "551187654321"),
+    ] {
+        let body = text_message(wamid, wa_id, "ZZNAME", "hallo");
+        assert_eq!(post_signed(&d, &body).await, 200, "{wa_id}");
+    }
+    let received = events(&d, EventKind::MessageReceived);
+    let patients: Vec<_> = received.iter().map(|e| e.patient).collect();
+    assert_eq!(
+        patients,
+        vec![Some(id("000921")), Some(id("000922")), Some(id("000923"))]
+    );
+    assert!(received.iter().all(|e| !e.details.contains_key("matched")));
+    d.stop().await;
 }

@@ -162,6 +162,36 @@ fn wa_ids_are_international() {
 }
 
 #[test]
+fn wa_ids_in_metas_own_forms() {
+    // As given when valid.
+    assert_eq!(
+        wa_id_to_e164("4915112345678").as_deref(),
+        Some("+4915112345678")
+    );
+    assert_eq!(
+        wa_id_to_e164("5491112345678").as_deref(),
+        Some("+5491112345678")
+    );
+    // Mexico's old mobile "1" and Brazil's missing ninth digit.
+    assert_eq!(
+        wa_id_to_e164("5215512345678").as_deref(),
+        Some("+525512345678")
+    );
+    assert_eq!(
+        wa_id_to_e164("551187654321").as_deref(),
+        Some("+5511987654321")
+    );
+    // A Brazilian landline (first digit 2 to 5) is valid as it is.
+    assert_eq!(
+        wa_id_to_e164("551132654321").as_deref(),
+        Some("+551132654321")
+    );
+    assert_eq!(wa_id_to_e164("52155"), None);
+    assert_eq!(wa_id_to_e164("x5215512345678"), None);
+    assert_eq!(wa_id_to_e164(""), None);
+}
+
+#[test]
 fn line_types() {
     assert_eq!(number_type("+4915112345678"), NumberType::Mobile);
     assert_eq!(number_type("+49301234567"), NumberType::Landline);
@@ -184,6 +214,7 @@ proptest! {
         let _ = de(&s);
         let _ = us(&s);
         let _ = international_to_e164(&s);
+        let _ = wa_id_to_e164(&s);
         let _ = number_type(&s);
     }
 
@@ -197,6 +228,7 @@ proptest! {
             let _ = number_type(&e164);
         }
         let _ = international_to_e164(&s);
+        let _ = wa_id_to_e164(&s);
         let _ = number_type(&format!("+{s}"));
     }
 
