@@ -155,6 +155,21 @@ pub fn plan_from_config(
     Ok(plan)
 }
 
+/// Loads libphonenumber's metadata and compiles the patterns of `plan`'s
+/// region and of mobile-type checks. Both happen on first use otherwise
+/// (about 100 ms), which would land on the first HL7 message or, worse, on
+/// the vault's writer thread with the first webhook.
+pub fn warm(plan: &PhonePlan) {
+    if let Some(meta) = DATABASE.by_id(plan.region.as_ref()) {
+        let example = meta.descriptors().mobile().and_then(|d| d.example());
+        if let Some(national) = example {
+            let e164 = format!("+{}{national}", meta.country_code());
+            let _ = number_type(&e164);
+            let _ = to_e164(&e164, plan);
+        }
+    }
+}
+
 /// Returns `+<digits>` for a valid number, or None if this is not one.
 /// National numbers are read in `plan`'s region; "+…" and the region's
 /// international prefix ("00…") name their own country. An extension

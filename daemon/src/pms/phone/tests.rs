@@ -245,3 +245,27 @@ proptest! {
         prop_assert_eq!(de(&raw), Some(want));
     }
 }
+
+#[test]
+fn every_regions_example_mobile_is_valid_and_may_be_mobile() {
+    let mut regions = 0;
+    for meta in DATABASE.iter() {
+        let Some(plan) = PhonePlan::for_region(meta.id()) else {
+            continue; // "001": non-geographic codes have no region
+        };
+        warm(&plan);
+        let Some(national) = meta.descriptors().mobile().and_then(|d| d.example()) else {
+            continue;
+        };
+        let e164 = format!("+{}{national}", meta.country_code());
+        assert_eq!(
+            to_e164(&e164, &plan).as_deref(),
+            Some(e164.as_str()),
+            "{}",
+            meta.id()
+        );
+        assert!(number_type(&e164).may_be_mobile(), "{}", meta.id());
+        regions += 1;
+    }
+    assert!(regions > 200, "{regions}");
+}
