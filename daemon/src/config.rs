@@ -105,6 +105,7 @@ pub struct PmsFile {
     pub assigning_authority: Option<String>,
     pub phone_country_code: Option<String>,
     pub phone_trunk_prefix: Option<String>,
+    pub phone_region: Option<String>,
     pub status_map: Option<std::collections::BTreeMap<String, String>>,
     pub consent_field: Option<String>,
     pub deliverable_result_statuses: Option<Vec<String>>,
@@ -799,34 +800,12 @@ fn validate_pms(
             ))
         }
     };
-    let country = file
-        .phone_country_code
-        .clone()
-        .unwrap_or_else(|| "49".to_owned());
-    if country.is_empty()
-        || country.len() > 3
-        || !country.chars().all(|c| c.is_ascii_digit())
-        || country.starts_with('0')
-    {
-        return Err(invalid(
-            "pms.phone_country_code",
-            &country,
-            "not a country calling code",
-            "digits without + or 00, e.g. \"49\" or \"1\"",
-        ));
-    }
-    let trunk = file
-        .phone_trunk_prefix
-        .clone()
-        .unwrap_or_else(|| "0".to_owned());
-    if trunk.len() > 2 || !trunk.chars().all(|c| c.is_ascii_digit()) {
-        return Err(invalid(
-            "pms.phone_trunk_prefix",
-            &trunk,
-            "not a trunk prefix",
-            "\"0\" in most of Europe, \"1\" in North America",
-        ));
-    }
+    let phone_plan = crate::pms::phone::plan_from_config(
+        file.phone_region.as_deref(),
+        file.phone_country_code.as_deref(),
+        file.phone_trunk_prefix.as_deref(),
+    )
+    .map_err(|e| invalid(e.key, &e.value, &e.reason, e.fix))?;
     let mut status_map = std::collections::HashMap::new();
     for (code, fhir) in file.status_map.iter().flatten() {
         let status: AppointmentStatus = serde_json::from_value(serde_json::Value::String(fhir.clone())).map_err(|_| {
@@ -943,10 +922,7 @@ fn validate_pms(
         facility: file.facility.clone().unwrap_or_default(),
         mapping: MappingConfig {
             assigning_authority: file.assigning_authority.clone().unwrap_or_default(),
-            phone_plan: crate::pms::phone::PhonePlan {
-                country_code: country,
-                trunk_prefix: trunk,
-            },
+            phone_plan,
             time_zone: tz.clone(),
             status_map,
             deliverable_statuses,

@@ -322,6 +322,9 @@ pub enum EventKind {
     WhatsappMessageRejected,
     /// A WhatsApp message passed its expiry before it could be sent.
     WhatsappMessageExpired,
+    /// A WhatsApp message was not queued: the number cannot be a mobile
+    /// (details: `reason` `landline` or `not_mobile`; never the number).
+    WhatsappUnreachable,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

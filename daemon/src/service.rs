@@ -365,6 +365,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         .as_ref()
         .map(crate::webhook::prepare)
         .transpose()?;
+    // Beside the vault's opening, not in the first message (pms/phone.rs).
+    let plan = config.pms.mapping.phone_plan.clone();
+    drop(tokio::task::spawn_blocking(move || {
+        crate::pms::phone::warm(&plan)
+    }));
     let cfg = config.clone();
     let opened = tokio::task::spawn_blocking(move || open_vault(&cfg))
         .await

@@ -194,12 +194,24 @@ impl Vault {
     /// writes `wa_id`), or with this business-scoped user id.
     fn wa_patient(&self, wa_id: Option<&str>, user_id: Option<&str>) -> VaultResult<Lookup> {
         if let Some(digits) = wa_id.filter(|d| !d.is_empty()) {
-            let e164 = if digits.starts_with('+') {
+            let as_given = if digits.starts_with('+') {
                 digits.to_owned()
             } else {
                 format!("+{digits}")
             };
-            match self.find_patients_by_phone(&e164)?.as_slice() {
+            // Usually the id is the stored E.164 already: one index lookup,
+            // no parse on the writer. Otherwise the same libphonenumber form
+            // the PMS's numbers were stored in (Meta's Mexican and Brazilian
+            // ids differ from it).
+            let mut found = self.find_patients_by_phone(&as_given)?;
+            if found.is_empty() {
+                if let Some(e164) = crate::pms::phone::wa_id_to_e164(digits) {
+                    if e164 != as_given {
+                        found = self.find_patients_by_phone(&e164)?;
+                    }
+                }
+            }
+            match found.as_slice() {
                 [one] => return Ok(Lookup::One(*one)),
                 [] => {}
                 _ => return Ok(Lookup::Ambiguous),

@@ -14,6 +14,7 @@
 
 use super::message::{Kind, OutMessage, Recipient};
 use crate::model::{EventKind, PatientId};
+use crate::pms::phone::{self, NumberType};
 use crate::queue::{self, Envelope, QueueSpec, Queued};
 use crate::vault::{Owner, Tree, Txn, Vault, VaultError, VaultResult};
 use jiff::{SignedDuration, Timestamp};
@@ -105,6 +106,11 @@ pub enum OutboxError {
          ({since}); send an approved template instead"
     )]
     OutsideWindow { kind: &'static str, since: String },
+    #[error(
+        "the recipient's number cannot be a mobile ({reason}), so WhatsApp cannot reach it; \
+         the feed has a whatsapp-unreachable event"
+    )]
+    Unreachable { reason: &'static str },
     #[error(transparent)]
     Template(#[from] super::template_book::TemplateRefusal),
     #[error(transparent)]
@@ -165,8 +171,51 @@ fn check_template(vault: &Vault, item: &WaItem) -> Result<(), OutboxError> {
     Ok(())
 }
 
+/// Why WhatsApp cannot reach `item`'s number, when libphonenumber's
+/// metadata rules out a mobile (a landline, a toll-free or other service
+/// number). Numbers that may be mobiles pass: all of the NANP, where mobile
+/// and fixed share ranges, VoIP, and ranges the metadata does not know;
+/// Meta answers for those (131026 when not on WhatsApp).
+fn unreachable(item: &WaItem) -> Option<&'static str> {
+    let Some(Recipient::Phone(e164)) = &item.recipient else {
+        return None;
+    };
+    match phone::number_type(e164) {
+        NumberType::Landline => Some("landline"),
+        NumberType::Service => Some("not_mobile"),
+        NumberType::Mobile | NumberType::FixedOrMobile | NumberType::Other => None,
+    }
+}
+
+/// Stages the feed event for a message that was not queued because of
+/// `reason`: the patient's id and the message's PHI-free description, never
+/// the number.
+fn stage_unreachable(
+    vault: &Vault,
+    txn: &mut Txn,
+    item: &WaItem,
+    reason: &'static str,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let mut details = item.describe();
+    details.insert("reason".to_owned(), reason.to_owned());
+    let event = crate::model::Event {
+        kind: EventKind::WhatsappUnreachable,
+        time: now,
+        patient: item.patient,
+        appointment: None,
+        slot: None,
+        details,
+    };
+    vault.stage_event(txn, &event)
+}
+
 /// Stages `item` in `txn` (for callers that commit it with their own
 /// state change).
+///
+/// A number that cannot be a mobile is not queued: the
+/// `whatsapp-unreachable` event is staged in `txn` instead and the error is
+/// [`OutboxError::Unreachable`]; commit `txn` to put the event on the feed.
 pub fn stage(
     vault: &Vault,
     txn: &mut Txn,
@@ -176,6 +225,10 @@ pub fn stage(
 ) -> Result<(), OutboxError> {
     if item.recipient.is_none() && item.message.kind != Kind::MarkRead {
         return Err(OutboxError::NoRecipient(item.message.kind.as_str()));
+    }
+    if let Some(reason) = unreachable(&item) {
+        stage_unreachable(vault, txn, &item, reason, now)?;
+        return Err(OutboxError::Unreachable { reason });
     }
     check_window(vault, &item, now)?;
     check_template(vault, &item)?;
@@ -187,7 +240,9 @@ pub fn stage(
     Ok(())
 }
 
-/// Queues one message durably; returns once it is on disk.
+/// Queues one message durably; returns once it is on disk. A number that
+/// cannot be a mobile gets its feed event committed and
+/// [`OutboxError::Unreachable`].
 pub async fn enqueue(
     vault: &Vault,
     item: WaItem,
@@ -197,15 +252,21 @@ pub async fn enqueue(
     vault
         .write(move |v| {
             let mut txn = Txn::new(now);
-            stage(v, &mut txn, item, now, expires)?;
-            Ok::<_, OutboxError>((txn, ()))
+            match stage(v, &mut txn, item, now, expires) {
+                // The event is in txn: commit it, then tell the caller.
+                Err(e @ OutboxError::Unreachable { .. }) => Ok((txn, Err(e))),
+                Err(e) => Err(e),
+                Ok(()) => Ok((txn, Ok(()))),
+            }
         })
         .await
-        .map(|c| c.value)
+        .and_then(|c| c.value)
 }
 
 /// Queues many messages in one durable commit (a reminder run): one flush
-/// for the lot. Returns once they are on disk.
+/// for the lot. Returns once they are on disk. A message to a number that
+/// cannot be a mobile is left out with its feed event (one landline does
+/// not hold back a whole run); any other error queues nothing.
 pub async fn enqueue_many(
     vault: &Vault,
     items: Vec<(WaItem, Option<Timestamp>)>,
@@ -215,7 +276,10 @@ pub async fn enqueue_many(
         .write(move |v| {
             let mut txn = Txn::new(now);
             for (item, expires) in items {
-                stage(v, &mut txn, item, now, expires)?;
+                match stage(v, &mut txn, item, now, expires) {
+                    Ok(()) | Err(OutboxError::Unreachable { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
             Ok::<_, OutboxError>((txn, ()))
         })

@@ -15,6 +15,7 @@ mod disk_full;
 mod fault_kill;
 mod hostile;
 mod openapi;
+mod phone_numbers;
 mod pms_crash;
 mod pms_ingest;
 mod pms_interop;

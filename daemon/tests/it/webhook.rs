@@ -67,7 +67,7 @@ fn write_secret(dir: &std::path::Path, name: &str, value: &str) {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-async fn start_receiver(extra: &str) -> Daemon {
+pub async fn start_receiver(extra: &str) -> Daemon {
     let install = TestInstall::new(&format!(
         "[webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
          previous_app_secret_file = \"old-secret\"\nverify_token_file = \"verify-token\"\n{extra}"
@@ -132,7 +132,7 @@ async fn post(d: &Daemon, body: &[u8], signature: Option<String>) -> u16 {
     .0
 }
 
-async fn post_signed(d: &Daemon, body: &[u8]) -> u16 {
+pub async fn post_signed(d: &Daemon, body: &[u8]) -> u16 {
     post(d, body, Some(sign(SECRET, body))).await
 }
 
@@ -169,7 +169,7 @@ fn statuses(list: Vec<serde_json::Value>) -> Vec<u8> {
     })))
 }
 
-fn text_message(wamid: &str, from: &str, name: &str, text: &str) -> Vec<u8> {
+pub fn text_message(wamid: &str, from: &str, name: &str, text: &str) -> Vec<u8> {
     meta_json(&envelope(serde_json::json!({
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
@@ -199,7 +199,7 @@ fn wa_id(p: &Patient) -> String {
         .to_owned()
 }
 
-fn events(d: &Daemon, kind: EventKind) -> Vec<clinic_relay::model::Event> {
+pub fn events(d: &Daemon, kind: EventKind) -> Vec<clinic_relay::model::Event> {
     d.running
         .vault
         .events_after(0, 10_000)
