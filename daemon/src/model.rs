@@ -322,6 +322,9 @@ pub enum EventKind {
     WhatsappMessageRejected,
     /// A WhatsApp message passed its expiry before it could be sent.
     WhatsappMessageExpired,
+    /// A patient's inbound media was not kept (over the size limit, a
+    /// checksum mismatch, Meta refused the download); details: `reason`.
+    WhatsappMediaRefused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,6 +33,11 @@ pub struct WhatsappFile {
     pub request_timeout: Option<String>,
     /// Messages in flight at once (to different recipients).
     pub concurrency: Option<u32>,
+    // Media (see `whatsapp::media`).
+    pub max_document_bytes: Option<u64>,
+    pub media_ttl: Option<String>,
+    pub max_inbound_media_bytes: Option<u64>,
+    pub inbound_media_retention: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +54,7 @@ pub struct WhatsappConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub concurrency: usize,
+    pub media: super::media::MediaConfig,
 }
 
 impl Default for WhatsappConfig {
@@ -65,6 +71,7 @@ impl Default for WhatsappConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(20),
             concurrency: 16,
+            media: super::media::MediaConfig::default(),
         }
     }
 }
@@ -95,7 +102,7 @@ pub struct Invalid {
     pub fix: &'static str,
 }
 
-fn invalid(key: &'static str, value: &str, reason: &str, fix: &'static str) -> Invalid {
+pub(crate) fn invalid(key: &'static str, value: &str, reason: &str, fix: &'static str) -> Invalid {
     Invalid {
         key,
         value: value.to_owned(),
@@ -206,6 +213,7 @@ pub fn validate(
             d.request_timeout,
         )?,
         concurrency,
+        media: super::media::validate_config(file)?,
     })
 }
 

@@ -6,6 +6,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod limiter;
+pub mod media;
+pub mod media_worker;
 pub mod message;
 pub mod outbox;
 pub mod templates;

@@ -31,6 +31,7 @@ mod vault_privacy;
 mod vault_rotation;
 mod wa_client;
 mod wa_crash;
+mod wa_media;
 mod wa_outbox;
 mod wa_templates;
 mod webhook;

@@ -1,0 +1,444 @@
+//! WhatsApp media end to end (issue 9 item 3), through real sockets: the
+//! daemon, its webhook receiver and the Graph API simulator. A PDF goes up,
+//! out as a document, and is deleted at Meta once delivered (or at its
+//! TTL); a patient's image is fetched and sealed; neither is ever on disk
+//! in the clear.
+
+use crate::pms_support::Daemon;
+use crate::support::*;
+use clinic_relay::model::{EventKind, Patient};
+use clinic_relay::webhook::media::MediaState;
+use clinic_relay::whatsapp::media::{self, Document, MediaConfig};
+use clinic_relay::whatsapp::message::Recipient;
+use clinic_relay::whatsapp::outbox;
+use graph_sim::webhooks::{deliver, inbound_media, Delivery};
+use graph_sim::{Injection, Sim};
+use jiff::SignedDuration;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+const SECRET: &str = "media-app-secret";
+const PDF_MARKER: &str = "ZZPDFMARKERq7Lk2";
+const IMAGE_MARKER: &str = "ZZIMAGEMARKERw3Xp9";
+
+/// A daemon with the outbox pointed at `sim` (live unless `dry_run`) and
+/// the webhook receiver on loopback; `extra` goes into `[whatsapp]`.
+async fn daemon(sim: &Sim, extra: &str, dry_run: bool) -> Daemon {
+    let token = if dry_run {
+        ""
+    } else {
+        "token_file = \"wa.token\"\n"
+    };
+    let install = TestInstall::new(&format!(
+        "[whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"106540352242922\"\n\
+         {token}rate_per_second = 1000\n{extra}\n\
+         [webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
+         verify_token_file = \"verify-token\"\n",
+        sim.base_url()
+    ));
+    for (name, value) in [
+        ("wa.token", "tok"),
+        ("app-secret", SECRET),
+        ("verify-token", "t"),
+    ] {
+        let path = install.tmp.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    Daemon::start_in(install).await
+}
+
+fn delivery(d: &Daemon) -> Delivery {
+    Delivery {
+        url: format!("http://{}/webhook", d.running.webhook_addr.unwrap()),
+        app_secret: SECRET.to_owned(),
+        shuffle: None,
+        duplicate: false,
+        per_call: 4,
+    }
+}
+
+async fn add_patient(d: &Daemon, tag: &str) -> Patient {
+    let vault = d.running.vault.clone();
+    let tag = tag.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let p = marker_patient(&vault, &tag);
+        vault.put_patient(&p, "test", t0()).unwrap();
+        p
+    })
+    .await
+    .unwrap()
+}
+
+fn wa_id(p: &Patient) -> String {
+    p.phone
+        .as_deref()
+        .unwrap()
+        .trim_start_matches('+')
+        .to_owned()
+}
+
+/// Polls `f` (short waits, 20 s at most) until it yields a value.
+async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn pdf() -> Vec<u8> {
+    format!("%PDF-1.4\n% {PDF_MARKER}\n1 0 obj << >> endobj\n%%EOF\n").into_bytes()
+}
+
+fn state_of(d: &Daemon, wamid: &str) -> Option<MediaState> {
+    d.running
+        .vault
+        .wa_inbound_media(wamid)
+        .unwrap()
+        .map(|m| m.state)
+}
+
+fn deletes(sim: &Sim, media_id: &str) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == "DELETE" && r.path.ends_with(&format!("/{media_id}")))
+        .count()
+}
+
+async fn send_document(d: &Daemon, patient: Option<&Patient>, to: &str) {
+    let doc = Document {
+        pdf: pdf(),
+        filename: "Befund.pdf".to_owned(),
+        caption: Some("Ihr Befund".to_owned()),
+    };
+    media::enqueue_document(
+        &d.running.vault,
+        &MediaConfig::default(),
+        patient.map(|p| p.id),
+        Recipient::phone(to).unwrap(),
+        doc,
+        Some("result:1".to_owned()),
+        t0(),
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+/// The acceptance line of issue 9: upload + document + delete; inbound
+/// media fetched and sealed; a marker scan of the data dir finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_document_delete_and_inbound_media_sealed_leave_no_clear_bytes() {
+    let sim = Sim::start().await.unwrap();
+    sim.require_token(Some("tok"));
+    let d = daemon(&sim, "", false).await;
+    let p = add_patient(&d, "31").await;
+
+    // The patient sends a photo: fetched through the simulator, sealed.
+    let image = format!("\u{ff}\u{d8}JPEG {IMAGE_MARKER} bytes").into_bytes();
+    let (media_id, sha) = sim.add_media("image/jpeg", &image);
+    let at = t0().as_second() as u64;
+    let update = inbound_media(
+        "wamid.IMG1",
+        &wa_id(&p),
+        "image",
+        &media_id,
+        "image/jpeg",
+        &sha,
+        at,
+    );
+    let statuses = deliver(&[update], &delivery(&d)).await.unwrap();
+    assert_eq!(statuses, [200]);
+    let fetched = until("the image is fetched", || {
+        match state_of(&d, "wamid.IMG1") {
+            Some(s @ MediaState::Fetched { .. }) => Some(s),
+            _ => None,
+        }
+    })
+    .await;
+    let MediaState::Fetched { size, sha256, .. } = fetched else {
+        unreachable!()
+    };
+    assert_eq!((size, sha256), (image.len() as u64, sha));
+    assert_eq!(
+        d.running
+            .vault
+            .wa_inbound_media_bytes("wamid.IMG1")
+            .unwrap(),
+        Some(image.clone())
+    );
+    let download = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.path.starts_with("/whatsapp_business/attachments/"))
+        .expect("downloaded from the URL Meta gave");
+    assert_eq!(download.authorization.as_deref(), Some("Bearer tok"));
+
+    // A PDF to the patient (the window is open: they just wrote).
+    send_document(&d, Some(&p), p.phone.as_deref().unwrap()).await;
+    let handle = d.running.whatsapp.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), handle.processed_at_least(1))
+        .await
+        .unwrap();
+    let uploads: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/media"))
+        .collect();
+    assert_eq!(uploads.len(), 1);
+    let body = String::from_utf8_lossy(&uploads[0].body).into_owned();
+    assert!(
+        body.contains("name=\"messaging_product\"\r\n\r\nwhatsapp"),
+        "{body}"
+    );
+    assert!(
+        body.contains("name=\"type\"\r\n\r\napplication/pdf"),
+        "{body}"
+    );
+    assert!(
+        body.contains("filename=\"document.pdf\""),
+        "neutral name: {body}"
+    );
+    let media_ids = sim.media_ids();
+    let pdf_id = media_ids
+        .iter()
+        .find(|id| sim.media_bytes(id) == Some(pdf()))
+        .expect("the PDF is at Meta")
+        .clone();
+    let sent = sim.sent_messages();
+    let doc = sent.iter().find(|m| m["type"] == "document").unwrap();
+    assert_eq!(doc["document"]["id"], pdf_id.as_str());
+    assert_eq!(doc["document"]["filename"], "Befund.pdf");
+    assert!(doc.get("x_vault_document").is_none(), "{doc}");
+    let record = outbox::sent(&d.running.vault).unwrap().pop().unwrap();
+    assert_eq!(record.media_id.as_deref(), Some(pdf_id.as_str()));
+    assert_eq!(
+        media::queued_documents(&d.running.vault),
+        0,
+        "PDF left the vault"
+    );
+    assert_eq!(deletes(&sim, &pdf_id), 0, "not before it is delivered");
+
+    // Meta reports the lifecycle: `delivered` deletes the upload at once.
+    let statuses = deliver(&sim.status_updates(at + 5), &delivery(&d))
+        .await
+        .unwrap();
+    assert!(statuses.iter().all(|s| *s == 200));
+    assert!(
+        sim.wait_for(Duration::from_secs(20), |r| r
+            .iter()
+            .any(|r| r.method == "DELETE"
+                && r.path.ends_with(&format!("/{pdf_id}"))
+                && r.status == 200))
+            .await,
+        "DELETE /{{media-id}} after delivered"
+    );
+    assert!(!sim.media_ids().contains(&pdf_id));
+
+    let install = d.stop().await;
+    let hits = scan_dir(
+        &install.data,
+        &[PDF_MARKER.to_owned(), IMAGE_MARKER.to_owned()],
+    );
+    assert!(hits.is_empty(), "clear media bytes on disk: {hits:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undelivered_upload_is_deleted_at_its_ttl_and_a_retry_reuses_it() {
+    let sim = Sim::start().await.unwrap();
+    let d = daemon(&sim, "media_ttl = \"2h\"\n", false).await;
+    // The first send fails (transient): the retry must not upload again.
+    sim.inject(Injection::code(131000));
+    send_document(&d, None, "+4915550061").await;
+    let handle = d.running.whatsapp.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while handle.processed() < 1 {
+            handle.kick();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let uploads = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/media"))
+        .count();
+    let docs: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/messages"))
+        .collect();
+    assert_eq!((uploads, docs.len()), (1, 2), "one upload, sent twice");
+    let media_id = sim.media_ids().pop().unwrap();
+
+    // No status comes. Before the TTL nothing is deleted...
+    let media = d.running.wa_media.clone().unwrap();
+    d.clock.advance(SignedDuration::from_mins(119));
+    let settled = media.settled();
+    let now = clinic_relay::clock::Clock::now(&d.clock);
+    tokio::time::timeout(Duration::from_secs(20), media.looked_at(now))
+        .await
+        .unwrap();
+    assert_eq!(media.settled(), settled);
+    assert_eq!(deletes(&sim, &media_id), 0);
+    // ...at the TTL it is.
+    d.clock.advance(SignedDuration::from_mins(2));
+    media.kick();
+    assert!(
+        sim.wait_for(Duration::from_secs(20), |r| r
+            .iter()
+            .any(|r| r.method == "DELETE" && r.status == 200))
+            .await
+    );
+    assert!(sim.media_ids().is_empty());
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_inbound_media_is_refused_with_an_event_and_fetched_media_is_purged() {
+    let sim = Sim::start().await.unwrap();
+    let d = daemon(
+        &sim,
+        "max_inbound_media_bytes = 2048\ninbound_media_retention = \"7d\"\n",
+        false,
+    )
+    .await;
+    let p = add_patient(&d, "32").await;
+    let (big, big_sha) = sim.add_media("video/mp4", &vec![7u8; 4096]);
+    let (small, small_sha) = sim.add_media("image/jpeg", b"small image");
+    let at = t0().as_second() as u64;
+    let updates = [
+        inbound_media(
+            "wamid.BIG",
+            &wa_id(&p),
+            "video",
+            &big,
+            "video/mp4",
+            &big_sha,
+            at,
+        ),
+        inbound_media(
+            "wamid.SMALL",
+            &wa_id(&p),
+            "image",
+            &small,
+            "image/jpeg",
+            &small_sha,
+            at,
+        ),
+    ];
+    deliver(&updates, &delivery(&d)).await.unwrap();
+    until("both settled", || {
+        let big = state_of(&d, "wamid.BIG")?;
+        let small = state_of(&d, "wamid.SMALL")?;
+        (big != MediaState::Pending && small != MediaState::Pending).then_some(())
+    })
+    .await;
+    assert_eq!(
+        state_of(&d, "wamid.BIG"),
+        Some(MediaState::Refused {
+            reason: "too-large".to_owned()
+        })
+    );
+    assert_eq!(
+        d.running.vault.wa_inbound_media_bytes("wamid.BIG").unwrap(),
+        None
+    );
+    let events = d.running.vault.events_after(0, 1000).unwrap();
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|(_, e)| e.kind == EventKind::WhatsappMediaRefused)
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].1.patient, Some(p.id));
+    assert_eq!(refused[0].1.details["reason"], "too-large");
+    assert_eq!(refused[0].1.details["type"], "video");
+    let big_downloads = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains(&format!("mid={big}")))
+        .count();
+    assert_eq!(big_downloads, 0, "Meta's file_size said no: not downloaded");
+
+    // The retention ends: the bytes go, the record says so.
+    assert!(matches!(
+        state_of(&d, "wamid.SMALL"),
+        Some(MediaState::Fetched { .. })
+    ));
+    d.clock.advance(SignedDuration::from_hours(7 * 24 + 1));
+    d.running.wa_media.as_ref().unwrap().kick();
+    until("purged", || {
+        matches!(state_of(&d, "wamid.SMALL"), Some(MediaState::Purged { .. })).then_some(())
+    })
+    .await;
+    assert_eq!(
+        d.running
+            .vault
+            .wa_inbound_media_bytes("wamid.SMALL")
+            .unwrap(),
+        None
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_dry_run_inbound_media_is_marked_not_fetched_and_nothing_connects() {
+    let sim = Sim::start().await.unwrap();
+    let d = daemon(&sim, "", true).await;
+    assert!(d.running.wa_media.as_ref().unwrap().dry_run);
+    let p = add_patient(&d, "33").await;
+    let (id, sha) = sim.add_media("image/jpeg", b"img");
+    let update = inbound_media(
+        "wamid.DRY",
+        &wa_id(&p),
+        "image",
+        &id,
+        "image/jpeg",
+        &sha,
+        t0().as_second() as u64,
+    );
+    deliver(&[update], &delivery(&d)).await.unwrap();
+    until("marked dry-run", || {
+        (state_of(&d, "wamid.DRY")? == MediaState::DryRun).then_some(())
+    })
+    .await;
+    assert!(sim.requests().is_empty(), "dry-run connected to the API");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_over_the_limit_or_not_a_pdf_is_refused_at_enqueue() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("data"), &key(9));
+    let config = MediaConfig {
+        max_document_bytes: 64,
+        ..MediaConfig::default()
+    };
+    let try_send = |pdf: Vec<u8>| {
+        media::enqueue_document(
+            &vault,
+            &config,
+            None,
+            Recipient::phone("+4915550071").unwrap(),
+            Document {
+                pdf,
+                filename: "a.pdf".to_owned(),
+                caption: None,
+            },
+            None,
+            t0(),
+            None,
+        )
+    };
+    let e = try_send(vec![b'%'; 65]).await.unwrap_err().to_string();
+    assert!(e.contains("max_document_bytes"), "{e}");
+    let e = try_send(b"GIF89a".to_vec()).await.unwrap_err().to_string();
+    assert!(e.contains("not a PDF"), "{e}");
+    assert_eq!(vault.count(clinic_relay::vault::Tree::WaOutbox), 0);
+    assert_eq!(media::queued_documents(&vault), 0);
+}
