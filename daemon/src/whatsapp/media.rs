@@ -271,7 +271,7 @@ pub async fn enqueue_document(
 }
 
 /// The sealed PDF a queued item names, if it names one.
-fn doc_id(item: &WaItem) -> Option<Vec<u8>> {
+pub(crate) fn doc_id(item: &WaItem) -> Option<Vec<u8>> {
     item.message
         .payload
         .get(MARKER)
@@ -343,9 +343,12 @@ impl Outbound {
         let earlier = vault
             .get_json::<Uploaded>(Tree::WaMedia, &up_key)
             .map_err(|e| Prep::Retry(e.to_string()))?;
+        let now = self.clock.now();
         let media_id = match earlier {
-            Some(u) => u.media_id,
-            None => {
+            // Reused unless its TTL deleted it at Meta meanwhile (retries
+            // outlasted `media_ttl`): then it goes up again.
+            Some(u) if u.delete_at > now => u.media_id,
+            _ => {
                 let pdf = match vault.get(Tree::WaMedia, &key(K_DOC, &id)) {
                     Ok(Some(b)) => zeroize::Zeroizing::new(b),
                     Ok(None) | Err(VaultError::KeyUnavailable { .. }) => return Err(Prep::Missing),
@@ -358,7 +361,6 @@ impl Outbound {
                     .upload_media(&pdf, "application/pdf", UPLOAD_NAME)
                     .await
                     .map_err(Prep::Api)?;
-                let now = self.clock.now();
                 let delete_at = now.checked_add(self.ttl).unwrap_or(now);
                 let up = Uploaded {
                     media_id: media_id.clone(),

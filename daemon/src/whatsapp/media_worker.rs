@@ -216,6 +216,10 @@ impl MediaWorker {
 
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut events = self.vault.events_watch();
+        // The first sweep an hour after the start (a restart loop must not
+        // become a sweep loop).
+        let mut sweep = tokio::time::interval(Duration::from_secs(3600));
+        sweep.tick().await;
         info!(
             dry_run = self.handle.dry_run,
             "WhatsApp media worker started"
@@ -245,6 +249,13 @@ impl MediaWorker {
                 _ = self.handle.kick.notified() => {}
                 _ = events.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
+                _ = sweep.tick() => {
+                    match super::media_sweep::sweep(&self.vault, self.clock.now()).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(removed = n, "orphaned media records swept"),
+                        Err(e) => warn!(error = %e, "could not sweep media records; will try again"),
+                    }
+                }
             }
         }
     }
@@ -308,7 +319,8 @@ impl MediaWorker {
         match task {
             Task::Delete { .. } => {
                 let Some(client) = &self.client else {
-                    // Dry-run now, live before: keep it for a live start.
+                    // Dry-run now, live before: kept (with back-off, then
+                    // given up: Meta deletes media after 30 days anyway).
                     return Done::Retry;
                 };
                 let Task::Delete { media_id, .. } = task else {

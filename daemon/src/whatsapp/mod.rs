@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod limiter;
 pub mod media;
+pub mod media_sweep;
 pub mod media_worker;
 pub mod message;
 pub mod outbox;

@@ -442,3 +442,99 @@ async fn a_document_over_the_limit_or_not_a_pdf_is_refused_at_enqueue() {
     assert_eq!(vault.count(clinic_relay::vault::Tree::WaOutbox), 0);
     assert_eq!(media::queued_documents(&vault), 0);
 }
+
+/// The fetch is committed with the webhook: a daemon that stops before it
+/// could fetch (the API unreachable) fetches after its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_fetch_survives_a_restart() {
+    let sim = Sim::start().await.unwrap();
+    sim.refuse_connections(true);
+    let d = daemon(&sim, "", false).await;
+    let p = add_patient(&d, "34").await;
+    let (id, sha) = sim.add_media("application/pdf", b"%PDF-1.4 from the patient");
+    let at = t0().as_second() as u64;
+    let update = inbound_media(
+        "wamid.LATER",
+        &wa_id(&p),
+        "document",
+        &id,
+        "application/pdf",
+        &sha,
+        at,
+    );
+    deliver(&[update], &delivery(&d)).await.unwrap();
+    let media = d.running.wa_media.clone().unwrap();
+    until("a failed attempt", || (media.settled() >= 1).then_some(())).await;
+    assert_eq!(state_of(&d, "wamid.LATER"), Some(MediaState::Pending));
+    let install = d.stop().await;
+
+    sim.refuse_connections(false);
+    let d = Daemon::start_in(install).await;
+    // The retry waits its back-off (seconds), on the daemon's clock.
+    d.clock.advance(SignedDuration::from_secs(60));
+    d.running.wa_media.as_ref().unwrap().kick();
+    until("fetched after the restart", || {
+        matches!(
+            state_of(&d, "wamid.LATER"),
+            Some(MediaState::Fetched { .. })
+        )
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        d.running
+            .vault
+            .wa_inbound_media_bytes("wamid.LATER")
+            .unwrap(),
+        Some(b"%PDF-1.4 from the patient".to_vec())
+    );
+    d.stop().await;
+}
+
+/// A PDF whose item left the queue unsettled (dropped at its expiry) is
+/// swept; one still queued is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_removes_the_pdf_of_an_expired_item_only() {
+    use clinic_relay::queue;
+    use clinic_relay::whatsapp::outbox::{WaItem, WA_OUTBOX};
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("data"), &key(9));
+    for (to, expires) in [
+        ("+4915550081", Some(t0() + SignedDuration::from_secs(60))),
+        ("+4915550082", None),
+    ] {
+        media::enqueue_document(
+            &vault,
+            &MediaConfig::default(),
+            None,
+            Recipient::phone(to).unwrap(),
+            Document {
+                pdf: pdf(),
+                filename: "a.pdf".to_owned(),
+                caption: None,
+            },
+            None,
+            t0(),
+            expires,
+        )
+        .await
+        .unwrap();
+    }
+    let later = t0() + SignedDuration::from_mins(5);
+    let taken = vault
+        .write(move |v| {
+            let busy = std::collections::HashSet::new();
+            queue::take_batch::<WaItem>(v, &WA_OUTBOX, later, false, &busy, 10)
+                .map(|(txn, batch)| (txn, batch.items.len()))
+        })
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(taken, 1, "the other one expired and was dropped");
+    assert_eq!(media::queued_documents(&vault), 2);
+    let swept = clinic_relay::whatsapp::media_sweep::sweep(&vault, later)
+        .await
+        .unwrap();
+    assert_eq!(swept, 1);
+    assert_eq!(media::queued_documents(&vault), 1);
+}
