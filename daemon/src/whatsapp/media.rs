@@ -452,3 +452,48 @@ pub fn queued_documents(vault: &Vault) -> usize {
         })
         .count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml_text: &str) -> Result<MediaConfig, super::super::config::Invalid> {
+        let file: super::super::config::WhatsappFile = toml::from_str(toml_text).unwrap();
+        validate_config(&file)
+    }
+
+    #[test]
+    fn media_keys_have_defaults_and_ranges() {
+        let c = check("").unwrap();
+        assert_eq!(c, MediaConfig::default());
+        assert_eq!(c.media_ttl, Duration::from_secs(86_400));
+        let c = check("media_ttl = \"2h\"\ninbound_media_retention = \"7d\"\n").unwrap();
+        assert_eq!(c.media_ttl, Duration::from_secs(7200));
+        assert_eq!(c.inbound_media_retention, Duration::from_secs(7 * 86_400));
+        for (text, key) in [
+            ("media_ttl = \"31d\"", "whatsapp.media_ttl"),
+            ("media_ttl = \"soon\"", "whatsapp.media_ttl"),
+            ("max_document_bytes = 10", "whatsapp.max_document_bytes"),
+            (
+                "max_inbound_media_bytes = 200000000",
+                "whatsapp.max_inbound_media_bytes",
+            ),
+            (
+                "inbound_media_retention = \"1s\"",
+                "whatsapp.inbound_media_retention",
+            ),
+        ] {
+            assert_eq!(check(text).unwrap_err().key, key, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_document_debug_shows_only_its_size() {
+        let d = Document {
+            pdf: b"%PDF-1.4 secret".to_vec(),
+            filename: "ZZ name.pdf".to_owned(),
+            caption: None,
+        };
+        assert_eq!(format!("{d:?}"), "Document(15 bytes)");
+    }
+}
