@@ -311,6 +311,7 @@ async fn oversize_inbound_media_is_refused_with_an_event_and_fetched_media_is_pu
     let p = add_patient(&d, "32").await;
     let (big, big_sha) = sim.add_media("video/mp4", &vec![7u8; 4096]);
     let (small, small_sha) = sim.add_media("image/jpeg", b"small image");
+    let (bad, _) = sim.add_media("image/jpeg", b"tampered image");
     let at = t0().as_second() as u64;
     let updates = [
         inbound_media(
@@ -332,13 +333,35 @@ async fn oversize_inbound_media_is_refused_with_an_event_and_fetched_media_is_pu
             at,
         ),
     ];
+    let mut updates = updates.to_vec();
+    let wrong_sha = "00".repeat(32);
+    updates.push(inbound_media(
+        "wamid.BAD",
+        &wa_id(&p),
+        "image",
+        &bad,
+        "image/jpeg",
+        &wrong_sha,
+        at,
+    ));
     deliver(&updates, &delivery(&d)).await.unwrap();
-    until("both settled", || {
-        let big = state_of(&d, "wamid.BIG")?;
-        let small = state_of(&d, "wamid.SMALL")?;
-        (big != MediaState::Pending && small != MediaState::Pending).then_some(())
+    until("all settled", || {
+        let done = ["wamid.BIG", "wamid.SMALL", "wamid.BAD"]
+            .iter()
+            .all(|w| state_of(&d, w).is_some_and(|s| s != MediaState::Pending));
+        done.then_some(())
     })
     .await;
+    assert_eq!(
+        state_of(&d, "wamid.BAD"),
+        Some(MediaState::Refused {
+            reason: "sha256-mismatch".to_owned()
+        })
+    );
+    assert_eq!(
+        d.running.vault.wa_inbound_media_bytes("wamid.BAD").unwrap(),
+        None
+    );
     assert_eq!(
         state_of(&d, "wamid.BIG"),
         Some(MediaState::Refused {
@@ -353,6 +376,11 @@ async fn oversize_inbound_media_is_refused_with_an_event_and_fetched_media_is_pu
     let refused: Vec<_> = events
         .iter()
         .filter(|(_, e)| e.kind == EventKind::WhatsappMediaRefused)
+        .collect();
+    assert_eq!(refused.len(), 2);
+    let refused: Vec<_> = refused
+        .into_iter()
+        .filter(|(_, e)| e.details["reason"] == "too-large")
         .collect();
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].1.patient, Some(p.id));
@@ -537,4 +565,47 @@ async fn the_sweep_removes_the_pdf_of_an_expired_item_only() {
         .unwrap();
     assert_eq!(swept, 1);
     assert_eq!(media::queued_documents(&vault), 1);
+}
+
+/// Refused for good after the upload (131026): the PDF leaves the vault
+/// and the upload is deleted at Meta at once. Refused at the upload
+/// itself: the PDF leaves, nothing is left at Meta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_document_leaves_the_vault_and_its_upload_is_deleted_at_once() {
+    let sim = Sim::start().await.unwrap();
+    let d = daemon(&sim, "", false).await;
+    sim.inject(Injection::code(131026));
+    send_document(&d, None, "+4915550091").await;
+    let handle = d.running.whatsapp.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), handle.processed_at_least(1))
+        .await
+        .unwrap();
+    assert_eq!(media::queued_documents(&d.running.vault), 0);
+    assert!(
+        sim.wait_for(Duration::from_secs(20), |r| r
+            .iter()
+            .any(|r| r.method == "DELETE" && r.status == 200))
+            .await,
+        "the upload is deleted at once"
+    );
+    assert!(sim.media_ids().is_empty());
+
+    sim.inject(Injection::code(100).route(graph_sim::Route::Media));
+    send_document(&d, None, "+4915550092").await;
+    tokio::time::timeout(Duration::from_secs(20), handle.processed_at_least(2))
+        .await
+        .unwrap();
+    assert_eq!(media::queued_documents(&d.running.vault), 0);
+    assert!(sim.media_ids().is_empty());
+    let rejected = d
+        .running
+        .vault
+        .events_after(0, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| e.kind == EventKind::WhatsappMessageRejected)
+        .map(|(_, e)| e.details["reason"].clone())
+        .collect::<Vec<_>>();
+    assert_eq!(rejected, ["refused:131026", "refused:100"]);
+    d.stop().await;
 }
