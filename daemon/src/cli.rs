@@ -69,6 +69,9 @@ pub enum TemplatesCommand {
     /// List the shipped templates against the WhatsApp account (missing,
     /// pending, rejected, paused, moved to MARKETING); exit 1 unless all are approved.
     Check,
+    /// Submit the shipped templates the account is missing for Meta's
+    /// review (rejected or paused ones are listed, not resubmitted).
+    Create,
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,6 +233,9 @@ pub fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Templates(TemplatesCommand::Check) => {
             crate::whatsapp::cli::templates_check(&load_config(&cli.config)?)
+        }
+        Command::Templates(TemplatesCommand::Create) => {
+            crate::whatsapp::cli::templates_create(&load_config(&cli.config)?)
         }
         Command::Backup(BackupCommand::Create { file }) => {
             backup_create(&load_config(&cli.config)?, &file)

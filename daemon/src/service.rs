@@ -604,6 +604,22 @@ fn spawn_all(
         None,
     ) {
         Ok((worker, handle)) => {
+            // The account's template list, so that a send with a template
+            // Meta would refuse fails at enqueue.
+            if let (Some(client), true) = (
+                worker.client(),
+                config.whatsapp.business_account_id.is_some(),
+            ) {
+                tasks.push(Named {
+                    name: "whatsapp-templates",
+                    handle: tokio::spawn(crate::whatsapp::template_book::run(
+                        vault.clone(),
+                        client,
+                        clock.clone(),
+                        stop_rx.clone(),
+                    )),
+                });
+            }
             tasks.push(Named {
                 name: "whatsapp-outbox",
                 handle: tokio::spawn(worker.run(stop_rx.clone())),

@@ -3,25 +3,38 @@
 use super::client::{GraphClient, Token};
 use crate::config::Config;
 
-/// `clinic-relay templates check`.
-pub fn templates_check(config: &Config) -> Result<(), String> {
+/// A client for the account's template endpoints, and a runtime to drive
+/// it; `what` names the command in the errors.
+fn account_client(
+    config: &Config,
+    what: &str,
+) -> Result<(tokio::runtime::Runtime, GraphClient), String> {
     let wa = &config.whatsapp;
     let Some(path) = wa.token_path() else {
-        return Err("templates check needs live credentials: set whatsapp.phone_number_id and whatsapp.token_file (or the systemd credential whatsapp-token)".to_owned());
+        return Err(format!("{what} needs live credentials: set whatsapp.phone_number_id and whatsapp.token_file (or the systemd credential whatsapp-token)"));
     };
     if wa.business_account_id.is_none() {
-        return Err(
-            "templates check needs whatsapp.business_account_id (the WhatsApp Business Account id)"
-                .to_owned(),
-        );
+        return Err(format!(
+            "{what} needs whatsapp.business_account_id (the WhatsApp Business Account id)"
+        ));
     }
     let token = Token::load(&path).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    // hyper's connection pool needs the runtime while it is built.
+    let client = {
+        let _guard = rt.enter();
+        GraphClient::new(wa, Some(token)).map_err(|e| e.to_string())?
+    };
+    Ok((rt, client))
+}
+
+/// `clinic-relay templates check`.
+pub fn templates_check(config: &Config) -> Result<(), String> {
+    let (rt, client) = account_client(config, "templates check")?;
     let findings = rt.block_on(async {
-        let client = GraphClient::new(wa, Some(token)).map_err(|e| e.to_string())?;
         super::templates::check(&client)
             .await
             .map_err(|e| format!("listing the account's templates failed: {e}"))
@@ -35,11 +48,56 @@ pub fn templates_check(config: &Config) -> Result<(), String> {
     }
     if bad > 0 {
         return Err(format!(
-            "{bad} of {} templates are not approved: submit the missing ones in the WhatsApp Manager (definitions: daemon/src/whatsapp/templates.json) and fix the rejected ones",
+            "{bad} of {} templates are not approved: submit the missing ones (`clinic-relay templates create`) and fix the rejected ones in the WhatsApp Manager",
             findings.len()
         ));
     }
     Ok(())
+}
+
+/// `clinic-relay templates create`: submits each shipped template the
+/// account does not have. A rejected or paused one is not submitted again
+/// (Meta wants it edited, not duplicated): it is listed for a person to fix.
+pub fn templates_create(config: &Config) -> Result<(), String> {
+    let (rt, client) = account_client(config, "templates create")?;
+    rt.block_on(async {
+        let findings = super::templates::check(&client)
+            .await
+            .map_err(|e| format!("listing the account's templates failed: {e}"))?;
+        let mut failed = 0;
+        for f in &findings {
+            if f.state != "missing" {
+                println!(
+                    "{:<32} {:<6} {} (left as it is)",
+                    f.name, f.language, f.state
+                );
+                continue;
+            }
+            let Some(definition) = super::templates::definition(&f.name, &f.language) else {
+                continue;
+            };
+            match client.create_template(&definition).await {
+                Ok(answer) => {
+                    let status = answer
+                        .get("status")
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("submitted")
+                        .to_ascii_lowercase();
+                    println!("{:<32} {:<6} submitted: {status}", f.name, f.language);
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("{:<32} {:<6} NOT submitted: {e}", f.name, f.language);
+                }
+            }
+        }
+        if failed > 0 {
+            return Err(format!(
+                "{failed} templates could not be submitted (see above)"
+            ));
+        }
+        Ok(())
+    })
 }
 
 /// `clinic-relay outbox list [--limit N] [--show-content]`. With the content

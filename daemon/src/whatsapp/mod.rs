@@ -11,5 +11,6 @@ pub mod media_sweep;
 pub mod media_worker;
 pub mod message;
 pub mod outbox;
+pub mod template_book;
 pub mod templates;
 pub mod worker;

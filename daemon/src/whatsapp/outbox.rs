@@ -109,6 +109,8 @@ pub enum OutboxError {
     )]
     OutsideWindow { kind: &'static str, since: String },
     #[error(transparent)]
+    Template(#[from] super::template_book::TemplateRefusal),
+    #[error(transparent)]
     Vault(#[from] VaultError),
 }
 
@@ -155,6 +157,17 @@ fn check_window(vault: &Vault, item: &WaItem, now: Timestamp) -> Result<(), Outb
     })
 }
 
+/// Refuses a template the account has not approved (see
+/// [`super::template_book`]).
+fn check_template(vault: &Vault, item: &WaItem) -> Result<(), OutboxError> {
+    let Some((name, language)) = &item.message.template else {
+        return Ok(());
+    };
+    let book = super::template_book::TemplateBook::load(vault)?;
+    super::template_book::verdict(book.as_ref(), name, language)?;
+    Ok(())
+}
+
 /// Stages `item` in `txn` (for callers that commit it with their own
 /// state change).
 pub fn stage(
@@ -168,6 +181,7 @@ pub fn stage(
         return Err(OutboxError::NoRecipient(item.message.kind.as_str()));
     }
     check_window(vault, &item, now)?;
+    check_template(vault, &item)?;
     let key = order_key(vault, &item);
     let mut envelope = Envelope::new(item, now);
     envelope.order_key = key;

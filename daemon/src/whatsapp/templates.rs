@@ -12,6 +12,13 @@ pub fn shipped() -> Vec<Value> {
     serde_json::from_str::<Vec<Value>>(SHIPPED).unwrap_or_default()
 }
 
+/// The shipped definition of `name` in `language`.
+pub fn definition(name: &str, language: &str) -> Option<Value> {
+    shipped()
+        .into_iter()
+        .find(|t| field(t, "name") == name && field(t, "language") == language)
+}
+
 fn field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or_default()
 }

@@ -149,6 +149,12 @@ impl Worker {
         Ok((worker, handle))
     }
 
+    /// The live client (None in dry-run), sharing this worker's token, for
+    /// the tasks that talk to the account beside the outbox.
+    pub fn client(&self) -> Option<GraphClient> {
+        self.client.clone()
+    }
+
     /// Reads the token file; false if it cannot be used (stays paused).
     fn load_token(&mut self) -> bool {
         let (Some(path), Some(client)) = (&self.token_path, &self.client) else {

@@ -33,6 +33,7 @@ mod wa_client;
 mod wa_crash;
 mod wa_media;
 mod wa_outbox;
+mod wa_template_gate;
 mod wa_templates;
 mod webhook;
 mod webhook_crash;

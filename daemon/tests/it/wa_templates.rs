@@ -102,3 +102,85 @@ async fn outbox_list_shows_state_and_pseudonyms_never_numbers() {
     assert!(audit.contains("outbox.read"), "{audit}");
     assert!(!audit.contains("ZZMARK"), "the audit log holds no content");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_create_submits_the_missing_ones_only() {
+    let sim = Sim::start().await.unwrap();
+    sim.require_token(Some("tok-c"));
+    sim.add_template(Template::approved("appointment_reminder", "de"));
+    sim.add_template(Template {
+        status: "REJECTED".to_owned(),
+        ..Template::approved("lab_result_ready", "de")
+    });
+    let install = TestInstall::new(&format!(
+        "[whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"1065\"\n\
+         business_account_id = \"1022\"\ntoken_file = \"wa.token\"\n",
+        sim.base_url()
+    ));
+    std::fs::write(install.tmp.path().join("wa.token"), "tok-c\n").unwrap();
+    let out = run_cli_async(&install.config, &["templates", "create"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    let submitted: Vec<serde_json::Value> = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/1022/message_templates"))
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let names: Vec<(String, String)> = submitted
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["language"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("appointment_reminder".to_owned(), "en".to_owned()),
+            ("lab_result_ready".to_owned(), "en".to_owned())
+        ],
+        "{stdout}"
+    );
+    // What is submitted is the shipped definition, components and all.
+    assert_eq!(
+        Some(&submitted[0]),
+        clinic_relay::whatsapp::templates::definition("appointment_reminder", "en").as_ref()
+    );
+    assert!(stdout.contains("rejected (left as it is)"), "{stdout}");
+    assert!(stdout.contains("submitted: pending"), "{stdout}");
+
+    // Now nothing is missing: the check shows them pending.
+    let out = run_cli_async(&install.config, &["templates", "check"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("missing"), "{stdout}");
+    assert_eq!(stdout.matches("pending").count(), 2, "{stdout}");
+
+    // A refused submission is reported and fails the command; the others go.
+    let fresh = Sim::start().await.unwrap();
+    fresh.require_token(Some("tok-c"));
+    fresh.inject(
+        graph_sim::Injection::code(100)
+            .route(graph_sim::Route::Templates)
+            .for_recipient("lab_result_ready")
+            .times(2),
+    );
+    let install = TestInstall::new(&format!(
+        "[whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"1065\"\n\
+         business_account_id = \"1022\"\ntoken_file = \"wa.token\"\n",
+        fresh.base_url()
+    ));
+    std::fs::write(install.tmp.path().join("wa.token"), "tok-c\n").unwrap();
+    let out = run_cli_async(&install.config, &["templates", "create"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert_eq!(stdout.matches("NOT submitted").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("submitted: pending").count(), 2, "{stdout}");
+    assert!(
+        stderr(&out).contains("2 templates could not be submitted"),
+        "{}",
+        stderr(&out)
+    );
+}

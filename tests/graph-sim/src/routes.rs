@@ -284,6 +284,24 @@ fn create_template(state: &mut State, body: &[u8]) -> Answer {
             "(#100) name and language are required",
         );
     };
+    // An injection for Route::Templates with a "recipient" fails the
+    // submission of the template of that name.
+    if let Some(a) = injected(state, Route::Templates, Some(name)) {
+        return a;
+    }
+    if state
+        .templates
+        .iter()
+        .any(|t| t.name == name && t.language == language)
+    {
+        return error(
+            state,
+            400,
+            100,
+            Some(2_388_024),
+            "Content in this language already exists",
+        );
+    }
     let category = t["category"].as_str().unwrap_or("UTILITY").to_owned();
     state.templates.push(Template {
         name: name.to_owned(),
