@@ -609,3 +609,52 @@ async fn a_refused_document_leaves_the_vault_and_its_upload_is_deleted_at_once()
     assert_eq!(rejected, ["refused:131026", "refused:100"]);
     d.stop().await;
 }
+
+/// Keys of the media tree by their first byte (`D`, `I`, `T`, …).
+fn media_kinds(vault: &clinic_relay::vault::Vault) -> Vec<char> {
+    vault
+        .scan_raw(clinic_relay::vault::Tree::WaMedia)
+        .map(|r| r.unwrap().0[0] as char)
+        .collect()
+}
+
+/// An erased patient's media is unreadable at once (crypto-shredding) and
+/// swept: their fetched image, and the PDF still queued for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_patients_media_is_unreadable_at_once_and_swept() {
+    let sim = Sim::start().await.unwrap();
+    let d = daemon(&sim, "", false).await;
+    let p = add_patient(&d, "35").await;
+    let (id, sha) = sim.add_media("image/jpeg", b"an image");
+    let at = t0().as_second() as u64;
+    let update = inbound_media("wamid.ER", &wa_id(&p), "image", &id, "image/jpeg", &sha, at);
+    deliver(&[update], &delivery(&d)).await.unwrap();
+    until("fetched", || {
+        matches!(state_of(&d, "wamid.ER"), Some(MediaState::Fetched { .. })).then_some(())
+    })
+    .await;
+    // A PDF that cannot go out yet (Meta unreachable).
+    sim.refuse_connections(true);
+    send_document(&d, Some(&p), p.phone.as_deref().unwrap()).await;
+    assert_eq!(media::queued_documents(&d.running.vault), 1);
+
+    let vault = d.running.vault.clone();
+    assert!(vault.erase_patient_async(p.id, "test", t0()).await.unwrap());
+    assert!(vault.wa_inbound_media("wamid.ER").unwrap().is_none());
+    assert_eq!(vault.wa_inbound_media_bytes("wamid.ER").unwrap(), None);
+    // The outbox drops the erased patient's item; the sweep takes the rest.
+    d.running.whatsapp.as_ref().unwrap().kick();
+    until("the item is dropped", || {
+        (vault.count(clinic_relay::vault::Tree::WaOutbox) == 0).then_some(())
+    })
+    .await;
+    clinic_relay::whatsapp::media_sweep::sweep(&vault, t0())
+        .await
+        .unwrap();
+    let left = media_kinds(&vault);
+    assert!(
+        !left.iter().any(|k| matches!(k, 'D' | 'd' | 'I' | 'i')),
+        "{left:?}"
+    );
+    d.stop().await;
+}
