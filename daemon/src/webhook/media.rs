@@ -169,18 +169,21 @@ pub(crate) fn stage_fetched(
     }
     let owner = Owner::Patient(record.patient);
     match outcome {
-        Fetched::Bytes(bytes, sha256) => {
+        Fetched::Bytes(mut bytes, sha256) => {
             let purge_at = record
                 .received_at
                 .checked_add(retention)
                 .unwrap_or(record.received_at);
+            let size = bytes.len() as u64;
             record.state = MediaState::Fetched {
-                size: bytes.len() as u64,
+                size,
                 sha256,
                 fetched_at: now,
                 purge_at,
             };
-            txn.put(Tree::WaMedia, key(K_INBOUND, blind), owner, bytes.to_vec());
+            // Moved, not copied: the txn holds it zeroizing until sealed.
+            let plain = std::mem::take(&mut *bytes);
+            txn.put(Tree::WaMedia, key(K_INBOUND, blind), owner, plain);
             let task = Task::Purge {
                 wamid_key: hex::encode(blind),
             };

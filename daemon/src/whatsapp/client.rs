@@ -461,7 +461,9 @@ impl GraphClient {
                 return Ok(None);
             }
             match Limited::new(resp.into_body(), limit).collect().await {
-                Ok(body) => Ok(Some(Zeroizing::new(body.to_bytes().to_vec()))),
+                // Without a copy where the buffer is not shared (a copy of
+                // up to `max` bytes would double the peak).
+                Ok(body) => Ok(Some(Zeroizing::new(Vec::from(body.to_bytes())))),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => Ok(None),
                 Err(e) => Err(ApiError::Connect(format!("answer: {e}"))),
             }
