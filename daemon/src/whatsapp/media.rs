@@ -20,7 +20,7 @@
 //! - `I`/`i ‖ blind(wamid)`: inbound media and its record (`webhook::media`).
 
 use super::client::{ApiError, GraphClient};
-use super::message::{self, BuildError, Recipient};
+use super::message::{self, BuildError, OutMessage, Recipient, TemplateHeader, TemplateSpec};
 use super::outbox::{self, OutboxError, WaItem};
 use crate::clock::SharedClock;
 use crate::model::PatientId;
@@ -41,6 +41,12 @@ pub(crate) const K_INBOUND_META: u8 = b'i';
 
 /// The payload key that names the sealed PDF of a queued document.
 const MARKER: &str = "x_vault_document";
+/// The payload key with the JSON pointer where the media id goes (absent:
+/// `/document/id`, a document message).
+const MARKER_AT: &str = "x_vault_document_at";
+/// Where a template's document header takes the media id (the header is
+/// the first component the builder writes).
+const TEMPLATE_HEADER_ID: &str = "/template/components/0/parameters/0/document/id";
 /// What Meta sees as the uploaded file's name (the patient sees the
 /// message's own filename): nothing about the patient.
 const UPLOAD_NAME: &str = "document.pdf";
@@ -205,24 +211,88 @@ pub fn stage_document(
     now: Timestamp,
     expires: Option<Timestamp>,
 ) -> Result<(), MediaError> {
-    let size = doc.pdf.len() as u64;
+    // The builder checks filename and caption; the id is set at send.
+    let msg = message::document("0", &doc.filename, doc.caption.as_deref())?;
+    stage_pdf(
+        vault, txn, config, patient, recipient, doc.pdf, msg, None, reference, now, expires,
+    )
+}
+
+/// [`stage_document`] for an approved template with a document header
+/// (outside the 24-hour window a result can only go this way, e.g. the
+/// shipped `lab_result_ready`): `spec`'s header is replaced by the PDF,
+/// shown to the patient as `filename`.
+#[allow(clippy::too_many_arguments)]
+pub fn stage_template_document(
+    vault: &Vault,
+    txn: &mut Txn,
+    config: &MediaConfig,
+    patient: Option<PatientId>,
+    recipient: Recipient,
+    pdf: Vec<u8>,
+    filename: &str,
+    spec: &TemplateSpec<'_>,
+    reference: Option<String>,
+    now: Timestamp,
+    expires: Option<Timestamp>,
+) -> Result<(), MediaError> {
+    let spec = TemplateSpec {
+        header: Some(TemplateHeader::Document {
+            media_id: "0",
+            filename,
+        }),
+        ..spec.clone()
+    };
+    let msg = message::template(&spec)?;
+    stage_pdf(
+        vault,
+        txn,
+        config,
+        patient,
+        recipient,
+        pdf,
+        msg,
+        Some(TEMPLATE_HEADER_ID),
+        reference,
+        now,
+        expires,
+    )
+}
+
+/// Seals `pdf` and queues `msg`, which names it (the media id at `at`).
+#[allow(clippy::too_many_arguments)]
+fn stage_pdf(
+    vault: &Vault,
+    txn: &mut Txn,
+    config: &MediaConfig,
+    patient: Option<PatientId>,
+    recipient: Recipient,
+    pdf: Vec<u8>,
+    mut msg: OutMessage,
+    at: Option<&str>,
+    reference: Option<String>,
+    now: Timestamp,
+    expires: Option<Timestamp>,
+) -> Result<(), MediaError> {
+    let size = pdf.len() as u64;
     if size > config.max_document_bytes {
         return Err(MediaError::TooLarge {
             size,
             limit: config.max_document_bytes,
         });
     }
-    if !doc.pdf.starts_with(b"%PDF-") {
+    if !pdf.starts_with(b"%PDF-") {
         return Err(MediaError::NotPdf);
     }
-    // The builder checks filename and caption; the id is set at send.
-    let mut msg = message::document("0", &doc.filename, doc.caption.as_deref())?;
     let id = random_id()?;
     if let Value::Object(m) = &mut msg.payload {
         m.insert(MARKER.to_owned(), Value::String(hex::encode(id)));
+        if let Some(at) = at {
+            m.insert(MARKER_AT.to_owned(), Value::String(at.to_owned()));
+        }
     }
-    if let Some(d) = msg.payload.get_mut("document") {
-        d["id"] = Value::String(String::new());
+    if let Some(slot) = msg.payload.pointer_mut(at.unwrap_or("/document/id")) {
+        *slot = Value::String(String::new());
     }
     let item = WaItem {
         patient,
@@ -232,7 +302,7 @@ pub fn stage_document(
     };
     outbox::stage(vault, txn, item, now, expires)?;
     let owner = patient.map_or(Owner::System, Owner::Patient);
-    txn.put(Tree::WaMedia, key(K_DOC, &id), owner, doc.pdf);
+    txn.put(Tree::WaMedia, key(K_DOC, &id), owner, pdf);
     txn.put_json(
         Tree::WaMedia,
         key(K_DOC_META, &id),
@@ -279,11 +349,21 @@ pub(crate) fn doc_id(item: &WaItem) -> Option<Vec<u8>> {
         .and_then(|h| hex::decode(h).ok())
 }
 
-/// The media id a document message carries (after [`Outbound::prepare`]).
+/// Where the media id goes in a queued item's payload.
+fn id_pointer(item: &WaItem) -> &str {
+    item.message
+        .payload
+        .get(MARKER_AT)
+        .and_then(Value::as_str)
+        .unwrap_or("/document/id")
+}
+
+/// The media id a document message (or a template's document header)
+/// carries (after [`Outbound::prepare`]).
 pub fn media_id_of(item: &WaItem) -> Option<String> {
     item.message
         .payload
-        .pointer("/document/id")
+        .pointer(id_pointer(item))
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
@@ -293,6 +373,7 @@ pub fn media_id_of(item: &WaItem) -> Option<String> {
 pub fn strip_marker(body: &mut Value) {
     if let Value::Object(m) = body {
         m.remove(MARKER);
+        m.remove(MARKER_AT);
     }
 }
 
@@ -378,8 +459,9 @@ impl Outbound {
                 media_id
             }
         };
-        if let Some(d) = envelope.item.message.payload.get_mut("document") {
-            d["id"] = Value::String(media_id);
+        let at = id_pointer(&envelope.item).to_owned();
+        if let Some(slot) = envelope.item.message.payload.pointer_mut(&at) {
+            *slot = Value::String(media_id);
         }
         Ok(())
     }

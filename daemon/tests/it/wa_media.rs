@@ -658,3 +658,61 @@ async fn an_erased_patients_media_is_unreadable_at_once_and_swept() {
     );
     d.stop().await;
 }
+
+/// A result outside the 24-hour window goes as the approved template with
+/// a document header (`lab_result_ready`): the PDF is uploaded the same way
+/// and its media id goes into the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_with_a_document_header_carries_the_uploaded_pdf() {
+    use clinic_relay::whatsapp::message::{Params, TemplateSpec};
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(graph_sim::Template::approved("lab_result_ready", "de"));
+    let d = daemon(&sim, "", false).await;
+    let p = add_patient(&d, "36").await;
+    let spec = TemplateSpec {
+        name: "lab_result_ready",
+        language: "de",
+        header: None,
+        body: Params::Positional(vec![]),
+        quick_replies: vec![],
+    };
+    let to = Recipient::phone(p.phone.as_deref().unwrap()).unwrap();
+    let pid = p.id;
+    d.running
+        .vault
+        .write(move |v| {
+            let mut txn = clinic_relay::vault::Txn::new(t0());
+            media::stage_template_document(
+                v,
+                &mut txn,
+                &MediaConfig::default(),
+                Some(pid),
+                to,
+                pdf(),
+                "Befund.pdf",
+                &spec,
+                None,
+                t0(),
+                None,
+            )?;
+            Ok::<_, media::MediaError>((txn, ()))
+        })
+        .await
+        .unwrap();
+    let handle = d.running.whatsapp.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), handle.processed_at_least(1))
+        .await
+        .unwrap();
+    let sent = sim.sent_messages();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let header = &sent[0]["template"]["components"][0]["parameters"][0]["document"];
+    let media_id = sim.media_ids().pop().expect("uploaded");
+    assert_eq!(header["id"], media_id.as_str());
+    assert_eq!(header["filename"], "Befund.pdf");
+    assert!(sent[0].get("x_vault_document_at").is_none());
+    assert_eq!(sim.media_bytes(&media_id), Some(pdf()));
+    let record = outbox::sent(&d.running.vault).unwrap().pop().unwrap();
+    assert_eq!(record.media_id.as_deref(), Some(media_id.as_str()));
+    assert_eq!(media::queued_documents(&d.running.vault), 0);
+    d.stop().await;
+}
