@@ -54,7 +54,7 @@ pub struct WhatsappConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub concurrency: usize,
-    pub media: super::media::MediaConfig,
+    pub media: super::media_config::MediaConfig,
 }
 
 impl Default for WhatsappConfig {
@@ -71,7 +71,7 @@ impl Default for WhatsappConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(20),
             concurrency: 16,
-            media: super::media::MediaConfig::default(),
+            media: super::media_config::MediaConfig::default(),
         }
     }
 }
@@ -213,7 +213,7 @@ pub fn validate(
             d.request_timeout,
         )?,
         concurrency,
-        media: super::media::validate_config(file)?,
+        media: super::media_config::validate_config(file)?,
     })
 }
 
