@@ -32,6 +32,7 @@ mod vault_rotation;
 mod wa_client;
 mod wa_crash;
 mod wa_media;
+mod wa_media_crash;
 mod wa_outbox;
 mod wa_template_gate;
 mod wa_templates;
