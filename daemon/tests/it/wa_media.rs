@@ -415,7 +415,7 @@ async fn oversize_inbound_media_is_refused_with_an_event_and_fetched_media_is_pu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_dry_run_inbound_media_is_marked_not_fetched_and_nothing_connects() {
+async fn in_dry_run_media_is_neither_fetched_nor_uploaded_and_nothing_connects() {
     let sim = Sim::start().await.unwrap();
     let d = daemon(&sim, "", true).await;
     assert!(d.running.wa_media.as_ref().unwrap().dry_run);
@@ -435,6 +435,17 @@ async fn in_dry_run_inbound_media_is_marked_not_fetched_and_nothing_connects() {
         (state_of(&d, "wamid.DRY")? == MediaState::DryRun).then_some(())
     })
     .await;
+    // A document: recorded as sent (dry-run), nothing uploaded, the PDF
+    // gone from the vault.
+    send_document(&d, None, "+4915550093").await;
+    let handle = d.running.whatsapp.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), handle.processed_at_least(1))
+        .await
+        .unwrap();
+    let record = outbox::sent(&d.running.vault).unwrap().pop().unwrap();
+    assert!(record.dry_run);
+    assert_eq!(record.media_id, None);
+    assert_eq!(media::queued_documents(&d.running.vault), 0);
     assert!(sim.requests().is_empty(), "dry-run connected to the API");
     d.stop().await;
 }
