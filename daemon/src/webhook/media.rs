@@ -211,7 +211,22 @@ pub(crate) fn stage_fetched(
             record.state = MediaState::Refused { reason };
         }
     }
+    let what = match &record.state {
+        MediaState::Fetched { .. } => "fetched",
+        MediaState::DryRun => "not-fetched-dry-run",
+        _ => "refused",
+    };
+    txn.audit(audit(what, &record));
     txn.put_json(Tree::WaMedia, meta_key, owner, &record)
+}
+
+/// The audit entry of what happened to a patient's media (PHI-free).
+fn audit(what: &str, record: &InboundMedia) -> crate::audit::AuditDraft {
+    let mut draft = crate::audit::AuditDraft::new("system", format!("whatsapp.media.{what}"))
+        .detail("type", record.kind.clone())
+        .detail("ref", record.reference.clone());
+    draft.subject = Some(record.patient.to_string());
+    draft
 }
 
 /// Purges fetched bytes at the end of their retention (on the writer).
@@ -226,6 +241,7 @@ pub(crate) fn stage_purge(
     match vault.get_json::<InboundMedia>(Tree::WaMedia, &meta_key) {
         Ok(Some(mut r)) => {
             r.state = MediaState::Purged { at: now };
+            txn.audit(audit("purged", &r));
             txn.put_json(Tree::WaMedia, meta_key, Owner::Patient(r.patient), &r)
         }
         // Erased meanwhile: the record is unreadable for good; it goes too.

@@ -308,6 +308,12 @@ impl MediaWorker {
                         let blind = hex::decode(wamid_key).unwrap_or_default();
                         stage_purge(v, &mut txn, &blind, now)?;
                     }
+                    (Done::Finished, Task::Delete { .. }) => {
+                        txn.audit(crate::audit::AuditDraft::new(
+                            "system",
+                            "whatsapp.media.deleted-at-meta",
+                        ));
+                    }
                     (Done::Retry, task) => retry(v, &mut txn, &k, task, now)?,
                     _ => {}
                 }

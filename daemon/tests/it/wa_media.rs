@@ -240,6 +240,21 @@ async fn upload_document_delete_and_inbound_media_sealed_leave_no_clear_bytes() 
     assert!(!sim.media_ids().contains(&pdf_id));
 
     let install = d.stop().await;
+    let vault = install.open();
+    let actions: Vec<(String, Option<String>)> = vault
+        .audit_entries(1)
+        .map(|(_, e)| e.unwrap())
+        .filter(|e| e.action.starts_with("whatsapp.media."))
+        .map(|e| (e.action, e.subject))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("whatsapp.media.fetched".to_owned(), Some(p.id.to_string())),
+            ("whatsapp.media.deleted-at-meta".to_owned(), None),
+        ]
+    );
+    vault.close().unwrap();
     let hits = scan_dir(
         &install.data,
         &[PDF_MARKER.to_owned(), IMAGE_MARKER.to_owned()],
