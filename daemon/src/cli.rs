@@ -48,6 +48,17 @@ pub enum Command {
     /// The WhatsApp outbox (daemon stopped).
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// The WhatsApp connection.
+    #[command(subcommand)]
+    Whatsapp(WhatsappCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WhatsappCommand {
+    /// Try the live configuration end to end (token, phone number id,
+    /// business account, webhook public URL); prints OK or FIX per check,
+    /// exit 1 when anything needs fixing.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +180,12 @@ pub fn run(cli: Cli) -> Result<(), String> {
             if let Some((_, files)) = &config.api.tcp {
                 crate::tls::server_config(files).map_err(|e| e.to_string())?;
             }
+            if config.whatsapp.token_path().is_some() {
+                // Builds the client offline: the extra CA, the proxy and its
+                // credentials file are checked before the daemon needs them.
+                crate::whatsapp::client::GraphClient::new(&config.whatsapp, None)
+                    .map_err(|e| e.to_string())?;
+            }
             let key = match &config.webhook {
                 Some(w) => format!(
                     "{key}; {}",
@@ -233,6 +250,9 @@ pub fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Templates(TemplatesCommand::Check) => {
             crate::whatsapp::cli::templates_check(&load_config(&cli.config)?)
+        }
+        Command::Whatsapp(WhatsappCommand::Check) => {
+            crate::whatsapp::cli::whatsapp_check(&load_config(&cli.config)?)
         }
         Command::Templates(TemplatesCommand::Create) => {
             crate::whatsapp::cli::templates_create(&load_config(&cli.config)?)

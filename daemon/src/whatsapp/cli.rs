@@ -55,6 +55,29 @@ pub fn templates_check(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// `clinic-relay whatsapp check`: one line per check; an error (exit 1)
+/// when any says FIX.
+pub fn whatsapp_check(config: &Config) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let findings = rt.block_on(super::check::run(config));
+    for f in &findings {
+        println!("{f}");
+    }
+    let fix = findings
+        .iter()
+        .filter(|f| f.verdict == super::check::Verdict::Fix)
+        .count();
+    if fix > 0 {
+        return Err(format!(
+            "whatsapp check: {fix} thing(s) to fix (the FIX lines above)"
+        ));
+    }
+    Ok(())
+}
+
 /// `clinic-relay templates create`: submits each shipped template the
 /// account does not have. A rejected or paused one is not submitted again
 /// (Meta wants it edited, not duplicated): it is listed for a person to fix.

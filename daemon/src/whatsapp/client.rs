@@ -1,21 +1,19 @@
 //! The Cloud API client: hyper 1 over rustls (ring), pooled keep-alive
 //! connections, connect and request timeouts, trust roots from the OS store
-//! plus an optional extra CA file.
+//! plus an optional extra CA file, optionally through an HTTP CONNECT proxy
+//! (`super::proxy`). The token goes in `Authorization: Bearer`, or in the
+//! header a Business Solution Provider names (`whatsapp.auth_header`).
 //!
 //! Meta's answers are classified here ([`ApiError::retryable`]), so the
 //! outbox only decides what to do with a class. The token lives in a
 //! [`Token`] whose `Debug` is redacted and whose bytes are zeroized.
 
 use super::config::WhatsappConfig;
+use super::proxy::Proxy;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::Path;
@@ -66,6 +64,8 @@ pub enum ClientError {
     Ca(String),
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Proxy(String),
 }
 
 /// Why a call failed. `Display` carries Meta's code and message; Meta's
@@ -164,7 +164,7 @@ pub struct RemoteTemplate {
     pub category: String,
 }
 
-type Http = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+use super::transport::{connect_error, http_for, Http};
 
 #[derive(Clone)]
 pub struct GraphClient {
@@ -174,6 +174,8 @@ pub struct GraphClient {
     phone_number_id: String,
     business_account_id: Option<String>,
     token: Arc<RwLock<Option<Token>>>,
+    auth_header: Option<HeaderName>,
+    proxy: Option<Proxy>,
     timeout: Duration,
 }
 
@@ -187,24 +189,18 @@ impl std::fmt::Debug for GraphClient {
 
 impl GraphClient {
     pub fn new(config: &WhatsappConfig, token: Option<Token>) -> Result<Self, ClientError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let tls = tls_config(config.extra_ca_file.as_deref())?;
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            // Config validation lets http:// through to loopback only.
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(connector);
+        let base: hyper::Uri = config
+            .api_base_url
+            .parse()
+            .map_err(|_| ClientError::Tls("whatsapp.api_base_url is not a URL".to_owned()))?;
+        let (http, proxy) = http_for(config, &base)?;
+        if let Some(p) = &proxy {
+            tracing::info!(proxy = %p.describe(), "WhatsApp Cloud API calls go through a proxy");
+        }
         Ok(Self {
             http,
+            auth_header: config.auth_header.clone(),
+            proxy,
             base: config.api_base_url.clone(),
             version: config.api_version.clone(),
             phone_number_id: config.phone_number_id.clone(),
@@ -212,6 +208,15 @@ impl GraphClient {
             token: Arc::new(RwLock::new(token)),
             timeout: config.request_timeout,
         })
+    }
+
+    /// How calls leave: `direct`, or through which proxy (and which setting
+    /// chose it).
+    pub fn route(&self) -> String {
+        self.proxy.as_ref().map_or_else(
+            || "direct".to_owned(),
+            |p| format!("through the proxy {}", p.describe()),
+        )
     }
 
     /// Replaces the token (after the token file changed).
@@ -349,6 +354,18 @@ impl GraphClient {
         .await
     }
 
+    /// `GET /{waba-id}/message_templates?limit=1`: is the business account
+    /// there for this token (`whatsapp check`)?
+    pub async fn business_account(&self) -> Result<(), ApiError> {
+        let Some(waba) = &self.business_account_id else {
+            return Err(ApiError::Decode(
+                "whatsapp.business_account_id is not configured".to_owned(),
+            ));
+        };
+        let url = self.url(&format!("{waba}/message_templates?fields=name&limit=1"));
+        self.call(Method::GET, &url, None).await.map(|_| ())
+    }
+
     /// `GET /{phone-number-id}` with the fields `whatsapp check` shows.
     pub async fn phone_number(&self) -> Result<Value, ApiError> {
         let url = self.url(&format!(
@@ -367,10 +384,17 @@ impl GraphClient {
         let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut req = Request::builder().method(method).uri(url);
         if let Some(t) = &token {
-            req = req.header(
-                hyper::header::AUTHORIZATION,
-                format!("Bearer {}", t.0.as_str()),
-            );
+            let (name, value) = match &self.auth_header {
+                Some(name) => (name.clone(), HeaderValue::from_str(t.0.as_str())),
+                None => (
+                    hyper::header::AUTHORIZATION,
+                    HeaderValue::from_str(&format!("Bearer {}", t.0.as_str())),
+                ),
+            };
+            let mut value = value
+                .map_err(|_| ApiError::Connect("the token is not usable in a header".to_owned()))?;
+            value.set_sensitive(true);
+            req = req.header(name, value);
         }
         let (ct, bytes) = body.unwrap_or_default();
         if !ct.is_empty() {
@@ -380,13 +404,11 @@ impl GraphClient {
             .body(Full::new(bytes))
             .map_err(|e| ApiError::Connect(e.to_string()))?;
         let exchange = async {
-            let resp = self.http.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    ApiError::Connect(e.to_string())
-                } else {
-                    ApiError::Connect(format!("request: {e}"))
-                }
-            })?;
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| connect_error(&e))?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
                 .collect()
@@ -425,13 +447,9 @@ impl GraphClient {
                 "the media URL is neither https nor the configured API".to_owned(),
             ));
         }
-        let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut req = Request::builder().method(Method::GET).uri(url);
-        if let Some(t) = &token {
-            req = req.header(
-                hyper::header::AUTHORIZATION,
-                format!("Bearer {}", t.0.as_str()),
-            );
+        if let Some((name, value)) = self.media_auth()? {
+            req = req.header(name, value);
         }
         let req = req
             .body(Full::new(Bytes::new()))
@@ -442,7 +460,7 @@ impl GraphClient {
                 .http
                 .request(req)
                 .await
-                .map_err(|e| ApiError::Connect(format!("request: {e}")))?;
+                .map_err(|e| connect_error(&e))?;
             let status = resp.status();
             if !status.is_success() {
                 let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
@@ -471,6 +489,24 @@ impl GraphClient {
         tokio::time::timeout(self.timeout.saturating_mul(3), exchange)
             .await
             .map_err(|_| ApiError::Timeout)?
+    }
+
+    /// The token's header for a media download: the same as every call
+    /// (`Authorization: Bearer`, or a BSP's `whatsapp.auth_header`).
+    fn media_auth(&self) -> Result<Option<(HeaderName, HeaderValue)>, ApiError> {
+        let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(t) = token else { return Ok(None) };
+        let (name, value) = match &self.auth_header {
+            Some(name) => (name.clone(), HeaderValue::from_str(t.0.as_str())),
+            None => (
+                hyper::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {}", t.0.as_str())),
+            ),
+        };
+        let mut value = value
+            .map_err(|_| ApiError::Connect("the token is not usable in a header".to_owned()))?;
+        value.set_sensitive(true);
+        Ok(Some((name, value)))
     }
 }
 
@@ -528,35 +564,6 @@ fn classify(status: StatusCode, body: &[u8]) -> Result<Value, ApiError> {
 /// A JSON pointer lookup that yields null when absent (never panics).
 pub(crate) fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
     v.pointer(pointer).unwrap_or(&Value::Null)
-}
-
-fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, ClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = extra_ca {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| ClientError::Ca(format!("cannot read {}: {e}", path.display())))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| ClientError::Ca(format!("{}: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(ClientError::Ca(format!(
-                "{} holds no certificate",
-                path.display()
-            )));
-        }
-        for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| ClientError::Ca(format!("{}: {e}", path.display())))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 #[cfg(test)]

@@ -33,6 +33,15 @@ pub struct WhatsappFile {
     pub request_timeout: Option<String>,
     /// Messages in flight at once (to different recipients).
     pub concurrency: Option<u32>,
+    /// `http://host:port` or `"none"`; absent: `HTTPS_PROXY` (see `proxy`).
+    pub proxy: Option<String>,
+    /// A file holding `user:password` for the proxy.
+    pub proxy_auth_file: Option<String>,
+    /// A Business Solution Provider's header for the token (instead of
+    /// `Authorization: Bearer`).
+    pub auth_header: Option<String>,
+    /// The webhook's URL as Meta calls it (`whatsapp check` tries it).
+    pub webhook_public_url: Option<String>,
     // Media (see `whatsapp::media`).
     pub max_document_bytes: Option<u64>,
     pub media_ttl: Option<String>,
@@ -54,6 +63,11 @@ pub struct WhatsappConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub concurrency: usize,
+    pub proxy: super::proxy::ProxySetting,
+    pub proxy_auth_file: Option<PathBuf>,
+    /// None: `Authorization: Bearer <token>`.
+    pub auth_header: Option<hyper::header::HeaderName>,
+    pub webhook_public_url: Option<String>,
     pub media: super::media_config::MediaConfig,
 }
 
@@ -71,6 +85,10 @@ impl Default for WhatsappConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(20),
             concurrency: 16,
+            proxy: super::proxy::ProxySetting::FromEnv,
+            proxy_auth_file: None,
+            auth_header: None,
+            webhook_public_url: None,
             media: super::media_config::MediaConfig::default(),
         }
     }
@@ -213,8 +231,71 @@ pub fn validate(
             d.request_timeout,
         )?,
         concurrency,
+        proxy: match file.proxy.as_deref() {
+            None => super::proxy::ProxySetting::FromEnv,
+            Some(v) => super::proxy::parse_setting(v)
+                .map_err(|(reason, fix)| invalid("whatsapp.proxy", v, reason, fix))?,
+        },
+        proxy_auth_file: file.proxy_auth_file.as_deref().map(&resolve),
+        auth_header: file.auth_header.as_deref().map(auth_header).transpose()?,
+        webhook_public_url: file
+            .webhook_public_url
+            .as_deref()
+            .map(webhook_public_url)
+            .transpose()?,
         media: super::media_config::validate_config(file)?,
     })
+}
+
+/// A header name a BSP may ask the token in. Framing and hop-by-hop headers
+/// would break the request, so they are refused.
+fn auth_header(v: &str) -> Result<hyper::header::HeaderName, Invalid> {
+    const FIX: &str = "write the header name your provider documents, e.g. \"D360-API-KEY\" (leave the key out for Authorization: Bearer)";
+    let name = hyper::header::HeaderName::from_bytes(v.as_bytes())
+        .map_err(|_| invalid("whatsapp.auth_header", v, "not an HTTP header name", FIX))?;
+    const RESERVED: [&str; 9] = [
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "proxy-authorization",
+    ];
+    if RESERVED.contains(&name.as_str()) {
+        return Err(invalid(
+            "whatsapp.auth_header",
+            v,
+            "this header is part of HTTP itself",
+            FIX,
+        ));
+    }
+    Ok(name)
+}
+
+/// Meta calls only https URLs; http is accepted for a loopback host (tests,
+/// a local try-out).
+fn webhook_public_url(v: &str) -> Result<String, Invalid> {
+    let bad = |reason: &str| {
+        invalid(
+            "whatsapp.webhook_public_url",
+            v,
+            reason,
+            "write the callback URL entered in Meta's app settings, e.g. https://relay.clinic.example/webhook",
+        )
+    };
+    let uri: hyper::Uri = v.parse().map_err(|_| bad("not a URL"))?;
+    let host = uri.host().ok_or_else(|| bad("no host"))?;
+    if uri.query().is_some() {
+        return Err(bad("must not have a query"));
+    }
+    match uri.scheme_str() {
+        Some("https") => Ok(v.to_owned()),
+        Some("http") if is_loopback(host) => Ok(v.to_owned()),
+        _ => Err(bad("Meta calls https URLs only")),
+    }
 }
 
 /// `https://host[:port]`, or `http://` to a loopback host only (the
@@ -247,7 +328,7 @@ fn base_url(v: &str) -> Result<String, Invalid> {
     Ok(v.trim_end_matches('/').to_owned())
 }
 
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host
@@ -296,5 +377,24 @@ mod tests {
         assert_eq!(c.token_file.as_deref(), Some(Path::new("/etc/cr/tok")));
         let c = check("phone_number_id = \"1\"\ntoken_file = \"tok\"\ndry_run = true").unwrap();
         assert!(c.token_path().is_none());
+    }
+
+    #[test]
+    fn bsp_header_proxy_and_webhook_url_are_checked() {
+        let c = check("auth_header = \"D360-API-KEY\"").unwrap();
+        assert_eq!(c.auth_header.unwrap().as_str(), "d360-api-key");
+        for bad in ["X Key", "", "Content-Length", "Host"] {
+            let e = check(&format!("auth_header = \"{bad}\"")).unwrap_err();
+            assert_eq!(e.key, "whatsapp.auth_header");
+            assert!(e.fix.contains("D360-API-KEY"));
+        }
+        let e = check("proxy = \"http://u:p@proxy:3128\"").unwrap_err();
+        assert_eq!(e.key, "whatsapp.proxy");
+        assert!(!e.reason.contains("u:p") && e.fix.contains("proxy_auth_file"));
+        assert!(check("proxy = \"none\"").is_ok());
+        assert!(check("webhook_public_url = \"https://relay.example/webhook\"").is_ok());
+        assert!(check("webhook_public_url = \"http://127.0.0.1:8443/webhook\"").is_ok());
+        let e = check("webhook_public_url = \"http://relay.example/webhook\"").unwrap_err();
+        assert_eq!(e.key, "whatsapp.webhook_public_url");
     }
 }

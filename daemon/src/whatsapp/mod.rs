@@ -2,6 +2,7 @@
 //! the durable outbox that sends through them. (Inbound webhooks are in
 //! `crate::webhook`.) See docs/whatsapp.md.
 
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -13,6 +14,8 @@ pub mod media_timers;
 pub mod media_worker;
 pub mod message;
 pub mod outbox;
+pub mod proxy;
 pub mod template_book;
 pub mod templates;
+pub mod transport;
 pub mod worker;

@@ -138,6 +138,18 @@ impl Sim {
         self.state().token = token.map(str::to_owned);
     }
 
+    /// Expect the token as a Business Solution Provider sends it: the bare
+    /// value in the header `name` (None: `Authorization: Bearer` again).
+    pub fn token_header(&self, name: Option<&str>) {
+        self.state().token_header = name.map(str::to_ascii_lowercase);
+    }
+
+    /// Only this phone number id exists (others answer 100, as Meta does
+    /// for an id the token cannot see). None: every id exists.
+    pub fn known_phone_number_id(&self, id: Option<&str>) {
+        self.state().phone_number_id = id.map(str::to_owned);
+    }
+
     /// Answer 130429 beyond `per_second` messages in a second.
     pub fn rate_limit(&self, per_second: Option<u32>) {
         self.state().rate_limit = per_second;
@@ -311,6 +323,16 @@ async fn handle(
     };
     let authorization = header("authorization");
     let content_type = header("content-type");
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(respond(413, &serde_json::json!({"error": "too large"}))),
@@ -329,6 +351,7 @@ async fn handle(
                 authorization: authorization.as_deref(),
                 content_type: content_type.as_deref(),
                 body: &body,
+                headers: &headers,
             },
         )
     };

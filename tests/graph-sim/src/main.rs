@@ -1,4 +1,4 @@
-//! `graph-sim [--listen 127.0.0.1:8089] [--token TOKEN] [--rate-limit N]
+//! `graph-sim [--listen 127.0.0.1:8089] [--token TOKEN] [--token-header NAME] [--rate-limit N]
 //! [--template NAME:LANG[:STATUS[:CATEGORY]]]...`: runs the simulator until
 //! Ctrl-C. Point `whatsapp.api_base_url` at the URL it prints.
 
@@ -9,6 +9,7 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let mut listen = "127.0.0.1:8089".to_owned();
     let mut token = None;
+    let mut token_header = None;
     let mut rate = None;
     let mut templates = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -17,6 +18,7 @@ async fn main() -> ExitCode {
         match (arg.as_str(), value) {
             ("--listen", Some(v)) => listen = v,
             ("--token", Some(v)) => token = Some(v),
+            ("--token-header", Some(v)) => token_header = Some(v),
             ("--rate-limit", Some(v)) => match v.parse::<u32>() {
                 Ok(n) => rate = Some(n),
                 Err(_) => return usage("--rate-limit takes a number of messages per second"),
@@ -47,6 +49,7 @@ async fn main() -> ExitCode {
         }
     };
     sim.require_token(token.as_deref());
+    sim.token_header(token_header.as_deref());
     sim.rate_limit(rate);
     for t in templates {
         sim.add_template(t);
@@ -57,6 +60,6 @@ async fn main() -> ExitCode {
 }
 
 fn usage(why: &str) -> ExitCode {
-    eprintln!("graph-sim: {why}\nusage: graph-sim [--listen HOST:PORT] [--token TOKEN] [--rate-limit N] [--template NAME:LANG[:STATUS[:CATEGORY]]]...");
+    eprintln!("graph-sim: {why}\nusage: graph-sim [--listen HOST:PORT] [--token TOKEN] [--token-header NAME] [--rate-limit N] [--template NAME:LANG[:STATUS[:CATEGORY]]]...");
     ExitCode::from(2)
 }

@@ -43,6 +43,17 @@ pub struct Request<'a> {
     pub authorization: Option<&'a str>,
     pub content_type: Option<&'a str>,
     pub body: &'a [u8],
+    /// Every header, names lower-case.
+    pub headers: &'a [(String, String)],
+}
+
+impl Request<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 pub fn handle(state: &mut State, req: &Request<'_>) -> Answer {
@@ -54,6 +65,7 @@ pub fn handle(state: &mut State, req: &Request<'_>) -> Answer {
         content_type: req.content_type.map(str::to_owned),
         body: req.body.to_vec(),
         status: answer.status,
+        headers: req.headers.to_vec(),
     });
     answer
 }
@@ -72,8 +84,11 @@ fn route(state: &mut State, req: &Request<'_>) -> Answer {
     };
     let _ = version;
     if let Some(token) = state.token.clone() {
-        let expected = format!("Bearer {token}");
-        if req.authorization != Some(expected.as_str()) {
+        let (got, expected) = match &state.token_header {
+            Some(name) => (req.header(name), token),
+            None => (req.authorization, format!("Bearer {token}")),
+        };
+        if got != Some(expected.as_str()) {
             let (status, message) = crate::state::meta_error(190);
             return error(state, status, 190, Some(463), message);
         }
@@ -317,6 +332,14 @@ fn phone(state: &mut State, id: &str) -> Answer {
     if let Some(a) = injected(state, Route::PhoneNumber, None) {
         return a;
     }
+    if state
+        .phone_number_id
+        .as_deref()
+        .is_some_and(|known| known != id)
+    {
+        let message = format!("Unsupported get request. Object with ID '{id}' does not exist, cannot be loaded due to missing permissions, or does not support this operation.");
+        return error(state, 400, 100, Some(33), &message);
+    }
     let p = state.phone.clone();
     ok(json!({
         "verified_name": p.verified_name,
@@ -385,8 +408,11 @@ const DOWNLOAD_PATH: &str = "/whatsapp_business/attachments/";
 /// the injections of [`Route::Download`]).
 fn download(state: &mut State, req: &Request<'_>) -> Answer {
     if let Some(token) = state.token.clone() {
-        let expected = format!("Bearer {token}");
-        if req.authorization != Some(expected.as_str()) {
+        let (got, expected) = match &state.token_header {
+            Some(name) => (req.header(name), token),
+            None => (req.authorization, format!("Bearer {token}")),
+        };
+        if got != Some(expected.as_str()) {
             let (status, message) = crate::state::meta_error(190);
             return error(state, status, 190, Some(463), message);
         }

@@ -17,12 +17,22 @@ pub struct Recorded {
     pub body: Vec<u8>,
     /// The HTTP status the simulator answered.
     pub status: u16,
+    /// Every header as received (names lower-case).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Recorded {
     /// The body as JSON (null if it is not JSON).
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// A header's value (`name` lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -187,6 +197,10 @@ pub struct State {
     pub injections: VecDeque<Injection>,
     /// Required bearer token (None: any or none accepted).
     pub token: Option<String>,
+    /// The header the token is expected in, bare (None: Authorization: Bearer).
+    pub token_header: Option<String>,
+    /// The one phone number id that exists (None: any).
+    pub phone_number_id: Option<String>,
     /// Messages per second before 130429 (None: unlimited).
     pub rate_limit: Option<u32>,
     pub window: Option<(Instant, u32)>,
