@@ -742,3 +742,29 @@ async fn a_template_with_a_document_header_carries_the_uploaded_pdf() {
     assert_eq!(media::queued_documents(&d.running.vault), 0);
     d.stop().await;
 }
+
+/// Through a Business Solution Provider the token goes in its header, for
+/// the media download too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bsp_auth_header_is_used_for_the_media_download() {
+    let sim = Sim::start().await.unwrap();
+    sim.require_token(Some("tok"));
+    sim.token_header(Some("D360-API-KEY"));
+    let d = daemon(&sim, "auth_header = \"D360-API-KEY\"\n", false).await;
+    let p = add_patient(&d, "37").await;
+    let (id, sha) = sim.add_media("image/png", b"png bytes");
+    let at = t0().as_second() as u64;
+    let update = inbound_media("wamid.BSP", &wa_id(&p), "image", &id, "image/png", &sha, at);
+    deliver(&[update], &delivery(&d)).await.unwrap();
+    until("fetched through the BSP header", || {
+        matches!(state_of(&d, "wamid.BSP"), Some(MediaState::Fetched { .. })).then_some(())
+    })
+    .await;
+    let download = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.path.starts_with("/whatsapp_business/attachments/"))
+        .unwrap();
+    assert_eq!(download.authorization, None, "no Bearer to a BSP");
+    d.stop().await;
+}
