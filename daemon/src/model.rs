@@ -325,6 +325,9 @@ pub enum EventKind {
     /// A WhatsApp message was not queued: the number cannot be a mobile
     /// (details: `reason` `landline` or `not_mobile`; never the number).
     WhatsappUnreachable,
+    /// A patient's inbound media was not kept (over the size limit, a
+    /// checksum mismatch, Meta refused the download); details: `reason`.
+    WhatsappMediaRefused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -246,6 +246,8 @@ pub struct Running {
     /// The WhatsApp outbox (dry-run without a token; None if its client
     /// could not be set up, which is logged).
     pub whatsapp: Option<crate::whatsapp::worker::OutboxHandle>,
+    /// The WhatsApp media timers (fetch, delete at Meta, purge).
+    pub wa_media: Option<crate::whatsapp::media_worker::MediaHandle>,
     stop: watch::Sender<bool>,
     tasks: Vec<Named>,
     watchdog: Option<Watchdog>,
@@ -635,6 +637,23 @@ fn spawn_all(
             None
         }
     };
+    let wa_media = match crate::whatsapp::media_worker::MediaWorker::new(
+        vault.clone(),
+        clock.clone(),
+        &config.whatsapp,
+    ) {
+        Ok((worker, handle)) => {
+            tasks.push(Named {
+                name: "whatsapp-media",
+                handle: tokio::spawn(worker.run(stop_rx.clone())),
+            });
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the WhatsApp media worker cannot start; media timers wait");
+            None
+        }
+    };
     tasks.push(Named {
         name: "housekeeping",
         handle: tokio::spawn(housekeeping(
@@ -663,6 +682,7 @@ fn spawn_all(
         pms_sender,
         outbound: config.pms.outbound.clone(),
         whatsapp,
+        wa_media,
         stop: stop_tx,
         tasks,
         watchdog,

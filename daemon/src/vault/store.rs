@@ -48,10 +48,14 @@ pub enum Tree {
     WaDeadLetters,
     /// WhatsApp messages sent (wamid, wa_id), key = seq. Sequenced.
     WaSent,
+    /// WhatsApp media (see `whatsapp::media`): outbound PDFs waiting to be
+    /// sent and inbound media (patient's key), media timers (fetch, delete
+    /// at Meta, purge); keys start with a one-byte kind.
+    WaMedia,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 18] = [
+    pub const ALL: [Tree; 19] = [
         Tree::Patients,
         Tree::PatientIndex,
         Tree::Audit,
@@ -70,6 +74,7 @@ impl Tree {
         Tree::WaOutbox,
         Tree::WaDeadLetters,
         Tree::WaSent,
+        Tree::WaMedia,
     ];
 
     /// Trees whose keys are dense u64 seqs handed out at commit.
@@ -102,6 +107,7 @@ impl Tree {
             Tree::WaOutbox => "wa_outbox",
             Tree::WaDeadLetters => "wa_dead_letters",
             Tree::WaSent => "wa_sent",
+            Tree::WaMedia => "wa_media",
         }
     }
 

@@ -317,6 +317,8 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
                     content: Some(m.content.clone()),
                 };
                 txn.put_json(Tree::Webhook, k, Owner::Patient(patient), &record)?;
+                // Media is fetched after this commit (durably queued here).
+                super::media::stage_inbound(vault, txn, patient, &m.wamid, &m.content, at, now)?;
                 let latest = match last_inbound.get(&patient) {
                     Some(t) => Some(*t),
                     None => vault.wa_last_inbound(patient)?,
@@ -377,6 +379,10 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
         };
         if previous.as_ref().is_some_and(|r| r.seen & kind.bit() != 0) {
             continue; // (wamid, status) seen before: a retry
+        }
+        if kind >= StatusKind::Delivered {
+            // A delivered document's upload is deleted at Meta now.
+            crate::whatsapp::media::stage_delivered(vault, txn, &s.wamid, now)?;
         }
         let at = s.time.unwrap_or(now);
         let error_code = s.error_codes.first().copied();

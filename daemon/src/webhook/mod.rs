@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod config;
 pub mod group;
+pub mod media;
 pub mod payload;
 pub mod prune;
 pub mod server;

@@ -110,6 +110,8 @@ pub struct Media {
     pub mime_type: Option<String>,
     pub caption: Option<String>,
     pub filename: Option<String>,
+    /// Meta's checksum of the file (checked when it is fetched).
+    pub sha256: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -209,6 +211,8 @@ pub enum Content {
         mime_type: Option<String>,
         caption: Option<String>,
         filename: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
     },
     System {
         body: String,
@@ -263,6 +267,7 @@ impl InboundMessage {
             mime_type: m.mime_type.clone(),
             caption: m.caption.clone(),
             filename: m.filename.clone(),
+            sha256: m.sha256.clone(),
         };
         match self.kind.as_str() {
             "text" => {

@@ -422,6 +422,115 @@ impl GraphClient {
             .map_err(|_| ApiError::Timeout)??;
         classify(status, &body)
     }
+
+    /// `GET /{media-id}`: a fresh download URL (it lives 5 minutes) and
+    /// what Meta says about the file.
+    pub async fn media_info(&self, media_id: &str) -> Result<MediaInfo, ApiError> {
+        if media_id.is_empty() || !media_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(ApiError::Decode("not a media id".to_owned()));
+        }
+        let v = self.call(Method::GET, &self.url(media_id), None).await?;
+        serde_json::from_value(v).map_err(|e| ApiError::Decode(e.to_string()))
+    }
+
+    /// Downloads a media URL from [`GraphClient::media_info`] with the
+    /// bearer token, reading at most `max` bytes: `Ok(None)` if the file is
+    /// larger. The token goes only to an `https` URL or to the configured
+    /// base (a loopback simulator).
+    pub async fn download_media(
+        &self,
+        url: &str,
+        max: u64,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, ApiError> {
+        if !(url.starts_with("https://") || url.starts_with(&format!("{}/", self.base))) {
+            return Err(ApiError::Decode(
+                "the media URL is neither https nor the configured API".to_owned(),
+            ));
+        }
+        let mut req = Request::builder().method(Method::GET).uri(url);
+        if let Some((name, value)) = self.media_auth()? {
+            req = req.header(name, value);
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ApiError::Connect(e.to_string()))?;
+        let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| connect_error(&e))?;
+            let status = resp.status();
+            if !status.is_success() {
+                let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                    .collect()
+                    .await
+                    .map_err(|e| ApiError::Connect(format!("answer: {e}")))?
+                    .to_bytes();
+                return classify(status, &body).map(|_| None);
+            }
+            let declared = resp
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return Ok(None);
+            }
+            match Limited::new(resp.into_body(), limit).collect().await {
+                // Without a copy where the buffer is not shared (a copy of
+                // up to `max` bytes would double the peak).
+                Ok(body) => Ok(Some(Zeroizing::new(Vec::from(body.to_bytes())))),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => Ok(None),
+                Err(e) => Err(ApiError::Connect(format!("answer: {e}"))),
+            }
+        };
+        tokio::time::timeout(self.timeout.saturating_mul(3), exchange)
+            .await
+            .map_err(|_| ApiError::Timeout)?
+    }
+
+    /// The token's header for a media download: the same as every call
+    /// (`Authorization: Bearer`, or a BSP's `whatsapp.auth_header`).
+    fn media_auth(&self) -> Result<Option<(HeaderName, HeaderValue)>, ApiError> {
+        let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(t) = token else { return Ok(None) };
+        let (name, value) = match &self.auth_header {
+            Some(name) => (name.clone(), HeaderValue::from_str(t.0.as_str())),
+            None => (
+                hyper::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {}", t.0.as_str())),
+            ),
+        };
+        let mut value = value
+            .map_err(|_| ApiError::Connect("the token is not usable in a header".to_owned()))?;
+        value.set_sensitive(true);
+        Ok(Some((name, value)))
+    }
+}
+
+/// What `GET /{media-id}` answers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MediaInfo {
+    pub url: String,
+    #[serde(default)]
+    pub mime_type: Option<String>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Meta sends a number (or a string of digits).
+    #[serde(default)]
+    pub file_size: Option<Value>,
+}
+
+impl MediaInfo {
+    pub fn size(&self) -> Option<u64> {
+        match &self.file_size {
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(s)) => s.parse().ok(),
+            _ => None,
+        }
+    }
 }
 
 fn classify(status: StatusCode, body: &[u8]) -> Result<Value, ApiError> {

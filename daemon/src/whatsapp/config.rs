@@ -42,6 +42,11 @@ pub struct WhatsappFile {
     pub auth_header: Option<String>,
     /// The webhook's URL as Meta calls it (`whatsapp check` tries it).
     pub webhook_public_url: Option<String>,
+    // Media (see `whatsapp::media`).
+    pub max_document_bytes: Option<u64>,
+    pub media_ttl: Option<String>,
+    pub max_inbound_media_bytes: Option<u64>,
+    pub inbound_media_retention: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +68,7 @@ pub struct WhatsappConfig {
     /// None: `Authorization: Bearer <token>`.
     pub auth_header: Option<hyper::header::HeaderName>,
     pub webhook_public_url: Option<String>,
+    pub media: super::media_config::MediaConfig,
 }
 
 impl Default for WhatsappConfig {
@@ -83,6 +89,7 @@ impl Default for WhatsappConfig {
             proxy_auth_file: None,
             auth_header: None,
             webhook_public_url: None,
+            media: super::media_config::MediaConfig::default(),
         }
     }
 }
@@ -113,7 +120,7 @@ pub struct Invalid {
     pub fix: &'static str,
 }
 
-fn invalid(key: &'static str, value: &str, reason: &str, fix: &'static str) -> Invalid {
+pub(crate) fn invalid(key: &'static str, value: &str, reason: &str, fix: &'static str) -> Invalid {
     Invalid {
         key,
         value: value.to_owned(),
@@ -236,6 +243,7 @@ pub fn validate(
             .as_deref()
             .map(webhook_public_url)
             .transpose()?,
+        media: super::media_config::validate_config(file)?,
     })
 }
 

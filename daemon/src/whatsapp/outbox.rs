@@ -91,6 +91,9 @@ pub struct SentRecord {
     pub attempts: u32,
     /// Recorded without connecting anywhere (no live credentials).
     pub dry_run: bool,
+    /// The uploaded PDF's media id of a document message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_id: Option<String>,
 }
 
 /// Meta's customer-service window: a free-form message (anything but an
@@ -310,6 +313,7 @@ pub fn stage_sent(
         sent_at: now,
         attempts: envelope.attempts.saturating_add(1),
         dry_run,
+        media_id: super::media::media_id_of(item),
     };
     let owner = item.patient.map_or(Owner::System, Owner::Patient);
     txn.append_json(Tree::WaSent, owner, &record)

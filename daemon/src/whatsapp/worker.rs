@@ -102,6 +102,8 @@ pub struct Worker {
     handle: OutboxHandle,
     /// How often a paused outbox looks at the token file.
     pub token_poll: Duration,
+    /// Uploads the PDFs of document messages.
+    media: super::media::Outbound,
 }
 
 impl Worker {
@@ -128,6 +130,7 @@ impl Worker {
             paused: watch::channel(false).0,
             dry_run,
         };
+        let (vault_for_media, clock_for_media) = (vault.clone(), clock.clone());
         let mut worker = Self {
             vault,
             clock,
@@ -138,6 +141,7 @@ impl Worker {
             limiter: Limiter::new(rate.unwrap_or(Some(config.rate_per_second))),
             handle: handle.clone(),
             token_poll: Duration::from_secs(2),
+            media: super::media::Outbound::new(vault_for_media, clock_for_media, &config.media),
         };
         if !dry_run && !worker.load_token() {
             worker.handle.paused.send_replace(true);
@@ -250,7 +254,10 @@ impl Worker {
                             }
                             busy.insert(envelope.order_key.clone());
                             let client = self.client.clone();
-                            tasks.spawn(async move { send(client.as_ref(), seq, envelope).await });
+                            let media = self.media.clone();
+                            tasks.spawn(async move {
+                                send(client.as_ref(), &media, seq, envelope).await
+                            });
                         }
                     }
                     Err(e) => {
@@ -368,6 +375,15 @@ fn round(
         let (t, settled) = queue::settle::<WaItem>(v, &WA_OUTBOX, d.seq, &outcome, now)?;
         txn.extend(t);
         let sent = d.record.is_some();
+        super::media::after_settle(
+            v,
+            &mut txn,
+            &d.envelope.item,
+            settled,
+            d.record.as_ref().map(|r| r.0.as_str()),
+            d.record.as_ref().is_some_and(|r| r.2),
+            now,
+        )?;
         if let (Some((wamid, wa_id, dry)), Settled::Removed) = (d.record, settled) {
             outbox::stage_sent(&mut txn, d.seq, &d.envelope, wamid, wa_id, dry, now)?;
         }
@@ -393,14 +409,24 @@ fn round(
 
 type Round = (Vec<Report>, queue::Batch<WaItem>);
 
-async fn send(client: Option<&GraphClient>, seq: u64, envelope: Envelope<WaItem>) -> Done {
-    let result = match client {
-        None => Ok(None),
-        Some(c) => {
-            let body = envelope
+async fn send(
+    client: Option<&GraphClient>,
+    media: &super::media::Outbound,
+    seq: u64,
+    mut envelope: Envelope<WaItem>,
+) -> Done {
+    // A document's PDF goes up first (or its earlier upload is reused).
+    let prepared = media.prepare(client, &mut envelope).await;
+    let result = match (prepared, client) {
+        (Err(super::media::Prep::Api(e)), _) => Err(e),
+        (Err(other), _) => return unsendable(other, seq, envelope),
+        (Ok(()), None) => Ok(None),
+        (Ok(()), Some(c)) => {
+            let mut body = envelope
                 .item
                 .message
                 .to_json(envelope.item.recipient.as_ref());
+            super::media::strip_marker(&mut body);
             c.send(&body).await.map(Some)
         }
     };
@@ -441,5 +467,27 @@ async fn send(client: Option<&GraphClient>, seq: u64, envelope: Envelope<WaItem>
         outcome,
         record,
         throttled,
+    }
+}
+
+/// A document that could not be made ready: its PDF is gone (refused for
+/// good) or the vault failed for now (retried).
+fn unsendable(why: super::media::Prep, seq: u64, envelope: Envelope<WaItem>) -> Done {
+    let outcome = match why {
+        super::media::Prep::Retry(reason) => {
+            Outcome::RetryJittered(reason, jitter(envelope.attempts))
+        }
+        _ => Outcome::RefusedWith {
+            reason: "the document is no longer in the vault".to_owned(),
+            code: "document-missing".to_owned(),
+        },
+    };
+    Done {
+        key: envelope.order_key.clone(),
+        seq,
+        envelope,
+        outcome: Some(outcome),
+        record: None,
+        throttled: false,
     }
 }

@@ -33,6 +33,8 @@ mod vault_rotation;
 mod wa_check;
 mod wa_client;
 mod wa_crash;
+mod wa_media;
+mod wa_media_crash;
 mod wa_outbox;
 mod wa_proxy;
 mod wa_template_gate;

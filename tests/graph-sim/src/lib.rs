@@ -60,7 +60,10 @@ impl Sim {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                base: format!("http://{addr}"),
+                ..State::default()
+            }),
             changed: Notify::new(),
         });
         let (refuse, refuse_rx) = watch::channel(false);
@@ -180,6 +183,26 @@ impl Sim {
     /// Media ids currently stored (uploaded and not deleted).
     pub fn media_ids(&self) -> Vec<String> {
         self.state().media.keys().cloned().collect()
+    }
+
+    /// The bytes of a stored media (what was uploaded).
+    pub fn media_bytes(&self, id: &str) -> Option<Vec<u8>> {
+        self.state().media.get(id).map(|m| m.bytes.clone())
+    }
+
+    /// Stores media as if a patient had sent it (for an inbound media
+    /// webhook, [`webhooks::inbound_media`]); returns its media id and the
+    /// hex SHA-256 Meta would report.
+    pub fn add_media(&self, mime_type: &str, bytes: &[u8]) -> (String, String) {
+        let mut state = self.state();
+        let id = format!("{}", 800_000_000_000u64 + state.next_id());
+        let media = state::Media {
+            mime_type: mime_type.to_owned(),
+            bytes: bytes.to_vec(),
+        };
+        let sha = media.sha256();
+        state.media.insert(id.clone(), media);
+        (id, sha)
     }
 
     /// Status updates for every message accepted so far: `sent`, `delivered`
@@ -333,6 +356,9 @@ async fn handle(
         )
     };
     shared.changed.notify_waiters();
+    if let Some((bytes, content_type)) = answer.raw {
+        return Ok(respond_raw(answer.status, bytes, &content_type));
+    }
     Ok(respond(answer.status, &answer.body))
 }
 
@@ -341,6 +367,16 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
         .state
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn respond_raw(status: u16, bytes: Vec<u8>, content_type: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
 }
 
 fn respond(status: u16, body: &serde_json::Value) -> Response<Full<Bytes>> {

@@ -8,10 +8,23 @@ use tokio::time::Instant;
 pub struct Answer {
     pub status: u16,
     pub body: Value,
+    /// Raw bytes and their content type instead of `body` (a download).
+    pub raw: Option<(Vec<u8>, String)>,
+}
+
+impl Answer {
+    fn with_raw(mut self, bytes: Vec<u8>, content_type: &str) -> Self {
+        self.raw = Some((bytes, content_type.to_owned()));
+        self
+    }
 }
 
 fn ok(body: Value) -> Answer {
-    Answer { status: 200, body }
+    Answer {
+        status: 200,
+        body,
+        raw: None,
+    }
 }
 
 fn error(state: &mut State, status: u16, code: u32, subcode: Option<u32>, message: &str) -> Answer {
@@ -19,6 +32,7 @@ fn error(state: &mut State, status: u16, code: u32, subcode: Option<u32>, messag
     Answer {
         status,
         body: error_body(code, subcode, message, trace),
+        raw: None,
     }
 }
 
@@ -58,6 +72,9 @@ pub fn handle(state: &mut State, req: &Request<'_>) -> Answer {
 
 fn route(state: &mut State, req: &Request<'_>) -> Answer {
     let path = req.path.split('?').next().unwrap_or_default();
+    if path == DOWNLOAD_PATH {
+        return download(state, req);
+    }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (version, rest) = match parts.split_first() {
         Some((v, rest)) if v.starts_with('v') => (*v, rest),
@@ -225,7 +242,10 @@ fn media_info(state: &mut State, id: &str) -> Answer {
     };
     let body = json!({
         "messaging_product": "whatsapp",
-        "url": format!("https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid={id}"),
+        // Meta's URL is on lookaside.fbsbx.com; the simulator serves it
+        // itself, on the same path, with the same bearer token required.
+        "url": format!("{}{DOWNLOAD_PATH}?mid={id}", state.base),
+        "sha256": m.sha256(),
         "mime_type": m.mime_type,
         "file_size": m.bytes.len(),
         "id": id,
@@ -379,4 +399,39 @@ fn multipart(body: &[u8], boundary: &str) -> Vec<Part> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Where a media download URL points (Meta: lookaside.fbsbx.com).
+const DOWNLOAD_PATH: &str = "/whatsapp_business/attachments/";
+
+/// `GET {url}` of a media: the bytes, with the bearer token required (and
+/// the injections of [`Route::Download`]).
+fn download(state: &mut State, req: &Request<'_>) -> Answer {
+    if let Some(token) = state.token.clone() {
+        let (got, expected) = match &state.token_header {
+            Some(name) => (req.header(name), token),
+            None => (req.authorization, format!("Bearer {token}")),
+        };
+        if got != Some(expected.as_str()) {
+            let (status, message) = crate::state::meta_error(190);
+            return error(state, status, 190, Some(463), message);
+        }
+    }
+    if let Some(a) = injected(state, Route::Download, None) {
+        return a;
+    }
+    let id = req
+        .path
+        .split_once("mid=")
+        .map(|(_, rest)| rest.split('&').next().unwrap_or_default())
+        .unwrap_or_default();
+    match state.media.get(id) {
+        Some(m) => Answer {
+            status: 200,
+            body: Value::Null,
+            raw: None,
+        }
+        .with_raw(m.bytes.clone(), &m.mime_type),
+        None => error(state, 404, 100, Some(33), "Unsupported get request"),
+    }
 }

@@ -44,6 +44,8 @@ pub enum Route {
     Templates,
     PhoneNumber,
     Any,
+    /// The media download URL (`GET` of what `GET /{media-id}` answered).
+    Download,
 }
 
 /// A Meta error answered instead of the real response, `times` times.
@@ -182,6 +184,13 @@ pub struct Media {
     pub bytes: Vec<u8>,
 }
 
+impl Media {
+    /// Hex SHA-256 of the bytes, as `GET /{media-id}` reports it.
+    pub fn sha256(&self) -> String {
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, &self.bytes).as_ref())
+    }
+}
+
 #[derive(Default)]
 pub struct State {
     pub recorded: Vec<Recorded>,
@@ -208,6 +217,8 @@ pub struct State {
     pub phone: PhoneFields,
     /// Every message answered 200: (wamid, wa_id), for status webhooks.
     pub accepted: Vec<(String, Option<String>)>,
+    /// `http://127.0.0.1:PORT`: where media download URLs point.
+    pub base: String,
 }
 
 /// What `GET /{phone-number-id}` answers.

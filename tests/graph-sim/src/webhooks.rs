@@ -50,6 +50,30 @@ pub fn inbound_text(wamid: &str, from: &str, name: &str, text: &str, at: u64) ->
     })
 }
 
+/// An inbound media message (`kind`: image, document, audio, video,
+/// sticker) naming `media_id` (see `Sim::add_media`).
+pub fn inbound_media(
+    wamid: &str,
+    from: &str,
+    kind: &str,
+    media_id: &str,
+    mime_type: &str,
+    sha256: &str,
+    at: u64,
+) -> Update {
+    let mut media = json!({"id": media_id, "mime_type": mime_type, "sha256": sha256});
+    if kind == "image" {
+        media["caption"] = json!("ZZ caption");
+    }
+    json!({
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+        "contacts": [{"profile": {"name": "ZZ"}, "wa_id": from}],
+        "messages": [{"from": from, "id": wamid, "timestamp": at.to_string(), "type": kind,
+                      kind: media}]
+    })
+}
+
 /// JSON the way Meta serialises it: non-ASCII as `\uXXXX` (surrogate pairs
 /// beyond the BMP) and `/` as `\/`. The signature covers these bytes, so a
 /// receiver must verify the raw body, not a re-serialisation.
