@@ -198,9 +198,15 @@ pub fn international_to_e164(raw: &str) -> Option<String> {
 /// accounts registered before the ninth mobile digit lack it (`55 11
 /// 8765-4321` for `+55 11 98765-4321`).
 pub fn wa_id_to_e164(wa_id: &str) -> Option<String> {
-    if let Some(e164) = international_to_e164(wa_id) {
-        return Some(e164);
-    }
+    international_to_e164(wa_id).or_else(|| wa_id_alternative(wa_id))
+}
+
+/// The E.164 number a `wa_id` in one of Meta's own forms stands for (see
+/// [`wa_id_to_e164`]); None for every other id, without parsing it. A
+/// `wa_id` that is a valid number is already its E.164 digits, so the
+/// webhook, having missed with the id as given, only needs this: an unknown
+/// sender costs no parse (and no metadata) on the writer.
+pub fn wa_id_alternative(wa_id: &str) -> Option<String> {
     let digits = wa_id.trim().trim_start_matches('+');
     if !digits.chars().all(|c| c.is_ascii_digit()) {
         return None;

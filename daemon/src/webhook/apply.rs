@@ -199,13 +199,13 @@ impl Vault {
             } else {
                 format!("+{digits}")
             };
-            // Usually the id is the stored E.164 already: one index lookup,
-            // no parse on the writer. Otherwise the same libphonenumber form
-            // the PMS's numbers were stored in (Meta's Mexican and Brazilian
-            // ids differ from it).
+            // A valid id is the stored E.164 already: one index lookup, no
+            // parse on the writer. Only Meta's Mexican and Brazilian forms
+            // differ from the libphonenumber form the PMS's numbers were
+            // stored in; an id in neither form is not parsed at all.
             let mut found = self.find_patients_by_phone(&as_given)?;
             if found.is_empty() {
-                if let Some(e164) = crate::pms::phone::wa_id_to_e164(digits) {
+                if let Some(e164) = crate::pms::phone::wa_id_alternative(digits) {
                     if e164 != as_given {
                         found = self.find_patients_by_phone(&e164)?;
                     }
