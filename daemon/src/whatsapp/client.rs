@@ -381,19 +381,8 @@ impl GraphClient {
         url: &str,
         body: Option<(String, Bytes)>,
     ) -> Result<Value, ApiError> {
-        let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut req = Request::builder().method(method).uri(url);
-        if let Some(t) = &token {
-            let (name, value) = match &self.auth_header {
-                Some(name) => (name.clone(), HeaderValue::from_str(t.0.as_str())),
-                None => (
-                    hyper::header::AUTHORIZATION,
-                    HeaderValue::from_str(&format!("Bearer {}", t.0.as_str())),
-                ),
-            };
-            let mut value = value
-                .map_err(|_| ApiError::Connect("the token is not usable in a header".to_owned()))?;
-            value.set_sensitive(true);
+        if let Some((name, value)) = self.auth()? {
             req = req.header(name, value);
         }
         let (ct, bytes) = body.unwrap_or_default();
@@ -448,7 +437,7 @@ impl GraphClient {
             ));
         }
         let mut req = Request::builder().method(Method::GET).uri(url);
-        if let Some((name, value)) = self.media_auth()? {
+        if let Some((name, value)) = self.auth()? {
             req = req.header(name, value);
         }
         let req = req
@@ -491,9 +480,10 @@ impl GraphClient {
             .map_err(|_| ApiError::Timeout)?
     }
 
-    /// The token's header for a media download: the same as every call
-    /// (`Authorization: Bearer`, or a BSP's `whatsapp.auth_header`).
-    fn media_auth(&self) -> Result<Option<(HeaderName, HeaderValue)>, ApiError> {
+    /// The token's header, the same for every call and media download
+    /// (`Authorization: Bearer`, or a BSP's `whatsapp.auth_header`); marked
+    /// sensitive so that hyper never logs it.
+    fn auth(&self) -> Result<Option<(HeaderName, HeaderValue)>, ApiError> {
         let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(t) = token else { return Ok(None) };
         let (name, value) = match &self.auth_header {

@@ -89,12 +89,7 @@ async fn the_daemon_lists_the_accounts_templates_when_it_starts() {
         status: "PAUSED".to_owned(),
         ..Template::approved("appointment_reminder", "de")
     });
-    let install = TestInstall::new(&format!(
-        "[whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"1065\"\n\
-         business_account_id = \"1022\"\ntoken_file = \"wa.token\"\n",
-        sim.base_url()
-    ));
-    std::fs::write(install.tmp.path().join("wa.token"), "tok-d\n").unwrap();
+    let install = crate::wa_templates::live_install(&sim, "tok-d");
     let d = Daemon::start_in(install).await;
     let listed = sim
         .wait_for(Duration::from_secs(10), |r| {

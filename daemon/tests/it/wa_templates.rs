@@ -3,6 +3,17 @@
 use crate::support::*;
 use graph_sim::{Sim, Template};
 
+/// An install with live credentials pointing at `sim`, holding `token`.
+pub fn live_install(sim: &Sim, token: &str) -> TestInstall {
+    let install = TestInstall::new(&format!(
+        "[whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"1065\"\n\
+         business_account_id = \"1022\"\ntoken_file = \"wa.token\"\n",
+        sim.base_url()
+    ));
+    std::fs::write(install.tmp.path().join("wa.token"), format!("{token}\n")).unwrap();
+    install
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn templates_check_reports_missing_and_rejected() {
     let sim = Sim::start().await.unwrap();
@@ -13,12 +24,7 @@ async fn templates_check_reports_missing_and_rejected() {
         status: "REJECTED".to_owned(),
         ..Template::approved("lab_result_ready", "de")
     });
-    let install = TestInstall::new(&format!(
-        "[whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"1065\"\n\
-         business_account_id = \"1022\"\ntoken_file = \"wa.token\"\n",
-        sim.base_url()
-    ));
-    std::fs::write(install.tmp.path().join("wa.token"), "tok-t\n").unwrap();
+    let install = live_install(&sim, "tok-t");
     let out = run_cli_async(&install.config, &["templates", "check"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -112,12 +118,7 @@ async fn templates_create_submits_the_missing_ones_only() {
         status: "REJECTED".to_owned(),
         ..Template::approved("lab_result_ready", "de")
     });
-    let install = TestInstall::new(&format!(
-        "[whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"1065\"\n\
-         business_account_id = \"1022\"\ntoken_file = \"wa.token\"\n",
-        sim.base_url()
-    ));
-    std::fs::write(install.tmp.path().join("wa.token"), "tok-c\n").unwrap();
+    let install = live_install(&sim, "tok-c");
     let out = run_cli_async(&install.config, &["templates", "create"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", stderr(&out));
@@ -167,12 +168,7 @@ async fn templates_create_submits_the_missing_ones_only() {
             .for_recipient("lab_result_ready")
             .times(2),
     );
-    let install = TestInstall::new(&format!(
-        "[whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"1065\"\n\
-         business_account_id = \"1022\"\ntoken_file = \"wa.token\"\n",
-        fresh.base_url()
-    ));
-    std::fs::write(install.tmp.path().join("wa.token"), "tok-c\n").unwrap();
+    let install = live_install(&fresh, "tok-c");
     let out = run_cli_async(&install.config, &["templates", "create"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
