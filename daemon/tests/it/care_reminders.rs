@@ -266,3 +266,165 @@ async fn a_reminder_goes_out_at_its_time_and_a_confirm_reaches_the_pms() {
     );
     d.stop().await;
 }
+
+async fn booked(d: &Daemon, appt: &str, start: &str, consent: bool) -> PatientId {
+    let mut c = d.mllp().await;
+    let ack = c
+        .send(&siu("SIU^S12^SIU_S12", &format!("B-{appt}"), appt, start))
+        .await;
+    assert_eq!(msa(&ack).0, "AA");
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    if consent {
+        commands::apply(
+            &d.running.vault,
+            vec![Command::SetConsent {
+                patient,
+                state: ConsentState::OptedIn,
+                source: ConsentSource::Staff,
+            }],
+            Origin::new("test"),
+            t0(),
+        )
+        .await
+        .unwrap();
+    }
+    patient
+}
+
+fn due_times(d: &Daemon) -> Vec<Timestamp> {
+    d.running
+        .vault
+        .scan_raw_from(Tree::Care, b"T")
+        .filter_map(Result::ok)
+        .filter_map(|(k, _)| clinic_relay::care::store::parse_timer_key(&k))
+        .map(|(due, ..)| due)
+        .collect()
+}
+
+fn payloads(sent: &serde_json::Value) -> Vec<String> {
+    sent["template"]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["sub_type"] == "quick_reply")
+        .map(|c| c["parameters"][0]["payload"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_tap_goes_to_the_pms_and_drops_the_second_reminder() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("appointment_reminder", "en"));
+    let (pms, received) = pms_peer().await;
+    let d = daemon(&sim, pms).await;
+    booked(&d, "APPT-X1", "202701201000", true).await;
+    at(&d, "2027-01-17T09:00:00Z".parse().unwrap()).await;
+    let sent = until("the reminder", || templates(&sim).into_iter().next()).await;
+    let cancel = payloads(&sent)[1].clone();
+    assert_eq!(post_signed(&d, button_tap("wamid.X1", &cancel)).await, 200);
+    until("SRM^S04 at the PMS", || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|k| k == "SRM^S04")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        crate::webhook::events(&d, EventKind::AppointmentCancelled).len(),
+        1
+    );
+    assert_eq!(timers(&d), 0);
+    d.running.whatsapp.as_ref().unwrap().kick();
+    until("the reply", || {
+        sim.sent_messages()
+            .iter()
+            .any(|m| {
+                m["text"]["body"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("Your appointment is cancelled"))
+            })
+            .then_some(())
+    })
+    .await;
+    // A Confirm after the Cancel changes nothing at the PMS.
+    assert_eq!(
+        post_signed(&d, button_tap("wamid.X2", &payloads(&sent)[0])).await,
+        200
+    );
+    at(&d, "2027-01-19T12:00:00Z".parse().unwrap()).await;
+    assert_eq!(templates(&sim).len(), 1);
+    assert!(crate::webhook::events(&d, EventKind::AppointmentConfirmed).is_empty());
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reschedule_recomputes_the_reminders_across_a_dst_change_and_quiet_hours() {
+    let sim = Sim::start().await.unwrap();
+    let (pms, _) = pms_peer().await;
+    let d = daemon(&sim, pms).await;
+    booked(&d, "APPT-D1", "202701201000", true).await;
+    assert_eq!(
+        due_times(&d),
+        [
+            "2027-01-17T09:00:00Z".parse::<Timestamp>().unwrap(),
+            "2027-01-19T09:00:00Z".parse().unwrap()
+        ]
+    );
+    // Moved (S13) to Tue 30 March 2027 07:30 CEST, after the clocks went
+    // forward on Sun 28 March: 72 h before is Sat 27th 07:30 CET, before
+    // 08:00, so Fri 26th 21:00 CET; 24 h before is Mon 29th 07:30 CEST, so
+    // Sun 28th 21:00 CEST.
+    let mut c = d.mllp().await;
+    let ack = c
+        .send(&siu("SIU^S13^SIU_S12", "R-D1", "APPT-D1", "202703300730"))
+        .await;
+    assert_eq!(msa(&ack).0, "AA");
+    assert_eq!(
+        due_times(&d),
+        [
+            "2027-03-26T20:00:00Z".parse::<Timestamp>().unwrap(),
+            "2027-03-28T19:00:00Z".parse().unwrap()
+        ]
+    );
+    // The old times pass: nothing.
+    at(&d, "2027-01-19T12:00:00Z".parse().unwrap()).await;
+    assert_eq!(d.running.vault.count(Tree::WaOutbox), 0);
+    // A no-show (S26) drops them.
+    let ack = c
+        .send(&siu("SIU^S26^SIU_S12", "N-D1", "APPT-D1", "202703300730"))
+        .await;
+    assert_eq!(msa(&ack).0, "AA");
+    assert_eq!(timers(&d), 0);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reminder_without_consent_and_never_twice_across_a_restart() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("appointment_reminder", "en"));
+    let (pms, _) = pms_peer().await;
+    let d = daemon(&sim, pms).await;
+    booked(&d, "APPT-N1", "202701201000", false).await;
+    at(&d, "2027-01-17T09:00:00Z".parse().unwrap()).await;
+    let skipped = crate::webhook::events(&d, EventKind::ReminderSkipped);
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].details["reason"], "no-consent");
+    assert_eq!(d.running.vault.count(Tree::WaOutbox), 0);
+    assert!(templates(&sim).is_empty());
+
+    // With consent, the 24 h one goes; a restart neither loses nor repeats it.
+    booked(&d, "APPT-N1", "202701201000", true).await;
+    at(&d, "2027-01-19T09:00:00Z".parse().unwrap()).await;
+    until("the 24 h reminder", || templates(&sim).into_iter().next()).await;
+    let install = d.stop().await;
+    let d = Daemon::start_in(install).await;
+    for t in ["2027-01-19T09:00:00Z", "2027-01-19T20:00:00Z"] {
+        at(&d, t.parse().unwrap()).await;
+    }
+    assert_eq!(timers(&d), 0);
+    assert_eq!(d.running.vault.count(Tree::WaOutbox), 0);
+    assert_eq!(templates(&sim).len(), 1);
+    d.stop().await;
+}
