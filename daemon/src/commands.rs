@@ -225,6 +225,8 @@ fn build(
         std::collections::HashMap::new();
     let known =
         |id: PatientId, fresh: &[PatientId]| fresh.contains(&id) || vault.has_patient_key(id);
+    // Workflow states as this batch leaves them (`care`).
+    let mut care = crate::care::shell::Session::default();
     for cmd in commands {
         match cmd {
             Command::UpsertPatient(p) => {
@@ -299,6 +301,7 @@ fn build(
                     }
                 }
                 vault.stage_appointment(&mut txn, &a)?;
+                crate::care::shell::on_appointment(vault, &mut txn, &mut care, &a, now)?;
                 txn.audit(
                     AuditDraft::new(
                         &origin.actor,

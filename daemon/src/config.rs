@@ -63,6 +63,8 @@ pub struct FileConfig {
     pub whatsapp: crate::whatsapp::config::WhatsappFile,
     #[serde(default)]
     pub webhook: crate::webhook::config::WebhookFile,
+    #[serde(default)]
+    pub reminders: crate::care::config::RemindersFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +153,8 @@ pub struct Config {
     pub whatsapp: crate::whatsapp::config::WhatsappConfig,
     /// The WhatsApp webhook receiver; None when `webhook.listen` is unset.
     pub webhook: Option<crate::webhook::config::WebhookConfig>,
+    /// Appointment reminders (`[reminders]`).
+    pub reminders: crate::care::config::RemindersConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -603,6 +607,8 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             fix: e.fix,
         })?;
 
+    let reminders = crate::care::config::validate(&file.reminders, &invalid)?;
+
     Ok(Config {
         path: path.to_owned(),
         service: ServiceConfig {
@@ -619,6 +625,7 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         api,
         whatsapp,
         webhook,
+        reminders,
     })
 }
 

@@ -22,6 +22,7 @@ pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod bounds;
+pub mod care;
 pub mod cli;
 pub mod clock;
 pub mod commands;

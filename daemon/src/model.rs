@@ -328,6 +328,7 @@ pub enum EventKind {
     /// A patient's inbound media was not kept (over the size limit, a
     /// checksum mismatch, Meta refused the download); details: `reason`.
     WhatsappMediaRefused,
+    ReminderSkipped,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -248,6 +248,8 @@ pub struct Running {
     pub whatsapp: Option<crate::whatsapp::worker::OutboxHandle>,
     /// The WhatsApp media timers (fetch, delete at Meta, purge).
     pub wa_media: Option<crate::whatsapp::media_worker::MediaHandle>,
+    /// The reminder timers (`care-scheduler`).
+    pub care: crate::care::scheduler::SchedulerHandle,
     stop: watch::Sender<bool>,
     tasks: Vec<Named>,
     watchdog: Option<Watchdog>,
@@ -447,6 +449,8 @@ fn spawn_all(
 ) -> Running {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: Vec<Named> = Vec::new();
+    // Before any input is applied: the writer's decisions reach it.
+    vault.set_care(crate::care::Settings::from_config(&config));
 
     if rotate_to.is_some() || vault.rotation_pending() {
         tasks.push(Named {
@@ -654,6 +658,12 @@ fn spawn_all(
             None
         }
     };
+    let (care_scheduler, care) =
+        crate::care::scheduler::Scheduler::new(vault.clone(), clock.clone());
+    tasks.push(Named {
+        name: "care-scheduler",
+        handle: tokio::spawn(care_scheduler.run(stop_rx.clone())),
+    });
     tasks.push(Named {
         name: "housekeeping",
         handle: tokio::spawn(housekeeping(
@@ -683,6 +693,7 @@ fn spawn_all(
         outbound: config.pms.outbound.clone(),
         whatsapp,
         wa_media,
+        care,
         stop: stop_tx,
         tasks,
         watchdog,

@@ -300,6 +300,22 @@ fn decide(
     now: Timestamp,
 ) -> Result<(Txn, String), ActionError> {
     let mut txn = Txn::new(now);
+    let control_id = stage(vault, &mut txn, cfg, action, actor, now)?;
+    Ok((txn, control_id))
+}
+
+/// Stages a patient action in `txn` (for callers on the writer that commit
+/// it with their own state change, like the workflows in `care`): state
+/// change, queued HL7 message, feed event, audit entry. Returns the
+/// message's control id.
+pub fn stage(
+    vault: &Vault,
+    txn: &mut Txn,
+    cfg: &OutboundConfig,
+    action: &PatientAction,
+    actor: &str,
+    now: Timestamp,
+) -> Result<String, ActionError> {
     let (patient_id, mut appointment) = match action {
         PatientAction::Confirm { appointment }
         | PatientAction::Cancel { appointment }
@@ -333,7 +349,7 @@ fn decide(
         PatientAction::Confirm { .. } => {
             if let Some(a) = appointment.as_mut() {
                 a.patient_confirmed = true;
-                vault.stage_appointment(&mut txn, a)?;
+                vault.stage_appointment(txn, a)?;
             }
         }
         PatientAction::OptOut { .. } | PatientAction::OptIn { .. } => {
@@ -343,7 +359,7 @@ fn decide(
                 ConsentState::OptedOut
             };
             vault.stage_consent(
-                &mut txn,
+                txn,
                 &Consent {
                     patient: patient_id,
                     state,
@@ -380,7 +396,7 @@ fn decide(
         hl7,
     };
     crate::queue::enqueue(
-        &mut txn,
+        txn,
         &crate::queue::PMS_OUTBOX,
         &crate::queue::Envelope::new(outgoing, now),
     )?;
@@ -392,7 +408,7 @@ fn decide(
         slot: slot.as_ref().map(|s| s.id.clone()),
         details: Default::default(),
     };
-    vault.stage_event(&mut txn, &event)?;
+    vault.stage_event(txn, &event)?;
     txn.audit(
         AuditDraft::new(actor, "patient.action")
             .subject(patient_id.to_string())
@@ -405,7 +421,7 @@ fn decide(
             )
             .detail("outbound", kind),
     );
-    Ok((txn, control_id))
+    Ok(control_id)
 }
 
 #[cfg(test)]

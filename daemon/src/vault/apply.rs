@@ -31,6 +31,9 @@ impl Vault {
         let mut chain = crate::sync::lock(&self.inner.commit_lock);
         let mut receipt = Receipt::empty();
         receipt.wrote = txn.flush_anyway;
+        receipt.care = txn.ops.iter().any(|op| match op {
+            Op::Put(tree, ..) | Op::Remove(tree, _) => *tree == Tree::Care,
+        });
         let mut next_seqs: Vec<(Tree, u64)> = Vec::new();
         for (tree, owner, plain) in &txn.appends {
             let last = next_seqs
@@ -134,6 +137,9 @@ impl Vault {
         if receipt.last_in(Tree::WaOutbox).is_some() {
             self.inner.wa_outbox_signal.notify_one();
         }
+        if receipt.care {
+            self.inner.care_signal.notify_one();
+        }
         if let Some(seq) = receipt.last_in(Tree::Events) {
             self.inner.events_durable.send_if_modified(|cur| {
                 let moved = seq > *cur;
@@ -153,6 +159,22 @@ impl Vault {
     /// Woken when a message lands in the WhatsApp outbox.
     pub fn wa_outbox_signal(&self) -> &tokio::sync::Notify {
         &self.inner.wa_outbox_signal
+    }
+
+    /// Woken when a durable commit changed workflow states or timers.
+    pub fn care_signal(&self) -> &tokio::sync::Notify {
+        &self.inner.care_signal
+    }
+
+    /// The workflow settings the daemon runs with (None: no workflows,
+    /// e.g. a vault opened by a tool or a test without them).
+    pub fn care(&self) -> Option<std::sync::Arc<crate::care::Settings>> {
+        self.inner.care.get().cloned()
+    }
+
+    /// Sets the workflow settings, once, before inputs are applied.
+    pub fn set_care(&self, settings: crate::care::Settings) {
+        let _ = self.inner.care.set(std::sync::Arc::new(settings));
     }
 
     /// The first record of a tree (lowest key): its key, and its value or

@@ -126,6 +126,10 @@ struct Inner {
     outbox_signal: tokio::sync::Notify,
     /// Woken when a message lands in the WhatsApp outbox.
     wa_outbox_signal: tokio::sync::Notify,
+    /// Woken when a commit changed workflow timers (`care`).
+    care_signal: tokio::sync::Notify,
+    /// The workflow settings (`care`), set once by the service.
+    care: std::sync::OnceLock<std::sync::Arc<crate::care::Settings>>,
     purpose: PurposeKeys,
     rng: SystemRandom,
     /// Nonces for sealing, drawn in blocks (seal.rs).
@@ -257,6 +261,8 @@ impl Vault {
                 events_durable: tokio::sync::watch::channel(0).0,
                 outbox_signal: tokio::sync::Notify::new(),
                 wa_outbox_signal: tokio::sync::Notify::new(),
+                care_signal: tokio::sync::Notify::new(),
+                care: std::sync::OnceLock::new(),
                 writer,
                 anchorer,
                 purpose,

@@ -52,10 +52,14 @@ pub enum Tree {
     /// sent and inbound media (patient's key), media timers (fetch, delete
     /// at Meta, purge); keys start with a one-byte kind.
     WaMedia,
+    /// Patient workflows (see `care::store`): workflow states (patient's
+    /// key) and timers keyed by due time, so the scheduler reads only the
+    /// next one.
+    Care,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 19] = [
+    pub const ALL: [Tree; 20] = [
         Tree::Patients,
         Tree::PatientIndex,
         Tree::Audit,
@@ -75,6 +79,7 @@ impl Tree {
         Tree::WaDeadLetters,
         Tree::WaSent,
         Tree::WaMedia,
+        Tree::Care,
     ];
 
     /// Trees whose keys are dense u64 seqs handed out at commit.
@@ -108,6 +113,7 @@ impl Tree {
             Tree::WaDeadLetters => "wa_dead_letters",
             Tree::WaSent => "wa_sent",
             Tree::WaMedia => "wa_media",
+            Tree::Care => "care",
         }
     }
 

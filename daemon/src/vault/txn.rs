@@ -132,6 +132,8 @@ pub struct Receipt {
     pub(super) appended: Vec<(Tree, u64)>,
     /// Something reached the store (an empty txn writes nothing).
     pub(super) wrote: bool,
+    /// The commit wrote to [`Tree::Care`] (wakes the care scheduler).
+    pub(super) care: bool,
 }
 
 impl Receipt {
@@ -140,6 +142,7 @@ impl Receipt {
             audit_seq: None,
             appended: Vec::new(),
             wrote: false,
+            care: false,
         }
     }
 

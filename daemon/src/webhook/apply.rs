@@ -294,7 +294,10 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
         Ok(())
     };
 
+    // Quick-reply taps on reminders (`care`), after each message's event.
+    let mut care = crate::care::shell::Session::default();
     for m in &batch.messages {
+        let mut tap: Option<PatientId> = None;
         let k = vault.wamid_key(P_MESSAGE, &m.wamid);
         if !seen_messages.insert(k.clone()) || exists(vault, &k)? {
             continue;
@@ -330,6 +333,7 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
                     learn(txn, user, patient)?;
                 }
                 ev = event(EventKind::MessageReceived, now, Some(patient));
+                tap = Some(patient);
                 if let Some(id) = m.content.reply_id().and_then(feed_safe) {
                     ev.details.insert("reply_id".to_owned(), id);
                 }
@@ -357,6 +361,9 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
             ev.details.insert("error_code".to_owned(), code.to_string());
         }
         vault.stage_event(txn, &ev)?;
+        if let (Some(patient), Some(id)) = (tap, m.content.reply_id()) {
+            crate::care::shell::on_tap(vault, txn, &mut care, patient, id, now)?;
+        }
     }
     for (patient, at) in last_inbound {
         txn.put_json(

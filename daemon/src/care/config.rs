@@ -1,0 +1,274 @@
+//! The `[reminders]` config section: when appointment reminders go out,
+//! which template carries them, and the hours they may arrive in.
+
+use crate::config::{parse_duration, ConfigError};
+use jiff::civil::Time;
+use jiff::SignedDuration;
+use serde::Deserialize;
+
+type Invalid<'a> = dyn Fn(&'static str, &str, &str, &'static str) -> ConfigError + 'a;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemindersFile {
+    pub enabled: Option<bool>,
+    /// Before the visit, e.g. `"72h"`; whole days count as calendar days
+    /// in the clinic's time zone.
+    pub first: Option<String>,
+    /// Before the visit, only when the patient has not confirmed; `""`: none.
+    pub second: Option<String>,
+    /// `"08:00-21:00"`: local times a reminder may arrive between.
+    pub allowed_hours: Option<String>,
+    pub template: Option<String>,
+    /// Languages the template exists in; the patient's language (PID-15)
+    /// picks one, anything else gets `default_language`.
+    pub languages: Option<Vec<String>>,
+    pub default_language: Option<String>,
+}
+
+/// One reminder: how long before the visit, and whether a confirmation
+/// makes it unnecessary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offset {
+    pub before: SignedDuration,
+    pub only_unconfirmed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemindersConfig {
+    pub enabled: bool,
+    /// Index = the offset's number in timers and state (at most 8).
+    pub offsets: Vec<Offset>,
+    pub allowed_from: Time,
+    pub allowed_until: Time,
+    pub template: String,
+    pub languages: Vec<String>,
+    pub default_language: String,
+}
+
+impl Default for RemindersConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            offsets: vec![
+                Offset {
+                    before: SignedDuration::from_hours(72),
+                    only_unconfirmed: false,
+                },
+                Offset {
+                    before: SignedDuration::from_hours(24),
+                    only_unconfirmed: true,
+                },
+            ],
+            allowed_from: Time::constant(8, 0, 0, 0),
+            allowed_until: Time::constant(21, 0, 0, 0),
+            template: "appointment_reminder".to_owned(),
+            languages: vec!["de".to_owned(), "en".to_owned()],
+            default_language: "en".to_owned(),
+        }
+    }
+}
+
+fn offset(
+    key: &'static str,
+    value: Option<&str>,
+    default: Option<SignedDuration>,
+    invalid: &Invalid<'_>,
+) -> Result<Option<SignedDuration>, ConfigError> {
+    match value.map(str::trim) {
+        None => Ok(default),
+        Some("") => Ok(None),
+        Some(v) => match parse_duration(v).and_then(|d| SignedDuration::try_from(d).ok()) {
+            Some(d)
+                if d >= SignedDuration::from_mins(1)
+                    && d <= SignedDuration::from_hours(24 * 60) =>
+            {
+                Ok(Some(d))
+            }
+            _ => Err(invalid(
+                key,
+                v,
+                "not a duration between 1 minute and 60 days",
+                "write it like \"72h\" or \"24h\"",
+            )),
+        },
+    }
+}
+
+fn hours(value: &str, invalid: &Invalid<'_>) -> Result<(Time, Time), ConfigError> {
+    let bad = || {
+        invalid(
+            "reminders.allowed_hours",
+            value,
+            "not two local times, the first before the second",
+            "write it like \"08:00-21:00\"",
+        )
+    };
+    let (a, b) = value.split_once('-').ok_or_else(bad)?;
+    let from: Time = a.trim().parse().map_err(|_| bad())?;
+    let until: Time = b.trim().parse().map_err(|_| bad())?;
+    if from >= until {
+        return Err(bad());
+    }
+    Ok((from, until))
+}
+
+pub fn validate(
+    file: &RemindersFile,
+    invalid: &Invalid<'_>,
+) -> Result<RemindersConfig, ConfigError> {
+    let d = RemindersConfig::default();
+    let mut offsets = Vec::new();
+    if let Some(before) = offset(
+        "reminders.first",
+        file.first.as_deref(),
+        Some(SignedDuration::from_hours(72)),
+        invalid,
+    )? {
+        offsets.push(Offset {
+            before,
+            only_unconfirmed: false,
+        });
+    }
+    if let Some(before) = offset(
+        "reminders.second",
+        file.second.as_deref(),
+        Some(SignedDuration::from_hours(24)),
+        invalid,
+    )? {
+        if offsets.first().is_some_and(|o| o.before <= before) {
+            return Err(invalid(
+                "reminders.second",
+                file.second.as_deref().unwrap_or_default(),
+                "the second reminder must come closer to the visit than the first",
+                "make reminders.second shorter than reminders.first",
+            ));
+        }
+        offsets.push(Offset {
+            before,
+            only_unconfirmed: true,
+        });
+    }
+    let (allowed_from, allowed_until) = match file.allowed_hours.as_deref() {
+        None => (d.allowed_from, d.allowed_until),
+        Some(v) => hours(v, invalid)?,
+    };
+    let template = file.template.clone().unwrap_or(d.template);
+    let name_ok = !template.is_empty()
+        && template
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !name_ok {
+        return Err(invalid(
+            "reminders.template",
+            &template,
+            "a template name is lowercase letters, digits and underscores",
+            "give the name of the approved utility template",
+        ));
+    }
+    let languages = file.languages.clone().unwrap_or(d.languages);
+    let default_language = file.default_language.clone().unwrap_or(d.default_language);
+    if !languages.contains(&default_language) {
+        return Err(invalid(
+            "reminders.default_language",
+            &default_language,
+            "not one of reminders.languages",
+            "add it to reminders.languages or choose one of them",
+        ));
+    }
+    Ok(RemindersConfig {
+        enabled: file.enabled.unwrap_or(true),
+        offsets,
+        allowed_from,
+        allowed_until,
+        template,
+        languages,
+        default_language,
+    })
+}
+
+impl RemindersConfig {
+    /// The template language for a patient's language (PID-15 may say
+    /// `de`, `DE`, `de-DE` or `ger`): its first two letters if configured,
+    /// else the default.
+    pub fn language_for(&self, patient_language: Option<&str>) -> &str {
+        let wanted = patient_language
+            .map(|l| l.trim().to_ascii_lowercase())
+            .map(|l| match l.as_str() {
+                "ger" | "deu" => "de".to_owned(),
+                "eng" => "en".to_owned(),
+                _ => l.chars().take(2).collect(),
+            });
+        wanted
+            .and_then(|w| self.languages.iter().find(|l| **l == w))
+            .unwrap_or(&self.default_language)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn invalid(key: &'static str, value: &str, reason: &str, fix: &'static str) -> ConfigError {
+        ConfigError::Invalid {
+            path: PathBuf::from("t.toml"),
+            key,
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+            fix,
+        }
+    }
+
+    #[test]
+    fn defaults_are_72h_and_24h_unconfirmed_between_8_and_21() {
+        let c = validate(&RemindersFile::default(), &invalid).unwrap();
+        assert_eq!(c, RemindersConfig::default());
+        assert_eq!(c.offsets.len(), 2);
+        assert!(c.offsets[1].only_unconfirmed);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (file, key) in [
+            (
+                RemindersFile {
+                    allowed_hours: Some("21:00-08:00".into()),
+                    ..Default::default()
+                },
+                "reminders.allowed_hours",
+            ),
+            (
+                RemindersFile {
+                    second: Some("96h".into()),
+                    ..Default::default()
+                },
+                "reminders.second",
+            ),
+            (
+                RemindersFile {
+                    first: Some("soon".into()),
+                    ..Default::default()
+                },
+                "reminders.first",
+            ),
+        ] {
+            let e = validate(&file, &invalid).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let only_one = RemindersFile {
+            second: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(validate(&only_one, &invalid).unwrap().offsets.len(), 1);
+    }
+
+    #[test]
+    fn the_patients_language_picks_the_template_language() {
+        let c = RemindersConfig::default();
+        assert_eq!(c.language_for(Some("DE")), "de");
+        assert_eq!(c.language_for(Some("ger")), "de");
+        assert_eq!(c.language_for(Some("fr")), "en");
+        assert_eq!(c.language_for(None), "en");
+    }
+}

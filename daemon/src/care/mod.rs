@@ -1,0 +1,37 @@
+//! Patient workflows (issue 10), first slice: appointment reminders with
+//! Confirm / Cancel quick replies.
+//!
+//! - `config`: the `[reminders]` section.
+//! - `reminder`: the workflow as a pure state machine (no I/O, no clock).
+//! - `store`: workflow states and the durable timer index in `Tree::Care`.
+//! - `shell`: runs decisions on the vault's writer and stages their effects
+//!   in the caller's txn (appointments from `commands`, taps from
+//!   `webhook::apply`, due timers from the scheduler).
+//! - `scheduler`: the `care-scheduler` task.
+//! - `texts`: the visit's date and time, the replies.
+
+pub mod config;
+pub mod reminder;
+pub mod scheduler;
+pub mod shell;
+pub mod store;
+pub mod texts;
+
+/// What the workflows need from the config, held by the vault so that the
+/// writer's decisions can reach it (`Vault::set_care`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub reminders: config::RemindersConfig,
+    pub time_zone: jiff::tz::TimeZone,
+    pub outbound: crate::pms::outbound::OutboundConfig,
+}
+
+impl Settings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            reminders: config.reminders.clone(),
+            time_zone: config.service.time_zone.clone(),
+            outbound: config.pms.outbound.clone(),
+        }
+    }
+}

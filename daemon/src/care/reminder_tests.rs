@@ -1,0 +1,238 @@
+use super::*;
+use crate::care::config::RemindersConfig;
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn berlin() -> TimeZone {
+    TimeZone::get("Europe/Berlin").unwrap()
+}
+
+fn booked(start: &str) -> Input {
+    Input::Booked {
+        appointment: "A1".to_owned(),
+        patient: PatientId([1; 16]),
+        start: ts(start),
+        confirmed: false,
+    }
+}
+
+fn timers(fx: &[Effect]) -> Vec<Timestamp> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::ScheduleTimer(p) => Some(p.due),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn three_days_before_keeps_the_local_time_across_the_spring_change() {
+    let (cfg, tz) = (RemindersConfig::default(), berlin());
+    let cal = Calendar {
+        config: &cfg,
+        tz: &tz,
+    };
+    // Tue 31 March 2026 10:00 CEST; the clocks went forward on Sun 29 March.
+    let start = ts("2026-03-31T08:00:00Z");
+    // Sat 28 March 10:00 CET: 71 hours of elapsed time, 10:00 on the wall.
+    assert_eq!(
+        cal.due(start, SignedDuration::from_hours(72)),
+        Some(ts("2026-03-28T09:00:00Z"))
+    );
+    assert_eq!(
+        cal.due(start, SignedDuration::from_hours(24)),
+        Some(ts("2026-03-30T08:00:00Z"))
+    );
+}
+
+#[test]
+fn three_days_before_keeps_the_local_time_across_the_autumn_change() {
+    let (cfg, tz) = (RemindersConfig::default(), berlin());
+    let cal = Calendar {
+        config: &cfg,
+        tz: &tz,
+    };
+    // Tue 27 October 2026 10:00 CET; the clocks went back on Sun 25 October.
+    let start = ts("2026-10-27T09:00:00Z");
+    // Sat 24 October 10:00 CEST: 73 hours before.
+    assert_eq!(
+        cal.due(start, SignedDuration::from_hours(72)),
+        Some(ts("2026-10-24T08:00:00Z"))
+    );
+    // An offset that is not whole days is elapsed time.
+    assert_eq!(
+        cal.due(start, SignedDuration::from_hours(2)),
+        Some(ts("2026-10-27T07:00:00Z"))
+    );
+}
+
+#[test]
+fn a_reminder_outside_the_allowed_hours_moves_to_the_last_allowed_time_before_it() {
+    let (cfg, tz) = (RemindersConfig::default(), berlin());
+    let cal = Calendar {
+        config: &cfg,
+        tz: &tz,
+    };
+    // Visit Tue 31 March 07:30 CEST: 24 h before is Mon 07:30, before 08:00,
+    // so Sun 29 March 21:00 CEST (the DST day itself).
+    assert_eq!(
+        cal.due(ts("2026-03-31T05:30:00Z"), SignedDuration::from_hours(24)),
+        Some(ts("2026-03-29T19:00:00Z"))
+    );
+    // Visit at 22:30: 24 h before is 22:30, after 21:00: 21:00 that day.
+    assert_eq!(
+        cal.due(ts("2026-03-31T20:30:00Z"), SignedDuration::from_hours(24)),
+        Some(ts("2026-03-30T19:00:00Z"))
+    );
+    // 21:00 itself and 08:00 itself are allowed.
+    assert_eq!(
+        cal.due(ts("2026-03-31T19:00:00Z"), SignedDuration::from_hours(24)),
+        Some(ts("2026-03-30T19:00:00Z"))
+    );
+    assert_eq!(
+        cal.due(ts("2026-03-31T06:00:00Z"), SignedDuration::from_hours(24)),
+        Some(ts("2026-03-30T06:00:00Z"))
+    );
+}
+
+#[test]
+fn a_booking_schedules_both_reminders_and_each_fires_once() {
+    let (cfg, tz) = (RemindersConfig::default(), berlin());
+    let cal = Calendar {
+        config: &cfg,
+        tz: &tz,
+    };
+    let now = ts("2026-03-20T12:00:00Z");
+    let (s, fx) = decide(None, booked("2026-03-31T08:00:00Z"), now, &cal);
+    let due = timers(&fx);
+    assert_eq!(
+        due,
+        [ts("2026-03-28T09:00:00Z"), ts("2026-03-30T08:00:00Z")]
+    );
+    let fire = |s, due| {
+        decide(
+            s,
+            Input::TimerFired {
+                offset: 0,
+                due,
+                eligible: Ok(()),
+            },
+            due,
+            &cal,
+        )
+    };
+    let (s, fx) = fire(s, due[0]);
+    assert_eq!(
+        fx,
+        [Effect::SendReminder {
+            offset: 0,
+            expires: ts("2026-03-31T08:00:00Z")
+        }]
+    );
+    // The same timer again (a replay): nothing.
+    let (s, fx) = fire(s, due[0]);
+    assert!(fx.is_empty());
+    assert_eq!(s.as_ref().unwrap().sent, [0]);
+}
+
+#[test]
+fn a_confirmation_drops_the_24h_reminder_and_tells_the_pms() {
+    let (cfg, tz) = (RemindersConfig::default(), berlin());
+    let cal = Calendar {
+        config: &cfg,
+        tz: &tz,
+    };
+    let now = ts("2026-03-20T12:00:00Z");
+    let (s, fx) = decide(None, booked("2026-03-31T08:00:00Z"), now, &cal);
+    let second = timers(&fx)[1];
+    let (s, fx) = decide(s, Input::Answered(Answer::Confirm), now, &cal);
+    assert_eq!(
+        fx,
+        [
+            Effect::CancelTimer(Pending {
+                offset: 1,
+                due: second
+            }),
+            Effect::ToPms(Answer::Confirm),
+            Effect::Reply(Reply::Confirmed),
+        ]
+    );
+    // A second tap: a reply, no second message to the PMS.
+    let (s, fx) = decide(s, Input::Answered(Answer::Confirm), now, &cal);
+    assert_eq!(fx, [Effect::Reply(Reply::Confirmed)]);
+    // The stale 24 h timer, if it fires anyway, sends nothing.
+    let (_, fx) = decide(
+        s,
+        Input::TimerFired {
+            offset: 1,
+            due: second,
+            eligible: Ok(()),
+        },
+        second,
+        &cal,
+    );
+    assert!(fx.is_empty());
+}
+
+#[test]
+fn a_cancel_or_reschedule_replaces_the_pending_reminders() {
+    let (cfg, tz) = (RemindersConfig::default(), berlin());
+    let cal = Calendar {
+        config: &cfg,
+        tz: &tz,
+    };
+    let now = ts("2026-03-20T12:00:00Z");
+    let (s, _) = decide(None, booked("2026-03-31T08:00:00Z"), now, &cal);
+    let (s2, fx) = decide(s.clone(), booked("2026-04-02T08:00:00Z"), now, &cal);
+    let cancelled = fx
+        .iter()
+        .filter(|e| matches!(e, Effect::CancelTimer(_)))
+        .count();
+    assert_eq!(cancelled, 2);
+    assert_eq!(
+        timers(&fx),
+        [ts("2026-03-30T08:00:00Z"), ts("2026-04-01T08:00:00Z")]
+    );
+    assert_eq!(s2.unwrap().pending.len(), 2);
+    let (s3, fx) = decide(s, Input::Cancelled, now, &cal);
+    assert_eq!(fx.len(), 2);
+    assert!(fx.iter().all(|e| matches!(e, Effect::CancelTimer(_))));
+    assert_eq!(s3.as_ref().unwrap().phase, Phase::Closed);
+    let (_, fx) = decide(s3, Input::Answered(Answer::Confirm), now, &cal);
+    assert_eq!(fx, [Effect::Reply(Reply::Closed)]);
+}
+
+#[test]
+fn an_ineligible_patient_gets_no_reminder_and_a_late_booking_skips_past_ones() {
+    let (cfg, tz) = (RemindersConfig::default(), berlin());
+    let cal = Calendar {
+        config: &cfg,
+        tz: &tz,
+    };
+    // Booked 48 h before: the 72 h reminder is past and not sent late.
+    let now = ts("2026-03-29T08:00:00Z");
+    let (s, fx) = decide(None, booked("2026-03-31T08:00:00Z"), now, &cal);
+    assert_eq!(timers(&fx), [ts("2026-03-30T08:00:00Z")]);
+    let (s, fx) = decide(
+        s,
+        Input::TimerFired {
+            offset: 1,
+            due: ts("2026-03-30T08:00:00Z"),
+            eligible: Err(Ineligible::NoConsent),
+        },
+        ts("2026-03-30T08:00:00Z"),
+        &cal,
+    );
+    assert_eq!(
+        fx,
+        [Effect::Skipped {
+            offset: 1,
+            reason: Ineligible::NoConsent
+        }]
+    );
+    assert!(s.unwrap().sent.is_empty());
+    // No state and no booking: nothing.
+    assert_eq!(decide(None, Input::Cancelled, now, &cal), (None, vec![]));
+}

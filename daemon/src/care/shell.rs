@@ -1,0 +1,345 @@
+//! The workflows' shell on the vault's writer: loads a state and the facts
+//! a decision needs, runs the pure [`reminder::decide`], and stages the new
+//! state and every effect in the caller's transaction, so that a state
+//! change, its timers, its outbox items and its events commit together.
+
+use super::reminder::{self, Answer, Calendar, Effect, Ineligible, Input, ReminderState, Reply};
+use super::store::{self, Tap, Token};
+use super::Settings;
+use crate::model::{Appointment, AppointmentStatus, ConsentState, Event, EventKind, PatientId};
+use crate::pms::outbound::{ActionError, PatientAction};
+use crate::queue::{self, Envelope};
+use crate::vault::{Txn, Vault, VaultError, VaultResult};
+use crate::whatsapp::message::{self, Params, Recipient, TemplateSpec};
+use crate::whatsapp::outbox::{self, OutboxError, WaItem, WA_OUTBOX};
+use jiff::Timestamp;
+use std::collections::HashMap;
+
+/// The audit actor of what the workflows do.
+pub const ACTOR: &str = "care:reminders";
+
+/// States as this transaction leaves them (two inputs about one
+/// appointment in one job see each other's result).
+#[derive(Default)]
+pub struct Session {
+    states: HashMap<Token, Option<ReminderState>>,
+}
+
+impl Session {
+    fn load(&mut self, vault: &Vault, token: &Token) -> VaultResult<Option<ReminderState>> {
+        if let Some(s) = self.states.get(token) {
+            return Ok(s.clone());
+        }
+        // A state sealed under an erased patient's key reads as none.
+        let s = match store::load(vault, token) {
+            Ok(s) => s,
+            Err(VaultError::KeyUnavailable { .. } | VaultError::Decode { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        self.states.insert(*token, s.clone());
+        Ok(s)
+    }
+}
+
+/// An appointment as the PMS or the API left it (on the writer, in the
+/// txn that stores it).
+pub fn on_appointment(
+    vault: &Vault,
+    txn: &mut Txn,
+    session: &mut Session,
+    a: &Appointment,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let Some(settings) = vault.care().filter(|s| s.reminders.enabled) else {
+        return Ok(());
+    };
+    let input = match a.status {
+        s if s.is_upcoming() => Input::Booked {
+            appointment: a.id.clone(),
+            patient: a.patient,
+            start: a.start,
+            confirmed: a.patient_confirmed,
+        },
+        AppointmentStatus::Noshow => Input::NoShow,
+        AppointmentStatus::Fulfilled
+        | AppointmentStatus::Arrived
+        | AppointmentStatus::CheckedIn => Input::Fulfilled,
+        _ => Input::Cancelled,
+    };
+    let token = store::token(vault, &a.id);
+    run(vault, txn, session, &settings, &token, input, now)
+}
+
+/// A quick-reply tap from `patient` (on the writer, in the txn of the
+/// webhook call that brought it). Payloads that are not ours are ignored;
+/// so is a tap on another patient's appointment.
+pub fn on_tap(
+    vault: &Vault,
+    txn: &mut Txn,
+    session: &mut Session,
+    patient: PatientId,
+    reply_id: &str,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let Some(settings) = vault.care() else {
+        return Ok(());
+    };
+    let Some((tap, token)) = store::parse_payload(reply_id) else {
+        return Ok(());
+    };
+    match session.load(vault, &token)? {
+        Some(s) if s.patient == patient => {}
+        _ => {
+            tracing::info!(
+                "a reminder button for an appointment this patient does not have is ignored"
+            );
+            return Ok(());
+        }
+    }
+    let answer = match tap {
+        Tap::Confirm => Answer::Confirm,
+        Tap::Cancel => Answer::Cancel,
+    };
+    run(
+        vault,
+        txn,
+        session,
+        &settings,
+        &token,
+        Input::Answered(answer),
+        now,
+    )
+}
+
+/// Runs the timers due at `now` (at most `limit`) as one writer job's txn.
+/// Each timer's removal and whatever it queues are in this one commit: a
+/// reminder is queued exactly once, across restarts.
+pub fn fire_due(vault: &Vault, now: Timestamp, limit: usize) -> VaultResult<(Txn, usize)> {
+    let mut txn = Txn::new(now);
+    let keys = store::due_timers(vault, now, limit)?;
+    let n = keys.len();
+    let settings = vault.care();
+    let mut session = Session::default();
+    for k in keys {
+        txn.remove(crate::vault::Tree::Care, k.clone());
+        let (Some(settings), Some((due, token, offset))) =
+            (settings.as_ref(), store::parse_timer_key(&k))
+        else {
+            continue;
+        };
+        let Some(state) = session.load(vault, &token)? else {
+            continue;
+        };
+        let eligible = eligibility(vault, state.patient)?;
+        let input = Input::TimerFired {
+            offset,
+            due,
+            eligible,
+        };
+        run(vault, &mut txn, &mut session, settings, &token, input, now)?;
+    }
+    Ok((txn, n))
+}
+
+/// Whether a patient may get a reminder: consent, alive, not blocked, a
+/// number. (The outbox checks the number can be a mobile.)
+fn eligibility(vault: &Vault, patient: PatientId) -> VaultResult<Result<(), Ineligible>> {
+    let Some(p) = vault.get_patient(patient)? else {
+        return Ok(Err(Ineligible::NoNumber));
+    };
+    let consent = vault.get_consent(patient)?;
+    Ok(if p.deceased {
+        Err(Ineligible::Deceased)
+    } else if p.protected {
+        Err(Ineligible::Blocked)
+    } else if consent.is_none_or(|c| c.state != ConsentState::OptedIn) {
+        Err(Ineligible::NoConsent)
+    } else if p.phone.as_deref().is_none_or(str::is_empty) {
+        Err(Ineligible::NoNumber)
+    } else {
+        Ok(())
+    })
+}
+
+fn run(
+    vault: &Vault,
+    txn: &mut Txn,
+    session: &mut Session,
+    settings: &Settings,
+    token: &Token,
+    input: Input,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let cal = Calendar {
+        config: &settings.reminders,
+        tz: &settings.time_zone,
+    };
+    let before = session.load(vault, token)?;
+    let (after, effects) = reminder::decide(before.clone(), input, now, &cal);
+    let Some(state) = after else {
+        return Ok(());
+    };
+    for effect in effects {
+        stage_effect(vault, txn, settings, token, &state, effect, now)?;
+    }
+    if before.as_ref() != Some(&state) {
+        store::stage_state(txn, token, &state)?;
+    }
+    session.states.insert(*token, Some(state));
+    Ok(())
+}
+
+fn event(kind: EventKind, now: Timestamp, state: &ReminderState) -> Event {
+    Event {
+        kind,
+        time: now,
+        patient: Some(state.patient),
+        appointment: Some(state.appointment.clone()),
+        slot: None,
+        details: Default::default(),
+    }
+}
+
+fn stage_effect(
+    vault: &Vault,
+    txn: &mut Txn,
+    settings: &Settings,
+    token: &Token,
+    state: &ReminderState,
+    effect: Effect,
+    now: Timestamp,
+) -> VaultResult<()> {
+    match effect {
+        Effect::ScheduleTimer(p) => store::stage_timer(txn, p.due, token, p.offset, state.patient),
+        Effect::CancelTimer(p) => store::stage_cancel(txn, p.due, token, p.offset),
+        Effect::SendReminder { offset, expires } => {
+            send_reminder(vault, txn, settings, token, state, offset, expires, now)?;
+        }
+        Effect::Skipped { offset, reason } => {
+            let mut ev = event(EventKind::ReminderSkipped, now, state);
+            ev.details
+                .insert("reason".to_owned(), reason.as_str().to_owned());
+            ev.details.insert("offset".to_owned(), offset.to_string());
+            vault.stage_event(txn, &ev)?;
+        }
+        Effect::ToPms(answer) => {
+            let action = match answer {
+                Answer::Confirm => PatientAction::Confirm {
+                    appointment: state.appointment.clone(),
+                },
+                Answer::Cancel => PatientAction::Cancel {
+                    appointment: state.appointment.clone(),
+                },
+            };
+            match crate::pms::outbound::stage(vault, txn, &settings.outbound, &action, ACTOR, now) {
+                Ok(_) => {}
+                Err(ActionError::Vault(e)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a patient's answer could not be put to the PMS");
+                    let mut ev = event(EventKind::MessageFailed, now, state);
+                    ev.details
+                        .insert("reason".to_owned(), "pms-message".to_owned());
+                    vault.stage_event(txn, &ev)?;
+                }
+            }
+        }
+        Effect::Reply(reply) => reply_to(vault, txn, settings, state, reply, now)?,
+    }
+    Ok(())
+}
+
+/// The patient's number and language, if the patient is still known.
+fn contact(vault: &Vault, patient: PatientId) -> VaultResult<Option<(Recipient, Option<String>)>> {
+    let Some(p) = vault.get_patient(patient)? else {
+        return Ok(None);
+    };
+    let Some(to) = p.phone.as_deref().and_then(|n| Recipient::phone(n).ok()) else {
+        return Ok(None);
+    };
+    Ok(Some((to, p.language)))
+}
+
+#[allow(clippy::too_many_arguments)] // one effect's whole context
+fn send_reminder(
+    vault: &Vault,
+    txn: &mut Txn,
+    settings: &Settings,
+    token: &Token,
+    state: &ReminderState,
+    offset: u8,
+    expires: Timestamp,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let failed = |txn: &mut Txn, reason: &str| {
+        let mut ev = event(EventKind::ReminderSkipped, now, state);
+        ev.details.insert("reason".to_owned(), reason.to_owned());
+        ev.details.insert("offset".to_owned(), offset.to_string());
+        vault.stage_event(txn, &ev)
+    };
+    let Some((to, language)) = contact(vault, state.patient)? else {
+        return failed(txn, Ineligible::NoNumber.as_str());
+    };
+    let cfg = &settings.reminders;
+    let lang = cfg.language_for(language.as_deref());
+    let (date, time) = super::texts::when(state.start, &settings.time_zone, lang);
+    let (confirm, cancel) = (
+        store::payload(token, Tap::Confirm),
+        store::payload(token, Tap::Cancel),
+    );
+    let built = message::template(&TemplateSpec {
+        name: &cfg.template,
+        language: lang,
+        header: None,
+        body: Params::Positional(vec![&date, &time]),
+        quick_replies: vec![&confirm, &cancel],
+    });
+    let Ok(msg) = built else {
+        return failed(txn, "template");
+    };
+    let item = WaItem {
+        patient: Some(state.patient),
+        recipient: Some(to),
+        message: msg,
+        reference: Some(format!("reminder:{}:{offset}", hex::encode(&token[..6]))),
+    };
+    match outbox::stage(vault, txn, item, now, Some(expires)) {
+        Ok(()) => Ok(()),
+        // Its whatsapp-unreachable event is in txn.
+        Err(OutboxError::Unreachable { .. }) => Ok(()),
+        Err(OutboxError::Vault(e)) => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "a reminder could not be queued");
+            failed(txn, "refused-at-enqueue")
+        }
+    }
+}
+
+/// A short text after a tap. The tap opened the 24-hour window in this same
+/// txn (the outbox's window check reads the store, which does not have it
+/// yet), so the reply is queued directly.
+fn reply_to(
+    vault: &Vault,
+    txn: &mut Txn,
+    settings: &Settings,
+    state: &ReminderState,
+    reply: Reply,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let Some((to, language)) = contact(vault, state.patient)? else {
+        return Ok(());
+    };
+    let lang = settings.reminders.language_for(language.as_deref());
+    let Ok(msg) = message::text(super::texts::reply(reply, lang)) else {
+        return Ok(());
+    };
+    let item = WaItem {
+        patient: Some(state.patient),
+        recipient: Some(to),
+        message: msg,
+        reference: Some("reminder-reply".to_owned()),
+    };
+    let mut env = Envelope::new(item, now);
+    env.order_key = outbox::order_key(vault, &env.item);
+    env.expires = Some(now.saturating_add(outbox::SERVICE_WINDOW).unwrap_or(now));
+    queue::enqueue(txn, &WA_OUTBOX, &env)
+}

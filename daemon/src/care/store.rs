@@ -1,0 +1,178 @@
+//! Where the workflows keep their state in [`Tree::Care`]:
+//!
+//! - `S ‖ token`: an appointment's [`ReminderState`], patient's key;
+//! - `T ‖ due (u64 BE seconds) ‖ token ‖ offset`: a reminder timer, so
+//!   that key order is due order and the scheduler reads only the first.
+//!
+//! `token` is 16 bytes of a blind index of the PMS appointment id: the same
+//! opaque value names the appointment in quick-reply payloads, never the
+//! PMS id itself.
+
+use super::reminder::ReminderState;
+use crate::model::PatientId;
+use crate::vault::{Owner, Tree, Txn, Vault, VaultResult};
+use jiff::Timestamp;
+
+pub type Token = [u8; 16];
+
+const K_STATE: u8 = b'S';
+const K_TIMER: u8 = b'T';
+
+/// The prefix of quick-reply payloads that are ours.
+const PAYLOAD_PREFIX: &str = "cr1:";
+
+pub fn token(vault: &Vault, appointment_id: &str) -> Token {
+    let bi = vault.blind_index("care-appointment", appointment_id);
+    let mut t = [0u8; 16];
+    t.copy_from_slice(bi.get(..16).unwrap_or(&[0u8; 16]));
+    t
+}
+
+fn state_key(token: &Token) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(K_STATE);
+    k.extend_from_slice(token);
+    k
+}
+
+pub fn timer_key(due: Timestamp, token: &Token, offset: u8) -> Vec<u8> {
+    let secs = u64::try_from(due.as_second()).unwrap_or(0);
+    let mut k = Vec::with_capacity(26);
+    k.push(K_TIMER);
+    k.extend_from_slice(&secs.to_be_bytes());
+    k.extend_from_slice(token);
+    k.push(offset);
+    k
+}
+
+/// A timer key taken apart: due, token, offset.
+pub fn parse_timer_key(k: &[u8]) -> Option<(Timestamp, Token, u8)> {
+    if k.len() != 26 || k.first() != Some(&K_TIMER) {
+        return None;
+    }
+    let secs = u64::from_be_bytes(<[u8; 8]>::try_from(k.get(1..9)?).ok()?);
+    let due = Timestamp::from_second(i64::try_from(secs).ok()?).ok()?;
+    let token = Token::try_from(k.get(9..25)?).ok()?;
+    Some((due, token, *k.get(25)?))
+}
+
+pub fn load(vault: &Vault, token: &Token) -> VaultResult<Option<ReminderState>> {
+    vault.get_json(Tree::Care, &state_key(token))
+}
+
+pub fn stage_state(txn: &mut Txn, token: &Token, state: &ReminderState) -> VaultResult<()> {
+    txn.put_json(
+        Tree::Care,
+        state_key(token),
+        Owner::Patient(state.patient),
+        state,
+    )
+}
+
+pub fn stage_timer(txn: &mut Txn, due: Timestamp, token: &Token, offset: u8, patient: PatientId) {
+    // The key says everything; the (sealed) value is empty.
+    txn.put(
+        Tree::Care,
+        timer_key(due, token, offset),
+        Owner::Patient(patient),
+        Vec::new(),
+    );
+}
+
+pub fn stage_cancel(txn: &mut Txn, due: Timestamp, token: &Token, offset: u8) {
+    txn.remove(Tree::Care, timer_key(due, token, offset));
+}
+
+/// The first timer (lowest due time): its key. Reads one record.
+pub fn first_timer(vault: &Vault) -> VaultResult<Option<Vec<u8>>> {
+    match vault.scan_raw_from(Tree::Care, &[K_TIMER]).next() {
+        Some(r) => {
+            let (k, _) = r?;
+            Ok((k.first() == Some(&K_TIMER)).then_some(k))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Timer keys due at `now` or earlier, in due order, at most `limit`.
+pub fn due_timers(vault: &Vault, now: Timestamp, limit: usize) -> VaultResult<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for r in vault.scan_raw_from(Tree::Care, &[K_TIMER]) {
+        let (k, _) = r?;
+        if k.first() != Some(&K_TIMER) || out.len() >= limit {
+            break;
+        }
+        match parse_timer_key(&k) {
+            Some((due, ..)) if due > now => break,
+            // A key of another shape: taken (and dropped) all the same.
+            _ => out.push(k),
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tap {
+    Confirm,
+    Cancel,
+}
+
+/// The quick-reply payload for a tap on an appointment's reminder.
+pub fn payload(token: &Token, tap: Tap) -> String {
+    let t = match tap {
+        Tap::Confirm => 'c',
+        Tap::Cancel => 'x',
+    };
+    format!("{PAYLOAD_PREFIX}{t}:{}", hex::encode(token))
+}
+
+/// A payload of ours, taken apart; None for anything else.
+pub fn parse_payload(p: &str) -> Option<(Tap, Token)> {
+    let rest = p.strip_prefix(PAYLOAD_PREFIX)?;
+    let (t, hexed) = rest.split_once(':')?;
+    let tap = match t {
+        "c" => Tap::Confirm,
+        "x" => Tap::Cancel,
+        _ => return None,
+    };
+    let mut token = [0u8; 16];
+    hex::decode_to_slice(hexed, &mut token).ok()?;
+    Some((tap, token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_keys_sort_by_due_time_and_come_apart_again() {
+        let t = [7u8; 16];
+        let a = timer_key(Timestamp::from_second(1_800_000_000).unwrap(), &t, 1);
+        let b = timer_key(
+            Timestamp::from_second(1_800_000_001).unwrap(),
+            &[0u8; 16],
+            0,
+        );
+        assert!(a < b);
+        assert_eq!(
+            parse_timer_key(&a),
+            Some((Timestamp::from_second(1_800_000_000).unwrap(), t, 1))
+        );
+        assert_eq!(parse_timer_key(b"T123"), None);
+    }
+
+    #[test]
+    fn payloads_are_opaque_and_parse_back() {
+        let t = [0xab; 16];
+        let p = payload(&t, Tap::Confirm);
+        assert!(p.len() <= 256 && p.starts_with("cr1:c:"));
+        assert_eq!(parse_payload(&p), Some((Tap::Confirm, t)));
+        assert_eq!(
+            parse_payload(&payload(&t, Tap::Cancel)),
+            Some((Tap::Cancel, t))
+        );
+        for other in ["confirm:1", "cr1:q:00", "cr1:c:zz", "stop", ""] {
+            assert_eq!(parse_payload(other), None, "{other}");
+        }
+    }
+}

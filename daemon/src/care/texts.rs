@@ -1,0 +1,54 @@
+//! The words the reminder workflow uses: the visit's date and time as the
+//! template's parameters, and the short replies after a tap. Only the date
+//! and time of the visit ever go out (minimal payload): no provider, no
+//! service, no name.
+
+use super::reminder::Reply;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+
+/// The visit's local date and time, written for `lang`.
+pub fn when(start: Timestamp, tz: &TimeZone, lang: &str) -> (String, String) {
+    let local = start.to_zoned(tz.clone());
+    match lang {
+        "de" => (
+            local.strftime("%d.%m.%Y").to_string(),
+            local.strftime("%H:%M").to_string(),
+        ),
+        _ => (
+            local.strftime("%a, %b %-d").to_string(),
+            local.strftime("%-I:%M %p").to_string(),
+        ),
+    }
+}
+
+pub fn reply(reply: Reply, lang: &str) -> &'static str {
+    match (reply, lang) {
+        (Reply::Confirmed, "de") => "Danke, Ihr Termin ist bestätigt.",
+        (Reply::Confirmed, _) => "Thank you, your appointment is confirmed.",
+        (Reply::Cancelled, "de") => "Ihr Termin ist abgesagt; die Praxis ist informiert.",
+        (Reply::Cancelled, _) => "Your appointment is cancelled; the practice has been told.",
+        (Reply::Closed, "de") => {
+            "Dieser Termin kann hier nicht mehr geändert werden. Bitte rufen Sie die Praxis an."
+        }
+        (Reply::Closed, _) => {
+            "This appointment can no longer be changed here. Please call the practice."
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_visit_time_is_local_and_in_the_patients_language() {
+        let tz = TimeZone::get("Europe/Berlin").unwrap();
+        let t: Timestamp = "2026-03-31T08:00:00Z".parse().unwrap();
+        assert_eq!(when(t, &tz, "de"), ("31.03.2026".into(), "10:00".into()));
+        assert_eq!(
+            when(t, &tz, "en"),
+            ("Tue, Mar 31".into(), "10:00 AM".into())
+        );
+    }
+}

@@ -1,0 +1,430 @@
+//! The reminder journey end to end (issue 10), through real sockets and a
+//! manual clock: SIU^S12 in over MLLP → nothing early → the reminder at the
+//! simulator at the exact due time with its buttons → a signed "Confirm"
+//! button webhook → SIU^S14 at a test PMS peer, an event on the feed, a
+//! short reply → no 24 h reminder. A cancel (S15) drops pending reminders.
+
+use crate::pms_support::*;
+use crate::support::*;
+use crate::webhook::{meta_json, sign};
+use clinic_relay::commands::{self, Command, Origin};
+use clinic_relay::model::{ConsentSource, ConsentState, EventKind, PatientId};
+use clinic_relay::pms::hl7::{self, AckCode};
+use clinic_relay::pms::mllp;
+use clinic_relay::vault::Tree;
+use graph_sim::{Sim, Template};
+use jiff::Timestamp;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::BufReader;
+use tokio::net::TcpListener;
+
+const SECRET: &str = "care-app-secret";
+/// The patient's number as the SIU's PID-13 writes it (national, DE).
+const WA_ID: &str = "4915155501234";
+
+/// A PMS that records the message types it gets and answers AA.
+async fn pms_peer() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let log = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = tokio::io::split(stream);
+                let mut r = BufReader::new(r);
+                while let Ok(Some(mllp::Incoming::Message(bytes))) =
+                    mllp::read_frame(&mut r, 1 << 20).await
+                {
+                    let msg = hl7::parse(&bytes).unwrap();
+                    let t = msg.message_type().unwrap();
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{}^{}", t.code, t.trigger));
+                    let ack =
+                        hl7::ack(&msg, AckCode::Accept, None, t0(), "ZZPMS", "ZZCLINIC", "P1");
+                    mllp::write_frame(&mut w, &ack).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+async fn daemon(sim: &Sim, pms: std::net::SocketAddr) -> Daemon {
+    let install = TestInstall::new(&format!(
+        "[pms]\nmllp_listen = \"127.0.0.1:0\"\noutbound_endpoint = \"{pms}\"\n\
+         outbound_timeout = \"5s\"\nphone_region = \"DE\"\n\n\
+         [whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"106540352242922\"\n\
+         token_file = \"wa.token\"\nrate_per_second = 1000\n\n\
+         [webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
+         verify_token_file = \"verify-token\"\n",
+        sim.base_url()
+    ));
+    for (name, value) in [
+        ("wa.token", "tok"),
+        ("app-secret", SECRET),
+        ("verify-token", "t"),
+    ] {
+        let path = install.tmp.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    Daemon::start_in(install).await
+}
+
+/// Polls `f` (short waits, 20 s at most) until it yields a value.
+async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn siu(kind: &str, control_id: &str, appt: &str, start: &str) -> String {
+    siu_s12_v25(control_id, appt, "CARE001", start).replace("SIU^S12^SIU_S12", kind)
+}
+
+fn templates(sim: &Sim) -> Vec<serde_json::Value> {
+    sim.sent_messages()
+        .into_iter()
+        .filter(|m| m["type"] == "template")
+        .collect()
+}
+
+fn timers(d: &Daemon) -> usize {
+    d.running
+        .vault
+        .scan_raw_from(Tree::Care, b"T")
+        .filter_map(Result::ok)
+        .filter(|(k, _)| k.first() == Some(&b'T'))
+        .count()
+}
+
+/// Moves the clock to `at` and waits until the scheduler has run what was
+/// due then, and the outbox has looked at its queue.
+async fn at(d: &Daemon, at: Timestamp) {
+    d.clock.set(at);
+    tokio::time::timeout(Duration::from_secs(20), d.running.care.looked_at(at))
+        .await
+        .expect("scheduler looked");
+    d.running.whatsapp.as_ref().unwrap().kick();
+}
+
+fn button_tap(wamid: &str, payload: &str) -> Vec<u8> {
+    meta_json(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+            "contacts": [{"profile": {"name": "ZZ"}, "wa_id": WA_ID}],
+            "messages": [{"from": WA_ID, "id": wamid, "timestamp": "1800400000", "type": "button",
+                          "button": {"payload": payload, "text": "Confirm"}}]
+        }}]}]
+    }))
+}
+
+async fn post_signed(d: &Daemon, body: Vec<u8>) -> u16 {
+    crate::webhook::http(
+        d.running.webhook_addr.unwrap(),
+        "POST",
+        "/webhook",
+        body.clone(),
+        &[
+            ("content-type", "application/json".to_owned()),
+            ("x-hub-signature-256", sign(SECRET, &body)),
+        ],
+    )
+    .await
+    .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_goes_out_at_its_time_and_a_confirm_reaches_the_pms() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("appointment_reminder", "en"));
+    let (pms, received) = pms_peer().await;
+    let d = daemon(&sim, pms).await;
+    let mut c = d.mllp().await;
+    // t0 is Fri 15 January 2027 09:00 in Berlin; the visit Wed 20th 10:00.
+    for (kind, id, appt) in [
+        ("SIU^S12^SIU_S12", "C1", "APPT-C1"),
+        ("SIU^S12^SIU_S12", "C2", "APPT-C2"),
+        ("SIU^S15^SIU_S12", "C3", "APPT-C2"),
+    ] {
+        let ack = c.send(&siu(kind, id, appt, "202701201000")).await;
+        assert_eq!(msa(&ack).0, "AA");
+    }
+    // Two timers for C1; C2's went with its cancel.
+    assert_eq!(timers(&d), 2);
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    commands::apply(
+        &d.running.vault,
+        vec![Command::SetConsent {
+            patient,
+            state: ConsentState::OptedIn,
+            source: ConsentSource::Staff,
+        }],
+        Origin::new("test"),
+        t0(),
+    )
+    .await
+    .unwrap();
+
+    // Due Sun 17 January 10:00 in Berlin (09:00 UTC): nothing a second early.
+    let due: Timestamp = "2027-01-17T09:00:00Z".parse().unwrap();
+    at(&d, due - jiff::SignedDuration::from_secs(1)).await;
+    assert_eq!(d.running.vault.count(Tree::WaOutbox), 0);
+    assert!(templates(&sim).is_empty());
+    at(&d, due).await;
+    let sent = until("the reminder at the simulator", || {
+        templates(&sim).into_iter().next()
+    })
+    .await;
+    assert_eq!(sent["to"], format!("+{WA_ID}"));
+    assert_eq!(sent["template"]["name"], "appointment_reminder");
+    assert_eq!(sent["template"]["language"]["code"], "en");
+    let components = sent["template"]["components"].as_array().unwrap();
+    let body = serde_json::to_string(&components[0]).unwrap();
+    assert!(
+        body.contains("Wed, Jan 20") && body.contains("10:00 AM"),
+        "{body}"
+    );
+    let payloads: Vec<String> = components
+        .iter()
+        .filter(|c| c["sub_type"] == "quick_reply")
+        .map(|c| c["parameters"][0]["payload"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(payloads.len(), 2);
+    for p in &payloads {
+        assert!(!p.contains("APPT") && !p.contains("CARE001"), "{p}");
+    }
+    assert!(
+        !body.contains("CHECKUP") && !body.contains("ZZDOC"),
+        "{body}"
+    );
+
+    // The patient taps Confirm.
+    assert_eq!(
+        post_signed(&d, button_tap("wamid.TAP1", &payloads[0])).await,
+        200
+    );
+    until("SIU^S14 at the PMS", || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|k| k == "SIU^S14")
+            .then_some(())
+    })
+    .await;
+    let confirmed = crate::webhook::events(&d, EventKind::AppointmentConfirmed);
+    assert_eq!(confirmed.len(), 1);
+    assert_eq!(confirmed[0].appointment.as_deref(), Some("APPT-C1"));
+    assert!(
+        d.running
+            .vault
+            .get_appointment("APPT-C1")
+            .unwrap()
+            .unwrap()
+            .patient_confirmed
+    );
+    d.running.whatsapp.as_ref().unwrap().kick();
+    until("the reply at the simulator", || {
+        sim.sent_messages()
+            .iter()
+            .any(|m| m["text"]["body"] == "Thank you, your appointment is confirmed.")
+            .then_some(())
+    })
+    .await;
+    // The same tap again (Meta retries): no second message to the PMS.
+    assert_eq!(
+        post_signed(&d, button_tap("wamid.TAP1", &payloads[0])).await,
+        200
+    );
+    assert_eq!(timers(&d), 0);
+
+    // No 24 h reminder after the confirmation, none for the cancelled one.
+    at(&d, "2027-01-19T12:00:00Z".parse().unwrap()).await;
+    assert_eq!(d.running.vault.count(Tree::WaOutbox), 0);
+    assert_eq!(templates(&sim).len(), 1);
+    assert_eq!(
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|k| *k == "SIU^S14")
+            .count(),
+        1
+    );
+    d.stop().await;
+}
+
+async fn booked(d: &Daemon, appt: &str, start: &str, consent: bool) -> PatientId {
+    let mut c = d.mllp().await;
+    let ack = c
+        .send(&siu("SIU^S12^SIU_S12", &format!("B-{appt}"), appt, start))
+        .await;
+    assert_eq!(msa(&ack).0, "AA");
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    if consent {
+        commands::apply(
+            &d.running.vault,
+            vec![Command::SetConsent {
+                patient,
+                state: ConsentState::OptedIn,
+                source: ConsentSource::Staff,
+            }],
+            Origin::new("test"),
+            t0(),
+        )
+        .await
+        .unwrap();
+    }
+    patient
+}
+
+fn due_times(d: &Daemon) -> Vec<Timestamp> {
+    d.running
+        .vault
+        .scan_raw_from(Tree::Care, b"T")
+        .filter_map(Result::ok)
+        .filter_map(|(k, _)| clinic_relay::care::store::parse_timer_key(&k))
+        .map(|(due, ..)| due)
+        .collect()
+}
+
+fn payloads(sent: &serde_json::Value) -> Vec<String> {
+    sent["template"]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["sub_type"] == "quick_reply")
+        .map(|c| c["parameters"][0]["payload"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_tap_goes_to_the_pms_and_drops_the_second_reminder() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("appointment_reminder", "en"));
+    let (pms, received) = pms_peer().await;
+    let d = daemon(&sim, pms).await;
+    booked(&d, "APPT-X1", "202701201000", true).await;
+    at(&d, "2027-01-17T09:00:00Z".parse().unwrap()).await;
+    let sent = until("the reminder", || templates(&sim).into_iter().next()).await;
+    let cancel = payloads(&sent)[1].clone();
+    assert_eq!(post_signed(&d, button_tap("wamid.X1", &cancel)).await, 200);
+    until("SRM^S04 at the PMS", || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|k| k == "SRM^S04")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        crate::webhook::events(&d, EventKind::AppointmentCancelled).len(),
+        1
+    );
+    assert_eq!(timers(&d), 0);
+    d.running.whatsapp.as_ref().unwrap().kick();
+    until("the reply", || {
+        sim.sent_messages()
+            .iter()
+            .any(|m| {
+                m["text"]["body"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("Your appointment is cancelled"))
+            })
+            .then_some(())
+    })
+    .await;
+    // A Confirm after the Cancel changes nothing at the PMS.
+    assert_eq!(
+        post_signed(&d, button_tap("wamid.X2", &payloads(&sent)[0])).await,
+        200
+    );
+    at(&d, "2027-01-19T12:00:00Z".parse().unwrap()).await;
+    assert_eq!(templates(&sim).len(), 1);
+    assert!(crate::webhook::events(&d, EventKind::AppointmentConfirmed).is_empty());
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reschedule_recomputes_the_reminders_across_a_dst_change_and_quiet_hours() {
+    let sim = Sim::start().await.unwrap();
+    let (pms, _) = pms_peer().await;
+    let d = daemon(&sim, pms).await;
+    booked(&d, "APPT-D1", "202701201000", true).await;
+    assert_eq!(
+        due_times(&d),
+        [
+            "2027-01-17T09:00:00Z".parse::<Timestamp>().unwrap(),
+            "2027-01-19T09:00:00Z".parse().unwrap()
+        ]
+    );
+    // Moved (S13) to Tue 30 March 2027 07:30 CEST, after the clocks went
+    // forward on Sun 28 March: 72 h before is Sat 27th 07:30 CET, before
+    // 08:00, so Fri 26th 21:00 CET; 24 h before is Mon 29th 07:30 CEST, so
+    // Sun 28th 21:00 CEST.
+    let mut c = d.mllp().await;
+    let ack = c
+        .send(&siu("SIU^S13^SIU_S12", "R-D1", "APPT-D1", "202703300730"))
+        .await;
+    assert_eq!(msa(&ack).0, "AA");
+    assert_eq!(
+        due_times(&d),
+        [
+            "2027-03-26T20:00:00Z".parse::<Timestamp>().unwrap(),
+            "2027-03-28T19:00:00Z".parse().unwrap()
+        ]
+    );
+    // The old times pass: nothing.
+    at(&d, "2027-01-19T12:00:00Z".parse().unwrap()).await;
+    assert_eq!(d.running.vault.count(Tree::WaOutbox), 0);
+    // A no-show (S26) drops them.
+    let ack = c
+        .send(&siu("SIU^S26^SIU_S12", "N-D1", "APPT-D1", "202703300730"))
+        .await;
+    assert_eq!(msa(&ack).0, "AA");
+    assert_eq!(timers(&d), 0);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reminder_without_consent_and_never_twice_across_a_restart() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("appointment_reminder", "en"));
+    let (pms, _) = pms_peer().await;
+    let d = daemon(&sim, pms).await;
+    booked(&d, "APPT-N1", "202701201000", false).await;
+    at(&d, "2027-01-17T09:00:00Z".parse().unwrap()).await;
+    let skipped = crate::webhook::events(&d, EventKind::ReminderSkipped);
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].details["reason"], "no-consent");
+    assert_eq!(d.running.vault.count(Tree::WaOutbox), 0);
+    assert!(templates(&sim).is_empty());
+
+    // With consent, the 24 h one goes; a restart neither loses nor repeats it.
+    booked(&d, "APPT-N1", "202701201000", true).await;
+    at(&d, "2027-01-19T09:00:00Z".parse().unwrap()).await;
+    until("the 24 h reminder", || templates(&sim).into_iter().next()).await;
+    let install = d.stop().await;
+    let d = Daemon::start_in(install).await;
+    for t in ["2027-01-19T09:00:00Z", "2027-01-19T20:00:00Z"] {
+        at(&d, t.parse().unwrap()).await;
+    }
+    assert_eq!(timers(&d), 0);
+    assert_eq!(d.running.vault.count(Tree::WaOutbox), 0);
+    assert_eq!(templates(&sim).len(), 1);
+    d.stop().await;
+}
