@@ -428,3 +428,53 @@ async fn no_reminder_without_consent_and_never_twice_across_a_restart() {
     assert_eq!(templates(&sim).len(), 1);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_opts_out_at_once_with_one_confirmation_and_start_opts_back_in() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("appointment_reminder", "en"));
+    let (pms, received) = pms_peer().await;
+    let d = daemon(&sim, pms).await;
+    booked(&d, "APPT-S1", "202701201000", true).await;
+    let text = |wamid: &str, body: &str| crate::webhook::text_message(wamid, WA_ID, "ZZ", body);
+    assert_eq!(post_signed(&d, text("wamid.S1", "ARRÊT!")).await, 200);
+    assert_eq!(post_signed(&d, text("wamid.S2", "Stopp")).await, 200);
+    assert_eq!(
+        post_signed(&d, text("wamid.S3", "please do not stop")).await,
+        200
+    );
+    assert_eq!(crate::webhook::events(&d, EventKind::OptedOut).len(), 1);
+    until("ADT^A31 at the PMS", || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|k| k == "ADT^A31")
+            .then_some(())
+    })
+    .await;
+    d.running.whatsapp.as_ref().unwrap().kick();
+    let confirmations = || {
+        sim.sent_messages()
+            .iter()
+            .filter(|m| {
+                m["text"]["body"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("You will get no more messages"))
+            })
+            .count()
+    };
+    until("the confirmation", || (confirmations() == 1).then_some(())).await;
+    // The 72 h reminder: not sent.
+    at(&d, "2027-01-17T09:00:00Z".parse().unwrap()).await;
+    let skipped = crate::webhook::events(&d, EventKind::ReminderSkipped);
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].details["reason"], "no-consent");
+    // START: the 24 h one goes.
+    assert_eq!(post_signed(&d, text("wamid.S4", "start")).await, 200);
+    assert_eq!(crate::webhook::events(&d, EventKind::OptedIn).len(), 1);
+    at(&d, "2027-01-19T09:00:00Z".parse().unwrap()).await;
+    until("the 24 h reminder", || templates(&sim).into_iter().next()).await;
+    assert_eq!(confirmations(), 1);
+    d.stop().await;
+}
