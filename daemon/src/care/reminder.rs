@@ -239,6 +239,11 @@ pub fn decide(
             confirmed,
             ..
         } => {
+            if patient != s.patient && start == s.start && s.phase != Phase::Closed {
+                // Merged into another patient record (ADT^A40): the same
+                // visit, the same reminders, now the survivor's.
+                s.patient = patient;
+            }
             if start != s.start || s.phase == Phase::Closed || patient != s.patient {
                 // Rescheduled (or booked again): a new set of reminders.
                 cancel(&mut s, |_| false, &mut fx);

@@ -478,3 +478,37 @@ async fn stop_opts_out_at_once_with_one_confirmation_and_start_opts_back_in() {
     assert_eq!(confirmations(), 1);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminders_follow_an_appointment_into_the_surviving_patient_of_a_merge() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("appointment_reminder", "en"));
+    let (pms, _) = pms_peer().await;
+    let d = daemon(&sim, pms).await;
+    let merged = booked(&d, "APPT-M1", "202701201000", false).await;
+    let mut c = d.mllp().await;
+    let ack = c
+        .send(&siu_s12_v25("M2", "APPT-M2", "CARE002", "202702201000"))
+        .await;
+    assert_eq!(msa(&ack).0, "AA");
+    let survivor: PatientId = d.running.vault.find_patients_by_mrn("CARE002").unwrap()[0];
+    commands::apply(
+        &d.running.vault,
+        vec![
+            Command::MergePatients { survivor, merged },
+            Command::SetConsent {
+                patient: survivor,
+                state: ConsentState::OptedIn,
+                source: ConsentSource::Staff,
+            },
+        ],
+        Origin::new("test"),
+        t0(),
+    )
+    .await
+    .unwrap();
+    at(&d, "2027-01-17T09:00:00Z".parse().unwrap()).await;
+    until("the reminder", || templates(&sim).into_iter().next()).await;
+    assert!(crate::webhook::events(&d, EventKind::ReminderSkipped).is_empty());
+    d.stop().await;
+}
