@@ -146,7 +146,9 @@ impl Calendar<'_> {
             Span::new().try_seconds(secs).ok()?
         };
         let at = local.checked_sub(span).ok()?;
-        Some(self.allowed(&at)?.timestamp())
+        // Whole seconds: the timer index keys by the second, and a fired
+        // timer must match its pending entry exactly.
+        Timestamp::from_second(self.allowed(&at)?.timestamp().as_second()).ok()
     }
 
     fn allowed(&self, at: &Zoned) -> Option<Zoned> {

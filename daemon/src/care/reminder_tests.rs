@@ -269,3 +269,19 @@ fn a_merge_moves_the_reminders_to_the_survivor_without_resending() {
     assert_eq!(s.patient, PatientId([2; 16]));
     assert_eq!((s.sent.as_slice(), s.pending.len()), (&[0u8][..], 1));
 }
+
+#[test]
+fn due_times_are_whole_seconds() {
+    let (cfg, tz) = (RemindersConfig::default(), berlin());
+    let cal = Calendar {
+        config: &cfg,
+        tz: &tz,
+    };
+    assert_eq!(
+        cal.due(
+            ts("2026-03-31T08:00:00.900Z"),
+            SignedDuration::from_hours(24)
+        ),
+        Some(ts("2026-03-30T08:00:00Z"))
+    );
+}
