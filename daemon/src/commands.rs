@@ -249,7 +249,17 @@ fn build(
                 if !known(*survivor, &fresh) {
                     return Err(CommandError::UnknownPatient(*survivor));
                 }
+                // Reminder workflows follow their appointments (read before
+                // the merge is staged: the store still links them to `merged`).
+                let moving = match vault.care() {
+                    Some(_) => vault.appointments_of(*merged)?,
+                    None => Vec::new(),
+                };
                 let moved = vault.stage_merge(&mut txn, *merged, *survivor)?;
+                for mut a in moving {
+                    a.patient = *survivor;
+                    crate::care::shell::on_appointment(vault, &mut txn, &mut care, &a, now)?;
+                }
                 // The merged record goes, with its lookups, so a phone or MRN
                 // search no longer finds it. Its key stays: nothing of the
                 // survivor is sealed with it, and erasure finds it by id.

@@ -8,9 +8,11 @@
 //!   in the caller's txn (appointments from `commands`, taps from
 //!   `webhook::apply`, due timers from the scheduler).
 //! - `scheduler`: the `care-scheduler` task.
+//! - `consent`: opt-out / opt-in keywords in the chat.
 //! - `texts`: the visit's date and time, the replies.
 
 pub mod config;
+pub mod consent;
 pub mod reminder;
 pub mod scheduler;
 pub mod shell;

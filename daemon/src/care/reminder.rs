@@ -146,7 +146,9 @@ impl Calendar<'_> {
             Span::new().try_seconds(secs).ok()?
         };
         let at = local.checked_sub(span).ok()?;
-        Some(self.allowed(&at)?.timestamp())
+        // Whole seconds: the timer index keys by the second, and a fired
+        // timer must match its pending entry exactly.
+        Timestamp::from_second(self.allowed(&at)?.timestamp().as_second()).ok()
     }
 
     fn allowed(&self, at: &Zoned) -> Option<Zoned> {
@@ -239,6 +241,11 @@ pub fn decide(
             confirmed,
             ..
         } => {
+            if patient != s.patient && start == s.start && s.phase != Phase::Closed {
+                // Merged into another patient record (ADT^A40): the same
+                // visit, the same reminders, now the survivor's.
+                s.patient = patient;
+            }
             if start != s.start || s.phase == Phase::Closed || patient != s.patient {
                 // Rescheduled (or booked again): a new set of reminders.
                 cancel(&mut s, |_| false, &mut fx);

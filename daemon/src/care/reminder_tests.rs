@@ -236,3 +236,52 @@ fn an_ineligible_patient_gets_no_reminder_and_a_late_booking_skips_past_ones() {
     // No state and no booking: nothing.
     assert_eq!(decide(None, Input::Cancelled, now, &cal), (None, vec![]));
 }
+
+#[test]
+fn a_merge_moves_the_reminders_to_the_survivor_without_resending() {
+    let (cfg, tz) = (RemindersConfig::default(), berlin());
+    let cal = Calendar {
+        config: &cfg,
+        tz: &tz,
+    };
+    let now = ts("2026-03-20T12:00:00Z");
+    let (s, fx) = decide(None, booked("2026-03-31T08:00:00Z"), now, &cal);
+    let first = timers(&fx)[0];
+    let (s, _) = decide(
+        s,
+        Input::TimerFired {
+            offset: 0,
+            due: first,
+            eligible: Ok(()),
+        },
+        first,
+        &cal,
+    );
+    let moved = Input::Booked {
+        appointment: "A1".to_owned(),
+        patient: PatientId([2; 16]),
+        start: ts("2026-03-31T08:00:00Z"),
+        confirmed: false,
+    };
+    let (s, fx) = decide(s, moved, first, &cal);
+    assert!(fx.is_empty(), "{fx:?}");
+    let s = s.unwrap();
+    assert_eq!(s.patient, PatientId([2; 16]));
+    assert_eq!((s.sent.as_slice(), s.pending.len()), (&[0u8][..], 1));
+}
+
+#[test]
+fn due_times_are_whole_seconds() {
+    let (cfg, tz) = (RemindersConfig::default(), berlin());
+    let cal = Calendar {
+        config: &cfg,
+        tz: &tz,
+    };
+    assert_eq!(
+        cal.due(
+            ts("2026-03-31T08:00:00.900Z"),
+            SignedDuration::from_hours(24)
+        ),
+        Some(ts("2026-03-30T08:00:00Z"))
+    );
+}

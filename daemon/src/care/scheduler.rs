@@ -75,6 +75,16 @@ impl Scheduler {
                 return;
             }
             let now = self.clock.now();
+            // Nothing due: no writer job (a wake-up per commit that touched
+            // the timers must not cost the writer anything).
+            if self.next_wait().is_none_or(|w| !w.is_zero()) {
+                self.handle.looked.send_replace(Some(now));
+                let wait = self.next_wait();
+                if !self.sleep(wait, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
             let wait = match self
                 .vault
                 .write(move |v| shell::fire_due(v, now, ROUND))
@@ -94,14 +104,22 @@ impl Scheduler {
                 }
             };
             self.handle.looked.send_replace(Some(now));
-            // At least once a minute: a clock that jumped is noticed.
-            let wait = wait.unwrap_or(Duration::MAX).min(Duration::from_secs(60));
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = self.handle.kick.notified() => {}
-                _ = self.vault.care_signal().notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+            if !self.sleep(wait, &mut stop).await {
+                return;
             }
+        }
+    }
+
+    /// Waits for a kick, a commit that changed timers, or `wait`; false
+    /// when told to stop.
+    async fn sleep(&self, wait: Option<Duration>, stop: &mut watch::Receiver<bool>) -> bool {
+        // At least once a minute: a clock that jumped is noticed.
+        let wait = wait.unwrap_or(Duration::MAX).min(Duration::from_secs(60));
+        tokio::select! {
+            _ = stop.changed() => false,
+            _ = self.handle.kick.notified() => true,
+            _ = self.vault.care_signal().notified() => true,
+            _ = tokio::time::sleep(wait) => true,
         }
     }
 

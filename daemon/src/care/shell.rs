@@ -70,6 +70,26 @@ pub fn on_appointment(
     run(vault, txn, session, &settings, &token, input, now)
 }
 
+/// A message from `patient` (on the writer, in the txn of the webhook call
+/// that brought it): a quick-reply tap of ours, or an opt-out / opt-in
+/// keyword.
+pub fn on_inbound(
+    vault: &Vault,
+    txn: &mut Txn,
+    session: &mut Session,
+    patient: PatientId,
+    content: &crate::webhook::payload::Content,
+    now: Timestamp,
+) -> VaultResult<()> {
+    if let Some(id) = content.reply_id() {
+        return on_tap(vault, txn, session, patient, id, now);
+    }
+    if let crate::webhook::payload::Content::Text { body } = content {
+        return super::consent::on_text(vault, txn, patient, body, now);
+    }
+    Ok(())
+}
+
 /// A quick-reply tap from `patient` (on the writer, in the txn of the
 /// webhook call that brought it). Payloads that are not ours are ignored;
 /// so is a tap on another patient's appointment.
@@ -325,18 +345,33 @@ fn reply_to(
     reply: Reply,
     now: Timestamp,
 ) -> VaultResult<()> {
-    let Some((to, language)) = contact(vault, state.patient)? else {
+    queue_text(vault, txn, settings, state.patient, now, |lang| {
+        super::texts::reply(reply, lang)
+    })
+}
+
+/// Queues a short text to `patient`, in their language, inside the window
+/// the message being applied has opened (see [`reply_to`]).
+pub(crate) fn queue_text(
+    vault: &Vault,
+    txn: &mut Txn,
+    settings: &Settings,
+    patient: PatientId,
+    now: Timestamp,
+    text: impl Fn(&str) -> &'static str,
+) -> VaultResult<()> {
+    let Some((to, language)) = contact(vault, patient)? else {
         return Ok(());
     };
     let lang = settings.reminders.language_for(language.as_deref());
-    let Ok(msg) = message::text(super::texts::reply(reply, lang)) else {
+    let Ok(msg) = message::text(text(lang)) else {
         return Ok(());
     };
     let item = WaItem {
-        patient: Some(state.patient),
+        patient: Some(patient),
         recipient: Some(to),
         message: msg,
-        reference: Some("reminder-reply".to_owned()),
+        reference: Some("care-reply".to_owned()),
     };
     let mut env = Envelope::new(item, now);
     env.order_key = outbox::order_key(vault, &env.item);

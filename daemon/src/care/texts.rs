@@ -37,6 +37,20 @@ pub fn reply(reply: Reply, lang: &str) -> &'static str {
     }
 }
 
+pub fn consent(kw: super::consent::Keyword, lang: &str) -> &'static str {
+    use super::consent::Keyword;
+    match (kw, lang) {
+        (Keyword::OptOut, "de") => {
+            "Sie erhalten keine Nachrichten der Praxis mehr. Mit START melden Sie sich wieder an."
+        }
+        (Keyword::OptOut, _) => {
+            "You will get no more messages from the practice. Reply START to get them again."
+        }
+        (Keyword::OptIn, "de") => "Sie erhalten wieder Terminerinnerungen der Praxis.",
+        (Keyword::OptIn, _) => "You will get appointment reminders from the practice again.",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -294,7 +294,7 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
         Ok(())
     };
 
-    // Quick-reply taps on reminders (`care`), after each message's event.
+    // Reminder taps and opt-out keywords (`care`), after each message's event.
     let mut care = crate::care::shell::Session::default();
     for m in &batch.messages {
         let mut tap: Option<PatientId> = None;
@@ -361,8 +361,8 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
             ev.details.insert("error_code".to_owned(), code.to_string());
         }
         vault.stage_event(txn, &ev)?;
-        if let (Some(patient), Some(id)) = (tap, m.content.reply_id()) {
-            crate::care::shell::on_tap(vault, txn, &mut care, patient, id, now)?;
+        if let Some(patient) = tap {
+            crate::care::shell::on_inbound(vault, txn, &mut care, patient, &m.content, now)?;
         }
     }
     for (patient, at) in last_inbound {

@@ -428,3 +428,175 @@ async fn no_reminder_without_consent_and_never_twice_across_a_restart() {
     assert_eq!(templates(&sim).len(), 1);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_opts_out_at_once_with_one_confirmation_and_start_opts_back_in() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("appointment_reminder", "en"));
+    let (pms, received) = pms_peer().await;
+    let d = daemon(&sim, pms).await;
+    booked(&d, "APPT-S1", "202701201000", true).await;
+    let text = |wamid: &str, body: &str| crate::webhook::text_message(wamid, WA_ID, "ZZ", body);
+    assert_eq!(post_signed(&d, text("wamid.S1", "ARRÊT!")).await, 200);
+    assert_eq!(post_signed(&d, text("wamid.S2", "Stopp")).await, 200);
+    assert_eq!(
+        post_signed(&d, text("wamid.S3", "please do not stop")).await,
+        200
+    );
+    assert_eq!(crate::webhook::events(&d, EventKind::OptedOut).len(), 1);
+    until("ADT^A31 at the PMS", || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|k| k == "ADT^A31")
+            .then_some(())
+    })
+    .await;
+    d.running.whatsapp.as_ref().unwrap().kick();
+    let confirmations = || {
+        sim.sent_messages()
+            .iter()
+            .filter(|m| {
+                m["text"]["body"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("You will get no more messages"))
+            })
+            .count()
+    };
+    until("the confirmation", || (confirmations() == 1).then_some(())).await;
+    // The 72 h reminder: not sent.
+    at(&d, "2027-01-17T09:00:00Z".parse().unwrap()).await;
+    let skipped = crate::webhook::events(&d, EventKind::ReminderSkipped);
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].details["reason"], "no-consent");
+    // START: the 24 h one goes.
+    assert_eq!(post_signed(&d, text("wamid.S4", "start")).await, 200);
+    assert_eq!(crate::webhook::events(&d, EventKind::OptedIn).len(), 1);
+    at(&d, "2027-01-19T09:00:00Z".parse().unwrap()).await;
+    until("the 24 h reminder", || templates(&sim).into_iter().next()).await;
+    assert_eq!(confirmations(), 1);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminders_follow_an_appointment_into_the_surviving_patient_of_a_merge() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("appointment_reminder", "en"));
+    let (pms, _) = pms_peer().await;
+    let d = daemon(&sim, pms).await;
+    let merged = booked(&d, "APPT-M1", "202701201000", false).await;
+    let mut c = d.mllp().await;
+    let ack = c
+        .send(&siu_s12_v25("M2", "APPT-M2", "CARE002", "202702201000"))
+        .await;
+    assert_eq!(msa(&ack).0, "AA");
+    let survivor: PatientId = d.running.vault.find_patients_by_mrn("CARE002").unwrap()[0];
+    commands::apply(
+        &d.running.vault,
+        vec![
+            Command::MergePatients { survivor, merged },
+            Command::SetConsent {
+                patient: survivor,
+                state: ConsentState::OptedIn,
+                source: ConsentSource::Staff,
+            },
+        ],
+        Origin::new("test"),
+        t0(),
+    )
+    .await
+    .unwrap();
+    at(&d, "2027-01-17T09:00:00Z".parse().unwrap()).await;
+    until("the reminder", || templates(&sim).into_iter().next()).await;
+    assert!(crate::webhook::events(&d, EventKind::ReminderSkipped).is_empty());
+    d.stop().await;
+}
+
+/// Issue 10's yardstick, scaled to the slice: 4,000 reminders due in one
+/// hour found and queued by the scheduler's jobs. Run it by hand:
+/// `cargo test --release --test it care_reminders::fire_4000 -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn fire_4000_due_reminders() {
+    use clinic_relay::care::{config::RemindersConfig, shell, Settings};
+    use clinic_relay::model::{Appointment, AppointmentStatus, Patient};
+    use clinic_relay::pms::outbound::OutboundConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("data"), &key(3));
+    vault.set_care(Settings {
+        reminders: RemindersConfig::default(),
+        time_zone: jiff::tz::TimeZone::get("Europe/Berlin").unwrap(),
+        outbound: OutboundConfig {
+            application: "CR".into(),
+            facility: "F".into(),
+            receiving_application: "PMS".into(),
+            receiving_facility: "F".into(),
+            confirm_status: "Confirmed".into(),
+            consent_field: None,
+            assigning_authority: "ZZHOSP".into(),
+        },
+    });
+    const N: usize = 4_000;
+    // Visits spread over one hour on Wed 20 January 2027 from 10:00.
+    let start: Timestamp = "2027-01-20T09:00:00Z".parse().unwrap();
+    let mut commands = Vec::new();
+    for i in 0..N {
+        let id = PatientId(*b"perfpatient00000");
+        let mut id = id;
+        id.0[12..].copy_from_slice(&(i as u32).to_be_bytes());
+        commands.push(Command::UpsertPatient(Box::new(Patient {
+            id,
+            mrn: format!("PERF{i}"),
+            family_name: "ZZ".into(),
+            given_name: "ZZ".into(),
+            birth_date: None,
+            phone: Some(format!("+491515550{i:04}")),
+            language: None,
+            deceased: false,
+            protected: false,
+        })));
+        commands.push(Command::SetConsent {
+            patient: id,
+            state: ConsentState::OptedIn,
+            source: ConsentSource::Staff,
+        });
+        commands.push(Command::UpsertAppointment(Box::new(Appointment {
+            id: format!("PERF-A{i}"),
+            patient: id,
+            start: start + jiff::SignedDuration::from_millis(900 * i as i64),
+            duration_minutes: 15,
+            status: AppointmentStatus::Booked,
+            pms_status: None,
+            provider: None,
+            location: None,
+            patient_confirmed: false,
+        })));
+    }
+    for chunk in commands.chunks(1_500) {
+        commands::apply(&vault, chunk.to_vec(), Origin::new("perf"), t0())
+            .await
+            .unwrap();
+    }
+    let now: Timestamp = "2027-01-17T10:00:00Z".parse().unwrap();
+    #[allow(clippy::disallowed_methods)] // a measurement of elapsed wall time
+    let began = std::time::Instant::now();
+    let mut fired = 0;
+    loop {
+        let n = vault
+            .write(move |v| shell::fire_due(v, now, 512))
+            .await
+            .unwrap()
+            .value;
+        fired += n;
+        if n == 0 {
+            break;
+        }
+    }
+    let took = began.elapsed();
+    assert!(vault.events_after(0, 10).unwrap().is_empty());
+    assert_eq!(fired, N);
+    assert_eq!(vault.count(Tree::WaOutbox), N);
+    println!("fired {fired} reminder timers and queued {N} messages in {took:?}");
+    vault.close().unwrap();
+}
