@@ -14,7 +14,6 @@ use clinic_relay::pms::mllp;
 use clinic_relay::vault::Tree;
 use graph_sim::{Sim, Template};
 use jiff::Timestamp;
-use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::BufReader;
@@ -64,15 +63,7 @@ async fn daemon(sim: &Sim, pms: std::net::SocketAddr) -> Daemon {
          verify_token_file = \"verify-token\"\n",
         sim.base_url()
     ));
-    for (name, value) in [
-        ("wa.token", "tok"),
-        ("app-secret", SECRET),
-        ("verify-token", "t"),
-    ] {
-        let path = install.tmp.path().join(name);
-        std::fs::write(&path, value).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    install.wa_secrets(SECRET);
     Daemon::start_in(install).await
 }
 

@@ -879,12 +879,8 @@ async fn every_listener_flooded_at_once_still_serves_in_bounded_memory() {
         "[webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
          verify_token_file = \"verify-token\"\n",
     );
-    for (name, value) in [("app-secret", SECRET), ("verify-token", "t")] {
-        use std::os::unix::fs::PermissionsExt;
-        let path = install.tmp.path().join(name);
-        std::fs::write(&path, value).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    install.secret("app-secret", SECRET);
+    install.secret("verify-token", "t");
     let Served {
         mut child,
         mllp,

@@ -129,6 +129,14 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Writes `value` (and a newline, as editors do) to `dir/name`, mode 0600.
+pub fn write_secret(dir: &Path, name: &str, value: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{value}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// Writes a config for a test data directory and a 0600 key file.
 pub struct TestInstall {
     pub tmp: tempfile::TempDir,
@@ -168,6 +176,24 @@ impl TestInstall {
             config,
             data,
             key_file,
+        }
+    }
+
+    /// Writes a secret file (token, app secret, verify token, key) into the
+    /// install's directory, mode 0600: the daemon refuses secrets others can read.
+    pub fn secret(&self, name: &str, value: &str) {
+        write_secret(self.tmp.path(), name, value);
+    }
+
+    /// The WhatsApp token (`wa.token`), app secret (`app-secret`) and verify
+    /// token (`verify-token`) that the tests' `[whatsapp]`/`[webhook]` configs name.
+    pub fn wa_secrets(&self, app_secret: &str) {
+        for (name, value) in [
+            ("wa.token", "tok"),
+            ("app-secret", app_secret),
+            ("verify-token", "t"),
+        ] {
+            self.secret(name, value);
         }
     }
 
@@ -232,6 +258,20 @@ pub struct Served {
     pub webhook: Option<std::net::SocketAddr>,
     /// Every stderr line after the listening lines.
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Starts `serve` with its output discarded and returns at once, for crash
+/// tests that kill it at random moments and judge by the data it left.
+pub fn spawn_quiet(install: &TestInstall) -> std::process::Child {
+    Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&install.config)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// Starts `serve` and waits for its listening lines.

@@ -9,25 +9,12 @@ use clinic_relay::whatsapp::message::{self, Recipient};
 use clinic_relay::whatsapp::outbox::{self, WaItem};
 use graph_sim::Sim;
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const ROUNDS: u64 = 20;
 const RECIPIENTS: usize = 16;
 const PER_RECIPIENT: usize = 25;
 const CONCURRENCY: usize = 16;
-
-fn spawn(install: &TestInstall) -> std::process::Child {
-    Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&install.config)
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
 
 fn to(r: usize) -> String {
     format!("+49155500{r:03}")
@@ -74,7 +61,7 @@ async fn kill_9_while_sending_loses_nothing_and_duplicates_stay_in_the_window() 
             break;
         }
         let target = before + 1 + (seed % 12) as usize;
-        let mut child = spawn(&install);
+        let mut child = spawn_quiet(&install);
         sim.wait_for(Duration::from_secs(10), |r| {
             r.iter().filter(|q| q.status == 200).count() >= target
         })
@@ -84,7 +71,7 @@ async fn kill_9_while_sending_loses_nothing_and_duplicates_stay_in_the_window() 
         kills += 1;
     }
     // A last run finishes the queue.
-    let mut child = spawn(&install);
+    let mut child = spawn_quiet(&install);
     let distinct = |sim: &Sim| {
         let mut seen = std::collections::HashSet::new();
         for m in sim.sent_messages() {

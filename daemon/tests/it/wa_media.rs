@@ -14,7 +14,6 @@ use clinic_relay::whatsapp::outbox;
 use graph_sim::webhooks::{deliver, inbound_media, Delivery};
 use graph_sim::{Injection, Sim};
 use jiff::SignedDuration;
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 const SECRET: &str = "media-app-secret";
@@ -36,15 +35,7 @@ async fn daemon(sim: &Sim, extra: &str, dry_run: bool) -> Daemon {
          verify_token_file = \"verify-token\"\n",
         sim.base_url()
     ));
-    for (name, value) in [
-        ("wa.token", "tok"),
-        ("app-secret", SECRET),
-        ("verify-token", "t"),
-    ] {
-        let path = install.tmp.path().join(name);
-        std::fs::write(&path, value).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    install.wa_secrets(SECRET);
     Daemon::start_in(install).await
 }
 

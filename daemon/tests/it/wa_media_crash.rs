@@ -12,25 +12,12 @@ use clinic_relay::whatsapp::message::Recipient;
 use clinic_relay::whatsapp::outbox;
 use graph_sim::Sim;
 use std::collections::{BTreeMap, HashSet};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const ROUNDS: u64 = 10;
 const RECIPIENTS: usize = 8;
 const PER_RECIPIENT: usize = 5;
 const CONCURRENCY: usize = 8;
-
-fn spawn(install: &TestInstall) -> std::process::Child {
-    Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&install.config)
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
 
 fn to(r: usize) -> String {
     format!("+49155510{r:03}")
@@ -79,7 +66,7 @@ async fn kill_9_while_uploading_loses_no_document_and_leaves_only_cut_uploads() 
             break;
         }
         let target = before + 1 + (seed % 10) as usize;
-        let mut child = spawn(&install);
+        let mut child = spawn_quiet(&install);
         sim.wait_for(Duration::from_secs(10), |r| {
             r.iter().filter(|q| q.status == 200).count() >= target
         })

@@ -483,7 +483,6 @@ async fn the_status_lifecycle_from_the_simulator_ends_in_the_right_state() {
     use crate::pms_support::Daemon;
     use clinic_relay::webhook::payload::StatusKind;
     use graph_sim::webhooks::{deliver, Delivery};
-    use std::os::unix::fs::PermissionsExt;
     const SECRET: &str = "lifecycle-app-secret";
     let sim = Sim::start().await.unwrap();
     let install = TestInstall::new(&format!(
@@ -493,15 +492,7 @@ async fn the_status_lifecycle_from_the_simulator_ends_in_the_right_state() {
          verify_token_file = \"verify-token\"\n",
         sim.base_url()
     ));
-    for (name, value) in [
-        ("wa.token", "tok"),
-        ("app-secret", SECRET),
-        ("verify-token", "t"),
-    ] {
-        let path = install.tmp.path().join(name);
-        std::fs::write(&path, value).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    install.wa_secrets(SECRET);
     let d = Daemon::start_in(install).await;
     for (i, to) in ["+4915550031", "+4915550032", "+4915550031", "+4915550033"]
         .iter()

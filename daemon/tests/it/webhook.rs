@@ -61,12 +61,6 @@ const SECRET: &str = "test-app-secret-0123456789abcdef";
 const OLD_SECRET: &str = "previous-app-secret-fedcba987654";
 const TOKEN: &str = "verify me+/=";
 
-fn write_secret(dir: &std::path::Path, name: &str, value: &str) {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{value}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 pub async fn start_receiver(extra: &str) -> Daemon {
     let install = TestInstall::new(&format!(
         "[webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\

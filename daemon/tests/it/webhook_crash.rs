@@ -7,7 +7,6 @@ use crate::support::*;
 use crate::webhook::{sign, statuses_body};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use std::os::unix::fs::PermissionsExt;
 
 const ROUNDS: u64 = 20;
 const SECRET: &str = "crash-test-app-secret";
@@ -37,11 +36,8 @@ async fn kill_9_while_webhooks_are_posted_loses_no_acknowledged_one() {
         "[webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
          verify_token_file = \"verify-token\"\n",
     );
-    for (name, value) in [("app-secret", SECRET), ("verify-token", "t")] {
-        let path = install.tmp.path().join(name);
-        std::fs::write(&path, value).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    install.secret("app-secret", SECRET);
+    install.secret("verify-token", "t");
     let mut acked: Vec<String> = Vec::new();
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
     for round in 0..ROUNDS {
