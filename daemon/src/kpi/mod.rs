@@ -29,6 +29,7 @@
 
 pub mod prom;
 pub mod read;
+pub mod status;
 
 use crate::care::reminder::{Answer, Phase, ReminderState};
 use crate::model::{AppointmentStatus, PatientId};
