@@ -534,6 +534,9 @@ fn status(config: &Config) -> Result<(), String> {
         at(&s, "/patients"),
         at(&s, "/events_cursor")
     );
+    for line in crate::kpi::status::fetch(&config.api.socket) {
+        println!("{line}");
+    }
     let warnings = at(&s, "/warnings").as_array().cloned().unwrap_or_default();
     if warnings.is_empty() {
         println!("healthy");

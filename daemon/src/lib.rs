@@ -28,6 +28,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod keys;
+pub mod kpi;
 pub mod logging;
 pub mod model;
 pub mod pms;

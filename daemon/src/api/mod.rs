@@ -8,6 +8,7 @@
 pub mod client;
 mod download;
 pub mod fhir;
+mod kpis;
 pub mod limits;
 mod problem;
 pub mod read_audit;

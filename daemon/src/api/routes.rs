@@ -355,6 +355,24 @@ async fn route(
         (Method::PUT, ["v1", "slots"]) => put_slots(state, req, actor).await,
         (Method::GET, ["v1", "results", order]) => get_result(state, order, actor).await,
         (Method::GET, ["v1", "events"]) => events(state, &req).await,
+        (Method::GET, ["v1", "kpis"]) => {
+            let (from, to) = (query(&req, "from"), query(&req, "to"));
+            let now = state.clock.now();
+            ok(&super::kpis::kpis(
+                &state.vault,
+                now,
+                from.as_deref(),
+                to.as_deref(),
+            )?)
+        }
+        (Method::GET, ["metrics"]) => {
+            let mut resp = Response::new(full(super::kpis::metrics(&state.vault)?));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(crate::kpi::prom::CONTENT_TYPE),
+            );
+            Ok(resp)
+        }
         (_, segments) if allowed_methods(segments).is_some() => {
             let mut resp = problem_response(Problem::method_not_allowed());
             if let Some(allow) = allowed_methods(segments) {
@@ -378,6 +396,7 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         | ["v1", "admin", "backup"]
         | ["v1", "results", _]
         | ["v1", "patients", _, "appointments"] => Some("GET"),
+        ["v1", "kpis"] | ["metrics"] => Some("GET"),
         ["v1", "patients"] => Some("GET, POST"),
         ["v1", "patients", _] => Some("GET, DELETE"),
         ["v1", "patients", _, "consent"] => Some("PUT"),

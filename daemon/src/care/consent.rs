@@ -102,6 +102,9 @@ pub fn on_text(
             return Ok(());
         }
     }
+    if kw == Keyword::OptOut {
+        crate::kpi::on_opt_out(vault, txn, patient, now)?;
+    }
     super::shell::queue_text(vault, txn, &settings, patient, now, |lang| {
         super::texts::consent(kw, lang)
     })

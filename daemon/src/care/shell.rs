@@ -67,6 +67,9 @@ pub fn on_appointment(
         _ => Input::Cancelled,
     };
     let token = store::token(vault, &a.id);
+    if let Some(before) = session.load(vault, &token)? {
+        crate::kpi::on_appointment(vault, txn, &token, &before, a.status, now)?;
+    }
     run(vault, txn, session, &settings, &token, input, now)
 }
 
@@ -243,6 +246,9 @@ fn stage_effect(
             vault.stage_event(txn, &ev)?;
         }
         Effect::ToPms(answer) => {
+            if let Some(kpi) = crate::kpi::Kpi::of_answer(answer) {
+                crate::kpi::on_answer(vault, txn, token, kpi, now)?;
+            }
             let action = match answer {
                 Answer::Confirm => PatientAction::Confirm {
                     appointment: state.appointment.clone(),

@@ -56,10 +56,14 @@ pub enum Tree {
     /// key) and timers keyed by due time, so the scheduler reads only the
     /// next one.
     Care,
+    /// KPI entries (see `kpi`): one key per counted happening (day ‖ kpi ‖
+    /// a blind id of what was counted), and the reminders' wamids and send
+    /// times the counting needs; system key, no PHI.
+    Kpi,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 20] = [
+    pub const ALL: [Tree; 21] = [
         Tree::Patients,
         Tree::PatientIndex,
         Tree::Audit,
@@ -80,6 +84,7 @@ impl Tree {
         Tree::WaSent,
         Tree::WaMedia,
         Tree::Care,
+        Tree::Kpi,
     ];
 
     /// Trees whose keys are dense u64 seqs handed out at commit.
@@ -114,6 +119,7 @@ impl Tree {
             Tree::WaSent => "wa_sent",
             Tree::WaMedia => "wa_media",
             Tree::Care => "care",
+            Tree::Kpi => "kpi",
         }
     }
 

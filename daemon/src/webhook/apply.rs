@@ -391,6 +391,8 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
             // A delivered document's upload is deleted at Meta now.
             crate::whatsapp::media::stage_delivered(vault, txn, &s.wamid, now)?;
         }
+        let seen_before = previous.as_ref().map_or(0, |r| r.seen);
+        crate::kpi::on_status(vault, txn, &s.wamid, kind, seen_before, now)?;
         let at = s.time.unwrap_or(now);
         let error_code = s.error_codes.first().copied();
         let record = match previous {

@@ -385,6 +385,8 @@ fn round(
             now,
         )?;
         if let (Some((wamid, wa_id, dry)), Settled::Removed) = (d.record, settled) {
+            let reference = d.envelope.item.reference.as_deref();
+            crate::kpi::on_sent(v, &mut txn, reference, &wamid, dry, now)?;
             outbox::stage_sent(&mut txn, d.seq, &d.envelope, wamid, wa_id, dry, now)?;
         }
         reports.push(Report {

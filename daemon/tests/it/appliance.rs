@@ -169,7 +169,9 @@ async fn status_reports_and_turns_unhealthy_with_a_stuck_queue() {
     let out = run_cli_async(&d.install.config, &["status"]).await;
     let text = stdout(&out);
     assert!(
-        text.contains("WhatsApp dry-run") && text.contains("audit: head seq"),
+        text.contains("WhatsApp dry-run")
+            && text.contains("audit: head seq")
+            && text.contains("reminders (last 30 days): 0 sent"),
         "{text}"
     );
     // Healthy unless the machine itself warns (a nearly full disk).

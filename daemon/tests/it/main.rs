@@ -8,6 +8,7 @@ mod api_defects;
 mod appliance;
 mod audit_anchor;
 mod audit_tamper;
+mod care_kpis;
 mod care_reminders;
 mod clock_jump;
 mod config_cli;

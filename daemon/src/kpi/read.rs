@@ -1,0 +1,129 @@
+//! Summing the KPI entries of a range of days (`/v1/kpis`, `/metrics`,
+//! `clinic-relay status`).
+
+use super::{parse_count_key, Kpi, K_COUNT};
+use crate::vault::{Tree, Vault, VaultResult};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// The upper bounds (seconds) of the answer-delay histogram's buckets:
+/// 1 min, 5 min, 15 min, 1 h, 4 h, 12 h, 1 day, 3 days (then +Inf).
+pub const DELAY_BUCKETS: [u32; 8] = [60, 300, 900, 3_600, 14_400, 43_200, 86_400, 259_200];
+
+/// The KPIs of a range of days.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub counts: BTreeMap<Kpi, u64>,
+    /// Seconds from a reminder to its answer, one per answer that followed
+    /// a reminder, sorted.
+    pub delays: Vec<u32>,
+}
+
+impl Summary {
+    pub fn get(&self, kpi: Kpi) -> u64 {
+        self.counts.get(&kpi).copied().unwrap_or(0)
+    }
+
+    /// The median answer delay in seconds (the mean of the middle two for
+    /// an even count).
+    pub fn median_delay(&self) -> Option<f64> {
+        let n = self.delays.len();
+        if n == 0 {
+            return None;
+        }
+        let mid = n / 2;
+        let at = |i: usize| f64::from(self.delays.get(i).copied().unwrap_or(0));
+        Some(if n % 2 == 1 {
+            at(mid)
+        } else {
+            (at(mid - 1) + at(mid)) / 2.0
+        })
+    }
+
+    /// No-shows / (no-shows + fulfilled), of visits with or without a
+    /// confirmed reminder; None when there were none.
+    pub fn no_show_rate(&self, confirmed: bool) -> Option<f64> {
+        let (ns, ful) = if confirmed {
+            (Kpi::NoShowConfirmed, Kpi::FulfilledConfirmed)
+        } else {
+            (Kpi::NoShowUnconfirmed, Kpi::FulfilledUnconfirmed)
+        };
+        let (ns, ful) = (self.get(ns), self.get(ful));
+        let total = ns.saturating_add(ful);
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        (total > 0).then(|| ns as f64 / total as f64)
+    }
+
+    /// Cumulative bucket counts for [`DELAY_BUCKETS`] (without +Inf).
+    pub fn delay_buckets(&self) -> [u64; DELAY_BUCKETS.len()] {
+        let mut out = [0u64; DELAY_BUCKETS.len()];
+        for (slot, le) in out.iter_mut().zip(DELAY_BUCKETS) {
+            *slot = self.delays.partition_point(|d| *d <= le) as u64;
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> Value {
+        let visits = |confirmed: bool| {
+            let (ns, ful) = if confirmed {
+                (Kpi::NoShowConfirmed, Kpi::FulfilledConfirmed)
+            } else {
+                (Kpi::NoShowUnconfirmed, Kpi::FulfilledUnconfirmed)
+            };
+            json!({
+                "no_shows": self.get(ns),
+                "fulfilled": self.get(ful),
+                "no_show_rate": self.no_show_rate(confirmed),
+            })
+        };
+        json!({
+            "reminders": {
+                "sent": self.get(Kpi::Sent),
+                "delivered": self.get(Kpi::Delivered),
+                "read": self.get(Kpi::Read),
+                "confirmed": self.get(Kpi::Confirmed),
+                "cancelled": self.get(Kpi::Cancelled),
+                "rescheduled": self.get(Kpi::Rescheduled),
+            },
+            "opt_outs": self.get(Kpi::OptOut),
+            "visits": {
+                "with_confirmed_reminder": visits(true),
+                "without_confirmed_reminder": visits(false),
+            },
+            "answer_delay_seconds": {
+                "count": self.delays.len(),
+                "median": self.median_delay(),
+            },
+        })
+    }
+}
+
+/// Sums the entries of the days `from..=to` (YYYYMMDD).
+pub fn summary(vault: &Vault, from: u32, to: u32) -> VaultResult<Summary> {
+    let mut out = Summary::default();
+    let mut start = vec![K_COUNT];
+    start.extend_from_slice(&from.to_be_bytes());
+    for r in vault.scan_prefix_from(Tree::Kpi, &start) {
+        let (k, v) = r?;
+        if k.first() != Some(&K_COUNT) {
+            break; // past the count entries
+        }
+        let Some((day, kpi)) = parse_count_key(&k) else {
+            continue; // a kind this version does not know
+        };
+        if day > to {
+            break;
+        }
+        *out.counts.entry(kpi).or_default() += 1;
+        if let Ok(secs) = <[u8; 4]>::try_from(v.as_slice()) {
+            out.delays.push(u32::from_be_bytes(secs));
+        }
+    }
+    out.delays.sort_unstable();
+    Ok(out)
+}
+
+/// Every day's entries.
+pub fn total(vault: &Vault) -> VaultResult<Summary> {
+    summary(vault, 0, u32::MAX)
+}

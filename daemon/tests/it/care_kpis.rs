@@ -1,0 +1,343 @@
+//! KPIs end to end (issue 10, item 6), through real sockets and a manual
+//! clock: reminders fired to the simulator, delivered / read statuses and a
+//! Confirm and a Cancel tap as signed webhooks (one status posted twice), a
+//! STOP, two no-shows (S26) → `GET /metrics` parses with a Prometheus
+//! text-format parser and its counters match what the simulator received;
+//! `GET /v1/kpis` gives the same numbers; a restart keeps them.
+
+use crate::pms_support::*;
+use crate::support::*;
+use crate::webhook::{meta_json, sign};
+use clinic_relay::commands::{self, Command, Origin};
+use clinic_relay::model::{ConsentSource, ConsentState, PatientId};
+use graph_sim::{Sim, Template};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use jiff::Timestamp;
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+const SECRET: &str = "kpi-app-secret";
+/// The patient's number as the SIU's PID-13 writes it (national, DE).
+const WA_ID: &str = "4915155501234";
+
+async fn daemon(sim: &Sim) -> Daemon {
+    let install = TestInstall::new(&format!(
+        "[pms]\nmllp_listen = \"127.0.0.1:0\"\nphone_region = \"DE\"\n\n\
+         [whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"106540352242922\"\n\
+         token_file = \"wa.token\"\nrate_per_second = 1000\n\n\
+         [webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
+         verify_token_file = \"verify-token\"\n",
+        sim.base_url()
+    ));
+    for (name, value) in [
+        ("wa.token", "tok"),
+        ("app-secret", SECRET),
+        ("verify-token", "t"),
+    ] {
+        let path = install.tmp.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    Daemon::start_in(install).await
+}
+
+/// Polls `f` (short waits, 20 s at most) until it yields a value.
+async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn siu(kind: &str, control_id: &str, appt: &str, start: &str) -> String {
+    siu_s12_v25(control_id, appt, "KPI001", start).replace("SIU^S12^SIU_S12", kind)
+}
+
+async fn post_signed(d: &Daemon, body: Vec<u8>) -> u16 {
+    crate::webhook::http(
+        d.running.webhook_addr.unwrap(),
+        "POST",
+        "/webhook",
+        body.clone(),
+        &[
+            ("content-type", "application/json".to_owned()),
+            ("x-hub-signature-256", sign(SECRET, &body)),
+        ],
+    )
+    .await
+    .0
+}
+
+fn button_tap(wamid: &str, payload: &str) -> Vec<u8> {
+    meta_json(&serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+            "contacts": [{"profile": {"name": "ZZ"}, "wa_id": WA_ID}],
+            "messages": [{"from": WA_ID, "id": wamid, "timestamp": "1800400000", "type": "button",
+                          "button": {"payload": payload, "text": "ZZ"}}]
+        }}]}]
+    }))
+}
+
+/// The reminders the simulator accepted: (wamid, quick-reply payloads).
+fn reminders(sim: &Sim) -> Vec<(String, Vec<String>)> {
+    let sent = sim.sent_messages();
+    let wamids = sim.accepted_wamids();
+    assert_eq!(sent.len(), wamids.len());
+    sent.iter()
+        .zip(wamids)
+        .filter(|(m, _)| m["type"] == "template")
+        .map(|(m, w)| {
+            let payloads = m["template"]["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["sub_type"] == "quick_reply")
+                .map(|c| c["parameters"][0]["payload"].as_str().unwrap().to_owned())
+                .collect();
+            (w, payloads)
+        })
+        .collect()
+}
+
+/// `GET /metrics`: (content type, body).
+async fn metrics(d: &Daemon) -> (String, String) {
+    let stream = tokio::net::UnixStream::connect(&d.running.api_socket)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri("/metrics")
+        .header("host", "localhost")
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (ct, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// Every sample of the exposition, parsed by `prometheus-parse`, by metric
+/// name and its labels (`k=v` joined by `,`, sorted).
+fn scrape(text: &str) -> HashMap<String, prometheus_parse::Value> {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    let mut out = HashMap::new();
+    for s in scrape.samples {
+        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        let key = if labels.is_empty() {
+            s.metric.clone()
+        } else {
+            format!("{}{{{}}}", s.metric, labels.join(","))
+        };
+        assert!(out.insert(key, s.value).is_none(), "{}", s.metric);
+    }
+    out
+}
+
+fn num(samples: &HashMap<String, prometheus_parse::Value>, key: &str) -> f64 {
+    match samples.get(key) {
+        Some(prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v)) => *v,
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+async fn at(d: &Daemon, at: Timestamp) {
+    d.clock.set(at);
+    tokio::time::timeout(Duration::from_secs(20), d.running.care.looked_at(at))
+        .await
+        .expect("scheduler looked");
+    d.running.whatsapp.as_ref().unwrap().kick();
+}
+
+/// What the run below leads to, checked on `/metrics` and `/v1/kpis`.
+async fn check(d: &Daemon, reminders_at_sim: usize) {
+    let (ct, text) = metrics(d).await;
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    assert!(
+        !text.contains("KPI001") && !text.contains("APPT-K"),
+        "{text}"
+    );
+    let m = scrape(&text);
+    assert_eq!(
+        num(&m, "clinic_relay_reminders_sent_total"),
+        reminders_at_sim as f64
+    );
+    assert_eq!(num(&m, "clinic_relay_reminders_delivered_total"), 3.0);
+    assert_eq!(num(&m, "clinic_relay_reminders_read_total"), 2.0);
+    assert_eq!(num(&m, "clinic_relay_reminders_confirmed_total"), 1.0);
+    assert_eq!(num(&m, "clinic_relay_reminders_cancelled_total"), 1.0);
+    assert_eq!(num(&m, "clinic_relay_reminders_rescheduled_total"), 0.0);
+    assert_eq!(num(&m, "clinic_relay_opt_outs_total"), 1.0);
+    let visits = |outcome: &str, confirmed: &str| {
+        num(
+            &m,
+            &format!(
+                "clinic_relay_visits_total{{confirmed_reminder={confirmed},outcome={outcome}}}"
+            ),
+        )
+    };
+    assert_eq!(visits("no_show", "true"), 1.0);
+    assert_eq!(visits("no_show", "false"), 1.0);
+    assert_eq!(visits("fulfilled", "true"), 0.0);
+    assert_eq!(
+        num(&m, "clinic_relay_no_show_ratio{confirmed_reminder=true}"),
+        1.0
+    );
+    match &m["clinic_relay_reminder_answer_delay_seconds"] {
+        prometheus_parse::Value::Histogram(buckets) => {
+            let inf = buckets.iter().find(|b| b.less_than.is_infinite()).unwrap();
+            assert_eq!(inf.count, 2.0);
+            // Both answers came 5 and 10 minutes after the reminder.
+            let le_15min = buckets.iter().find(|b| b.less_than == 900.0).unwrap();
+            assert_eq!(le_15min.count, 2.0);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let (status, k) = d
+        .api("GET", "/v1/kpis?from=2027-01-01&to=2027-01-31", None)
+        .await;
+    assert_eq!(status, 200, "{k}");
+    assert_eq!(k["from"], "2027-01-01");
+    assert_eq!(k["reminders"]["sent"], reminders_at_sim);
+    assert_eq!(k["reminders"]["delivered"], 3);
+    assert_eq!(k["reminders"]["read"], 2);
+    assert_eq!(k["reminders"]["confirmed"], 1);
+    assert_eq!(k["reminders"]["cancelled"], 1);
+    assert_eq!(k["opt_outs"], 1);
+    assert_eq!(k["visits"]["with_confirmed_reminder"]["no_shows"], 1);
+    assert_eq!(k["visits"]["with_confirmed_reminder"]["no_show_rate"], 1.0);
+    assert_eq!(k["visits"]["without_confirmed_reminder"]["no_shows"], 1);
+    assert_eq!(k["answer_delay_seconds"]["count"], 2);
+    assert_eq!(k["answer_delay_seconds"]["median"], 450.0);
+    // Days before: nothing.
+    let (status, k) = d
+        .api("GET", "/v1/kpis?from=2026-12-01&to=2026-12-31", None)
+        .await;
+    assert_eq!(status, 200, "{k}");
+    assert_eq!(k["reminders"]["sent"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_kpis_match_what_the_simulator_received_and_survive_a_restart() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("appointment_reminder", "en"));
+    let d = daemon(&sim).await;
+    let mut c = d.mllp().await;
+    // Three visits on Wed 20 January 2027 (Berlin): their 72 h reminders
+    // are due Sun 17th 10:00.
+    for (id, appt, start) in [
+        ("K1", "APPT-K1", "202701201000"),
+        ("K2", "APPT-K2", "202701201000"),
+        ("K3", "APPT-K3", "202701201000"),
+    ] {
+        let ack = c.send(&siu("SIU^S12^SIU_S12", id, appt, start)).await;
+        assert_eq!(msa(&ack).0, "AA");
+    }
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("KPI001").unwrap()[0];
+    commands::apply(
+        &d.running.vault,
+        vec![Command::SetConsent {
+            patient,
+            state: ConsentState::OptedIn,
+            source: ConsentSource::Staff,
+        }],
+        Origin::new("test"),
+        t0(),
+    )
+    .await
+    .unwrap();
+    let due: Timestamp = "2027-01-17T09:00:00Z".parse().unwrap();
+    at(&d, due).await;
+    let sent = until("three reminders at the simulator", || {
+        let r = reminders(&sim);
+        (r.len() == 3).then_some(r)
+    })
+    .await;
+    until("the sends recorded", || {
+        let s = clinic_relay::kpi::read::total(&d.running.vault).unwrap();
+        (s.get(clinic_relay::kpi::Kpi::Sent) == 3).then_some(())
+    })
+    .await;
+
+    // Delivered: all three; read: two, one of them posted twice (a retry).
+    for (wamid, _) in &sent {
+        let body = crate::webhook::statuses_body(wamid, "delivered");
+        assert_eq!(post_signed(&d, body).await, 200);
+    }
+    for (wamid, _) in [&sent[0], &sent[1], &sent[1]] {
+        let body = crate::webhook::statuses_body(wamid, "read");
+        assert_eq!(post_signed(&d, body).await, 200);
+    }
+    // Which reminder is which visit does not matter: one Confirm, one
+    // Cancel, 5 and 10 minutes after the reminders.
+    d.clock.set(due + jiff::SignedDuration::from_mins(5));
+    assert_eq!(
+        post_signed(&d, button_tap("wamid.KTAP1", &sent[0].1[0])).await,
+        200
+    );
+    d.clock.set(due + jiff::SignedDuration::from_mins(10));
+    assert_eq!(
+        post_signed(&d, button_tap("wamid.KTAP2", &sent[1].1[1])).await,
+        200
+    );
+    let text = |wamid: &str, body: &str| crate::webhook::text_message(wamid, WA_ID, "ZZ", body);
+    assert_eq!(post_signed(&d, text("wamid.KSTOP", "STOP")).await, 200);
+    // The confirmed one and the untouched one are no-shows (S26); the
+    // cancelled one's workflow is closed, its S26 counts nothing.
+    let confirmed =
+        crate::webhook::events(&d, clinic_relay::model::EventKind::AppointmentConfirmed);
+    let confirmed_appt = confirmed[0].appointment.clone().unwrap();
+    let cancelled =
+        crate::webhook::events(&d, clinic_relay::model::EventKind::AppointmentCancelled);
+    let cancelled_appt = cancelled[0].appointment.clone().unwrap();
+    for (i, appt) in ["APPT-K1", "APPT-K2", "APPT-K3"].into_iter().enumerate() {
+        let ack = c
+            .send(&siu(
+                "SIU^S26^SIU_S12",
+                &format!("N{i}"),
+                appt,
+                "202701201000",
+            ))
+            .await;
+        assert_eq!(msa(&ack).0, "AA");
+    }
+    assert_ne!(confirmed_appt, cancelled_appt);
+
+    d.running.whatsapp.as_ref().unwrap().kick();
+    let reminders_at_sim = reminders(&sim).len();
+    assert_eq!(reminders_at_sim, 3);
+    check(&d, reminders_at_sim).await;
+
+    // A bad range is a clear 422.
+    for q in [
+        "from=2027-02-01&to=2027-01-01",
+        "from=2027-13-01&to=2027-12-31",
+        "from=27-01-01",
+        "from=2026-01-01&to=2027-01-31",
+    ] {
+        let (status, p) = d.api("GET", &format!("/v1/kpis?{q}"), None).await;
+        assert_eq!(status, 422, "{q}: {p}");
+        assert!(p["detail"].as_str().unwrap().contains("from"), "{p}");
+    }
+
+    // A restart keeps them.
+    let install = d.stop().await;
+    let d = Daemon::start_in(install).await;
+    check(&d, reminders_at_sim).await;
+    d.stop().await;
+}
