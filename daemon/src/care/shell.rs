@@ -373,6 +373,13 @@ pub(crate) fn queue_text(
         message: msg,
         reference: Some("care-reply".to_owned()),
     };
+    let policy = vault.wa_policy();
+    match outbox::check_policy(vault, txn, &policy, &item, now) {
+        Ok(()) => {}
+        Err(OutboxError::Vault(e)) => return Err(e),
+        // Its policy-blocked event and audit entry are in txn.
+        Err(_) => return Ok(()),
+    }
     let mut env = Envelope::new(item, now);
     env.order_key = outbox::order_key(vault, &env.item);
     env.expires = Some(now.saturating_add(outbox::SERVICE_WINDOW).unwrap_or(now));

@@ -89,7 +89,12 @@ async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 fn siu(kind: &str, control_id: &str, appt: &str, start: &str) -> String {
-    siu_s12_v25(control_id, appt, "CARE001", start).replace("SIU^S12^SIU_S12", kind)
+    let msg = siu_s12_v25(control_id, appt, "CARE001", start).replace("SIU^S12^SIU_S12", kind);
+    // The service and a diagnosis carry markers (as do the MRN, the full
+    // name and the birth date) that the simulator must never see.
+    let dg1 = "\rDG1|1||ZZDXMARKER^Marker diagnosis^I10|||A\rRGS|";
+    msg.replace("CHECKUP", "ZZSVCMARKER")
+        .replacen("\rRGS|", dg1, 1)
 }
 
 fn templates(sim: &Sim) -> Vec<serde_json::Value> {
@@ -264,6 +269,7 @@ async fn a_reminder_goes_out_at_its_time_and_a_confirm_reaches_the_pms() {
             .count(),
         1
     );
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
 
@@ -356,6 +362,7 @@ async fn a_cancel_tap_goes_to_the_pms_and_drops_the_second_reminder() {
     at(&d, "2027-01-19T12:00:00Z".parse().unwrap()).await;
     assert_eq!(templates(&sim).len(), 1);
     assert!(crate::webhook::events(&d, EventKind::AppointmentConfirmed).is_empty());
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
 
@@ -397,6 +404,7 @@ async fn a_reschedule_recomputes_the_reminders_across_a_dst_change_and_quiet_hou
         .await;
     assert_eq!(msa(&ack).0, "AA");
     assert_eq!(timers(&d), 0);
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
 
@@ -418,6 +426,7 @@ async fn no_reminder_without_consent_and_never_twice_across_a_restart() {
     booked(&d, "APPT-N1", "202701201000", true).await;
     at(&d, "2027-01-19T09:00:00Z".parse().unwrap()).await;
     until("the 24 h reminder", || templates(&sim).into_iter().next()).await;
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     let install = d.stop().await;
     let d = Daemon::start_in(install).await;
     for t in ["2027-01-19T09:00:00Z", "2027-01-19T20:00:00Z"] {
@@ -426,6 +435,7 @@ async fn no_reminder_without_consent_and_never_twice_across_a_restart() {
     assert_eq!(timers(&d), 0);
     assert_eq!(d.running.vault.count(Tree::WaOutbox), 0);
     assert_eq!(templates(&sim).len(), 1);
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
 
@@ -476,6 +486,7 @@ async fn stop_opts_out_at_once_with_one_confirmation_and_start_opts_back_in() {
     at(&d, "2027-01-19T09:00:00Z".parse().unwrap()).await;
     until("the 24 h reminder", || templates(&sim).into_iter().next()).await;
     assert_eq!(confirmations(), 1);
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
 
@@ -510,6 +521,7 @@ async fn reminders_follow_an_appointment_into_the_surviving_patient_of_a_merge()
     at(&d, "2027-01-17T09:00:00Z".parse().unwrap()).await;
     until("the reminder", || templates(&sim).into_iter().next()).await;
     assert!(crate::webhook::events(&d, EventKind::ReminderSkipped).is_empty());
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
 

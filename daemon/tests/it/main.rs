@@ -22,6 +22,7 @@ mod pms_ingest;
 mod pms_interop;
 mod pms_outbound;
 mod pms_support;
+mod policy;
 mod queue;
 mod serve_notify;
 mod service_hardening;
