@@ -227,6 +227,7 @@ impl Vault {
             }
         }
         txn.remove(Tree::Consents, patient.0);
+        crate::care::ledger::stage_remove(self, txn, patient)?;
         Ok(())
     }
 
@@ -235,6 +236,18 @@ impl Vault {
     }
 
     pub fn stage_consent(&self, txn: &mut Txn, consent: &Consent) -> VaultResult<()> {
+        let actor = crate::care::ledger::default_actor(consent.source);
+        self.stage_consent_by(txn, consent, actor)
+    }
+
+    /// [`Self::stage_consent`], recording `actor` in the consent ledger.
+    pub fn stage_consent_by(
+        &self,
+        txn: &mut Txn,
+        consent: &Consent,
+        actor: &str,
+    ) -> VaultResult<()> {
+        crate::care::ledger::stage(txn, consent, actor)?;
         txn.put_json(
             Tree::Consents,
             consent.patient.0,

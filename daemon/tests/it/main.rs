@@ -11,6 +11,7 @@ mod audit_tamper;
 mod care_reminders;
 mod clock_jump;
 mod config_cli;
+mod consent_ledger;
 mod core_apply;
 mod disk_full;
 mod fault_kill;
