@@ -82,6 +82,10 @@ pub fn on_inbound(
     now: Timestamp,
 ) -> VaultResult<()> {
     if let Some(id) = content.reply_id() {
+        if super::consent::is_opt_out_button(id) {
+            let kw = super::consent::Keyword::OptOut;
+            return super::consent::on_keyword(vault, txn, patient, kw, now);
+        }
         return on_tap(vault, txn, session, patient, id, now);
     }
     if let crate::webhook::payload::Content::Text { body } = content {

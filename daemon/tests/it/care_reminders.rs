@@ -123,7 +123,7 @@ async fn at(d: &Daemon, at: Timestamp) {
     d.running.whatsapp.as_ref().unwrap().kick();
 }
 
-fn button_tap(wamid: &str, payload: &str) -> Vec<u8> {
+pub(crate) fn button_tap(wamid: &str, payload: &str) -> Vec<u8> {
     meta_json(&serde_json::json!({
         "object": "whatsapp_business_account",
         "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {

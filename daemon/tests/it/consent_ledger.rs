@@ -5,8 +5,9 @@
 //! with the patient. A staff change goes to the PMS and the feed like a
 //! keyword does.
 
-use crate::care_reminders::{booked, daemon, pms_peer, post_signed, until, WA_ID};
+use crate::care_reminders::{booked, button_tap, daemon, pms_peer, post_signed, until, WA_ID};
 use crate::pms_support::*;
+use crate::support::{assert_sim_saw_none, FORBIDDEN_MARKERS};
 use clinic_relay::model::EventKind;
 use clinic_relay::vault::Tree;
 use graph_sim::{Sim, Template};
@@ -109,4 +110,46 @@ async fn every_consent_source_lands_in_the_ledger_and_the_ledger_goes_with_the_p
         .count();
     // The export is a read of PHI: audited.
     assert_eq!(audited, 1);
+}
+
+/// Opt-out by button: a quick-reply payload `cr1:o:` is handled like STOP
+/// (consent, ledger, ADT^A31, feed, one confirmation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opt_out_button_is_handled_like_stop() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("appointment_reminder", "en"));
+    let (pms, received) = pms_peer().await;
+    let d = daemon(&sim, pms).await;
+    let patient = booked(&d, "APPT-B1", "202701201000", true).await;
+    assert_eq!(post_signed(&d, button_tap("wamid.B1", "cr1:o:")).await, 200);
+    assert_eq!(post_signed(&d, button_tap("wamid.B2", "cr1:o:")).await, 200);
+    until("ADT^A31 at the PMS", || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|k| k == "ADT^A31")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(crate::webhook::events(&d, EventKind::OptedOut).len(), 1);
+    let consent = d.running.vault.get_consent(patient).unwrap().unwrap();
+    assert_eq!(consent.state, clinic_relay::model::ConsentState::OptedOut);
+    let h = clinic_relay::care::ledger::history(&d.running.vault, patient).unwrap();
+    assert_eq!(
+        h.last().map(|e| (e.source, e.actor.as_str())),
+        Some((clinic_relay::model::ConsentSource::Chat, "patient"))
+    );
+    d.running.whatsapp.as_ref().unwrap().kick();
+    until("one confirmation", || {
+        let n = sim
+            .sent_messages()
+            .iter()
+            .filter(|m| m["type"] == "text")
+            .count();
+        (n == 1).then_some(())
+    })
+    .await;
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
+    d.stop().await;
 }
