@@ -92,3 +92,20 @@ pub fn stage_remove(vault: &Vault, txn: &mut Txn, patient: PatientId) -> VaultRe
     }
     Ok(())
 }
+
+/// Moves `from`'s ledger to `to` in `txn` (a merge: the survivor's history
+/// holds both, in time order, sealed under the survivor's key).
+pub fn stage_move(vault: &Vault, txn: &mut Txn, from: PatientId, to: PatientId) -> VaultResult<()> {
+    for (k, v) in entry_keys(vault, from)? {
+        txn.remove(Tree::Consents, k);
+        if let Ok(entry) = serde_json::from_slice::<Entry>(&v) {
+            txn.put_json(
+                Tree::Consents,
+                key(to, entry.at),
+                Owner::Patient(to),
+                &entry,
+            )?;
+        }
+    }
+    Ok(())
+}

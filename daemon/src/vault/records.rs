@@ -166,6 +166,7 @@ impl Vault {
                 txn.put_json(Tree::Consents, to.0, Owner::Patient(to), &c)?;
             }
         }
+        crate::care::ledger::stage_move(self, txn, from, to)?;
         // Remember which keys the survivor's erasure must also destroy: the
         // merged patient's keys as they are now (older copies of the store
         // hold data sealed under them), and those of whoever had been merged

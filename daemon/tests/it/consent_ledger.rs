@@ -153,3 +153,59 @@ async fn an_opt_out_button_is_handled_like_stop() {
     assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
+
+/// A merge moves the merged patient's ledger to the survivor; erasing the
+/// survivor then leaves nothing of either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_moves_the_ledger_to_the_survivor() {
+    use clinic_relay::commands::{self, Command, Origin};
+    use clinic_relay::model::{ConsentSource, ConsentState};
+    let dir = tempfile::tempdir().unwrap();
+    let vault = crate::support::open(&dir.path().join("data"), &crate::support::key(3));
+    let merged = crate::support::marker_patient(&vault, "LM1");
+    let survivor = crate::support::marker_patient(&vault, "LM2");
+    let (m, s) = (merged.id, survivor.id);
+    let set = |patient, state| Command::SetConsent {
+        patient,
+        state,
+        source: ConsentSource::Pms,
+    };
+    commands::apply(
+        &vault,
+        vec![
+            Command::UpsertPatient(Box::new(merged)),
+            Command::UpsertPatient(Box::new(survivor)),
+            set(m, ConsentState::OptedIn),
+        ],
+        Origin::new("pms:ZZPMS|ZZCLINIC"),
+        crate::support::t0(),
+    )
+    .await
+    .unwrap();
+    commands::apply(
+        &vault,
+        vec![
+            set(s, ConsentState::OptedOut),
+            Command::MergePatients {
+                survivor: s,
+                merged: m,
+            },
+        ],
+        Origin::new("pms:ZZPMS|ZZCLINIC"),
+        crate::support::t0() + jiff::SignedDuration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let h = clinic_relay::care::ledger::history(&vault, s).unwrap();
+    let states: Vec<_> = h.iter().map(|e| e.state).collect();
+    assert_eq!(states, [ConsentState::OptedIn, ConsentState::OptedOut]);
+    assert!(h.iter().all(|e| e.actor == "pms:ZZPMS|ZZCLINIC"));
+    assert!(clinic_relay::care::ledger::history(&vault, m)
+        .unwrap()
+        .is_empty());
+    vault
+        .erase_patient_async(s, "test", crate::support::t0())
+        .await
+        .unwrap();
+    assert_eq!(vault.count(Tree::Consents), 0);
+}
