@@ -382,7 +382,7 @@ fn build(
                     source: *source,
                     at: now,
                 };
-                vault.stage_consent(&mut txn, &consent)?;
+                stage_consent(vault, &mut txn, &consent, &origin.actor)?;
                 txn.audit(
                     AuditDraft::new(&origin.actor, "consent.set")
                         .subject(patient.to_string())
@@ -396,6 +396,45 @@ fn build(
         }
     }
     Ok(txn)
+}
+
+/// Records a consent change. One told to staff that changes the state also
+/// goes to the PMS (ADT^A31 with the consent field) and the feed, as a chat
+/// keyword does; PMS-sourced consent does not go back to the PMS.
+fn stage_consent(
+    vault: &Vault,
+    txn: &mut Txn,
+    consent: &Consent,
+    actor: &str,
+) -> Result<(), VaultError> {
+    let changed = vault.get_consent(consent.patient)?.map(|c| c.state) != Some(consent.state);
+    if consent.source == ConsentSource::Staff && changed && actor.starts_with("api:") {
+        if let Some(settings) = vault.care() {
+            let action = match consent.state {
+                ConsentState::OptedIn => crate::pms::outbound::PatientAction::OptIn {
+                    patient: consent.patient,
+                },
+                ConsentState::OptedOut => crate::pms::outbound::PatientAction::OptOut {
+                    patient: consent.patient,
+                },
+            };
+            match crate::pms::outbound::stage(
+                vault,
+                txn,
+                &settings.outbound,
+                &action,
+                actor,
+                consent.at,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(crate::pms::outbound::ActionError::Vault(e)) => return Err(e),
+                // A patient created in this same batch: recorded below,
+                // without a message to the PMS.
+                Err(e) => tracing::warn!(error = %e, "a consent change was not sent to the PMS"),
+            }
+        }
+    }
+    vault.stage_consent_by(txn, consent, actor)
 }
 
 /// Applies `commands` in one durable transaction: the reads, the decision

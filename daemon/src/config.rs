@@ -65,6 +65,8 @@ pub struct FileConfig {
     pub webhook: crate::webhook::config::WebhookFile,
     #[serde(default)]
     pub reminders: crate::care::config::RemindersFile,
+    #[serde(default)]
+    pub policy: crate::whatsapp::policy::PolicyFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +157,8 @@ pub struct Config {
     pub webhook: Option<crate::webhook::config::WebhookConfig>,
     /// Appointment reminders (`[reminders]`).
     pub reminders: crate::care::config::RemindersConfig,
+    /// The minimal-payload policy (`[policy]`).
+    pub policy: crate::whatsapp::policy::Policy,
 }
 
 #[derive(Debug, Clone)]
@@ -608,6 +612,17 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         })?;
 
     let reminders = crate::care::config::validate(&file.reminders, &invalid)?;
+    let policy = crate::whatsapp::policy::validate(&file.policy)
+        .map_err(|e| invalid(e.key, &e.value, &e.reason, e.fix))?;
+    if !policy.is_mapped(&reminders.template) {
+        return Err(invalid(
+            "reminders.template",
+            &reminders.template,
+            "no [policy.templates] mapping says which field each of its parameters carries",
+            "add [policy.templates.NAME] with kind = \"reminder\" and params = \
+             [\"appointment_date\", \"appointment_time\"] (docs/configuration.md, [policy])",
+        ));
+    }
 
     Ok(Config {
         path: path.to_owned(),
@@ -626,6 +641,7 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         whatsapp,
         webhook,
         reminders,
+        policy,
     })
 }
 

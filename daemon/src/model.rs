@@ -329,6 +329,10 @@ pub enum EventKind {
     /// checksum mismatch, Meta refused the download); details: `reason`.
     WhatsappMediaRefused,
     ReminderSkipped,
+    /// An outbound WhatsApp message was not queued: it would have carried a
+    /// field the minimal-payload policy does not allow (details: `reason`,
+    /// `field`, `template`; never a value).
+    PolicyBlocked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

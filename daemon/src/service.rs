@@ -451,6 +451,7 @@ fn spawn_all(
     let mut tasks: Vec<Named> = Vec::new();
     // Before any input is applied: the writer's decisions reach it.
     vault.set_care(crate::care::Settings::from_config(&config));
+    vault.set_wa_policy(config.policy.clone());
 
     if rotate_to.is_some() || vault.rotation_pending() {
         tasks.push(Named {

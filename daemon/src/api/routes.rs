@@ -346,6 +346,9 @@ async fn route(
         (Method::PUT, ["v1", "patients", id, "consent"]) => {
             set_consent(state, id, req, actor).await
         }
+        (Method::GET, ["v1", "patients", id, "consent", "history"]) => {
+            consent_history(state, id, actor).await
+        }
         (Method::GET, ["v1", "appointments", id]) => get_appointment(state, id, actor).await,
         (Method::PUT, ["v1", "appointments", id]) => {
             let id = (*id).to_owned();
@@ -400,6 +403,7 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["v1", "patients"] => Some("GET, POST"),
         ["v1", "patients", _] => Some("GET, DELETE"),
         ["v1", "patients", _, "consent"] => Some("PUT"),
+        ["v1", "patients", _, "consent", "history"] => Some("GET"),
         ["v1", "appointments", _] | ["v1", "slots"] => Some("GET, PUT"),
         _ => None,
     }
@@ -754,6 +758,18 @@ async fn set_consent(
         Some(consent) => ok(&serde_json::to_value(consent).map_err(internal)?),
         None => Err(Problem::not_found("no such patient")),
     }
+}
+
+/// The patient's consent ledger (`care::ledger`), oldest first: state,
+/// source, time and who. A read of PHI, so it is audited.
+async fn consent_history(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
+    let id = patient_id(id)?;
+    if state.vault.get_patient(id).map_err(internal)?.is_none() {
+        return Err(Problem::not_found("no such patient"));
+    }
+    let entries = crate::care::ledger::history(&state.vault, id).map_err(internal)?;
+    audit_read(state, actor, "consent.read", Some(id)).await?;
+    ok(&serde_json::json!({"patient": id, "entries": entries}))
 }
 
 async fn get_appointment(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {

@@ -79,10 +79,32 @@ pub fn on_text(
     body: &str,
     now: Timestamp,
 ) -> VaultResult<()> {
-    let Some(settings) = vault.care() else {
+    let Some(kw) = keyword(body) else {
         return Ok(());
     };
-    let Some(kw) = keyword(body) else {
+    on_keyword(vault, txn, patient, kw, now)
+}
+
+/// The quick-reply payload of an opt-out button (`cr1:o:`, anything after
+/// it is ignored: the button is the patient's own, whatever message it
+/// came with).
+pub const OPT_OUT_BUTTON: &str = "cr1:o:";
+
+/// Whether a tapped button's payload is an opt-out.
+pub fn is_opt_out_button(payload: &str) -> bool {
+    payload.starts_with(OPT_OUT_BUTTON)
+}
+
+/// An opt-out or opt-in from `patient` in the chat (a keyword or the
+/// opt-out button), honoured at once.
+pub fn on_keyword(
+    vault: &Vault,
+    txn: &mut Txn,
+    patient: PatientId,
+    kw: Keyword,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let Some(settings) = vault.care() else {
         return Ok(());
     };
     let current = vault.get_consent(patient)?.map(|c| c.state);
@@ -130,6 +152,8 @@ mod tests {
         for t in ["START", "Start!", "anmelden"] {
             assert_eq!(keyword(t), Some(Keyword::OptIn), "{t}");
         }
+        assert!(is_opt_out_button("cr1:o:") && is_opt_out_button("cr1:o:ab12"));
+        assert!(!is_opt_out_button("cr1:c:00") && !is_opt_out_button("o:"));
         for t in ["please don't stop", "stop it", "", "!!!", "stopping"] {
             assert_eq!(keyword(t), None, "{t}");
         }

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod consent;
+pub mod ledger;
 pub mod reminder;
 pub mod scheduler;
 pub mod shell;

@@ -85,6 +85,10 @@ pub fn on_inbound(
     now: Timestamp,
 ) -> VaultResult<()> {
     if let Some(id) = content.reply_id() {
+        if super::consent::is_opt_out_button(id) {
+            let kw = super::consent::Keyword::OptOut;
+            return super::consent::on_keyword(vault, txn, patient, kw, now);
+        }
         return on_tap(vault, txn, session, patient, id, now);
     }
     if let crate::webhook::payload::Content::Text { body } = content {
@@ -379,6 +383,13 @@ pub(crate) fn queue_text(
         message: msg,
         reference: Some("care-reply".to_owned()),
     };
+    let policy = vault.wa_policy();
+    match outbox::check_policy(vault, txn, &policy, &item, now) {
+        Ok(()) => {}
+        Err(OutboxError::Vault(e)) => return Err(e),
+        // Its policy-blocked event and audit entry are in txn.
+        Err(_) => return Ok(()),
+    }
     let mut env = Envelope::new(item, now);
     env.order_key = outbox::order_key(vault, &env.item);
     env.expires = Some(now.saturating_add(outbox::SERVICE_WINDOW).unwrap_or(now));

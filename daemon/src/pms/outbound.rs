@@ -358,14 +358,22 @@ pub fn stage(
             } else {
                 ConsentState::OptedOut
             };
-            vault.stage_consent(
+            // Staff tell it through the API (actor `api:…`); otherwise it
+            // is the patient's chat keyword.
+            let (source, who) = if actor.starts_with("api:") {
+                (ConsentSource::Staff, actor)
+            } else {
+                (ConsentSource::Chat, "patient")
+            };
+            vault.stage_consent_by(
                 txn,
                 &Consent {
                     patient: patient_id,
                     state,
-                    source: ConsentSource::Chat,
+                    source,
                     at: now,
                 },
+                who,
             )?;
         }
         _ => {}

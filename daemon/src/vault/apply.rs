@@ -177,6 +177,17 @@ impl Vault {
         let _ = self.inner.care.set(std::sync::Arc::new(settings));
     }
 
+    /// The minimal-payload policy outbound WhatsApp messages are checked
+    /// against (the default one until the service sets the config's).
+    pub fn wa_policy(&self) -> std::sync::Arc<crate::whatsapp::policy::Policy> {
+        self.inner.wa_policy.get().cloned().unwrap_or_default()
+    }
+
+    /// Sets the minimal-payload policy, once, before anything is queued.
+    pub fn set_wa_policy(&self, policy: crate::whatsapp::policy::Policy) {
+        let _ = self.inner.wa_policy.set(std::sync::Arc::new(policy));
+    }
+
     /// The first record of a tree (lowest key): its key, and its value or
     /// why it does not open.
     pub fn first(&self, tree: Tree) -> VaultResult<Option<FirstRecord>> {

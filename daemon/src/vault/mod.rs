@@ -130,6 +130,8 @@ struct Inner {
     care_signal: tokio::sync::Notify,
     /// The workflow settings (`care`), set once by the service.
     care: std::sync::OnceLock<std::sync::Arc<crate::care::Settings>>,
+    /// The minimal-payload policy the outbox checks, set once by the service.
+    wa_policy: std::sync::OnceLock<std::sync::Arc<crate::whatsapp::policy::Policy>>,
     purpose: PurposeKeys,
     rng: SystemRandom,
     /// Nonces for sealing, drawn in blocks (seal.rs).
@@ -263,6 +265,7 @@ impl Vault {
                 wa_outbox_signal: tokio::sync::Notify::new(),
                 care_signal: tokio::sync::Notify::new(),
                 care: std::sync::OnceLock::new(),
+                wa_policy: std::sync::OnceLock::new(),
                 writer,
                 anchorer,
                 purpose,

@@ -166,6 +166,7 @@ impl Vault {
                 txn.put_json(Tree::Consents, to.0, Owner::Patient(to), &c)?;
             }
         }
+        crate::care::ledger::stage_move(self, txn, from, to)?;
         // Remember which keys the survivor's erasure must also destroy: the
         // merged patient's keys as they are now (older copies of the store
         // hold data sealed under them), and those of whoever had been merged
@@ -227,6 +228,7 @@ impl Vault {
             }
         }
         txn.remove(Tree::Consents, patient.0);
+        crate::care::ledger::stage_remove(self, txn, patient)?;
         Ok(())
     }
 
@@ -235,6 +237,18 @@ impl Vault {
     }
 
     pub fn stage_consent(&self, txn: &mut Txn, consent: &Consent) -> VaultResult<()> {
+        let actor = crate::care::ledger::default_actor(consent.source);
+        self.stage_consent_by(txn, consent, actor)
+    }
+
+    /// [`Self::stage_consent`], recording `actor` in the consent ledger.
+    pub fn stage_consent_by(
+        &self,
+        txn: &mut Txn,
+        consent: &Consent,
+        actor: &str,
+    ) -> VaultResult<()> {
+        crate::care::ledger::stage(txn, consent, actor)?;
         txn.put_json(
             Tree::Consents,
             consent.patient.0,

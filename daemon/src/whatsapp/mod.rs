@@ -14,6 +14,7 @@ pub mod media_timers;
 pub mod media_worker;
 pub mod message;
 pub mod outbox;
+pub mod policy;
 pub mod proxy;
 pub mod template_book;
 pub mod templates;

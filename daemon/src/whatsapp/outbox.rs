@@ -118,6 +118,9 @@ pub enum OutboxError {
     Template(#[from] super::template_book::TemplateRefusal),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// The feed has a `policy-blocked` event and the audit an entry.
+    #[error("not queued: {0}")]
+    PolicyBlocked(#[from] super::policy::Violation),
 }
 
 /// The order key: the same for every message to one recipient.
@@ -213,6 +216,63 @@ fn stage_unreachable(
     vault.stage_event(txn, &event)
 }
 
+/// Checks `item` against the minimal-payload policy. A pass is audited
+/// with the message's kind, template, field names and payload digest
+/// (never the values); a violation stages an audit entry and a
+/// `policy-blocked` event in `txn` instead (commit it to record them).
+pub fn check_policy(
+    vault: &Vault,
+    txn: &mut Txn,
+    policy: &super::policy::Policy,
+    item: &WaItem,
+    now: Timestamp,
+) -> Result<(), OutboxError> {
+    let template = item.message.template.as_ref().map(|t| t.0.clone());
+    let mut audit = crate::audit::AuditDraft::new("system", "whatsapp.outbound.checked");
+    if let Some(p) = item.patient {
+        audit = audit.subject(p.to_string());
+    }
+    if let Some(t) = &template {
+        audit = audit.detail("template", t.clone());
+    }
+    match policy.check(&item.message, item.reference.as_deref()) {
+        Ok(c) => {
+            txn.audit(
+                audit
+                    .detail("kind", c.kind)
+                    .detail("fields", c.fields.join(","))
+                    .detail("sha256", c.digest),
+            );
+            Ok(())
+        }
+        Err(v) => {
+            let mut details = item.describe();
+            details.insert("reason".to_owned(), v.code().to_owned());
+            if let super::policy::Violation::Forbidden { field }
+            | super::policy::Violation::NotAllowed { field, .. } = &v
+            {
+                details.insert("field".to_owned(), field.clone());
+            }
+            let mut audit = audit.detail("sha256", super::policy::digest(&item.message));
+            audit.action = "whatsapp.outbound.policy-blocked".to_owned();
+            for (k, val) in &details {
+                audit = audit.detail(k.clone(), val.clone());
+            }
+            txn.audit(audit);
+            let event = crate::model::Event {
+                kind: EventKind::PolicyBlocked,
+                time: now,
+                patient: item.patient,
+                appointment: None,
+                slot: None,
+                details,
+            };
+            vault.stage_event(txn, &event)?;
+            Err(OutboxError::PolicyBlocked(v))
+        }
+    }
+}
+
 /// Stages `item` in `txn` (for callers that commit it with their own
 /// state change).
 ///
@@ -226,6 +286,19 @@ pub fn stage(
     now: Timestamp,
     expires: Option<Timestamp>,
 ) -> Result<(), OutboxError> {
+    let policy = vault.wa_policy();
+    stage_with_policy(vault, txn, &policy, item, now, expires)
+}
+
+/// [`stage`] against `policy` instead of the installed one.
+pub fn stage_with_policy(
+    vault: &Vault,
+    txn: &mut Txn,
+    policy: &super::policy::Policy,
+    item: WaItem,
+    now: Timestamp,
+    expires: Option<Timestamp>,
+) -> Result<(), OutboxError> {
     if item.recipient.is_none() && item.message.kind != Kind::MarkRead {
         return Err(OutboxError::NoRecipient(item.message.kind.as_str()));
     }
@@ -235,6 +308,7 @@ pub fn stage(
     }
     check_window(vault, &item, now)?;
     check_template(vault, &item)?;
+    check_policy(vault, txn, policy, &item, now)?;
     let key = order_key(vault, &item);
     let mut envelope = Envelope::new(item, now);
     envelope.order_key = key;
@@ -252,12 +326,26 @@ pub async fn enqueue(
     now: Timestamp,
     expires: Option<Timestamp>,
 ) -> Result<(), OutboxError> {
+    enqueue_with_policy(vault, vault.wa_policy(), item, now, expires).await
+}
+
+/// [`enqueue`] against `policy`. A message the policy refuses gets its
+/// `policy-blocked` event and audit entry committed and
+/// [`OutboxError::PolicyBlocked`].
+pub async fn enqueue_with_policy(
+    vault: &Vault,
+    policy: std::sync::Arc<super::policy::Policy>,
+    item: WaItem,
+    now: Timestamp,
+    expires: Option<Timestamp>,
+) -> Result<(), OutboxError> {
     vault
         .write(move |v| {
             let mut txn = Txn::new(now);
-            match stage(v, &mut txn, item, now, expires) {
+            match stage_with_policy(v, &mut txn, &policy, item, now, expires) {
                 // The event is in txn: commit it, then tell the caller.
                 Err(e @ OutboxError::Unreachable { .. }) => Ok((txn, Err(e))),
+                Err(e @ OutboxError::PolicyBlocked(_)) => Ok((txn, Err(e))),
                 Err(e) => Err(e),
                 Ok(()) => Ok((txn, Ok(()))),
             }
@@ -280,7 +368,9 @@ pub async fn enqueue_many(
             let mut txn = Txn::new(now);
             for (item, expires) in items {
                 match stage(v, &mut txn, item, now, expires) {
-                    Ok(()) | Err(OutboxError::Unreachable { .. }) => {}
+                    Ok(())
+                    | Err(OutboxError::Unreachable { .. })
+                    | Err(OutboxError::PolicyBlocked(_)) => {}
                     Err(e) => return Err(e),
                 }
             }

@@ -21,10 +21,10 @@ use tokio::net::TcpListener;
 
 const SECRET: &str = "care-app-secret";
 /// The patient's number as the SIU's PID-13 writes it (national, DE).
-const WA_ID: &str = "4915155501234";
+pub(crate) const WA_ID: &str = "4915155501234";
 
 /// A PMS that records the message types it gets and answers AA.
-async fn pms_peer() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+pub(crate) async fn pms_peer() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -53,7 +53,7 @@ async fn pms_peer() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     (addr, received)
 }
 
-async fn daemon(sim: &Sim, pms: std::net::SocketAddr) -> Daemon {
+pub(crate) async fn daemon(sim: &Sim, pms: std::net::SocketAddr) -> Daemon {
     let install = TestInstall::new(&format!(
         "[pms]\nmllp_listen = \"127.0.0.1:0\"\noutbound_endpoint = \"{pms}\"\n\
          outbound_timeout = \"5s\"\nphone_region = \"DE\"\n\n\
@@ -68,7 +68,7 @@ async fn daemon(sim: &Sim, pms: std::net::SocketAddr) -> Daemon {
 }
 
 /// Polls `f` (short waits, 20 s at most) until it yields a value.
-async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(v) = f() {
@@ -80,7 +80,12 @@ async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 fn siu(kind: &str, control_id: &str, appt: &str, start: &str) -> String {
-    siu_s12_v25(control_id, appt, "CARE001", start).replace("SIU^S12^SIU_S12", kind)
+    let msg = siu_s12_v25(control_id, appt, "CARE001", start).replace("SIU^S12^SIU_S12", kind);
+    // The service and a diagnosis carry markers (as do the MRN, the full
+    // name and the birth date) that the simulator must never see.
+    let dg1 = "\rDG1|1||ZZDXMARKER^Marker diagnosis^I10|||A\rRGS|";
+    msg.replace("CHECKUP", "ZZSVCMARKER")
+        .replacen("\rRGS|", dg1, 1)
 }
 
 fn templates(sim: &Sim) -> Vec<serde_json::Value> {
@@ -109,7 +114,7 @@ async fn at(d: &Daemon, at: Timestamp) {
     d.running.whatsapp.as_ref().unwrap().kick();
 }
 
-fn button_tap(wamid: &str, payload: &str) -> Vec<u8> {
+pub(crate) fn button_tap(wamid: &str, payload: &str) -> Vec<u8> {
     meta_json(&serde_json::json!({
         "object": "whatsapp_business_account",
         "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
@@ -122,7 +127,7 @@ fn button_tap(wamid: &str, payload: &str) -> Vec<u8> {
     }))
 }
 
-async fn post_signed(d: &Daemon, body: Vec<u8>) -> u16 {
+pub(crate) async fn post_signed(d: &Daemon, body: Vec<u8>) -> u16 {
     crate::webhook::http(
         d.running.webhook_addr.unwrap(),
         "POST",
@@ -255,10 +260,11 @@ async fn a_reminder_goes_out_at_its_time_and_a_confirm_reaches_the_pms() {
             .count(),
         1
     );
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
 
-async fn booked(d: &Daemon, appt: &str, start: &str, consent: bool) -> PatientId {
+pub(crate) async fn booked(d: &Daemon, appt: &str, start: &str, consent: bool) -> PatientId {
     let mut c = d.mllp().await;
     let ack = c
         .send(&siu("SIU^S12^SIU_S12", &format!("B-{appt}"), appt, start))
@@ -347,6 +353,7 @@ async fn a_cancel_tap_goes_to_the_pms_and_drops_the_second_reminder() {
     at(&d, "2027-01-19T12:00:00Z".parse().unwrap()).await;
     assert_eq!(templates(&sim).len(), 1);
     assert!(crate::webhook::events(&d, EventKind::AppointmentConfirmed).is_empty());
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
 
@@ -388,6 +395,7 @@ async fn a_reschedule_recomputes_the_reminders_across_a_dst_change_and_quiet_hou
         .await;
     assert_eq!(msa(&ack).0, "AA");
     assert_eq!(timers(&d), 0);
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
 
@@ -409,6 +417,7 @@ async fn no_reminder_without_consent_and_never_twice_across_a_restart() {
     booked(&d, "APPT-N1", "202701201000", true).await;
     at(&d, "2027-01-19T09:00:00Z".parse().unwrap()).await;
     until("the 24 h reminder", || templates(&sim).into_iter().next()).await;
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     let install = d.stop().await;
     let d = Daemon::start_in(install).await;
     for t in ["2027-01-19T09:00:00Z", "2027-01-19T20:00:00Z"] {
@@ -417,6 +426,7 @@ async fn no_reminder_without_consent_and_never_twice_across_a_restart() {
     assert_eq!(timers(&d), 0);
     assert_eq!(d.running.vault.count(Tree::WaOutbox), 0);
     assert_eq!(templates(&sim).len(), 1);
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
 
@@ -467,6 +477,7 @@ async fn stop_opts_out_at_once_with_one_confirmation_and_start_opts_back_in() {
     at(&d, "2027-01-19T09:00:00Z".parse().unwrap()).await;
     until("the 24 h reminder", || templates(&sim).into_iter().next()).await;
     assert_eq!(confirmations(), 1);
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
 
@@ -501,6 +512,7 @@ async fn reminders_follow_an_appointment_into_the_surviving_patient_of_a_merge()
     at(&d, "2027-01-17T09:00:00Z".parse().unwrap()).await;
     until("the reminder", || templates(&sim).into_iter().next()).await;
     assert!(crate::webhook::events(&d, EventKind::ReminderSkipped).is_empty());
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
 

@@ -328,3 +328,33 @@ pub fn spawn_serve_with(install: &TestInstall, mut cmd: Command) -> Served {
         log,
     }
 }
+
+/// Values that stand in forbidden fields of test patients and visits (MRN,
+/// full name, date of birth, service, diagnosis): the minimal-payload
+/// policy must never let one reach WhatsApp (issue 10).
+pub const FORBIDDEN_MARKERS: &[&str] = &[
+    "CARE001",
+    "ZZFAMILY",
+    "19010203",
+    "1901-02-03",
+    "03.02.1901",
+    "ZZSVCMARKER",
+    "ZZDXMARKER",
+];
+
+/// Asserts that nothing the Graph API simulator received (every request,
+/// path and body, in every encoding [`find_markers`] knows) contains one
+/// of `markers`. Every WhatsApp test can end with it.
+pub fn assert_sim_saw_none(sim: &graph_sim::Sim, markers: &[&str]) {
+    let markers: Vec<String> = markers.iter().map(|m| (*m).to_owned()).collect();
+    for r in sim.requests() {
+        let mut seen = r.path.clone().into_bytes();
+        seen.extend_from_slice(&r.body);
+        let hits = find_markers(&seen, &markers);
+        assert!(
+            hits.is_empty(),
+            "the simulator received {hits:?} at {}",
+            r.path
+        );
+    }
+}
