@@ -10,10 +10,12 @@
 //! - `scheduler`: the `care-scheduler` task.
 //! - `consent`: opt-out / opt-in keywords in the chat.
 //! - `texts`: the visit's date and time, the replies.
+//! - `reschedule`: which open slots a "Reschedule" tap offers.
 
 pub mod config;
 pub mod consent;
 pub mod reminder;
+pub mod reschedule;
 pub mod scheduler;
 pub mod shell;
 pub mod store;

@@ -34,7 +34,39 @@ pub fn reply(reply: Reply, lang: &str) -> &'static str {
         (Reply::Closed, _) => {
             "This appointment can no longer be changed here. Please call the practice."
         }
+        (Reply::RescheduleRequested, "de") => {
+            "Ihr Wunschtermin ist an die Praxis übermittelt; Sie erhalten eine Bestätigung."
+        }
+        (Reply::RescheduleRequested, _) => {
+            "Your request has been sent to the practice; you'll get a confirmation."
+        }
+        (Reply::NoSlots, "de") => {
+            "Zurzeit ist kein freier Termin verfügbar. Die Praxis meldet sich bei Ihnen."
+        }
+        (Reply::NoSlots, _) => {
+            "There is no free time to offer right now. The practice will contact you."
+        }
+        (Reply::SlotGone, "de") => {
+            "Dieser Termin ist nicht mehr frei. Bitte wählen Sie erneut oder rufen Sie die Praxis an."
+        }
+        (Reply::SlotGone, _) => {
+            "That time is no longer free. Please choose again or call the practice."
+        }
     }
+}
+
+/// The list of open slots: body, button label (at most 20 characters).
+pub fn slot_list(lang: &str) -> (&'static str, &'static str) {
+    match lang {
+        "de" => ("Bitte wählen Sie einen neuen Termin:", "Termine"),
+        _ => ("Please choose a new time:", "Times"),
+    }
+}
+
+/// A slot's row title (at most 24 characters): local date and time.
+pub fn slot_title(start: Timestamp, tz: &TimeZone, lang: &str) -> String {
+    let (date, time) = when(start, tz, lang);
+    format!("{date} {time}")
 }
 
 pub fn consent(kw: super::consent::Keyword, lang: &str) -> &'static str {
@@ -64,5 +96,10 @@ mod tests {
             when(t, &tz, "en"),
             ("Tue, Mar 31".into(), "10:00 AM".into())
         );
+        // The longest forms still fit a list row's title.
+        let t: Timestamp = "2026-09-30T20:59:00Z".parse().unwrap();
+        for lang in ["de", "en"] {
+            assert!(slot_title(t, &tz, lang).chars().count() <= 24);
+        }
     }
 }

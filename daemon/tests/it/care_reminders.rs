@@ -22,10 +22,10 @@ use tokio::net::TcpListener;
 
 const SECRET: &str = "care-app-secret";
 /// The patient's number as the SIU's PID-13 writes it (national, DE).
-const WA_ID: &str = "4915155501234";
+pub(crate) const WA_ID: &str = "4915155501234";
 
 /// A PMS that records the message types it gets and answers AA.
-async fn pms_peer() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+pub(crate) async fn pms_peer() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -54,7 +54,7 @@ async fn pms_peer() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     (addr, received)
 }
 
-async fn daemon(sim: &Sim, pms: std::net::SocketAddr) -> Daemon {
+pub(crate) async fn daemon(sim: &Sim, pms: std::net::SocketAddr) -> Daemon {
     let install = TestInstall::new(&format!(
         "[pms]\nmllp_listen = \"127.0.0.1:0\"\noutbound_endpoint = \"{pms}\"\n\
          outbound_timeout = \"5s\"\nphone_region = \"DE\"\n\n\
@@ -77,7 +77,7 @@ async fn daemon(sim: &Sim, pms: std::net::SocketAddr) -> Daemon {
 }
 
 /// Polls `f` (short waits, 20 s at most) until it yields a value.
-async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(v) = f() {
@@ -92,7 +92,7 @@ fn siu(kind: &str, control_id: &str, appt: &str, start: &str) -> String {
     siu_s12_v25(control_id, appt, "CARE001", start).replace("SIU^S12^SIU_S12", kind)
 }
 
-fn templates(sim: &Sim) -> Vec<serde_json::Value> {
+pub(crate) fn templates(sim: &Sim) -> Vec<serde_json::Value> {
     sim.sent_messages()
         .into_iter()
         .filter(|m| m["type"] == "template")
@@ -110,7 +110,7 @@ fn timers(d: &Daemon) -> usize {
 
 /// Moves the clock to `at` and waits until the scheduler has run what was
 /// due then, and the outbox has looked at its queue.
-async fn at(d: &Daemon, at: Timestamp) {
+pub(crate) async fn at(d: &Daemon, at: Timestamp) {
     d.clock.set(at);
     tokio::time::timeout(Duration::from_secs(20), d.running.care.looked_at(at))
         .await
@@ -118,7 +118,7 @@ async fn at(d: &Daemon, at: Timestamp) {
     d.running.whatsapp.as_ref().unwrap().kick();
 }
 
-fn button_tap(wamid: &str, payload: &str) -> Vec<u8> {
+pub(crate) fn button_tap(wamid: &str, payload: &str) -> Vec<u8> {
     meta_json(&serde_json::json!({
         "object": "whatsapp_business_account",
         "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
@@ -131,7 +131,7 @@ fn button_tap(wamid: &str, payload: &str) -> Vec<u8> {
     }))
 }
 
-async fn post_signed(d: &Daemon, body: Vec<u8>) -> u16 {
+pub(crate) async fn post_signed(d: &Daemon, body: Vec<u8>) -> u16 {
     crate::webhook::http(
         d.running.webhook_addr.unwrap(),
         "POST",
@@ -202,7 +202,7 @@ async fn a_reminder_goes_out_at_its_time_and_a_confirm_reaches_the_pms() {
         .filter(|c| c["sub_type"] == "quick_reply")
         .map(|c| c["parameters"][0]["payload"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(payloads.len(), 2);
+    assert_eq!(payloads.len(), 3);
     for p in &payloads {
         assert!(!p.contains("APPT") && !p.contains("CARE001"), "{p}");
     }
@@ -267,7 +267,7 @@ async fn a_reminder_goes_out_at_its_time_and_a_confirm_reaches_the_pms() {
     d.stop().await;
 }
 
-async fn booked(d: &Daemon, appt: &str, start: &str, consent: bool) -> PatientId {
+pub(crate) async fn booked(d: &Daemon, appt: &str, start: &str, consent: bool) -> PatientId {
     let mut c = d.mllp().await;
     let ack = c
         .send(&siu("SIU^S12^SIU_S12", &format!("B-{appt}"), appt, start))
@@ -301,7 +301,7 @@ fn due_times(d: &Daemon) -> Vec<Timestamp> {
         .collect()
 }
 
-fn payloads(sent: &serde_json::Value) -> Vec<String> {
+pub(crate) fn payloads(sent: &serde_json::Value) -> Vec<String> {
     sent["template"]["components"]
         .as_array()
         .unwrap()

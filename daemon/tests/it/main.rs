@@ -9,6 +9,7 @@ mod appliance;
 mod audit_anchor;
 mod audit_tamper;
 mod care_reminders;
+mod care_reschedule;
 mod clock_jump;
 mod config_cli;
 mod core_apply;
