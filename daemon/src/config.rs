@@ -607,7 +607,8 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             fix: e.fix,
         })?;
 
-    let reminders = crate::care::config::validate(&file.reminders, &invalid)?;
+    let reminders =
+        crate::care::config::validate(&file.reminders, &|v| resolve(&base, v), &invalid)?;
 
     Ok(Config {
         path: path.to_owned(),

@@ -30,7 +30,7 @@ pub enum Keyword {
 }
 
 /// Lowercase, accents folded, surrounding punctuation and spaces removed.
-fn normalise(text: &str) -> String {
+pub(crate) fn normalise(text: &str) -> String {
     let folded: String = text
         .chars()
         .flat_map(char::to_lowercase)
@@ -83,7 +83,7 @@ pub fn on_text(
         return Ok(());
     };
     let Some(kw) = keyword(body) else {
-        return Ok(());
+        return super::shell::on_language_choice(vault, txn, &settings, patient, body, now);
     };
     let current = vault.get_consent(patient)?.map(|c| c.state);
     let (wanted, action) = match kw {
@@ -102,9 +102,14 @@ pub fn on_text(
             return Ok(());
         }
     }
-    super::shell::queue_text(vault, txn, &settings, patient, now, |lang| {
-        super::texts::consent(kw, lang)
-    })
+    super::shell::queue_text(
+        vault,
+        txn,
+        &settings,
+        patient,
+        now,
+        super::texts::consent(kw),
+    )
 }
 
 #[cfg(test)]

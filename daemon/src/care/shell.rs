@@ -328,7 +328,8 @@ fn offer_slots(
     let Some((to, language)) = contact(vault, state.patient)? else {
         return Ok(());
     };
-    let lang = settings.reminders.language_for(language.as_deref());
+    let texts = &settings.reminders.messages;
+    let lang = texts.language(language.as_deref());
     let slots = vault.slots()?;
     let rows: Vec<(String, String)> = ids
         .iter()
@@ -336,11 +337,11 @@ fn offer_slots(
         .map(|s| {
             (
                 store::payload(token, Tap::Slot(store::slot_ref(vault, &s.id))),
-                super::texts::slot_title(s.start, &settings.time_zone, lang),
+                super::texts::slot_title(texts, s.start, &settings.time_zone, lang),
             )
         })
         .collect();
-    let (body, button) = super::texts::slot_list(lang);
+    let (body, button) = super::texts::slot_list(texts, lang);
     let built = message::list(
         &message::Frame {
             header: None,
@@ -368,7 +369,8 @@ fn offer_slots(
     }
 }
 
-/// The patient's number and language, if the patient is still known.
+/// The patient's number and language (chosen in the chat, else PID-15),
+/// if the patient is still known.
 fn contact(vault: &Vault, patient: PatientId) -> VaultResult<Option<(Recipient, Option<String>)>> {
     let Some(p) = vault.get_patient(patient)? else {
         return Ok(None);
@@ -376,7 +378,35 @@ fn contact(vault: &Vault, patient: PatientId) -> VaultResult<Option<(Recipient, 
     let Some(to) = p.phone.as_deref().and_then(|n| Recipient::phone(n).ok()) else {
         return Ok(None);
     };
-    Ok(Some((to, p.language)))
+    let chosen = match store::chosen_language(vault, patient) {
+        Ok(l) => l,
+        Err(VaultError::KeyUnavailable { .. } | VaultError::Decode { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(Some((to, chosen.or(p.language))))
+}
+
+/// A text that names a language ("Español", "deutsch") switches the
+/// patient's language for everything after it, and is answered in it.
+pub(crate) fn on_language_choice(
+    vault: &Vault,
+    txn: &mut Txn,
+    settings: &Settings,
+    patient: PatientId,
+    body: &str,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let Some(lang) = settings.reminders.messages.named(body) else {
+        return Ok(());
+    };
+    store::stage_language(txn, patient, lang)?;
+    let Some((to, _)) = contact(vault, patient)? else {
+        return Ok(());
+    };
+    let Ok(msg) = message::text(settings.reminders.messages.text(lang, "language.changed")) else {
+        return Ok(());
+    };
+    queue_reply(vault, txn, patient, to, msg, now)
 }
 
 #[allow(clippy::too_many_arguments)] // one effect's whole context
@@ -401,7 +431,7 @@ fn send_reminder(
     };
     let cfg = &settings.reminders;
     let lang = cfg.language_for(language.as_deref());
-    let (date, time) = super::texts::when(state.start, &settings.time_zone, lang);
+    let (date, time) = super::texts::when(&cfg.messages, state.start, &settings.time_zone, lang);
     let (confirm, cancel, reschedule) = (
         store::payload(token, Tap::Confirm),
         store::payload(token, Tap::Cancel),
@@ -409,7 +439,7 @@ fn send_reminder(
     );
     let built = message::template(&TemplateSpec {
         name: &cfg.template,
-        language: lang,
+        language: cfg.template_code(lang),
         header: None,
         body: Params::Positional(vec![&date, &time]),
         quick_replies: vec![&confirm, &cancel, &reschedule],
@@ -446,26 +476,33 @@ fn reply_to(
     reply: Reply,
     now: Timestamp,
 ) -> VaultResult<()> {
-    queue_text(vault, txn, settings, state.patient, now, |lang| {
-        super::texts::reply(reply, lang)
-    })
+    queue_text(
+        vault,
+        txn,
+        settings,
+        state.patient,
+        now,
+        super::texts::reply(reply),
+    )
 }
 
-/// Queues a short text to `patient`, in their language, inside the window
-/// the message being applied has opened (see [`reply_to`]).
+/// Queues the text `key` (`care::messages`) to `patient`, in their
+/// language, inside the window the message being applied has opened (see
+/// [`reply_to`]).
 pub(crate) fn queue_text(
     vault: &Vault,
     txn: &mut Txn,
     settings: &Settings,
     patient: PatientId,
     now: Timestamp,
-    text: impl Fn(&str) -> &'static str,
+    key: &str,
 ) -> VaultResult<()> {
     let Some((to, language)) = contact(vault, patient)? else {
         return Ok(());
     };
-    let lang = settings.reminders.language_for(language.as_deref());
-    let Ok(msg) = message::text(text(lang)) else {
+    let texts = &settings.reminders.messages;
+    let lang = texts.language(language.as_deref());
+    let Ok(msg) = message::text(texts.text(lang, key)) else {
         return Ok(());
     };
     queue_reply(vault, txn, patient, to, msg, now)

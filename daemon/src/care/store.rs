@@ -4,6 +4,9 @@
 //! - `T ‖ due (u64 BE seconds) ‖ token ‖ offset`: a reminder timer, so
 //!   that key order is due order and the scheduler reads only the first.
 //!
+//! - `L ‖ patient`: the language the patient chose in the chat (over
+//!   PID-15), patient's key.
+//!
 //! `token` is 16 bytes of a blind index of the PMS appointment id: the same
 //! opaque value names the appointment in quick-reply payloads, never the
 //! PMS id itself.
@@ -17,6 +20,7 @@ pub type Token = [u8; 16];
 
 const K_STATE: u8 = b'S';
 const K_TIMER: u8 = b'T';
+const K_LANGUAGE: u8 = b'L';
 
 /// The prefix of quick-reply payloads that are ours.
 const PAYLOAD_PREFIX: &str = "cr1:";
@@ -34,6 +38,27 @@ pub fn slot_ref(vault: &Vault, slot_id: &str) -> super::reschedule::SlotRef {
     let mut r = [0u8; 8];
     r.copy_from_slice(bi.get(..8).unwrap_or(&[0u8; 8]));
     r
+}
+
+fn language_key(patient: PatientId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(K_LANGUAGE);
+    k.extend_from_slice(&patient.0);
+    k
+}
+
+/// The language `patient` chose in the chat, if any.
+pub fn chosen_language(vault: &Vault, patient: PatientId) -> VaultResult<Option<String>> {
+    vault.get_json(Tree::Care, &language_key(patient))
+}
+
+pub fn stage_language(txn: &mut Txn, patient: PatientId, lang: &str) -> VaultResult<()> {
+    txn.put_json(
+        Tree::Care,
+        language_key(patient),
+        Owner::Patient(patient),
+        &lang,
+    )
 }
 
 fn state_key(token: &Token) -> Vec<u8> {

@@ -55,13 +55,24 @@ pub(crate) async fn pms_peer() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>
 }
 
 pub(crate) async fn daemon(sim: &Sim, pms: std::net::SocketAddr) -> Daemon {
+    daemon_with(sim, pms, "", "").await
+}
+
+/// The daemon with `whatsapp` lines added to `[whatsapp]` and `extra`
+/// config appended (e.g. a `[reminders]` section).
+pub(crate) async fn daemon_with(
+    sim: &Sim,
+    pms: std::net::SocketAddr,
+    whatsapp: &str,
+    extra: &str,
+) -> Daemon {
     let install = TestInstall::new(&format!(
         "[pms]\nmllp_listen = \"127.0.0.1:0\"\noutbound_endpoint = \"{pms}\"\n\
          outbound_timeout = \"5s\"\nphone_region = \"DE\"\n\n\
          [whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"106540352242922\"\n\
-         token_file = \"wa.token\"\nrate_per_second = 1000\n\n\
+         token_file = \"wa.token\"\nrate_per_second = 1000\n{whatsapp}\n\
          [webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
-         verify_token_file = \"verify-token\"\n",
+         verify_token_file = \"verify-token\"\n{extra}",
         sim.base_url()
     ));
     for (name, value) in [
@@ -88,7 +99,7 @@ pub(crate) async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T 
     }
 }
 
-fn siu(kind: &str, control_id: &str, appt: &str, start: &str) -> String {
+pub(crate) fn siu(kind: &str, control_id: &str, appt: &str, start: &str) -> String {
     siu_s12_v25(control_id, appt, "CARE001", start).replace("SIU^S12^SIU_S12", kind)
 }
 
