@@ -611,7 +611,8 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
             fix: e.fix,
         })?;
 
-    let reminders = crate::care::config::validate(&file.reminders, &invalid)?;
+    let reminders =
+        crate::care::config::validate(&file.reminders, &|v| resolve(&base, v), &invalid)?;
     let policy = crate::whatsapp::policy::validate(&file.policy)
         .map_err(|e| invalid(e.key, &e.value, &e.reason, e.fix))?;
     if !policy.is_mapped(&reminders.template) {

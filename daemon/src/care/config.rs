@@ -5,6 +5,9 @@ use crate::config::{parse_duration, ConfigError};
 use jiff::civil::Time;
 use jiff::SignedDuration;
 use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 type Invalid<'a> = dyn Fn(&'static str, &str, &str, &'static str) -> ConfigError + 'a;
 
@@ -24,6 +27,12 @@ pub struct RemindersFile {
     /// picks one, anything else gets `default_language`.
     pub languages: Option<Vec<String>>,
     pub default_language: Option<String>,
+    /// A directory of `<lang>.toml` message files that add languages or
+    /// override the shipped texts (`care::messages`).
+    pub messages_dir: Option<String>,
+    /// The account's template language code per language, where it is not
+    /// the two letters (e.g. `es = "es_MX"`).
+    pub template_codes: Option<BTreeMap<String, String>>,
 }
 
 /// One reminder: how long before the visit, and whether a confirmation
@@ -44,6 +53,9 @@ pub struct RemindersConfig {
     pub template: String,
     pub languages: Vec<String>,
     pub default_language: String,
+    /// The texts per language, the default language as their fallback.
+    pub messages: Arc<super::messages::Catalog>,
+    pub template_codes: BTreeMap<String, String>,
 }
 
 impl Default for RemindersConfig {
@@ -63,8 +75,10 @@ impl Default for RemindersConfig {
             allowed_from: Time::constant(8, 0, 0, 0),
             allowed_until: Time::constant(21, 0, 0, 0),
             template: "appointment_reminder".to_owned(),
-            languages: vec!["de".to_owned(), "en".to_owned()],
+            languages: ["de", "en", "es", "fr"].map(str::to_owned).to_vec(),
             default_language: "en".to_owned(),
+            messages: Arc::new(super::messages::Catalog::shipped()),
+            template_codes: BTreeMap::new(),
         }
     }
 }
@@ -115,6 +129,7 @@ fn hours(value: &str, invalid: &Invalid<'_>) -> Result<(Time, Time), ConfigError
 
 pub fn validate(
     file: &RemindersFile,
+    resolve: &dyn Fn(&str) -> PathBuf,
     invalid: &Invalid<'_>,
 ) -> Result<RemindersConfig, ConfigError> {
     let d = RemindersConfig::default();
@@ -176,7 +191,42 @@ pub fn validate(
             "add it to reminders.languages or choose one of them",
         ));
     }
+    let catalog = match file.messages_dir.as_deref() {
+        None | Some("") => super::messages::Catalog::shipped(),
+        Some(dir) => super::messages::Catalog::load_dir(&resolve(dir)).map_err(|e| {
+            invalid(
+                "reminders.messages_dir",
+                dir,
+                &e.to_string(),
+                "a directory of <lang>.toml files with the keys of config/messages/en.toml",
+            )
+        })?,
+    };
+    if !catalog.has(&default_language) {
+        return Err(invalid(
+            "reminders.default_language",
+            &default_language,
+            "no message file for it",
+            "add <lang>.toml to reminders.messages_dir or choose en, de, es or fr",
+        ));
+    }
+    let template_codes = file.template_codes.clone().unwrap_or_default();
+    for code in template_codes.values() {
+        let ok = !code.is_empty()
+            && code.len() <= 16
+            && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(invalid(
+                "reminders.template_codes",
+                code,
+                "not a template language code",
+                "write it like \"es_MX\" or \"pt_BR\"",
+            ));
+        }
+    }
     Ok(RemindersConfig {
+        messages: Arc::new(catalog.with_default(&default_language)),
+        template_codes,
         enabled: file.enabled.unwrap_or(true),
         offsets,
         allowed_from,
@@ -192,16 +242,15 @@ impl RemindersConfig {
     /// `de`, `DE`, `de-DE` or `ger`): its first two letters if configured,
     /// else the default.
     pub fn language_for(&self, patient_language: Option<&str>) -> &str {
-        let wanted = patient_language
-            .map(|l| l.trim().to_ascii_lowercase())
-            .map(|l| match l.as_str() {
-                "ger" | "deu" => "de".to_owned(),
-                "eng" => "en".to_owned(),
-                _ => l.chars().take(2).collect(),
-            });
+        let wanted = patient_language.map(super::messages::normalize);
         wanted
             .and_then(|w| self.languages.iter().find(|l| **l == w))
             .unwrap_or(&self.default_language)
+    }
+
+    /// The account's language code of the template in `lang`.
+    pub fn template_code<'a>(&'a self, lang: &'a str) -> &'a str {
+        self.template_codes.get(lang).map_or(lang, String::as_str)
     }
 }
 
@@ -220,9 +269,13 @@ mod tests {
         }
     }
 
+    fn path(v: &str) -> PathBuf {
+        PathBuf::from(v)
+    }
+
     #[test]
     fn defaults_are_72h_and_24h_unconfirmed_between_8_and_21() {
-        let c = validate(&RemindersFile::default(), &invalid).unwrap();
+        let c = validate(&RemindersFile::default(), &path, &invalid).unwrap();
         assert_eq!(c, RemindersConfig::default());
         assert_eq!(c.offsets.len(), 2);
         assert!(c.offsets[1].only_unconfirmed);
@@ -253,14 +306,17 @@ mod tests {
                 "reminders.first",
             ),
         ] {
-            let e = validate(&file, &invalid).unwrap_err().to_string();
+            let e = validate(&file, &path, &invalid).unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
         }
         let only_one = RemindersFile {
             second: Some(String::new()),
             ..Default::default()
         };
-        assert_eq!(validate(&only_one, &invalid).unwrap().offsets.len(), 1);
+        assert_eq!(
+            validate(&only_one, &path, &invalid).unwrap().offsets.len(),
+            1
+        );
     }
 
     #[test]
@@ -268,7 +324,24 @@ mod tests {
         let c = RemindersConfig::default();
         assert_eq!(c.language_for(Some("DE")), "de");
         assert_eq!(c.language_for(Some("ger")), "de");
-        assert_eq!(c.language_for(Some("fr")), "en");
+        assert_eq!(c.language_for(Some("es-MX")), "es");
+        assert_eq!(c.language_for(Some("nl")), "en");
         assert_eq!(c.language_for(None), "en");
+        let mapped = RemindersFile {
+            template_codes: Some([("es".to_owned(), "es_MX".to_owned())].into()),
+            default_language: Some("de".into()),
+            ..Default::default()
+        };
+        let c = validate(&mapped, &path, &invalid).unwrap();
+        assert_eq!(c.template_code("es"), "es_MX");
+        assert_eq!(c.template_code("fr"), "fr");
+        assert_eq!(c.messages.language(Some("nl")), "de");
+        let missing = RemindersFile {
+            languages: Some(vec!["it".into()]),
+            default_language: Some("it".into()),
+            ..Default::default()
+        };
+        let e = validate(&missing, &path, &invalid).unwrap_err();
+        assert!(e.to_string().contains("no message file"), "{e}");
     }
 }

@@ -30,7 +30,7 @@ pub enum Keyword {
 }
 
 /// Lowercase, accents folded, surrounding punctuation and spaces removed.
-fn normalise(text: &str) -> String {
+pub(crate) fn normalise(text: &str) -> String {
     let folded: String = text
         .chars()
         .flat_map(char::to_lowercase)
@@ -80,7 +80,11 @@ pub fn on_text(
     now: Timestamp,
 ) -> VaultResult<()> {
     let Some(kw) = keyword(body) else {
-        return Ok(());
+        // Not a keyword: perhaps the patient named a language.
+        let Some(settings) = vault.care() else {
+            return Ok(());
+        };
+        return super::shell::on_language_choice(vault, txn, &settings, patient, body, now);
     };
     on_keyword(vault, txn, patient, kw, now)
 }
@@ -127,9 +131,14 @@ pub fn on_keyword(
     if kw == Keyword::OptOut {
         crate::kpi::on_opt_out(vault, txn, patient, now)?;
     }
-    super::shell::queue_text(vault, txn, &settings, patient, now, |lang| {
-        super::texts::consent(kw, lang)
-    })
+    super::shell::queue_text(
+        vault,
+        txn,
+        &settings,
+        patient,
+        now,
+        super::texts::consent(kw),
+    )
 }
 
 #[cfg(test)]

@@ -9,12 +9,16 @@
 //!   `webhook::apply`, due timers from the scheduler).
 //! - `scheduler`: the `care-scheduler` task.
 //! - `consent`: opt-out / opt-in keywords in the chat.
-//! - `texts`: the visit's date and time, the replies.
+//! - `messages`: the texts per language (`config/messages/<lang>.toml`).
+//! - `texts`: which text each reply is, the visit's date and time.
+//! - `reschedule`: which open slots a "Reschedule" tap offers.
 
 pub mod config;
 pub mod consent;
 pub mod ledger;
+pub mod messages;
 pub mod reminder;
+pub mod reschedule;
 pub mod scheduler;
 pub mod shell;
 pub mod store;

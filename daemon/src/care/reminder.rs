@@ -21,6 +21,10 @@ pub struct ReminderState {
     pub pending: Vec<Pending>,
     /// Offsets whose reminder was queued: never a second one.
     pub sent: Vec<u8>,
+    /// The slot a reschedule was asked for (until the PMS moves the
+    /// appointment): the same row chosen again is not asked twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reschedule: Option<String>,
 }
 
 impl std::fmt::Debug for ReminderState {
@@ -94,6 +98,16 @@ pub enum Input {
         eligible: Result<(), Ineligible>,
     },
     Answered(Answer),
+    /// "Reschedule" tapped; `open`: the slots that could be offered now
+    /// (ids, soonest first, already filtered by `care::reschedule`).
+    RescheduleAsked {
+        open: Vec<String>,
+    },
+    /// A row of the offered list chosen; `None`: that slot is no longer
+    /// open (taken, past, withdrawn by the PMS).
+    SlotChosen {
+        slot: Option<String>,
+    },
 }
 
 /// What the patient is told after a tap.
@@ -103,6 +117,12 @@ pub enum Reply {
     Cancelled,
     /// The appointment is no longer open (cancelled, past).
     Closed,
+    /// A new time was asked of the PMS; its confirmation follows.
+    RescheduleRequested,
+    /// No open slot to offer: the practice will get in touch.
+    NoSlots,
+    /// The chosen slot is no longer open.
+    SlotGone,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +142,16 @@ pub enum Effect {
     /// Tell the PMS (SIU^S14 / SRM^S04 through the PMS outbox, with the
     /// feed event).
     ToPms(Answer),
+    /// Offer these slots (ids) as an interactive list.
+    OfferSlots(Vec<String>),
+    /// Ask the PMS to move the appointment to this slot (SRM^S02).
+    RequestReschedule {
+        slot: String,
+    },
+    /// Hand over to staff (a `staff-requested` feed event with `reason`).
+    Handoff {
+        reason: &'static str,
+    },
     Reply(Reply),
 }
 
@@ -222,6 +252,7 @@ pub fn decide(
                 },
                 pending: Vec::new(),
                 sent: Vec::new(),
+                reschedule: None,
             };
             schedule(&mut s, cal, now, &mut fx);
             return (Some(s), fx);
@@ -252,6 +283,7 @@ pub fn decide(
                 s.start = start;
                 s.patient = patient;
                 s.sent.clear();
+                s.reschedule = None;
                 s.phase = if confirmed {
                     Phase::Confirmed
                 } else {
@@ -315,6 +347,31 @@ pub fn decide(
                         fx.push(Effect::Reply(Reply::Cancelled));
                     }
                 }
+            }
+        }
+        Input::RescheduleAsked { open } => {
+            if s.phase == Phase::Closed || s.start <= now {
+                fx.push(Effect::Reply(Reply::Closed));
+            } else if open.is_empty() {
+                fx.push(Effect::Handoff {
+                    reason: "reschedule-no-slots",
+                });
+                fx.push(Effect::Reply(Reply::NoSlots));
+            } else {
+                fx.push(Effect::OfferSlots(open));
+            }
+        }
+        Input::SlotChosen { slot } => {
+            if s.phase == Phase::Closed || s.start <= now {
+                fx.push(Effect::Reply(Reply::Closed));
+            } else if let Some(slot) = slot {
+                if s.reschedule.as_ref() != Some(&slot) {
+                    s.reschedule = Some(slot.clone());
+                    fx.push(Effect::RequestReschedule { slot });
+                }
+                fx.push(Effect::Reply(Reply::RescheduleRequested));
+            } else {
+                fx.push(Effect::Reply(Reply::SlotGone));
             }
         }
     }

@@ -285,3 +285,79 @@ fn due_times_are_whole_seconds() {
         Some(ts("2026-03-30T08:00:00Z"))
     );
 }
+
+fn open_state(cal: &Calendar<'_>, now: Timestamp) -> Option<ReminderState> {
+    decide(None, booked("2026-06-10T08:00:00Z"), now, cal).0
+}
+
+#[test]
+fn reschedule_offers_the_open_slots_or_hands_over_to_staff() {
+    let (cfg, tz) = (RemindersConfig::default(), berlin());
+    let cal = Calendar {
+        config: &cfg,
+        tz: &tz,
+    };
+    let now = ts("2026-06-01T08:00:00Z");
+    let s = open_state(&cal, now);
+    let open = vec!["S1".to_owned(), "S2".to_owned()];
+    let (s2, fx) = decide(
+        s.clone(),
+        Input::RescheduleAsked { open: open.clone() },
+        now,
+        &cal,
+    );
+    assert_eq!(fx, [Effect::OfferSlots(open)]);
+    assert_eq!(s2, s, "offering changes nothing");
+    let (_, fx) = decide(
+        s.clone(),
+        Input::RescheduleAsked { open: vec![] },
+        now,
+        &cal,
+    );
+    assert_eq!(
+        fx,
+        [
+            Effect::Handoff {
+                reason: "reschedule-no-slots"
+            },
+            Effect::Reply(Reply::NoSlots)
+        ]
+    );
+    // Past the visit: nothing to move.
+    let late = ts("2026-06-10T08:00:00Z");
+    let (_, fx) = decide(s, Input::RescheduleAsked { open: vec![] }, late, &cal);
+    assert_eq!(fx, [Effect::Reply(Reply::Closed)]);
+}
+
+#[test]
+fn a_chosen_slot_is_asked_of_the_pms_once_and_a_new_time_clears_it() {
+    let (cfg, tz) = (RemindersConfig::default(), berlin());
+    let cal = Calendar {
+        config: &cfg,
+        tz: &tz,
+    };
+    let now = ts("2026-06-01T08:00:00Z");
+    let s = open_state(&cal, now);
+    let chosen = |slot: Option<&str>| Input::SlotChosen {
+        slot: slot.map(str::to_owned),
+    };
+    let (s, fx) = decide(s, chosen(Some("S1")), now, &cal);
+    assert_eq!(
+        fx,
+        [
+            Effect::RequestReschedule { slot: "S1".into() },
+            Effect::Reply(Reply::RescheduleRequested)
+        ]
+    );
+    // The same row again (a second tap): only the reply.
+    let (s, fx) = decide(s, chosen(Some("S1")), now, &cal);
+    assert_eq!(fx, [Effect::Reply(Reply::RescheduleRequested)]);
+    let (s, fx) = decide(s, chosen(None), now, &cal);
+    assert_eq!(fx, [Effect::Reply(Reply::SlotGone)]);
+    // The PMS moved the appointment (S13): a new request may follow.
+    let (s, _) = decide(s, booked("2026-06-12T08:00:00Z"), now, &cal);
+    assert_eq!(s.as_ref().unwrap().reschedule, None);
+    let (s, _) = decide(s, Input::Cancelled, now, &cal);
+    let (_, fx) = decide(s, chosen(Some("S2")), now, &cal);
+    assert_eq!(fx, [Effect::Reply(Reply::Closed)]);
+}

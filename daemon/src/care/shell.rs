@@ -114,28 +114,48 @@ pub fn on_tap(
     let Some((tap, token)) = store::parse_payload(reply_id) else {
         return Ok(());
     };
-    match session.load(vault, &token)? {
-        Some(s) if s.patient == patient => {}
+    let state = match session.load(vault, &token)? {
+        Some(s) if s.patient == patient => s,
         _ => {
             tracing::info!(
                 "a reminder button for an appointment this patient does not have is ignored"
             );
             return Ok(());
         }
-    }
-    let answer = match tap {
-        Tap::Confirm => Answer::Confirm,
-        Tap::Cancel => Answer::Cancel,
     };
-    run(
-        vault,
-        txn,
-        session,
-        &settings,
-        &token,
-        Input::Answered(answer),
-        now,
-    )
+    let input = match tap {
+        Tap::Confirm => Input::Answered(Answer::Confirm),
+        Tap::Cancel => Input::Answered(Answer::Cancel),
+        Tap::Reschedule => Input::RescheduleAsked {
+            open: open_slots(vault, &state, now)?
+                .into_iter()
+                .map(|s| s.id)
+                .collect(),
+        },
+        Tap::Slot(r) => Input::SlotChosen {
+            slot: open_slots(vault, &state, now)?
+                .into_iter()
+                .find(|s| store::slot_ref(vault, &s.id) == r)
+                .map(|s| s.id),
+        },
+    };
+    run(vault, txn, session, &settings, &token, input, now)
+}
+
+/// The slots a reschedule of `state`'s appointment may move to now.
+fn open_slots(
+    vault: &Vault,
+    state: &ReminderState,
+    now: Timestamp,
+) -> VaultResult<Vec<crate::model::Slot>> {
+    let Some(a) = vault.get_appointment(&state.appointment)? else {
+        return Ok(Vec::new());
+    };
+    let slots = vault.slots()?;
+    Ok(super::reschedule::candidates(&slots, &a, now)
+        .into_iter()
+        .cloned()
+        .collect())
 }
 
 /// Runs the timers due at `now` (at most `limit`) as one writer job's txn.
@@ -261,24 +281,106 @@ fn stage_effect(
                     appointment: state.appointment.clone(),
                 },
             };
-            match crate::pms::outbound::stage(vault, txn, &settings.outbound, &action, ACTOR, now) {
-                Ok(_) => {}
-                Err(ActionError::Vault(e)) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, "a patient's answer could not be put to the PMS");
-                    let mut ev = event(EventKind::MessageFailed, now, state);
-                    ev.details
-                        .insert("reason".to_owned(), "pms-message".to_owned());
-                    vault.stage_event(txn, &ev)?;
-                }
-            }
+            to_pms(vault, txn, settings, state, &action, now)?;
+        }
+        Effect::RequestReschedule { slot } => {
+            let action = PatientAction::Reschedule {
+                appointment: state.appointment.clone(),
+                slot: Some(slot),
+            };
+            to_pms(vault, txn, settings, state, &action, now)?;
+        }
+        Effect::OfferSlots(ids) => offer_slots(vault, txn, settings, token, state, &ids, now)?,
+        Effect::Handoff { reason } => {
+            let mut ev = event(EventKind::StaffRequested, now, state);
+            ev.details.insert("reason".to_owned(), reason.to_owned());
+            vault.stage_event(txn, &ev)?;
         }
         Effect::Reply(reply) => reply_to(vault, txn, settings, state, reply, now)?,
     }
     Ok(())
 }
 
-/// The patient's number and language, if the patient is still known.
+/// A patient's action to the PMS (SIU^S14 / SRM^S04 / SRM^S02 through the
+/// PMS outbox, with its feed event).
+fn to_pms(
+    vault: &Vault,
+    txn: &mut Txn,
+    settings: &Settings,
+    state: &ReminderState,
+    action: &PatientAction,
+    now: Timestamp,
+) -> VaultResult<()> {
+    match crate::pms::outbound::stage(vault, txn, &settings.outbound, action, ACTOR, now) {
+        Ok(_) => Ok(()),
+        Err(ActionError::Vault(e)) => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "a patient's answer could not be put to the PMS");
+            let mut ev = event(EventKind::MessageFailed, now, state);
+            ev.details
+                .insert("reason".to_owned(), "pms-message".to_owned());
+            vault.stage_event(txn, &ev)
+        }
+    }
+}
+
+/// The open slots as an interactive list; each row's id names the
+/// appointment and the slot opaquely.
+fn offer_slots(
+    vault: &Vault,
+    txn: &mut Txn,
+    settings: &Settings,
+    token: &Token,
+    state: &ReminderState,
+    ids: &[String],
+    now: Timestamp,
+) -> VaultResult<()> {
+    let Some((to, language)) = contact(vault, state.patient)? else {
+        return Ok(());
+    };
+    let texts = &settings.reminders.messages;
+    let lang = texts.language(language.as_deref());
+    let slots = vault.slots()?;
+    let rows: Vec<(String, String)> = ids
+        .iter()
+        .filter_map(|id| slots.iter().find(|s| &s.id == id))
+        .map(|s| {
+            (
+                store::payload(token, Tap::Slot(store::slot_ref(vault, &s.id))),
+                super::texts::slot_title(texts, s.start, &settings.time_zone, lang),
+            )
+        })
+        .collect();
+    let (body, button) = super::texts::slot_list(texts, lang);
+    let built = message::list(
+        &message::Frame {
+            header: None,
+            body,
+            footer: None,
+        },
+        button,
+        &[(
+            None,
+            rows.iter()
+                .map(|(id, title)| message::Row {
+                    id,
+                    title,
+                    description: None,
+                })
+                .collect(),
+        )],
+    );
+    match built {
+        Ok(msg) => queue_reply(vault, txn, state.patient, to, msg, now),
+        Err(e) => {
+            tracing::warn!(error = %e, "a list of open slots could not be built");
+            Ok(())
+        }
+    }
+}
+
+/// The patient's number and language (chosen in the chat, else PID-15),
+/// if the patient is still known.
 fn contact(vault: &Vault, patient: PatientId) -> VaultResult<Option<(Recipient, Option<String>)>> {
     let Some(p) = vault.get_patient(patient)? else {
         return Ok(None);
@@ -286,7 +388,35 @@ fn contact(vault: &Vault, patient: PatientId) -> VaultResult<Option<(Recipient, 
     let Some(to) = p.phone.as_deref().and_then(|n| Recipient::phone(n).ok()) else {
         return Ok(None);
     };
-    Ok(Some((to, p.language)))
+    let chosen = match store::chosen_language(vault, patient) {
+        Ok(l) => l,
+        Err(VaultError::KeyUnavailable { .. } | VaultError::Decode { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(Some((to, chosen.or(p.language))))
+}
+
+/// A text that names a language ("Español", "deutsch") switches the
+/// patient's language for everything after it, and is answered in it.
+pub(crate) fn on_language_choice(
+    vault: &Vault,
+    txn: &mut Txn,
+    settings: &Settings,
+    patient: PatientId,
+    body: &str,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let Some(lang) = settings.reminders.messages.named(body) else {
+        return Ok(());
+    };
+    store::stage_language(txn, patient, lang)?;
+    let Some((to, _)) = contact(vault, patient)? else {
+        return Ok(());
+    };
+    let Ok(msg) = message::text(settings.reminders.messages.text(lang, "language.changed")) else {
+        return Ok(());
+    };
+    queue_reply(vault, txn, patient, to, msg, now)
 }
 
 #[allow(clippy::too_many_arguments)] // one effect's whole context
@@ -311,17 +441,18 @@ fn send_reminder(
     };
     let cfg = &settings.reminders;
     let lang = cfg.language_for(language.as_deref());
-    let (date, time) = super::texts::when(state.start, &settings.time_zone, lang);
-    let (confirm, cancel) = (
+    let (date, time) = super::texts::when(&cfg.messages, state.start, &settings.time_zone, lang);
+    let (confirm, cancel, reschedule) = (
         store::payload(token, Tap::Confirm),
         store::payload(token, Tap::Cancel),
+        store::payload(token, Tap::Reschedule),
     );
     let built = message::template(&TemplateSpec {
         name: &cfg.template,
-        language: lang,
+        language: cfg.template_code(lang),
         header: None,
         body: Params::Positional(vec![&date, &time]),
-        quick_replies: vec![&confirm, &cancel],
+        quick_replies: vec![&confirm, &cancel, &reschedule],
     });
     let Ok(msg) = built else {
         return failed(txn, "template");
@@ -355,28 +486,48 @@ fn reply_to(
     reply: Reply,
     now: Timestamp,
 ) -> VaultResult<()> {
-    queue_text(vault, txn, settings, state.patient, now, |lang| {
-        super::texts::reply(reply, lang)
-    })
+    queue_text(
+        vault,
+        txn,
+        settings,
+        state.patient,
+        now,
+        super::texts::reply(reply),
+    )
 }
 
-/// Queues a short text to `patient`, in their language, inside the window
-/// the message being applied has opened (see [`reply_to`]).
+/// Queues the text `key` (`care::messages`) to `patient`, in their
+/// language, inside the window the message being applied has opened (see
+/// [`reply_to`]).
 pub(crate) fn queue_text(
     vault: &Vault,
     txn: &mut Txn,
     settings: &Settings,
     patient: PatientId,
     now: Timestamp,
-    text: impl Fn(&str) -> &'static str,
+    key: &str,
 ) -> VaultResult<()> {
     let Some((to, language)) = contact(vault, patient)? else {
         return Ok(());
     };
-    let lang = settings.reminders.language_for(language.as_deref());
-    let Ok(msg) = message::text(text(lang)) else {
+    let texts = &settings.reminders.messages;
+    let lang = texts.language(language.as_deref());
+    let Ok(msg) = message::text(texts.text(lang, key)) else {
         return Ok(());
     };
+    queue_reply(vault, txn, patient, to, msg, now)
+}
+
+/// Queues `msg` to `patient` inside the window the message being applied
+/// has opened (see [`reply_to`]).
+fn queue_reply(
+    vault: &Vault,
+    txn: &mut Txn,
+    patient: PatientId,
+    to: Recipient,
+    msg: message::OutMessage,
+    now: Timestamp,
+) -> VaultResult<()> {
     let item = WaItem {
         patient: Some(patient),
         recipient: Some(to),

@@ -4,6 +4,9 @@
 //! - `T ‖ due (u64 BE seconds) ‖ token ‖ offset`: a reminder timer, so
 //!   that key order is due order and the scheduler reads only the first.
 //!
+//! - `L ‖ patient`: the language the patient chose in the chat (over
+//!   PID-15), patient's key.
+//!
 //! `token` is 16 bytes of a blind index of the PMS appointment id: the same
 //! opaque value names the appointment in quick-reply payloads, never the
 //! PMS id itself.
@@ -17,6 +20,7 @@ pub type Token = [u8; 16];
 
 const K_STATE: u8 = b'S';
 const K_TIMER: u8 = b'T';
+const K_LANGUAGE: u8 = b'L';
 
 /// The prefix of quick-reply payloads that are ours.
 const PAYLOAD_PREFIX: &str = "cr1:";
@@ -26,6 +30,35 @@ pub fn token(vault: &Vault, appointment_id: &str) -> Token {
     let mut t = [0u8; 16];
     t.copy_from_slice(bi.get(..16).unwrap_or(&[0u8; 16]));
     t
+}
+
+/// A slot's opaque reference in a list row id (see `care::reschedule`).
+pub fn slot_ref(vault: &Vault, slot_id: &str) -> super::reschedule::SlotRef {
+    let bi = vault.blind_index("care-slot", slot_id);
+    let mut r = [0u8; 8];
+    r.copy_from_slice(bi.get(..8).unwrap_or(&[0u8; 8]));
+    r
+}
+
+fn language_key(patient: PatientId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(K_LANGUAGE);
+    k.extend_from_slice(&patient.0);
+    k
+}
+
+/// The language `patient` chose in the chat, if any.
+pub fn chosen_language(vault: &Vault, patient: PatientId) -> VaultResult<Option<String>> {
+    vault.get_json(Tree::Care, &language_key(patient))
+}
+
+pub fn stage_language(txn: &mut Txn, patient: PatientId, lang: &str) -> VaultResult<()> {
+    txn.put_json(
+        Tree::Care,
+        language_key(patient),
+        Owner::Patient(patient),
+        &lang,
+    )
 }
 
 fn state_key(token: &Token) -> Vec<u8> {
@@ -115,13 +148,25 @@ pub fn due_timers(vault: &Vault, now: Timestamp, limit: usize) -> VaultResult<Ve
 pub enum Tap {
     Confirm,
     Cancel,
+    Reschedule,
+    /// A row of the list of open slots (`care::reschedule`).
+    Slot(super::reschedule::SlotRef),
 }
 
-/// The quick-reply payload for a tap on an appointment's reminder.
+/// The quick-reply payload (or list row id) for a tap on an appointment's
+/// reminder.
 pub fn payload(token: &Token, tap: Tap) -> String {
     let t = match tap {
         Tap::Confirm => 'c',
         Tap::Cancel => 'x',
+        Tap::Reschedule => 'r',
+        Tap::Slot(slot) => {
+            return format!(
+                "{PAYLOAD_PREFIX}s:{}:{}",
+                hex::encode(token),
+                hex::encode(slot)
+            )
+        }
     };
     format!("{PAYLOAD_PREFIX}{t}:{}", hex::encode(token))
 }
@@ -129,10 +174,18 @@ pub fn payload(token: &Token, tap: Tap) -> String {
 /// A payload of ours, taken apart; None for anything else.
 pub fn parse_payload(p: &str) -> Option<(Tap, Token)> {
     let rest = p.strip_prefix(PAYLOAD_PREFIX)?;
-    let (t, hexed) = rest.split_once(':')?;
+    let (t, mut hexed) = rest.split_once(':')?;
     let tap = match t {
         "c" => Tap::Confirm,
         "x" => Tap::Cancel,
+        "r" => Tap::Reschedule,
+        "s" => {
+            let (tok, slot) = hexed.split_once(':')?;
+            hexed = tok;
+            let mut r = [0u8; 8];
+            hex::decode_to_slice(slot, &mut r).ok()?;
+            Tap::Slot(r)
+        }
         _ => return None,
     };
     let mut token = [0u8; 16];
@@ -171,7 +224,21 @@ mod tests {
             parse_payload(&payload(&t, Tap::Cancel)),
             Some((Tap::Cancel, t))
         );
-        for other in ["confirm:1", "cr1:q:00", "cr1:c:zz", "stop", ""] {
+        for tap in [Tap::Reschedule, Tap::Slot([9; 8])] {
+            let p = payload(&t, tap);
+            // A list row id: at most 200 characters.
+            assert!(p.len() <= 200, "{p}");
+            assert_eq!(parse_payload(&p), Some((tap, t)));
+        }
+        for other in [
+            "confirm:1",
+            "cr1:q:00",
+            "cr1:c:zz",
+            "stop",
+            "",
+            "cr1:s:00",
+            "cr1:s:abababababababababababababababab:zz",
+        ] {
             assert_eq!(parse_payload(other), None, "{other}");
         }
     }

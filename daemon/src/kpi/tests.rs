@@ -24,6 +24,7 @@ fn state(phase: Phase) -> ReminderState {
         phase,
         pending: Vec::new(),
         sent: vec![0],
+        reschedule: None,
     }
 }
 

@@ -54,13 +54,24 @@ pub(crate) async fn pms_peer() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>
 }
 
 pub(crate) async fn daemon(sim: &Sim, pms: std::net::SocketAddr) -> Daemon {
+    daemon_with(sim, pms, "", "").await
+}
+
+/// The daemon with `whatsapp` lines added to `[whatsapp]` and `extra`
+/// config appended (e.g. a `[reminders]` section).
+pub(crate) async fn daemon_with(
+    sim: &Sim,
+    pms: std::net::SocketAddr,
+    whatsapp: &str,
+    extra: &str,
+) -> Daemon {
     let install = TestInstall::new(&format!(
         "[pms]\nmllp_listen = \"127.0.0.1:0\"\noutbound_endpoint = \"{pms}\"\n\
          outbound_timeout = \"5s\"\nphone_region = \"DE\"\n\n\
          [whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"106540352242922\"\n\
-         token_file = \"wa.token\"\nrate_per_second = 1000\n\n\
+         token_file = \"wa.token\"\nrate_per_second = 1000\n{whatsapp}\n\
          [webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
-         verify_token_file = \"verify-token\"\n",
+         verify_token_file = \"verify-token\"\n{extra}",
         sim.base_url()
     ));
     install.wa_secrets(SECRET);
@@ -79,7 +90,7 @@ pub(crate) async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T 
     }
 }
 
-fn siu(kind: &str, control_id: &str, appt: &str, start: &str) -> String {
+pub(crate) fn siu(kind: &str, control_id: &str, appt: &str, start: &str) -> String {
     let msg = siu_s12_v25(control_id, appt, "CARE001", start).replace("SIU^S12^SIU_S12", kind);
     // The service and a diagnosis carry markers (as do the MRN, the full
     // name and the birth date) that the simulator must never see.
@@ -88,7 +99,7 @@ fn siu(kind: &str, control_id: &str, appt: &str, start: &str) -> String {
         .replacen("\rRGS|", dg1, 1)
 }
 
-fn templates(sim: &Sim) -> Vec<serde_json::Value> {
+pub(crate) fn templates(sim: &Sim) -> Vec<serde_json::Value> {
     sim.sent_messages()
         .into_iter()
         .filter(|m| m["type"] == "template")
@@ -106,7 +117,7 @@ fn timers(d: &Daemon) -> usize {
 
 /// Moves the clock to `at` and waits until the scheduler has run what was
 /// due then, and the outbox has looked at its queue.
-async fn at(d: &Daemon, at: Timestamp) {
+pub(crate) async fn at(d: &Daemon, at: Timestamp) {
     d.clock.set(at);
     tokio::time::timeout(Duration::from_secs(20), d.running.care.looked_at(at))
         .await
@@ -198,7 +209,7 @@ async fn a_reminder_goes_out_at_its_time_and_a_confirm_reaches_the_pms() {
         .filter(|c| c["sub_type"] == "quick_reply")
         .map(|c| c["parameters"][0]["payload"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(payloads.len(), 2);
+    assert_eq!(payloads.len(), 3);
     for p in &payloads {
         assert!(!p.contains("APPT") && !p.contains("CARE001"), "{p}");
     }
@@ -298,7 +309,7 @@ fn due_times(d: &Daemon) -> Vec<Timestamp> {
         .collect()
 }
 
-fn payloads(sent: &serde_json::Value) -> Vec<String> {
+pub(crate) fn payloads(sent: &serde_json::Value) -> Vec<String> {
     sent["template"]["components"]
         .as_array()
         .unwrap()
