@@ -284,6 +284,7 @@ fn stage_effect(
             to_pms(vault, txn, settings, state, &action, now)?;
         }
         Effect::RequestReschedule { slot } => {
+            crate::kpi::on_answer(vault, txn, token, crate::kpi::Kpi::Rescheduled, now)?;
             let action = PatientAction::Reschedule {
                 appointment: state.appointment.clone(),
                 slot: Some(slot),

@@ -133,6 +133,8 @@ async fn reschedule_offers_open_slots_and_a_chosen_row_reaches_the_pms() {
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].appointment.as_deref(), Some("APPT-R1"));
     assert_eq!(ev[0].slot.as_deref(), Some("SLOT-00"));
+    let kpis = clinic_relay::kpi::read::total(&d.running.vault).unwrap();
+    assert_eq!(kpis.get(clinic_relay::kpi::Kpi::Rescheduled), 1);
     d.running.whatsapp.as_ref().unwrap().kick();
     until("the reply", || {
         text_sent(
