@@ -244,13 +244,21 @@ pub async fn enqueue_document(
     vault
         .write(move |v| {
             let mut txn = Txn::new(now);
-            stage_document(
+            match stage_document(
                 v, &mut txn, &config, patient, recipient, doc, reference, now, expires,
-            )?;
-            Ok::<_, MediaError>((txn, ()))
+            ) {
+                // Its feed event (and audit entry) are in txn: commit them.
+                Err(
+                    e @ MediaError::Outbox(
+                        OutboxError::Unreachable { .. } | OutboxError::PolicyBlocked(_),
+                    ),
+                ) => Ok((txn, Err(e))),
+                Err(e) => Err(e),
+                Ok(()) => Ok((txn, Ok(()))),
+            }
         })
         .await
-        .map(|c| c.value)
+        .and_then(|c| c.value)
 }
 
 /// The sealed PDF a queued item names, if it names one.

@@ -157,3 +157,36 @@ async fn a_forbidden_field_forced_at_enqueue_is_blocked_audited_and_never_sent()
     let caught = std::panic::catch_unwind(|| assert_sim_saw_none(&sim, &["ZZSVCMARKER"]));
     assert!(caught.is_err());
 }
+
+/// A document that is not queued (here: to a landline) still gets its feed
+/// event committed, as a message does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_document_keeps_its_event() {
+    use clinic_relay::whatsapp::media::{self, Document, MediaConfig, MediaError};
+    let s = Setup::new();
+    let e = media::enqueue_document(
+        &s.vault,
+        &MediaConfig::default(),
+        None,
+        Recipient::phone("+493012345678").unwrap(),
+        Document {
+            pdf: b"%PDF-1.4 x".to_vec(),
+            filename: "r.pdf".to_owned(),
+            caption: None,
+        },
+        Some("result:1".to_owned()),
+        t0(),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        e,
+        MediaError::Outbox(OutboxError::Unreachable { .. })
+    ));
+    let events = s.vault.events_after(0, 10).unwrap();
+    assert!(events
+        .iter()
+        .any(|(_, e)| e.kind == EventKind::WhatsappUnreachable));
+    assert_eq!(s.vault.count(clinic_relay::vault::Tree::WaOutbox), 0);
+}
