@@ -255,12 +255,11 @@ fn stage_effect(
         Effect::SendReminder { offset, expires } => {
             send_reminder(vault, txn, settings, token, state, offset, expires, now)?;
         }
+        Effect::SendFollowUp { expires } => {
+            send_follow_up(vault, txn, settings, token, state, expires, now)?;
+        }
         Effect::Skipped { offset, reason } => {
-            let mut ev = event(EventKind::ReminderSkipped, now, state);
-            ev.details
-                .insert("reason".to_owned(), reason.as_str().to_owned());
-            ev.details.insert("offset".to_owned(), offset.to_string());
-            vault.stage_event(txn, &ev)?;
+            skipped(vault, txn, state, offset, reason.as_str(), now)?;
         }
         Effect::ToPms(answer) => {
             let action = match answer {
@@ -420,14 +419,15 @@ fn send_reminder(
     expires: Timestamp,
     now: Timestamp,
 ) -> VaultResult<()> {
-    let failed = |txn: &mut Txn, reason: &str| {
-        let mut ev = event(EventKind::ReminderSkipped, now, state);
-        ev.details.insert("reason".to_owned(), reason.to_owned());
-        ev.details.insert("offset".to_owned(), offset.to_string());
-        vault.stage_event(txn, &ev)
-    };
     let Some((to, language)) = contact(vault, state.patient)? else {
-        return failed(txn, Ineligible::NoNumber.as_str());
+        return skipped(
+            vault,
+            txn,
+            state,
+            offset,
+            Ineligible::NoNumber.as_str(),
+            now,
+        );
     };
     let cfg = &settings.reminders;
     let lang = cfg.language_for(language.as_deref());
@@ -444,14 +444,84 @@ fn send_reminder(
         body: Params::Positional(vec![&date, &time]),
         quick_replies: vec![&confirm, &cancel, &reschedule],
     });
+    let reference = format!("reminder:{}:{offset}", hex::encode(&token[..6]));
+    queue_template(
+        vault, txn, state, offset, to, built, reference, expires, now,
+    )
+}
+
+/// The post-visit follow-up template (no parameters: nothing of the visit
+/// goes out).
+fn send_follow_up(
+    vault: &Vault,
+    txn: &mut Txn,
+    settings: &Settings,
+    token: &Token,
+    state: &ReminderState,
+    expires: Timestamp,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let offset = reminder::FOLLOW_UP;
+    let Some((to, language)) = contact(vault, state.patient)? else {
+        return skipped(
+            vault,
+            txn,
+            state,
+            offset,
+            Ineligible::NoNumber.as_str(),
+            now,
+        );
+    };
+    let cfg = &settings.reminders;
+    let lang = cfg.language_for(language.as_deref());
+    let built = message::template(&TemplateSpec {
+        name: &cfg.follow_up_template,
+        language: cfg.template_code(lang),
+        header: None,
+        body: Params::Positional(vec![]),
+        quick_replies: vec![],
+    });
+    let reference = format!("follow-up:{}", hex::encode(&token[..6]));
+    queue_template(
+        vault, txn, state, offset, to, built, reference, expires, now,
+    )
+}
+
+/// A `reminder-skipped` event for `offset` with `reason`.
+fn skipped(
+    vault: &Vault,
+    txn: &mut Txn,
+    state: &ReminderState,
+    offset: u8,
+    reason: &str,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let mut ev = event(EventKind::ReminderSkipped, now, state);
+    ev.details.insert("reason".to_owned(), reason.to_owned());
+    ev.details.insert("offset".to_owned(), offset.to_string());
+    vault.stage_event(txn, &ev)
+}
+
+#[allow(clippy::too_many_arguments)] // one outbox item's whole context
+fn queue_template(
+    vault: &Vault,
+    txn: &mut Txn,
+    state: &ReminderState,
+    offset: u8,
+    to: Recipient,
+    built: Result<message::OutMessage, message::BuildError>,
+    reference: String,
+    expires: Timestamp,
+    now: Timestamp,
+) -> VaultResult<()> {
     let Ok(msg) = built else {
-        return failed(txn, "template");
+        return skipped(vault, txn, state, offset, "template", now);
     };
     let item = WaItem {
         patient: Some(state.patient),
         recipient: Some(to),
         message: msg,
-        reference: Some(format!("reminder:{}:{offset}", hex::encode(&token[..6]))),
+        reference: Some(reference),
     };
     match outbox::stage(vault, txn, item, now, Some(expires)) {
         Ok(()) => Ok(()),
@@ -460,7 +530,7 @@ fn send_reminder(
         Err(OutboxError::Vault(e)) => Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "a reminder could not be queued");
-            failed(txn, "refused-at-enqueue")
+            skipped(vault, txn, state, offset, "refused-at-enqueue", now)
         }
     }
 }
