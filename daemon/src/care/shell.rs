@@ -120,35 +120,19 @@ pub fn on_tap(
         Tap::Confirm => Input::Answered(Answer::Confirm),
         Tap::Cancel => Input::Answered(Answer::Cancel),
         Tap::Reschedule => Input::RescheduleAsked {
-            open: open_slots(vault, &state, now)?
+            open: super::slots::open(vault, &state, now)?
                 .into_iter()
                 .map(|s| s.id)
                 .collect(),
         },
         Tap::Slot(r) => Input::SlotChosen {
-            slot: open_slots(vault, &state, now)?
+            slot: super::slots::open(vault, &state, now)?
                 .into_iter()
                 .find(|s| store::slot_ref(vault, &s.id) == r)
                 .map(|s| s.id),
         },
     };
     run(vault, txn, session, &settings, &token, input, now)
-}
-
-/// The slots a reschedule of `state`'s appointment may move to now.
-fn open_slots(
-    vault: &Vault,
-    state: &ReminderState,
-    now: Timestamp,
-) -> VaultResult<Vec<crate::model::Slot>> {
-    let Some(a) = vault.get_appointment(&state.appointment)? else {
-        return Ok(Vec::new());
-    };
-    let slots = vault.slots()?;
-    Ok(super::reschedule::candidates(&slots, &a, now)
-        .into_iter()
-        .cloned()
-        .collect())
 }
 
 /// Runs the timers due at `now` (at most `limit`) as one writer job's txn.
@@ -279,7 +263,9 @@ fn stage_effect(
             };
             to_pms(vault, txn, settings, state, &action, now)?;
         }
-        Effect::OfferSlots(ids) => offer_slots(vault, txn, settings, token, state, &ids, now)?,
+        Effect::OfferSlots(ids) => {
+            super::slots::offer(vault, txn, settings, token, state, &ids, now)?;
+        }
         Effect::Handoff { reason } => {
             let mut ev = event(EventKind::StaffRequested, now, state);
             ev.details.insert("reason".to_owned(), reason.to_owned());
@@ -313,64 +299,12 @@ fn to_pms(
     }
 }
 
-/// The open slots as an interactive list; each row's id names the
-/// appointment and the slot opaquely.
-fn offer_slots(
-    vault: &Vault,
-    txn: &mut Txn,
-    settings: &Settings,
-    token: &Token,
-    state: &ReminderState,
-    ids: &[String],
-    now: Timestamp,
-) -> VaultResult<()> {
-    let Some((to, language)) = contact(vault, state.patient)? else {
-        return Ok(());
-    };
-    let texts = &settings.reminders.messages;
-    let lang = texts.language(language.as_deref());
-    let slots = vault.slots()?;
-    let rows: Vec<(String, String)> = ids
-        .iter()
-        .filter_map(|id| slots.iter().find(|s| &s.id == id))
-        .map(|s| {
-            (
-                store::payload(token, Tap::Slot(store::slot_ref(vault, &s.id))),
-                super::texts::slot_title(texts, s.start, &settings.time_zone, lang),
-            )
-        })
-        .collect();
-    let (body, button) = super::texts::slot_list(texts, lang);
-    let built = message::list(
-        &message::Frame {
-            header: None,
-            body,
-            footer: None,
-        },
-        button,
-        &[(
-            None,
-            rows.iter()
-                .map(|(id, title)| message::Row {
-                    id,
-                    title,
-                    description: None,
-                })
-                .collect(),
-        )],
-    );
-    match built {
-        Ok(msg) => queue_reply(vault, txn, state.patient, to, msg, now),
-        Err(e) => {
-            tracing::warn!(error = %e, "a list of open slots could not be built");
-            Ok(())
-        }
-    }
-}
-
 /// The patient's number and language (chosen in the chat, else PID-15),
 /// if the patient is still known.
-fn contact(vault: &Vault, patient: PatientId) -> VaultResult<Option<(Recipient, Option<String>)>> {
+pub(super) fn contact(
+    vault: &Vault,
+    patient: PatientId,
+) -> VaultResult<Option<(Recipient, Option<String>)>> {
     let Some(p) = vault.get_patient(patient)? else {
         return Ok(None);
     };
@@ -580,7 +514,7 @@ pub(crate) fn queue_text(
 
 /// Queues `msg` to `patient` inside the window the message being applied
 /// has opened (see [`reply_to`]).
-fn queue_reply(
+pub(super) fn queue_reply(
     vault: &Vault,
     txn: &mut Txn,
     patient: PatientId,
