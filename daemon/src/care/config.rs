@@ -33,6 +33,10 @@ pub struct RemindersFile {
     /// The account's template language code per language, where it is not
     /// the two letters (e.g. `es = "es_MX"`).
     pub template_codes: Option<BTreeMap<String, String>>,
+    /// After a fulfilled visit (arrived, checked in, fulfilled), e.g.
+    /// `"3h"`: the follow-up template. Absent or `""`: none (the default).
+    pub follow_up: Option<String>,
+    pub follow_up_template: Option<String>,
 }
 
 /// One reminder: how long before the visit, and whether a confirmation
@@ -56,6 +60,9 @@ pub struct RemindersConfig {
     /// The texts per language, the default language as their fallback.
     pub messages: Arc<super::messages::Catalog>,
     pub template_codes: BTreeMap<String, String>,
+    /// The post-visit follow-up's delay; `None`: off.
+    pub follow_up: Option<SignedDuration>,
+    pub follow_up_template: String,
 }
 
 impl Default for RemindersConfig {
@@ -79,6 +86,8 @@ impl Default for RemindersConfig {
             default_language: "en".to_owned(),
             messages: Arc::new(super::messages::Catalog::shipped()),
             template_codes: BTreeMap::new(),
+            follow_up: None,
+            follow_up_template: "visit_follow_up".to_owned(),
         }
     }
 }
@@ -169,18 +178,33 @@ pub fn validate(
         Some(v) => hours(v, invalid)?,
     };
     let template = file.template.clone().unwrap_or(d.template);
-    let name_ok = !template.is_empty()
-        && template
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if !name_ok {
-        return Err(invalid(
-            "reminders.template",
-            &template,
-            "a template name is lowercase letters, digits and underscores",
-            "give the name of the approved utility template",
-        ));
+    let follow_up_template = file
+        .follow_up_template
+        .clone()
+        .unwrap_or(d.follow_up_template);
+    for (key, name) in [
+        ("reminders.template", &template),
+        ("reminders.follow_up_template", &follow_up_template),
+    ] {
+        let name_ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !name_ok {
+            return Err(invalid(
+                key,
+                name,
+                "a template name is lowercase letters, digits and underscores",
+                "give the name of the approved utility template",
+            ));
+        }
     }
+    let follow_up = offset(
+        "reminders.follow_up",
+        file.follow_up.as_deref(),
+        None,
+        invalid,
+    )?;
     let languages = file.languages.clone().unwrap_or(d.languages);
     let default_language = file.default_language.clone().unwrap_or(d.default_language);
     if !languages.contains(&default_language) {
@@ -227,6 +251,8 @@ pub fn validate(
     Ok(RemindersConfig {
         messages: Arc::new(catalog.with_default(&default_language)),
         template_codes,
+        follow_up,
+        follow_up_template,
         enabled: file.enabled.unwrap_or(true),
         offsets,
         allowed_from,

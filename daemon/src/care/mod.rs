@@ -11,7 +11,8 @@
 //! - `consent`: opt-out / opt-in keywords in the chat.
 //! - `messages`: the texts per language (`config/messages/<lang>.toml`).
 //! - `texts`: which text each reply is, the visit's date and time.
-//! - `reschedule`: which open slots a "Reschedule" tap offers.
+//! - `reschedule`: which open slots a "Reschedule" tap offers;
+//!   `slots`: reading them and offering them as a list.
 
 pub mod config;
 pub mod consent;
@@ -21,6 +22,7 @@ pub mod reminder;
 pub mod reschedule;
 pub mod scheduler;
 pub mod shell;
+pub mod slots;
 pub mod store;
 pub mod texts;
 

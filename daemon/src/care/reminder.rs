@@ -48,6 +48,10 @@ pub enum Phase {
     Closed,
 }
 
+/// The timer (and `sent`) number of the post-visit follow-up; reminder
+/// offsets count from 0 (at most 8).
+pub const FOLLOW_UP: u8 = 255;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
     pub offset: u8,
@@ -134,6 +138,10 @@ pub enum Effect {
         offset: u8,
         expires: Timestamp,
     },
+    /// Queue the post-visit follow-up template; it expires a day later.
+    SendFollowUp {
+        expires: Timestamp,
+    },
     /// A due reminder was not sent (feed event, no message).
     Skipped {
         offset: u8,
@@ -179,6 +187,22 @@ impl Calendar<'_> {
         // Whole seconds: the timer index keys by the second, and a fired
         // timer must match its pending entry exactly.
         Timestamp::from_second(self.allowed(&at)?.timestamp().as_second()).ok()
+    }
+
+    /// When the follow-up `after` a visit fulfilled at `at` is due: that
+    /// much later, moved forward into the allowed hours (never earlier).
+    pub fn follow_up_due(&self, at: Timestamp, after: SignedDuration) -> Option<Timestamp> {
+        let t = at.checked_add(after).ok()?.to_zoned(self.tz.clone());
+        let (from, until) = (self.config.allowed_from, self.config.allowed_until);
+        let date = if t.time() < from {
+            t.date()
+        } else if t.time() > until {
+            t.date().tomorrow().ok()?
+        } else {
+            return Timestamp::from_second(t.timestamp().as_second()).ok();
+        };
+        let z = date.to_datetime(from).to_zoned(self.tz.clone()).ok()?;
+        Timestamp::from_second(z.timestamp().as_second()).ok()
     }
 
     fn allowed(&self, at: &Zoned) -> Option<Zoned> {
@@ -295,9 +319,28 @@ pub fn decide(
                 cancel(&mut s, |p| !only_unconfirmed(p.offset), &mut fx);
             }
         }
-        Input::Cancelled | Input::NoShow | Input::Fulfilled => {
+        Input::Cancelled | Input::NoShow => {
             cancel(&mut s, |_| false, &mut fx);
             s.phase = Phase::Closed;
+        }
+        Input::Fulfilled => {
+            // Arrived, checked in, fulfilled: the first of them starts the
+            // follow-up's delay, a repeat keeps its timer.
+            cancel(&mut s, |p| p.offset == FOLLOW_UP, &mut fx);
+            s.phase = Phase::Closed;
+            let due = cal
+                .config
+                .follow_up
+                .and_then(|after| cal.follow_up_due(now, after));
+            let pending = s.pending.iter().any(|p| p.offset == FOLLOW_UP);
+            if let (Some(due), false, false) = (due, pending, s.sent.contains(&FOLLOW_UP)) {
+                let p = Pending {
+                    offset: FOLLOW_UP,
+                    due,
+                };
+                s.pending.push(p);
+                fx.push(Effect::ScheduleTimer(p));
+            }
         }
         Input::TimerFired {
             offset,
@@ -310,6 +353,24 @@ pub fn decide(
                 return (Some(s), fx);
             }
             s.pending.retain(|x| *x != p);
+            if offset == FOLLOW_UP {
+                // Only a visit that ended fulfilled (a later cancel or
+                // rebooking cancelled this timer) gets one, once.
+                if s.phase == Phase::Closed && !s.sent.contains(&FOLLOW_UP) {
+                    match eligible {
+                        Ok(()) => {
+                            s.sent.push(FOLLOW_UP);
+                            fx.push(Effect::SendFollowUp {
+                                expires: now
+                                    .checked_add(SignedDuration::from_hours(24))
+                                    .unwrap_or(now),
+                            });
+                        }
+                        Err(reason) => fx.push(Effect::Skipped { offset, reason }),
+                    }
+                }
+                return (Some(s), fx);
+            }
             let wanted = s.phase != Phase::Closed
                 && !s.sent.contains(&offset)
                 && !(only_unconfirmed(offset) && s.phase == Phase::Confirmed)

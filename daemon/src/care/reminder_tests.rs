@@ -361,3 +361,59 @@ fn a_chosen_slot_is_asked_of_the_pms_once_and_a_new_time_clears_it() {
     let (_, fx) = decide(s, chosen(Some("S2")), now, &cal);
     assert_eq!(fx, [Effect::Reply(Reply::Closed)]);
 }
+
+#[test]
+fn a_fulfilled_visit_gets_one_follow_up_inside_the_allowed_hours_when_configured() {
+    let tz = berlin();
+    let off = RemindersConfig::default();
+    let cal = Calendar {
+        config: &off,
+        tz: &tz,
+    };
+    let now = ts("2026-06-01T08:00:00Z");
+    let s = open_state(&cal, now);
+    // Off by default: nothing after the visit.
+    let visit_end = ts("2026-06-10T08:30:00Z");
+    let (_, fx) = decide(s.clone(), Input::Fulfilled, visit_end, &cal);
+    assert!(timers(&fx).is_empty(), "{fx:?}");
+
+    let on = RemindersConfig {
+        follow_up: Some(SignedDuration::from_hours(3)),
+        ..RemindersConfig::default()
+    };
+    let cal = Calendar {
+        config: &on,
+        tz: &tz,
+    };
+    // 10:30 in Berlin + 3 h = 13:30.
+    let (s2, fx) = decide(s.clone(), Input::Fulfilled, visit_end, &cal);
+    assert_eq!(timers(&fx), [ts("2026-06-10T11:30:00Z")]);
+    // Arrived, then fulfilled: the first starts the delay, no second timer.
+    let (s2, fx) = decide(s2, Input::Fulfilled, ts("2026-06-10T09:00:00Z"), &cal);
+    assert!(timers(&fx).is_empty(), "{fx:?}");
+    let fire = |eligible| Input::TimerFired {
+        offset: FOLLOW_UP,
+        due: ts("2026-06-10T11:30:00Z"),
+        eligible,
+    };
+    let at = ts("2026-06-10T11:30:00Z");
+    let (s3, fx) = decide(s2.clone(), fire(Ok(())), at, &cal);
+    assert!(matches!(fx[..], [Effect::SendFollowUp { .. }]), "{fx:?}");
+    let (_, fx) = decide(s3, fire(Ok(())), at, &cal);
+    assert!(fx.is_empty(), "once only: {fx:?}");
+    let (_, fx) = decide(s2.clone(), fire(Err(Ineligible::NoConsent)), at, &cal);
+    assert_eq!(
+        fx,
+        [Effect::Skipped {
+            offset: FOLLOW_UP,
+            reason: Ineligible::NoConsent
+        }]
+    );
+    // Marked a no-show after all: the follow-up goes with it.
+    let (_, fx) = decide(s2, Input::NoShow, at, &cal);
+    assert!(matches!(fx[..], [Effect::CancelTimer(p)] if p.offset == FOLLOW_UP));
+
+    // Fulfilled late in the evening: the next morning at 08:00.
+    let (_, fx) = decide(s, Input::Fulfilled, ts("2026-06-10T17:30:00Z"), &cal);
+    assert_eq!(timers(&fx), [ts("2026-06-11T06:00:00Z")]);
+}

@@ -127,35 +127,19 @@ pub fn on_tap(
         Tap::Confirm => Input::Answered(Answer::Confirm),
         Tap::Cancel => Input::Answered(Answer::Cancel),
         Tap::Reschedule => Input::RescheduleAsked {
-            open: open_slots(vault, &state, now)?
+            open: super::slots::open(vault, &state, now)?
                 .into_iter()
                 .map(|s| s.id)
                 .collect(),
         },
         Tap::Slot(r) => Input::SlotChosen {
-            slot: open_slots(vault, &state, now)?
+            slot: super::slots::open(vault, &state, now)?
                 .into_iter()
                 .find(|s| store::slot_ref(vault, &s.id) == r)
                 .map(|s| s.id),
         },
     };
     run(vault, txn, session, &settings, &token, input, now)
-}
-
-/// The slots a reschedule of `state`'s appointment may move to now.
-fn open_slots(
-    vault: &Vault,
-    state: &ReminderState,
-    now: Timestamp,
-) -> VaultResult<Vec<crate::model::Slot>> {
-    let Some(a) = vault.get_appointment(&state.appointment)? else {
-        return Ok(Vec::new());
-    };
-    let slots = vault.slots()?;
-    Ok(super::reschedule::candidates(&slots, &a, now)
-        .into_iter()
-        .cloned()
-        .collect())
 }
 
 /// Runs the timers due at `now` (at most `limit`) as one writer job's txn.
@@ -262,12 +246,11 @@ fn stage_effect(
         Effect::SendReminder { offset, expires } => {
             send_reminder(vault, txn, settings, token, state, offset, expires, now)?;
         }
+        Effect::SendFollowUp { expires } => {
+            send_follow_up(vault, txn, settings, token, state, expires, now)?;
+        }
         Effect::Skipped { offset, reason } => {
-            let mut ev = event(EventKind::ReminderSkipped, now, state);
-            ev.details
-                .insert("reason".to_owned(), reason.as_str().to_owned());
-            ev.details.insert("offset".to_owned(), offset.to_string());
-            vault.stage_event(txn, &ev)?;
+            skipped(vault, txn, state, offset, reason.as_str(), now)?;
         }
         Effect::ToPms(answer) => {
             if let Some(kpi) = crate::kpi::Kpi::of_answer(answer) {
@@ -291,7 +274,9 @@ fn stage_effect(
             };
             to_pms(vault, txn, settings, state, &action, now)?;
         }
-        Effect::OfferSlots(ids) => offer_slots(vault, txn, settings, token, state, &ids, now)?,
+        Effect::OfferSlots(ids) => {
+            super::slots::offer(vault, txn, settings, token, state, &ids, now)?;
+        }
         Effect::Handoff { reason } => {
             let mut ev = event(EventKind::StaffRequested, now, state);
             ev.details.insert("reason".to_owned(), reason.to_owned());
@@ -325,64 +310,12 @@ fn to_pms(
     }
 }
 
-/// The open slots as an interactive list; each row's id names the
-/// appointment and the slot opaquely.
-fn offer_slots(
-    vault: &Vault,
-    txn: &mut Txn,
-    settings: &Settings,
-    token: &Token,
-    state: &ReminderState,
-    ids: &[String],
-    now: Timestamp,
-) -> VaultResult<()> {
-    let Some((to, language)) = contact(vault, state.patient)? else {
-        return Ok(());
-    };
-    let texts = &settings.reminders.messages;
-    let lang = texts.language(language.as_deref());
-    let slots = vault.slots()?;
-    let rows: Vec<(String, String)> = ids
-        .iter()
-        .filter_map(|id| slots.iter().find(|s| &s.id == id))
-        .map(|s| {
-            (
-                store::payload(token, Tap::Slot(store::slot_ref(vault, &s.id))),
-                super::texts::slot_title(texts, s.start, &settings.time_zone, lang),
-            )
-        })
-        .collect();
-    let (body, button) = super::texts::slot_list(texts, lang);
-    let built = message::list(
-        &message::Frame {
-            header: None,
-            body,
-            footer: None,
-        },
-        button,
-        &[(
-            None,
-            rows.iter()
-                .map(|(id, title)| message::Row {
-                    id,
-                    title,
-                    description: None,
-                })
-                .collect(),
-        )],
-    );
-    match built {
-        Ok(msg) => queue_reply(vault, txn, state.patient, to, msg, now),
-        Err(e) => {
-            tracing::warn!(error = %e, "a list of open slots could not be built");
-            Ok(())
-        }
-    }
-}
-
 /// The patient's number and language (chosen in the chat, else PID-15),
 /// if the patient is still known.
-fn contact(vault: &Vault, patient: PatientId) -> VaultResult<Option<(Recipient, Option<String>)>> {
+pub(super) fn contact(
+    vault: &Vault,
+    patient: PatientId,
+) -> VaultResult<Option<(Recipient, Option<String>)>> {
     let Some(p) = vault.get_patient(patient)? else {
         return Ok(None);
     };
@@ -431,14 +364,15 @@ fn send_reminder(
     expires: Timestamp,
     now: Timestamp,
 ) -> VaultResult<()> {
-    let failed = |txn: &mut Txn, reason: &str| {
-        let mut ev = event(EventKind::ReminderSkipped, now, state);
-        ev.details.insert("reason".to_owned(), reason.to_owned());
-        ev.details.insert("offset".to_owned(), offset.to_string());
-        vault.stage_event(txn, &ev)
-    };
     let Some((to, language)) = contact(vault, state.patient)? else {
-        return failed(txn, Ineligible::NoNumber.as_str());
+        return skipped(
+            vault,
+            txn,
+            state,
+            offset,
+            Ineligible::NoNumber.as_str(),
+            now,
+        );
     };
     let cfg = &settings.reminders;
     let lang = cfg.language_for(language.as_deref());
@@ -455,14 +389,84 @@ fn send_reminder(
         body: Params::Positional(vec![&date, &time]),
         quick_replies: vec![&confirm, &cancel, &reschedule],
     });
+    let reference = format!("reminder:{}:{offset}", hex::encode(&token[..6]));
+    queue_template(
+        vault, txn, state, offset, to, built, reference, expires, now,
+    )
+}
+
+/// The post-visit follow-up template (no parameters: nothing of the visit
+/// goes out).
+fn send_follow_up(
+    vault: &Vault,
+    txn: &mut Txn,
+    settings: &Settings,
+    token: &Token,
+    state: &ReminderState,
+    expires: Timestamp,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let offset = reminder::FOLLOW_UP;
+    let Some((to, language)) = contact(vault, state.patient)? else {
+        return skipped(
+            vault,
+            txn,
+            state,
+            offset,
+            Ineligible::NoNumber.as_str(),
+            now,
+        );
+    };
+    let cfg = &settings.reminders;
+    let lang = cfg.language_for(language.as_deref());
+    let built = message::template(&TemplateSpec {
+        name: &cfg.follow_up_template,
+        language: cfg.template_code(lang),
+        header: None,
+        body: Params::Positional(vec![]),
+        quick_replies: vec![],
+    });
+    let reference = format!("follow-up:{}", hex::encode(&token[..6]));
+    queue_template(
+        vault, txn, state, offset, to, built, reference, expires, now,
+    )
+}
+
+/// A `reminder-skipped` event for `offset` with `reason`.
+fn skipped(
+    vault: &Vault,
+    txn: &mut Txn,
+    state: &ReminderState,
+    offset: u8,
+    reason: &str,
+    now: Timestamp,
+) -> VaultResult<()> {
+    let mut ev = event(EventKind::ReminderSkipped, now, state);
+    ev.details.insert("reason".to_owned(), reason.to_owned());
+    ev.details.insert("offset".to_owned(), offset.to_string());
+    vault.stage_event(txn, &ev)
+}
+
+#[allow(clippy::too_many_arguments)] // one outbox item's whole context
+fn queue_template(
+    vault: &Vault,
+    txn: &mut Txn,
+    state: &ReminderState,
+    offset: u8,
+    to: Recipient,
+    built: Result<message::OutMessage, message::BuildError>,
+    reference: String,
+    expires: Timestamp,
+    now: Timestamp,
+) -> VaultResult<()> {
     let Ok(msg) = built else {
-        return failed(txn, "template");
+        return skipped(vault, txn, state, offset, "template", now);
     };
     let item = WaItem {
         patient: Some(state.patient),
         recipient: Some(to),
         message: msg,
-        reference: Some(format!("reminder:{}:{offset}", hex::encode(&token[..6]))),
+        reference: Some(reference),
     };
     match outbox::stage(vault, txn, item, now, Some(expires)) {
         Ok(()) => Ok(()),
@@ -471,7 +475,7 @@ fn send_reminder(
         Err(OutboxError::Vault(e)) => Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "a reminder could not be queued");
-            failed(txn, "refused-at-enqueue")
+            skipped(vault, txn, state, offset, "refused-at-enqueue", now)
         }
     }
 }
@@ -521,7 +525,7 @@ pub(crate) fn queue_text(
 
 /// Queues `msg` to `patient` inside the window the message being applied
 /// has opened (see [`reply_to`]).
-fn queue_reply(
+pub(super) fn queue_reply(
     vault: &Vault,
     txn: &mut Txn,
     patient: PatientId,

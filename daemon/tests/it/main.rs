@@ -9,6 +9,7 @@ mod appliance;
 mod audit_anchor;
 mod audit_tamper;
 mod care_kpis;
+mod care_follow_up;
 mod care_languages;
 mod care_reminders;
 mod care_reschedule;

@@ -1,0 +1,81 @@
+//! The shell's half of a reschedule (the pure half is
+//! `care::reschedule`): the slots on offer now, read from the slot table,
+//! and the interactive list that offers them.
+
+use super::reminder::ReminderState;
+use super::store::{self, Tap, Token};
+use super::Settings;
+use crate::vault::{Txn, Vault, VaultResult};
+use crate::whatsapp::message;
+use jiff::Timestamp;
+
+/// The slots a reschedule of `state`'s appointment may move to now.
+pub(super) fn open(
+    vault: &Vault,
+    state: &ReminderState,
+    now: Timestamp,
+) -> VaultResult<Vec<crate::model::Slot>> {
+    let Some(a) = vault.get_appointment(&state.appointment)? else {
+        return Ok(Vec::new());
+    };
+    let slots = vault.slots()?;
+    Ok(super::reschedule::candidates(&slots, &a, now)
+        .into_iter()
+        .cloned()
+        .collect())
+}
+
+/// The open slots as an interactive list; each row's id names the
+/// appointment and the slot opaquely.
+pub(super) fn offer(
+    vault: &Vault,
+    txn: &mut Txn,
+    settings: &Settings,
+    token: &Token,
+    state: &ReminderState,
+    ids: &[String],
+    now: Timestamp,
+) -> VaultResult<()> {
+    let Some((to, language)) = super::shell::contact(vault, state.patient)? else {
+        return Ok(());
+    };
+    let texts = &settings.reminders.messages;
+    let lang = texts.language(language.as_deref());
+    let slots = vault.slots()?;
+    let rows: Vec<(String, String)> = ids
+        .iter()
+        .filter_map(|id| slots.iter().find(|s| &s.id == id))
+        .map(|s| {
+            (
+                store::payload(token, Tap::Slot(store::slot_ref(vault, &s.id))),
+                super::texts::slot_title(texts, s.start, &settings.time_zone, lang),
+            )
+        })
+        .collect();
+    let (body, button) = super::texts::slot_list(texts, lang);
+    let built = message::list(
+        &message::Frame {
+            header: None,
+            body,
+            footer: None,
+        },
+        button,
+        &[(
+            None,
+            rows.iter()
+                .map(|(id, title)| message::Row {
+                    id,
+                    title,
+                    description: None,
+                })
+                .collect(),
+        )],
+    );
+    match built {
+        Ok(msg) => super::shell::queue_reply(vault, txn, state.patient, to, msg, now),
+        Err(e) => {
+            tracing::warn!(error = %e, "a list of open slots could not be built");
+            Ok(())
+        }
+    }
+}
