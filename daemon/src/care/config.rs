@@ -37,6 +37,9 @@ pub struct RemindersFile {
     /// `"3h"`: the follow-up template. Absent or `""`: none (the default).
     pub follow_up: Option<String>,
     pub follow_up_template: Option<String>,
+    /// How many days ahead a "Reschedule" tap offers open slots; 0: the
+    /// template has no Reschedule button (two quick replies).
+    pub reschedule_days: Option<u32>,
 }
 
 /// One reminder: how long before the visit, and whether a confirmation
@@ -63,6 +66,8 @@ pub struct RemindersConfig {
     /// The post-visit follow-up's delay; `None`: off.
     pub follow_up: Option<SignedDuration>,
     pub follow_up_template: String,
+    /// 0: no Reschedule button.
+    pub reschedule_days: u32,
 }
 
 impl Default for RemindersConfig {
@@ -88,6 +93,7 @@ impl Default for RemindersConfig {
             template_codes: BTreeMap::new(),
             follow_up: None,
             follow_up_template: "visit_follow_up".to_owned(),
+            reschedule_days: 14,
         }
     }
 }
@@ -248,7 +254,17 @@ pub fn validate(
             ));
         }
     }
+    let reschedule_days = file.reschedule_days.unwrap_or(d.reschedule_days);
+    if reschedule_days > 90 {
+        return Err(invalid(
+            "reminders.reschedule_days",
+            &reschedule_days.to_string(),
+            "more than 90 days",
+            "offer slots at most 90 days ahead, or 0 for no Reschedule button",
+        ));
+    }
     Ok(RemindersConfig {
+        reschedule_days,
         messages: Arc::new(catalog.with_default(&default_language)),
         template_codes,
         follow_up,
@@ -362,6 +378,12 @@ mod tests {
         assert_eq!(c.template_code("es"), "es_MX");
         assert_eq!(c.template_code("fr"), "fr");
         assert_eq!(c.messages.language(Some("nl")), "de");
+        let far = RemindersFile {
+            reschedule_days: Some(91),
+            ..Default::default()
+        };
+        let e = validate(&far, &path, &invalid).unwrap_err();
+        assert!(e.to_string().contains("reminders.reschedule_days"), "{e}");
         let missing = RemindersFile {
             languages: Some(vec!["it".into()]),
             default_language: Some("it".into()),

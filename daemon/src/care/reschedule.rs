@@ -5,8 +5,6 @@
 use crate::model::{Appointment, Slot};
 use jiff::{SignedDuration, Timestamp};
 
-/// How far ahead slots are offered.
-pub const HORIZON: SignedDuration = SignedDuration::from_hours(14 * 24);
 /// Rows in the list: Meta allows 10 in total.
 pub const MAX_ROWS: usize = 10;
 
@@ -15,15 +13,17 @@ pub const MAX_ROWS: usize = 10;
 pub type SlotRef = [u8; 8];
 
 /// The slots to offer for moving `appointment`: free (in the table), in
-/// the future, within [`HORIZON`], not its current time, with the same
+/// the future, within `days` days, not its current time, with the same
 /// provider and location when both sides name one; soonest first, at most
 /// [`MAX_ROWS`].
 pub fn candidates<'a>(
     slots: &'a [Slot],
     appointment: &Appointment,
     now: Timestamp,
+    days: u32,
 ) -> Vec<&'a Slot> {
-    let until = now.saturating_add(HORIZON).unwrap_or(now);
+    let horizon = SignedDuration::from_hours(i64::from(days) * 24);
+    let until = now.saturating_add(horizon).unwrap_or(now);
     let same = |a: &Option<String>, b: &Option<String>| match (a, b) {
         (Some(a), Some(b)) => a == b,
         _ => true,
@@ -82,10 +82,13 @@ mod tests {
             slot("a", "2026-06-02T09:00:00Z", Some("DOC1")),
         ];
         let ids = |v: Vec<&Slot>| v.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(candidates(&slots, &a, now)), ["a", "b"]);
+        assert_eq!(ids(candidates(&slots, &a, now, 14)), ["a", "b"]);
+        // "a" is 25 hours ahead: not within one day.
+        assert!(candidates(&slots, &a, now, 1).is_empty());
+        assert!(candidates(&slots, &a, now, 0).is_empty());
         for i in 0..20 {
             slots.push(slot(&format!("n{i:02}"), "2026-06-04T08:00:00Z", None));
         }
-        assert_eq!(candidates(&slots, &a, now).len(), MAX_ROWS);
+        assert_eq!(candidates(&slots, &a, now, 14).len(), MAX_ROWS);
     }
 }

@@ -127,13 +127,13 @@ pub fn on_tap(
         Tap::Confirm => Input::Answered(Answer::Confirm),
         Tap::Cancel => Input::Answered(Answer::Cancel),
         Tap::Reschedule => Input::RescheduleAsked {
-            open: super::slots::open(vault, &state, now)?
+            open: super::slots::open(vault, &settings, &state, now)?
                 .into_iter()
                 .map(|s| s.id)
                 .collect(),
         },
         Tap::Slot(r) => Input::SlotChosen {
-            slot: super::slots::open(vault, &state, now)?
+            slot: super::slots::open(vault, &settings, &state, now)?
                 .into_iter()
                 .find(|s| store::slot_ref(vault, &s.id) == r)
                 .map(|s| s.id),
@@ -382,12 +382,16 @@ fn send_reminder(
         store::payload(token, Tap::Cancel),
         store::payload(token, Tap::Reschedule),
     );
+    let mut quick_replies = vec![confirm.as_str(), cancel.as_str()];
+    if cfg.reschedule_days > 0 {
+        quick_replies.push(&reschedule);
+    }
     let built = message::template(&TemplateSpec {
         name: &cfg.template,
         language: cfg.template_code(lang),
         header: None,
         body: Params::Positional(vec![&date, &time]),
-        quick_replies: vec![&confirm, &cancel, &reschedule],
+        quick_replies,
     });
     let reference = format!("reminder:{}:{offset}", hex::encode(&token[..6]));
     queue_template(

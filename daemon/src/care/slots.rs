@@ -12,6 +12,7 @@ use jiff::Timestamp;
 /// The slots a reschedule of `state`'s appointment may move to now.
 pub(super) fn open(
     vault: &Vault,
+    settings: &Settings,
     state: &ReminderState,
     now: Timestamp,
 ) -> VaultResult<Vec<crate::model::Slot>> {
@@ -19,10 +20,12 @@ pub(super) fn open(
         return Ok(Vec::new());
     };
     let slots = vault.slots()?;
-    Ok(super::reschedule::candidates(&slots, &a, now)
-        .into_iter()
-        .cloned()
-        .collect())
+    Ok(
+        super::reschedule::candidates(&slots, &a, now, settings.reminders.reschedule_days)
+            .into_iter()
+            .cloned()
+            .collect(),
+    )
 }
 
 /// The open slots as an interactive list; each row's id names the
