@@ -358,6 +358,18 @@ async fn oversize_inbound_media_is_refused_with_an_event_and_fetched_media_is_pu
         done.then_some(())
     })
     .await;
+    // A state is readable once applied; the feed shows an event only once
+    // its commit is durable (a moment later): wait for that too.
+    until("both refusals on the feed", || {
+        let events = d.running.vault.events_after(0, 1000).unwrap();
+        (events
+            .iter()
+            .filter(|(_, e)| e.kind == EventKind::WhatsappMediaRefused)
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .await;
     assert_eq!(
         state_of(&d, "wamid.BAD"),
         Some(MediaState::Refused {
@@ -383,7 +395,7 @@ async fn oversize_inbound_media_is_refused_with_an_event_and_fetched_media_is_pu
         .iter()
         .filter(|(_, e)| e.kind == EventKind::WhatsappMediaRefused)
         .collect();
-    assert_eq!(refused.len(), 2);
+    assert_eq!(refused.len(), 2, "{refused:?}");
     let refused: Vec<_> = refused
         .into_iter()
         .filter(|(_, e)| e.details["reason"] == "too-large")
