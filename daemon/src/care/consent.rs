@@ -53,7 +53,21 @@ pub(crate) fn normalise(text: &str) -> String {
         .join(" ")
 }
 
-/// The keyword a message is, if it is one.
+/// The keyword a message is: a built-in one, or one of the words of a
+/// language file (`keywords.opt_out` / `keywords.opt_in`).
+pub fn keyword_in(text: &str, catalog: &super::messages::Catalog) -> Option<Keyword> {
+    keyword(text).or_else(|| {
+        if catalog.is_keyword("keywords.opt_out", text) {
+            Some(Keyword::OptOut)
+        } else if catalog.is_keyword("keywords.opt_in", text) {
+            Some(Keyword::OptIn)
+        } else {
+            None
+        }
+    })
+}
+
+/// The built-in keyword a message is, if it is one.
 pub fn keyword(text: &str) -> Option<Keyword> {
     // A keyword is short; anything long is a sentence.
     if text.len() > 64 {
@@ -79,11 +93,11 @@ pub fn on_text(
     body: &str,
     now: Timestamp,
 ) -> VaultResult<()> {
-    let Some(kw) = keyword(body) else {
+    let Some(settings) = vault.care() else {
+        return Ok(());
+    };
+    let Some(kw) = keyword_in(body, &settings.reminders.messages) else {
         // Not a keyword: perhaps the patient named a language.
-        let Some(settings) = vault.care() else {
-            return Ok(());
-        };
         return super::shell::on_language_choice(vault, txn, &settings, patient, body, now);
     };
     on_keyword(vault, txn, patient, kw, now)
@@ -166,5 +180,31 @@ mod tests {
         for t in ["please don't stop", "stop it", "", "!!!", "stopping"] {
             assert_eq!(keyword(t), None, "{t}");
         }
+    }
+
+    #[test]
+    fn a_language_file_adds_its_own_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let it = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/messages/en.toml"
+        ))
+        .unwrap()
+        .replace("\"stop, unsubscribe\"", "\"basta, disiscriviti\"")
+        .replace("\"start, unstop\"", "\"ricomincia\"")
+        .replace("\"English\"", "\"Italiano\"");
+        std::fs::write(dir.path().join("it.toml"), it).unwrap();
+        let catalog = super::super::messages::Catalog::load_dir(dir.path()).unwrap();
+        assert_eq!(keyword_in("Basta!", &catalog), Some(Keyword::OptOut));
+        assert_eq!(keyword_in("disiscriviti", &catalog), Some(Keyword::OptOut));
+        assert_eq!(keyword_in(" Ricomincia. ", &catalog), Some(Keyword::OptIn));
+        // The shipped files' words and the built-in ones still count.
+        assert_eq!(
+            keyword_in("Cancelar suscripción", &catalog),
+            Some(Keyword::OptOut)
+        );
+        assert_eq!(keyword_in("commencer", &catalog), Some(Keyword::OptIn));
+        assert_eq!(keyword_in("STOP", &catalog), Some(Keyword::OptOut));
+        assert_eq!(keyword_in("basta così", &catalog), None);
     }
 }

@@ -25,6 +25,8 @@ pub const KEYS: &[&str] = &[
     "consent.opted_in",
     "slots.body",
     "slots.button",
+    "keywords.opt_out",
+    "keywords.opt_in",
 ];
 
 /// The embedded files: (language, text).
@@ -219,6 +221,23 @@ impl Catalog {
                 .unwrap_or_else(|| local.datetime().to_string())
         };
         (fmt("date.date"), fmt("date.time"))
+    }
+
+    /// Whether a chat text is one of the opt-out (`keywords.opt_out`) or
+    /// opt-in (`keywords.opt_in`) words of any language the clinic has:
+    /// a patient may answer STOP in their own language whatever the
+    /// practice thinks it is. Matched like the built-in keywords.
+    pub fn is_keyword(&self, key: &str, text: &str) -> bool {
+        if text.len() > 64 {
+            return false;
+        }
+        let wanted = super::consent::normalise(text);
+        !wanted.is_empty()
+            && self.langs.values().filter_map(|t| t.get(key)).any(|words| {
+                words
+                    .split(',')
+                    .any(|w| super::consent::normalise(w) == wanted)
+            })
     }
 
     /// The language whose `language.name` a chat text is, if any (case,

@@ -488,6 +488,12 @@ async fn stop_opts_out_at_once_with_one_confirmation_and_start_opts_back_in() {
     at(&d, "2027-01-19T09:00:00Z".parse().unwrap()).await;
     until("the 24 h reminder", || templates(&sim).into_iter().next()).await;
     assert_eq!(confirmations(), 1);
+    // A language file's own words count too: Spanish "empezar" is not a
+    // built-in keyword, it comes from config/messages/es.toml.
+    assert_eq!(post_signed(&d, text("wamid.S5", "Baja")).await, 200);
+    assert_eq!(post_signed(&d, text("wamid.S6", "¡Empezar!")).await, 200);
+    assert_eq!(crate::webhook::events(&d, EventKind::OptedOut).len(), 2);
+    assert_eq!(crate::webhook::events(&d, EventKind::OptedIn).len(), 2);
     assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
