@@ -194,6 +194,25 @@ pub fn on_sent(
         Owner::System,
         Vec::new(),
     );
+    // A status can overtake the send's commit (Meta's webhook came before
+    // the worker recorded the wamid): it was not counted then, so it is now.
+    if let Some(r) = vault.wa_status(wamid)? {
+        let read = r.seen & StatusKind::Read.bit() != 0;
+        if read || r.seen & StatusKind::Delivered.bit() != 0 {
+            let id = format!("delivered:{wamid}");
+            stage(vault, txn, Kpi::Delivered, &id, Vec::new(), now);
+        }
+        if read {
+            stage(
+                vault,
+                txn,
+                Kpi::Read,
+                &format!("read:{wamid}"),
+                Vec::new(),
+                now,
+            );
+        }
+    }
     let record = SentRecord {
         at: now,
         confirmed: false,

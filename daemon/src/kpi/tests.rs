@@ -119,6 +119,45 @@ fn each_happening_counts_once_and_only_reminders_count() {
 }
 
 #[test]
+fn a_status_that_overtook_the_send_is_counted_with_the_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Vault::open(dir.path(), &MasterKey::from_bytes([0x4c; 32])).unwrap();
+    let t = ts("2027-01-17T09:00:00Z");
+    // The webhook's `read` lands first (not a reminder yet: not counted).
+    commit(&vault, move |v, txn| {
+        let batch = crate::webhook::apply::Batch {
+            statuses: vec![crate::webhook::apply::StatusUpdate {
+                wamid: "wamid.EARLY".to_owned(),
+                status: Some(StatusKind::Read),
+                time: None,
+                recipient: None,
+                recipient_user_id: None,
+                error_codes: Vec::new(),
+            }],
+            ..Default::default()
+        };
+        crate::webhook::apply::stage(v, txn, &batch, t)
+    });
+    assert_eq!(read::total(&vault).unwrap(), Summary::default());
+    commit(&vault, move |v, txn| {
+        on_sent(
+            v,
+            txn,
+            Some("reminder:0a0b0c0d0e0f:0"),
+            "wamid.EARLY",
+            false,
+            t,
+        )
+    });
+    let s = read::total(&vault).unwrap();
+    assert_eq!(
+        (s.get(Kpi::Sent), s.get(Kpi::Delivered), s.get(Kpi::Read)),
+        (1, 1, 1)
+    );
+    vault.close().unwrap();
+}
+
+#[test]
 fn median_and_buckets() {
     let mut s = Summary {
         delays: vec![30, 120, 4_000, 100_000],

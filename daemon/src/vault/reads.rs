@@ -63,6 +63,19 @@ impl Vault {
             })
     }
 
+    /// The keys of `tree` from `start` on, in key order, without opening
+    /// the values (a count of entries whose key is the whole fact: `kpi`).
+    pub fn scan_keys_from<'a>(
+        &'a self,
+        tree: Tree,
+        start: &[u8],
+    ) -> impl Iterator<Item = VaultResult<Vec<u8>>> + 'a {
+        self.inner
+            .store
+            .scan_from(tree, start)
+            .map(|r| Ok(r?.0.as_ref().to_vec()))
+    }
+
     /// The number of records in a tree.
     pub fn count(&self, tree: Tree) -> usize {
         self.inner.store.len(tree)

@@ -341,3 +341,63 @@ async fn metrics_and_kpis_match_what_the_simulator_received_and_survive_a_restar
     check(&d, reminders_at_sim).await;
     d.stop().await;
 }
+
+/// What `/metrics` costs when the vault holds a year of a busy clinic's
+/// entries, scaled down: 100,000 reminders sent, delivered and read (300,000
+/// entries). Run it by hand:
+/// `cargo test --release --test it care_kpis::sum_300k -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn sum_300k_kpi_entries() {
+    use clinic_relay::kpi::{self, Kpi};
+    use clinic_relay::webhook::payload::StatusKind;
+    const N: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("data"), &key(3));
+    let day0: Timestamp = "2027-01-01T09:00:00Z".parse().unwrap();
+    for chunk in 0..N / 5_000 {
+        vault
+            .write(move |v| {
+                let mut txn = clinic_relay::vault::Txn::new(day0);
+                for i in chunk * 5_000..(chunk + 1) * 5_000 {
+                    let now = day0 + jiff::SignedDuration::from_hours((i / 300) as i64);
+                    let wamid = format!("wamid.PERF{i:08}");
+                    let reference = format!("reminder:{:012x}:0", i);
+                    kpi::on_sent(v, &mut txn, Some(&reference), &wamid, false, now)?;
+                }
+                Ok::<_, clinic_relay::vault::VaultError>((txn, ()))
+            })
+            .await
+            .unwrap();
+        vault
+            .write(move |v| {
+                let mut txn = clinic_relay::vault::Txn::new(day0);
+                for i in chunk * 5_000..(chunk + 1) * 5_000 {
+                    let now = day0 + jiff::SignedDuration::from_hours((i / 300) as i64);
+                    let wamid = format!("wamid.PERF{i:08}");
+                    kpi::on_status(v, &mut txn, &wamid, StatusKind::Read, 0, now)?;
+                }
+                Ok::<_, clinic_relay::vault::VaultError>((txn, ()))
+            })
+            .await
+            .unwrap();
+    }
+    #[allow(clippy::disallowed_methods)] // a measurement of elapsed wall time
+    let began = std::time::Instant::now();
+    let s = kpi::read::total(&vault).unwrap();
+    let text = kpi::prom::encode(&s, kpi::prom::Gauges::default());
+    let took = began.elapsed();
+    assert_eq!(s.get(Kpi::Sent), N as u64);
+    assert_eq!(s.get(Kpi::Read), N as u64);
+    assert!(text.contains(&format!("clinic_relay_reminders_delivered_total {N}\n")));
+    #[allow(clippy::disallowed_methods)]
+    let began = std::time::Instant::now();
+    let month = kpi::read::summary(&vault, 20270101, 20270131).unwrap();
+    let took_month = began.elapsed();
+    println!(
+        "summed {} entries for /metrics in {took:?}; January ({} sent) in {took_month:?}",
+        3 * N,
+        month.get(Kpi::Sent)
+    );
+    vault.close().unwrap();
+}
