@@ -4,6 +4,7 @@
 
 use crate::care_reminders::*;
 use crate::pms_support::*;
+use crate::support::until;
 use graph_sim::{Sim, Template};
 use jiff::Timestamp;
 

@@ -8,14 +8,12 @@
 use crate::pms_support::*;
 use crate::support::*;
 use crate::webhook::{meta_json, sign};
-use clinic_relay::commands::{self, Command, Origin};
-use clinic_relay::model::{ConsentSource, ConsentState, PatientId};
+use clinic_relay::model::PatientId;
 use graph_sim::{Sim, Template};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 const SECRET: &str = "kpi-app-secret";
@@ -31,28 +29,8 @@ async fn daemon(sim: &Sim) -> Daemon {
          verify_token_file = \"verify-token\"\n",
         sim.base_url()
     ));
-    for (name, value) in [
-        ("wa.token", "tok"),
-        ("app-secret", SECRET),
-        ("verify-token", "t"),
-    ] {
-        let path = install.tmp.path().join(name);
-        std::fs::write(&path, value).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    install.wa_secrets(SECRET);
     Daemon::start_in(install).await
-}
-
-/// Polls `f` (short waits, 20 s at most) until it yields a value.
-async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn siu(kind: &str, control_id: &str, appt: &str, start: &str) -> String {
@@ -249,18 +227,7 @@ async fn metrics_and_kpis_match_what_the_simulator_received_and_survive_a_restar
         assert_eq!(msa(&ack).0, "AA");
     }
     let patient: PatientId = d.running.vault.find_patients_by_mrn("KPI001").unwrap()[0];
-    commands::apply(
-        &d.running.vault,
-        vec![Command::SetConsent {
-            patient,
-            state: ConsentState::OptedIn,
-            source: ConsentSource::Staff,
-        }],
-        Origin::new("test"),
-        t0(),
-    )
-    .await
-    .unwrap();
+    crate::care_reminders::opt_in(&d, patient).await;
     let due: Timestamp = "2027-01-17T09:00:00Z".parse().unwrap();
     at(&d, due).await;
     let sent = until("three reminders at the simulator", || {

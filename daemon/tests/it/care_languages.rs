@@ -6,8 +6,7 @@
 use crate::care_reminders::*;
 use crate::pms_support::*;
 use crate::support::*;
-use clinic_relay::commands::{self, Command, Origin};
-use clinic_relay::model::{ConsentSource, ConsentState, PatientId};
+use clinic_relay::model::PatientId;
 use graph_sim::{Sim, Template};
 
 fn text_sent(sim: &Sim, body: &str) -> Option<()> {
@@ -54,18 +53,7 @@ async fn a_spanish_speaking_patient_gets_spanish_and_can_switch_in_the_chat() {
             .as_deref(),
         Some("es")
     );
-    commands::apply(
-        &d.running.vault,
-        vec![Command::SetConsent {
-            patient,
-            state: ConsentState::OptedIn,
-            source: ConsentSource::Staff,
-        }],
-        Origin::new("test"),
-        t0(),
-    )
-    .await
-    .unwrap();
+    crate::care_reminders::opt_in(&d, patient).await;
 
     at(&d, "2027-01-17T09:00:00Z".parse().unwrap()).await;
     let sent = until("the reminder", || templates(&sim).into_iter().next()).await;

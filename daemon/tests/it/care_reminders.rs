@@ -78,16 +78,20 @@ pub(crate) async fn daemon_with(
     Daemon::start_in(install).await
 }
 
-/// Polls `f` (short waits, 20 s at most) until it yields a value.
-pub(crate) async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Staff record the patient's opt-in (through the apply path).
+pub(crate) async fn opt_in(d: &Daemon, patient: PatientId) {
+    commands::apply(
+        &d.running.vault,
+        vec![Command::SetConsent {
+            patient,
+            state: ConsentState::OptedIn,
+            source: ConsentSource::Staff,
+        }],
+        Origin::new("test"),
+        t0(),
+    )
+    .await
+    .unwrap();
 }
 
 pub(crate) fn siu(kind: &str, control_id: &str, appt: &str, start: &str) -> String {
@@ -172,18 +176,7 @@ async fn a_reminder_goes_out_at_its_time_and_a_confirm_reaches_the_pms() {
     // Two timers for C1; C2's went with its cancel.
     assert_eq!(timers(&d), 2);
     let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
-    commands::apply(
-        &d.running.vault,
-        vec![Command::SetConsent {
-            patient,
-            state: ConsentState::OptedIn,
-            source: ConsentSource::Staff,
-        }],
-        Origin::new("test"),
-        t0(),
-    )
-    .await
-    .unwrap();
+    opt_in(&d, patient).await;
 
     // Due Sun 17 January 10:00 in Berlin (09:00 UTC): nothing a second early.
     let due: Timestamp = "2027-01-17T09:00:00Z".parse().unwrap();
@@ -283,18 +276,7 @@ pub(crate) async fn booked(d: &Daemon, appt: &str, start: &str, consent: bool) -
     assert_eq!(msa(&ack).0, "AA");
     let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
     if consent {
-        commands::apply(
-            &d.running.vault,
-            vec![Command::SetConsent {
-                patient,
-                state: ConsentState::OptedIn,
-                source: ConsentSource::Staff,
-            }],
-            Origin::new("test"),
-            t0(),
-        )
-        .await
-        .unwrap();
+        opt_in(d, patient).await;
     }
     patient
 }

@@ -5,8 +5,9 @@
 //! with the patient. A staff change goes to the PMS and the feed like a
 //! keyword does.
 
-use crate::care_reminders::{booked, button_tap, daemon, pms_peer, post_signed, until, WA_ID};
+use crate::care_reminders::{booked, button_tap, daemon, pms_peer, post_signed, WA_ID};
 use crate::pms_support::*;
+use crate::support::until;
 use crate::support::{assert_sim_saw_none, FORBIDDEN_MARKERS};
 use clinic_relay::model::EventKind;
 use clinic_relay::vault::Tree;

@@ -358,3 +358,16 @@ pub fn assert_sim_saw_none(sim: &graph_sim::Sim, markers: &[&str]) {
         );
     }
 }
+
+/// Polls `f` (short waits, 20 s at most) until it yields a value: for what a
+/// daemon does in the background (a worker's send, a durable event).
+pub async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -69,18 +69,6 @@ fn wa_id(p: &Patient) -> String {
         .to_owned()
 }
 
-/// Polls `f` (short waits, 20 s at most) until it yields a value.
-async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn pdf() -> Vec<u8> {
     format!("%PDF-1.4\n% {PDF_MARKER}\n1 0 obj << >> endobj\n%%EOF\n").into_bytes()
 }
