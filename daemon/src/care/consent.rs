@@ -135,15 +135,13 @@ pub fn on_keyword(
     }
     match crate::pms::outbound::stage(vault, txn, &settings.outbound, &action, "care:consent", now)
     {
+        Ok(_) if kw == Keyword::OptOut => crate::kpi::on_opt_out(vault, txn, patient, now)?,
         Ok(_) => {}
         Err(ActionError::Vault(e)) => return Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "a consent change could not be recorded");
             return Ok(());
         }
-    }
-    if kw == Keyword::OptOut {
-        crate::kpi::on_opt_out(vault, txn, patient, now)?;
     }
     super::shell::queue_text(
         vault,
