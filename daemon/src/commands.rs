@@ -408,6 +408,11 @@ fn stage_consent(
     actor: &str,
 ) -> Result<(), VaultError> {
     let changed = vault.get_consent(consent.patient)?.map(|c| c.state) != Some(consent.state);
+    // Opt-outs through staff or the PMS count like the chat's (which
+    // counts its own in `care::consent`); a first record as opted out too.
+    if changed && consent.state == ConsentState::OptedOut {
+        crate::kpi::on_opt_out(vault, txn, consent.patient, consent.at)?;
+    }
     if consent.source == ConsentSource::Staff && changed && actor.starts_with("api:") {
         if let Some(settings) = vault.care() {
             let action = match consent.state {

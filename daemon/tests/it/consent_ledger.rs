@@ -94,6 +94,20 @@ async fn every_consent_source_lands_in_the_ledger_and_the_ledger_goes_with_the_p
     let (status, _) = d.api("GET", "/v1/patients/00/consent/history", None).await;
     assert_eq!(status, 404);
 
+    // Staff record an opt-out: it counts on the KPIs like the chat's STOP
+    // (a minute later: one patient's opt-outs are told apart by their time).
+    d.clock.advance(jiff::SignedDuration::from_mins(1));
+    let (status, _) = d
+        .api(
+            "PUT",
+            &path,
+            Some(serde_json::json!({"state": "opted-out"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let kpis = clinic_relay::kpi::read::total(&d.running.vault).unwrap();
+    assert_eq!(kpis.get(clinic_relay::kpi::Kpi::OptOut), 2);
+
     // Erased with the patient: nothing of the ledger is left.
     let (status, _) = d
         .api("DELETE", &format!("/v1/patients/{hex_id}"), None)
