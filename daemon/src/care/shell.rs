@@ -364,18 +364,10 @@ fn send_reminder(
     expires: Timestamp,
     now: Timestamp,
 ) -> VaultResult<()> {
-    let Some((to, language)) = contact(vault, state.patient)? else {
-        return skipped(
-            vault,
-            txn,
-            state,
-            offset,
-            Ineligible::NoNumber.as_str(),
-            now,
-        );
-    };
     let cfg = &settings.reminders;
-    let lang = cfg.language_for(language.as_deref());
+    let Some((to, lang)) = recipient(vault, txn, cfg, state, offset, now)? else {
+        return Ok(());
+    };
     let (date, time) = super::texts::when(&cfg.messages, state.start, &settings.time_zone, lang);
     let (confirm, cancel, reschedule) = (
         store::payload(token, Tap::Confirm),
@@ -411,18 +403,10 @@ fn send_follow_up(
     now: Timestamp,
 ) -> VaultResult<()> {
     let offset = reminder::FOLLOW_UP;
-    let Some((to, language)) = contact(vault, state.patient)? else {
-        return skipped(
-            vault,
-            txn,
-            state,
-            offset,
-            Ineligible::NoNumber.as_str(),
-            now,
-        );
-    };
     let cfg = &settings.reminders;
-    let lang = cfg.language_for(language.as_deref());
+    let Some((to, lang)) = recipient(vault, txn, cfg, state, offset, now)? else {
+        return Ok(());
+    };
     let built = message::template(&TemplateSpec {
         name: &cfg.follow_up_template,
         language: cfg.template_code(lang),
@@ -434,6 +418,24 @@ fn send_follow_up(
     queue_template(
         vault, txn, state, offset, to, built, reference, expires, now,
     )
+}
+
+/// The patient's number and language for a template at `offset`, or
+/// `None` with a `reminder-skipped` event (no usable number).
+fn recipient<'c>(
+    vault: &Vault,
+    txn: &mut Txn,
+    cfg: &'c super::config::RemindersConfig,
+    state: &ReminderState,
+    offset: u8,
+    now: Timestamp,
+) -> VaultResult<Option<(Recipient, &'c str)>> {
+    let Some((to, language)) = contact(vault, state.patient)? else {
+        let reason = Ineligible::NoNumber.as_str();
+        skipped(vault, txn, state, offset, reason, now)?;
+        return Ok(None);
+    };
+    Ok(Some((to, cfg.language_for(language.as_deref()))))
 }
 
 /// A `reminder-skipped` event for `offset` with `reason`.

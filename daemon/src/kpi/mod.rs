@@ -198,20 +198,8 @@ pub fn on_sent(
     // the worker recorded the wamid): it was not counted then, so it is now.
     if let Some(r) = vault.wa_status(wamid)? {
         let read = r.seen & StatusKind::Read.bit() != 0;
-        if read || r.seen & StatusKind::Delivered.bit() != 0 {
-            let id = format!("delivered:{wamid}");
-            stage(vault, txn, Kpi::Delivered, &id, Vec::new(), now);
-        }
-        if read {
-            stage(
-                vault,
-                txn,
-                Kpi::Read,
-                &format!("read:{wamid}"),
-                Vec::new(),
-                now,
-            );
-        }
+        let delivered = read || r.seen & StatusKind::Delivered.bit() != 0;
+        count_statuses(vault, txn, wamid, delivered, read, now);
     }
     let record = SentRecord {
         at: now,
@@ -238,21 +226,29 @@ pub fn on_status(
         return Ok(());
     }
     let delivered_seen = seen_before & StatusKind::Delivered.bit() != 0;
-    if kind == StatusKind::Delivered || !delivered_seen {
+    let read = kind == StatusKind::Read;
+    count_statuses(vault, txn, wamid, !read || !delivered_seen, read, now);
+    Ok(())
+}
+
+/// Counts a reminder's wamid as delivered and/or read (each at most once:
+/// the key names the wamid).
+fn count_statuses(
+    vault: &Vault,
+    txn: &mut Txn,
+    wamid: &str,
+    delivered: bool,
+    read: bool,
+    now: Timestamp,
+) {
+    if delivered {
         let id = format!("delivered:{wamid}");
         stage(vault, txn, Kpi::Delivered, &id, Vec::new(), now);
     }
-    if kind == StatusKind::Read {
-        stage(
-            vault,
-            txn,
-            Kpi::Read,
-            &format!("read:{wamid}"),
-            Vec::new(),
-            now,
-        );
+    if read {
+        let id = format!("read:{wamid}");
+        stage(vault, txn, Kpi::Read, &id, Vec::new(), now);
     }
-    Ok(())
 }
 
 /// Hook: the patient's answer to a reminder was accepted (it goes to the

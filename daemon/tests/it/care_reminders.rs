@@ -24,6 +24,19 @@ const SECRET: &str = "care-app-secret";
 pub(crate) const WA_ID: &str = "4915155501234";
 
 /// A PMS that records the message types it gets and answers AA.
+/// Waits until the test PMS peer has received a message of `kind` (e.g. `SIU^S14`).
+pub(crate) async fn pms_got(received: &Mutex<Vec<String>>, kind: &str) {
+    until(&format!("{kind} at the PMS"), || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|k| k == kind)
+            .then_some(())
+    })
+    .await;
+}
+
 pub(crate) async fn pms_peer() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -216,15 +229,7 @@ async fn a_reminder_goes_out_at_its_time_and_a_confirm_reaches_the_pms() {
         post_signed(&d, button_tap("wamid.TAP1", &payloads[0])).await,
         200
     );
-    until("SIU^S14 at the PMS", || {
-        received
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|k| k == "SIU^S14")
-            .then_some(())
-    })
-    .await;
+    pms_got(&received, "SIU^S14").await;
     let confirmed = crate::webhook::events(&d, EventKind::AppointmentConfirmed);
     assert_eq!(confirmed.len(), 1);
     assert_eq!(confirmed[0].appointment.as_deref(), Some("APPT-C1"));
@@ -312,15 +317,7 @@ async fn a_cancel_tap_goes_to_the_pms_and_drops_the_second_reminder() {
     let sent = until("the reminder", || templates(&sim).into_iter().next()).await;
     let cancel = payloads(&sent)[1].clone();
     assert_eq!(post_signed(&d, button_tap("wamid.X1", &cancel)).await, 200);
-    until("SRM^S04 at the PMS", || {
-        received
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|k| k == "SRM^S04")
-            .then_some(())
-    })
-    .await;
+    pms_got(&received, "SRM^S04").await;
     assert_eq!(
         crate::webhook::events(&d, EventKind::AppointmentCancelled).len(),
         1
@@ -438,15 +435,7 @@ async fn stop_opts_out_at_once_with_one_confirmation_and_start_opts_back_in() {
         200
     );
     assert_eq!(crate::webhook::events(&d, EventKind::OptedOut).len(), 1);
-    until("ADT^A31 at the PMS", || {
-        received
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|k| k == "ADT^A31")
-            .then_some(())
-    })
-    .await;
+    pms_got(&received, "ADT^A31").await;
     d.running.whatsapp.as_ref().unwrap().kick();
     let confirmations = || {
         sim.sent_messages()

@@ -120,15 +120,7 @@ async fn reschedule_offers_open_slots_and_a_chosen_row_reaches_the_pms() {
     // The patient picks the first row.
     let id = rows[0]["id"].as_str().unwrap();
     assert_eq!(post_signed(&d, list_reply("wamid.L1", id)).await, 200);
-    until("SRM^S02 at the PMS", || {
-        received
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|k| k == "SRM^S02")
-            .then_some(())
-    })
-    .await;
+    pms_got(&received, "SRM^S02").await;
     let ev = crate::webhook::events(&d, EventKind::RescheduleRequested);
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].appointment.as_deref(), Some("APPT-R1"));

@@ -5,7 +5,7 @@
 //! with the patient. A staff change goes to the PMS and the feed like a
 //! keyword does.
 
-use crate::care_reminders::{booked, button_tap, daemon, pms_peer, post_signed, WA_ID};
+use crate::care_reminders::{booked, button_tap, daemon, pms_got, pms_peer, post_signed, WA_ID};
 use crate::pms_support::*;
 use crate::support::until;
 use crate::support::{assert_sim_saw_none, FORBIDDEN_MARKERS};
@@ -138,15 +138,7 @@ async fn an_opt_out_button_is_handled_like_stop() {
     let patient = booked(&d, "APPT-B1", "202701201000", true).await;
     assert_eq!(post_signed(&d, button_tap("wamid.B1", "cr1:o:")).await, 200);
     assert_eq!(post_signed(&d, button_tap("wamid.B2", "cr1:o:")).await, 200);
-    until("ADT^A31 at the PMS", || {
-        received
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|k| k == "ADT^A31")
-            .then_some(())
-    })
-    .await;
+    pms_got(&received, "ADT^A31").await;
     assert_eq!(crate::webhook::events(&d, EventKind::OptedOut).len(), 1);
     let consent = d.running.vault.get_consent(patient).unwrap().unwrap();
     assert_eq!(consent.state, clinic_relay::model::ConsentState::OptedOut);
