@@ -613,7 +613,12 @@ fn spawn_all(
         &config.whatsapp,
         None,
     ) {
-        Ok((worker, handle)) => {
+        Ok((mut worker, handle)) => {
+            if config.webhook.is_none() {
+                // No status webhook can confirm a cut-off send: it goes
+                // again at once (at-least-once).
+                worker.in_doubt_hold = jiff::SignedDuration::ZERO;
+            }
             // The account's template list, so that a send with a template
             // Meta would refuse fails at enqueue.
             if let (Some(client), true) = (

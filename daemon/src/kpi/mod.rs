@@ -165,7 +165,8 @@ fn reminder_token(reference: Option<&str>) -> Option<Vec<u8>> {
 }
 
 /// Hook: Meta accepted an outbound message (on the writer, in the txn that
-/// records the send). Counts it if it is a reminder.
+/// records the send). Counts it if it is a reminder; true if it did (the
+/// KPIs then track its wamid's statuses).
 pub fn on_sent(
     vault: &Vault,
     txn: &mut Txn,
@@ -173,12 +174,12 @@ pub fn on_sent(
     wamid: &str,
     dry_run: bool,
     now: Timestamp,
-) -> VaultResult<()> {
+) -> VaultResult<bool> {
     let Some(token) = reminder_token(reference) else {
-        return Ok(());
+        return Ok(false);
     };
     if dry_run {
-        return Ok(());
+        return Ok(false);
     }
     stage(
         vault,
@@ -205,7 +206,8 @@ pub fn on_sent(
         at: now,
         confirmed: false,
     };
-    txn.put_json(Tree::Kpi, sent_key(&token), Owner::System, &record)
+    txn.put_json(Tree::Kpi, sent_key(&token), Owner::System, &record)?;
+    Ok(true)
 }
 
 /// Hook: a status of an outbound message, new for its wamid (the webhook
@@ -217,12 +219,15 @@ pub fn on_status(
     wamid: &str,
     kind: StatusKind,
     seen_before: u8,
+    tracked_now: bool,
     now: Timestamp,
 ) -> VaultResult<()> {
     if !matches!(kind, StatusKind::Delivered | StatusKind::Read) {
         return Ok(());
     }
-    if vault.get(Tree::Kpi, &wamid_key(vault, wamid))?.is_none() {
+    // `tracked_now`: this very commit records the wamid (a cut-off send
+    // confirmed by this webhook), which a read cannot see yet.
+    if !tracked_now && vault.get(Tree::Kpi, &wamid_key(vault, wamid))?.is_none() {
         return Ok(());
     }
     let delivered_seen = seen_before & StatusKind::Delivered.bit() != 0;

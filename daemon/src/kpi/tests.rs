@@ -36,9 +36,23 @@ fn each_happening_counts_once_and_only_reminders_count() {
     let reference = format!("reminder:{}:0", hex::encode(&token[..6]));
     let sent_at = ts("2027-01-17T09:00:00Z");
     commit(&vault, move |v, txn| {
-        on_sent(v, txn, Some(&reference), "wamid.R1", false, sent_at)?;
+        assert!(on_sent(
+            v,
+            txn,
+            Some(&reference),
+            "wamid.R1",
+            false,
+            sent_at
+        )?);
         // Not reminders: a reply, a dry run.
-        on_sent(v, txn, Some("care-reply"), "wamid.T1", false, sent_at)?;
+        assert!(!on_sent(
+            v,
+            txn,
+            Some("care-reply"),
+            "wamid.T1",
+            false,
+            sent_at
+        )?);
         on_sent(
             v,
             txn,
@@ -47,15 +61,16 @@ fn each_happening_counts_once_and_only_reminders_count() {
             true,
             sent_at,
         )
+        .map(drop)
     });
     let t1 = ts("2027-01-17T09:05:00Z");
     commit(&vault, move |v, txn| {
-        on_status(v, txn, "wamid.R1", StatusKind::Sent, 0, t1)?;
+        on_status(v, txn, "wamid.R1", StatusKind::Sent, 0, false, t1)?;
         // `read` with no `delivered` before it: both.
-        on_status(v, txn, "wamid.R1", StatusKind::Read, 1, t1)?;
+        on_status(v, txn, "wamid.R1", StatusKind::Read, 1, false, t1)?;
         // A late `delivered` after that, the same identity: once.
-        on_status(v, txn, "wamid.R1", StatusKind::Delivered, 1, t1)?;
-        on_status(v, txn, "wamid.T1", StatusKind::Read, 0, t1)
+        on_status(v, txn, "wamid.R1", StatusKind::Delivered, 1, false, t1)?;
+        on_status(v, txn, "wamid.T1", StatusKind::Read, 0, false, t1)
     });
     let t2 = ts("2027-01-17T09:10:00Z");
     commit(&vault, move |v, txn| {
@@ -132,6 +147,7 @@ fn a_status_that_overtook_the_send_is_counted_with_the_send() {
                 time: None,
                 recipient: None,
                 recipient_user_id: None,
+                outbox_seq: None,
                 error_codes: Vec::new(),
             }],
             ..Default::default()
@@ -148,6 +164,7 @@ fn a_status_that_overtook_the_send_is_counted_with_the_send() {
             false,
             t,
         )
+        .map(drop)
     });
     let s = read::total(&vault).unwrap();
     assert_eq!(

@@ -24,6 +24,7 @@
 use super::payload::{Content, Notification, StatusKind};
 use crate::model::{Event, EventKind, PatientId};
 use crate::vault::{Owner, Tree, Txn, Vault, VaultError, VaultResult};
+use crate::whatsapp::in_doubt;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -75,6 +76,8 @@ pub struct StatusUpdate {
     pub time: Option<Timestamp>,
     pub recipient: Option<String>,
     pub recipient_user_id: Option<String>,
+    /// The outbox item the send named (`whatsapp::in_doubt`), if ours.
+    pub outbox_seq: Option<u64>,
     pub error_codes: Vec<i64>,
 }
 
@@ -112,6 +115,10 @@ impl Batch {
                     wamid: s.id,
                     recipient: s.recipient_id,
                     recipient_user_id: s.recipient_user_id,
+                    outbox_seq: s
+                        .biz_opaque_callback_data
+                        .as_deref()
+                        .and_then(crate::whatsapp::in_doubt::parse),
                 });
             }
             batch.errors.extend(value.errors.iter().map(|e| e.code));
@@ -374,6 +381,8 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
         )?;
     }
 
+    let mut reconciled: HashSet<u64> = HashSet::new();
+    let mut tracked_now: HashSet<String> = HashSet::new();
     for s in &batch.statuses {
         let Some(kind) = s.status else {
             tracing::debug!("a status of a kind this daemon does not know is ignored");
@@ -387,12 +396,24 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
         if previous.as_ref().is_some_and(|r| r.seen & kind.bit() != 0) {
             continue; // (wamid, status) seen before: a retry
         }
+        // A send cut off before its answer (a crash) is settled by the
+        // first status that names it, in this commit: not sent again.
+        if let Some(seq) = s.outbox_seq.filter(|q| !reconciled.contains(q)) {
+            let r = in_doubt::reconcile(vault, txn, seq, &s.wamid, s.recipient.as_deref(), now)?;
+            if let in_doubt::Reconciled::Sent { kpi_tracked } = r {
+                reconciled.insert(seq);
+                if kpi_tracked {
+                    tracked_now.insert(s.wamid.clone());
+                }
+            }
+        }
         if kind >= StatusKind::Delivered {
             // A delivered document's upload is deleted at Meta now.
             crate::whatsapp::media::stage_delivered(vault, txn, &s.wamid, now)?;
         }
         let seen_before = previous.as_ref().map_or(0, |r| r.seen);
-        crate::kpi::on_status(vault, txn, &s.wamid, kind, seen_before, now)?;
+        let tracked = tracked_now.contains(&s.wamid);
+        crate::kpi::on_status(vault, txn, &s.wamid, kind, seen_before, tracked, now)?;
         let at = s.time.unwrap_or(now);
         let error_code = s.error_codes.first().copied();
         let record = match previous {

@@ -132,6 +132,8 @@ pub struct Status {
     pub timestamp: String,
     pub recipient_id: Option<String>,
     pub recipient_user_id: Option<String>,
+    /// Echoed from the send (`whatsapp::in_doubt`).
+    pub biz_opaque_callback_data: Option<String>,
     #[serde(default)]
     pub errors: Vec<ApiError>,
 }

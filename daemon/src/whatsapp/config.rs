@@ -17,6 +17,9 @@ pub const DEFAULT_VERSION: &str = "v21.0";
 pub const DEFAULT_RATE: u32 = 80;
 /// Meta's ceiling for a number's throughput (with an upgrade).
 pub const MAX_RATE: u32 = 1000;
+/// Meta posts a message's `sent` status within seconds; a daemon that was
+/// down gets it when Meta retries the webhook, usually within minutes.
+pub const DEFAULT_IN_DOUBT_HOLD: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +36,9 @@ pub struct WhatsappFile {
     pub request_timeout: Option<String>,
     /// Messages in flight at once (to different recipients).
     pub concurrency: Option<u32>,
+    /// How long a message whose send was cut off (a crash, a lost answer)
+    /// waits for Meta's status webhook before it is sent again.
+    pub in_doubt_hold: Option<String>,
     /// `http://host:port` or `"none"`; absent: `HTTPS_PROXY` (see `proxy`).
     pub proxy: Option<String>,
     /// A file holding `user:password` for the proxy.
@@ -63,6 +69,8 @@ pub struct WhatsappConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub concurrency: usize,
+    /// See [`WhatsappFile::in_doubt_hold`] and `whatsapp::in_doubt`.
+    pub in_doubt_hold: Duration,
     pub proxy: super::proxy::ProxySetting,
     pub proxy_auth_file: Option<PathBuf>,
     /// None: `Authorization: Bearer <token>`.
@@ -85,6 +93,7 @@ impl Default for WhatsappConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(20),
             concurrency: 16,
+            in_doubt_hold: DEFAULT_IN_DOUBT_HOLD,
             proxy: super::proxy::ProxySetting::FromEnv,
             proxy_auth_file: None,
             auth_header: None,
@@ -231,6 +240,20 @@ pub fn validate(
             d.request_timeout,
         )?,
         concurrency,
+        in_doubt_hold: match file.in_doubt_hold.as_deref() {
+            None => d.in_doubt_hold,
+            Some(v) => match crate::config::parse_duration(v) {
+                Some(t) if t <= Duration::from_secs(24 * 3600) => t,
+                _ => {
+                    return Err(invalid(
+                        "whatsapp.in_doubt_hold",
+                        v,
+                        "not a duration up to 24h",
+                        "write it like \"15m\" (\"0s\" sends a cut-off message again at once, which may send it twice)",
+                    ))
+                }
+            },
+        },
         proxy: match file.proxy.as_deref() {
             None => super::proxy::ProxySetting::FromEnv,
             Some(v) => super::proxy::parse_setting(v)

@@ -6,6 +6,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod in_doubt;
 pub mod limiter;
 pub mod media;
 pub mod media_config;

@@ -32,6 +32,9 @@ pub const WA_OUTBOX: QueueSpec = QueueSpec {
     max_attempts: Some(25),
     first_backoff: SignedDuration::from_secs(1),
     max_backoff: SignedDuration::from_secs(900),
+    // Meta has no idempotency key: a cut-off send is reconciled through
+    // its status webhook before it goes again (`whatsapp::in_doubt`).
+    in_flight: true,
 };
 
 /// A queued WhatsApp message. Sealed under the patient's key when it names

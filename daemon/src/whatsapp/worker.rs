@@ -104,6 +104,9 @@ pub struct Worker {
     pub token_poll: Duration,
     /// Uploads the PDFs of document messages.
     media: super::media::Outbound,
+    /// How long a cut-off send waits for its status webhook before it is
+    /// sent again (`in_doubt`); zero without a webhook receiver.
+    pub in_doubt_hold: SignedDuration,
 }
 
 impl Worker {
@@ -142,6 +145,8 @@ impl Worker {
             handle: handle.clone(),
             token_poll: Duration::from_secs(2),
             media: super::media::Outbound::new(vault_for_media, clock_for_media, &config.media),
+            in_doubt_hold: SignedDuration::try_from(config.in_doubt_hold)
+                .unwrap_or(SignedDuration::ZERO),
         };
         if !dry_run && !worker.load_token() {
             worker.handle.paused.send_replace(true);
@@ -194,11 +199,12 @@ impl Worker {
             let mut wait: Option<Duration> = None;
             let mut again = false;
             // 190 settles nothing: the item stays queued, the outbox pauses.
+            // (Its in-flight mark is cleared when `round` sees it: Meta
+            // refused the request, so it is not in doubt.)
             if done.iter().any(|d| d.outcome.is_none()) {
                 for d in done.iter().filter(|d| d.outcome.is_none()) {
                     busy.remove(&d.key);
                 }
-                done.retain(|d| d.outcome.is_some());
                 if !self.handle.paused() {
                     error!("WhatsApp rejected the access token (190): outbox paused, nothing dropped; replace the token file (or send SIGHUP after replacing the credential)");
                     self.handle.paused.send_replace(true);
@@ -216,9 +222,10 @@ impl Worker {
                 let keys: Vec<String> = finished.iter().map(|d| d.key.clone()).collect();
                 let now = self.clock.now();
                 let except = busy.clone();
+                let hold = self.in_doubt_hold;
                 let job = self
                     .vault
-                    .write(move |v| round(v, finished, now, retry_now, &except, free))
+                    .write(move |v| round(v, finished, now, retry_now, &except, free, hold))
                     .await
                     .map(|c| c.value);
                 match job {
@@ -302,18 +309,28 @@ impl Worker {
                 _ = sleep_opt(poll) => self.resume_if_token(false),
             }
         }
-        // Sends in flight at shutdown are cut: their items stay queued and
-        // go again after the restart (at-least-once). Answers already in
+        // Sends in flight at shutdown are cut: their items stay queued,
+        // marked in flight, and after the restart wait for their status
+        // webhook before they go again (`in_doubt`). Answers already in
         // are recorded first.
         while let Some(Ok(d)) = tasks.try_join_next() {
             done.push(d);
         }
-        done.retain(|d| d.outcome.is_some());
         if !done.is_empty() {
             let now = self.clock.now();
             let _ = self
                 .vault
-                .write(move |v| round(v, done, now, false, &HashSet::new(), 0))
+                .write(move |v| {
+                    round(
+                        v,
+                        done,
+                        now,
+                        false,
+                        &HashSet::new(),
+                        0,
+                        SignedDuration::ZERO,
+                    )
+                })
                 .await;
         }
         tasks.shutdown().await;
@@ -367,28 +384,17 @@ fn round(
     retry_now: bool,
     busy: &HashSet<String>,
     free: usize,
+    hold: SignedDuration,
 ) -> Result<(crate::vault::Txn, Round), crate::vault::VaultError> {
     let mut txn = crate::vault::Txn::new(now);
     let mut reports = Vec::with_capacity(finished.len());
     for d in finished {
-        let Some(outcome) = d.outcome else { continue };
-        let (t, settled) = queue::settle::<WaItem>(v, &WA_OUTBOX, d.seq, &outcome, now)?;
-        txn.extend(t);
+        let Some(outcome) = d.outcome else {
+            queue::in_flight::clear(&mut txn, &WA_OUTBOX, d.seq);
+            continue;
+        };
         let sent = d.record.is_some();
-        super::media::after_settle(
-            v,
-            &mut txn,
-            &d.envelope.item,
-            settled,
-            d.record.as_ref().map(|r| r.0.as_str()),
-            d.record.as_ref().is_some_and(|r| r.2),
-            now,
-        )?;
-        if let (Some((wamid, wa_id, dry)), Settled::Removed) = (d.record, settled) {
-            let reference = d.envelope.item.reference.as_deref();
-            crate::kpi::on_sent(v, &mut txn, reference, &wamid, dry, now)?;
-            outbox::stage_sent(&mut txn, d.seq, &d.envelope, wamid, wa_id, dry, now)?;
-        }
+        let (settled, _) = stage_outcome(v, &mut txn, d.seq, &d.envelope, &outcome, d.record, now)?;
         reports.push(Report {
             key: d.key,
             settled,
@@ -397,7 +403,8 @@ fn round(
         });
     }
     let batch = if free > 0 {
-        let (t, batch) = queue::take_batch::<WaItem>(v, &WA_OUTBOX, now, retry_now, busy, free)?;
+        let (t, batch) =
+            queue::take_batch_held::<WaItem>(v, &WA_OUTBOX, now, retry_now, busy, free, hold)?;
         txn.extend(t);
         batch
     } else {
@@ -410,6 +417,41 @@ fn round(
 }
 
 type Round = (Vec<Report>, queue::Batch<WaItem>);
+
+/// Settles item `seq` with `outcome` and, for an accepted send (`record`:
+/// wamid, wa_id, dry-run), stages what it leaves behind: the sent record,
+/// the KPIs, the fate of its uploaded document. The one path for Meta's
+/// answer and for a cut-off send confirmed by its status webhook
+/// (`in_doubt`). Returns how it settled and whether the KPIs now track the
+/// wamid (a reminder's).
+pub(crate) fn stage_outcome(
+    v: &Vault,
+    txn: &mut crate::vault::Txn,
+    seq: u64,
+    envelope: &Envelope<WaItem>,
+    outcome: &Outcome,
+    record: Option<(String, Option<String>, bool)>,
+    now: jiff::Timestamp,
+) -> Result<(Settled, bool), crate::vault::VaultError> {
+    let (t, settled) = queue::settle::<WaItem>(v, &WA_OUTBOX, seq, outcome, now)?;
+    txn.extend(t);
+    super::media::after_settle(
+        v,
+        txn,
+        &envelope.item,
+        settled,
+        record.as_ref().map(|r| r.0.as_str()),
+        record.as_ref().is_some_and(|r| r.2),
+        now,
+    )?;
+    let mut kpi_tracked = false;
+    if let (Some((wamid, wa_id, dry)), Settled::Removed) = (record, settled) {
+        let reference = envelope.item.reference.as_deref();
+        kpi_tracked = crate::kpi::on_sent(v, txn, reference, &wamid, dry, now)?;
+        outbox::stage_sent(txn, seq, envelope, wamid, wa_id, dry, now)?;
+    }
+    Ok((settled, kpi_tracked))
+}
 
 async fn send(
     client: Option<&GraphClient>,
@@ -429,6 +471,12 @@ async fn send(
                 .message
                 .to_json(envelope.item.recipient.as_ref());
             super::media::strip_marker(&mut body);
+            if let serde_json::Value::Object(m) = &mut body {
+                m.insert(
+                    "biz_opaque_callback_data".to_owned(),
+                    super::in_doubt::callback_data(seq).into(),
+                );
+            }
             c.send(&body).await.map(Some)
         }
     };

@@ -342,7 +342,7 @@ async fn sum_300k_kpi_entries() {
                 for i in chunk * 5_000..(chunk + 1) * 5_000 {
                     let now = day0 + jiff::SignedDuration::from_hours((i / 300) as i64);
                     let wamid = format!("wamid.PERF{i:08}");
-                    kpi::on_status(v, &mut txn, &wamid, StatusKind::Read, 0, now)?;
+                    kpi::on_status(v, &mut txn, &wamid, StatusKind::Read, 0, false, now)?;
                 }
                 Ok::<_, clinic_relay::vault::VaultError>((txn, ()))
             })

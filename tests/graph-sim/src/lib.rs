@@ -16,7 +16,7 @@ mod routes;
 mod state;
 pub mod webhooks;
 
-pub use state::{meta_error, Injection, PhoneFields, Recorded, Route, Template};
+pub use state::{meta_error, Accepted, Injection, PhoneFields, Recorded, Route, Template};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -211,12 +211,20 @@ impl Sim {
         self.state()
             .accepted
             .iter()
-            .flat_map(|(wamid, wa_id)| {
-                let to = wa_id.clone().unwrap_or_default();
+            .flat_map(|a| {
+                let to = a.wa_id.clone().unwrap_or_default();
                 ["sent", "delivered", "read"]
                     .iter()
                     .enumerate()
-                    .map(move |(i, s)| webhooks::status(wamid, s, &to, at + i as u64))
+                    .map(move |(i, s)| {
+                        webhooks::status_with_callback(
+                            &a.wamid,
+                            s,
+                            &to,
+                            a.callback.as_deref(),
+                            at + i as u64,
+                        )
+                    })
                     .collect::<Vec<_>>()
             })
             .collect()
@@ -227,8 +235,20 @@ impl Sim {
         self.state()
             .accepted
             .iter()
-            .map(|(w, _)| w.clone())
+            .map(|a| a.wamid.clone())
             .collect()
+    }
+
+    /// Every accepted message with its echoed callback data, in order.
+    pub fn accepted(&self) -> Vec<Accepted> {
+        self.state().accepted.clone()
+    }
+
+    /// Answer each accepted message only after `delay` (None: at once).
+    /// Meta has the message from the moment it is accepted, so a sender
+    /// killed meanwhile does not know it went out.
+    pub fn answer_delay(&self, delay: Option<Duration>) {
+        self.state().answer_delay = delay;
     }
 
     /// Refuse connections (close the listening socket and every open
@@ -356,6 +376,10 @@ async fn handle(
         )
     };
     shared.changed.notify_waiters();
+    let answer_delay = lock(&shared).answer_delay;
+    if let Some(d) = answer_delay.filter(|_| answer.status == 200) {
+        tokio::time::sleep(d).await;
+    }
     if let Some((bytes, content_type)) = answer.raw {
         return Ok(respond_raw(answer.status, bytes, &content_type));
     }

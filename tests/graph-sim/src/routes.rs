@@ -187,7 +187,12 @@ fn messages(state: &mut State, body: &[u8]) -> Answer {
         (None, None) => json!({}),
     };
     let wa_id = contact["wa_id"].as_str().map(str::to_owned);
-    state.accepted.push((wamid.clone(), wa_id));
+    let callback = msg["biz_opaque_callback_data"].as_str().map(str::to_owned);
+    state.accepted.push(crate::state::Accepted {
+        wamid: wamid.clone(),
+        wa_id,
+        callback,
+    });
     ok(json!({
         "messaging_product": "whatsapp",
         "contacts": [contact],

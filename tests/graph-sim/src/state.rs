@@ -215,8 +215,12 @@ pub struct State {
     /// Delay before every answer (to provoke client timeouts).
     pub delay: Option<Duration>,
     pub phone: PhoneFields,
-    /// Every message answered 200: (wamid, wa_id), for status webhooks.
-    pub accepted: Vec<(String, Option<String>)>,
+    /// Every message answered 200, for status webhooks.
+    pub accepted: Vec<Accepted>,
+    /// Wait this long after accepting a message before answering (the
+    /// answer is slow or lost: Meta has the message, the sender does not
+    /// know yet).
+    pub answer_delay: Option<std::time::Duration>,
     /// `http://127.0.0.1:PORT`: where media download URLs point.
     pub base: String,
 }
@@ -296,4 +300,15 @@ impl State {
         sent.push_back(now);
         false
     }
+}
+
+/// A message the simulator accepted (answered 200, or will once its
+/// answer delay is over).
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub wamid: String,
+    pub wa_id: Option<String>,
+    /// The sender's `biz_opaque_callback_data`, echoed in status webhooks
+    /// as Meta does.
+    pub callback: Option<String>,
 }

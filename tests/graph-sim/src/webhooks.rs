@@ -28,7 +28,19 @@ pub type Update = Value;
 
 /// A status update for `wamid`.
 pub fn status(wamid: &str, state: &str, recipient: &str, at: u64) -> Update {
-    json!({
+    status_with_callback(wamid, state, recipient, None, at)
+}
+
+/// A status update for `wamid` echoing the sender's
+/// `biz_opaque_callback_data`, as Meta does when the send carried one.
+pub fn status_with_callback(
+    wamid: &str,
+    state: &str,
+    recipient: &str,
+    callback: Option<&str>,
+    at: u64,
+) -> Update {
+    let mut update = json!({
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
         "statuses": [{
@@ -36,7 +48,11 @@ pub fn status(wamid: &str, state: &str, recipient: &str, at: u64) -> Update {
             "conversation": {"id": "CONVERSATION_ID", "origin": {"type": "utility"}},
             "pricing": {"billable": true, "pricing_model": "PMP", "category": "utility"}
         }]
-    })
+    });
+    if let Some(cb) = callback {
+        update["statuses"][0]["biz_opaque_callback_data"] = json!(cb);
+    }
+    update
 }
 
 /// An inbound text message from `from` (digits, as Meta writes `wa_id`).

@@ -27,6 +27,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
+pub mod in_flight;
+
 /// How many items one look for the next due item reads at most. Beyond it
 /// the rest waits for the next look (a queue that long is reported by
 /// `status` long before).
@@ -48,6 +50,10 @@ pub struct QueueSpec {
     pub max_attempts: Option<u32>,
     pub first_backoff: SignedDuration,
     pub max_backoff: SignedDuration,
+    /// Mark each item durably when it is taken, until it settles (see
+    /// [`in_flight`]): a receiver without idempotency (WhatsApp) can then
+    /// be asked whether a cut-off send arrived before it is sent again.
+    pub in_flight: bool,
 }
 
 pub const PMS_OUTBOX: QueueSpec = QueueSpec {
@@ -59,6 +65,8 @@ pub const PMS_OUTBOX: QueueSpec = QueueSpec {
     max_attempts: None,
     first_backoff: SignedDuration::from_secs(1),
     max_backoff: SignedDuration::from_secs(300),
+    // The PMS deduplicates on MSH-10, which a resend keeps.
+    in_flight: false,
 };
 
 /// What a queued payload tells the queue about itself.
@@ -188,6 +196,23 @@ pub fn take_batch<T: Queued>(
     busy: &HashSet<String>,
     max: usize,
 ) -> VaultResult<(Txn, Batch<T>)> {
+    take_batch_held(vault, spec, now, retry_now, busy, max, SignedDuration::ZERO)
+}
+
+/// [`take_batch`] for a queue that marks what it takes
+/// ([`QueueSpec::in_flight`]): every item taken is marked in the returned
+/// txn, and an item still marked from a take that never settled is in
+/// doubt and waits `hold` from that take (even on an operator's "retry
+/// now": sending it again may send it twice).
+pub fn take_batch_held<T: Queued>(
+    vault: &Vault,
+    spec: &QueueSpec,
+    now: Timestamp,
+    retry_now: bool,
+    busy: &HashSet<String>,
+    max: usize,
+    hold: SignedDuration,
+) -> VaultResult<(Txn, Batch<T>)> {
     let mut txn = Txn::new(now);
     let mut items = Vec::new();
     let mut blocked: HashSet<String> = busy.clone();
@@ -202,7 +227,7 @@ pub fn take_batch<T: Queued>(
             Ok(p) => p,
             Err(VaultError::KeyUnavailable { .. }) => {
                 // The patient was erased: their message must not go out.
-                txn.remove(spec.items, key);
+                remove_item(&mut txn, spec, key);
                 txn.audit(
                     AuditDraft::new("system", format!("{}.dropped", spec.name))
                         .detail("reason", "patient erased")
@@ -233,6 +258,16 @@ pub fn take_batch<T: Queued>(
             earliest = Some(earliest.map_or(envelope.due, |e| e.min(envelope.due)));
             blocked.insert(envelope.order_key);
             continue;
+        }
+        if spec.in_flight {
+            let held = in_flight::taken_at(vault, spec, seq)?
+                .and_then(|taken| in_flight::held_until(taken, hold, now));
+            if let Some(until) = held {
+                earliest = Some(earliest.map_or(until, |e| e.min(until)));
+                blocked.insert(envelope.order_key);
+                continue;
+            }
+            in_flight::mark(&mut txn, spec, seq, now)?;
         }
         blocked.insert(envelope.order_key.clone());
         items.push((seq, envelope));
@@ -313,7 +348,7 @@ pub fn settle<T: Queued>(
     };
     let settled = match outcome {
         Outcome::Delivered => {
-            txn.remove(spec.items, key);
+            remove_item(&mut txn, spec, key);
             audit(&mut txn, spec, "delivered", &envelope);
             Settled::Removed
         }
@@ -335,6 +370,8 @@ pub fn settle<T: Queued>(
             };
             envelope.attempts = envelope.attempts.saturating_add(1);
             envelope.last_error = Some(reason.clone());
+            // A definite failure: the next attempt is not in doubt.
+            in_flight::clear(&mut txn, spec, seq);
             if spec
                 .max_attempts
                 .is_some_and(|max| envelope.attempts >= max)
@@ -393,6 +430,27 @@ fn decode<T: Queued>(plain: &[u8], now: Timestamp) -> Option<Envelope<T>> {
         })
 }
 
+/// Stages the removal of an item and of its in-flight mark.
+fn remove_item(txn: &mut Txn, spec: &QueueSpec, key: Vec<u8>) {
+    if let Some(seq) = seq_of(&key) {
+        in_flight::clear(txn, spec, seq);
+    }
+    txn.remove(spec.items, key);
+}
+
+/// The item `seq` as it is queued now (None: settled, dropped or erased).
+pub fn peek<T: Queued>(
+    vault: &Vault,
+    spec: &QueueSpec,
+    seq: u64,
+) -> VaultResult<Option<Envelope<T>>> {
+    match vault.get(spec.items, &seq.to_be_bytes()) {
+        Ok(Some(plain)) => Ok(decode(&plain, Timestamp::UNIX_EPOCH)),
+        Ok(None) | Err(VaultError::KeyUnavailable { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn seq_of(key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
 }
@@ -438,7 +496,7 @@ fn dead_letter<T: Queued>(
     reason: &str,
     now: Timestamp,
 ) -> VaultResult<()> {
-    txn.remove(spec.items, key);
+    remove_item(txn, spec, key);
     audit(txn, spec, "dead-lettered", &envelope);
     let details = BTreeMap::from([("reason".to_owned(), reason.to_owned())]);
     event(txn, spec.dead_letter_event, Some(&envelope), details, now)?;
@@ -462,7 +520,7 @@ fn drop_expired<T: Queued>(
     envelope: &Envelope<T>,
     now: Timestamp,
 ) -> VaultResult<()> {
-    txn.remove(spec.items, key);
+    remove_item(txn, spec, key);
     audit(txn, spec, "expired", envelope);
     event(
         txn,
@@ -489,7 +547,7 @@ fn poison(
         reason = why,
         "a queued item is damaged; moved to the dead letters"
     );
-    txn.remove(spec.items, key);
+    remove_item(txn, spec, key);
     txn.audit(
         AuditDraft::new("system", format!("{}.damaged", spec.name))
             .detail("seq", seq.map(|s| s.to_string()).unwrap_or_default()),
