@@ -40,6 +40,11 @@ pub struct RemindersFile {
     /// How many days ahead a "Reschedule" tap offers open slots; 0: the
     /// template has no Reschedule button (two quick replies).
     pub reschedule_days: Option<u32>,
+    /// For a PMS that reports attendance (arrived, checked in, fulfilled)
+    /// but not no-shows: a booked visit with none of them this long after
+    /// its start counts as a no-show in the KPIs. Absent or `""`: only the
+    /// PMS's no-show (S26, `noshow`) counts (the default).
+    pub unattended_after: Option<String>,
 }
 
 /// One reminder: how long before the visit, and whether a confirmation
@@ -68,6 +73,8 @@ pub struct RemindersConfig {
     pub follow_up_template: String,
     /// 0: no Reschedule button.
     pub reschedule_days: u32,
+    /// See [`RemindersFile::unattended_after`]; `None`: off.
+    pub unattended_after: Option<SignedDuration>,
 }
 
 impl Default for RemindersConfig {
@@ -94,6 +101,7 @@ impl Default for RemindersConfig {
             follow_up: None,
             follow_up_template: "visit_follow_up".to_owned(),
             reschedule_days: 14,
+            unattended_after: None,
         }
     }
 }
@@ -211,6 +219,12 @@ pub fn validate(
         None,
         invalid,
     )?;
+    let unattended_after = offset(
+        "reminders.unattended_after",
+        file.unattended_after.as_deref(),
+        None,
+        invalid,
+    )?;
     let languages = file.languages.clone().unwrap_or(d.languages);
     let default_language = file.default_language.clone().unwrap_or(d.default_language);
     if !languages.contains(&default_language) {
@@ -265,6 +279,7 @@ pub fn validate(
     }
     Ok(RemindersConfig {
         reschedule_days,
+        unattended_after,
         messages: Arc::new(catalog.with_default(&default_language)),
         template_codes,
         follow_up,

@@ -52,6 +52,10 @@ pub enum Phase {
 /// offsets count from 0 (at most 8).
 pub const FOLLOW_UP: u8 = 255;
 
+/// The timer number of "the visit went by unattended"
+/// (`reminders.unattended_after`).
+pub const UNATTENDED: u8 = 254;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
     pub offset: u8,
@@ -160,6 +164,9 @@ pub enum Effect {
     Handoff {
         reason: &'static str,
     },
+    /// The visit went by with no attendance from the PMS: a no-show for
+    /// the KPIs.
+    Unattended,
     Reply(Reply),
 }
 
@@ -233,6 +240,20 @@ fn schedule(state: &mut ReminderState, cal: &Calendar<'_>, now: Timestamp, fx: &
             continue;
         };
         let p = Pending { offset, due };
+        state.pending.push(p);
+        fx.push(Effect::ScheduleTimer(p));
+    }
+    let unattended = cal
+        .config
+        .unattended_after
+        .and_then(|after| state.start.checked_add(after).ok())
+        .and_then(|t| Timestamp::from_second(t.as_second()).ok())
+        .filter(|due| *due > now);
+    if let Some(due) = unattended {
+        let p = Pending {
+            offset: UNATTENDED,
+            due,
+        };
         state.pending.push(p);
         fx.push(Effect::ScheduleTimer(p));
     }
@@ -353,6 +374,16 @@ pub fn decide(
                 return (Some(s), fx);
             }
             s.pending.retain(|x| *x != p);
+            if offset == UNATTENDED {
+                // Neither attended nor reported a no-show, cancelled or
+                // moved since it was booked.
+                if s.phase != Phase::Closed {
+                    s.phase = Phase::Closed;
+                    cancel(&mut s, |_| false, &mut fx);
+                    fx.push(Effect::Unattended);
+                }
+                return (Some(s), fx);
+            }
             if offset == FOLLOW_UP {
                 // Only a visit that ended fulfilled (a later cancel or
                 // rebooking cancelled this timer) gets one, once.

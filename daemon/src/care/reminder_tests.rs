@@ -417,3 +417,54 @@ fn a_fulfilled_visit_gets_one_follow_up_inside_the_allowed_hours_when_configured
     let (_, fx) = decide(s, Input::Fulfilled, ts("2026-06-10T17:30:00Z"), &cal);
     assert_eq!(timers(&fx), [ts("2026-06-11T06:00:00Z")]);
 }
+
+#[test]
+fn a_visit_with_no_attendance_by_the_configured_time_is_a_no_show_once() {
+    let cfg = RemindersConfig {
+        unattended_after: Some(SignedDuration::from_hours(24)),
+        ..RemindersConfig::default()
+    };
+    let tz = berlin();
+    let cal = Calendar {
+        config: &cfg,
+        tz: &tz,
+    };
+    let now = ts("2027-01-10T09:00:00Z");
+    let start = "2027-01-20T09:00:00Z";
+    let (s, fx) = decide(None, booked(start), now, &cal);
+    let unattended = Pending {
+        offset: UNATTENDED,
+        due: ts("2027-01-21T09:00:00Z"),
+    };
+    assert!(fx.contains(&Effect::ScheduleTimer(unattended)));
+    // A confirmation keeps it: attendance is what ends it.
+    let (s, _) = decide(s, Input::Answered(Answer::Confirm), now, &cal);
+    assert!(s.as_ref().unwrap().pending.contains(&unattended));
+    let fired = Input::TimerFired {
+        offset: UNATTENDED,
+        due: unattended.due,
+        eligible: Err(Ineligible::NoConsent),
+    };
+    let (closed, fx) = decide(s.clone(), fired.clone(), unattended.due, &cal);
+    // (The 72 h reminder never fired in this test: it is dropped too.)
+    assert_eq!(fx.iter().filter(|e| **e == Effect::Unattended).count(), 1);
+    assert!(closed.as_ref().unwrap().pending.is_empty());
+    assert_eq!(closed.as_ref().unwrap().phase, Phase::Closed);
+    // Fired again (a replayed timer): nothing more.
+    let (_, fx) = decide(closed, fired.clone(), unattended.due, &cal);
+    assert!(fx.is_empty());
+    // Attended (or cancelled, or a no-show reported) before: no timer left.
+    for end in [Input::Fulfilled, Input::Cancelled, Input::NoShow] {
+        let (ended, fx) = decide(s.clone(), end, now, &cal);
+        assert!(fx.contains(&Effect::CancelTimer(unattended)));
+        let (_, fx) = decide(ended, fired.clone(), unattended.due, &cal);
+        assert!(!fx.contains(&Effect::Unattended));
+    }
+    // Moved: the timer follows the new start.
+    let (_, fx) = decide(s, booked("2027-01-27T09:00:00Z"), now, &cal);
+    assert!(fx.contains(&Effect::CancelTimer(unattended)));
+    assert!(fx.contains(&Effect::ScheduleTimer(Pending {
+        offset: UNATTENDED,
+        due: ts("2027-01-28T09:00:00Z"),
+    })));
+}

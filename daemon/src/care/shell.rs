@@ -282,6 +282,7 @@ fn stage_effect(
             ev.details.insert("reason".to_owned(), reason.to_owned());
             vault.stage_event(txn, &ev)?;
         }
+        Effect::Unattended => crate::kpi::on_unattended(vault, txn, token, now)?,
         Effect::Reply(reply) => reply_to(vault, txn, settings, state, reply, now)?,
     }
     Ok(())

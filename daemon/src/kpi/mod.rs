@@ -319,6 +319,31 @@ pub fn on_appointment(
         | AppointmentStatus::CheckedIn => false,
         _ => return Ok(()),
     };
+    visit_ended(vault, txn, token, no_show, now)
+}
+
+/// Hook: a booked visit went by with no attendance from the PMS
+/// (`reminders.unattended_after`): a no-show, as an S26 would be. Its
+/// workflow is closed in the same commit, so a late report from the PMS
+/// does not count the visit again.
+pub fn on_unattended(
+    vault: &Vault,
+    txn: &mut Txn,
+    token: &[u8; 16],
+    now: Timestamp,
+) -> VaultResult<()> {
+    visit_ended(vault, txn, token, true, now)
+}
+
+/// Counts the end of a visit once (the identity names the appointment's
+/// token), split by whether the patient confirmed a reminder for it.
+fn visit_ended(
+    vault: &Vault,
+    txn: &mut Txn,
+    token: &[u8; 16],
+    no_show: bool,
+    now: Timestamp,
+) -> VaultResult<()> {
     let confirmed = vault
         .get_json::<SentRecord>(Tree::Kpi, &sent_key(token))?
         .is_some_and(|s| s.confirmed);

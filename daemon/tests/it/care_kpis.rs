@@ -21,12 +21,17 @@ const SECRET: &str = "kpi-app-secret";
 const WA_ID: &str = "4915155501234";
 
 async fn daemon(sim: &Sim) -> Daemon {
+    daemon_with(sim, "").await
+}
+
+/// [`daemon`] with `extra` config appended (e.g. a `[reminders]` section).
+async fn daemon_with(sim: &Sim, extra: &str) -> Daemon {
     let install = TestInstall::new(&format!(
         "[pms]\nmllp_listen = \"127.0.0.1:0\"\nphone_region = \"DE\"\n\n\
          [whatsapp]\napi_base_url = \"{}\"\nphone_number_id = \"106540352242922\"\n\
          token_file = \"wa.token\"\nrate_per_second = 1000\n\n\
          [webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
-         verify_token_file = \"verify-token\"\n",
+         verify_token_file = \"verify-token\"\n{extra}",
         sim.base_url()
     ));
     install.wa_secrets(SECRET);
@@ -367,4 +372,48 @@ async fn sum_300k_kpi_entries() {
         month.get(Kpi::Sent)
     );
     vault.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booked_visit_never_reported_attended_counts_as_a_no_show_once() {
+    let sim = Sim::start().await.unwrap();
+    let d = daemon_with(&sim, "\n[reminders]\nunattended_after = \"24h\"\n").await;
+    let mut c = d.mllp().await;
+    // Two visits Wed 20 January 2027 10:00 Berlin (09:00 UTC); the PMS
+    // reports the second one complete, never the first.
+    for (id, appt) in [("U1", "APPT-U1"), ("U2", "APPT-U2")] {
+        let ack = c
+            .send(&siu("SIU^S12^SIU_S12", id, appt, "202701201000"))
+            .await;
+        assert_eq!(msa(&ack).0, "AA");
+    }
+    let visits = |m: &HashMap<String, prometheus_parse::Value>, outcome: &str| {
+        num(
+            m,
+            &format!("clinic_relay_visits_total{{confirmed_reminder=false,outcome={outcome}}}"),
+        )
+    };
+    at(&d, "2027-01-20T10:00:00Z".parse().unwrap()).await;
+    let done =
+        siu("SIU^S14^SIU_S12", "U2-done", "APPT-U2", "202701201000").replace("Booked", "Complete");
+    assert_eq!(msa(&c.send(&done).await).0, "AA");
+    // A second short of a day after the start: not yet.
+    at(&d, "2027-01-21T08:59:59Z".parse().unwrap()).await;
+    let m = scrape(&metrics(&d).await.1);
+    assert_eq!((visits(&m, "no_show"), visits(&m, "fulfilled")), (0.0, 1.0));
+    at(&d, "2027-01-21T09:00:00Z".parse().unwrap()).await;
+    until("the unattended visit counted", || {
+        let s = clinic_relay::kpi::read::total(&d.running.vault).unwrap();
+        (s.get(clinic_relay::kpi::Kpi::NoShowUnconfirmed) == 1).then_some(())
+    })
+    .await;
+    let m = scrape(&metrics(&d).await.1);
+    assert_eq!((visits(&m, "no_show"), visits(&m, "fulfilled")), (1.0, 1.0));
+    // The PMS reports it late after all: the visit is not counted twice.
+    let late =
+        siu("SIU^S14^SIU_S12", "U1-late", "APPT-U1", "202701201000").replace("Booked", "Complete");
+    assert_eq!(msa(&c.send(&late).await).0, "AA");
+    let m = scrape(&metrics(&d).await.1);
+    assert_eq!((visits(&m, "no_show"), visits(&m, "fulfilled")), (1.0, 1.0));
+    d.stop().await;
 }
