@@ -12,6 +12,9 @@
 //! demo_peers send ADDR FILE
 //!     Sends the HL7 message in FILE (segments on lines) over MLLP to ADDR
 //!     and prints the ACK; exit 1 unless it is AA.
+//! demo_peers status URL SECRET_FILE WAMID WA_ID STATE...
+//!     Meta's status webhooks (e.g. `sent delivered read`) for the message
+//!     WAMID, one call each, signed; exit 1 unless each is answered 200.
 //! demo_peers tap URL SECRET_FILE MESSAGE_JSON INDEX TEXT
 //!     The patient taps quick-reply button INDEX of the template message
 //!     MESSAGE_JSON: POSTs the button webhook Meta would send to URL,
@@ -46,10 +49,14 @@ async fn main() -> ExitCode {
     let result = match argv.as_slice() {
         ["peers", dir, token_file] => peers(Path::new(dir), Path::new(token_file)).await,
         ["send", addr, file] => send(addr, Path::new(file)).await,
+        ["status", url, secret_file, wamid, wa_id, states @ ..] if !states.is_empty() => {
+            status(url, Path::new(secret_file), wamid, wa_id, states).await
+        }
         ["tap", url, secret_file, message, index, text] => {
             tap(url, Path::new(secret_file), Path::new(message), index, text).await
         }
         _ => Err("usage: demo_peers peers DIR TOKEN_FILE | send ADDR FILE | \
+                  status URL SECRET_FILE WAMID WA_ID STATE... | \
                   tap URL SECRET_FILE MESSAGE_JSON INDEX TEXT"
             .into()),
     };
@@ -249,6 +256,39 @@ async fn send(addr: &str, file: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Delivers `updates` to `url` signed with the secret in `secret_file`,
+/// as Meta does; every call must be answered 200.
+async fn deliver(url: &str, secret_file: &Path, updates: &[webhooks::Update]) -> Result<(), Error> {
+    let delivery = Delivery {
+        url: url.to_owned(),
+        app_secret: read_trimmed(secret_file)?,
+        shuffle: None,
+        duplicate: false,
+        per_call: 1,
+    };
+    let statuses = webhooks::deliver(updates, &delivery).await?;
+    println!("    POST {url} (X-Hub-Signature-256 over the body) → {statuses:?}");
+    if statuses.iter().any(|s| *s != 200) {
+        return Err("the webhook receiver did not answer 200".into());
+    }
+    Ok(())
+}
+
+async fn status(
+    url: &str,
+    secret_file: &Path,
+    wamid: &str,
+    wa_id: &str,
+    states: &[&str],
+) -> Result<(), Error> {
+    let at = now().as_second().unsigned_abs();
+    let updates: Vec<_> = states
+        .iter()
+        .map(|state| webhooks::status(wamid, state, wa_id, at))
+        .collect();
+    deliver(url, secret_file, &updates).await
+}
+
 async fn tap(
     url: &str,
     secret_file: &Path,
@@ -281,17 +321,5 @@ async fn tap(
         "messages": [{"from": wa_id, "id": format!("wamid.DEMOTAP{at}"), "timestamp": at.to_string(),
                       "type": "button", "button": {"payload": payload, "text": text}}]
     });
-    let delivery = Delivery {
-        url: url.to_owned(),
-        app_secret: read_trimmed(secret_file)?,
-        shuffle: None,
-        duplicate: false,
-        per_call: 1,
-    };
-    let statuses = webhooks::deliver(&[update], &delivery).await?;
-    println!("    POST {url} (X-Hub-Signature-256 over the body) → {statuses:?}");
-    if statuses != [200] {
-        return Err("the webhook receiver did not answer 200".into());
-    }
-    Ok(())
+    deliver(url, secret_file, &[update]).await
 }
