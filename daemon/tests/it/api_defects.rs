@@ -36,7 +36,11 @@ fn a_network_mllp_listener_without_an_allow_list_fails_config_check() {
 #[test]
 fn the_shipped_configs_pass_config_check() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for name in ["config/clinic-relay.toml", "config/dev.toml"] {
+    for name in [
+        "config/clinic-relay.toml",
+        "config/dev.toml",
+        "config/demo.toml",
+    ] {
         let config = root.join(name);
         let text = std::fs::read_to_string(&config).unwrap();
         let parsed = clinic_relay::config::Config::from_toml(&text, &config);
