@@ -174,10 +174,14 @@ pub fn decide(
             s.order = order;
             s.version = version;
             s.phase = Phase::Notified;
-            fx.extend(s.purge_at.map(Effect::CancelRetention));
-            s.purge_at = retention_due(now, rules);
+            // Retention counts from the newest version.
+            let due = retention_due(now, rules);
             fx.push(Effect::SendNotice);
-            fx.extend(s.purge_at.map(Effect::ScheduleRetention));
+            if due != s.purge_at {
+                fx.extend(s.purge_at.map(Effect::CancelRetention));
+                fx.extend(due.map(Effect::ScheduleRetention));
+                s.purge_at = due;
+            }
         }
         Input::Withdrawn => {
             if matches!(s.phase, Phase::Notified | Phase::AwaitingProof) {
@@ -341,11 +345,16 @@ mod tests {
         assert_eq!(s.phase, Phase::Notified);
         assert_eq!(s.version, 2);
         assert_eq!(
-            fx.first(),
-            Some(&Effect::CancelRetention(s2.purge_at.unwrap()))
+            fx,
+            [
+                Effect::SendNotice,
+                Effect::CancelRetention(s2.purge_at.unwrap()),
+                Effect::ScheduleRetention(s.purge_at.unwrap())
+            ]
         );
-        assert!(fx.contains(&Effect::SendNotice));
-        assert!(fx.contains(&Effect::ScheduleRetention(s.purge_at.unwrap())));
+        // A correction within the same second keeps its one timer.
+        let (_, fx) = decide(Some(s), new(3), t(100), &RULES);
+        assert_eq!(fx, [Effect::SendNotice]);
     }
 
     #[test]
