@@ -49,7 +49,7 @@ async fn templates_check_reports_missing_and_rejected() {
         "{stdout}"
     );
     assert!(
-        stderr.contains("8 of 10 templates are not approved"),
+        stderr.contains("12 of 14 templates are not approved"),
         "{stderr}"
     );
     assert!(!stdout.contains("tok-t") && !stderr.contains("tok-t"));
