@@ -259,3 +259,60 @@ async fn a_result_goes_out_only_after_the_right_date_of_birth_and_locks_after_th
         assert!(actions.iter().any(|x| x == a), "{a} in {actions:?}");
     }
 }
+
+/// `results.proof = "code"`: the one-time code the PMS put on the result
+/// (an OBX `ZRC`) opens it, typed loosely; the code never reaches
+/// WhatsApp. While the answer is awaited, an opt-out keyword still wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_time_code_from_the_pms_opens_the_result_and_stop_still_opts_out() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("document_ready", "en"));
+    let (pms, received) = pms_peer().await;
+    let d =
+        crate::care_reminders::daemon_with(&sim, pms, "", "[results]\nproof = \"code\"\n").await;
+    let mut c = d.mllp().await;
+    assert_eq!(
+        msa(&c.send(&adt_a04("A-C", "CARE001", "ZZFAMILY", "")).await).0,
+        "AA"
+    );
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    opt_in(&d, patient).await;
+    let with_code = |id: &str, order: &str, code: &str| {
+        format!(
+            "{}\rOBX|3|ST|ZRC^Release code||{code}||||||F",
+            oru(id, order, "F", &pdf(7))
+        )
+    };
+    let ack = c.send(&with_code("C1", "RES-R1", "ZZCODE42")).await;
+    assert_eq!(msa(&ack).0, "AA", "{:?}", err(&ack));
+    let show = notice(&sim, &d, 0).await;
+    tap(&d, "wamid.C-show", &show).await;
+    let ask = "To open your document, please reply with the code the practice gave you.";
+    until("asked for the code", || {
+        (texts(&sim, ask) == 1).then_some(())
+    })
+    .await;
+    // The date of birth is not the code.
+    say(&d, "wamid.C-a1", "03.02.1901").await;
+    until("wrong", || (texts(&sim, WRONG) == 1).then_some(())).await;
+    say(&d, "wamid.C-a2", "zz code 42").await;
+    let doc = until("the document", || documents(&sim).into_iter().next()).await;
+    assert_eq!(doc["document"]["filename"], "document.pdf");
+
+    // A second result: "STOP" while the code is awaited opts out (to the
+    // PMS), and is not counted as a wrong answer.
+    let ack = c.send(&with_code("C2", "RES-R2", "ZZCODE43")).await;
+    assert_eq!(msa(&ack).0, "AA");
+    let show2 = notice(&sim, &d, 1).await;
+    tap(&d, "wamid.C-show2", &show2).await;
+    until("asked again", || (texts(&sim, ask) == 2).then_some(())).await;
+    say(&d, "wamid.C-stop", "STOP").await;
+    crate::care_reminders::pms_got(&received, "ADT^A31").await;
+    assert_eq!(events(&d, EventKind::OptedOut).len(), 1);
+    assert_eq!(texts(&sim, WRONG), 1);
+    let mut markers: Vec<&str> = FORBIDDEN_MARKERS.to_vec();
+    markers.extend_from_slice(RESULT_MARKERS);
+    markers.extend_from_slice(&["ZZCODE42", "ZZCODE43"]);
+    assert_sim_saw_none(&sim, &markers);
+    d.stop().await;
+}
