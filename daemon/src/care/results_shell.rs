@@ -319,6 +319,9 @@ fn stage_effect(
         Effect::CancelRetention(due) => store::stage_cancel(txn, due, token, results::RETENTION),
         Effect::Purge => purge(vault, txn, state, now)?,
         Effect::Reply(reply) => {
+            if reply == Reply::AskProof {
+                txn.audit(audit("result.proof-asked", state));
+            }
             let key = match reply {
                 Reply::AskProof => match settings.results.proof {
                     Proof::Dob => "results.ask_dob",

@@ -251,6 +251,7 @@ async fn a_result_goes_out_only_after_the_right_date_of_birth_and_locks_after_th
         .collect();
     for a in [
         "result.notified",
+        "result.proof-asked",
         "result.proof-wrong",
         "result.released",
         "result.locked",
