@@ -242,6 +242,11 @@ async fn a_result_goes_out_only_after_the_right_date_of_birth_and_locks_after_th
     assert_sim_saw_none(&sim, &markers);
 
     let install = d.stop().await;
+    // Nothing of the result, the answers or the PDF in the clear on disk.
+    let mut on_disk: Vec<String> = markers.iter().map(|m| (*m).to_owned()).collect();
+    on_disk.extend([PDF_MARKER.to_owned(), "04.02.1901".to_owned()]);
+    let hits = scan_dir(&install.data, &on_disk);
+    assert!(hits.is_empty(), "{hits:?}");
     let vault = install.open();
     let actions: Vec<String> = vault
         .audit_entries(1)
