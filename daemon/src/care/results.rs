@@ -56,7 +56,8 @@ pub enum Phase {
     Delivered,
     /// Too many wrong answers: nothing is sent, staff were told.
     Locked,
-    /// The sender took the result back: nothing is sent.
+    /// The sender took the result back, or its document could not be
+    /// queued (too large, refused): nothing is sent until a new version.
     Withdrawn,
     /// Retention passed: the PDF is gone.
     Purged,

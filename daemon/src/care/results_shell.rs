@@ -303,7 +303,12 @@ fn stage_effect(
                 stage_awaiting(txn, session, state.patient, None);
             }
         }
-        Effect::SendDocument => send_document(vault, txn, settings, state, now)?,
+        Effect::SendDocument => {
+            if !send_document(vault, txn, settings, state, now)? {
+                // Nothing went out: not delivered (the event says why).
+                state.phase = Phase::Withdrawn;
+            }
+        }
         Effect::Lock => {
             vault.stage_event(txn, &event(EventKind::ResultLocked, now, state))?;
             let draft = audit("result.locked", state);
@@ -415,26 +420,22 @@ fn send_notice(
 }
 
 /// The PDF as a document message with a neutral name and no caption; the
-/// result is marked delivered in the same txn.
+/// result is marked delivered in the same txn. False: it could not go (no
+/// longer deliverable, or refused at enqueue: a `message-failed` event).
 fn send_document(
     vault: &Vault,
     txn: &mut Txn,
     settings: &Settings,
     state: &ResultState,
     now: Timestamp,
-) -> VaultResult<()> {
+) -> VaultResult<bool> {
     let result = vault.get_result(&state.order)?;
     let contact = super::shell::contact(vault, state.patient)?;
     let (Some(mut r), Some((to, _))) = (result.filter(LabResult::is_deliverable), contact) else {
         tracing::warn!("a result released by the patient's proof is no longer deliverable");
-        return super::shell::queue_text(
-            vault,
-            txn,
-            settings,
-            state.patient,
-            now,
-            "results.unavailable",
-        );
+        let key = "results.unavailable";
+        super::shell::queue_text(vault, txn, settings, state.patient, now, key)?;
+        return Ok(false);
     };
     let doc = Document {
         pdf: r.pdf.clone(),
@@ -460,7 +461,8 @@ fn send_document(
             let mut ev = event(EventKind::MessageFailed, now, state);
             ev.details
                 .insert("reason".to_owned(), "result-document".to_owned());
-            return vault.stage_event(txn, &ev);
+            vault.stage_event(txn, &ev)?;
+            return Ok(false);
         }
     }
     r.delivered = true;
@@ -468,7 +470,7 @@ fn send_document(
     vault.stage_event(txn, &event(EventKind::ResultDelivered, now, state))?;
     let draft = audit("result.released", state);
     txn.audit(draft.detail("pdf_bytes", r.pdf.len().to_string()));
-    Ok(())
+    Ok(true)
 }
 
 /// Retention: the sealed PDF goes (the record stays, empty, so the order
