@@ -117,8 +117,10 @@ pub enum Effect {
     Lock,
     ScheduleRetention(Timestamp),
     CancelRetention(Timestamp),
-    /// Remove the sealed PDF (retention).
-    Purge,
+    /// Remove the sealed PDF (retention); `collected`: it had been sent.
+    Purge {
+        collected: bool,
+    },
     /// Audit a wrong answer (how many so far).
     WrongAnswer {
         count: u8,
@@ -232,12 +234,13 @@ pub fn decide(
             if s.phase == Phase::AwaitingProof {
                 fx.push(Effect::StopAwaiting);
             }
+            let collected = s.phase == Phase::Delivered;
             // A locked result stays locked (staff deal with it); its PDF
             // goes all the same.
             if s.phase != Phase::Locked {
                 s.phase = Phase::Purged;
             }
-            fx.push(Effect::Purge);
+            fx.push(Effect::Purge { collected });
         }
     }
     (Some(s), fx)
@@ -308,8 +311,12 @@ mod tests {
         let (s, fx) = step(Some(s), Input::ShowIt);
         assert_eq!(fx, [Effect::Reply(Reply::AlreadySent)]);
         // An answer now is not one (nothing was asked).
-        let (_, fx) = step(Some(s), Input::Answer { right: true });
+        let (s, fx) = step(Some(s), Input::Answer { right: true });
         assert_eq!(fx, [Effect::StopAwaiting]);
+        // The delivered copy goes at retention too.
+        let due = s.purge_at.unwrap();
+        let (_, fx) = step(Some(s), Input::RetentionFired { due });
+        assert_eq!(fx, [Effect::Purge { collected: true }]);
     }
 
     #[test]
@@ -365,7 +372,7 @@ mod tests {
         let (s, fx) = step(Some(s), Input::RetentionFired { due: t(5) });
         assert!(fx.is_empty());
         let (s, fx) = step(Some(s), Input::RetentionFired { due });
-        assert_eq!(fx, [Effect::Purge]);
+        assert_eq!(fx, [Effect::Purge { collected: false }]);
         assert_eq!(s.phase, Phase::Purged);
         assert_eq!(
             step(Some(s), Input::ShowIt).1,

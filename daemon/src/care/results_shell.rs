@@ -322,7 +322,7 @@ fn stage_effect(
             store::stage_timer(txn, due, token, results::RETENTION, state.patient);
         }
         Effect::CancelRetention(due) => store::stage_cancel(txn, due, token, results::RETENTION),
-        Effect::Purge => purge(vault, txn, state, now)?,
+        Effect::Purge { collected } => purge(vault, txn, state, collected, now)?,
         Effect::Reply(reply) => {
             if reply == Reply::AskProof {
                 txn.audit(audit("result.proof-asked", state));
@@ -475,7 +475,13 @@ fn send_document(
 
 /// Retention: the sealed PDF goes (the record stays, empty, so the order
 /// number keeps its history); through the writer, audited.
-fn purge(vault: &Vault, txn: &mut Txn, state: &ResultState, now: Timestamp) -> VaultResult<()> {
+fn purge(
+    vault: &Vault,
+    txn: &mut Txn,
+    state: &ResultState,
+    collected: bool,
+    now: Timestamp,
+) -> VaultResult<()> {
     let Some(mut r) = vault.get_result(&state.order)? else {
         return Ok(());
     };
@@ -487,11 +493,7 @@ fn purge(vault: &Vault, txn: &mut Txn, state: &ResultState, now: Timestamp) -> V
     r.release_code = None;
     vault.stage_result(txn, &r)?;
     let mut ev = event(EventKind::ResultPurged, now, state);
-    let collected = if state.phase == Phase::Delivered {
-        "true"
-    } else {
-        "false"
-    };
+    let collected = if collected { "true" } else { "false" };
     ev.details
         .insert("collected".to_owned(), collected.to_owned());
     vault.stage_event(txn, &ev)?;

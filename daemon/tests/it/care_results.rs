@@ -322,3 +322,74 @@ async fn a_one_time_code_from_the_pms_opens_the_result_and_stop_still_opts_out()
     assert_sim_saw_none(&sim, &markers);
     d.stop().await;
 }
+
+/// The pending question and the retention timer are durable: a restart
+/// between "Show it" and the answer loses neither, and an uncollected
+/// result is purged at its time, not a second early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_proof_and_the_retention_survive_a_restart() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("document_ready", "en"));
+    let (pms, _) = pms_peer().await;
+    let d =
+        crate::care_reminders::daemon_with(&sim, pms, "", "[results]\nretention = \"7d\"\n").await;
+    let mut c = d.mllp().await;
+    assert_eq!(
+        msa(&c.send(&adt_a04("A-S", "CARE001", "ZZFAMILY", "")).await).0,
+        "AA"
+    );
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    opt_in(&d, patient).await;
+    assert_eq!(
+        msa(&c.send(&oru("S1", "RES-R1", "F", &pdf(5))).await).0,
+        "AA"
+    );
+    assert_eq!(
+        msa(&c.send(&oru("S2", "RES-R2", "F", &pdf(6))).await).0,
+        "AA"
+    );
+    let show = notice(&sim, &d, 0).await;
+    notice(&sim, &d, 1).await;
+    tap(&d, "wamid.S-show", &show).await;
+    until("asked", || (texts(&sim, ASK) == 1).then_some(())).await;
+
+    drop(c);
+    let install = d.stop().await;
+    let d = Daemon::start_in(install).await;
+    say(&d, "wamid.S-a1", "1901-02-03").await;
+    let doc = until("the document after the restart", || {
+        documents(&sim).into_iter().next()
+    })
+    .await;
+    let id = doc["document"]["id"].as_str().unwrap();
+    assert_eq!(sim.media_bytes(id), Some(pdf(5)));
+
+    // Seven days on: not a second early; then both PDFs go (one collected).
+    let due = t0() + SignedDuration::from_hours(7 * 24);
+    at(&d, due - SignedDuration::from_secs(1)).await;
+    assert!(events(&d, EventKind::ResultPurged).is_empty());
+    at(&d, due).await;
+    let purged = until("purged", || {
+        let e = events(&d, EventKind::ResultPurged);
+        (e.len() == 2).then_some(e)
+    })
+    .await;
+    let mut collected: Vec<&str> = purged
+        .iter()
+        .map(|e| e.details["collected"].as_str())
+        .collect();
+    collected.sort_unstable();
+    assert_eq!(collected, ["false", "true"]);
+    assert!(d
+        .running
+        .vault
+        .get_result("RES-R2")
+        .unwrap()
+        .unwrap()
+        .pdf
+        .is_empty());
+    let mut markers: Vec<&str> = FORBIDDEN_MARKERS.to_vec();
+    markers.extend_from_slice(RESULT_MARKERS);
+    assert_sim_saw_none(&sim, &markers);
+    d.stop().await;
+}
