@@ -399,7 +399,8 @@ fn send_notice(
                         message: msg,
                         reference: Some(format!("result-notice:{}", hex::encode(&token[..6]))),
                     };
-                    match outbox::stage(vault, txn, item, now, None) {
+                    // A notice that cannot go before the PDF is purged never goes.
+                    match outbox::stage(vault, txn, item, now, state.purge_at) {
                         Ok(()) => {
                             ev.details.insert("sent".to_owned(), "true".to_owned());
                         }
