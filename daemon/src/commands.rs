@@ -354,6 +354,7 @@ fn build(
                     }
                 }
                 vault.stage_result(&mut txn, &r)?;
+                crate::care::results_shell::on_result(vault, &mut txn, &mut care.results, &r, now)?;
                 txn.audit(
                     AuditDraft::new(&origin.actor, "result.receive")
                         .subject(r.patient.to_string())

@@ -67,6 +67,8 @@ pub struct FileConfig {
     pub reminders: crate::care::config::RemindersFile,
     #[serde(default)]
     pub policy: crate::whatsapp::policy::PolicyFile,
+    #[serde(default)]
+    pub results: crate::care::results_config::ResultsFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +161,8 @@ pub struct Config {
     pub reminders: crate::care::config::RemindersConfig,
     /// The minimal-payload policy (`[policy]`).
     pub policy: crate::whatsapp::policy::Policy,
+    /// Result documents behind an identity check (`[results]`).
+    pub results: crate::care::results_config::ResultsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -625,6 +629,17 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         ));
     }
 
+    let results = crate::care::results_config::validate(&file.results, &time_zone_name, &invalid)?;
+    if !policy.is_mapped(&results.template) {
+        return Err(invalid(
+            "results.template",
+            &results.template,
+            "no [policy.templates] mapping says which kind of message it is",
+            "add [policy.templates.NAME] with kind = \"result-notice\" and params = [] \
+             (docs/configuration.md, [policy])",
+        ));
+    }
+
     Ok(Config {
         path: path.to_owned(),
         service: ServiceConfig {
@@ -643,6 +658,7 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         webhook,
         reminders,
         policy,
+        results,
     })
 }
 

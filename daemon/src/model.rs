@@ -205,6 +205,10 @@ pub struct LabResult {
     /// delivered. Records written before this field existed read as `false`.
     #[serde(default)]
     pub withdrawn: bool,
+    /// A one-time code the patient proves their identity with
+    /// (`results.proof = "code"`): an OBX with the identifier `ZRC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_code: Option<String>,
 }
 
 impl LabResult {
@@ -259,6 +263,7 @@ mod tests {
             pdf: Vec::new(),
             ..r
         };
+        assert_eq!(withdrawn.release_code, None);
         assert!(!withdrawn.is_deliverable());
         let back: LabResult =
             serde_json::from_str(&serde_json::to_string(&withdrawn).unwrap()).unwrap();
@@ -302,7 +307,16 @@ pub enum EventKind {
     OptedOut,
     OptedIn,
     StaffRequested,
+    /// A deliverable result's notice was queued (`details.sent` = `false`
+    /// with a `reason` when the patient cannot be told: no consent, …).
+    ResultNotified,
+    /// The patient proved who they are and the document was queued.
     ResultDelivered,
+    /// Too many wrong answers: the result is locked, nothing was sent
+    /// (staff: contact the patient).
+    ResultLocked,
+    /// A result's PDF was purged after `results.retention`.
+    ResultPurged,
     MessageFailed,
     PatientErased,
     PmsMessageRejected,

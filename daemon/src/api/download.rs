@@ -127,6 +127,7 @@ mod tests {
             pdf: (0..pdf_len).map(|i| (i % 251) as u8).collect(),
             delivered: false,
             withdrawn,
+            release_code: None,
         }
     }
 

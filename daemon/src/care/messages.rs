@@ -27,6 +27,13 @@ pub const KEYS: &[&str] = &[
     "slots.button",
     "keywords.opt_out",
     "keywords.opt_in",
+    "results.ask_dob",
+    "results.ask_code",
+    "results.unreadable",
+    "results.wrong",
+    "results.locked",
+    "results.already_sent",
+    "results.unavailable",
 ];
 
 /// The embedded files: (language, text).

@@ -13,13 +13,21 @@
 //! - `texts`: which text each reply is, the visit's date and time.
 //! - `reschedule`: which open slots a "Reschedule" tap offers;
 //!   `slots`: reading them and offering them as a list.
+//! - `results`: a result document behind an identity check, as a pure
+//!   state machine; `results_shell` runs it on the writer, `proof` reads
+//!   a date of birth or a code from free text, `results_config` is the
+//!   `[results]` section.
 
 pub mod config;
 pub mod consent;
 pub mod ledger;
 pub mod messages;
+pub mod proof;
 pub mod reminder;
 pub mod reschedule;
+pub mod results;
+pub mod results_config;
+pub mod results_shell;
 pub mod scheduler;
 pub mod shell;
 pub mod slots;
@@ -33,6 +41,9 @@ pub struct Settings {
     pub reminders: config::RemindersConfig,
     pub time_zone: jiff::tz::TimeZone,
     pub outbound: crate::pms::outbound::OutboundConfig,
+    pub results: results_config::ResultsConfig,
+    /// Document limits for the result PDFs (`whatsapp.max_document_bytes`).
+    pub media: crate::whatsapp::media::MediaConfig,
 }
 
 impl Settings {
@@ -41,6 +52,8 @@ impl Settings {
             reminders: config.reminders.clone(),
             time_zone: config.service.time_zone.clone(),
             outbound: config.pms.outbound.clone(),
+            results: config.results.clone(),
+            media: config.whatsapp.media.clone(),
         }
     }
 }

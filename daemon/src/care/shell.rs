@@ -23,6 +23,8 @@ pub const ACTOR: &str = "care:reminders";
 #[derive(Default)]
 pub struct Session {
     states: HashMap<Token, Option<ReminderState>>,
+    /// The results workflow's (`care::results_shell`).
+    pub results: super::results_shell::Session,
 }
 
 impl Session {
@@ -89,9 +91,16 @@ pub fn on_inbound(
             let kw = super::consent::Keyword::OptOut;
             return super::consent::on_keyword(vault, txn, patient, kw, now);
         }
+        if super::results_shell::on_tap(vault, txn, &mut session.results, patient, id, now)? {
+            return Ok(());
+        }
         return on_tap(vault, txn, session, patient, id, now);
     }
     if let crate::webhook::payload::Content::Text { body } = content {
+        // The answer to a result's proof question, unless it is a keyword.
+        if super::results_shell::on_text(vault, txn, &mut session.results, patient, body, now)? {
+            return Ok(());
+        }
         return super::consent::on_text(vault, txn, patient, body, now);
     }
     Ok(())
@@ -158,6 +167,11 @@ pub fn fire_due(vault: &Vault, now: Timestamp, limit: usize) -> VaultResult<(Txn
         else {
             continue;
         };
+        if offset == super::results::RETENTION {
+            let results = &mut session.results;
+            super::results_shell::on_timer(vault, &mut txn, results, due, &token, now)?;
+            continue;
+        }
         let Some(state) = session.load(vault, &token)? else {
             continue;
         };

@@ -127,8 +127,60 @@ pub fn stage_document(
     // The builder checks filename and caption; the id is set at send.
     let msg = message::document("0", &doc.filename, doc.caption.as_deref())?;
     stage_pdf(
-        vault, txn, config, patient, recipient, doc.pdf, msg, None, reference, now, expires,
+        vault,
+        txn,
+        config,
+        patient,
+        recipient,
+        doc.pdf,
+        msg,
+        None.into(),
+        reference,
+        now,
+        expires,
     )
+}
+
+/// [`stage_document`] as the answer to the inbound message being applied
+/// (see [`outbox::stage_answer`]): e.g. a result released by the patient's
+/// proof of identity.
+#[allow(clippy::too_many_arguments)]
+pub fn stage_document_answer(
+    vault: &Vault,
+    txn: &mut Txn,
+    config: &MediaConfig,
+    patient: Option<PatientId>,
+    recipient: Recipient,
+    doc: Document,
+    reference: Option<String>,
+    now: Timestamp,
+    expires: Option<Timestamp>,
+) -> Result<(), MediaError> {
+    let msg = message::document("0", &doc.filename, doc.caption.as_deref())?;
+    let at = Placement {
+        pointer: None,
+        answer: true,
+    };
+    stage_pdf(
+        vault, txn, config, patient, recipient, doc.pdf, msg, at, reference, now, expires,
+    )
+}
+
+/// Where a staged PDF's media id goes (`None`: `/document/id`), and whether
+/// the message answers the inbound one being applied (no window check).
+#[derive(Clone, Copy)]
+struct Placement {
+    pointer: Option<&'static str>,
+    answer: bool,
+}
+
+impl From<Option<&'static str>> for Placement {
+    fn from(pointer: Option<&'static str>) -> Self {
+        Self {
+            pointer,
+            answer: false,
+        }
+    }
 }
 
 /// [`stage_document`] for an approved template with a document header
@@ -165,7 +217,7 @@ pub fn stage_template_document(
         recipient,
         pdf,
         msg,
-        Some(TEMPLATE_HEADER_ID),
+        Some(TEMPLATE_HEADER_ID).into(),
         reference,
         now,
         expires,
@@ -182,11 +234,12 @@ fn stage_pdf(
     recipient: Recipient,
     pdf: Vec<u8>,
     mut msg: OutMessage,
-    at: Option<&str>,
+    placement: Placement,
     reference: Option<String>,
     now: Timestamp,
     expires: Option<Timestamp>,
 ) -> Result<(), MediaError> {
+    let at = placement.pointer;
     let size = pdf.len() as u64;
     if size > config.max_document_bytes {
         return Err(MediaError::TooLarge {
@@ -213,7 +266,11 @@ fn stage_pdf(
         message: msg,
         reference,
     };
-    outbox::stage(vault, txn, item, now, expires)?;
+    if placement.answer {
+        outbox::stage_answer(vault, txn, item, now, expires)?;
+    } else {
+        outbox::stage(vault, txn, item, now, expires)?;
+    }
     let owner = patient.map_or(Owner::System, Owner::Patient);
     txn.put(Tree::WaMedia, key(K_DOC, &id), owner, pdf);
     txn.put_json(

@@ -302,6 +302,32 @@ pub fn stage_with_policy(
     now: Timestamp,
     expires: Option<Timestamp>,
 ) -> Result<(), OutboxError> {
+    stage_checked(vault, txn, policy, item, now, expires, true)
+}
+
+/// [`stage`] for an answer to the inbound message being applied: that
+/// message opened the 24-hour window in this same txn, which the store does
+/// not show yet, so the window is not checked (everything else is).
+pub fn stage_answer(
+    vault: &Vault,
+    txn: &mut Txn,
+    item: WaItem,
+    now: Timestamp,
+    expires: Option<Timestamp>,
+) -> Result<(), OutboxError> {
+    let policy = vault.wa_policy();
+    stage_checked(vault, txn, &policy, item, now, expires, false)
+}
+
+fn stage_checked(
+    vault: &Vault,
+    txn: &mut Txn,
+    policy: &super::policy::Policy,
+    item: WaItem,
+    now: Timestamp,
+    expires: Option<Timestamp>,
+    window: bool,
+) -> Result<(), OutboxError> {
     if item.recipient.is_none() && item.message.kind != Kind::MarkRead {
         return Err(OutboxError::NoRecipient(item.message.kind.as_str()));
     }
@@ -309,7 +335,9 @@ pub fn stage_with_policy(
         stage_unreachable(vault, txn, &item, reason, now)?;
         return Err(OutboxError::Unreachable { reason });
     }
-    check_window(vault, &item, now)?;
+    if window {
+        check_window(vault, &item, now)?;
+    }
     check_template(vault, &item)?;
     check_policy(vault, txn, policy, &item, now)?;
     let key = order_key(vault, &item);

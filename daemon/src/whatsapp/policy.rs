@@ -60,6 +60,7 @@ pub const KINDS: &[&str] = &[
     "reply",
     "consent-confirmation",
     "result-notice",
+    "result-document",
     "follow-up",
     "staff-text",
 ];
@@ -112,6 +113,8 @@ fn shipped_templates() -> BTreeMap<String, TemplateMap> {
             "lab_result_ready".to_owned(),
             map("result-notice", &[], None),
         ),
+        // "A new document is ready": no parameter, nothing of the result.
+        ("document_ready".to_owned(), map("result-notice", &[], None)),
     ])
 }
 
@@ -126,8 +129,12 @@ impl Default for Policy {
             .collect();
         // A result notice carries the released document (the patient's
         // own result, sent because the clinic released it to them).
-        if let Some(f) = allow.get_mut("result-notice") {
-            f.insert("document".to_owned());
+        // The same for the document message a result goes out as, once
+        // the patient proved who they are (`care::results`).
+        for kind in ["result-notice", "result-document"] {
+            if let Some(f) = allow.get_mut(kind) {
+                f.insert("document".to_owned());
+            }
         }
         Self {
             allow,
@@ -180,8 +187,8 @@ fn check_kind(key: &'static str, kind: &str) -> Result<(), PolicyConfigError> {
         key,
         value: kind.to_owned(),
         reason: "not a message kind".to_owned(),
-        fix: "use one of reminder, reply, consent-confirmation, result-notice, follow-up, \
-              staff-text",
+        fix: "use one of reminder, reply, consent-confirmation, result-notice, \
+              result-document, follow-up, staff-text",
     })
 }
 
@@ -314,7 +321,7 @@ impl Policy {
         let (kind, fields) = match (&msg.kind, &msg.template) {
             (Kind::Template, Some((name, _))) => self.template_fields(name, msg)?,
             (Kind::MarkRead, _) => ("reply".to_owned(), Vec::new()),
-            (Kind::Document, _) => ("result-notice".to_owned(), vec!["document".to_owned()]),
+            (Kind::Document, _) => ("result-document".to_owned(), vec!["document".to_owned()]),
             _ => {
                 let kind = match reference {
                     Some(r) if r.starts_with("care-") => "reply",

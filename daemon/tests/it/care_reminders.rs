@@ -527,6 +527,8 @@ async fn fire_4000_due_reminders() {
             consent_field: None,
             assigning_authority: "ZZHOSP".into(),
         },
+        results: Default::default(),
+        media: Default::default(),
     });
     const N: usize = 4_000;
     // Visits spread over one hour on Wed 20 January 2027 from 10:00.

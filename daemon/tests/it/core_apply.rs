@@ -92,6 +92,7 @@ fn result(order: &str, patient: &Patient) -> LabResult {
         pdf: b"%PDF-1.4 synthetic".to_vec(),
         delivered: false,
         withdrawn: false,
+        release_code: None,
     }
 }
 

@@ -14,6 +14,7 @@ mod care_kpis;
 mod care_languages;
 mod care_reminders;
 mod care_reschedule;
+mod care_results;
 mod clock_jump;
 mod config_cli;
 mod consent_ledger;

@@ -104,6 +104,7 @@ pub fn document(
                     pdf,
                     delivered: false,
                     withdrawn: false,
+                    release_code: release_code(msg),
                 };
                 commands.push(Command::UpdatePatientFromContext(Box::new(patient)));
                 commands.push(Command::UpsertResult(Box::new(result)));
@@ -159,7 +160,25 @@ fn withdrawn(
         pdf: Vec::new(),
         delivered: false,
         withdrawn: true,
+        release_code: None,
     }
+}
+
+/// The observation identifier (OBX-3.1) of the one-time code a patient
+/// proves their identity with (`results.proof = "code"`), the code in
+/// OBX-5: a local code, since LOINC has none for it.
+pub const RELEASE_CODE_ID: &str = "ZRC";
+
+/// The one-time release code the sender put on the result, if any (at most
+/// 64 characters; it is sealed with the result and never logged).
+fn release_code(msg: &Message) -> Option<String> {
+    msg.segments_named("OBX")
+        .filter(|obx| {
+            clean(obx.component(3, 1)).is_some_and(|id| id.eq_ignore_ascii_case(RELEASE_CODE_ID))
+        })
+        .find_map(|obx| clean(obx.text(5)))
+        .filter(|c| c.len() <= 64)
+        .map(str::to_owned)
 }
 
 /// The filler order number (ORC-3/OBR-3), else the placer's (ORC-2/OBR-2);
