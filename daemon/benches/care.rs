@@ -93,6 +93,16 @@ fn appointment_id(i: usize) -> String {
     format!("ZZA{i:07}")
 }
 
+/// User + system CPU seconds of this process so far.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime (fields 14 and 15) are at 11 and 12 after the ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn peak_rss_mb() -> f64 {
     status_mb("VmHWM:")
 }
@@ -116,11 +126,16 @@ fn write_config(dir: &Path, pms: Option<std::net::SocketAddr>, rate: u32) -> Pat
     let outbound = pms.map_or(String::new(), |a| {
         format!("outbound_endpoint = \"{a}\"\noutbound_timeout = \"5s\"\n")
     });
+    // `CARE_BENCH_CACHE_MB`: the store's page cache (`service.cache_mb`,
+    // default 16), to see what it costs in RSS.
+    let cache = std::env::var("CARE_BENCH_CACHE_MB")
+        .map(|v| format!("cache_mb = {v}\n"))
+        .unwrap_or_default();
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "[service]\ndata_dir = \"data\"\ntime_zone = \"Europe/Berlin\"\n\n\
+            "[service]\ndata_dir = \"data\"\ntime_zone = \"Europe/Berlin\"\n{cache}\n\
              [keys]\nmaster_key_file = \"master.key\"\n\n\
              [log]\nlevel = \"warn\"\n\n\
              [api]\nsocket = \"api.sock\"\n\n\
@@ -255,19 +270,30 @@ async fn due(n: usize) {
     let after_start = rss_mb();
     let (fired0, processed0) = (running.care.fired(), wa.processed());
 
+    if let Some(secs) = std::env::var("CARE_BENCH_PAUSE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        // Time to attach a profiler to just the measured part.
+        eprintln!("pid {} fires in {secs} s", std::process::id());
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
     let end = hour() + SignedDuration::from_hours(1);
+    let cpu0 = cpu_secs();
     let began = Instant::now();
     clock.set(end);
     running.care.looked_at(end).await;
     let took = began.elapsed();
+    let cpu = cpu_secs() - cpu0;
 
     let fired = running.care.fired() - fired0;
     let queued = running.vault.count(clinic_relay::vault::Tree::WaOutbox) as u64
         + (wa.processed() - processed0);
     println!("care due: {n} patients with consent + {n} appointments, {DUE_IN_HOUR} reminders due in the hour");
     println!(
-        "  clock jumps to the hour's end → every due reminder committed to the outbox: {:.0} ms ({fired} timers fired, {queued} messages queued or already taken by the dry-run worker)",
-        took.as_secs_f64() * 1000.0
+        "  clock jumps to the hour's end → every due reminder committed to the outbox: {:.0} ms ({fired} timers fired, {queued} messages queued or already taken by the dry-run worker), {:.0} ms CPU",
+        took.as_secs_f64() * 1000.0,
+        cpu * 1000.0
     );
     println!(
         "  RSS after start {after_start:.1} MB, now {:.1} MB, peak (VmHWM) {:.1} MB",
