@@ -247,6 +247,14 @@ fn prepared(n: usize) -> tempfile::TempDir {
         assert!(ok, "loading the store failed");
         eprintln!("loaded in {:.1?}", t.elapsed());
     }
+    let cache = if std::env::var_os("CARE_BENCH_COMPACT").is_some() {
+        // Blocking vault calls: off the runtime's threads.
+        std::thread::spawn(move || compacted(&cache))
+            .join()
+            .unwrap()
+    } else {
+        cache
+    };
     let tmp = tempfile::tempdir().unwrap();
     let ok = std::process::Command::new("cp")
         .arg("-a")
@@ -257,6 +265,47 @@ fn prepared(n: usize) -> tempfile::TempDir {
         .success();
     assert!(ok, "cannot copy {}", cache.display());
     tmp
+}
+
+/// `CARE_BENCH_COMPACT=1`: the same store after a backup and a restore
+/// (a fresh sled log holding only live records), made once beside `cache`,
+/// to see how much of the RSS is the log's history.
+fn compacted(cache: &Path) -> PathBuf {
+    let dst = cache.with_extension("compact");
+    if dst.join("complete").exists() {
+        return dst;
+    }
+    let _ = std::fs::remove_dir_all(&dst);
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(cache)
+        .arg(&dst)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cannot copy {}", cache.display());
+    std::fs::remove_file(dst.join("complete")).unwrap();
+    let mk = MasterKey::load_file(&dst.join("master.key")).unwrap();
+    let (data, old, backup) = (dst.join("data"), dst.join("old"), dst.join("backup"));
+    let vault = Vault::open(&data, &mk).unwrap();
+    let file = std::fs::File::create(&backup).unwrap();
+    vault
+        .backup_to_file(booked_at(), file, &backup, "bench")
+        .unwrap();
+    vault.close().unwrap();
+    std::fs::rename(&data, &old).unwrap();
+    let (vault, _) = Vault::restore_from(
+        std::fs::File::open(&backup).unwrap(),
+        &data,
+        &old.join("keyring"),
+        &mk,
+    )
+    .unwrap();
+    vault.close().unwrap();
+    std::fs::remove_dir_all(&old).unwrap();
+    std::fs::remove_file(&backup).unwrap();
+    std::fs::write(dst.join("complete"), "compacted").unwrap();
+    dst
 }
 
 async fn due(n: usize) {
