@@ -24,6 +24,12 @@
 //! by a child process and cached in `target/care-bench/<N>`
 //! (`CARE_BENCH_CACHE` overrides); every run starts from a copy, so that
 //! loading counts neither in the time nor in the RSS.
+//!
+//! Knobs for profiling: `CARE_BENCH_PAUSE=S` (due: print the pid and wait
+//! S seconds before the jump, to attach perf or `callgrind_control -i on`),
+//! `CARE_BENCH_CACHE_MB` (`service.cache_mb`), `CARE_BENCH_COMPACT=1` (the
+//! store after a backup and a restore), `CARE_BENCH_PATIENTS` (buttons'
+//! store size). Figures: docs/workflows.md § Measured.
 #![allow(clippy::disallowed_methods)] // a benchmark reads the real clock
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
