@@ -99,7 +99,7 @@ pub fn verdict(
     language: &str,
 ) -> Result<(), TemplateRefusal> {
     let Some(book) = book else {
-        return if templates::definition(name, language).is_some() {
+        return if templates::is_shipped(name, language) {
             Ok(())
         } else {
             Err(TemplateRefusal::Unknown {
