@@ -13,9 +13,12 @@
 //! - `texts`: which text each reply is, the visit's date and time.
 //! - `reschedule`: which open slots a "Reschedule" tap offers;
 //!   `slots`: reading them and offering them as a list.
+//! - `conversation`: the chat bot (greeting, menu, hand-off to staff) and
+//!   the staff inbox's state (issue 11).
 
 pub mod config;
 pub mod consent;
+pub mod conversation;
 pub mod ledger;
 pub mod messages;
 pub mod reminder;
@@ -31,6 +34,7 @@ pub mod texts;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub reminders: config::RemindersConfig,
+    pub conversations: conversation::config::ConversationsConfig,
     pub time_zone: jiff::tz::TimeZone,
     pub outbound: crate::pms::outbound::OutboundConfig,
 }
@@ -39,6 +43,7 @@ impl Settings {
     pub fn from_config(config: &crate::config::Config) -> Self {
         Self {
             reminders: config.reminders.clone(),
+            conversations: config.conversations.clone(),
             time_zone: config.service.time_zone.clone(),
             outbound: config.pms.outbound.clone(),
         }

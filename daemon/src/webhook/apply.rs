@@ -304,7 +304,7 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
     // Reminder taps and opt-out keywords (`care`), after each message's event.
     let mut care = crate::care::shell::Session::default();
     for m in &batch.messages {
-        let mut tap: Option<PatientId> = None;
+        let mut tap: Option<(PatientId, Timestamp)> = None;
         let k = vault.wamid_key(P_MESSAGE, &m.wamid);
         if !seen_messages.insert(k.clone()) || exists(vault, &k)? {
             continue;
@@ -340,7 +340,7 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
                     learn(txn, user, patient)?;
                 }
                 ev = event(EventKind::MessageReceived, now, Some(patient));
-                tap = Some(patient);
+                tap = Some((patient, at));
                 if let Some(id) = m.content.reply_id().and_then(feed_safe) {
                     ev.details.insert("reply_id".to_owned(), id);
                 }
@@ -368,8 +368,9 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
             ev.details.insert("error_code".to_owned(), code.to_string());
         }
         vault.stage_event(txn, &ev)?;
-        if let Some(patient) = tap {
-            crate::care::shell::on_inbound(vault, txn, &mut care, patient, &m.content, now)?;
+        if let Some((patient, at)) = tap {
+            let r = vault.wa_message_ref(&m.wamid);
+            crate::care::shell::on_inbound(vault, txn, &mut care, patient, &m.content, r, at, now)?;
         }
     }
     for (patient, at) in last_inbound {

@@ -112,6 +112,12 @@ fn shipped_templates() -> BTreeMap<String, TemplateMap> {
             "lab_result_ready".to_owned(),
             map("result-notice", &[], None),
         ),
+        // Staff wrote outside the 24-hour window: "please reply" (the
+        // staff's text waits for the answer, see `care::conversation`).
+        (
+            "conversation_reopen".to_owned(),
+            map("staff-text", &[], None),
+        ),
     ])
 }
 
