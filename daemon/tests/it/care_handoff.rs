@@ -20,9 +20,9 @@ const ON: &str = "\n[conversations]\nenabled = true\n";
 
 /// The daemon with conversations on and the SIU's patient (CARE001, the
 /// number `WA_ID`) known.
-async fn setup(sim: &Sim) -> Daemon {
+async fn setup(sim: &Sim, extra: &str) -> Daemon {
     let (pms, _received) = pms_peer().await;
-    let d = daemon_with(sim, pms, "", ON).await;
+    let d = daemon_with(sim, pms, "", &format!("{ON}{extra}")).await;
     let mut c = d.mllp().await;
     let ack = c
         .send(&siu("SIU^S12^SIU_S12", "H1", "APPT-H1", "202701201000"))
@@ -63,7 +63,7 @@ async fn api(d: &Daemon, method: &str, path: &str, body: Option<Value>) -> (u16,
 async fn a_patient_asks_for_a_person_and_staff_answer_from_the_inbox() {
     let sim = Sim::start().await.unwrap();
     sim.add_template(Template::approved("conversation_reopen", "en"));
-    let d = setup(&sim).await;
+    let d = setup(&sim, "").await;
 
     let hi = text_message("wamid.H1", WA_ID, "ZZ", "I need to talk to someone");
     assert_eq!(post_signed(&d, hi).await, 200);
@@ -210,7 +210,7 @@ fn menu_tap(wamid: &str, id: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greetings_get_the_menu_in_their_language_and_a_choice_is_answered() {
     let sim = Sim::start().await.unwrap();
-    let d = setup(&sim).await;
+    let d = setup(&sim, "retention = \"1d\"\n").await;
     for (n, (greeting, body)) in [
         ("hi", "How can we help?"),
         ("¡Hola!", "¿En qué podemos ayudarle?"),
@@ -231,6 +231,12 @@ async fn greetings_get_the_menu_in_their_language_and_a_choice_is_answered() {
             .len();
         assert_eq!(rows, 4);
     }
+    // Nobody chose: 30 minutes later the menu is reset (durable timer).
+    at(&d, t0() + SignedDuration::from_mins(31)).await;
+    let (status, idle) = api(&d, "GET", "/v1/conversations?state=idle", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(idle["conversations"].as_array().unwrap().len(), 1, "{idle}");
+
     // "Book" from the (German) menu: not automated yet, honestly said, and
     // staff get the conversation with its topic.
     let rows = &lists(&sim)[2]["interactive"]["action"]["sections"][0]["rows"];
@@ -258,6 +264,17 @@ async fn greetings_get_the_menu_in_their_language_and_a_choice_is_answered() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["language"], "de");
     assert_eq!(list[0]["topic"], "booking");
+    let conv = list[0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/conversations/{conv}");
+    let (_, view) = api(&d, "GET", &path, None).await;
+    assert_eq!(view["messages"].as_array().unwrap().len(), 8, "{view}");
+    // After the retention (1 day here) the messages are purged by their
+    // timer; the conversation stays in the inbox.
+    at(&d, t0() + SignedDuration::from_hours(49)).await;
+    let (status, view) = api(&d, "GET", &path, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["messages"], json!([]), "{view}");
+    assert_eq!(view["state"], "waiting");
     assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }

@@ -49,7 +49,7 @@ async fn templates_check_reports_missing_and_rejected() {
         "{stdout}"
     );
     assert!(
-        stderr.contains("8 of 10 templates are not approved"),
+        stderr.contains("12 of 14 templates are not approved"),
         "{stderr}"
     );
     assert!(!stdout.contains("tok-t") && !stderr.contains("tok-t"));
@@ -147,7 +147,11 @@ async fn templates_create_submits_the_missing_ones_only() {
             ("visit_follow_up".to_owned(), "de".to_owned()),
             ("visit_follow_up".to_owned(), "en".to_owned()),
             ("visit_follow_up".to_owned(), "es".to_owned()),
-            ("visit_follow_up".to_owned(), "fr".to_owned())
+            ("visit_follow_up".to_owned(), "fr".to_owned()),
+            ("conversation_reopen".to_owned(), "de".to_owned()),
+            ("conversation_reopen".to_owned(), "en".to_owned()),
+            ("conversation_reopen".to_owned(), "es".to_owned()),
+            ("conversation_reopen".to_owned(), "fr".to_owned())
         ],
         "{stdout}"
     );
@@ -163,7 +167,7 @@ async fn templates_create_submits_the_missing_ones_only() {
     let out = run_cli_async(&install.config, &["templates", "check"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("missing"), "{stdout}");
-    assert_eq!(stdout.matches("pending").count(), 8, "{stdout}");
+    assert_eq!(stdout.matches("pending").count(), 12, "{stdout}");
 
     // A refused submission is reported and fails the command; the others go.
     let fresh = Sim::start().await.unwrap();
@@ -179,7 +183,7 @@ async fn templates_create_submits_the_missing_ones_only() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert_eq!(stdout.matches("NOT submitted").count(), 2, "{stdout}");
-    assert_eq!(stdout.matches("submitted: pending").count(), 8, "{stdout}");
+    assert_eq!(stdout.matches("submitted: pending").count(), 12, "{stdout}");
     assert!(
         stderr(&out).contains("2 templates could not be submitted"),
         "{}",

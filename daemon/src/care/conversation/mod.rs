@@ -294,10 +294,10 @@ pub fn decide(
         Input::IdleTimer { due } => {
             if s.idle_due == Some(due) {
                 s.idle_due = None;
+                // The language the patient greeted in stays: it is theirs.
                 if s.phase == Phase::Menu {
                     s.phase = Phase::Idle;
                     s.topic = Topic::None;
-                    s.language = None;
                 }
             }
         }

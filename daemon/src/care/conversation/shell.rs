@@ -264,6 +264,9 @@ fn purge(
     );
     let mut gone = 0usize;
     c.purge_due = None;
+    // Every entry is looked at: a patient's entry carries Meta's time, so
+    // the log is only nearly in time order.
+    let mut next: Option<Timestamp> = None;
     for (n, e) in store::entries(vault, id)? {
         let expires = e.at.saturating_add(retention).unwrap_or(e.at);
         if expires <= now {
@@ -273,11 +276,13 @@ fn purge(
             }
             c.held.retain(|h| *h != n);
             gone += 1;
-        } else {
-            c.purge_due = Some(expires);
-            crate::care::store::stage_timer(txn, expires, id, PURGE, c.patient);
-            break;
+        } else if next.is_none_or(|t| expires < t) {
+            next = Some(expires);
         }
+    }
+    if let Some(due) = next {
+        c.purge_due = Some(due);
+        crate::care::store::stage_timer(txn, due, id, PURGE, c.patient);
     }
     if gone > 0 {
         txn.audit(
