@@ -49,7 +49,8 @@ fn summary(id: &ConvId, c: &Conversation, now: Timestamp) -> Value {
     let since = since(c);
     let mut v = json!({
         "id": hex::encode(id),
-        "patient": c.patient.to_hex(),
+        "patient": c.patient().map(|p| p.to_hex()),
+        "contact": if c.patient().is_some() { "patient" } else { "unknown" },
         "state": c.phase.name(),
         "since": since,
         "topic": c.topic,
@@ -144,7 +145,7 @@ pub(super) async fn get(state: &ApiState, id: &str, actor: &str) -> Result<Resp,
         }
         messages.push(m);
     }
-    audit_read(state, actor, "conversation.read", Some(c.patient)).await?;
+    audit_read(state, actor, "conversation.read", c.patient()).await?;
     let mut body = summary(&id, &c, state.clock.now());
     set(&mut body, "messages", Value::Array(messages));
     ok(&body)

@@ -109,7 +109,8 @@ pub fn on_inbound(
             }
         }
     }
-    conversation::on_message(vault, txn, patient, content, message_ref, at, heard, now)
+    let contact = super::conversation::Contact::Patient(patient);
+    conversation::on_message(vault, txn, contact, content, message_ref, at, heard, now)
 }
 
 /// A quick-reply tap from `patient` (on the writer, in the txn of the
@@ -562,7 +563,15 @@ pub(super) fn queue_reply(
     msg: message::OutMessage,
     now: Timestamp,
 ) -> VaultResult<()> {
-    queue_reply_as(vault, txn, patient, to, msg, "care-reply".to_owned(), now)
+    queue_reply_as(
+        vault,
+        txn,
+        Some(patient),
+        to,
+        msg,
+        "care-reply".to_owned(),
+        now,
+    )
 }
 
 /// [`queue_reply`] with the caller's outbound `reference` (a `care-…`
@@ -570,14 +579,14 @@ pub(super) fn queue_reply(
 pub(crate) fn queue_reply_as(
     vault: &Vault,
     txn: &mut Txn,
-    patient: PatientId,
+    patient: Option<PatientId>,
     to: Recipient,
     msg: message::OutMessage,
     reference: String,
     now: Timestamp,
 ) -> VaultResult<()> {
     let item = WaItem {
-        patient: Some(patient),
+        patient,
         recipient: Some(to),
         message: msg,
         reference: Some(reference),

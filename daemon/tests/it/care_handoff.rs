@@ -278,3 +278,49 @@ async fn greetings_get_the_menu_in_their_language_and_a_choice_is_answered() {
     assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn someone_the_clinic_does_not_know_can_reach_staff_too() {
+    let sim = Sim::start().await.unwrap();
+    let d = setup(&sim, "").await;
+    const STRANGER: &str = "4915155509999";
+    let hello = text_message("wamid.U1", STRANGER, "ZZ", "hello");
+    assert_eq!(post_signed(&d, hello).await, 200);
+    drain(&d).await;
+    let menu = until("the menu", || lists(&sim).into_iter().next()).await;
+    assert_eq!(menu["to"], format!("+{STRANGER}"));
+    let four = text_message("wamid.U2", STRANGER, "ZZ", "4");
+    assert_eq!(post_signed(&d, four).await, 200);
+    drain(&d).await;
+    let events = crate::webhook::events(&d, EventKind::StaffRequested);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].patient, None);
+    assert_eq!(events[0].details["matched"], "false");
+    let (status, list) = api(&d, "GET", "/v1/conversations?state=waiting", None).await;
+    assert_eq!(status, 200);
+    let entry = list["conversations"][0].clone();
+    assert_eq!(
+        (entry["contact"].as_str(), &entry["patient"]),
+        (Some("unknown"), &Value::Null)
+    );
+    let path = format!(
+        "/v1/conversations/{}/messages",
+        entry["id"].as_str().unwrap()
+    );
+    let (status, body) = api(&d, "POST", &path, Some(json!({"text": "ZZ who is this?"}))).await;
+    assert_eq!(
+        (status, body["sent_as"].as_str()),
+        (200, Some("text")),
+        "{body}"
+    );
+    drain(&d).await;
+    let sent = until("the staff text", || {
+        sim.sent_messages()
+            .into_iter()
+            .find(|m| m["text"]["body"] == "ZZ who is this?")
+    })
+    .await;
+    assert_eq!(sent["to"], format!("+{STRANGER}"));
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
+    d.stop().await;
+}

@@ -134,10 +134,22 @@ pub enum Intent {
     Elsewhere,
 }
 
-/// One conversation, sealed under the patient's key.
+/// Who the conversation is with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contact {
+    /// A known patient (sealed under their key).
+    Patient(PatientId),
+    /// A number or business-scoped id that matches no single patient
+    /// (sealed under the system key; `Debug` shows no number).
+    Unknown(crate::whatsapp::message::Recipient),
+}
+
+/// One conversation, sealed under the patient's key (the system key for
+/// an unknown contact).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conversation {
-    pub patient: PatientId,
+    pub contact: Contact,
     pub phase: Phase,
     #[serde(default)]
     pub topic: Topic,
@@ -163,9 +175,9 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    pub fn new(patient: PatientId, now: Timestamp) -> Self {
+    pub fn new(contact: Contact, now: Timestamp) -> Self {
         Self {
-            patient,
+            contact,
             phase: Phase::Idle,
             topic: Topic::None,
             language: None,
@@ -176,6 +188,20 @@ impl Conversation {
             held: Vec::new(),
             updated: now,
         }
+    }
+
+    /// The patient, when the contact is one.
+    pub fn patient(&self) -> Option<PatientId> {
+        match &self.contact {
+            Contact::Patient(p) => Some(*p),
+            Contact::Unknown(_) => None,
+        }
+    }
+
+    /// Whose key seals its records.
+    pub fn owner(&self) -> crate::vault::Owner {
+        self.patient()
+            .map_or(crate::vault::Owner::System, crate::vault::Owner::Patient)
     }
 
     /// Whether free text may go to the patient at `now`.
@@ -238,14 +264,14 @@ pub struct Rules {
 /// input on no conversation changes nothing).
 pub fn decide(
     state: Option<Conversation>,
-    patient: PatientId,
+    contact: Contact,
     input: Input,
     now: Timestamp,
     rules: Rules,
 ) -> (Option<Conversation>, Vec<Effect>) {
     let mut fx = Vec::new();
     let Some(mut s) = state.or_else(|| {
-        matches!(input, Input::Message { .. }).then(|| Conversation::new(patient, now))
+        matches!(input, Input::Message { .. }).then(|| Conversation::new(contact, now))
     }) else {
         return (None, fx);
     };

@@ -4,12 +4,12 @@
 //! a staff API call's, or the scheduler's).
 
 use super::store::{self, Author, ConvId, Entry, IDLE, PURGE};
-use super::{decide, Choice, Conversation, Effect, Input, Intent, Rules, Say};
+use super::{decide, Choice, Contact, Conversation, Effect, Input, Intent, Rules, Say};
 use crate::care::Settings;
-use crate::model::{Event, EventKind, PatientId};
+use crate::model::{Event, EventKind};
 use crate::vault::{Txn, Vault, VaultError, VaultResult};
 use crate::webhook::payload::Content;
-use crate::whatsapp::message::{self, Frame, Params, Row, TemplateSpec};
+use crate::whatsapp::message::{self, Frame, Params, Recipient, Row, TemplateSpec};
 use crate::whatsapp::outbox::{self, OutboxError, WaItem};
 use jiff::Timestamp;
 use std::sync::Arc;
@@ -64,7 +64,7 @@ pub enum Heard {
 pub fn on_message(
     vault: &Vault,
     txn: &mut Txn,
-    patient: PatientId,
+    contact: Contact,
     content: &Content,
     message_ref: String,
     at: Timestamp,
@@ -74,9 +74,9 @@ pub fn on_message(
     let Some(settings) = settings(vault) else {
         return Ok(());
     };
-    let id = store::id(vault, patient);
+    let id = store::id(vault, &contact);
     let before = store::load(vault, &id)?;
-    let theirs = language(vault, &settings, before.as_ref(), patient)?;
+    let theirs = language(vault, &settings, before.as_ref(), &contact)?;
     let catalog = &settings.reminders.messages;
     let (intent, language) = match (heard, content) {
         (Heard::Elsewhere, _) | (_, Content::System { .. } | Content::Unsupported { .. }) => {
@@ -117,7 +117,7 @@ pub fn on_message(
         txn,
         &settings,
         &id,
-        patient,
+        contact,
         before,
         input,
         Some(entry),
@@ -138,12 +138,12 @@ pub fn staff_reply(
 ) -> Result<(), ConversationError> {
     let settings = settings(vault).ok_or(ConversationError::NotFound)?;
     let c = store::load(vault, id)?.ok_or(ConversationError::NotFound)?;
-    if super::super::shell::contact(vault, c.patient)?.is_none() {
+    if recipient(vault, &c)?.is_none() {
         return Err(ConversationError::Conflict(
             "the patient has no WhatsApp number on record any more",
         ));
     }
-    let patient = c.patient;
+    let contact = c.contact.clone();
     let entry = Entry {
         at: now,
         from: Author::Staff,
@@ -155,9 +155,7 @@ pub fn staff_reply(
         held: !c.window_open(now),
     };
     txn.audit(
-        crate::audit::AuditDraft::new(actor, "conversation.reply")
-            .subject(patient.to_string())
-            .detail("conversation", hex::encode(id))
+        audit(actor, "conversation.reply", &c, id)
             .detail("window", if entry.held { "closed" } else { "open" }),
     );
     let input = Input::StaffReply {
@@ -168,7 +166,7 @@ pub fn staff_reply(
         txn,
         &settings,
         id,
-        patient,
+        contact,
         Some(c),
         input,
         Some(entry),
@@ -192,18 +190,14 @@ pub fn close(
             "the conversation is not with staff (waiting or with-staff)",
         ));
     }
-    txn.audit(
-        crate::audit::AuditDraft::new(actor, "conversation.close")
-            .subject(c.patient.to_string())
-            .detail("conversation", hex::encode(id)),
-    );
-    let patient = c.patient;
+    txn.audit(audit(actor, "conversation.close", &c, id));
+    let contact = c.contact.clone();
     run(
         vault,
         txn,
         &settings,
         id,
-        patient,
+        contact,
         Some(c),
         Input::StaffClose,
         None,
@@ -231,13 +225,13 @@ pub fn on_timer(
     let Some(settings) = settings(vault) else {
         return Ok(());
     };
-    let patient = c.patient;
+    let contact = c.contact.clone();
     run(
         vault,
         txn,
         &settings,
         id,
-        patient,
+        contact,
         Some(c),
         Input::IdleTimer { due },
         None,
@@ -282,15 +276,16 @@ fn purge(
     }
     if let Some(due) = next {
         c.purge_due = Some(due);
-        crate::care::store::stage_timer(txn, due, id, PURGE, c.patient);
+        crate::care::store::stage_timer_as(txn, due, id, PURGE, c.owner());
     }
     if gone > 0 {
-        txn.audit(
-            crate::audit::AuditDraft::new(ACTOR, "conversation.purged")
-                .subject(c.patient.to_string())
-                .detail("conversation", hex::encode(id))
-                .detail("messages", gone.to_string()),
-        );
+        txn.audit(audit(ACTOR, "conversation.purged", &c, id).detail("messages", gone.to_string()));
+    }
+    // An unknown contact's conversation with nothing left in it goes too:
+    // the number is kept no longer than its messages.
+    if c.patient().is_none() && next.is_none() && !c.phase.with_staff() {
+        store::remove(txn, id);
+        return Ok(());
     }
     store::stage(txn, id, &c)
 }
@@ -298,13 +293,32 @@ fn purge(
 /// The audit actor of what the bot does.
 pub const ACTOR: &str = "care:conversations";
 
+/// An audit entry about conversation `id` (its patient as the subject).
+fn audit(actor: &str, action: &str, c: &Conversation, id: &ConvId) -> crate::audit::AuditDraft {
+    let mut a =
+        crate::audit::AuditDraft::new(actor, action).detail("conversation", hex::encode(id));
+    if let Some(p) = c.patient() {
+        a = a.subject(p.to_string());
+    }
+    a
+}
+
+/// Where the conversation's messages go: the patient's number (if they
+/// still have one), or the unknown contact's.
+fn recipient(vault: &Vault, c: &Conversation) -> VaultResult<Option<Recipient>> {
+    match &c.contact {
+        Contact::Patient(p) => Ok(super::super::shell::contact(vault, *p)?.map(|(to, _)| to)),
+        Contact::Unknown(r) => Ok(Some(r.clone())),
+    }
+}
+
 /// The patient's language for the conversation: the one they greeted in,
 /// else theirs (chosen in the chat, else PID-15), else the default.
 fn language(
     vault: &Vault,
     settings: &Settings,
     c: Option<&Conversation>,
-    patient: PatientId,
+    contact: &Contact,
 ) -> VaultResult<String> {
     let catalog = &settings.reminders.messages;
     if let Some(l) = c
@@ -313,7 +327,10 @@ fn language(
     {
         return Ok(l.to_owned());
     }
-    let theirs = super::super::shell::contact(vault, patient)?.and_then(|(_, l)| l);
+    let theirs = match contact {
+        Contact::Patient(p) => super::super::shell::contact(vault, *p)?.and_then(|(_, l)| l),
+        Contact::Unknown(_) => None,
+    };
     Ok(catalog.language(theirs.as_deref()).to_owned())
 }
 
@@ -323,7 +340,7 @@ fn run(
     txn: &mut Txn,
     settings: &Settings,
     id: &ConvId,
-    patient: PatientId,
+    contact: Contact,
     before: Option<Conversation>,
     input: Input,
     entry: Option<Entry>,
@@ -332,7 +349,7 @@ fn run(
     let rules = Rules {
         idle_reset: settings.conversations.idle_reset,
     };
-    let (after, effects) = decide(before.clone(), patient, input, now, rules);
+    let (after, effects) = decide(before.clone(), contact, input, now, rules);
     let Some(mut c) = after else {
         return Ok(());
     };
@@ -372,7 +389,7 @@ fn log(
             e.at.saturating_add(settings.conversations.retention)
                 .unwrap_or(e.at);
         c.purge_due = Some(due);
-        crate::care::store::stage_timer(txn, due, id, PURGE, c.patient);
+        crate::care::store::stage_timer_as(txn, due, id, PURGE, c.owner());
     }
     Ok(n)
 }
@@ -397,15 +414,18 @@ fn stage_effect(
     logged: Option<&(u64, Entry)>,
     now: Timestamp,
 ) -> VaultResult<()> {
-    let patient = c.patient;
+    let patient = c.patient();
+    let contact = c.contact.clone();
     match effect {
-        Effect::ScheduleIdle(due) => crate::care::store::stage_timer(txn, due, id, IDLE, patient),
+        Effect::ScheduleIdle(due) => {
+            crate::care::store::stage_timer_as(txn, due, id, IDLE, c.owner());
+        }
         Effect::CancelIdle(due) => crate::care::store::stage_cancel(txn, due, id, IDLE),
         Effect::Handoff(reason) => {
             let mut ev = Event {
                 kind: EventKind::StaffRequested,
                 time: now,
-                patient: Some(patient),
+                patient,
                 appointment: None,
                 slot: None,
                 details: Default::default(),
@@ -414,6 +434,9 @@ fn stage_effect(
                 .insert("reason".to_owned(), reason.as_str().to_owned());
             ev.details
                 .insert("conversation".to_owned(), hex::encode(id));
+            if patient.is_none() {
+                ev.details.insert("matched".to_owned(), "false".to_owned());
+            }
             let topic = serde_json::to_value(c.topic).ok();
             if let Some(t) = topic.as_ref().and_then(|v| v.as_str()) {
                 ev.details.insert("topic".to_owned(), t.to_owned());
@@ -421,7 +444,7 @@ fn stage_effect(
             vault.stage_event(txn, &ev)?;
         }
         Effect::SendMenu => {
-            let lang = language(vault, settings, Some(c), patient)?;
+            let lang = language(vault, settings, Some(c), &contact)?;
             let t = |k| settings.reminders.messages.text(&lang, k);
             let rows = [
                 ("b", "menu.book"),
@@ -453,7 +476,7 @@ fn stage_effect(
             }
         }
         Effect::Say(say) => {
-            let lang = language(vault, settings, Some(c), patient)?;
+            let lang = language(vault, settings, Some(c), &contact)?;
             let key = match say {
                 Say::StaffWillAnswer => "handoff.waiting",
                 Say::NotYetAutomated => "handoff.not_yet",
@@ -464,7 +487,7 @@ fn stage_effect(
             }
         }
         Effect::SendStaffText { entry } => {
-            let Some((to, _)) = super::super::shell::contact(vault, patient)? else {
+            let Some(to) = recipient(vault, c)? else {
                 return Ok(());
             };
             // The text was logged by this same decision.
@@ -473,7 +496,7 @@ fn stage_effect(
                 .and_then(|(_, e)| e.text.as_deref());
             if let Some(msg) = text.and_then(|t| message::text(t).ok()) {
                 let item = WaItem {
-                    patient: Some(patient),
+                    patient,
                     recipient: Some(to),
                     message: msg,
                     reference: Some(reference(id, entry, Author::Staff)),
@@ -482,10 +505,10 @@ fn stage_effect(
             }
         }
         Effect::SendReopenTemplate => {
-            let Some((to, _)) = super::super::shell::contact(vault, patient)? else {
+            let Some(to) = recipient(vault, c)? else {
                 return Ok(());
             };
-            let lang = language(vault, settings, Some(c), patient)?;
+            let lang = language(vault, settings, Some(c), &contact)?;
             let built = message::template(&TemplateSpec {
                 name: &settings.conversations.reopen_template,
                 language: settings.reminders.template_code(&lang),
@@ -507,7 +530,7 @@ fn stage_effect(
             log(txn, settings, id, c, &e)?;
             if let Ok(msg) = built {
                 let item = WaItem {
-                    patient: Some(patient),
+                    patient,
                     recipient: Some(to),
                     message: msg,
                     reference: e.reference.clone(),
@@ -516,7 +539,7 @@ fn stage_effect(
             }
         }
         Effect::ReleaseHeld(entries) => {
-            let Some((to, _)) = super::super::shell::contact(vault, patient)? else {
+            let Some(to) = recipient(vault, c)? else {
                 return Ok(());
             };
             for n in entries {
@@ -528,7 +551,7 @@ fn stage_effect(
                 };
                 e.held = false;
                 e.reference = Some(reference(id, n, Author::Staff));
-                store::stage_entry(txn, id, patient, n, &e)?;
+                store::stage_entry(txn, id, c.owner(), n, &e)?;
                 let r = reference(id, n, Author::Staff);
                 crate::care::shell::queue_reply_as(vault, txn, patient, to.clone(), msg, r, now)?;
             }
@@ -551,7 +574,7 @@ fn bot_says(
     text: String,
     now: Timestamp,
 ) -> VaultResult<()> {
-    let Some((to, _)) = super::super::shell::contact(vault, c.patient)? else {
+    let Some(to) = recipient(vault, c)? else {
         return Ok(());
     };
     let n = c.next_entry;
@@ -567,7 +590,7 @@ fn bot_says(
         held: false,
     };
     log(txn, settings, id, c, &e)?;
-    crate::care::shell::queue_reply_as(vault, txn, c.patient, to, msg, r, now)
+    crate::care::shell::queue_reply_as(vault, txn, c.patient(), to, msg, r, now)
 }
 
 /// Queues a staff message through the outbox's checks (window, template

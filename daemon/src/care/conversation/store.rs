@@ -9,10 +9,11 @@
 //! - timers in the reminders' index, `T ‖ due ‖ id ‖ offset` with the
 //!   offsets [`IDLE`] and [`PURGE`] (one scheduler for all).
 //!
-//! `id` is 16 bytes of a blind index of the patient id: opaque, stable,
-//! and not the patient id (the API shows both).
+//! `id` is 16 bytes of a blind index of the patient id (of the number or
+//! business-scoped id for an unknown contact): opaque, stable, and not the
+//! patient id (the API shows both).
 
-use super::Conversation;
+use super::{Contact, Conversation};
 use crate::model::PatientId;
 use crate::vault::{Owner, Tree, Txn, Vault, VaultError, VaultResult};
 use jiff::Timestamp;
@@ -29,8 +30,11 @@ pub const PURGE: u8 = 201;
 /// The prefix of a conversation's outbound references.
 pub const REF_PREFIX: &str = "conv:";
 
-pub fn id(vault: &Vault, patient: PatientId) -> ConvId {
-    let bi = vault.blind_index("care-conversation", &patient.to_hex());
+pub fn id(vault: &Vault, contact: &Contact) -> ConvId {
+    let bi = match contact {
+        Contact::Patient(p) => vault.blind_index("care-conversation", &p.to_hex()),
+        Contact::Unknown(r) => vault.blind_index("care-conversation-wa", r.as_str()),
+    };
     let mut t = [0u8; 16];
     t.copy_from_slice(bi.get(..16).unwrap_or(&[0u8; 16]));
     t
@@ -57,7 +61,7 @@ pub fn load(vault: &Vault, id: &ConvId) -> VaultResult<Option<Conversation>> {
 }
 
 pub fn stage(txn: &mut Txn, id: &ConvId, c: &Conversation) -> VaultResult<()> {
-    txn.put_json(Tree::Care, conv_key(id), Owner::Patient(c.patient), c)
+    txn.put_json(Tree::Care, conv_key(id), c.owner(), c)
 }
 
 /// Every readable conversation: (id, conversation).
@@ -117,18 +121,16 @@ pub struct Entry {
 pub fn append(txn: &mut Txn, id: &ConvId, c: &mut Conversation, e: &Entry) -> VaultResult<u64> {
     let n = c.next_entry;
     c.next_entry = n.saturating_add(1);
-    txn.put_json(Tree::Care, entry_key(id, n), Owner::Patient(c.patient), e)?;
+    txn.put_json(Tree::Care, entry_key(id, n), c.owner(), e)?;
     Ok(n)
 }
 
-pub fn stage_entry(
-    txn: &mut Txn,
-    id: &ConvId,
-    patient: PatientId,
-    n: u64,
-    e: &Entry,
-) -> VaultResult<()> {
-    txn.put_json(Tree::Care, entry_key(id, n), Owner::Patient(patient), e)
+pub fn stage_entry(txn: &mut Txn, id: &ConvId, owner: Owner, n: u64, e: &Entry) -> VaultResult<()> {
+    txn.put_json(Tree::Care, entry_key(id, n), owner, e)
+}
+
+pub fn remove(txn: &mut Txn, id: &ConvId) {
+    txn.remove(Tree::Care, conv_key(id));
 }
 
 pub fn entry(vault: &Vault, id: &ConvId, n: u64) -> VaultResult<Option<Entry>> {

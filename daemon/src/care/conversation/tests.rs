@@ -4,7 +4,7 @@ fn t(s: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + s).unwrap()
 }
 
-const P: PatientId = PatientId([7; 16]);
+const P: Contact = Contact::Patient(PatientId([7; 16]));
 const RULES: Rules = Rules {
     idle_reset: SignedDuration::from_mins(30),
 };
@@ -42,9 +42,10 @@ fn a_greeting_shows_the_menu_and_the_idle_timer_resets_it() {
     assert!(fx.is_empty());
     let (s3, fx) = decide(Some(s), P, Input::IdleTimer { due }, due, RULES);
     let s3 = s3.unwrap();
+    // The language the patient greeted in outlives the reset.
     assert_eq!(
-        (s3.phase, s3.idle_due, s3.language),
-        (Phase::Idle, None, None)
+        (s3.phase, s3.idle_due, s3.language.as_deref()),
+        (Phase::Idle, None, Some("es"))
     );
     assert!(fx.is_empty());
 }
