@@ -324,3 +324,78 @@ async fn someone_the_clinic_does_not_know_can_reach_staff_too() {
     assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
+
+/// Issue 11's yardstick for a chatbot turn: a signed webhook in → its
+/// reply committed to the outbox (the `200` comes only after that commit),
+/// 2,000 patients greeting at 200 conversations a second. Run it by hand:
+/// `cargo test --test it care_handoff::chatbot_turn -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn chatbot_turn_latency_at_200_conversations_a_second() {
+    use clinic_relay::commands::{self, Command, Origin};
+    use clinic_relay::model::{Patient, PatientId};
+    const N: usize = 2_000;
+    let sim = Sim::start().await.unwrap();
+    let d = setup(&sim, "").await;
+    let mut patients = Vec::new();
+    for i in 0..N {
+        let mut id = PatientId(*b"turnpatient00000");
+        id.0[12..].copy_from_slice(&(i as u32).to_be_bytes());
+        patients.push(Command::UpsertPatient(Box::new(Patient {
+            id,
+            mrn: format!("TURN{i}"),
+            family_name: "ZZ".into(),
+            given_name: "ZZ".into(),
+            birth_date: None,
+            phone: Some(format!("+491515550{i:04}")),
+            language: None,
+            deceased: false,
+            protected: false,
+        })));
+    }
+    for chunk in patients.chunks(1_000) {
+        commands::apply(&d.running.vault, chunk.to_vec(), Origin::new("perf"), t0())
+            .await
+            .unwrap();
+    }
+    let addr = d.running.webhook_addr.unwrap();
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(5));
+    let mut turns = Vec::new();
+    for i in 0..N {
+        pace.tick().await;
+        let body = text_message(
+            &format!("wamid.T{i}"),
+            &format!("491515550{i:04}"),
+            "ZZ",
+            "hi",
+        );
+        turns.push(tokio::spawn(async move {
+            let signature = crate::webhook::sign("care-app-secret", &body);
+            let headers = [
+                ("content-type", "application/json".to_owned()),
+                ("x-hub-signature-256", signature),
+            ];
+            #[allow(clippy::disallowed_methods)] // a measurement of elapsed wall time
+            let began = std::time::Instant::now();
+            let (status, _) = crate::webhook::http(addr, "POST", "/webhook", body, &headers).await;
+            assert_eq!(status, 200);
+            began.elapsed()
+        }));
+    }
+    let mut took = Vec::new();
+    for t in turns {
+        took.push(t.await.unwrap());
+    }
+    took.sort();
+    let at = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
+    println!(
+        "{N} chatbot turns at 200/s: p50 {:?}, p99 {:?}, max {:?}",
+        at(0.5),
+        at(0.99),
+        took[took.len() - 1]
+    );
+    // Every greeting got its menu in the outbox or already at the simulator.
+    drain(&d).await;
+    assert_eq!(lists(&sim).len(), N);
+    d.stop().await;
+}
