@@ -284,6 +284,10 @@ pub fn decide(
             if s.last_inbound.is_none_or(|t| at > t) {
                 s.last_inbound = Some(at);
             }
+            if intent == Intent::Elsewhere && language.is_some() {
+                // The patient named a language: the conversation follows.
+                s.language.clone_from(&language);
+            }
             if intent == Intent::Elsewhere && !s.phase.with_staff() {
                 // Nothing for the bot.
             } else if s.phase.with_staff() {

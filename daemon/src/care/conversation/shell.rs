@@ -79,6 +79,11 @@ pub fn on_message(
     let theirs = language(vault, &settings, before.as_ref(), &contact)?;
     let catalog = &settings.reminders.messages;
     let (intent, language) = match (heard, content) {
+        // A language's name switched the patient's language (`care::shell`):
+        // the conversation follows.
+        (Heard::Elsewhere, Content::Text { body }) => {
+            (Intent::Elsewhere, catalog.named(body).map(str::to_owned))
+        }
         (Heard::Elsewhere, _) | (_, Content::System { .. } | Content::Unsupported { .. }) => {
             (Intent::Elsewhere, None)
         }
@@ -594,15 +599,30 @@ fn bot_says(
 }
 
 /// Queues a staff message through the outbox's checks (window, template
-/// approval, policy); a refusal is on the feed already.
+/// approval, policy). A refusal is on the feed: the outbox's own event
+/// (unreachable, policy-blocked), else a `message-failed` one here (a
+/// template the account has not approved, the window closed meanwhile).
 fn staff_item(vault: &Vault, txn: &mut Txn, item: WaItem, now: Timestamp) -> VaultResult<()> {
     let expires = now.saturating_add(outbox::SERVICE_WINDOW).ok();
-    match outbox::stage(vault, txn, item, now, expires) {
-        Ok(()) | Err(OutboxError::Unreachable { .. } | OutboxError::PolicyBlocked(_)) => Ok(()),
-        Err(OutboxError::Vault(e)) => Err(e),
-        Err(e) => {
-            tracing::warn!(error = %e, "a staff message could not be queued");
-            Ok(())
+    let patient = item.patient;
+    let reason = match outbox::stage(vault, txn, item, now, expires) {
+        Ok(()) | Err(OutboxError::Unreachable { .. } | OutboxError::PolicyBlocked(_)) => {
+            return Ok(())
         }
-    }
+        Err(OutboxError::Vault(e)) => return Err(e),
+        Err(OutboxError::Template(_)) => "template-not-approved",
+        Err(OutboxError::OutsideWindow { .. }) => "outside-window",
+        Err(OutboxError::NoRecipient(_)) => "no-recipient",
+    };
+    tracing::warn!(reason, "a staff message could not be queued");
+    let mut ev = Event {
+        kind: EventKind::MessageFailed,
+        time: now,
+        patient,
+        appointment: None,
+        slot: None,
+        details: Default::default(),
+    };
+    ev.details.insert("reason".to_owned(), reason.to_owned());
+    vault.stage_event(txn, &ev)
 }

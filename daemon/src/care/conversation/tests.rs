@@ -157,3 +157,25 @@ fn inputs_other_than_a_message_need_a_conversation() {
         assert_eq!(decide(None, P, input, t(0), RULES), (None, vec![]));
     }
 }
+
+#[test]
+fn other_workflows_messages_are_not_answered_but_a_named_language_is_followed() {
+    let (s, _) = decide(None, P, msg(Intent::Greeting, 0), t(0), RULES);
+    let named = Input::Message {
+        intent: Intent::Elsewhere,
+        at: t(5),
+        language: Some("fr".into()),
+    };
+    let (s, fx) = decide(s, P, named, t(5), RULES);
+    let s = s.unwrap();
+    assert!(fx.is_empty());
+    assert_eq!(
+        (s.phase.clone(), s.language.as_deref()),
+        (Phase::Menu, Some("fr"))
+    );
+    // A reminder tap while waiting for staff: logged, nothing said.
+    let (s, _) = decide(Some(s), P, msg(Intent::Other, 10), t(10), RULES);
+    let (s, fx) = decide(s, P, msg(Intent::Elsewhere, 20), t(20), RULES);
+    assert!(fx.is_empty());
+    assert_eq!(s.unwrap().last_inbound, Some(t(20)));
+}
