@@ -190,7 +190,32 @@ async fn a_patient_asks_for_a_person_and_staff_answer_from_the_inbox() {
         (200, 0)
     );
     assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
-    d.stop().await;
+
+    // The staff member is the audit actor of every call; the read of the
+    // conversation names the patient (drained to disk by the stop).
+    let patient = format!("p-{}", view["patient"].as_str().unwrap());
+    let install = d.stop().await;
+    let vault = install.open();
+    let entries: Vec<_> = vault.audit_entries(1).map(|(_, e)| e.unwrap()).collect();
+    let of = |action: &str| {
+        entries
+            .iter()
+            .filter(|e| e.action == action)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("conversation.reply").len(), 2);
+    assert_eq!(of("conversation.close").len(), 1);
+    assert_eq!(of("conversation.read").len(), 1);
+    assert!(of("conversation.list").len() >= 2);
+    for e in of("conversation.reply")
+        .into_iter()
+        .chain(of("conversation.read"))
+        .chain(of("conversation.close"))
+    {
+        assert!(e.actor.starts_with("api:uid="), "{}", e.actor);
+        assert_eq!(e.subject.as_deref(), Some(patient.as_str()));
+    }
+    vault.verify_audit().unwrap();
 }
 
 /// A tap on a row of the menu list.
