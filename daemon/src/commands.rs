@@ -39,6 +39,15 @@ pub enum Command {
     },
     /// A verified WhatsApp webhook call (see `webhook::apply`).
     Webhook(Box<crate::webhook::apply::Batch>),
+    /// A staff member's text in a conversation (the inbox API).
+    StaffReply {
+        conversation: [u8; 16],
+        text: crate::care::conversation::StaffText,
+    },
+    /// Staff hand a conversation back to the bot.
+    CloseConversation {
+        conversation: [u8; 16],
+    },
 }
 
 /// Who sent the commands and under which idempotency key.
@@ -132,6 +141,8 @@ fn digest(commands: &[Command]) -> Result<String, CommandError> {
 pub enum CommandError {
     #[error("unknown patient {0}")]
     UnknownPatient(PatientId),
+    #[error(transparent)]
+    Conversation(#[from] crate::care::conversation::shell::ConversationError),
     #[error(transparent)]
     Vault(#[from] VaultError),
 }
@@ -393,6 +404,14 @@ fn build(
             }
             Command::Webhook(batch) => {
                 crate::webhook::apply::stage(vault, &mut txn, batch, now)?;
+            }
+            Command::StaffReply { conversation, text } => {
+                use crate::care::conversation::shell;
+                shell::staff_reply(vault, &mut txn, conversation, &text.0, &origin.actor, now)?;
+            }
+            Command::CloseConversation { conversation } => {
+                use crate::care::conversation::shell;
+                shell::close(vault, &mut txn, conversation, &origin.actor, now)?;
             }
         }
     }

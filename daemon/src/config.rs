@@ -66,6 +66,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub reminders: crate::care::config::RemindersFile,
     #[serde(default)]
+    pub conversations: crate::care::conversation::config::ConversationsFile,
+    #[serde(default)]
     pub policy: crate::whatsapp::policy::PolicyFile,
     #[serde(default)]
     pub results: crate::care::results_config::ResultsFile,
@@ -159,6 +161,8 @@ pub struct Config {
     pub webhook: Option<crate::webhook::config::WebhookConfig>,
     /// Appointment reminders (`[reminders]`).
     pub reminders: crate::care::config::RemindersConfig,
+    /// The conversation bot and the staff inbox (`[conversations]`).
+    pub conversations: crate::care::conversation::config::ConversationsConfig,
     /// The minimal-payload policy (`[policy]`).
     pub policy: crate::whatsapp::policy::Policy,
     /// Result documents behind an identity check (`[results]`).
@@ -640,6 +644,17 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         ));
     }
 
+    let conversations = crate::care::conversation::config::validate(&file.conversations, &invalid)?;
+    if !policy.is_mapped(&conversations.reopen_template) {
+        return Err(invalid(
+            "conversations.reopen_template",
+            &conversations.reopen_template,
+            "no [policy.templates] mapping says which kind of message it is",
+            "add [policy.templates.NAME] with kind = \"staff-text\" and params = [] \
+             (docs/configuration.md, [policy])",
+        ));
+    }
+
     Ok(Config {
         path: path.to_owned(),
         service: ServiceConfig {
@@ -657,6 +672,7 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         whatsapp,
         webhook,
         reminders,
+        conversations,
         policy,
         results,
     })

@@ -6,6 +6,7 @@
 //! Bodies are capped; errors are RFC 9457 problem+json. Reference: docs/api.md.
 
 pub mod client;
+mod conversations;
 mod download;
 pub mod fhir;
 mod kpis;

@@ -102,7 +102,7 @@ impl hyper::body::Body for ApiBody {
     }
 }
 
-type Resp = Response<ApiBody>;
+pub(super) type Resp = Response<ApiBody>;
 
 fn full(bytes: impl Into<Bytes>) -> ApiBody {
     ApiBody::Full(Full::new(bytes.into()))
@@ -122,7 +122,7 @@ fn json_response(status: StatusCode, body: &Value) -> Resp {
     resp
 }
 
-fn ok(body: &Value) -> Result<Resp, Problem> {
+pub(super) fn ok(body: &Value) -> Result<Resp, Problem> {
     Ok(json_response(StatusCode::OK, body))
 }
 
@@ -135,7 +135,7 @@ fn no_content() -> Result<Resp, Problem> {
 /// A storage error: 503 while the disk is full or the store is out of
 /// service after a write failure (it recovers by itself once space is
 /// freed, so the client should retry), 500 for anything else.
-fn internal<E: std::fmt::Display>(e: E) -> Problem {
+pub(super) fn internal<E: std::fmt::Display>(e: E) -> Problem {
     let text = e.to_string();
     // ENOSPC from the keyring or the spool reads "No space left on device".
     if text.contains(crate::vault::STORAGE_FAILED) || text.contains("No space left on device") {
@@ -145,7 +145,7 @@ fn internal<E: std::fmt::Display>(e: E) -> Problem {
     }
 }
 
-fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
+pub(super) fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then(|| percent_decode(v))
@@ -189,7 +189,7 @@ fn decode(s: &str, plus_is_space: bool) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn read_json<T: DeserializeOwned>(
+pub(super) async fn read_json<T: DeserializeOwned>(
     req: Request<Incoming>,
     state: &ApiState,
 ) -> Result<T, Problem> {
@@ -258,7 +258,7 @@ fn patient_id(segment: &str) -> Result<PatientId, Problem> {
     PatientId::from_hex(segment).ok_or_else(|| Problem::not_found("patient ids are 32 hex digits"))
 }
 
-fn origin(state: &ApiState, req: &Request<Incoming>, actor: &str) -> Origin {
+pub(super) fn origin(state: &ApiState, req: &Request<Incoming>, actor: &str) -> Origin {
     let key = req
         .headers()
         .get("idempotency-key")
@@ -281,7 +281,7 @@ fn origin(state: &ApiState, req: &Request<Incoming>, actor: &str) -> Origin {
     }
 }
 
-async fn apply(
+pub(super) async fn apply(
     state: &ApiState,
     commands: &[Command],
     origin: &Origin,
@@ -302,6 +302,7 @@ async fn apply(
             "unknown patient {}",
             id.to_hex()
         ))),
+        Err(CommandError::Conversation(e)) => Err(super::conversations::problem(e)),
         Err(e) => Err(internal(e)),
     }
 }
@@ -358,6 +359,20 @@ async fn route(
         (Method::PUT, ["v1", "slots"]) => put_slots(state, req, actor).await,
         (Method::GET, ["v1", "results", order]) => get_result(state, order, actor).await,
         (Method::GET, ["v1", "events"]) => events(state, &req).await,
+        (Method::GET, ["v1", "conversations"]) => {
+            super::conversations::list(state, &req, actor).await
+        }
+        (Method::GET, ["v1", "conversations", id]) => {
+            super::conversations::get(state, id, actor).await
+        }
+        (Method::POST, ["v1", "conversations", id, "messages"]) => {
+            let id = (*id).to_owned();
+            super::conversations::reply(state, &id, req, actor).await
+        }
+        (Method::POST, ["v1", "conversations", id, "close"]) => {
+            let id = (*id).to_owned();
+            super::conversations::close(state, &id, req, actor).await
+        }
         (Method::GET, ["v1", "kpis"]) => {
             let (from, to) = (query(&req, "from"), query(&req, "to"));
             let now = state.clock.now();
@@ -400,6 +415,8 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         | ["v1", "results", _]
         | ["v1", "patients", _, "appointments"] => Some("GET"),
         ["v1", "kpis"] | ["metrics"] => Some("GET"),
+        ["v1", "conversations"] | ["v1", "conversations", _] => Some("GET"),
+        ["v1", "conversations", _, "messages" | "close"] => Some("POST"),
         ["v1", "patients"] => Some("GET, POST"),
         ["v1", "patients", _] => Some("GET, DELETE"),
         ["v1", "patients", _, "consent"] => Some("PUT"),
@@ -418,7 +435,7 @@ fn read_draft(actor: &str, action: &str, subject: Option<PatientId>) -> crate::a
 /// Records durably that PHI was read, and by whom, before the read is
 /// answered (in batches; see `read_audit.rs`). A read that could not be
 /// audited is refused.
-async fn audit_reads(
+pub(super) async fn audit_reads(
     state: &ApiState,
     drafts: Vec<crate::audit::AuditDraft>,
 ) -> Result<(), Problem> {
@@ -436,7 +453,7 @@ async fn audit_reads(
     })
 }
 
-async fn audit_read(
+pub(super) async fn audit_read(
     state: &ApiState,
     actor: &str,
     action: &str,

@@ -34,6 +34,20 @@ pub const KEYS: &[&str] = &[
     "results.locked",
     "results.already_sent",
     "results.unavailable",
+    "keywords.greeting",
+    "keywords.menu",
+    "keywords.book",
+    "keywords.appointments",
+    "keywords.results",
+    "keywords.staff",
+    "menu.body",
+    "menu.button",
+    "menu.book",
+    "menu.appointments",
+    "menu.results",
+    "menu.staff",
+    "handoff.waiting",
+    "handoff.not_yet",
 ];
 
 /// The embedded files: (language, text).
@@ -110,6 +124,22 @@ fn check(texts: &BTreeMap<String, String>) -> Result<(), String> {
         .is_some_and(|b| b.chars().count() > 20)
     {
         return Err("`slots.button`: at most 20 characters".to_owned());
+    }
+    if texts
+        .get("menu.button")
+        .is_some_and(|b| b.chars().count() > 20)
+    {
+        return Err("`menu.button`: at most 20 characters".to_owned());
+    }
+    for key in [
+        "menu.book",
+        "menu.appointments",
+        "menu.results",
+        "menu.staff",
+    ] {
+        if texts.get(key).is_some_and(|t| t.chars().count() > 24) {
+            return Err(format!("`{key}`: at most 24 characters (a list row)"));
+        }
     }
     Ok(())
 }
@@ -245,6 +275,13 @@ impl Catalog {
                     .split(',')
                     .any(|w| super::consent::normalise(w) == wanted)
             })
+    }
+
+    /// Every language's text for `key`: (language, text).
+    pub fn entries<'a>(&'a self, key: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.langs
+            .iter()
+            .filter_map(move |(l, t)| Some((l.as_str(), t.get(key)?.as_str())))
     }
 
     /// The language whose `language.name` a chat text is, if any (case,

@@ -17,9 +17,12 @@
 //!   state machine; `results_shell` runs it on the writer, `proof` reads
 //!   a date of birth or a code from free text, `results_config` is the
 //!   `[results]` section.
+//! - `conversation`: the chat bot (greeting, menu, hand-off to staff) and
+//!   the staff inbox's state (issue 11).
 
 pub mod config;
 pub mod consent;
+pub mod conversation;
 pub mod ledger;
 pub mod messages;
 pub mod proof;
@@ -39,6 +42,7 @@ pub mod texts;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub reminders: config::RemindersConfig,
+    pub conversations: conversation::config::ConversationsConfig,
     pub time_zone: jiff::tz::TimeZone,
     pub outbound: crate::pms::outbound::OutboundConfig,
     pub results: results_config::ResultsConfig,
@@ -50,6 +54,7 @@ impl Settings {
     pub fn from_config(config: &crate::config::Config) -> Self {
         Self {
             reminders: config.reminders.clone(),
+            conversations: config.conversations.clone(),
             time_zone: config.service.time_zone.clone(),
             outbound: config.pms.outbound.clone(),
             results: config.results.clone(),

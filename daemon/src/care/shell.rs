@@ -76,34 +76,50 @@ pub fn on_appointment(
 }
 
 /// A message from `patient` (on the writer, in the txn of the webhook call
-/// that brought it): a quick-reply tap of ours, or an opt-out / opt-in
-/// keyword.
+/// that brought it): a quick-reply tap of ours, an opt-out / opt-in
+/// keyword, a language's name; anything else is the conversation bot's
+/// (`care::conversation`), which also logs every message for the inbox.
+#[allow(clippy::too_many_arguments)] // one message's whole context
 pub fn on_inbound(
     vault: &Vault,
     txn: &mut Txn,
     session: &mut Session,
     patient: PatientId,
     content: &crate::webhook::payload::Content,
+    message_ref: String,
+    at: Timestamp,
     now: Timestamp,
 ) -> VaultResult<()> {
+    use super::conversation::shell::{self as conversation, Heard};
+    let mut heard = Heard::Bot;
     if let Some(id) = content.reply_id() {
         if super::consent::is_opt_out_button(id) {
             let kw = super::consent::Keyword::OptOut;
-            return super::consent::on_keyword(vault, txn, patient, kw, now);
+            super::consent::on_keyword(vault, txn, patient, kw, now)?;
+            heard = Heard::Elsewhere;
+        } else if super::results_shell::on_tap(vault, txn, &mut session.results, patient, id, now)?
+        {
+            heard = Heard::Elsewhere;
+        } else if !conversation::is_menu_payload(id) {
+            on_tap(vault, txn, session, patient, id, now)?;
+            heard = Heard::Elsewhere;
         }
-        if super::results_shell::on_tap(vault, txn, &mut session.results, patient, id, now)? {
-            return Ok(());
-        }
-        return on_tap(vault, txn, session, patient, id, now);
-    }
-    if let crate::webhook::payload::Content::Text { body } = content {
-        // The answer to a result's proof question, unless it is a keyword.
+    } else if let crate::webhook::payload::Content::Text { body } = content {
+        // The answer to a result's proof question (never a keyword: those
+        // are left for consent below).
         if super::results_shell::on_text(vault, txn, &mut session.results, patient, body, now)? {
-            return Ok(());
+            heard = Heard::Elsewhere;
+        } else if let Some(settings) = vault.care() {
+            let catalog = &settings.reminders.messages;
+            if super::consent::keyword_in(body, catalog).is_some() || catalog.named(body).is_some()
+            {
+                super::consent::on_text(vault, txn, patient, body, now)?;
+                heard = Heard::Elsewhere;
+            }
         }
-        return super::consent::on_text(vault, txn, patient, body, now);
     }
-    Ok(())
+    let contact = super::conversation::Contact::Patient(patient);
+    conversation::on_message(vault, txn, contact, content, message_ref, at, heard, now)
 }
 
 /// A quick-reply tap from `patient` (on the writer, in the txn of the
@@ -170,6 +186,13 @@ pub fn fire_due(vault: &Vault, now: Timestamp, limit: usize) -> VaultResult<(Txn
         if offset == super::results::RETENTION {
             let results = &mut session.results;
             super::results_shell::on_timer(vault, &mut txn, results, due, &token, now)?;
+            continue;
+        }
+        if matches!(
+            offset,
+            super::conversation::store::IDLE | super::conversation::store::PURGE
+        ) {
+            super::conversation::shell::on_timer(vault, &mut txn, &token, offset, due, now)?;
             continue;
         }
         let Some(state) = session.load(vault, &token)? else {
@@ -554,11 +577,33 @@ pub(super) fn queue_reply(
     msg: message::OutMessage,
     now: Timestamp,
 ) -> VaultResult<()> {
+    queue_reply_as(
+        vault,
+        txn,
+        Some(patient),
+        to,
+        msg,
+        "care-reply".to_owned(),
+        now,
+    )
+}
+
+/// [`queue_reply`] with the caller's outbound `reference` (a `care-…`
+/// one is a workflow's reply to the policy; anything else a staff text).
+pub(crate) fn queue_reply_as(
+    vault: &Vault,
+    txn: &mut Txn,
+    patient: Option<PatientId>,
+    to: Recipient,
+    msg: message::OutMessage,
+    reference: String,
+    now: Timestamp,
+) -> VaultResult<()> {
     let item = WaItem {
-        patient: Some(patient),
+        patient,
         recipient: Some(to),
         message: msg,
-        reference: Some("care-reply".to_owned()),
+        reference: Some(reference),
     };
     let policy = vault.wa_policy();
     match outbox::check_policy(vault, txn, &policy, &item, now) {

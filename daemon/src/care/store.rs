@@ -103,13 +103,14 @@ pub fn stage_state(txn: &mut Txn, token: &Token, state: &ReminderState) -> Vault
 }
 
 pub fn stage_timer(txn: &mut Txn, due: Timestamp, token: &Token, offset: u8, patient: PatientId) {
+    stage_timer_as(txn, due, token, offset, Owner::Patient(patient));
+}
+
+/// [`stage_timer`] sealed under `owner` (a conversation with an unknown
+/// contact has no patient).
+pub fn stage_timer_as(txn: &mut Txn, due: Timestamp, token: &Token, offset: u8, owner: Owner) {
     // The key says everything; the (sealed) value is empty.
-    txn.put(
-        Tree::Care,
-        timer_key(due, token, offset),
-        Owner::Patient(patient),
-        Vec::new(),
-    );
+    txn.put(Tree::Care, timer_key(due, token, offset), owner, Vec::new());
 }
 
 pub fn stage_cancel(txn: &mut Txn, due: Timestamp, token: &Token, offset: u8) {

@@ -214,6 +214,11 @@ impl Ingest {
                 let err = AckError::new(204, format!("unknown patient {id}")).at("PID", 3);
                 self.ack(&msg, AckCode::Error, Some(&err))
             }
+            // HL7 never carries conversation commands.
+            Err(e @ CommandError::Conversation(_)) => {
+                let err = AckError::new(207, format!("application internal error: {e}"));
+                self.ack(&msg, AckCode::Error, Some(&err))
+            }
             Err(CommandError::Vault(e)) => {
                 // Not stored. AR rather than AE: engines treat AE as final,
                 // and this message must be sent again.

@@ -19,7 +19,9 @@
 //! to seal it under, and no consent to process it; the feed gets a
 //! `message-received` event without a patient (`matched=false`) so the
 //! clinic knows someone wrote, and the wamid is remembered so Meta's
-//! retries are not reported again.
+//! retries are not reported again. With `[conversations]` on, the message
+//! goes to the conversation of that number (or business-scoped id), sealed
+//! under the system key, so that staff can answer it (`care::conversation`).
 
 use super::payload::{Content, Notification, StatusKind};
 use crate::model::{Event, EventKind, PatientId};
@@ -263,6 +265,18 @@ fn exists(vault: &Vault, key: &[u8]) -> VaultResult<bool> {
     }
 }
 
+/// Where to answer a sender who matches no single patient: their number
+/// as Meta wrote it, else their business-scoped user id.
+fn unknown_contact(
+    wa_id: Option<&str>,
+    user_id: Option<&str>,
+) -> Option<crate::whatsapp::message::Recipient> {
+    use crate::whatsapp::message::Recipient;
+    wa_id
+        .and_then(|d| Recipient::phone(&format!("+{}", d.trim_start_matches('+'))).ok())
+        .or_else(|| user_id.and_then(|u| Recipient::bsuid(u).ok()))
+}
+
 /// A reply id or code fit for the feed: short printable ASCII only (the
 /// sender controls it).
 fn feed_safe(s: &str) -> Option<String> {
@@ -304,7 +318,8 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
     // Reminder taps and opt-out keywords (`care`), after each message's event.
     let mut care = crate::care::shell::Session::default();
     for m in &batch.messages {
-        let mut tap: Option<PatientId> = None;
+        let mut tap: Option<(PatientId, Timestamp)> = None;
+        let mut stranger: Option<crate::whatsapp::message::Recipient> = None;
         let k = vault.wamid_key(P_MESSAGE, &m.wamid);
         if !seen_messages.insert(k.clone()) || exists(vault, &k)? {
             continue;
@@ -340,7 +355,7 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
                     learn(txn, user, patient)?;
                 }
                 ev = event(EventKind::MessageReceived, now, Some(patient));
-                tap = Some(patient);
+                tap = Some((patient, at));
                 if let Some(id) = m.content.reply_id().and_then(feed_safe) {
                     ev.details.insert("reply_id".to_owned(), id);
                 }
@@ -354,6 +369,7 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
                 txn.put_json(Tree::Webhook, k, Owner::System, &record)?;
                 ev = event(EventKind::MessageReceived, now, None);
                 ev.details.insert("matched".to_owned(), "false".to_owned());
+                stranger = unknown_contact(m.from.as_deref(), user);
                 if matches!(found, Lookup::Ambiguous) {
                     ev.details
                         .insert("reason".to_owned(), "several-patients".to_owned());
@@ -368,8 +384,17 @@ pub fn stage(vault: &Vault, txn: &mut Txn, batch: &Batch, now: Timestamp) -> Vau
             ev.details.insert("error_code".to_owned(), code.to_string());
         }
         vault.stage_event(txn, &ev)?;
-        if let Some(patient) = tap {
-            crate::care::shell::on_inbound(vault, txn, &mut care, patient, &m.content, now)?;
+        if let Some((patient, at)) = tap {
+            let r = vault.wa_message_ref(&m.wamid);
+            crate::care::shell::on_inbound(vault, txn, &mut care, patient, &m.content, r, at, now)?;
+        } else if let Some(to) = stranger {
+            // With conversations on, staff can answer someone the clinic
+            // does not know (sealed under the system key, purged after the
+            // retention); off, nothing of the message is kept.
+            use crate::care::conversation::{shell, Contact};
+            let r = vault.wa_message_ref(&m.wamid);
+            let (c, at) = (Contact::Unknown(to), m.time.unwrap_or(now));
+            shell::on_message(vault, txn, c, &m.content, r, at, shell::Heard::Bot, now)?;
         }
     }
     for (patient, at) in last_inbound {

@@ -115,6 +115,12 @@ fn shipped_templates() -> BTreeMap<String, TemplateMap> {
         ),
         // "A new document is ready": no parameter, nothing of the result.
         ("document_ready".to_owned(), map("result-notice", &[], None)),
+        // Staff wrote outside the 24-hour window: "please reply" (the
+        // staff's text waits for the answer, see `care::conversation`).
+        (
+            "conversation_reopen".to_owned(),
+            map("staff-text", &[], None),
+        ),
     ])
 }
 

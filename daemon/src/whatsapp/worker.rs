@@ -448,6 +448,13 @@ pub(crate) fn stage_outcome(
     if let (Some((wamid, wa_id, dry)), Settled::Removed) = (record, settled) {
         let reference = envelope.item.reference.as_deref();
         kpi_tracked = crate::kpi::on_sent(v, txn, reference, &wamid, dry, now)?;
+        // A conversation's message: the inbox shows its delivery state.
+        if let Some(r) =
+            reference.filter(|r| crate::care::conversation::store::is_conversation_ref(r))
+        {
+            let patient = envelope.item.patient;
+            crate::care::conversation::store::stage_sent(v, txn, r, patient, &wamid)?;
+        }
         outbox::stage_sent(txn, seq, envelope, wamid, wa_id, dry, now)?;
     }
     Ok((settled, kpi_tracked))

@@ -517,6 +517,7 @@ async fn fire_4000_due_reminders() {
     let vault = open(&dir.path().join("data"), &key(3));
     vault.set_care(Settings {
         reminders: RemindersConfig::default(),
+        conversations: Default::default(),
         time_zone: jiff::tz::TimeZone::get("Europe/Berlin").unwrap(),
         outbound: OutboundConfig {
             application: "CR".into(),

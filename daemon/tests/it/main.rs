@@ -10,6 +10,7 @@ mod audit_anchor;
 mod audit_tamper;
 mod care_crash;
 mod care_follow_up;
+mod care_handoff;
 mod care_kpis;
 mod care_languages;
 mod care_reminders;

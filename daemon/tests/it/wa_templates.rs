@@ -151,7 +151,11 @@ async fn templates_create_submits_the_missing_ones_only() {
             ("document_ready".to_owned(), "en".to_owned()),
             ("document_ready".to_owned(), "de".to_owned()),
             ("document_ready".to_owned(), "es".to_owned()),
-            ("document_ready".to_owned(), "fr".to_owned())
+            ("document_ready".to_owned(), "fr".to_owned()),
+            ("conversation_reopen".to_owned(), "de".to_owned()),
+            ("conversation_reopen".to_owned(), "en".to_owned()),
+            ("conversation_reopen".to_owned(), "es".to_owned()),
+            ("conversation_reopen".to_owned(), "fr".to_owned())
         ],
         "{stdout}"
     );

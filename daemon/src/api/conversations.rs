@@ -1,0 +1,222 @@
+//! The staff inbox (issue 11 item 4): conversations the bot handed to
+//! staff, their messages with delivery states, staff replies and closing.
+//! Every call's actor (peer uid or client certificate) is its audit actor;
+//! reads of a conversation are audited like the other PHI reads.
+
+use super::fhir::set;
+use super::problem::Problem;
+use super::routes::{apply, audit_read, internal, ok, origin, query, read_json, ApiState, Resp};
+use crate::care::conversation::shell::ConversationError;
+use crate::care::conversation::store::{self, Author, ConvId, Entry};
+use crate::care::conversation::{Conversation, Phase, StaffText};
+use crate::commands::Command;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use jiff::Timestamp;
+use serde_json::{json, Value};
+
+/// WhatsApp's limit for a text message body.
+const MAX_TEXT: usize = 4096;
+
+/// The API's answer to a refused conversation call.
+pub(super) fn problem(e: ConversationError) -> Problem {
+    match e {
+        ConversationError::NotFound => Problem::not_found("no such conversation"),
+        ConversationError::Conflict(why) => {
+            Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", why)
+        }
+        ConversationError::Vault(e) => internal(e),
+    }
+}
+
+fn conv_id(segment: &str) -> Result<ConvId, Problem> {
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(segment, &mut id)
+        .map_err(|_| Problem::not_found("conversation ids are 32 hex digits"))?;
+    Ok(id)
+}
+
+/// The time the conversation has been in its state from.
+fn since(c: &Conversation) -> Timestamp {
+    match &c.phase {
+        Phase::WaitingForStaff { since, .. } | Phase::WithStaff { since } => *since,
+        Phase::Closed { at } => *at,
+        Phase::Idle | Phase::Menu => c.updated,
+    }
+}
+
+fn summary(id: &ConvId, c: &Conversation, now: Timestamp) -> Value {
+    let since = since(c);
+    let mut v = json!({
+        "id": hex::encode(id),
+        "patient": c.patient().map(|p| p.to_hex()),
+        "contact": if c.patient().is_some() { "patient" } else { "unknown" },
+        "state": c.phase.name(),
+        "since": since,
+        "topic": c.topic,
+        "language": c.language,
+        "last_inbound": c.last_inbound,
+        "window_open": c.window_open(now),
+        "held_replies": c.held.len(),
+    });
+    if let Phase::WaitingForStaff { reason, .. } = &c.phase {
+        set(&mut v, "reason", json!(reason.as_str()));
+        set(
+            &mut v,
+            "waiting_seconds",
+            json!(now.duration_since(since).as_secs().max(0)),
+        );
+    }
+    v
+}
+
+/// `GET /v1/conversations?state=waiting`: oldest first.
+pub(super) async fn list(
+    state: &ApiState,
+    req: &Request<Incoming>,
+    actor: &str,
+) -> Result<Resp, Problem> {
+    let wanted = query(req, "state");
+    const STATES: [&str; 5] = ["waiting", "with-staff", "menu", "idle", "closed"];
+    if let Some(w) = wanted.as_deref().filter(|w| !STATES.contains(w)) {
+        return Err(Problem::bad_request(format!(
+            "state must be one of waiting, with-staff, menu, idle, closed (not {:?})",
+            w.chars().take(20).collect::<String>()
+        )));
+    }
+    let now = state.clock.now();
+    let mut found = store::all(&state.vault).map_err(internal)?;
+    found.retain(|(_, c)| wanted.as_deref().is_none_or(|w| c.phase.name() == w));
+    found.sort_by_key(|(_, c)| since(c));
+    audit_read(state, actor, "conversation.list", None).await?;
+    let list: Vec<Value> = found.iter().map(|(id, c)| summary(id, c, now)).collect();
+    ok(&json!({ "conversations": list }))
+}
+
+/// The delivery state of an outbound log entry.
+fn delivery(state: &ApiState, e: &Entry) -> Result<Option<&'static str>, Problem> {
+    if e.from == Author::Patient {
+        return Ok(None);
+    }
+    if e.held {
+        return Ok(Some("held"));
+    }
+    let Some(r) = &e.reference else {
+        return Ok(None);
+    };
+    let Some(wamid) = store::sent_wamid(&state.vault, r).map_err(internal)? else {
+        return Ok(Some("queued"));
+    };
+    Ok(Some(
+        match state.vault.wa_status(&wamid).map_err(internal)? {
+            Some(s) => s.state.name(),
+            None => "sent",
+        },
+    ))
+}
+
+/// `GET /v1/conversations/{id}`: the conversation and its messages,
+/// newest last.
+pub(super) async fn get(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
+    let id = conv_id(id)?;
+    let c = store::load(&state.vault, &id)
+        .map_err(internal)?
+        .ok_or_else(|| Problem::not_found("no such conversation"))?;
+    let entries = store::entries(&state.vault, &id).map_err(internal)?;
+    let mut messages = Vec::with_capacity(entries.len());
+    for (n, e) in &entries {
+        let mut m = json!({
+            "n": n,
+            "at": e.at,
+            "from": e.from,
+            "kind": e.kind,
+        });
+        for (k, v) in [
+            ("text", &e.text),
+            ("actor", &e.actor),
+            ("message_ref", &e.message_ref),
+        ] {
+            if let Some(v) = v {
+                set(&mut m, k, json!(v));
+            }
+        }
+        if let Some(d) = delivery(state, e)? {
+            set(&mut m, "delivery", json!(d));
+        }
+        messages.push(m);
+    }
+    audit_read(state, actor, "conversation.read", c.patient()).await?;
+    let mut body = summary(&id, &c, state.clock.now());
+    set(&mut body, "messages", Value::Array(messages));
+    ok(&body)
+}
+
+/// `POST /v1/conversations/{id}/messages` `{"text": "…"}`.
+pub(super) async fn reply(
+    state: &ApiState,
+    id: &str,
+    req: Request<Incoming>,
+    actor: &str,
+) -> Result<Resp, Problem> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ReplyIn {
+        text: String,
+    }
+    let conv = conv_id(id)?;
+    let origin = origin(state, &req, actor);
+    let input: ReplyIn = read_json(req, state).await?;
+    let text = input.text.trim();
+    if text.is_empty() || text.chars().count() > MAX_TEXT {
+        return Err(Problem::unprocessable(format!(
+            "text must be 1 to {MAX_TEXT} characters"
+        )));
+    }
+    apply(
+        state,
+        &[Command::StaffReply {
+            conversation: conv,
+            text: StaffText(text.to_owned()),
+        }],
+        &origin,
+    )
+    .await?;
+    let c = store::load(&state.vault, &conv)
+        .map_err(internal)?
+        .ok_or_else(|| Problem::not_found("no such conversation"))?;
+    // The newest staff text: sent now, or held behind the reopen template.
+    let entries = store::entries(&state.vault, &conv).map_err(internal)?;
+    let held = entries
+        .iter()
+        .rev()
+        .find(|(_, e)| e.from == Author::Staff)
+        .is_some_and(|(_, e)| e.held);
+    let mut body = summary(&conv, &c, state.clock.now());
+    set(
+        &mut body,
+        "sent_as",
+        json!(if held { "reopen-template" } else { "text" }),
+    );
+    ok(&body)
+}
+
+/// `POST /v1/conversations/{id}/close`: back to the bot.
+pub(super) async fn close(
+    state: &ApiState,
+    id: &str,
+    req: Request<Incoming>,
+    actor: &str,
+) -> Result<Resp, Problem> {
+    let conv = conv_id(id)?;
+    let origin = origin(state, &req, actor);
+    apply(
+        state,
+        &[Command::CloseConversation { conversation: conv }],
+        &origin,
+    )
+    .await?;
+    let c = store::load(&state.vault, &conv)
+        .map_err(internal)?
+        .ok_or_else(|| Problem::not_found("no such conversation"))?;
+    ok(&summary(&conv, &c, state.clock.now()))
+}

@@ -1,0 +1,396 @@
+//! Conversations (issue 11, items 1 and 4): one per patient, a small pure
+//! state machine over what the patient writes and what staff do.
+//!
+//! - this file: [`decide`], no I/O, no clock read;
+//! - `understand`: what a text means (greeting, menu choice, staff), per
+//!   language, from the message files;
+//! - `store`: where the state, the message log and the timers live;
+//! - `shell`: runs decisions on the vault's writer and stages effects;
+//! - `config`: the `[conversations]` section.
+//!
+//! The bot answers only in the bot phases (`Idle`, `Menu`, `Closed`):
+//! a greeting shows the menu, and anything else hands the conversation to
+//! staff. Booking and results are not built yet: choosing them hands over
+//! too, with the `topic` kept so that the later flows can plug in here
+//! (and staff see what the patient asked for).
+
+pub mod config;
+pub mod shell;
+pub mod store;
+pub mod understand;
+
+#[cfg(test)]
+mod tests;
+
+use crate::model::PatientId;
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// A staff member's text: never in `Debug` (a command's Debug may be
+/// logged), serialized as the plain string (the idempotency digest).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StaffText(pub String);
+
+impl std::fmt::Debug for StaffText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StaffText({} bytes)", self.0.len())
+    }
+}
+
+/// Meta's customer-service window: free text only within it.
+pub const WINDOW: SignedDuration = SignedDuration::from_hours(24);
+
+/// Where a conversation stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum Phase {
+    /// Nothing going on: the bot answers the next message.
+    Idle,
+    /// The menu was shown; an idle timeout brings it back to `Idle`.
+    Menu,
+    /// Handed to staff, nobody answered yet: the bot stays silent.
+    WaitingForStaff { since: Timestamp, reason: Reason },
+    /// Staff answered: the bot stays silent until they close it.
+    WithStaff { since: Timestamp },
+    /// Staff closed it: back to the bot.
+    Closed { at: Timestamp },
+}
+
+impl Phase {
+    /// The name the API uses.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Menu => "menu",
+            Phase::WaitingForStaff { .. } => "waiting",
+            Phase::WithStaff { .. } => "with-staff",
+            Phase::Closed { .. } => "closed",
+        }
+    }
+
+    /// Whether staff hold it (the bot does not answer).
+    pub fn with_staff(&self) -> bool {
+        matches!(
+            self,
+            Phase::WaitingForStaff { .. } | Phase::WithStaff { .. }
+        )
+    }
+}
+
+/// What the conversation is about: the flow the patient chose. Booking and
+/// results get their own flows later (issue 11 items 2 and 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topic {
+    #[default]
+    None,
+    Booking,
+    Appointments,
+    Results,
+}
+
+/// Why a conversation went to staff (the `reason` of the
+/// `staff-requested` event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The patient asked for a person.
+    Asked,
+    /// The bot did not understand.
+    NotUnderstood,
+    /// A flow that does not exist yet (booking, appointments, results).
+    NotYetAutomated,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Asked => "asked",
+            Reason::NotUnderstood => "not-understood",
+            Reason::NotYetAutomated => "not-yet-automated",
+        }
+    }
+}
+
+/// A menu entry (a list row, a number, a keyword).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Book,
+    Appointments,
+    Results,
+    Staff,
+}
+
+/// What a patient's message means to the bot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    Greeting,
+    Choice(Choice),
+    /// Anything else: a sentence, a photo, a voice note.
+    Other,
+    /// Another workflow answered it (a reminder tap, a consent keyword),
+    /// or it is not for anyone (a reaction): logged, not answered here.
+    Elsewhere,
+}
+
+/// Who the conversation is with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contact {
+    /// A known patient (sealed under their key).
+    Patient(PatientId),
+    /// A number or business-scoped id that matches no single patient
+    /// (sealed under the system key; `Debug` shows no number).
+    Unknown(crate::whatsapp::message::Recipient),
+}
+
+/// One conversation, sealed under the patient's key (the system key for
+/// an unknown contact).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub contact: Contact,
+    pub phase: Phase,
+    #[serde(default)]
+    pub topic: Topic,
+    /// The language the patient greeted in, over their own.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// The patient's last message (the 24-hour window runs from here).
+    pub last_inbound: Option<Timestamp>,
+    /// The pending idle-reset timer.
+    #[serde(default)]
+    pub idle_due: Option<Timestamp>,
+    /// The pending retention timer of the message log.
+    #[serde(default)]
+    pub purge_due: Option<Timestamp>,
+    /// The next message log entry's number.
+    #[serde(default)]
+    pub next_entry: u64,
+    /// Staff texts written outside the window, sent when the patient
+    /// answers the reopen template (log entry numbers).
+    #[serde(default)]
+    pub held: Vec<u64>,
+    pub updated: Timestamp,
+}
+
+impl Conversation {
+    pub fn new(contact: Contact, now: Timestamp) -> Self {
+        Self {
+            contact,
+            phase: Phase::Idle,
+            topic: Topic::None,
+            language: None,
+            last_inbound: None,
+            idle_due: None,
+            purge_due: None,
+            next_entry: 0,
+            held: Vec::new(),
+            updated: now,
+        }
+    }
+
+    /// The patient, when the contact is one.
+    pub fn patient(&self) -> Option<PatientId> {
+        match &self.contact {
+            Contact::Patient(p) => Some(*p),
+            Contact::Unknown(_) => None,
+        }
+    }
+
+    /// Whose key seals its records.
+    pub fn owner(&self) -> crate::vault::Owner {
+        self.patient()
+            .map_or(crate::vault::Owner::System, crate::vault::Owner::Patient)
+    }
+
+    /// Whether free text may go to the patient at `now`.
+    pub fn window_open(&self, now: Timestamp) -> bool {
+        self.last_inbound
+            .is_some_and(|at| now.duration_since(at) < WINDOW)
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The patient wrote (`language`: the one a greeting was in).
+    Message {
+        intent: Intent,
+        at: Timestamp,
+        language: Option<String>,
+    },
+    /// Staff wrote (the log entry `entry` holds the text).
+    StaffReply { entry: u64 },
+    /// Staff closed the conversation.
+    StaffClose,
+    /// The idle-reset timer due at `due` fired.
+    IdleTimer { due: Timestamp },
+}
+
+/// A short text of the bot's (`care::messages` key in `texts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Say {
+    StaffWillAnswer,
+    NotYetAutomated,
+}
+
+/// What a decision asks the shell to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    SendMenu,
+    Say(Say),
+    /// A `staff-requested` event.
+    Handoff(Reason),
+    /// The staff text of log entry `entry`, as free text.
+    SendStaffText {
+        entry: u64,
+    },
+    /// The reopen template (the text waits in `held`).
+    SendReopenTemplate,
+    /// The held staff texts, now that the patient has answered.
+    ReleaseHeld(Vec<u64>),
+    ScheduleIdle(Timestamp),
+    CancelIdle(Timestamp),
+}
+
+/// The rules a decision needs from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub idle_reset: SignedDuration,
+}
+
+/// The pure transition. `None` in: the patient's first message (any other
+/// input on no conversation changes nothing).
+pub fn decide(
+    state: Option<Conversation>,
+    contact: Contact,
+    input: Input,
+    now: Timestamp,
+    rules: Rules,
+) -> (Option<Conversation>, Vec<Effect>) {
+    let mut fx = Vec::new();
+    let Some(mut s) = state.or_else(|| {
+        matches!(input, Input::Message { .. }).then(|| Conversation::new(contact, now))
+    }) else {
+        return (None, fx);
+    };
+    match input {
+        Input::Message {
+            intent,
+            at,
+            language,
+        } => {
+            if s.last_inbound.is_none_or(|t| at > t) {
+                s.last_inbound = Some(at);
+            }
+            if intent == Intent::Elsewhere && language.is_some() {
+                // The patient named a language: the conversation follows.
+                s.language.clone_from(&language);
+            }
+            if intent == Intent::Elsewhere && !s.phase.with_staff() {
+                // Nothing for the bot.
+            } else if s.phase.with_staff() {
+                // Shown to staff in the inbox, not answered by the bot.
+                if !s.held.is_empty() {
+                    fx.push(Effect::ReleaseHeld(std::mem::take(&mut s.held)));
+                }
+            } else {
+                on_message(&mut s, intent, language, now, rules, &mut fx);
+            }
+        }
+        Input::StaffReply { entry } => {
+            cancel_idle(&mut s, &mut fx);
+            if s.window_open(now) {
+                fx.push(Effect::SendStaffText { entry });
+            } else {
+                // One reopen template for however many texts wait.
+                if s.held.is_empty() {
+                    fx.push(Effect::SendReopenTemplate);
+                }
+                s.held.push(entry);
+            }
+            if !matches!(s.phase, Phase::WithStaff { .. }) {
+                s.phase = Phase::WithStaff { since: now };
+            }
+        }
+        Input::StaffClose => {
+            if s.phase.with_staff() {
+                s.phase = Phase::Closed { at: now };
+                s.topic = Topic::None;
+                s.held.clear();
+            }
+        }
+        Input::IdleTimer { due } => {
+            if s.idle_due == Some(due) {
+                s.idle_due = None;
+                // The language the patient greeted in stays: it is theirs.
+                if s.phase == Phase::Menu {
+                    s.phase = Phase::Idle;
+                    s.topic = Topic::None;
+                }
+            }
+        }
+    }
+    s.updated = now;
+    (Some(s), fx)
+}
+
+fn on_message(
+    s: &mut Conversation,
+    intent: Intent,
+    language: Option<String>,
+    now: Timestamp,
+    rules: Rules,
+    fx: &mut Vec<Effect>,
+) {
+    match intent {
+        Intent::Greeting => {
+            if language.is_some() {
+                s.language = language;
+            }
+            s.phase = Phase::Menu;
+            s.topic = Topic::None;
+            fx.push(Effect::SendMenu);
+            cancel_idle(s, fx);
+            let due = now.saturating_add(rules.idle_reset).unwrap_or(now);
+            s.idle_due = Some(due);
+            fx.push(Effect::ScheduleIdle(due));
+        }
+        Intent::Choice(Choice::Staff) => handoff(s, Reason::Asked, Topic::None, now, fx),
+        Intent::Choice(Choice::Book) => {
+            handoff(s, Reason::NotYetAutomated, Topic::Booking, now, fx);
+        }
+        Intent::Choice(Choice::Appointments) => {
+            handoff(s, Reason::NotYetAutomated, Topic::Appointments, now, fx);
+        }
+        Intent::Choice(Choice::Results) => {
+            handoff(s, Reason::NotYetAutomated, Topic::Results, now, fx);
+        }
+        Intent::Other => handoff(s, Reason::NotUnderstood, Topic::None, now, fx),
+        Intent::Elsewhere => {}
+    }
+}
+
+fn handoff(
+    s: &mut Conversation,
+    reason: Reason,
+    topic: Topic,
+    now: Timestamp,
+    fx: &mut Vec<Effect>,
+) {
+    cancel_idle(s, fx);
+    s.phase = Phase::WaitingForStaff { since: now, reason };
+    s.topic = topic;
+    fx.push(Effect::Handoff(reason));
+    fx.push(Effect::Say(match reason {
+        Reason::NotYetAutomated => Say::NotYetAutomated,
+        Reason::Asked | Reason::NotUnderstood => Say::StaffWillAnswer,
+    }));
+}
+
+fn cancel_idle(s: &mut Conversation, fx: &mut Vec<Effect>) {
+    if let Some(due) = s.idle_due.take() {
+        fx.push(Effect::CancelIdle(due));
+    }
+}

@@ -1,0 +1,181 @@
+use super::*;
+
+fn t(s: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + s).unwrap()
+}
+
+const P: Contact = Contact::Patient(PatientId([7; 16]));
+const RULES: Rules = Rules {
+    idle_reset: SignedDuration::from_mins(30),
+};
+
+fn msg(intent: Intent, at: i64) -> Input {
+    Input::Message {
+        intent,
+        at: t(at),
+        language: None,
+    }
+}
+
+#[test]
+fn a_greeting_shows_the_menu_and_the_idle_timer_resets_it() {
+    let input = Input::Message {
+        intent: Intent::Greeting,
+        at: t(0),
+        language: Some("es".into()),
+    };
+    let (s, fx) = decide(None, P, input, t(0), RULES);
+    let s = s.unwrap();
+    assert_eq!(s.phase, Phase::Menu);
+    assert_eq!(s.language.as_deref(), Some("es"));
+    let due = t(1800);
+    assert_eq!(fx, [Effect::SendMenu, Effect::ScheduleIdle(due)]);
+    // A stale timer does nothing; the right one resets quietly.
+    let (s2, fx) = decide(
+        Some(s.clone()),
+        P,
+        Input::IdleTimer { due: t(5) },
+        t(5),
+        RULES,
+    );
+    assert_eq!(s2.unwrap().phase, Phase::Menu);
+    assert!(fx.is_empty());
+    let (s3, fx) = decide(Some(s), P, Input::IdleTimer { due }, due, RULES);
+    let s3 = s3.unwrap();
+    // The language the patient greeted in outlives the reset.
+    assert_eq!(
+        (s3.phase, s3.idle_due, s3.language.as_deref()),
+        (Phase::Idle, None, Some("es"))
+    );
+    assert!(fx.is_empty());
+}
+
+#[test]
+fn anything_not_understood_goes_to_staff_once_and_the_bot_then_stays_silent() {
+    let (s, fx) = decide(None, P, msg(Intent::Other, 0), t(0), RULES);
+    let s = s.unwrap();
+    assert_eq!(
+        s.phase,
+        Phase::WaitingForStaff {
+            since: t(0),
+            reason: Reason::NotUnderstood
+        }
+    );
+    assert_eq!(
+        fx,
+        [
+            Effect::Handoff(Reason::NotUnderstood),
+            Effect::Say(Say::StaffWillAnswer)
+        ]
+    );
+    // Later messages are for staff: no answer, no second event.
+    let (s, fx) = decide(Some(s), P, msg(Intent::Greeting, 60), t(60), RULES);
+    let s = s.unwrap();
+    assert!(fx.is_empty());
+    assert_eq!(s.last_inbound, Some(t(60)));
+    assert!(matches!(s.phase, Phase::WaitingForStaff { since, .. } if since == t(0)));
+}
+
+#[test]
+fn menu_choices_hand_over_with_their_topic() {
+    for (choice, topic, reason, say) in [
+        (
+            Choice::Staff,
+            Topic::None,
+            Reason::Asked,
+            Say::StaffWillAnswer,
+        ),
+        (
+            Choice::Book,
+            Topic::Booking,
+            Reason::NotYetAutomated,
+            Say::NotYetAutomated,
+        ),
+        (
+            Choice::Results,
+            Topic::Results,
+            Reason::NotYetAutomated,
+            Say::NotYetAutomated,
+        ),
+        (
+            Choice::Appointments,
+            Topic::Appointments,
+            Reason::NotYetAutomated,
+            Say::NotYetAutomated,
+        ),
+    ] {
+        let (s, _) = decide(None, P, msg(Intent::Greeting, 0), t(0), RULES);
+        let (s, fx) = decide(s, P, msg(Intent::Choice(choice), 10), t(10), RULES);
+        let s = s.unwrap();
+        assert_eq!(s.topic, topic);
+        assert_eq!(
+            fx,
+            [
+                Effect::CancelIdle(t(1800)),
+                Effect::Handoff(reason),
+                Effect::Say(say)
+            ]
+        );
+    }
+}
+
+#[test]
+fn staff_replies_in_the_window_as_text_and_after_it_with_one_reopen_template() {
+    let (s, _) = decide(None, P, msg(Intent::Other, 0), t(0), RULES);
+    let (s, fx) = decide(s, P, Input::StaffReply { entry: 1 }, t(100), RULES);
+    assert_eq!(fx, [Effect::SendStaffText { entry: 1 }]);
+    assert_eq!(
+        s.as_ref().unwrap().phase,
+        Phase::WithStaff { since: t(100) }
+    );
+    let later = t(25 * 3600);
+    let (s, fx) = decide(s, P, Input::StaffReply { entry: 2 }, later, RULES);
+    assert_eq!(fx, [Effect::SendReopenTemplate]);
+    let (s, fx) = decide(s, P, Input::StaffReply { entry: 3 }, later, RULES);
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(s.as_ref().unwrap().held, [2, 3]);
+    // The patient answers: the held texts go out, the bot says nothing.
+    let (s, fx) = decide(s, P, msg(Intent::Other, 25 * 3600 + 60), later, RULES);
+    assert_eq!(fx, [Effect::ReleaseHeld(vec![2, 3])]);
+    let s = s.unwrap();
+    assert!(s.held.is_empty() && s.phase == Phase::WithStaff { since: t(100) });
+    // Closed: back to the bot.
+    let (s, fx) = decide(Some(s), P, Input::StaffClose, later, RULES);
+    assert!(fx.is_empty());
+    let (s, fx) = decide(s, P, msg(Intent::Greeting, 26 * 3600), later, RULES);
+    assert_eq!(s.unwrap().phase, Phase::Menu);
+    assert_eq!(fx.first(), Some(&Effect::SendMenu));
+}
+
+#[test]
+fn inputs_other_than_a_message_need_a_conversation() {
+    for input in [
+        Input::StaffClose,
+        Input::StaffReply { entry: 0 },
+        Input::IdleTimer { due: t(0) },
+    ] {
+        assert_eq!(decide(None, P, input, t(0), RULES), (None, vec![]));
+    }
+}
+
+#[test]
+fn other_workflows_messages_are_not_answered_but_a_named_language_is_followed() {
+    let (s, _) = decide(None, P, msg(Intent::Greeting, 0), t(0), RULES);
+    let named = Input::Message {
+        intent: Intent::Elsewhere,
+        at: t(5),
+        language: Some("fr".into()),
+    };
+    let (s, fx) = decide(s, P, named, t(5), RULES);
+    let s = s.unwrap();
+    assert!(fx.is_empty());
+    assert_eq!(
+        (s.phase.clone(), s.language.as_deref()),
+        (Phase::Menu, Some("fr"))
+    );
+    // A reminder tap while waiting for staff: logged, nothing said.
+    let (s, _) = decide(Some(s), P, msg(Intent::Other, 10), t(10), RULES);
+    let (s, fx) = decide(s, P, msg(Intent::Elsewhere, 20), t(20), RULES);
+    assert!(fx.is_empty());
+    assert_eq!(s.unwrap().last_inbound, Some(t(20)));
+}
