@@ -49,7 +49,7 @@ async fn templates_check_reports_missing_and_rejected() {
         "{stdout}"
     );
     assert!(
-        stderr.contains("12 of 14 templates are not approved"),
+        stderr.contains("16 of 18 templates are not approved"),
         "{stderr}"
     );
     assert!(!stdout.contains("tok-t") && !stderr.contains("tok-t"));
@@ -171,7 +171,7 @@ async fn templates_create_submits_the_missing_ones_only() {
     let out = run_cli_async(&install.config, &["templates", "check"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("missing"), "{stdout}");
-    assert_eq!(stdout.matches("pending").count(), 12, "{stdout}");
+    assert_eq!(stdout.matches("pending").count(), 16, "{stdout}");
 
     // A refused submission is reported and fails the command; the others go.
     let fresh = Sim::start().await.unwrap();
@@ -187,7 +187,7 @@ async fn templates_create_submits_the_missing_ones_only() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert_eq!(stdout.matches("NOT submitted").count(), 2, "{stdout}");
-    assert_eq!(stdout.matches("submitted: pending").count(), 12, "{stdout}");
+    assert_eq!(stdout.matches("submitted: pending").count(), 16, "{stdout}");
     assert!(
         stderr(&out).contains("2 templates could not be submitted"),
         "{}",
