@@ -393,3 +393,49 @@ async fn a_pending_proof_and_the_retention_survive_a_restart() {
     assert_sim_saw_none(&sim, &markers);
     d.stop().await;
 }
+
+/// With the conversation bot on, the answers to the proof question are the
+/// results flow's, not the bot's: a date of birth (wrong, then right) is not
+/// "not understood", so nothing goes to staff and the bot says nothing; the
+/// answers still appear in the patient's conversation for staff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_bot_on_a_proof_answer_is_not_handed_to_staff() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("document_ready", "en"));
+    let (pms, _) = pms_peer().await;
+    let d = crate::care_reminders::daemon_with(&sim, pms, "", "[conversations]\nenabled = true\n")
+        .await;
+    let mut c = d.mllp().await;
+    let ack = c.send(&adt_a04("A-B", "CARE001", "ZZFAMILY", "")).await;
+    assert_eq!(msa(&ack).0, "AA");
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    opt_in(&d, patient).await;
+    let ack = c.send(&oru("B1", "RES-R1", "F", &pdf(3))).await;
+    assert_eq!(msa(&ack).0, "AA", "{:?}", err(&ack));
+    let show = notice(&sim, &d, 0).await;
+
+    tap(&d, "wamid.B-show", &show).await;
+    until("asked", || (texts(&sim, ASK) == 1).then_some(())).await;
+    say(&d, "wamid.B-a1", "01.01.1990").await;
+    until("wrong", || (texts(&sim, WRONG) == 1).then_some(())).await;
+    say(&d, "wamid.B-a2", "3.2.1901").await;
+    until("the document", || documents(&sim).into_iter().next()).await;
+
+    // The bot stayed out of it: no hand-off, no "staff will answer".
+    let waiting = "Thank you. A member of staff will answer you here as soon as possible.";
+    assert_eq!(texts(&sim, waiting), 0);
+    assert!(events(&d, EventKind::StaffRequested).is_empty());
+    // A greeting afterwards is the bot's again: the menu.
+    say(&d, "wamid.B-hi", "hi").await;
+    until("the menu", || {
+        sim.sent_messages()
+            .into_iter()
+            .find(|m| m["type"] == "interactive")
+    })
+    .await;
+    assert!(events(&d, EventKind::StaffRequested).is_empty());
+    let mut markers: Vec<&str> = FORBIDDEN_MARKERS.to_vec();
+    markers.extend_from_slice(RESULT_MARKERS);
+    assert_sim_saw_none(&sim, &markers);
+    d.stop().await;
+}
