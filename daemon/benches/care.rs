@@ -19,6 +19,10 @@
 //!   and the receiver answers 200 only once that transaction is durable,
 //!   so the 200's latency *is* "webhook in → reply committed to the
 //!   outbox". A PMS peer on loopback ACKs the SIU^S14 each confirm sends.
+//! * `chat [RATE] [SECS]` (default 200/s for 30 s): issue 11's chatbot
+//!   turn on the same store with `[conversations] enabled`: RATE distinct
+//!   patients a second write "hi"; the bot's menu is committed to the
+//!   outbox before the 200, whose latency is measured the same way.
 //!
 //! The store is loaded once through the real apply path (`commands::apply`)
 //! by a child process and cached in `target/care-bench/<N>`
@@ -29,7 +33,7 @@
 //! S seconds before the jump, to attach perf or `callgrind_control -i on`),
 //! `CARE_BENCH_CACHE_MB` (`service.cache_mb`), `CARE_BENCH_COMPACT=1` (the
 //! store after a backup and a restore), `CARE_BENCH_PATIENTS` (buttons'
-//! store size). Figures: docs/workflows.md § Measured.
+//! and chat's store size). Figures: docs/workflows.md § Measured.
 #![allow(clippy::disallowed_methods)] // a benchmark reads the real clock
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -128,7 +132,7 @@ fn status_mb(field: &str) -> f64 {
 
 /// The daemon's config: defaults except what a bench must set (loopback
 /// listeners, the PMS peer, the outbox rate).
-fn write_config(dir: &Path, pms: Option<std::net::SocketAddr>, rate: u32) -> PathBuf {
+fn write_config(dir: &Path, pms: Option<std::net::SocketAddr>, rate: u32, extra: &str) -> PathBuf {
     let outbound = pms.map_or(String::new(), |a| {
         format!("outbound_endpoint = \"{a}\"\noutbound_timeout = \"5s\"\n")
     });
@@ -148,7 +152,7 @@ fn write_config(dir: &Path, pms: Option<std::net::SocketAddr>, rate: u32) -> Pat
              [pms]\nmllp_listen = \"127.0.0.1:0\"\nphone_region = \"DE\"\n{outbound}\n\
              [whatsapp]\nphone_number_id = \"106540352242922\"\nrate_per_second = {rate}\n\n\
              [webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_file = \"app-secret\"\n\
-             verify_token_file = \"verify-token\"\n"
+             verify_token_file = \"verify-token\"\n{extra}"
         ),
     )
     .unwrap();
@@ -181,7 +185,7 @@ async fn load(dir: PathBuf, n: usize) {
         .unwrap();
     write_secret(&dir, "app-secret", SECRET);
     write_secret(&dir, "verify-token", "bench");
-    write_config(&dir, None, 80);
+    write_config(&dir, None, 80, "");
     let (running, _clock) = start(&dir, booked_at()).await;
     let vault = running.vault.clone();
     let began = Instant::now();
@@ -316,7 +320,7 @@ fn compacted(cache: &Path) -> PathBuf {
 
 async fn due(n: usize) {
     let tmp = prepared(n);
-    write_config(tmp.path(), None, 80);
+    write_config(tmp.path(), None, 80, "");
     let before = hour() - SignedDuration::from_secs(60);
     let (running, clock) = start(tmp.path(), before).await;
     // The scheduler has looked once (nothing due) and is asleep.
@@ -403,22 +407,45 @@ async fn pms_peer() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     (addr, count)
 }
 
-/// A signed Meta button webhook: patient `i` taps `payload`.
-fn button_tap(i: usize, payload: &str) -> (Bytes, String) {
+/// A signed Meta webhook carrying one message from patient `i`.
+fn inbound(i: usize, message: serde_json::Value) -> (Bytes, String) {
     let wa_id = phone(i).trim_start_matches('+').to_owned();
+    let mut message = message;
+    message["from"] = serde_json::Value::String(wa_id.clone());
+    message["id"] = serde_json::Value::String(format!("wamid.ZZBENCH{i:07}"));
+    message["timestamp"] = serde_json::Value::String("1800400000".to_owned());
     let body = graph_sim::webhooks::meta_json(&serde_json::json!({
         "object": "whatsapp_business_account",
         "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
             "messaging_product": "whatsapp",
             "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
             "contacts": [{"profile": {"name": "ZZ"}, "wa_id": wa_id}],
-            "messages": [{"from": wa_id, "id": format!("wamid.ZZBENCH{i:07}"),
-                          "timestamp": "1800400000", "type": "button",
-                          "button": {"payload": payload, "text": "Confirm"}}]
+            "messages": [message]
         }}]}]
     }));
     let signature = graph_sim::webhooks::sign(SECRET, &body);
     (Bytes::from(body), signature)
+}
+
+/// A signed Meta button webhook: patient `i` taps `payload`.
+fn button_tap(i: usize, payload: &str) -> (Bytes, String) {
+    inbound(
+        i,
+        serde_json::json!({"type": "button", "button": {"payload": payload, "text": "Confirm"}}),
+    )
+}
+
+fn target_line(lat: &[Duration], rate: u64) {
+    let p99 = pct(lat, 0.99);
+    println!(
+        "target: p99 < 20 ms at {rate}/s                     {:>7.2?}  {}",
+        p99,
+        if p99 < Duration::from_millis(20) {
+            "PASS"
+        } else {
+            "MISS"
+        }
+    );
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -430,7 +457,7 @@ async fn buttons(n: usize, rate: u64, secs: u64) {
     let total = (rate * secs) as usize;
     let tmp = prepared(n);
     let (pms, pms_got) = pms_peer().await;
-    write_config(tmp.path(), Some(pms), 1000);
+    write_config(tmp.path(), Some(pms), 1000, "");
     let (running, clock) = start(tmp.path(), hour() - SignedDuration::from_secs(60)).await;
     let wa = running.whatsapp.clone().unwrap();
     let vault = running.vault.clone();
@@ -457,6 +484,118 @@ async fn buttons(n: usize, rate: u64, secs: u64) {
     let pms0 = pms_got.load(Ordering::Relaxed);
     let after_setup = rss_mb();
 
+    let (lat, sent_for) = open_loop(&running, calls, rate).await;
+    // Every confirm reached the PMS and every reply left the outbox.
+    let wait = tokio::time::timeout(Duration::from_secs(60), async {
+        while pms_got.load(Ordering::Relaxed) < pms0 + total {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        wa.processed_at_least(processed0 + total as u64).await;
+    })
+    .await;
+    println!(
+        "care buttons: {total} signed Confirm webhooks at {rate}/s over HTTP on loopback ({:.1} s), {n} patients, {reminded} reminders sent before",
+        sent_for.as_secs_f64()
+    );
+    println!(
+        "  webhook in → reply committed to the outbox (the 200, after the flush): p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0)
+    );
+    println!(
+        "  afterwards: {} SIU^S14 ACKed by the PMS peer, {} replies taken by the dry-run outbox{}",
+        pms_got.load(Ordering::Relaxed) - pms0,
+        wa.processed() - processed0,
+        if wait.is_err() {
+            " (timed out waiting)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  RSS after setup {after_setup:.1} MB, peak (VmHWM) {:.1} MB",
+        peak_rss_mb()
+    );
+    target_line(&lat, rate);
+    running.shutdown().await.unwrap();
+}
+
+/// `chat [RATE] [SECS]`: issue 11's chatbot turn. The conversation bot on,
+/// RATE distinct patients a second each write "hi" (a signed text webhook
+/// over HTTP on loopback, open loop); the bot's answer, the menu, is staged
+/// in the webhook's own transaction and the 200 comes after its flush, so
+/// the 200's latency is "webhook in → reply committed to the outbox".
+async fn chat(n: usize, rate: u64, secs: u64) {
+    let total = (rate * secs) as usize;
+    assert!(
+        total <= n,
+        "{total} turns need as many patients (store: {n})"
+    );
+    let tmp = prepared(n);
+    write_config(
+        tmp.path(),
+        None,
+        1000,
+        "\n[conversations]\nenabled = true\n",
+    );
+    let (running, _clock) = start(tmp.path(), hour()).await;
+    let wa = running.whatsapp.clone().unwrap();
+    let processed0 = wa.processed();
+    let after_setup = rss_mb();
+    // Patients spread over the whole store, not its first keys.
+    let step = (n / total).max(1);
+    let calls: Vec<(Bytes, String)> = (0..total)
+        .map(|k| {
+            inbound(
+                k * step,
+                serde_json::json!({"type": "text", "text": {"body": "hi"}}),
+            )
+        })
+        .collect();
+    let (lat, sent_for) = open_loop(&running, calls, rate).await;
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        wa.processed_at_least(processed0 + total as u64),
+    )
+    .await;
+    println!(
+        "care chat: {total} signed \"hi\" webhooks from {total} patients at {rate}/s over HTTP on loopback ({:.1} s), {n} patients stored",
+        sent_for.as_secs_f64()
+    );
+    println!(
+        "  webhook in → menu committed to the outbox (the 200, after the flush): p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0)
+    );
+    println!(
+        "  afterwards: {} menus taken by the dry-run outbox{}",
+        wa.processed() - processed0,
+        if waited.is_err() {
+            " (timed out waiting)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  RSS after setup {after_setup:.1} MB, peak (VmHWM) {:.1} MB",
+        peak_rss_mb()
+    );
+    target_line(&lat, rate);
+    running.shutdown().await.unwrap();
+}
+
+/// Posts `calls` to the webhook at a steady `rate` (open loop: a call's
+/// latency counts from its scheduled time, so a stall shows in the calls
+/// queued behind it). Every answer must be 200. The latencies, sorted, and
+/// how long the sending took.
+async fn open_loop(
+    running: &Running,
+    calls: Vec<(Bytes, String)>,
+    rate: u64,
+) -> (Vec<Duration>, Duration) {
+    let total = calls.len();
     let url: hyper::Uri = format!("http://{}/webhook", running.webhook_addr.unwrap())
         .parse()
         .unwrap();
@@ -490,49 +629,7 @@ async fn buttons(n: usize, rate: u64, secs: u64) {
     }
     let sent_for = t0.elapsed();
     lat.sort();
-    // Every confirm reached the PMS and every reply left the outbox.
-    let wait = tokio::time::timeout(Duration::from_secs(60), async {
-        while pms_got.load(Ordering::Relaxed) < pms0 + total {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        wa.processed_at_least(processed0 + total as u64).await;
-    })
-    .await;
-    println!(
-        "care buttons: {total} signed Confirm webhooks at {rate}/s over HTTP on loopback ({:.1} s), {n} patients, {reminded} reminders sent before",
-        sent_for.as_secs_f64()
-    );
-    println!(
-        "  webhook in → reply committed to the outbox (the 200, after the flush): p50 {:.2?}, p99 {:.2?}, max {:.2?}",
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
-        pct(&lat, 1.0)
-    );
-    println!(
-        "  afterwards: {} SIU^S14 ACKed by the PMS peer, {} replies taken by the dry-run outbox{}",
-        pms_got.load(Ordering::Relaxed) - pms0,
-        wa.processed() - processed0,
-        if wait.is_err() {
-            " (timed out waiting)"
-        } else {
-            ""
-        }
-    );
-    println!(
-        "  RSS after setup {after_setup:.1} MB, peak (VmHWM) {:.1} MB",
-        peak_rss_mb()
-    );
-    let p99 = pct(&lat, 0.99);
-    println!(
-        "target: p99 < 20 ms at {rate}/s                     {:>7.2?}  {}",
-        p99,
-        if p99 < Duration::from_millis(20) {
-            "PASS"
-        } else {
-            "MISS"
-        }
-    );
-    running.shutdown().await.unwrap();
+    (lat, sent_for)
 }
 
 /// Up to `want` appointments (index, token) whose reminder was sent and
@@ -581,8 +678,9 @@ fn main() {
         }
         Some("due") | None => rt.block_on(due(num(1, 100_000) as usize)),
         Some("buttons") => rt.block_on(buttons(patients, num(1, 200), num(2, 30))),
+        Some("chat") => rt.block_on(chat(patients, num(1, 200), num(2, 30))),
         Some(other) => eprintln!(
-            "usage: care [due [PATIENTS] | buttons [RATE] [SECS]] (got {other}; CARE_BENCH_PATIENTS sets the store for buttons)"
+            "usage: care [due [PATIENTS] | buttons [RATE] [SECS] | chat [RATE] [SECS]] (got {other}; CARE_BENCH_PATIENTS sets the store for buttons and chat)"
         ),
     }
 }
