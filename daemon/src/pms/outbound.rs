@@ -126,11 +126,11 @@ pub enum ActionError {
     Vault(#[from] VaultError),
 }
 
-fn ts(t: Timestamp) -> String {
+pub(super) fn ts(t: Timestamp) -> String {
     t.strftime("%Y%m%d%H%M%S+0000").to_string()
 }
 
-fn msh(
+pub(super) fn msh(
     cfg: &OutboundConfig,
     kind: (&str, &str, &str),
     control_id: &str,
