@@ -54,7 +54,27 @@ pub enum NewPatientError {
     Vault(#[from] VaultError),
 }
 
-/// The `ADT^A04^ADT_A01` of a new-patient request.
+/// The trigger of a `pms.outbound_new_patient` value (`ADT^A04`, `ADT^A05`,
+/// `ADT^A28`; any case), if clinic-relay can send it.
+pub fn trigger(configured: &str) -> Option<&'static str> {
+    let v = configured.trim().to_ascii_uppercase();
+    ["A04", "A05", "A28"]
+        .into_iter()
+        .find(|t| v == format!("ADT^{t}"))
+}
+
+/// The message structure of a trigger: `A04` is an `ADT_A01`, `A05` and
+/// `A28` are `ADT_A05`s (the same segments here: MSH, EVN, PID, PV1).
+fn structure(trigger: &str) -> &'static str {
+    if trigger == "A04" {
+        "ADT_A01"
+    } else {
+        "ADT_A05"
+    }
+}
+
+/// The `ADT^A04^ADT_A01` (or the configured trigger) of a new-patient
+/// request.
 pub fn build(
     cfg: &OutboundConfig,
     p: &NewPatient,
@@ -62,9 +82,15 @@ pub fn build(
     now: Timestamp,
 ) -> Result<Vec<u8>, EncodeError> {
     let mut msg = MessageBuilder::new();
-    msg.push(msh(cfg, ("ADT", "A04", "ADT_A01"), control_id, now));
+    let trigger = cfg.new_patient_trigger.as_str();
+    msg.push(msh(
+        cfg,
+        ("ADT", trigger, structure(trigger)),
+        control_id,
+        now,
+    ));
     let mut evn = SegmentBuilder::new("EVN");
-    evn.set(1, "A04").set(2, ts(now));
+    evn.set(1, trigger).set(2, ts(now));
     msg.push(evn);
     let mut pid = SegmentBuilder::new("PID");
     // PID-3 is required but the MRN is the PMS's to assign: the
@@ -81,7 +107,7 @@ pub fn build(
             .set_component(13, 12, phone.as_str());
     }
     msg.push(pid);
-    // ADT_A01 requires PV1; "N" = patient class not applicable.
+    // ADT_A01 and ADT_A05 require PV1; "N" = patient class not applicable.
     let mut pv1 = SegmentBuilder::new("PV1");
     pv1.set(1, "1").set(2, "N");
     msg.push(pv1);
@@ -125,7 +151,7 @@ pub fn stage(
     );
     let hl7 = build(cfg, p, &control_id, now)?;
     let outgoing = Outgoing {
-        kind: "ADT^A04".to_owned(),
+        kind: format!("ADT^{}", cfg.new_patient_trigger),
         patient: None,
         control_id: control_id.clone(),
         created_at: now,
@@ -153,6 +179,7 @@ mod tests {
             confirm_status: "Confirmed".into(),
             consent_field: consent,
             assigning_authority: "ZZHOSP".into(),
+            new_patient_trigger: "A04".into(),
         }
     }
 
@@ -186,6 +213,13 @@ mod tests {
         assert_eq!(seg("PV1"), "PV1|1|N");
         assert_eq!(seg("ZCN"), "ZCN|WHATSAPP|N");
         assert!(format!("{p:?}").find("ZZ").is_none());
+        // The configured alternative: an ADT^A28 (ADT_A05).
+        let mut c = cfg(None);
+        c.new_patient_trigger = trigger("adt^a28").unwrap().into();
+        let text = String::from_utf8(build(&c, &p, "CRO2", now).unwrap()).unwrap();
+        assert!(text.contains("|ADT^A28^ADT_A05|CRO2|") && text.contains("\rEVN|A28|"));
+        assert!(!text.contains("ZCN"));
+        assert_eq!(trigger("ADT^A31"), None);
         assert_eq!(
             NewPatient::split_name("  ZZGIVEN  Second ZZFAMILY "),
             ("ZZFAMILY".into(), "ZZGIVEN Second".into())
