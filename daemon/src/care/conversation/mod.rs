@@ -8,11 +8,14 @@
 //! - `shell`: runs decisions on the vault's writer and stages effects;
 //! - `config`: the `[conversations]` section.
 //!
-//! The bot answers only in the bot phases (`Idle`, `Menu`, `Closed`):
-//! a greeting shows the menu, and anything else hands the conversation to
-//! staff. Booking and results are not built yet: choosing them hands over
-//! too, with the `topic` kept so that the later flows can plug in here
-//! (and staff see what the patient asked for).
+//! The bot answers only in the bot phases (`Idle`, `Menu`, `Intake`,
+//! `Closed`): a greeting shows the menu; My appointments and Results are
+//! answered for a known patient (`care::my_appointments`,
+//! `care::results_menu`); Book or My appointments from an unknown contact
+//! starts the intake (`care::intake`), which ends in a new-patient request
+//! and a hand-off; anything else hands the conversation to staff. Booking
+//! for a known patient is not built yet: choosing it hands over too, with
+//! the `topic` kept (staff see what the patient asked for).
 
 pub mod config;
 pub mod shell;
