@@ -78,16 +78,16 @@ pub fn on_message(
     let before = store::load(vault, &id)?;
     let theirs = language(vault, &settings, before.as_ref(), &contact)?;
     let catalog = &settings.reminders.messages;
-    let intake = match before.as_ref().map(|c| &c.phase) {
-        Some(super::Phase::Intake { step }) if heard == Heard::Bot => Some(*step),
+    // An unknown contact answering the intake's question (`care::intake`).
+    let intake = match (before.as_ref().map(|c| &c.phase), heard, content) {
+        (_, _, Content::System { .. }) => None,
+        (Some(super::Phase::Intake { step }), Heard::Bot, _) => Some(*step),
         _ => None,
     };
     let (intent, language) = match (heard, content) {
-        // An unknown contact answering the intake's question.
-        (Heard::Bot, c) if intake.is_some() && !matches!(c, Content::System { .. }) => {
-            let step = intake.unwrap_or(crate::care::intake::Step::Name);
-            crate::care::intake_shell::understand(step, c, &settings, &theirs, now)
-        }
+        _ if intake.is_some() => intake.map_or((Intent::Other, None), |step| {
+            crate::care::intake_shell::understand(step, content, &settings, &theirs, now)
+        }),
         // A language's name switched the patient's language (`care::shell`):
         // the conversation follows.
         (Heard::Elsewhere, Content::Text { body }) => {
