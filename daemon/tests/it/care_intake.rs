@@ -428,7 +428,51 @@ async fn results_from_the_menu_ask_for_proof_and_deliver_the_document() {
     })
     .await;
     assert_eq!(doc["document"]["filename"], "document.pdf");
+    // Delivered: nothing new any more.
+    let n = sim.sent_messages().len();
+    let none = exchange(
+        &d,
+        &sim,
+        text_message("wamid.R3", WA_ID, "ZZ", "results"),
+        n,
+    )
+    .await;
+    assert_eq!(
+        body(&none),
+        "There are no new documents for you at the moment."
+    );
+    // A second result, locked by three wrong answers: the menu says so.
+    let ack = c
+        .send(&oru.replace("RES-M1", "RES-M2").replace("|R1|", "|R2|"))
+        .await;
+    assert_eq!(msa(&ack).0, "AA");
+    let ask = exchange(
+        &d,
+        &sim,
+        text_message("wamid.R4", WA_ID, "ZZ", "results"),
+        n + 2,
+    )
+    .await;
+    assert!(body(&ask).starts_with("To open your document"), "{ask}");
+    for (i, wrong) in ["01.01.1990", "02.01.1990", "03.01.1990"]
+        .iter()
+        .enumerate()
+    {
+        let m = text_message(&format!("wamid.R5{i}"), WA_ID, "ZZ", wrong);
+        exchange(&d, &sim, m, n + 3 + i).await;
+    }
+    let locked = exchange(
+        &d,
+        &sim,
+        text_message("wamid.R6", WA_ID, "ZZ", "results"),
+        n + 6,
+    )
+    .await;
+    assert_eq!(
+        body(&locked),
+        "For your safety, this document can no longer be opened here. Please contact the practice."
+    );
     assert!(crate::webhook::events(&d, clinic_relay::model::EventKind::StaffRequested).is_empty());
-    assert_sim_saw_none(&sim, &["ZZTESTNAMEMARKER", "RES-M1"]);
+    assert_sim_saw_none(&sim, &["ZZTESTNAMEMARKER", "RES-M1", "RES-M2"]);
     d.stop().await;
 }
