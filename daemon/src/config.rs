@@ -123,6 +123,7 @@ pub struct PmsFile {
     pub outbound_endpoint: Option<String>,
     pub outbound_timeout: Option<String>,
     pub outbound_confirm_status: Option<String>,
+    pub outbound_new_patient: Option<String>,
     pub receiving_application: Option<String>,
     pub receiving_facility: Option<String>,
     pub tls_cert: Option<String>,
@@ -937,6 +938,19 @@ fn validate_pms(
             .unwrap_or_else(|| "Confirmed".to_owned()),
         consent_field: consent_field.clone(),
         assigning_authority: file.assigning_authority.clone().unwrap_or_default(),
+        new_patient_trigger: match file.outbound_new_patient.as_deref() {
+            None => "A04".to_owned(),
+            Some(v) => crate::pms::new_patient::trigger(v)
+                .ok_or_else(|| {
+                    invalid(
+                        "pms.outbound_new_patient",
+                        v,
+                        "not a registration message clinic-relay can send",
+                        "use \"ADT^A04\" (register), \"ADT^A05\" (pre-admit) or \"ADT^A28\" (add person)",
+                    )
+                })?
+                .to_owned(),
+        },
     };
     let tls = match (file.tls_cert.as_deref(), file.tls_key.as_deref()) {
         (None | Some(""), None | Some("")) => None,

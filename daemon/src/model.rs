@@ -347,6 +347,10 @@ pub enum EventKind {
     /// field the minimal-payload policy does not allow (details: `reason`,
     /// `field`, `template`; never a value).
     PolicyBlocked,
+    /// Someone the clinic does not know finished the chat's intake: an
+    /// ADT registration request went to the PMS (details: `conversation`,
+    /// `control_id`, `consent`, `topic`; never the name or birth date).
+    NewPatientRequested,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

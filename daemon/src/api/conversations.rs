@@ -41,7 +41,7 @@ fn since(c: &Conversation) -> Timestamp {
     match &c.phase {
         Phase::WaitingForStaff { since, .. } | Phase::WithStaff { since } => *since,
         Phase::Closed { at } => *at,
-        Phase::Idle | Phase::Menu => c.updated,
+        Phase::Idle | Phase::Menu | Phase::Intake { .. } => c.updated,
     }
 }
 
@@ -77,10 +77,10 @@ pub(super) async fn list(
     actor: &str,
 ) -> Result<Resp, Problem> {
     let wanted = query(req, "state");
-    const STATES: [&str; 5] = ["waiting", "with-staff", "menu", "idle", "closed"];
+    const STATES: [&str; 6] = ["waiting", "with-staff", "menu", "idle", "closed", "intake"];
     if let Some(w) = wanted.as_deref().filter(|w| !STATES.contains(w)) {
         return Err(Problem::bad_request(format!(
-            "state must be one of waiting, with-staff, menu, idle, closed (not {:?})",
+            "state must be one of waiting, with-staff, menu, idle, closed, intake (not {:?})",
             w.chars().take(20).collect::<String>()
         )));
     }

@@ -34,6 +34,21 @@ pub const KEYS: &[&str] = &[
     "results.locked",
     "results.already_sent",
     "results.unavailable",
+    "results.none",
+    "keywords.yes",
+    "keywords.no",
+    "intake.ask_name",
+    "intake.ask_dob",
+    "intake.unreadable_dob",
+    "intake.ask_consent",
+    "intake.yes",
+    "intake.no",
+    "intake.thanks",
+    "intake.thanks_no_consent",
+    "appointments.none",
+    "appointments.item",
+    "appointments.cancel",
+    "appointments.reschedule",
     "keywords.greeting",
     "keywords.menu",
     "keywords.book",
@@ -130,6 +145,23 @@ fn check(texts: &BTreeMap<String, String>) -> Result<(), String> {
         .is_some_and(|b| b.chars().count() > 20)
     {
         return Err("`menu.button`: at most 20 characters".to_owned());
+    }
+    // Reply buttons' titles (Meta: at most 20 characters).
+    for key in [
+        "intake.yes",
+        "intake.no",
+        "appointments.cancel",
+        "appointments.reschedule",
+    ] {
+        if texts.get(key).is_some_and(|t| t.chars().count() > 20) {
+            return Err(format!("`{key}`: at most 20 characters (a reply button)"));
+        }
+    }
+    if texts
+        .get("appointments.item")
+        .is_some_and(|t| !t.contains("{date}") || !t.contains("{time}"))
+    {
+        return Err("`appointments.item` needs {date} and {time}".to_owned());
     }
     for key in [
         "menu.book",

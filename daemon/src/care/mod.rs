@@ -18,18 +18,25 @@
 //!   a date of birth or a code from free text, `results_config` is the
 //!   `[results]` section.
 //! - `conversation`: the chat bot (greeting, menu, hand-off to staff) and
-//!   the staff inbox's state (issue 11).
+//!   the staff inbox's state (issue 11); `intake` (pure) and
+//!   `intake_shell`: an unknown number's name, birth date and consent
+//!   becoming a new-patient request; `my_appointments` and `results_menu`:
+//!   the menu's My appointments and Results for a known patient.
 
 pub mod config;
 pub mod consent;
 pub mod conversation;
+pub mod intake;
+pub mod intake_shell;
 pub mod ledger;
 pub mod messages;
+pub mod my_appointments;
 pub mod proof;
 pub mod reminder;
 pub mod reschedule;
 pub mod results;
 pub mod results_config;
+pub mod results_menu;
 pub mod results_shell;
 pub mod scheduler;
 pub mod shell;

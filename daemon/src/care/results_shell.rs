@@ -55,6 +55,12 @@ pub fn payload(token: &Token) -> String {
     format!("{PAYLOAD_PREFIX}{}", hex::encode(token))
 }
 
+/// Where a result stands, if it was ever offered (`care::results_menu`).
+pub fn phase_of(vault: &Vault, token: &Token) -> VaultResult<Option<Phase>> {
+    let s: Option<ResultState> = readable(vault.get_json(Tree::Care, &key(K_STATE, token)))?;
+    Ok(s.map(|s| s.phase))
+}
+
 fn parse_payload(p: &str) -> Option<Token> {
     let mut t = [0u8; 16];
     hex::decode_to_slice(p.strip_prefix(PAYLOAD_PREFIX)?, &mut t).ok()?;

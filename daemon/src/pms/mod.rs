@@ -5,6 +5,7 @@ pub mod ingest;
 pub mod listener;
 pub mod map;
 pub mod mllp;
+pub mod new_patient;
 pub mod outbound;
 pub mod phone;
 pub mod sender;

@@ -61,6 +61,9 @@ pub struct OutboundConfig {
     /// Where opt-in/opt-out goes in the ADT^A31; None: not sent.
     pub consent_field: Option<FieldPath>,
     pub assigning_authority: String,
+    /// The ADT trigger of the chat intake's new-patient request (`A04`,
+    /// `A05` or `A28`; `pms.outbound_new_patient`).
+    pub new_patient_trigger: String,
 }
 
 /// A queued message. Sealed under the patient's key (it carries PID), so an
@@ -126,11 +129,11 @@ pub enum ActionError {
     Vault(#[from] VaultError),
 }
 
-fn ts(t: Timestamp) -> String {
+pub(super) fn ts(t: Timestamp) -> String {
     t.strftime("%Y%m%d%H%M%S+0000").to_string()
 }
 
-fn msh(
+pub(super) fn msh(
     cfg: &OutboundConfig,
     kind: (&str, &str, &str),
     control_id: &str,

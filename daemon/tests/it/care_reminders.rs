@@ -527,6 +527,7 @@ async fn fire_4000_due_reminders() {
             confirm_status: "Confirmed".into(),
             consent_field: None,
             assigning_authority: "ZZHOSP".into(),
+            new_patient_trigger: "A04".into(),
         },
         results: Default::default(),
         media: Default::default(),

@@ -11,6 +11,7 @@ mod audit_tamper;
 mod care_crash;
 mod care_follow_up;
 mod care_handoff;
+mod care_intake;
 mod care_kpis;
 mod care_languages;
 mod care_reminders;

@@ -8,11 +8,14 @@
 //! - `shell`: runs decisions on the vault's writer and stages effects;
 //! - `config`: the `[conversations]` section.
 //!
-//! The bot answers only in the bot phases (`Idle`, `Menu`, `Closed`):
-//! a greeting shows the menu, and anything else hands the conversation to
-//! staff. Booking and results are not built yet: choosing them hands over
-//! too, with the `topic` kept so that the later flows can plug in here
-//! (and staff see what the patient asked for).
+//! The bot answers only in the bot phases (`Idle`, `Menu`, `Intake`,
+//! `Closed`): a greeting shows the menu; My appointments and Results are
+//! answered for a known patient (`care::my_appointments`,
+//! `care::results_menu`); Book or My appointments from an unknown contact
+//! starts the intake (`care::intake`), which ends in a new-patient request
+//! and a hand-off; anything else hands the conversation to staff. Booking
+//! for a known patient is not built yet: choosing it hands over too, with
+//! the `topic` kept (staff see what the patient asked for).
 
 pub mod config;
 pub mod shell;
@@ -55,6 +58,9 @@ pub enum Phase {
     WithStaff { since: Timestamp },
     /// Staff closed it: back to the bot.
     Closed { at: Timestamp },
+    /// An unknown contact answers the intake's questions (`care::intake`);
+    /// the idle reset ends it.
+    Intake { step: crate::care::intake::Step },
 }
 
 impl Phase {
@@ -66,6 +72,7 @@ impl Phase {
             Phase::WaitingForStaff { .. } => "waiting",
             Phase::WithStaff { .. } => "with-staff",
             Phase::Closed { .. } => "closed",
+            Phase::Intake { .. } => "intake",
         }
     }
 
@@ -101,6 +108,9 @@ pub enum Reason {
     NotUnderstood,
     /// A flow that does not exist yet (booking, appointments, results).
     NotYetAutomated,
+    /// An unknown contact's intake ended in a new-patient request: staff
+    /// finish the registration.
+    NewPatient,
 }
 
 impl Reason {
@@ -109,6 +119,7 @@ impl Reason {
             Reason::Asked => "asked",
             Reason::NotUnderstood => "not-understood",
             Reason::NotYetAutomated => "not-yet-automated",
+            Reason::NewPatient => "new-patient",
         }
     }
 }
@@ -132,6 +143,8 @@ pub enum Intent {
     /// Another workflow answered it (a reminder tap, a consent keyword),
     /// or it is not for anyone (a reaction): logged, not answered here.
     Elsewhere,
+    /// An answer to the intake's question, as the shell judged it.
+    Answer(crate::care::intake::Answer),
 }
 
 /// Who the conversation is with.
@@ -233,6 +246,10 @@ pub enum Input {
 pub enum Say {
     StaffWillAnswer,
     NotYetAutomated,
+    /// The intake is over: the practice will register them.
+    IntakeThanks {
+        consent: bool,
+    },
 }
 
 /// What a decision asks the shell to do.
@@ -252,6 +269,12 @@ pub enum Effect {
     ReleaseHeld(Vec<u64>),
     ScheduleIdle(Timestamp),
     CancelIdle(Timestamp),
+    /// The intake's questions and request (`care::intake_shell`).
+    Intake(crate::care::intake::Effect),
+    /// A known patient's upcoming appointments (`care::my_appointments`).
+    ShowAppointments,
+    /// A known patient's newest offered result (`care::results_menu`).
+    OfferResults,
 }
 
 /// The rules a decision needs from the config.
@@ -325,7 +348,11 @@ pub fn decide(
             if s.idle_due == Some(due) {
                 s.idle_due = None;
                 // The language the patient greeted in stays: it is theirs.
-                if s.phase == Phase::Menu {
+                if matches!(s.phase, Phase::Intake { .. }) {
+                    // An unfinished intake ends cleanly: its answers go.
+                    fx.push(Effect::Intake(crate::care::intake::Effect::Drop));
+                }
+                if matches!(s.phase, Phase::Menu | Phase::Intake { .. }) {
                     s.phase = Phase::Idle;
                     s.topic = Topic::None;
                 }
@@ -344,6 +371,21 @@ fn on_message(
     rules: Rules,
     fx: &mut Vec<Effect>,
 ) {
+    if let Phase::Intake { step } = s.phase {
+        match intent {
+            Intent::Answer(answer) => return intake_answer(s, step, answer, now, rules, fx),
+            // Start over, or a person: the intake is dropped.
+            Intent::Greeting | Intent::Choice(Choice::Staff) => {
+                fx.push(Effect::Intake(crate::care::intake::Effect::Drop));
+            }
+            _ => {
+                let again = crate::care::intake::Effect::Ask { step, again: true };
+                fx.push(Effect::Intake(again));
+                return rearm_idle(s, now, rules, fx);
+            }
+        }
+    }
+    let unknown = matches!(s.contact, Contact::Unknown(_));
     match intent {
         Intent::Greeting => {
             if language.is_some() {
@@ -358,18 +400,87 @@ fn on_message(
             fx.push(Effect::ScheduleIdle(due));
         }
         Intent::Choice(Choice::Staff) => handoff(s, Reason::Asked, Topic::None, now, fx),
+        // Someone the clinic does not know: the intake first.
+        Intent::Choice(Choice::Book) if unknown => start_intake(s, Topic::Booking, now, rules, fx),
+        Intent::Choice(Choice::Appointments) if unknown => {
+            start_intake(s, Topic::Appointments, now, rules, fx);
+        }
         Intent::Choice(Choice::Book) => {
             handoff(s, Reason::NotYetAutomated, Topic::Booking, now, fx);
         }
         Intent::Choice(Choice::Appointments) => {
-            handoff(s, Reason::NotYetAutomated, Topic::Appointments, now, fx);
+            cancel_idle(s, fx);
+            s.phase = Phase::Idle;
+            s.topic = Topic::Appointments;
+            fx.push(Effect::ShowAppointments);
+        }
+        Intent::Choice(Choice::Results) if !unknown => {
+            cancel_idle(s, fx);
+            s.phase = Phase::Idle;
+            s.topic = Topic::Results;
+            fx.push(Effect::OfferResults);
         }
         Intent::Choice(Choice::Results) => {
             handoff(s, Reason::NotYetAutomated, Topic::Results, now, fx);
         }
-        Intent::Other => handoff(s, Reason::NotUnderstood, Topic::None, now, fx),
+        Intent::Other | Intent::Answer(_) => {
+            handoff(s, Reason::NotUnderstood, Topic::None, now, fx);
+        }
         Intent::Elsewhere => {}
     }
+}
+
+fn start_intake(
+    s: &mut Conversation,
+    topic: Topic,
+    now: Timestamp,
+    rules: Rules,
+    fx: &mut Vec<Effect>,
+) {
+    let (step, ask) = crate::care::intake::start();
+    // Nothing kept from an earlier, unfinished one.
+    fx.push(Effect::Intake(crate::care::intake::Effect::Drop));
+    s.phase = Phase::Intake { step };
+    s.topic = topic;
+    fx.push(Effect::Intake(ask));
+    rearm_idle(s, now, rules, fx);
+}
+
+fn intake_answer(
+    s: &mut Conversation,
+    step: crate::care::intake::Step,
+    answer: crate::care::intake::Answer,
+    now: Timestamp,
+    rules: Rules,
+    fx: &mut Vec<Effect>,
+) {
+    let (next, effects) = crate::care::intake::next(step, answer);
+    let consent = effects.iter().find_map(|e| match e {
+        crate::care::intake::Effect::Request { consent } => Some(*consent),
+        _ => None,
+    });
+    fx.extend(effects.into_iter().map(Effect::Intake));
+    match next {
+        Some(step) => {
+            s.phase = Phase::Intake { step };
+            rearm_idle(s, now, rules, fx);
+        }
+        None => {
+            let topic = s.topic;
+            handoff(s, Reason::NewPatient, topic, now, fx);
+            if let (Some(consent), Some(Effect::Say(say))) = (consent, fx.last_mut()) {
+                *say = Say::IntakeThanks { consent };
+            }
+        }
+    }
+}
+
+/// A new idle-reset timer from `now` (the old one cancelled).
+fn rearm_idle(s: &mut Conversation, now: Timestamp, rules: Rules, fx: &mut Vec<Effect>) {
+    cancel_idle(s, fx);
+    let due = now.saturating_add(rules.idle_reset).unwrap_or(now);
+    s.idle_due = Some(due);
+    fx.push(Effect::ScheduleIdle(due));
 }
 
 fn handoff(
@@ -385,6 +496,7 @@ fn handoff(
     fx.push(Effect::Handoff(reason));
     fx.push(Effect::Say(match reason {
         Reason::NotYetAutomated => Say::NotYetAutomated,
+        Reason::NewPatient => Say::IntakeThanks { consent: true },
         Reason::Asked | Reason::NotUnderstood => Say::StaffWillAnswer,
     }));
 }

@@ -78,7 +78,16 @@ pub fn on_message(
     let before = store::load(vault, &id)?;
     let theirs = language(vault, &settings, before.as_ref(), &contact)?;
     let catalog = &settings.reminders.messages;
+    // An unknown contact answering the intake's question (`care::intake`).
+    let intake = match (before.as_ref().map(|c| &c.phase), heard, content) {
+        (_, _, Content::System { .. }) => None,
+        (Some(super::Phase::Intake { step }), Heard::Bot, _) => Some(*step),
+        _ => None,
+    };
     let (intent, language) = match (heard, content) {
+        _ if intake.is_some() => intake.map_or((Intent::Other, None), |step| {
+            crate::care::intake_shell::understand(step, content, &settings, &theirs, now)
+        }),
         // A language's name switched the patient's language (`care::shell`):
         // the conversation follows.
         (Heard::Elsewhere, Content::Text { body }) => {
@@ -290,6 +299,7 @@ fn purge(
     // the number is kept no longer than its messages.
     if c.patient().is_none() && next.is_none() && !c.phase.with_staff() {
         store::remove(txn, id);
+        crate::care::intake_shell::forget(txn, id);
         return Ok(());
     }
     store::stage(txn, id, &c)
@@ -319,7 +329,7 @@ fn recipient(vault: &Vault, c: &Conversation) -> VaultResult<Option<Recipient>> 
 
 /// The patient's language for the conversation: the one they greeted in,
 /// else theirs (chosen in the chat, else PID-15), else the default.
-fn language(
+pub(crate) fn language(
     vault: &Vault,
     settings: &Settings,
     c: Option<&Conversation>,
@@ -485,6 +495,8 @@ fn stage_effect(
             let key = match say {
                 Say::StaffWillAnswer => "handoff.waiting",
                 Say::NotYetAutomated => "handoff.not_yet",
+                Say::IntakeThanks { consent: true } => "intake.thanks",
+                Say::IntakeThanks { consent: false } => "intake.thanks_no_consent",
             };
             let text = settings.reminders.messages.text(&lang, key).to_owned();
             if let Ok(msg) = message::text(&text) {
@@ -543,6 +555,15 @@ fn stage_effect(
                 staff_item(vault, txn, item, now)?;
             }
         }
+        Effect::Intake(e) => {
+            crate::care::intake_shell::stage(vault, txn, settings, id, c, e, logged, now)?;
+        }
+        Effect::ShowAppointments => {
+            crate::care::my_appointments::show(vault, txn, settings, id, c, now)?;
+        }
+        Effect::OfferResults => {
+            crate::care::results_menu::offer(vault, txn, settings, id, c, now)?;
+        }
         Effect::ReleaseHeld(entries) => {
             let Some(to) = recipient(vault, c)? else {
                 return Ok(());
@@ -568,7 +589,7 @@ fn stage_effect(
 /// A bot message: logged, queued inside the window the patient's message
 /// opened (see `care::shell::queue_reply`).
 #[allow(clippy::too_many_arguments)] // one message's whole context
-fn bot_says(
+pub(crate) fn bot_says(
     vault: &Vault,
     txn: &mut Txn,
     settings: &Settings,

@@ -91,18 +91,6 @@ fn menu_choices_hand_over_with_their_topic() {
             Reason::NotYetAutomated,
             Say::NotYetAutomated,
         ),
-        (
-            Choice::Results,
-            Topic::Results,
-            Reason::NotYetAutomated,
-            Say::NotYetAutomated,
-        ),
-        (
-            Choice::Appointments,
-            Topic::Appointments,
-            Reason::NotYetAutomated,
-            Say::NotYetAutomated,
-        ),
     ] {
         let (s, _) = decide(None, P, msg(Intent::Greeting, 0), t(0), RULES);
         let (s, fx) = decide(s, P, msg(Intent::Choice(choice), 10), t(10), RULES);
@@ -178,4 +166,106 @@ fn other_workflows_messages_are_not_answered_but_a_named_language_is_followed() 
     let (s, fx) = decide(s, P, msg(Intent::Elsewhere, 20), t(20), RULES);
     assert!(fx.is_empty());
     assert_eq!(s.unwrap().last_inbound, Some(t(20)));
+}
+
+#[test]
+fn a_known_patients_appointments_and_results_are_answered_by_the_bot() {
+    for (choice, topic, effect) in [
+        (
+            Choice::Appointments,
+            Topic::Appointments,
+            Effect::ShowAppointments,
+        ),
+        (Choice::Results, Topic::Results, Effect::OfferResults),
+    ] {
+        let (s, _) = decide(None, P, msg(Intent::Greeting, 0), t(0), RULES);
+        let (s, fx) = decide(s, P, msg(Intent::Choice(choice), 10), t(10), RULES);
+        let s = s.unwrap();
+        assert_eq!((s.phase.clone(), s.topic), (Phase::Idle, topic));
+        assert_eq!(fx, [Effect::CancelIdle(t(1800)), effect]);
+    }
+}
+
+fn unknown() -> Contact {
+    Contact::Unknown(crate::whatsapp::message::Recipient::phone("+4915155509999").unwrap())
+}
+
+#[test]
+fn an_unknown_contact_is_asked_name_birth_date_and_consent_then_goes_to_staff() {
+    use crate::care::intake::{Answer, Effect as I, Step};
+    let u = unknown();
+    let (s, _) = decide(None, u.clone(), msg(Intent::Greeting, 0), t(0), RULES);
+    let (s, fx) = decide(
+        s,
+        u.clone(),
+        msg(Intent::Choice(Choice::Book), 10),
+        t(10),
+        RULES,
+    );
+    assert_eq!(
+        s.as_ref().unwrap().phase,
+        Phase::Intake { step: Step::Name }
+    );
+    assert!(fx.contains(&Effect::Intake(I::Ask {
+        step: Step::Name,
+        again: false
+    })));
+    assert!(fx.contains(&Effect::ScheduleIdle(t(10 + 1800))));
+    let answer = |a| msg(Intent::Answer(a), 20);
+    let (s, fx) = decide(s, u.clone(), answer(Answer::Usable), t(20), RULES);
+    assert_eq!(s.as_ref().unwrap().phase, Phase::Intake { step: Step::Dob });
+    assert!(fx.contains(&Effect::Intake(I::Keep(Step::Name))));
+    let (s, _) = decide(s, u.clone(), answer(Answer::Usable), t(20), RULES);
+    let (s, fx) = decide(s, u.clone(), answer(Answer::No), t(20), RULES);
+    let s = s.unwrap();
+    assert!(matches!(
+        s.phase,
+        Phase::WaitingForStaff {
+            reason: Reason::NewPatient,
+            ..
+        }
+    ));
+    assert_eq!(s.topic, Topic::Booking);
+    assert!(fx.contains(&Effect::Intake(I::Request { consent: false })));
+    assert!(fx.contains(&Effect::Handoff(Reason::NewPatient)));
+    assert_eq!(
+        fx.last(),
+        Some(&Effect::Say(Say::IntakeThanks { consent: false }))
+    );
+    assert_eq!(s.idle_due, None);
+}
+
+#[test]
+fn the_idle_reset_drops_an_unfinished_intake() {
+    use crate::care::intake::{Effect as I, Step};
+    let u = unknown();
+    let (s, _) = decide(
+        None,
+        u.clone(),
+        msg(Intent::Choice(Choice::Appointments), 0),
+        t(0),
+        RULES,
+    );
+    let s = s.unwrap();
+    assert_eq!(
+        (s.phase.clone(), s.topic),
+        (Phase::Intake { step: Step::Name }, Topic::Appointments)
+    );
+    let due = s.idle_due.unwrap();
+    let (s, fx) = decide(Some(s), u.clone(), Input::IdleTimer { due }, due, RULES);
+    assert_eq!(fx, [Effect::Intake(I::Drop)]);
+    let s = s.unwrap();
+    assert_eq!((s.phase.clone(), s.topic), (Phase::Idle, Topic::None));
+    // A request for a person during the intake drops it too.
+    let (s, _) = decide(
+        Some(s),
+        u.clone(),
+        msg(Intent::Choice(Choice::Book), 0),
+        t(0),
+        RULES,
+    );
+    let (s, fx) = decide(s, u, msg(Intent::Choice(Choice::Staff), 5), t(5), RULES);
+    assert_eq!(fx.first(), Some(&Effect::Intake(I::Drop)));
+    assert!(fx.contains(&Effect::Handoff(Reason::Asked)));
+    assert!(s.unwrap().phase.with_staff());
 }
