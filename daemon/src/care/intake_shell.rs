@@ -58,8 +58,14 @@ fn key(id: &ConvId) -> Vec<u8> {
     k
 }
 
-fn load(vault: &Vault, id: &ConvId) -> VaultResult<Answers> {
-    match vault.get_json::<Answers>(Tree::Care, &key(id)) {
+/// The answers as `txn` leaves them (an earlier message of the same
+/// webhook call may have staged some), else as stored.
+fn load(vault: &Vault, txn: &Txn, id: &ConvId) -> VaultResult<Answers> {
+    let read = match txn.staged_json::<Answers>(Tree::Care, &key(id)) {
+        Some(staged) => staged,
+        None => vault.get_json::<Answers>(Tree::Care, &key(id)),
+    };
+    match read {
         Ok(a) => Ok(a.unwrap_or_default()),
         Err(VaultError::KeyUnavailable { .. } | VaultError::Decode { .. }) => {
             Ok(Answers::default())
@@ -146,7 +152,7 @@ pub fn stage(
             let Some(text) = logged.and_then(|(_, e)| e.text.as_deref()) else {
                 return Ok(());
             };
-            let mut a = load(vault, id)?;
+            let mut a = load(vault, txn, id)?;
             match step {
                 Step::Name => a.name = Some(text.split_whitespace().collect::<Vec<_>>().join(" ")),
                 Step::Dob => a.dob = dob(text, settings, now),
@@ -220,7 +226,7 @@ fn request(
     consent: bool,
     now: Timestamp,
 ) -> VaultResult<()> {
-    let a = load(vault, id)?;
+    let a = load(vault, txn, id)?;
     forget(txn, id);
     let conversation = hex::encode(id);
     let mut ev = Event {

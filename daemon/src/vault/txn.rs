@@ -95,6 +95,31 @@ impl Txn {
         self.ops.push(Op::Remove(tree, key.into()));
     }
 
+    /// What this txn has staged for `key` so far: `Some(Some(plaintext))`
+    /// the last put, `Some(None)` removed, `None` untouched. A job that
+    /// decides several inputs in one txn (a webhook call carrying two
+    /// messages of one person) reads its own earlier writes through this,
+    /// so the second decision starts from the state the first one left.
+    pub fn staged(&self, tree: Tree, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.ops.iter().rev().find_map(|op| match op {
+            Op::Put(t, k, _, v) if *t == tree && k.as_slice() == key => Some(Some(v.as_slice())),
+            Op::Remove(t, k) if *t == tree && k.as_slice() == key => Some(None),
+            _ => None,
+        })
+    }
+
+    /// [`Txn::staged`], decoded: `None` when untouched.
+    pub fn staged_json<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: Tree,
+        key: &[u8],
+    ) -> Option<VaultResult<Option<T>>> {
+        self.staged(tree, key).map(|v| {
+            v.map(|bytes| serde_json::from_slice(bytes).map_err(|e| VaultError::decode(tree, &e)))
+                .transpose()
+        })
+    }
+
     pub fn audit(&mut self, draft: AuditDraft) {
         self.audits.push(draft);
     }

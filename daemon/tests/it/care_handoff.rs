@@ -424,3 +424,42 @@ async fn chatbot_turn_latency_at_200_conversations_a_second() {
     assert_eq!(lists(&sim).len(), N);
     d.stop().await;
 }
+
+/// Meta may put several messages of one person in one webhook call (after
+/// an outage it batches). Each is decided on the state the one before it
+/// left, in the same transaction: "hi" shows the menu, the "3" after it is
+/// a choice from that menu, and both are in the conversation's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_messages_in_one_webhook_call_each_see_the_one_before() {
+    let sim = Sim::start().await.unwrap();
+    let d = setup(&sim, "").await;
+    let mut body: Value =
+        serde_json::from_slice(&text_message("wamid.B1", WA_ID, "ZZ", "hi")).unwrap();
+    let value = &mut body["entry"][0]["changes"][0]["value"];
+    let first = value["messages"][0].clone();
+    let mut second = first.clone();
+    second["id"] = json!("wamid.B2");
+    second["text"]["body"] = json!("I need to talk to someone");
+    value["messages"] = json!([first, second]);
+    assert_eq!(post_signed(&d, meta_json(&body)).await, 200);
+    drain(&d).await;
+    until("the menu", || lists(&sim).into_iter().next()).await;
+    let waiting = "Thank you. A member of staff will answer you here as soon as possible.";
+    until("the hand-off reply", || {
+        texts(&sim).iter().any(|t| t == waiting).then_some(())
+    })
+    .await;
+    let events = crate::webhook::events(&d, EventKind::StaffRequested);
+    assert_eq!(events.len(), 1);
+    let conv = events[0].details["conversation"].clone();
+    let (status, view) = api(&d, "GET", &format!("/v1/conversations/{conv}"), None).await;
+    assert_eq!(status, 200, "{view}");
+    let inbound: Vec<&Value> = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["from"] == "patient")
+        .collect();
+    assert_eq!(inbound.len(), 2, "both messages are in the log: {view}");
+    d.stop().await;
+}

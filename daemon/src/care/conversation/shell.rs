@@ -75,7 +75,7 @@ pub fn on_message(
         return Ok(());
     };
     let id = store::id(vault, &contact);
-    let before = store::load(vault, &id)?;
+    let before = store::load_in(vault, txn, &id)?;
     let theirs = language(vault, &settings, before.as_ref(), &contact)?;
     let catalog = &settings.reminders.messages;
     // An unknown contact answering the intake's question (`care::intake`).
@@ -151,7 +151,7 @@ pub fn staff_reply(
     now: Timestamp,
 ) -> Result<(), ConversationError> {
     let settings = settings(vault).ok_or(ConversationError::NotFound)?;
-    let c = store::load(vault, id)?.ok_or(ConversationError::NotFound)?;
+    let c = store::load_in(vault, txn, id)?.ok_or(ConversationError::NotFound)?;
     if recipient(vault, &c)?.is_none() {
         return Err(ConversationError::Conflict(
             "the patient has no WhatsApp number on record any more",
@@ -198,7 +198,7 @@ pub fn close(
     now: Timestamp,
 ) -> Result<(), ConversationError> {
     let settings = settings(vault).ok_or(ConversationError::NotFound)?;
-    let c = store::load(vault, id)?.ok_or(ConversationError::NotFound)?;
+    let c = store::load_in(vault, txn, id)?.ok_or(ConversationError::NotFound)?;
     if !c.phase.with_staff() {
         return Err(ConversationError::Conflict(
             "the conversation is not with staff (waiting or with-staff)",
@@ -230,7 +230,7 @@ pub fn on_timer(
     due: Timestamp,
     now: Timestamp,
 ) -> VaultResult<()> {
-    let Some(c) = store::load(vault, id)? else {
+    let Some(c) = store::load_in(vault, txn, id)? else {
         return Ok(());
     };
     if offset == PURGE {

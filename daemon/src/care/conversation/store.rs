@@ -60,6 +60,17 @@ pub fn load(vault: &Vault, id: &ConvId) -> VaultResult<Option<Conversation>> {
     tolerate(vault.get_json(Tree::Care, &conv_key(id)))
 }
 
+/// A conversation as `txn` leaves it: what the txn staged (an earlier
+/// message of the same webhook call, an earlier timer of the same job),
+/// else what is stored. Decisions read through this, never `load`, so two
+/// inputs in one txn cannot both start from the stored state.
+pub fn load_in(vault: &Vault, txn: &Txn, id: &ConvId) -> VaultResult<Option<Conversation>> {
+    match txn.staged_json(Tree::Care, &conv_key(id)) {
+        Some(staged) => staged,
+        None => load(vault, id),
+    }
+}
+
 pub fn stage(txn: &mut Txn, id: &ConvId, c: &Conversation) -> VaultResult<()> {
     txn.put_json(Tree::Care, conv_key(id), c.owner(), c)
 }
