@@ -17,9 +17,12 @@
 //!   state machine; `results_shell` runs it on the writer, `proof` reads
 //!   a date of birth or a code from free text, `results_config` is the
 //!   `[results]` section.
+//! - `booking`: the Book menu entry for a known patient (open slots,
+//!   a hold, the request to the PMS, its answer).
 //! - `conversation`: the chat bot (greeting, menu, hand-off to staff) and
 //!   the staff inbox's state (issue 11).
 
+pub mod booking;
 pub mod config;
 pub mod consent;
 pub mod conversation;
@@ -48,6 +51,8 @@ pub struct Settings {
     pub results: results_config::ResultsConfig,
     /// Document limits for the result PDFs (`whatsapp.max_document_bytes`).
     pub media: crate::whatsapp::media::MediaConfig,
+    /// Self-service booking (`[booking]`).
+    pub booking: booking::config::BookingConfig,
 }
 
 impl Settings {
@@ -59,6 +64,7 @@ impl Settings {
             outbound: config.pms.outbound.clone(),
             results: config.results.clone(),
             media: config.whatsapp.media.clone(),
+            booking: config.booking.clone(),
         }
     }
 }

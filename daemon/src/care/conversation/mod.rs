@@ -10,9 +10,13 @@
 //!
 //! The bot answers only in the bot phases (`Idle`, `Menu`, `Closed`):
 //! a greeting shows the menu, and anything else hands the conversation to
-//! staff. Booking and results are not built yet: choosing them hands over
-//! too, with the `topic` kept so that the later flows can plug in here
-//! (and staff see what the patient asked for).
+//! staff. Book, for a known patient, starts the booking flow
+//! (`care::booking`): the phase stays `Menu` with the topic `Booking`, which
+//! says the booking flow owns the patient's taps; leaving it (the idle
+//! reset, a greeting, a hand-off) ends a booking being chosen (a request
+//! the PMS was sent stays until it answers). The other entries are not
+//! built yet: choosing them hands over, with the `topic` kept so that
+//! staff see what the patient asked for.
 
 pub mod config;
 pub mod shell;
@@ -252,12 +256,18 @@ pub enum Effect {
     ReleaseHeld(Vec<u64>),
     ScheduleIdle(Timestamp),
     CancelIdle(Timestamp),
+    /// The booking flow takes over (a known patient chose Book).
+    StartBooking,
+    /// The conversation left the booking flow.
+    EndBooking,
 }
 
 /// The rules a decision needs from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
     pub idle_reset: SignedDuration,
+    /// Whether Book is automated (`[booking] enabled`) for known patients.
+    pub booking: bool,
 }
 
 /// The pure transition. `None` in: the patient's first message (any other
@@ -275,6 +285,7 @@ pub fn decide(
     }) else {
         return (None, fx);
     };
+    let booking_before = s.topic == Topic::Booking;
     match input {
         Input::Message {
             intent,
@@ -332,6 +343,9 @@ pub fn decide(
             }
         }
     }
+    if booking_before && (s.topic != Topic::Booking || s.phase != Phase::Menu) {
+        fx.push(Effect::EndBooking);
+    }
     s.updated = now;
     (Some(s), fx)
 }
@@ -352,12 +366,15 @@ fn on_message(
             s.phase = Phase::Menu;
             s.topic = Topic::None;
             fx.push(Effect::SendMenu);
-            cancel_idle(s, fx);
-            let due = now.saturating_add(rules.idle_reset).unwrap_or(now);
-            s.idle_due = Some(due);
-            fx.push(Effect::ScheduleIdle(due));
+            restart_idle(s, now, rules, fx);
         }
         Intent::Choice(Choice::Staff) => handoff(s, Reason::Asked, Topic::None, now, fx),
+        Intent::Choice(Choice::Book) if rules.booking && s.patient().is_some() => {
+            s.phase = Phase::Menu;
+            s.topic = Topic::Booking;
+            fx.push(Effect::StartBooking);
+            restart_idle(s, now, rules, fx);
+        }
         Intent::Choice(Choice::Book) => {
             handoff(s, Reason::NotYetAutomated, Topic::Booking, now, fx);
         }
@@ -387,6 +404,13 @@ fn handoff(
         Reason::NotYetAutomated => Say::NotYetAutomated,
         Reason::Asked | Reason::NotUnderstood => Say::StaffWillAnswer,
     }));
+}
+
+fn restart_idle(s: &mut Conversation, now: Timestamp, rules: Rules, fx: &mut Vec<Effect>) {
+    cancel_idle(s, fx);
+    let due = now.saturating_add(rules.idle_reset).unwrap_or(now);
+    s.idle_due = Some(due);
+    fx.push(Effect::ScheduleIdle(due));
 }
 
 fn cancel_idle(s: &mut Conversation, fx: &mut Vec<Effect>) {

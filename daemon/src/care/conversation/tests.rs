@@ -7,6 +7,7 @@ fn t(s: i64) -> Timestamp {
 const P: Contact = Contact::Patient(PatientId([7; 16]));
 const RULES: Rules = Rules {
     idle_reset: SignedDuration::from_mins(30),
+    booking: false,
 };
 
 fn msg(intent: Intent, at: i64) -> Input {
@@ -178,4 +179,44 @@ fn other_workflows_messages_are_not_answered_but_a_named_language_is_followed() 
     let (s, fx) = decide(s, P, msg(Intent::Elsewhere, 20), t(20), RULES);
     assert!(fx.is_empty());
     assert_eq!(s.unwrap().last_inbound, Some(t(20)));
+}
+
+#[test]
+fn book_starts_the_booking_flow_for_a_known_patient_and_leaving_it_ends_it() {
+    let rules = Rules {
+        booking: true,
+        ..RULES
+    };
+    let book = msg(Intent::Choice(Choice::Book), 0);
+    let (s, fx) = decide(None, P, book.clone(), t(0), rules);
+    let s = s.unwrap();
+    assert_eq!((s.phase.clone(), s.topic), (Phase::Menu, Topic::Booking));
+    assert_eq!(fx, [Effect::StartBooking, Effect::ScheduleIdle(t(1800))]);
+    // The idle reset ends it.
+    let (idle, fx) = decide(
+        Some(s.clone()),
+        P,
+        Input::IdleTimer { due: t(1800) },
+        t(1800),
+        rules,
+    );
+    let idle = idle.unwrap();
+    assert_eq!((idle.phase, idle.topic), (Phase::Idle, Topic::None));
+    assert_eq!(fx, [Effect::EndBooking]);
+    // So do a greeting and a hand-off; a tap for the booking flow does not.
+    let (_, fx) = decide(Some(s.clone()), P, msg(Intent::Greeting, 5), t(5), rules);
+    assert!(fx.contains(&Effect::EndBooking) && fx.contains(&Effect::SendMenu));
+    let (_, fx) = decide(Some(s.clone()), P, msg(Intent::Other, 5), t(5), rules);
+    assert!(fx.contains(&Effect::EndBooking));
+    let (kept, fx) = decide(Some(s.clone()), P, msg(Intent::Elsewhere, 5), t(5), rules);
+    assert_eq!(kept.unwrap().topic, Topic::Booking);
+    assert!(fx.is_empty());
+    // An unknown number, or booking off: staff, as before.
+    let stranger =
+        Contact::Unknown(crate::whatsapp::message::Recipient::phone("+4915155500000").unwrap());
+    let (s, fx) = decide(None, stranger, book.clone(), t(0), rules);
+    assert!(s.unwrap().phase.with_staff());
+    assert!(fx.contains(&Effect::Handoff(Reason::NotYetAutomated)));
+    let (s, _) = decide(None, P, book, t(0), RULES);
+    assert!(s.unwrap().phase.with_staff());
 }
