@@ -53,6 +53,19 @@ impl Open {
         })
     }
 
+    /// [`Open::load`] without the slots `removed` (staged, not yet read).
+    fn load_without(
+        vault: &Vault,
+        settings: &Settings,
+        patient: PatientId,
+        now: Timestamp,
+        removed: &HashSet<String>,
+    ) -> VaultResult<Self> {
+        let mut open = Self::load(vault, settings, patient, now)?;
+        open.held.extend(removed.iter().cloned());
+        Ok(open)
+    }
+
     fn window(&self) -> Window<'_> {
         Window {
             now: self.now,
@@ -255,6 +268,15 @@ fn run(
     let (after, effects) = decide(before.clone(), patient, input, now, rules);
     let lang = language(vault, settings, after.as_ref().or(before.as_ref()), patient)?;
     let group = after.as_ref().and_then(|b| b.group.clone());
+    // Reads do not see what this txn stages: a slot it takes out of the
+    // table must not be offered by the same decision.
+    let removed = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::RemoveSlot(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
     let cx = Cx {
         vault,
         settings,
@@ -262,6 +284,7 @@ fn run(
         token,
         lang: &lang,
         now,
+        removed,
     };
     for effect in effects {
         cx.stage(txn, effect, group.as_ref())?;
@@ -301,6 +324,8 @@ struct Cx<'a> {
     token: Token,
     lang: &'a str,
     now: Timestamp,
+    /// Slots this decision takes out of the table.
+    removed: HashSet<String>,
 }
 
 impl Cx<'_> {
@@ -422,7 +447,13 @@ impl Cx<'_> {
 
     /// The services (or providers) as a list, by their configured labels.
     fn offer_groups(&self, txn: &mut Txn, group: Option<&Group>) -> VaultResult<()> {
-        let open = Open::load(self.vault, self.settings, self.patient, self.now)?;
+        let open = Open::load_without(
+            self.vault,
+            self.settings,
+            self.patient,
+            self.now,
+            &self.removed,
+        )?;
         let groups = open.groups();
         if groups.len() < 2 {
             return self.offer_slots(txn, group, 0);
@@ -450,7 +481,13 @@ impl Cx<'_> {
     /// more follow; past the last page, the first again; none at all: a
     /// text that says so.
     fn offer_slots(&self, txn: &mut Txn, group: Option<&Group>, page: u32) -> VaultResult<()> {
-        let open = Open::load(self.vault, self.settings, self.patient, self.now)?;
+        let open = Open::load_without(
+            self.vault,
+            self.settings,
+            self.patient,
+            self.now,
+            &self.removed,
+        )?;
         let w = open.window();
         let (mut slots, mut more) = search::page(&open.sorted, &w, group, page);
         let mut page = page;
