@@ -559,3 +559,58 @@ async fn an_expired_hold_frees_the_slot_for_the_next_patient() {
     assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_slot_is_not_in_the_reminder_flows_reschedule_list() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(graph_sim::Template::approved("appointment_reminder", "en"));
+    let (d, received, slots) = setup(&sim).await;
+    let first = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    opt_in(&d, first).await;
+    send_siu(
+        &d,
+        &siu_for("CARE002", PHONE2, "P2", "APPT-P2", "202702011000"),
+    )
+    .await;
+    // Five minutes before the first patient's reminder, the second one
+    // holds the soonest slot.
+    at(&d, "2027-01-17T08:55:00Z".parse().unwrap()).await;
+    say(
+        &sim,
+        &d,
+        WA_ID2,
+        text_message("wamid.G0", WA_ID2, "ZZ", "hi"),
+    )
+    .await;
+    let (row, _) = book_first(&sim, &d, WA_ID2, "G").await;
+    assert_eq!(row_start(&row), Some(slots[0].start));
+    until("the SRM^S01", || {
+        (requested_slots(&received).len() == 1).then_some(())
+    })
+    .await;
+
+    // The reminder's Reschedule offers the same provider's slots, not the
+    // held one.
+    at(&d, "2027-01-17T09:00:00Z".parse().unwrap()).await;
+    let reminder = until("the reminder", || templates(&sim).into_iter().next()).await;
+    let reschedule = payloads(&reminder)[2].clone();
+    let before = sim.sent_messages().len();
+    assert_eq!(
+        post_signed(&d, button_tap("wamid.G9", &reschedule)).await,
+        200
+    );
+    drain(&d).await;
+    let list = until("the reschedule list", || {
+        sent_to(&sim, WA_ID, before)
+            .into_iter()
+            .find(|m| m["interactive"]["type"] == "list")
+    })
+    .await;
+    let titles: Vec<String> = rows(&list).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(titles[0], "Mon, Jan 18 10:00 AM", "{titles:?}");
+    assert!(
+        !titles.contains(&"Mon, Jan 18 9:00 AM".to_owned()),
+        "{titles:?}"
+    );
+    d.stop().await;
+}
