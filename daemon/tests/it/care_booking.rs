@@ -461,6 +461,19 @@ async fn a_slot_the_pms_gives_to_another_patient_gets_sorry_and_new_options() {
     assert_eq!(ev[0].slot.as_deref(), Some(slots[0].id.as_str()));
     assert!(crate::webhook::events(&d, EventKind::BookingConfirmed).is_empty());
     assert_eq!(holds(&d), 0);
+
+    // Once staff hold the conversation the bot answers no booking tap: it
+    // is shown to staff.
+    let person = text_message("wamid.T8", WA_ID, "ZZ", "I need to talk to someone");
+    say(&sim, &d, WA_ID, person).await;
+    let before = sim.sent_messages().len();
+    assert_eq!(
+        post_signed(&d, tap("wamid.T9", WA_ID, "list_reply", &fresh[0].0)).await,
+        200
+    );
+    drain(&d).await;
+    assert!(sent_to(&sim, WA_ID, before).is_empty());
+    assert_eq!(requested_slots(&received).len(), 1);
     assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }

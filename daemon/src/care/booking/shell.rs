@@ -124,6 +124,14 @@ pub fn end(vault: &Vault, txn: &mut Txn, patient: PatientId, now: Timestamp) -> 
     run(vault, txn, &settings, patient, Input::End, now)
 }
 
+/// Whether staff hold the patient's conversation: then the bot answers
+/// nothing, a booking tap included (it is shown to staff in the inbox).
+fn with_staff(vault: &Vault, patient: PatientId) -> VaultResult<bool> {
+    use crate::care::conversation::{store as conv, Contact};
+    let id = conv::id(vault, &Contact::Patient(patient));
+    Ok(conv::load(vault, &id)?.is_some_and(|c| c.phase.with_staff()))
+}
+
 /// A row or button id from `patient`: true when it was ours (handled).
 pub fn on_tap(
     vault: &Vault,
@@ -132,7 +140,7 @@ pub fn on_tap(
     reply_id: &str,
     now: Timestamp,
 ) -> VaultResult<bool> {
-    if !store::is_payload(reply_id) {
+    if !store::is_payload(reply_id) || with_staff(vault, patient)? {
         return Ok(false);
     }
     let (Some(settings), Some(tap)) = (settings(vault), store::parse_payload(reply_id)) else {
@@ -182,6 +190,9 @@ pub fn on_text(
     let Some(b) = store::load(vault, &store::token(vault, patient))? else {
         return Ok(false);
     };
+    if with_staff(vault, patient)? {
+        return Ok(false);
+    }
     let super::Step::Choosing { page } = b.step else {
         return Ok(false);
     };
