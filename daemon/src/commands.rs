@@ -323,6 +323,7 @@ fn build(
                 }
                 vault.stage_appointment(&mut txn, &a)?;
                 crate::care::shell::on_appointment(vault, &mut txn, &mut care, &a, now)?;
+                crate::care::booking::shell::on_appointment(vault, &mut txn, &a, now)?;
                 txn.audit(
                     AuditDraft::new(
                         &origin.actor,

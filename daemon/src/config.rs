@@ -71,6 +71,8 @@ pub struct FileConfig {
     pub policy: crate::whatsapp::policy::PolicyFile,
     #[serde(default)]
     pub results: crate::care::results_config::ResultsFile,
+    #[serde(default)]
+    pub booking: crate::care::booking::config::BookingFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +170,8 @@ pub struct Config {
     pub policy: crate::whatsapp::policy::Policy,
     /// Result documents behind an identity check (`[results]`).
     pub results: crate::care::results_config::ResultsConfig,
+    /// Self-service booking from open slots (`[booking]`).
+    pub booking: crate::care::booking::config::BookingConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -656,6 +660,8 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         ));
     }
 
+    let booking = crate::care::booking::config::validate(&file.booking, &invalid)?;
+
     Ok(Config {
         path: path.to_owned(),
         service: ServiceConfig {
@@ -676,6 +682,7 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         conversations,
         policy,
         results,
+        booking,
     })
 }
 

@@ -304,6 +304,12 @@ pub enum EventKind {
     AppointmentCancelled,
     RescheduleRequested,
     BookingRequested,
+    /// The PMS booked the slot the patient asked for (`slot`).
+    BookingConfirmed,
+    /// A booking request failed: `details.reason` = `taken` (the PMS
+    /// booked the slot for someone else) or `expired` (no answer within
+    /// `booking.hold`).
+    BookingFailed,
     OptedOut,
     OptedIn,
     StaffRequested,

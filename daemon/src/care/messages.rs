@@ -63,6 +63,20 @@ pub const KEYS: &[&str] = &[
     "menu.staff",
     "handoff.waiting",
     "handoff.not_yet",
+    "keywords.later",
+    "booking.choose",
+    "booking.button",
+    "booking.option",
+    "booking.times",
+    "booking.later",
+    "booking.confirm",
+    "booking.yes",
+    "booking.another",
+    "booking.asking",
+    "booking.booked",
+    "booking.taken",
+    "booking.none",
+    "booking.waiting",
 ];
 
 /// The embedded files: (language, text).
@@ -162,6 +176,23 @@ fn check(texts: &BTreeMap<String, String>) -> Result<(), String> {
         .is_some_and(|t| !t.contains("{date}") || !t.contains("{time}"))
     {
         return Err("`appointments.item` needs {date} and {time}".to_owned());
+    }
+    // List buttons and reply buttons: 20; "Option 10" must fit a row.
+    for key in [
+        "booking.button",
+        "booking.yes",
+        "booking.another",
+        "booking.option",
+    ] {
+        if texts.get(key).is_some_and(|t| t.chars().count() > 20) {
+            return Err(format!("`{key}`: at most 20 characters (a button)"));
+        }
+    }
+    if texts
+        .get("booking.later")
+        .is_some_and(|t| t.chars().count() > 24)
+    {
+        return Err("`booking.later`: at most 24 characters (a list row)".to_owned());
     }
     for key in [
         "menu.book",

@@ -17,12 +17,15 @@
 //!   state machine; `results_shell` runs it on the writer, `proof` reads
 //!   a date of birth or a code from free text, `results_config` is the
 //!   `[results]` section.
+//! - `booking`: the Book menu entry for a known patient (open slots,
+//!   a hold, the request to the PMS, its answer).
 //! - `conversation`: the chat bot (greeting, menu, hand-off to staff) and
 //!   the staff inbox's state (issue 11); `intake` (pure) and
 //!   `intake_shell`: an unknown number's name, birth date and consent
 //!   becoming a new-patient request; `my_appointments` and `results_menu`:
 //!   the menu's My appointments and Results for a known patient.
 
+pub mod booking;
 pub mod config;
 pub mod consent;
 pub mod conversation;
@@ -55,6 +58,8 @@ pub struct Settings {
     pub results: results_config::ResultsConfig,
     /// Document limits for the result PDFs (`whatsapp.max_document_bytes`).
     pub media: crate::whatsapp::media::MediaConfig,
+    /// Self-service booking (`[booking]`).
+    pub booking: booking::config::BookingConfig,
 }
 
 impl Settings {
@@ -66,6 +71,7 @@ impl Settings {
             outbound: config.pms.outbound.clone(),
             results: config.results.clone(),
             media: config.whatsapp.media.clone(),
+            booking: config.booking.clone(),
         }
     }
 }

@@ -98,6 +98,7 @@ pub fn on_inbound(
             super::consent::on_keyword(vault, txn, patient, kw, now)?;
             heard = Heard::Elsewhere;
         } else if super::results_shell::on_tap(vault, txn, &mut session.results, patient, id, now)?
+            || super::booking::shell::on_tap(vault, txn, patient, id, now)?
         {
             heard = Heard::Elsewhere;
         } else if !conversation::is_menu_payload(id) {
@@ -107,7 +108,9 @@ pub fn on_inbound(
     } else if let crate::webhook::payload::Content::Text { body } = content {
         // The answer to a result's proof question (never a keyword: those
         // are left for consent below).
-        if super::results_shell::on_text(vault, txn, &mut session.results, patient, body, now)? {
+        if super::results_shell::on_text(vault, txn, &mut session.results, patient, body, now)?
+            || super::booking::shell::on_text(vault, txn, patient, body, now)?
+        {
             heard = Heard::Elsewhere;
         } else if let Some(settings) = vault.care() {
             let catalog = &settings.reminders.messages;
@@ -152,13 +155,13 @@ pub fn on_tap(
         Tap::Confirm => Input::Answered(Answer::Confirm),
         Tap::Cancel => Input::Answered(Answer::Cancel),
         Tap::Reschedule => Input::RescheduleAsked {
-            open: super::slots::open(vault, &settings, &state, now)?
+            open: super::slots::open(vault, txn, &settings, &state, now)?
                 .into_iter()
                 .map(|s| s.id)
                 .collect(),
         },
         Tap::Slot(r) => Input::SlotChosen {
-            slot: super::slots::open(vault, &settings, &state, now)?
+            slot: super::slots::open(vault, txn, &settings, &state, now)?
                 .into_iter()
                 .find(|s| store::slot_ref(vault, &s.id) == r)
                 .map(|s| s.id),
@@ -186,6 +189,10 @@ pub fn fire_due(vault: &Vault, now: Timestamp, limit: usize) -> VaultResult<(Txn
         if offset == super::results::RETENTION {
             let results = &mut session.results;
             super::results_shell::on_timer(vault, &mut txn, results, due, &token, now)?;
+            continue;
+        }
+        if offset == super::booking::HOLD_EXPIRY {
+            super::booking::shell::on_timer(vault, &mut txn, &token, due, now)?;
             continue;
         }
         if matches!(

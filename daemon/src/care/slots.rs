@@ -12,6 +12,7 @@ use jiff::Timestamp;
 /// The slots a reschedule of `state`'s appointment may move to now.
 pub(super) fn open(
     vault: &Vault,
+    txn: &Txn,
     settings: &Settings,
     state: &ReminderState,
     now: Timestamp,
@@ -19,9 +20,22 @@ pub(super) fn open(
     let Some(a) = vault.get_appointment(&state.appointment)? else {
         return Ok(Vec::new());
     };
-    let slots = vault.slots()?;
+    // A slot held for a patient who is booking it is not on offer.
+    let held = super::booking::store::held_ids(vault, txn, now, None)?;
+    let all = vault.slots_by_start()?;
+    let unheld: Vec<crate::model::Slot>;
+    let slots: &[crate::model::Slot] = if held.is_empty() {
+        &all
+    } else {
+        unheld = all
+            .iter()
+            .filter(|s| !held.contains(&s.id))
+            .cloned()
+            .collect();
+        &unheld
+    };
     Ok(
-        super::reschedule::candidates(&slots, &a, now, settings.reminders.reschedule_days)
+        super::reschedule::candidates(slots, &a, now, settings.reminders.reschedule_days)
             .into_iter()
             .cloned()
             .collect(),
@@ -44,7 +58,7 @@ pub(super) fn offer(
     };
     let texts = &settings.reminders.messages;
     let lang = texts.language(language.as_deref());
-    let slots = vault.slots()?;
+    let slots = vault.slots_by_start()?;
     let rows: Vec<(String, String)> = ids
         .iter()
         .filter_map(|id| slots.iter().find(|s| &s.id == id))

@@ -132,6 +132,8 @@ struct Inner {
     care: std::sync::OnceLock<std::sync::Arc<crate::care::Settings>>,
     /// The minimal-payload policy the outbox checks, set once by the service.
     wa_policy: std::sync::OnceLock<std::sync::Arc<crate::whatsapp::policy::Policy>>,
+    /// The slot table in start order, as of a generation (`records.rs`).
+    slot_cache: Mutex<Option<records::SlotCache>>,
     purpose: PurposeKeys,
     rng: SystemRandom,
     /// Nonces for sealing, drawn in blocks (seal.rs).
@@ -266,6 +268,7 @@ impl Vault {
                 care_signal: tokio::sync::Notify::new(),
                 care: std::sync::OnceLock::new(),
                 wa_policy: std::sync::OnceLock::new(),
+                slot_cache: Mutex::new(None),
                 writer,
                 anchorer,
                 purpose,

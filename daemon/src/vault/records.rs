@@ -9,6 +9,7 @@
 use super::store::Store;
 use super::{Owner, Tree, Txn, Vault, VaultError, VaultResult};
 use crate::model::{Appointment, Consent, Event, LabResult, PatientId, Slot};
+use std::sync::Arc;
 
 /// The kinds of record a patient link points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,7 +276,56 @@ impl Vault {
         for s in slots {
             txn.put_json(Tree::Slots, s.id.as_bytes().to_vec(), Owner::System, s)?;
         }
-        Ok(())
+        self.stage_slots_changed(txn)
+    }
+
+    /// Takes one slot out of the table, in `txn` (the booking flow: the PMS
+    /// booked it, so it is no longer open until the next replacement).
+    pub fn stage_remove_slot(&self, txn: &mut Txn, id: &str) -> VaultResult<()> {
+        txn.remove(Tree::Slots, id.as_bytes().to_vec());
+        self.stage_slots_changed(txn)
+    }
+
+    /// A new generation of the slot table, committed with the change: the
+    /// in-memory copy ([`Vault::slots_by_start`]) is stale once it differs.
+    fn stage_slots_changed(&self, txn: &mut Txn) -> VaultResult<()> {
+        let next = self.slots_generation()?.unwrap_or(0).wrapping_add(1);
+        txn.put_json(Tree::Meta, SLOTS_GENERATION, Owner::System, &next)
+    }
+
+    fn slots_generation(&self) -> VaultResult<Option<u64>> {
+        self.get_json(Tree::Meta, SLOTS_GENERATION)
+    }
+
+    /// The slot table in start order (then id), shared: decoding the whole
+    /// table for every list shown is too slow with thousands of slots, so a
+    /// copy is kept in memory and read again only when the committed
+    /// generation (one small record) says the table changed.
+    pub fn slots_by_start(&self) -> VaultResult<Arc<Vec<Slot>>> {
+        let generation = self.slots_generation()?;
+        {
+            let cache = self
+                .inner
+                .slot_cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(c) = cache.as_ref().filter(|c| c.generation == generation) {
+                return Ok(c.slots.clone());
+            }
+        }
+        let mut slots = self.slots()?;
+        slots.sort_by(|a, b| a.start.cmp(&b.start).then_with(|| a.id.cmp(&b.id)));
+        let slots = Arc::new(slots);
+        let mut cache = self
+            .inner
+            .slot_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *cache = Some(SlotCache {
+            generation,
+            slots: slots.clone(),
+        });
+        Ok(slots)
     }
 
     /// Events after `cursor` that are durable, oldest first, at most `limit`.
@@ -325,4 +375,13 @@ impl Vault {
             Ok((k.as_ref().to_vec(), plain))
         })
     }
+}
+
+/// Where the slot table's generation is kept (in `Meta`).
+const SLOTS_GENERATION: &[u8] = b"slots/generation";
+
+/// The in-memory slot table of [`Vault::slots_by_start`].
+pub(super) struct SlotCache {
+    generation: Option<u64>,
+    slots: Arc<Vec<Slot>>,
 }

@@ -108,6 +108,29 @@ impl Txn {
         })
     }
 
+    /// Every key under `prefix` this txn has staged, each with its last
+    /// state (`None`: removed), in key order: a scan of the store overlaid
+    /// with this is the tree as this txn leaves it.
+    pub fn staged_under(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+    ) -> std::collections::BTreeMap<&[u8], Option<&[u8]>> {
+        let mut out = std::collections::BTreeMap::new();
+        for op in &self.ops {
+            match op {
+                Op::Put(t, k, _, v) if *t == tree && k.starts_with(prefix) => {
+                    out.insert(k.as_slice(), Some(v.as_slice()));
+                }
+                Op::Remove(t, k) if *t == tree && k.starts_with(prefix) => {
+                    out.insert(k.as_slice(), None);
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// [`Txn::staged`], decoded: `None` when untouched.
     pub fn staged_json<T: serde::de::DeserializeOwned>(
         &self,

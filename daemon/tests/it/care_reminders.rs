@@ -531,6 +531,7 @@ async fn fire_4000_due_reminders() {
         },
         results: Default::default(),
         media: Default::default(),
+        booking: Default::default(),
     });
     const N: usize = 4_000;
     // Visits spread over one hour on Wed 20 January 2027 from 10:00.

@@ -8,6 +8,7 @@ mod api_defects;
 mod appliance;
 mod audit_anchor;
 mod audit_tamper;
+mod care_booking;
 mod care_crash;
 mod care_follow_up;
 mod care_handoff;

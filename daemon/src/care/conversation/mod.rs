@@ -9,13 +9,16 @@
 //! - `config`: the `[conversations]` section.
 //!
 //! The bot answers only in the bot phases (`Idle`, `Menu`, `Intake`,
-//! `Closed`): a greeting shows the menu; My appointments and Results are
-//! answered for a known patient (`care::my_appointments`,
-//! `care::results_menu`); Book or My appointments from an unknown contact
-//! starts the intake (`care::intake`), which ends in a new-patient request
-//! and a hand-off; anything else hands the conversation to staff. Booking
-//! for a known patient is not built yet: choosing it hands over too, with
-//! the `topic` kept (staff see what the patient asked for).
+//! `Closed`): a greeting shows the menu; Book, for a known patient, starts
+//! the booking flow (`care::booking`): the phase stays `Menu` with the
+//! topic `Booking`, which says the booking flow owns the patient's taps;
+//! leaving it (the idle reset, a greeting, a hand-off) ends a booking
+//! being chosen (a request the PMS was sent stays until it answers). My
+//! appointments and Results are answered for a known patient
+//! (`care::my_appointments`, `care::results_menu`); Book or My
+//! appointments from an unknown contact starts the intake
+//! (`care::intake`), which ends in a new-patient request and a hand-off;
+//! anything else hands the conversation to staff.
 
 pub mod config;
 pub mod shell;
@@ -217,6 +220,13 @@ impl Conversation {
             .map_or(crate::vault::Owner::System, crate::vault::Owner::Patient)
     }
 
+    /// Whether the booking flow owns the patient's taps: `Menu` with the
+    /// topic `Booking` (an unknown contact's intake for a booking has the
+    /// topic too, in `Intake`: that is no booking yet).
+    pub fn in_booking(&self) -> bool {
+        self.phase == Phase::Menu && self.topic == Topic::Booking
+    }
+
     /// Whether free text may go to the patient at `now`.
     pub fn window_open(&self, now: Timestamp) -> bool {
         self.last_inbound
@@ -275,12 +285,18 @@ pub enum Effect {
     ShowAppointments,
     /// A known patient's newest offered result (`care::results_menu`).
     OfferResults,
+    /// The booking flow takes over (a known patient chose Book).
+    StartBooking,
+    /// The conversation left the booking flow.
+    EndBooking,
 }
 
 /// The rules a decision needs from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
     pub idle_reset: SignedDuration,
+    /// Whether Book is automated (`[booking] enabled`) for known patients.
+    pub booking: bool,
 }
 
 /// The pure transition. `None` in: the patient's first message (any other
@@ -298,6 +314,7 @@ pub fn decide(
     }) else {
         return (None, fx);
     };
+    let booking_before = s.in_booking();
     match input {
         Input::Message {
             intent,
@@ -359,6 +376,9 @@ pub fn decide(
             }
         }
     }
+    if booking_before && !s.in_booking() {
+        fx.push(Effect::EndBooking);
+    }
     s.updated = now;
     (Some(s), fx)
 }
@@ -394,16 +414,19 @@ fn on_message(
             s.phase = Phase::Menu;
             s.topic = Topic::None;
             fx.push(Effect::SendMenu);
-            cancel_idle(s, fx);
-            let due = now.saturating_add(rules.idle_reset).unwrap_or(now);
-            s.idle_due = Some(due);
-            fx.push(Effect::ScheduleIdle(due));
+            restart_idle(s, now, rules, fx);
         }
         Intent::Choice(Choice::Staff) => handoff(s, Reason::Asked, Topic::None, now, fx),
         // Someone the clinic does not know: the intake first.
         Intent::Choice(Choice::Book) if unknown => start_intake(s, Topic::Booking, now, rules, fx),
         Intent::Choice(Choice::Appointments) if unknown => {
             start_intake(s, Topic::Appointments, now, rules, fx);
+        }
+        Intent::Choice(Choice::Book) if rules.booking && s.patient().is_some() => {
+            s.phase = Phase::Menu;
+            s.topic = Topic::Booking;
+            fx.push(Effect::StartBooking);
+            restart_idle(s, now, rules, fx);
         }
         Intent::Choice(Choice::Book) => {
             handoff(s, Reason::NotYetAutomated, Topic::Booking, now, fx);
@@ -499,6 +522,13 @@ fn handoff(
         Reason::NewPatient => Say::IntakeThanks { consent: true },
         Reason::Asked | Reason::NotUnderstood => Say::StaffWillAnswer,
     }));
+}
+
+fn restart_idle(s: &mut Conversation, now: Timestamp, rules: Rules, fx: &mut Vec<Effect>) {
+    cancel_idle(s, fx);
+    let due = now.saturating_add(rules.idle_reset).unwrap_or(now);
+    s.idle_due = Some(due);
+    fx.push(Effect::ScheduleIdle(due));
 }
 
 fn cancel_idle(s: &mut Conversation, fx: &mut Vec<Effect>) {

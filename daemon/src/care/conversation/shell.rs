@@ -363,6 +363,7 @@ fn run(
 ) -> VaultResult<()> {
     let rules = Rules {
         idle_reset: settings.conversations.idle_reset,
+        booking: crate::care::booking::shell::enabled(vault),
     };
     let (after, effects) = decide(before.clone(), contact, input, now, rules);
     let Some(mut c) = after else {
@@ -436,6 +437,18 @@ fn stage_effect(
             crate::care::store::stage_timer_as(txn, due, id, IDLE, c.owner());
         }
         Effect::CancelIdle(due) => crate::care::store::stage_cancel(txn, due, id, IDLE),
+        // The booking flow (`care::booking`) answers for itself.
+        Effect::StartBooking => {
+            if let Some(p) = patient {
+                let lang = language(vault, settings, Some(c), &contact)?;
+                crate::care::booking::shell::start(vault, txn, p, Some(lang), now)?;
+            }
+        }
+        Effect::EndBooking => {
+            if let Some(p) = patient {
+                crate::care::booking::shell::end(vault, txn, p, now)?;
+            }
+        }
         Effect::Handoff(reason) => {
             let mut ev = Event {
                 kind: EventKind::StaffRequested,

@@ -7,6 +7,7 @@ fn t(s: i64) -> Timestamp {
 const P: Contact = Contact::Patient(PatientId([7; 16]));
 const RULES: Rules = Rules {
     idle_reset: SignedDuration::from_mins(30),
+    booking: false,
 };
 
 fn msg(intent: Intent, at: i64) -> Input {
@@ -267,5 +268,43 @@ fn the_idle_reset_drops_an_unfinished_intake() {
     let (s, fx) = decide(s, u, msg(Intent::Choice(Choice::Staff), 5), t(5), RULES);
     assert_eq!(fx.first(), Some(&Effect::Intake(I::Drop)));
     assert!(fx.contains(&Effect::Handoff(Reason::Asked)));
+    assert!(s.unwrap().phase.with_staff());
+}
+
+#[test]
+fn book_starts_the_booking_flow_for_a_known_patient_and_leaving_it_ends_it() {
+    let rules = Rules {
+        booking: true,
+        ..RULES
+    };
+    let book = msg(Intent::Choice(Choice::Book), 0);
+    let (s, fx) = decide(None, P, book.clone(), t(0), rules);
+    let s = s.unwrap();
+    assert_eq!((s.phase.clone(), s.topic), (Phase::Menu, Topic::Booking));
+    assert_eq!(fx, [Effect::StartBooking, Effect::ScheduleIdle(t(1800))]);
+    // The idle reset ends it.
+    let (idle, fx) = decide(
+        Some(s.clone()),
+        P,
+        Input::IdleTimer { due: t(1800) },
+        t(1800),
+        rules,
+    );
+    let idle = idle.unwrap();
+    assert_eq!((idle.phase, idle.topic), (Phase::Idle, Topic::None));
+    assert_eq!(fx, [Effect::EndBooking]);
+    // So do a greeting and a hand-off; a tap for the booking flow does not.
+    let (_, fx) = decide(Some(s.clone()), P, msg(Intent::Greeting, 5), t(5), rules);
+    assert!(fx.contains(&Effect::EndBooking) && fx.contains(&Effect::SendMenu));
+    let (_, fx) = decide(Some(s.clone()), P, msg(Intent::Other, 5), t(5), rules);
+    assert!(fx.contains(&Effect::EndBooking));
+    let (kept, fx) = decide(Some(s.clone()), P, msg(Intent::Elsewhere, 5), t(5), rules);
+    assert_eq!(kept.unwrap().topic, Topic::Booking);
+    assert!(fx.is_empty());
+    // An unknown number: the intake first (it has no patient to book for).
+    let (s, _) = decide(None, unknown(), book.clone(), t(0), rules);
+    assert!(matches!(s.unwrap().phase, Phase::Intake { .. }));
+    // Booking off: staff, as before.
+    let (s, _) = decide(None, P, book, t(0), RULES);
     assert!(s.unwrap().phase.with_staff());
 }
