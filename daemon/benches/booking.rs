@@ -15,8 +15,12 @@
 //! * `later`: the "Later" row of page 5 → page 6;
 //! * `page 100`: a deep page (900 slots skipped), the worst a patient can
 //!   reach by paging;
-//! * `cold`: the first list after the table was replaced (the whole table
-//!   decoded once).
+//! * `replaced`: the first list after the table was replaced (the copy is
+//!   the replacement itself, kept when it was staged: nothing decoded);
+//! * `taken`: the first list after a slot was taken out of the table (the
+//!   booking flow, on the PMS's confirmation): the copy minus that slot;
+//! * `cold`: the first list on a copy that is gone (a restart, a restore):
+//!   the whole table decoded once.
 //!
 //! Prints p50 / p99 / max per kind. `BOOKING_BENCH_SLOTS` and
 //! `BOOKING_BENCH_ITER` override the defaults.
@@ -92,12 +96,8 @@ fn report(name: &str, mut d: Vec<Duration>) {
     );
 }
 
-fn main() {
-    let n = env("BOOKING_BENCH_SLOTS", 10_000);
-    let iter = env("BOOKING_BENCH_ITER", 500);
-    let tmp = tempfile::tempdir().unwrap();
-    let vault = Vault::open(&tmp.path().join("vault"), &MasterKey::generate().unwrap()).unwrap();
-    vault.set_care(Settings {
+fn settings() -> Settings {
+    Settings {
         reminders: Default::default(),
         conversations: Default::default(),
         time_zone: jiff::tz::TimeZone::get("Europe/Berlin").unwrap(),
@@ -114,7 +114,17 @@ fn main() {
         results: Default::default(),
         media: Default::default(),
         booking: Default::default(),
-    });
+    }
+}
+
+fn main() {
+    let n = env("BOOKING_BENCH_SLOTS", 10_000);
+    let iter = env("BOOKING_BENCH_ITER", 500);
+    let tmp = tempfile::tempdir().unwrap();
+    // A fixed key, so the same store can be opened again (the cold reads).
+    let key = MasterKey::from_bytes([7; 32]);
+    let vault = Vault::open(&tmp.path().join("vault"), &key).unwrap();
+    vault.set_care(settings());
     let now: Timestamp = "2027-01-18T07:00:00Z".parse().unwrap();
     let (me, other) = (patient(1), patient(2));
     vault.put_patient(&me, "bench", now).unwrap();
@@ -162,15 +172,30 @@ fn main() {
         d
     };
     println!("{n} open slots, 20 held for another patient, {iter} lists per kind (release build)");
-    // The first list after a replacement reads the whole table once.
-    let mut cold = Vec::new();
-    for _ in 0..5 {
-        replace(&vault, all.clone(), now);
+    // The first list after a replacement, after a slot was taken out, and
+    // on a table nobody has read yet (a fresh vault over the same store).
+    let first_list = |vault: &Vault| {
         let mut txn = Txn::new(now);
         let t = Instant::now();
-        shell::start(&vault, &mut txn, me.id, Some("en".into()), now).unwrap();
-        cold.push(t.elapsed());
+        shell::start(vault, &mut txn, me.id, Some("en".into()), now).unwrap();
+        t.elapsed()
+    };
+    let mut replaced = Vec::new();
+    let mut taken = Vec::new();
+    for k in 0..5 {
+        replace(&vault, all.clone(), now);
+        replaced.push(first_list(&vault));
+        let id = all[n / 2 + k].id.clone();
+        vault
+            .write_blocking(move |v| {
+                let mut txn = Txn::new(now);
+                v.stage_remove_slot(&mut txn, &id)?;
+                Ok::<_, VaultError>((txn, ()))
+            })
+            .unwrap();
+        taken.push(first_list(&vault));
     }
+    replace(&vault, all.clone(), now);
     report(
         "start",
         run(&|txn| shell::start(&vault, txn, me.id, Some("en".into()), now).unwrap()),
@@ -195,6 +220,15 @@ fn main() {
             assert!(shell::on_tap(&vault, txn, me.id, &deep, now).unwrap());
         }),
     );
-    report("cold", cold);
+    report("replaced", replaced);
+    report("taken", taken);
     vault.close().unwrap();
+    let mut cold = Vec::new();
+    for _ in 0..5 {
+        let vault = Vault::open(&tmp.path().join("vault"), &key).unwrap();
+        vault.set_care(settings());
+        cold.push(first_list(&vault));
+        vault.close().unwrap();
+    }
+    report("cold", cold);
 }

@@ -133,7 +133,7 @@ struct Inner {
     /// The minimal-payload policy the outbox checks, set once by the service.
     wa_policy: std::sync::OnceLock<std::sync::Arc<crate::whatsapp::policy::Policy>>,
     /// The slot table in start order, as of a generation (`records.rs`).
-    slot_cache: Mutex<Option<records::SlotCache>>,
+    slot_cache: Mutex<records::SlotCache>,
     purpose: PurposeKeys,
     rng: SystemRandom,
     /// Nonces for sealing, drawn in blocks (seal.rs).
@@ -268,7 +268,7 @@ impl Vault {
                 care_signal: tokio::sync::Notify::new(),
                 care: std::sync::OnceLock::new(),
                 wa_policy: std::sync::OnceLock::new(),
-                slot_cache: Mutex::new(None),
+                slot_cache: Mutex::new(records::SlotCache::default()),
                 writer,
                 anchorer,
                 purpose,

@@ -276,55 +276,74 @@ impl Vault {
         for s in slots {
             txn.put_json(Tree::Slots, s.id.as_bytes().to_vec(), Owner::System, s)?;
         }
-        self.stage_slots_changed(txn)
+        // Should this txn commit, the new table is this one: kept ready so
+        // the first list after it does not decode the whole table.
+        let mut sorted = slots.to_vec();
+        sort_by_start(&mut sorted);
+        let token = self.stage_slots_changed(txn)?;
+        self.slot_cache()
+            .expect(token, Pending::Replace(Arc::new(sorted)));
+        Ok(())
     }
 
     /// Takes one slot out of the table, in `txn` (the booking flow: the PMS
     /// booked it, so it is no longer open until the next replacement).
     pub fn stage_remove_slot(&self, txn: &mut Txn, id: &str) -> VaultResult<()> {
         txn.remove(Tree::Slots, id.as_bytes().to_vec());
-        self.stage_slots_changed(txn)
+        let base = self.slots_generation()?;
+        let token = self.stage_slots_changed(txn)?;
+        self.slot_cache().expect(
+            token,
+            Pending::Remove {
+                base,
+                id: id.to_owned(),
+            },
+        );
+        Ok(())
     }
 
     /// A new generation of the slot table, committed with the change: the
     /// in-memory copy ([`Vault::slots_by_start`]) is stale once it differs.
-    fn stage_slots_changed(&self, txn: &mut Txn) -> VaultResult<()> {
-        let next = self.slots_generation()?.unwrap_or(0).wrapping_add(1);
-        txn.put_json(Tree::Meta, SLOTS_GENERATION, Owner::System, &next)
+    /// Random, not a counter: a txn that never commits must not leave its
+    /// expectation under a number a later txn commits. One per txn (a
+    /// second change in the same txn keeps the first's).
+    fn stage_slots_changed(&self, txn: &mut Txn) -> VaultResult<u64> {
+        if let Some(Ok(Some(token))) = txn.staged_json::<u64>(Tree::Meta, SLOTS_GENERATION) {
+            return Ok(token);
+        }
+        let mut bytes = [0u8; 8];
+        ring::rand::SecureRandom::fill(&self.inner.rng, &mut bytes).map_err(|_| VaultError::Rng)?;
+        let token = u64::from_be_bytes(bytes);
+        txn.put_json(Tree::Meta, SLOTS_GENERATION, Owner::System, &token)?;
+        Ok(token)
     }
 
     fn slots_generation(&self) -> VaultResult<Option<u64>> {
         self.get_json(Tree::Meta, SLOTS_GENERATION)
     }
 
-    /// The slot table in start order (then id), shared: decoding the whole
-    /// table for every list shown is too slow with thousands of slots, so a
-    /// copy is kept in memory and read again only when the committed
-    /// generation (one small record) says the table changed.
-    pub fn slots_by_start(&self) -> VaultResult<Arc<Vec<Slot>>> {
-        let generation = self.slots_generation()?;
-        {
-            let cache = self
-                .inner
-                .slot_cache
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(c) = cache.as_ref().filter(|c| c.generation == generation) {
-                return Ok(c.slots.clone());
-            }
-        }
-        let mut slots = self.slots()?;
-        slots.sort_by(|a, b| a.start.cmp(&b.start).then_with(|| a.id.cmp(&b.id)));
-        let slots = Arc::new(slots);
-        let mut cache = self
-            .inner
+    fn slot_cache(&self) -> std::sync::MutexGuard<'_, SlotCache> {
+        self.inner
             .slot_cache
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *cache = Some(SlotCache {
-            generation,
-            slots: slots.clone(),
-        });
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The slot table in start order (then id), shared: decoding the whole
+    /// table for every list shown is too slow with thousands of slots, so a
+    /// copy is kept in memory. It follows the committed generation (one
+    /// small record): a change staged by this process left what the table
+    /// becomes if it commits (a replacement's new table, a slot taken out),
+    /// so only a change made elsewhere (a restore) reads the table again.
+    pub fn slots_by_start(&self) -> VaultResult<Arc<Vec<Slot>>> {
+        let generation = self.slots_generation()?;
+        if let Some(slots) = self.slot_cache().resolve(generation) {
+            return Ok(slots);
+        }
+        let mut slots = self.slots()?;
+        sort_by_start(&mut slots);
+        let slots = Arc::new(slots);
+        self.slot_cache().current = Some((generation, slots.clone()));
         Ok(slots)
     }
 
@@ -381,7 +400,78 @@ impl Vault {
 const SLOTS_GENERATION: &[u8] = b"slots/generation";
 
 /// The in-memory slot table of [`Vault::slots_by_start`].
+#[derive(Default)]
 pub(super) struct SlotCache {
-    generation: Option<u64>,
-    slots: Arc<Vec<Slot>>,
+    /// The table as of a committed generation.
+    current: Option<(Option<u64>, Arc<Vec<Slot>>)>,
+    /// What the table is at a generation a txn has staged, if it commits.
+    /// Those of txns that never commit are dropped at the next resolution.
+    pending: Vec<(u64, Pending)>,
+}
+
+pub(super) enum Pending {
+    Replace(Arc<Vec<Slot>>),
+    /// The table at `base` without the slot `id`.
+    Remove {
+        base: Option<u64>,
+        id: String,
+    },
+}
+
+/// Expectations kept at most: every staged change adds one, and each
+/// resolution clears them; more means changes that never committed.
+const MAX_PENDING: usize = 64;
+
+impl SlotCache {
+    fn expect(&mut self, token: u64, p: Pending) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.clear();
+        }
+        self.pending.push((token, p));
+    }
+
+    /// The table at `generation` if it is known without reading the store.
+    fn resolve(&mut self, generation: Option<u64>) -> Option<Arc<Vec<Slot>>> {
+        let at = self.current.as_ref().map(|(g, _)| *g);
+        if let Some((g, slots)) = &self.current {
+            if *g == generation {
+                return Some(slots.clone());
+            }
+        }
+        if !self.pending.iter().any(|(t, _)| Some(*t) == generation) {
+            return None;
+        }
+        // In staging order: one txn's changes (a replacement, removals)
+        // share its token and apply in the order they were staged. The
+        // copy is changed in place when nobody else holds it (a removal is
+        // then a memmove, not a copy of every slot).
+        let mut table: Option<Arc<Vec<Slot>>> = None;
+        for (token, p) in &self.pending {
+            if Some(*token) != generation {
+                continue;
+            }
+            match p {
+                Pending::Replace(new) => table = Some(new.clone()),
+                Pending::Remove { base, id } => {
+                    if table.is_none() {
+                        if at != Some(*base) {
+                            return None;
+                        }
+                        table = self.current.take().map(|(_, t)| t);
+                    }
+                    let t = table.as_mut()?;
+                    Arc::make_mut(t).retain(|s| &s.id != id);
+                }
+            }
+        }
+        let table = table?;
+        self.current = Some((generation, table.clone()));
+        // The txn being staged now (if any) keeps its expectation.
+        self.pending.retain(|(t, _)| Some(*t) != generation);
+        Some(table)
+    }
+}
+
+fn sort_by_start(slots: &mut [Slot]) {
+    slots.sort_by(|a, b| a.start.cmp(&b.start).then_with(|| a.id.cmp(&b.id)));
 }

@@ -36,6 +36,7 @@ mod policy;
 mod queue;
 mod serve_notify;
 mod service_hardening;
+mod slot_table;
 mod tls;
 mod vault_crash;
 mod vault_crypto;
