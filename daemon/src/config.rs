@@ -71,6 +71,8 @@ pub struct FileConfig {
     pub policy: crate::whatsapp::policy::PolicyFile,
     #[serde(default)]
     pub results: crate::care::results_config::ResultsFile,
+    #[serde(default)]
+    pub console: crate::console::config::ConsoleFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +169,8 @@ pub struct Config {
     pub policy: crate::whatsapp::policy::Policy,
     /// Result documents behind an identity check (`[results]`).
     pub results: crate::care::results_config::ResultsConfig,
+    /// The staff console (`[console]`); None when `console.listen` is unset.
+    pub console: Option<crate::console::config::ConsoleConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -655,6 +659,9 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         ));
     }
 
+    let console =
+        crate::console::config::validate(&file.console, &|v| resolve(&base, v), &invalid)?;
+
     Ok(Config {
         path: path.to_owned(),
         service: ServiceConfig {
@@ -675,6 +682,7 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         conversations,
         policy,
         results,
+        console,
     })
 }
 
