@@ -495,3 +495,20 @@ table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.5rem;bo
 ol.log{list-style:none;padding:0}ol.log li{margin:.5rem 0;padding:.5rem;border-radius:6px;background:#f2f2f2}\
 ol.log li.staff{background:#e3f0fb}ol.log li.bot{background:#f7f7e8}\
 .state{font-size:.9rem;color:#333}.from{font-weight:600}.hint{font-size:.9rem;color:#333}\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_browsers_language_by_weight() {
+        assert_eq!(Lang::from_header(None), Lang::En);
+        assert_eq!(Lang::from_header(Some("de-DE,de;q=0.9,en;q=0.8")), Lang::De);
+        assert_eq!(Lang::from_header(Some("fr, de;q=0.5, en;q=0.7")), Lang::En);
+        assert_eq!(Lang::from_header(Some("de;q=0, en")), Lang::En);
+        assert_eq!(Lang::from_header(Some("fr")), Lang::En);
+        assert_eq!(waited(59), "0 min");
+        assert_eq!(waited(3 * 3600 + 300), "3 h 05 min");
+        assert_eq!(waited(26 * 3600), "1 d 2 h");
+    }
+}

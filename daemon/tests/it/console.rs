@@ -1,0 +1,495 @@
+//! The staff console (issue 12, first slice) over real TLS sockets, with
+//! the self-signed certificate made at start as the client's only root and
+//! a manual clock: sign-in with password + TOTP computed here, a waiting
+//! conversation (from a signed "I need to talk to someone" webhook) in the
+//! inbox, a reply that reaches the simulator, a POST without the CSRF token
+//! refused, five wrong TOTP codes locking the account, the idle timeout,
+//! no other patient's marker on a conversation page, and the audit naming
+//! the staff member.
+
+use crate::care_reminders::*;
+use crate::pms_support::*;
+use crate::support::*;
+use crate::webhook::text_message;
+use clinic_relay::clock::Clock;
+use clinic_relay::console::staff::{self, Role};
+use clinic_relay::model::EventKind;
+use clinic_relay::vault::Tree;
+use graph_sim::{Sim, Template};
+use jiff::SignedDuration;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CONSOLE: &str = "\n[conversations]\nenabled = true\n\n[console]\nlisten = \"127.0.0.1:0\"\n";
+const PASSWORD: &str = "zz-correct-horse-battery";
+const OTHER_WA_ID: &str = "4915155509999";
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `name=value` of each Set-Cookie.
+    fn cookies(&self) -> HashMap<String, String> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .filter_map(|(_, v)| {
+                let (kv, _) = v.split_once(';').unwrap_or((v, ""));
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_owned(), v.to_owned()))
+            })
+            .collect()
+    }
+
+    /// The value of the first hidden `csrf` field.
+    fn csrf(&self) -> String {
+        let at = self
+            .body
+            .find("name=\"csrf\" value=\"")
+            .expect("a csrf field")
+            + 19;
+        self.body[at..at + 64].to_owned()
+    }
+}
+
+/// A TLS client that trusts only the console's certificate.
+struct Browser {
+    addr: std::net::SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    cookies: HashMap<String, String>,
+    lang: &'static str,
+}
+
+impl Browser {
+    fn new(d: &Daemon) -> Browser {
+        let pem = d.install.data.join("console-cert.pem");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(&pem).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Browser {
+            addr: d.running.console_addr.unwrap(),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            cookies: HashMap::new(),
+            lang: "en-GB,en;q=0.9",
+        }
+    }
+
+    async fn send(&mut self, method: &str, path: &str, form: Option<&[(&str, &str)]>) -> Reply {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = self.connector.connect(name, tcp).await.unwrap();
+        let body = form
+            .map(|f| {
+                f.iter()
+                    .map(|(k, v)| format!("{k}={}", encode(v)))
+                    .collect::<Vec<_>>()
+                    .join("&")
+            })
+            .unwrap_or_default();
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\
+             accept-language: {}\r\ncontent-length: {}\r\n",
+            self.lang,
+            body.len()
+        );
+        if form.is_some() {
+            req.push_str("content-type: application/x-www-form-urlencoded\r\n");
+        }
+        if !cookie.is_empty() {
+            req.push_str(&format!("cookie: {cookie}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap()[9..12].parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+            .collect();
+        let reply = Reply {
+            status,
+            headers,
+            body: body.to_owned(),
+        };
+        for (k, v) in reply.cookies() {
+            if v.is_empty() {
+                self.cookies.remove(&k);
+            } else {
+                self.cookies.insert(k, v);
+            }
+        }
+        reply
+    }
+
+    async fn get(&mut self, path: &str) -> Reply {
+        self.send("GET", path, None).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Reply {
+        self.send("POST", path, Some(form)).await
+    }
+
+    /// Signs in with the TOTP code of the clock's present.
+    async fn sign_in(&mut self, d: &Daemon, secret: &[u8], code: Option<&str>) -> Reply {
+        let page = self.get("/login").await;
+        assert_eq!(page.status, 200);
+        let now_code = staff::code_at(secret, d.clock.now()).unwrap();
+        let csrf = page.csrf();
+        self.post(
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("name", "zz-desk"),
+                ("password", PASSWORD),
+                ("code", code.unwrap_or(&now_code)),
+            ],
+        )
+        .await
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            b' ' => "+".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The daemon with conversations and the console on, two known patients
+/// (CARE001 at `WA_ID`, CARE002 at `OTHER_WA_ID`) and staff member
+/// `zz-desk`; returns the TOTP secret.
+async fn setup(sim: &Sim) -> (Daemon, Vec<u8>) {
+    let (pms, _received) = pms_peer().await;
+    let d = daemon_with(sim, pms, "", CONSOLE).await;
+    let mut c = d.mllp().await;
+    let ack = c
+        .send(&siu("SIU^S12^SIU_S12", "K1", "APPT-K1", "202701201000"))
+        .await;
+    assert_eq!(msa(&ack).0, "AA");
+    let other = siu_s12_v25("K2", "APPT-K2", "CARE002", "202701201100")
+        .replace("0151 5550 1234", "0151 5550 9999")
+        .replace("ZZFAMILY", "ZZOTHERFAMILY");
+    assert_eq!(msa(&c.send(&other).await).0, "AA");
+    let vault = d.running.vault.clone();
+    let enrolment = tokio::task::spawn_blocking(move || {
+        staff::add(
+            &vault,
+            "zz-desk",
+            Role::Desk,
+            Some(PASSWORD.to_owned().into()),
+            "test",
+            t0(),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let secret = staff::secret_from_uri(&enrolment.otpauth).unwrap();
+    (d, secret)
+}
+
+async fn drain(d: &Daemon) {
+    d.running.whatsapp.as_ref().unwrap().kick();
+    until("the outbox empty", || {
+        (d.running.vault.count(Tree::WaOutbox) == 0).then_some(())
+    })
+    .await;
+}
+
+async fn hand_off(d: &Daemon, wamid: &str, from: &str) -> String {
+    let before = crate::webhook::events(d, EventKind::StaffRequested).len();
+    let hi = text_message(wamid, from, "ZZ", "I need to talk to someone");
+    assert_eq!(post_signed(d, hi).await, 200);
+    drain(d).await;
+    let events = crate::webhook::events(d, EventKind::StaffRequested);
+    assert_eq!(events.len(), before + 1);
+    events[before].details["conversation"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_sign_in_see_the_waiting_patient_answer_and_sign_out() {
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("conversation_reopen", "en"));
+    let (d, secret) = setup(&sim).await;
+    let mine = hand_off(&d, "wamid.K1", WA_ID).await;
+    d.clock.set(t0() + SignedDuration::from_secs(60));
+    let theirs = hand_off(&d, "wamid.K2", OTHER_WA_ID).await;
+    d.clock.set(t0() + SignedDuration::from_secs(180));
+
+    let mut b = Browser::new(&d);
+    // Without a session every page sends the browser to the sign-in form.
+    let r = b.get("/").await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/login")));
+    let r = b.get("/login").await;
+    for (h, v) in [
+        ("strict-transport-security", "max-age=31536000"),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(r.header(h), Some(v), "{h}");
+    }
+    let csp = r.header("content-security-policy").unwrap();
+    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert!(!csp.contains("unsafe-inline"));
+    assert!(!r.body.contains("<script"));
+
+    let r = b.sign_in(&d, &secret, None).await;
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, Some("/")),
+        "{}",
+        r.body
+    );
+    let set = r
+        .headers
+        .iter()
+        .find(|(k, v)| k == "set-cookie" && v.starts_with("__Host-session="))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    // The same code a second time (a replay) is refused.
+    let mut replay = Browser::new(&d);
+    let now_code = staff::code_at(&secret, d.clock.now()).unwrap();
+    let r = replay.sign_in(&d, &secret, Some(&now_code)).await;
+    assert_eq!(r.status, 401);
+
+    // The inbox: both waiting, oldest first, with their waiting time.
+    let inbox = b.get("/").await;
+    assert_eq!(inbox.status, 200, "{}", inbox.body);
+    assert_eq!(inbox.header("cache-control"), Some("no-store"));
+    let (a, o) = (
+        inbox.body.find(&mine).unwrap(),
+        inbox.body.find(&theirs).unwrap(),
+    );
+    assert!(a < o, "oldest first");
+    assert!(inbox.body.contains("3 min") && inbox.body.contains("2 min"));
+    assert!(inbox.body.contains("asked for a person"));
+
+    // The conversation: its messages, nothing of the other patient, none
+    // of the record's markers.
+    let page = b.get(&format!("/c/{mine}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("I need to talk to someone"));
+    assert!(page.body.contains("The window is open"));
+    for marker in [
+        theirs.as_str(),
+        OTHER_WA_ID,
+        "ZZOTHERFAMILY",
+        "CARE002",
+        WA_ID,
+    ]
+    .iter()
+    .chain(FORBIDDEN_MARKERS)
+    {
+        assert!(!page.body.contains(marker), "{marker} on the page");
+    }
+
+    // A form without the CSRF token is refused and changes nothing.
+    let path = format!("/c/{mine}/reply");
+    let r = b.post(&path, &[("text", "ZZ staff: forged")]).await;
+    assert_eq!(r.status, 403);
+    let r = b
+        .post(
+            &path,
+            &[("csrf", &"0".repeat(64)), ("text", "ZZ staff: forged")],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+
+    // The reply goes out (inside the window: as text).
+    let csrf = page.csrf();
+    let r = b
+        .post(
+            &path,
+            &[("csrf", &csrf), ("text", "ZZ staff: we call you at noon")],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, Some(path.trim_end_matches("/reply"))),
+        "{}",
+        r.body
+    );
+    drain(&d).await;
+    until("the staff text at the simulator", || {
+        sim.sent_messages()
+            .iter()
+            .any(|m| m["text"]["body"] == "ZZ staff: we call you at noon")
+            .then_some(())
+    })
+    .await;
+    assert!(!sim
+        .sent_messages()
+        .iter()
+        .any(|m| m["text"]["body"] == "ZZ staff: forged"));
+    let page = b.get(&format!("/c/{mine}")).await;
+    assert!(page.body.contains("ZZ staff: we call you at noon"));
+    assert!(page.body.contains("sent") || page.body.contains("delivered"));
+
+    // German for a browser that asks for it.
+    let mut german = Browser::new(&d);
+    german.lang = "de-DE,de;q=0.9,en;q=0.5";
+    let r = german.get("/login").await;
+    assert!(r.body.contains("lang=\"de\"") && r.body.contains("Anmelden"));
+
+    // Close, and sign out.
+    let r = b
+        .post(&format!("/c/{mine}/close"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/")));
+    let inbox = b.get("/").await;
+    assert!(!inbox.body.contains(&mine) && inbox.body.contains(&theirs));
+    let r = b.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/login")));
+    assert_eq!(b.get("/").await.status, 303);
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
+
+    // The audit names the staff member for every view and the reply.
+    let patient = crate::webhook::events(&d, EventKind::StaffRequested)[0]
+        .patient
+        .map(|p| p.to_string());
+    let install = d.stop().await;
+    let vault = install.open();
+    let entries: Vec<_> = vault.audit_entries(1).map(|(_, e)| e.unwrap()).collect();
+    let by = |action: &str| {
+        entries
+            .iter()
+            .filter(|e| e.action == action && e.actor == "staff:zz-desk")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by("conversation.read").len(), 2);
+    assert!(by("conversation.read").iter().all(|e| e.subject == patient));
+    assert_eq!(by("conversation.list").len(), 2);
+    assert_eq!(by("conversation.reply").len(), 1);
+    assert_eq!(by("conversation.close").len(), 1);
+    assert_eq!(by("staff.login").len(), 1);
+    assert_eq!(by("staff.login-failed").len(), 1);
+    vault.verify_audit().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_wrong_codes_lock_and_an_idle_session_ends() {
+    let sim = Sim::start().await.unwrap();
+    let (d, secret) = setup(&sim).await;
+
+    // Signed in, then 16 idle minutes: signed out.
+    let mut b = Browser::new(&d);
+    assert_eq!(b.sign_in(&d, &secret, None).await.status, 303);
+    assert_eq!(b.get("/").await.status, 200);
+    d.clock.advance(SignedDuration::from_mins(14));
+    assert_eq!(
+        b.get("/").await.status,
+        200,
+        "14 minutes idle is still fine"
+    );
+    d.clock.advance(SignedDuration::from_mins(16));
+    let r = b.get("/").await;
+    assert_eq!((r.status, r.header("location")), (303, Some("/login")));
+    assert_eq!(d.running.console_sessions.as_ref().unwrap().len(), 0);
+
+    // Five wrong codes lock the account: the right one no longer opens it.
+    for n in 0..5 {
+        let mut wrong = Browser::new(&d);
+        let r = wrong.sign_in(&d, &secret, Some("000000")).await;
+        let expect = if n < 4 { 401 } else { 403 };
+        assert_eq!(r.status, expect, "attempt {n}: {}", r.body);
+    }
+    d.clock.advance(SignedDuration::from_mins(2));
+    let mut late = Browser::new(&d);
+    let r = late.sign_in(&d, &secret, None).await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("locked"));
+    let vault = d.running.vault.clone();
+    let a = staff::load(&vault, "zz-desk").unwrap().unwrap();
+    assert!(a.locked && a.failures == 5);
+
+    // A login form without its token is refused before any check.
+    let mut bare = Browser::new(&d);
+    let r = bare
+        .post(
+            "/login",
+            &[
+                ("name", "zz-desk"),
+                ("password", PASSWORD),
+                ("code", "000000"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+
+    // An admin's reset unlocks it with a new secret.
+    let vault = d.running.vault.clone();
+    let enrolment = tokio::task::spawn_blocking(move || {
+        staff::reset(
+            &vault,
+            "zz-desk",
+            None,
+            Some(PASSWORD.to_owned().into()),
+            "test",
+            t0(),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let secret = staff::secret_from_uri(&enrolment.otpauth).unwrap();
+    d.clock.advance(SignedDuration::from_mins(1));
+    let mut again = Browser::new(&d);
+    assert_eq!(again.sign_in(&d, &secret, None).await.status, 303);
+
+    // Bad input is a 4xx, never a crash: an oversized form, a bad path.
+    let csrf = again.get("/").await.csrf();
+    let big = "x".repeat(70 * 1024);
+    let r = again
+        .post("/c/00/reply", &[("csrf", &csrf), ("text", &big)])
+        .await;
+    assert_eq!(r.status, 413);
+    let r = again.get(&format!("/c/{}", "zz".repeat(16))).await;
+    assert_eq!(r.status, 404);
+    d.stop().await;
+}
