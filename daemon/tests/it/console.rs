@@ -493,3 +493,119 @@ async fn five_wrong_codes_lock_and_an_idle_session_ends() {
     assert_eq!(r.status, 404);
     d.stop().await;
 }
+
+#[test]
+fn staff_commands_and_the_certificate_fingerprint() {
+    use std::os::unix::fs::PermissionsExt;
+    let install = TestInstall::new("[console]\nlisten = \"127.0.0.1:0\"\n");
+    install.open().close().unwrap();
+
+    let out = install.run(&["staff", "add", "zz-admin", "--role", "admin"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("password for zz-admin (shown once): "),
+        "{text}"
+    );
+    let uri = text
+        .lines()
+        .find(|l| l.starts_with("otpauth://totp/"))
+        .unwrap();
+    assert!(uri.contains("issuer=clinic-relay") && staff::secret_from_uri(uri).is_some());
+    let again = install.run(&["staff", "add", "zz-admin"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("already"));
+    let bad = install.run(&["staff", "add", "ZZ Admin"]);
+    assert_eq!(bad.status.code(), Some(1));
+
+    let list = stdout(&install.run(&["staff", "list"]));
+    assert!(list.contains("zz-admin\tadmin\tactive"), "{list}");
+    assert!(!list.contains("otpauth") && !list.contains("argon2"));
+    assert_eq!(
+        install.run(&["staff", "disable", "zz-admin"]).status.code(),
+        Some(0)
+    );
+    assert!(stdout(&install.run(&["staff", "list"])).contains("zz-admin\tadmin\tdisabled"));
+    let reset = install.run(&["staff", "reset", "zz-admin", "--role", "desk"]);
+    assert_eq!(reset.status.code(), Some(0), "{}", stderr(&reset));
+    assert!(stdout(&reset).contains("otpauth://totp/"));
+    assert!(stdout(&install.run(&["staff", "list"])).contains("zz-admin\tdesk\tactive"));
+
+    let out = install.run(&["console", "cert"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let fp = stdout(&out);
+    let fp = fp
+        .lines()
+        .find_map(|l| l.strip_prefix("SHA-256 fingerprint: "))
+        .unwrap();
+    assert_eq!(fp.len(), 32 * 3 - 1, "{fp}");
+    let key = install.data.join("console-key.pem");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // The same certificate the next time (made once).
+    let second = stdout(&install.run(&["console", "cert"]));
+    assert!(second.contains(fp));
+
+    let vault = install.open();
+    let actions: Vec<String> = vault
+        .audit_entries(1)
+        .map(|(_, e)| e.unwrap())
+        .filter(|e| e.actor == "admin:cli")
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["staff.add", "staff.disable", "staff.reset"]);
+}
+
+#[test]
+fn plain_http_only_on_loopback() {
+    let lan = TestInstall::new("[console]\nlisten = \"0.0.0.0:0\"\nplain_http = true\n");
+    let out = lan.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("console.plain_http"),
+        "{}",
+        stderr(&out)
+    );
+    let half = TestInstall::new("[console]\nlisten = \"127.0.0.1:0\"\ncert = \"c.pem\"\n");
+    assert!(stderr(&half.run(&["config", "check"])).contains("console.cert"));
+    let idle = TestInstall::new("[console]\nlisten = \"127.0.0.1:0\"\nidle_timeout = \"5h\"\n");
+    assert!(stderr(&idle.run(&["config", "check"])).contains("console.idle_timeout"));
+}
+
+/// The inbox page's server time with 500 waiting conversations (unknown
+/// senders, so no patient records are needed). A figure, not a gate:
+/// `cargo test --release --test it console::inbox_time -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+#[allow(clippy::disallowed_methods)] // wall time is what is measured here
+async fn inbox_time_with_500_waiting() {
+    let sim = Sim::start().await.unwrap();
+    let (d, secret) = setup(&sim).await;
+    for n in 0..500u32 {
+        let from = format!("4930555{n:05}");
+        let hi = text_message(
+            &format!("wamid.P{n}"),
+            &from,
+            "ZZ",
+            "I need to talk to someone",
+        );
+        assert_eq!(post_signed(&d, hi).await, 200);
+    }
+    drain(&d).await;
+    let mut b = Browser::new(&d);
+    assert_eq!(b.sign_in(&d, &secret, None).await.status, 303);
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let r = b.get("/").await;
+        times.push(started.elapsed());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.matches("<tr><td>").count(), 500);
+    }
+    times.sort();
+    println!(
+        "inbox page with 500 waiting, request over TLS (new connection each): median {:?}, max {:?}",
+        times[10], times[19]
+    );
+    d.stop().await;
+}
