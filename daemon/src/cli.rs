@@ -219,6 +219,16 @@ pub fn run(cli: Cli) -> Result<(), String> {
             if let Some((_, files)) = &config.api.tcp {
                 crate::tls::server_config(files).map_err(|e| e.to_string())?;
             }
+            // A configured console pair; a self-signed one is made at start.
+            if let Some((cert, key)) = config.console.as_ref().and_then(|c| c.tls.clone()) {
+                crate::tls::server_config(&crate::tls::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: None,
+                    section: "console",
+                })
+                .map_err(|e| e.to_string())?;
+            }
             if config.whatsapp.token_path().is_some() {
                 // Builds the client offline: the extra CA, the proxy and its
                 // credentials file are checked before the daemon needs them.
