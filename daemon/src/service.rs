@@ -623,7 +623,11 @@ fn spawn_all(
     let mut console_addr = None;
     let mut console_sessions = None;
     if let (Some(cfg), Some(listener)) = (&config.console, console_listener) {
-        let state = Arc::new(crate::console::ConsoleState::new(api_state.clone(), cfg));
+        let state = Arc::new(crate::console::ConsoleState::new(
+            api_state.clone(),
+            cfg,
+            stop_rx.clone(),
+        ));
         console_addr = listener.local_addr().ok();
         info!(console = ?console_addr, tls = state.tls, "staff console listening");
         tasks.push(Named {

@@ -1,6 +1,7 @@
 //! HTTP plumbing of the console: response headers (the security set on
 //! every response), bounded form bodies, cookies.
 
+use crate::api::ApiBody;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -8,7 +9,8 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use std::collections::HashMap;
 
-pub type Resp = Response<Full<Bytes>>;
+/// The API's body: a whole page, or a stream (the live updates).
+pub type Resp = Response<ApiBody>;
 
 /// Forms are small: a reply is at most 4096 characters (×4 bytes, encoded).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -47,22 +49,31 @@ pub fn secure(mut resp: Resp, tls: bool, private: bool) -> Resp {
 }
 
 pub fn html(status: StatusCode, body: String) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(ApiBody::Full(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
     set(&mut r, "content-type", "text/html; charset=utf-8");
     r
 }
 
 pub fn text(status: StatusCode, body: &'static str) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut r = Response::new(ApiBody::Full(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
     *r.status_mut() = status;
     set(&mut r, "content-type", "text/plain; charset=utf-8");
     r
 }
 
+/// A `text/event-stream` fed by `rx`.
+pub fn event_stream(rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Resp {
+    let mut r = Response::new(ApiBody::Stream(rx));
+    set(&mut r, "content-type", "text/event-stream");
+    r
+}
+
 /// 303 See Other: after a POST, the browser GETs `location`.
 pub fn redirect(location: &str) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(ApiBody::Full(Full::new(Bytes::new())));
     *r.status_mut() = StatusCode::SEE_OTHER;
     set(&mut r, "location", location);
     r

@@ -10,6 +10,7 @@ pub mod cert;
 pub mod cli;
 pub mod config;
 mod http;
+mod live;
 pub mod pages;
 mod routes;
 pub mod session;
@@ -38,10 +39,16 @@ pub struct ConsoleState {
     pub throttle: session::LoginThrottle,
     /// Served over TLS (cookies `Secure`, HSTS).
     pub tls: bool,
+    /// The daemon's stop: ends the live-update streams.
+    pub stop: watch::Receiver<bool>,
 }
 
 impl ConsoleState {
-    pub fn new(api: Arc<ApiState>, config: &config::ConsoleConfig) -> Self {
+    pub fn new(
+        api: Arc<ApiState>,
+        config: &config::ConsoleConfig,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             api,
             sessions: Arc::new(session::Sessions::new(
@@ -50,6 +57,7 @@ impl ConsoleState {
             )),
             throttle: session::LoginThrottle::default(),
             tls: !config.plain_http,
+            stop,
         }
     }
 }

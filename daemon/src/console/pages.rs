@@ -328,7 +328,8 @@ fn layout(lang: Lang, title: &str, user: Option<(&str, &str)>, body: &str) -> St
     format!(
         "<!DOCTYPE html>\n<html lang=\"{code}\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · {app}</title><link rel=\"stylesheet\" href=\"/static/console.css\"></head>\
+         <title>{title} · {app}</title><link rel=\"stylesheet\" href=\"/static/console.css\">\
+         <script src=\"/static/console.js\" defer></script></head>\
          <body>{bar}<main>{body}</main></body></html>\n",
         code = lang.code(),
         title = esc(title),
@@ -403,7 +404,11 @@ pub fn inbox(
             window = t(lang, "window"),
         )
     };
-    let body = format!("<h1>{}</h1>{table}", t(lang, "waiting"));
+    // `id="inbox"`: the script reloads this page when the inbox changes.
+    let body = format!(
+        "<section id=\"inbox\"><h1>{}</h1>{table}</section>",
+        t(lang, "waiting")
+    );
     layout(lang, t(lang, "inbox"), Some(user), &body)
 }
 

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 const LOGIN_COOKIE: &str = "login";
 
@@ -48,7 +49,7 @@ fn eq(a: &str, b: &str) -> bool {
     staff::same(a.as_bytes(), b.as_bytes())
 }
 
-pub async fn handle(state: &ConsoleState, req: Request<Incoming>, peer: IpAddr) -> Resp {
+pub async fn handle(state: &Arc<ConsoleState>, req: Request<Incoming>, peer: IpAddr) -> Resp {
     let lang = Lang::from_header(
         req.headers()
             .get(hyper::header::ACCEPT_LANGUAGE)
@@ -65,6 +66,17 @@ pub async fn handle(state: &ConsoleState, req: Request<Incoming>, peer: IpAddr) 
             }
             return secure(r, state.tls, false);
         }
+        (&Method::GET, ["static", "console.js"]) => {
+            let mut r = http::html(StatusCode::OK, super::live::SCRIPT.to_owned());
+            if let Ok(v) = hyper::header::HeaderValue::from_str("text/javascript; charset=utf-8") {
+                r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+            }
+            return secure(r, state.tls, false);
+        }
+        (&Method::GET, ["events"]) => match session(state, &req) {
+            Some((id, _)) => http::event_stream(super::live::start(state, id)),
+            None => http::text(StatusCode::UNAUTHORIZED, "signed out\n"),
+        },
         (&Method::GET, ["login"]) => login_page(state, lang, None, StatusCode::OK),
         (&Method::POST, ["login"]) => login(state, req, lang, peer).await,
         (&Method::POST, ["logout"]) => logout(state, req).await,

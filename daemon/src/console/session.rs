@@ -112,6 +112,13 @@ impl Sessions {
         Some(s.clone())
     }
 
+    /// Whether the session is live, without restarting its idle clock.
+    pub fn alive(&self, id: &str, now: Timestamp) -> bool {
+        crate::sync::lock(&self.map)
+            .get(&digest(id))
+            .is_some_and(|s| self.live(s, now))
+    }
+
     pub fn remove(&self, id: &str) {
         crate::sync::lock(&self.map).remove(&digest(id));
     }

@@ -159,6 +159,22 @@ impl Browser {
         reply
     }
 
+    /// Opens `/events` and returns the open connection (headers unread).
+    async fn events(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = self.connector.connect(name, tcp).await.unwrap();
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let req = format!("GET /events HTTP/1.1\r\nhost: 127.0.0.1\r\ncookie: {cookie}\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.unwrap();
+        tls
+    }
+
     async fn get(&mut self, path: &str) -> Reply {
         self.send("GET", path, None).await
     }
@@ -274,7 +290,11 @@ async fn staff_sign_in_see_the_waiting_patient_answer_and_sign_out() {
     let csp = r.header("content-security-policy").unwrap();
     assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
     assert!(!csp.contains("unsafe-inline"));
-    assert!(!r.body.contains("<script"));
+    // No inline script: each script is a file of ours.
+    assert_eq!(
+        r.body.matches("<script").count(),
+        r.body.matches("<script src=\"/static/").count()
+    );
 
     let r = b.sign_in(&d, &secret, None).await;
     assert_eq!(
@@ -309,6 +329,28 @@ async fn staff_sign_in_see_the_waiting_patient_answer_and_sign_out() {
     assert!(a < o, "oldest first");
     assert!(inbox.body.contains("3 min") && inbox.body.contains("2 min"));
     assert!(inbox.body.contains("asked for a person"));
+
+    // The open inbox hears of a new hand-off (the page reloads itself).
+    assert!(inbox
+        .body
+        .contains("<script src=\"/static/console.js\" defer></script>"));
+    let script = b.get("/static/console.js").await;
+    assert!(
+        script.body.contains("EventSource")
+            && script
+                .header("content-type")
+                .unwrap()
+                .contains("javascript")
+    );
+    let mut live = b.events().await;
+    let head = read_until(&mut live, "retry: 3000").await;
+    assert!(head.contains("text/event-stream"), "{head}");
+    hand_off(&d, "wamid.K3", "4930555000001").await;
+    let said = read_until(&mut live, "event: inbox").await;
+    assert!(!said.contains(&mine) && !said.contains("4930555000001"));
+    drop(live);
+    let mut anonymous = Browser::new(&d);
+    assert_eq!(anonymous.get("/events").await.status, 401);
 
     // The conversation: its messages, nothing of the other patient, none
     // of the record's markers.
@@ -607,5 +649,46 @@ async fn inbox_time_with_500_waiting() {
         "inbox page with 500 waiting, request over TLS (new connection each): median {:?}, max {:?}",
         times[10], times[19]
     );
+    // A new hand-off reaches an open inbox's stream: from the webhook's
+    // POST to the event at the browser.
+    let mut lags = Vec::new();
+    for n in 0..10u32 {
+        let mut live = b.events().await;
+        read_until(&mut live, "retry: 3000").await;
+        let started = std::time::Instant::now();
+        let hi = text_message(
+            &format!("wamid.L{n}"),
+            &format!("4930666{n:05}"),
+            "ZZ",
+            "I need to talk to someone",
+        );
+        assert_eq!(post_signed(&d, hi).await, 200);
+        read_until(&mut live, "event: inbox").await;
+        lags.push(started.elapsed());
+    }
+    lags.sort();
+    println!(
+        "new hand-off to the open inbox's event stream: median {:?}, max {:?}",
+        lags[5], lags[9]
+    );
     d.stop().await;
+}
+
+/// Reads from an open stream until `needle` has come (or 10 s passed).
+async fn read_until(
+    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    needle: &str,
+) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "stream ended: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {needle:?} in {}", String::from_utf8_lossy(&seen)));
+    String::from_utf8(seen).unwrap()
 }
