@@ -93,11 +93,16 @@ async fn run(state: Arc<ConsoleState>, id: String, tx: Tx) {
 }
 
 /// The inbox page's script (served as a file: the CSP allows no inline
-/// script).
+/// script). A stream refused for good (the session ended before it
+/// opened, or the daemon restarted) reloads the page after 5 s: the server
+/// then sends the browser to the sign-in page if the session is gone.
 pub const SCRIPT: &str = "\"use strict\";\n\
 (function () {\n\
   if (!window.EventSource || !document.getElementById(\"inbox\")) { return; }\n\
   var es = new EventSource(\"/events\");\n\
   es.addEventListener(\"inbox\", function () { window.location.reload(); });\n\
   es.addEventListener(\"logout\", function () { es.close(); window.location.assign(\"/login\"); });\n\
+  es.addEventListener(\"error\", function () {\n\
+    if (es.readyState === EventSource.CLOSED) { window.setTimeout(function () { window.location.reload(); }, 5000); }\n\
+  });\n\
 })();\n";

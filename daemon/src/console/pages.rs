@@ -492,7 +492,7 @@ main{max-width:56rem;margin:0 auto;padding:1rem}\
 header nav{display:flex;gap:1rem;align-items:center;padding:.5rem 1rem;background:#0b3d62;color:#fff}\
 header a{color:#fff}header form{margin-left:auto}\
 label{display:block;margin-top:.75rem;font-weight:600}\
-input,textarea{width:100%;max-width:30rem;padding:.5rem;font-size:1rem;border:1px solid #555}\
+input,textarea{display:block;box-sizing:border-box;width:100%;max-width:30rem;padding:.5rem;font-size:1rem;border:1px solid #555}\
 button{margin-top:.75rem;padding:.6rem 1.2rem;font-size:1rem;background:#0b3d62;color:#fff;border:0;cursor:pointer}\
 button.secondary{background:#555}button:focus,a:focus,input:focus,textarea:focus{outline:3px solid #f4b400}\
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.5rem;border-bottom:1px solid #ccc}\

@@ -692,3 +692,73 @@ async fn read_until(
     .unwrap_or_else(|_| panic!("no {needle:?} in {}", String::from_utf8_lossy(&seen)));
     String::from_utf8(seen).unwrap()
 }
+
+/// The console in Debian's Chromium, driven by npm `playwright-core`
+/// (`tests/console-browser/run.mjs`), with an axe-core scan of each page
+/// and screenshots in `target/console-screenshots/`. Needs `chromium` and
+/// `npm ci` in `tests/console-browser`: run by `scripts/console-browser`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn browser() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("conversation_reopen", "en"));
+    let (d, secret) = setup(&sim).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shots = root.join("target/console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut node = tokio::process::Command::new("node")
+        .arg(root.join("tests/console-browser/run.mjs"))
+        .env(
+            "CONSOLE_URL",
+            format!("https://{}", d.running.console_addr.unwrap()),
+        )
+        .env("STAFF", "zz-desk")
+        .env("PASSWORD", PASSWORD)
+        .env("TOTP_HEX", hex::encode(&secret))
+        .env("SHOTS", &shots)
+        .env("NOW", d.clock.now().as_second().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let mut stdin = node.stdin.take().unwrap();
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let run = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            println!("browser: {line}");
+            if line == "handoff" {
+                hand_off(&d, "wamid.B1", WA_ID).await;
+            } else if let Some(secs) = line.strip_prefix("clock ") {
+                d.clock
+                    .advance(SignedDuration::from_secs(secs.parse().unwrap()));
+            } else {
+                log.push(line);
+                continue;
+            }
+            let answer = format!("ok {}\n", d.clock.now().as_second());
+            stdin.write_all(answer.as_bytes()).await.unwrap();
+        }
+        node.wait().await.unwrap()
+    };
+    let status = tokio::time::timeout(std::time::Duration::from_secs(180), run)
+        .await
+        .expect("the browser test finished in time");
+    assert!(status.success(), "browser test failed:\n{}", log.join("\n"));
+    assert!(log.iter().any(|l| l == "browser test: all passed"));
+    drain(&d).await;
+    until("the browser's reply at the simulator", || {
+        sim.sent_messages()
+            .iter()
+            .any(|m| m["text"]["body"] == "ZZ staff: a reply from the browser")
+            .then_some(())
+    })
+    .await;
+    assert!(!sim
+        .sent_messages()
+        .iter()
+        .any(|m| m["text"]["body"] == "ZZ forged"));
+    d.stop().await;
+}
