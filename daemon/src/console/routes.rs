@@ -175,6 +175,7 @@ async fn login(state: &ConsoleState, req: Request<Incoming>, lang: Lang, peer: I
     }
     let name = field(&fields, "name").trim().to_owned();
     if staff::check_name(&name).is_err() || field(&fields, "password").len() > 256 {
+        state.throttle.failed(peer, now);
         return login_page(state, lang, Some("wrong"), StatusCode::UNAUTHORIZED);
     }
     let account = match staff::load(&state.api.vault, &name) {
@@ -208,8 +209,12 @@ async fn login(state: &ConsoleState, req: Request<Incoming>, lang: Lang, peer: I
             );
             r
         }
-        Ok(Login::Wrong) => login_page(state, lang, Some("wrong"), StatusCode::UNAUTHORIZED),
+        Ok(Login::Wrong) => {
+            state.throttle.failed(peer, now);
+            login_page(state, lang, Some("wrong"), StatusCode::UNAUTHORIZED)
+        }
         Ok(Login::Locked) => {
+            state.throttle.failed(peer, now);
             state.sessions.remove_staff(&name);
             login_page(state, lang, Some("locked"), StatusCode::FORBIDDEN)
         }

@@ -137,20 +137,26 @@ impl Sessions {
     }
 }
 
-/// Login attempts per client address: at most 10 a minute, whatever the
+/// Failed sign-ins per client address: after 10 in a minute, further
+/// attempts from it are refused until the minute is over, whatever the
 /// names tried (the per-account lockout stops guessing one account; this
-/// slows spraying many).
+/// slows spraying many). Good sign-ins do not count: several desks may
+/// share an address.
 #[derive(Default)]
 pub struct LoginThrottle {
     map: Mutex<HashMap<IpAddr, (Timestamp, u32)>>,
 }
 
-const ATTEMPTS_PER_MINUTE: u32 = 10;
+const FAILURES_PER_MINUTE: u32 = 10;
 
 impl LoginThrottle {
-    /// Counts an attempt; false when this address has used up its minute.
-    pub fn allow(&self, ip: IpAddr, now: Timestamp) -> bool {
-        let mut map = crate::sync::lock(&self.map);
+    /// The failures of `ip` in its current minute (a new minute starts
+    /// from zero).
+    fn window(
+        map: &mut HashMap<IpAddr, (Timestamp, u32)>,
+        ip: IpAddr,
+        now: Timestamp,
+    ) -> &mut (Timestamp, u32) {
         if map.len() > 10_000 {
             map.retain(|_, (start, _)| now.duration_since(*start) < SignedDuration::from_mins(1));
         }
@@ -158,7 +164,19 @@ impl LoginThrottle {
         if now.duration_since(entry.0) >= SignedDuration::from_mins(1) {
             *entry = (now, 0);
         }
-        entry.1 += 1;
-        entry.1 <= ATTEMPTS_PER_MINUTE
+        entry
+    }
+
+    /// Whether `ip` may try now.
+    pub fn allow(&self, ip: IpAddr, now: Timestamp) -> bool {
+        let mut map = crate::sync::lock(&self.map);
+        Self::window(&mut map, ip, now).1 < FAILURES_PER_MINUTE
+    }
+
+    /// Counts a failed attempt of `ip`.
+    pub fn failed(&self, ip: IpAddr, now: Timestamp) {
+        let mut map = crate::sync::lock(&self.map);
+        let w = Self::window(&mut map, ip, now);
+        w.1 = w.1.saturating_add(1);
     }
 }

@@ -8,8 +8,8 @@
 
 use crate::audit::AuditDraft;
 use crate::vault::{Owner, Tree, Txn, Vault, VaultError};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use jiff::Timestamp;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
@@ -140,9 +140,23 @@ fn generate_password() -> Result<Zeroizing<String>, StaffError> {
     ))
 }
 
+/// Argon2id with 7 MiB, 5 passes, 1 lane: one of OWASP's equivalent
+/// recommended settings (like 19 MiB × 2), chosen for the smaller memory:
+/// the console verifies in one shared buffer (see `verify`).
+const M_COST_KIB: u32 = 7 * 1024;
+const T_COST: u32 = 5;
+/// A stored hash that asks for more memory than this is not verified.
+const MAX_M_COST_KIB: u32 = 64 * 1024;
+
+fn argon(params: Params) -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
 fn hash(password: &str) -> Result<String, StaffError> {
     let salt = SaltString::encode_b64(&random(16)?).map_err(|e| StaffError::Hash(e.to_string()))?;
-    Argon2::default()
+    let params =
+        Params::new(M_COST_KIB, T_COST, 1, None).map_err(|e| StaffError::Hash(e.to_string()))?;
+    argon(params)
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| StaffError::Hash(e.to_string()))
@@ -301,6 +315,47 @@ pub struct Checked {
     step: Option<i64>,
 }
 
+/// Checks `password` against a stored PHC string in one buffer shared by
+/// every sign-in (under a lock: sign-ins are few and each takes tens of
+/// milliseconds). Argon2's own verify allocates its memory per call, and
+/// the allocator keeps such blocks per thread: with blocking threads
+/// coming and going that grew the daemon by megabytes per sign-in.
+fn verify(stored: &str, password: &[u8]) -> bool {
+    static MEMORY: std::sync::Mutex<Vec<Block>> = std::sync::Mutex::new(Vec::new());
+    let Ok(h) = PasswordHash::new(stored) else {
+        return false;
+    };
+    if h.algorithm.as_str() != "argon2id" {
+        return false;
+    }
+    let Ok(params) = Params::try_from(&h) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (h.salt, h.hash) else {
+        return false;
+    };
+    if params.m_cost() > MAX_M_COST_KIB {
+        return false;
+    }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = Zeroizing::new(vec![0u8; expected.len()]);
+    let mut memory = crate::sync::lock(&MEMORY);
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let Some(memory) = memory.get_mut(..blocks) else {
+        return false;
+    };
+    argon(params)
+        .hash_password_into_with_memory(password, salt, &mut out, memory)
+        .is_ok()
+        && same(&out, expected.as_bytes())
+}
+
 /// A hash of a password nobody has, so an unknown name costs the same time
 /// as a known one (made once, at the first login).
 fn dummy_hash() -> &'static str {
@@ -314,11 +369,7 @@ pub fn check(account: Option<&Account>, password: &str, code: &str, now: Timesta
         Some(a) => a.password.as_str(),
         None => dummy_hash(),
     };
-    let password_ok = PasswordHash::new(stored).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok()
-    });
+    let password_ok = verify(stored, password.as_bytes());
     let step = account.and_then(|a| {
         let secret = Zeroizing::new(hex::decode(&a.totp).ok()?);
         let t = totp(&secret)?;

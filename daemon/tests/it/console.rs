@@ -75,10 +75,16 @@ struct Browser {
 
 impl Browser {
     fn new(d: &Daemon) -> Browser {
-        let pem = d.install.data.join("console-cert.pem");
+        Browser::at(
+            d.running.console_addr.unwrap(),
+            &d.install.data.join("console-cert.pem"),
+        )
+    }
+
+    fn at(addr: std::net::SocketAddr, pem: &std::path::Path) -> Browser {
         let mut roots = rustls::RootCertStore::empty();
         roots
-            .add(CertificateDer::from_pem_file(&pem).unwrap())
+            .add(CertificateDer::from_pem_file(pem).unwrap())
             .unwrap();
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -88,7 +94,7 @@ impl Browser {
         .with_root_certificates(roots)
         .with_no_client_auth();
         Browser {
-            addr: d.running.console_addr.unwrap(),
+            addr,
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             cookies: HashMap::new(),
             lang: "en-GB,en;q=0.9",
@@ -490,6 +496,16 @@ async fn five_wrong_codes_lock_and_an_idle_session_ends() {
     let a = staff::load(&vault, "zz-desk").unwrap().unwrap();
     assert!(a.locked && a.failures == 5);
 
+    // More failures from this address (the one above was the first of
+    // this minute): after ten in a minute, 429.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let mut b = Browser::new(&d);
+        statuses.push(b.sign_in(&d, &secret, Some("000000")).await.status);
+    }
+    assert_eq!(statuses, [403, 403, 403, 403, 403, 403, 403, 403, 403, 429]);
+    d.clock.advance(SignedDuration::from_mins(1));
+
     // A login form without its token is refused before any check.
     let mut bare = Browser::new(&d);
     let r = bare
@@ -761,4 +777,83 @@ async fn browser() {
         .iter()
         .any(|m| m["text"]["body"] == "ZZ forged"));
     d.stop().await;
+}
+
+/// The daemon's resident memory (kB) from /proc.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// The real binary's RSS without the console, with it, and with 20 staff
+/// sessions open (each has loaded the inbox once). A figure, not a gate:
+/// `cargo test --test it console::rss -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+#[allow(clippy::disallowed_methods)] // the real daemon's TOTP runs on the wall clock
+async fn rss_with_20_sessions() {
+    let install = TestInstall::new("");
+    let mut off = spawn_serve(&install);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let rss_off = rss_kb(off.child.id());
+    off.child.kill().unwrap();
+    off.child.wait().unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = std::fs::read_to_string(&install.config).unwrap();
+    config.push_str(&format!("\n[console]\nlisten = \"127.0.0.1:{port}\"\n"));
+    std::fs::write(&install.config, config).unwrap();
+    let mut accounts = Vec::new();
+    for n in 0..20 {
+        let name = format!("zz-desk{n}");
+        let out = install.run(&["staff", "add", &name]);
+        let text = stdout(&out);
+        let password = text
+            .lines()
+            .find_map(|l| l.split_once("(shown once): ").map(|(_, p)| p.to_owned()))
+            .unwrap();
+        let uri = text.lines().find(|l| l.starts_with("otpauth://")).unwrap();
+        accounts.push((name, password, staff::secret_from_uri(uri).unwrap()));
+    }
+    let mut on = spawn_serve(&install);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let pem = install.data.join("console-cert.pem");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let rss_on = rss_kb(on.child.id());
+    let mut open = Vec::new();
+    for (name, password, secret) in &accounts {
+        let mut b = Browser::at(addr, &pem);
+        let page = b.get("/login").await;
+        let code = staff::code_at(secret, jiff::Timestamp::now()).unwrap();
+        let r = b
+            .post(
+                "/login",
+                &[
+                    ("csrf", &page.csrf()),
+                    ("name", name),
+                    ("password", password),
+                    ("code", &code),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(b.get("/").await.status, 200);
+        open.push(b);
+    }
+    let rss_sessions = rss_kb(on.child.id());
+    println!(
+        "RSS: console off {rss_off} kB; console on {rss_on} kB; with 20 sessions {rss_sessions} kB \
+         (console + sessions add {} kB)",
+        rss_sessions.saturating_sub(rss_off)
+    );
+    on.child.kill().unwrap();
+    on.child.wait().unwrap();
 }
