@@ -38,10 +38,13 @@ pub fn start(
     rx
 }
 
-async fn send(tx: &Tx, text: &'static str) -> bool {
-    tx.send(Ok(Bytes::from_static(text.as_bytes())))
-        .await
-        .is_ok()
+/// Sends `text`; false when the browser is gone or the daemon stops (a
+/// client that does not read must not hold the stop up).
+async fn send(tx: &Tx, stop: &mut tokio::sync::watch::Receiver<bool>, text: &'static str) -> bool {
+    tokio::select! {
+        sent = tx.send(Ok(Bytes::from_static(text.as_bytes()))) => sent.is_ok() && !*stop.borrow(),
+        _ = stop.changed() => false,
+    }
 }
 
 async fn run(state: Arc<ConsoleState>, id: String, tx: Tx) {
@@ -49,7 +52,7 @@ async fn run(state: Arc<ConsoleState>, id: String, tx: Tx) {
     let mut feed = vault.events_watch();
     let mut cursor = *feed.borrow_and_update();
     let mut stop = state.stop.clone();
-    if !send(&tx, "retry: 3000\n\n").await {
+    if !send(&tx, &mut stop, "retry: 3000\n\n").await {
         return;
     }
     let mut quiet = Duration::ZERO;
@@ -63,7 +66,7 @@ async fn run(state: Arc<ConsoleState>, id: String, tx: Tx) {
             return;
         }
         if !state.sessions.alive(&id, state.api.clock.now()) {
-            let _ = send(&tx, "event: logout\ndata: signed out\n\n").await;
+            let _ = send(&tx, &mut stop, "event: logout\ndata: signed out\n\n").await;
             return;
         }
         if changed {
@@ -76,7 +79,7 @@ async fn run(state: Arc<ConsoleState>, id: String, tx: Tx) {
             cursor = head;
             if moved {
                 quiet = Duration::ZERO;
-                if !send(&tx, "event: inbox\ndata: changed\n\n").await {
+                if !send(&tx, &mut stop, "event: inbox\ndata: changed\n\n").await {
                     return;
                 }
                 continue;
@@ -85,7 +88,7 @@ async fn run(state: Arc<ConsoleState>, id: String, tx: Tx) {
         quiet += SESSION_CHECK;
         if quiet >= KEEP_ALIVE {
             quiet = Duration::ZERO;
-            if !send(&tx, ": keep-alive\n\n").await {
+            if !send(&tx, &mut stop, ": keep-alive\n\n").await {
                 return;
             }
         }

@@ -857,3 +857,45 @@ async fn rss_with_20_sessions() {
     on.child.kill().unwrap();
     on.child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_on_loopback_has_no_secure_cookie() {
+    let d = Daemon::start(
+        "[console]\nlisten = \"127.0.0.1:0\"\nplain_http = true\nidle_timeout = \"1m\"\n",
+    )
+    .await;
+    assert!(!d.install.data.join("console-cert.pem").exists());
+    let mut tcp = tokio::net::TcpStream::connect(d.running.console_addr.unwrap())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /login HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let cookie = raw
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: login="))
+        .unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && !cookie.contains("Secure"),
+        "{cookie}"
+    );
+    assert!(!raw
+        .to_ascii_lowercase()
+        .contains("strict-transport-security"));
+    // Oversized headers: 431, not a crash.
+    let mut tcp = tokio::net::TcpStream::connect(d.running.console_addr.unwrap())
+        .await
+        .unwrap();
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: 127.0.0.1\r\nx-big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    tcp.write_all(big.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    let _ = tcp.read_to_string(&mut raw).await;
+    assert!(raw.starts_with("HTTP/1.1 431"), "{raw}");
+    d.stop().await;
+}
