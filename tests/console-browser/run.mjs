@@ -1,5 +1,5 @@
 // Drives Debian's Chromium (headless, through npm playwright-core) through
-// the staff console of a daemon that the Rust test `console::browser`
+// the staff console of a daemon that the Rust test `console::figures::browser`
 // started in-process with a manual clock. Lines on stdout that are
 // commands (`handoff`, `clock SECONDS`) are answered on stdin with
 // `ok NOW` (the daemon's time, epoch seconds): the test posts the signed
