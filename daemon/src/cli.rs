@@ -51,6 +51,45 @@ pub enum Command {
     /// The WhatsApp connection.
     #[command(subcommand)]
     Whatsapp(WhatsappCommand),
+    /// Staff accounts of the console (daemon stopped).
+    #[command(subcommand)]
+    Staff(StaffCommand),
+    /// The staff console.
+    #[command(subcommand)]
+    Console(ConsoleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StaffCommand {
+    /// Add an account; its password (unless --password-stdin) and TOTP secret are shown once.
+    Add {
+        name: String,
+        /// desk (default) or admin.
+        #[arg(long)]
+        role: Option<String>,
+        /// Read the password (12 characters or more) from one line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the accounts (no secrets).
+    List,
+    /// Disable an account: no more logins.
+    Disable { name: String },
+    /// New password and TOTP secret; unlocks and enables the account.
+    Reset {
+        name: String,
+        /// Change the role too: desk or admin.
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsoleCommand {
+    /// Print the console certificate's SHA-256 fingerprint (made on first use if self-signed).
+    Cert,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +219,16 @@ pub fn run(cli: Cli) -> Result<(), String> {
             if let Some((_, files)) = &config.api.tcp {
                 crate::tls::server_config(files).map_err(|e| e.to_string())?;
             }
+            // A configured console pair; a self-signed one is made at start.
+            if let Some((cert, key)) = config.console.as_ref().and_then(|c| c.tls.clone()) {
+                crate::tls::server_config(&crate::tls::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: None,
+                    section: "console",
+                })
+                .map_err(|e| e.to_string())?;
+            }
             if config.whatsapp.token_path().is_some() {
                 // Builds the client offline: the extra CA, the proxy and its
                 // credentials file are checked before the daemon needs them.
@@ -270,6 +319,29 @@ pub fn run(cli: Cli) -> Result<(), String> {
             &data_dir,
             keyring.as_deref(),
         ),
+        Command::Staff(cmd) => {
+            let config = load_config(&cli.config)?;
+            let vault = open_offline(&config)?;
+            let done = match cmd {
+                StaffCommand::Add {
+                    name,
+                    role,
+                    password_stdin,
+                } => crate::console::cli::add(&vault, &name, role.as_deref(), password_stdin),
+                StaffCommand::List => crate::console::cli::list(&vault),
+                StaffCommand::Disable { name } => crate::console::cli::disable(&vault, &name),
+                StaffCommand::Reset {
+                    name,
+                    role,
+                    password_stdin,
+                } => crate::console::cli::reset(&vault, &name, role.as_deref(), password_stdin),
+            };
+            let closed = vault.close().map_err(|e| e.to_string());
+            done.and(closed)
+        }
+        Command::Console(ConsoleCommand::Cert) => {
+            crate::console::cli::cert(&load_config(&cli.config)?)
+        }
         Command::Audit(AuditCommand::Verify) => {
             let config = load_config(&cli.config)?;
             let vault = open_offline(&config)?;

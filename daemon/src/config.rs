@@ -73,6 +73,8 @@ pub struct FileConfig {
     pub results: crate::care::results_config::ResultsFile,
     #[serde(default)]
     pub booking: crate::care::booking::config::BookingFile,
+    #[serde(default)]
+    pub console: crate::console::config::ConsoleFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +174,8 @@ pub struct Config {
     pub results: crate::care::results_config::ResultsConfig,
     /// Self-service booking from open slots (`[booking]`).
     pub booking: crate::care::booking::config::BookingConfig,
+    /// The staff console (`[console]`); None when `console.listen` is unset.
+    pub console: Option<crate::console::config::ConsoleConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -661,6 +665,8 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
     }
 
     let booking = crate::care::booking::config::validate(&file.booking, &invalid)?;
+    let console =
+        crate::console::config::validate(&file.console, &|v| resolve(&base, v), &invalid)?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -683,6 +689,7 @@ fn validate(mut file: FileConfig, path: &Path) -> Result<Config, ConfigError> {
         policy,
         results,
         booking,
+        console,
     })
 }
 

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod keys;
 pub mod kpi;
 pub mod logging;

@@ -60,6 +60,8 @@ pub enum ServiceError {
     Join(String),
     #[error(transparent)]
     Webhook(#[from] crate::webhook::WebhookError),
+    #[error(transparent)]
+    ConsoleCert(#[from] crate::console::cert::CertError),
 }
 
 /// The vault as the service opens it, and the key to rotate to if the
@@ -235,6 +237,11 @@ pub struct Running {
     pub api_tcp_addr: Option<std::net::SocketAddr>,
     /// The WhatsApp webhook receiver's address, when configured.
     pub webhook_addr: Option<std::net::SocketAddr>,
+    /// The staff console's address, when configured.
+    pub console_addr: Option<std::net::SocketAddr>,
+    /// The staff console's sessions, when configured (not its whole state:
+    /// that holds the read auditor, which must end with the doors).
+    pub console_sessions: Option<Arc<crate::console::session::Sessions>>,
     /// Reloads the webhook receiver's TLS certificate (SIGHUP).
     pub webhook_tls: Option<crate::webhook::TlsReload>,
     pub vault: Vault,
@@ -264,6 +271,7 @@ struct Bound {
     api_tcp: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
     api: tokio::net::UnixListener,
     webhook: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
+    console: Option<tokio::net::TcpListener>,
 }
 
 /// Binds every listener: the TCP ports first, the API socket last, so that
@@ -306,6 +314,18 @@ async fn bind_all(config: &Config) -> Result<Bound, ServiceError> {
         }
         None => None,
     };
+    let console = match &config.console {
+        Some(c) => Some(
+            tokio::net::TcpListener::bind(c.listen)
+                .await
+                .map_err(|source| ServiceError::Bind {
+                    key: "console.listen",
+                    addr: c.listen.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     // Last: `api::bind` removes its own file if it fails after creating it.
     let api = crate::api::bind(&config.api.socket)?;
     Ok(Bound {
@@ -314,6 +334,7 @@ async fn bind_all(config: &Config) -> Result<Bound, ServiceError> {
         api_tcp,
         api,
         webhook,
+        console,
     })
 }
 
@@ -369,6 +390,14 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         .as_ref()
         .map(crate::webhook::prepare)
         .transpose()?;
+    // The console's certificate: configured, or self-signed on first start.
+    let console_tls = match &config.console {
+        Some(c) if !c.plain_http => {
+            let files = crate::console::cert::files(c, &config.service.data_dir)?;
+            Some(crate::tls::server_config(&files)?)
+        }
+        _ => None,
+    };
     // Beside the vault's opening, not in the first message (pms/phone.rs).
     let plan = config.pms.mapping.phone_plan.clone();
     drop(tokio::task::spawn_blocking(move || {
@@ -431,6 +460,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         api_tls,
         watchdog,
         webhook,
+        console_tls,
     ))
 }
 
@@ -446,6 +476,7 @@ fn spawn_all(
     api_tls: Option<Arc<rustls::ServerConfig>>,
     watchdog: Option<Watchdog>,
     webhook: Option<crate::webhook::Prepared>,
+    console_tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Running {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: Vec<Named> = Vec::new();
@@ -511,6 +542,7 @@ fn spawn_all(
         api_tcp,
         api: api_listener,
         webhook: webhook_listener,
+        console: console_listener,
     } = bound;
     let limits = ListenerLimits {
         max_connections: config.pms.max_connections,
@@ -587,6 +619,27 @@ fn spawn_all(
             }
             Err(e) => error!(error = %e, "the WhatsApp webhook receiver could not start"),
         }
+    }
+    let mut console_addr = None;
+    let mut console_sessions = None;
+    if let (Some(cfg), Some(listener)) = (&config.console, console_listener) {
+        let state = Arc::new(crate::console::ConsoleState::new(
+            api_state.clone(),
+            cfg,
+            stop_rx.clone(),
+        ));
+        console_addr = listener.local_addr().ok();
+        info!(console = ?console_addr, tls = state.tls, "staff console listening");
+        tasks.push(Named {
+            name: "console",
+            handle: tokio::spawn(crate::console::serve(
+                listener,
+                console_tls.map(tokio_rustls::TlsAcceptor::from),
+                state.clone(),
+                stop_rx.clone(),
+            )),
+        });
+        console_sessions = Some(state.sessions.clone());
     }
     tasks.push(Named {
         name: "local-api",
@@ -693,6 +746,8 @@ fn spawn_all(
         api_tcp_addr,
         webhook_addr,
         webhook_tls,
+        console_addr,
+        console_sessions,
         vault,
         ingest,
         pms_sender,

@@ -113,6 +113,7 @@ fn private_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>,
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let (cert_key, key_key, ca_key) = match files.section {
         "pms" => ("pms.tls_cert", "pms.tls_key", "pms.tls_client_ca"),
+        "console" => ("console.cert", "console.key", "console.client_ca"),
         _ => ("api.tls_cert", "api.tls_key", "api.client_ca"),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -29,7 +29,7 @@ pub(super) fn problem(e: ConversationError) -> Problem {
     }
 }
 
-fn conv_id(segment: &str) -> Result<ConvId, Problem> {
+pub(crate) fn conv_id(segment: &str) -> Result<ConvId, Problem> {
     let mut id = [0u8; 16];
     hex::decode_to_slice(segment, &mut id)
         .map_err(|_| Problem::not_found("conversation ids are 32 hex digits"))?;
@@ -37,7 +37,7 @@ fn conv_id(segment: &str) -> Result<ConvId, Problem> {
 }
 
 /// The time the conversation has been in its state from.
-fn since(c: &Conversation) -> Timestamp {
+pub(crate) fn since(c: &Conversation) -> Timestamp {
     match &c.phase {
         Phase::WaitingForStaff { since, .. } | Phase::WithStaff { since } => *since,
         Phase::Closed { at } => *at,
@@ -85,12 +85,92 @@ pub(super) async fn list(
         )));
     }
     let now = state.clock.now();
-    let mut found = store::all(&state.vault).map_err(internal)?;
-    found.retain(|(_, c)| wanted.as_deref().is_none_or(|w| c.phase.name() == w));
-    found.sort_by_key(|(_, c)| since(c));
+    let found = find(state, wanted.as_deref())?;
     audit_read(state, actor, "conversation.list", None).await?;
     let list: Vec<Value> = found.iter().map(|(id, c)| summary(id, c, now)).collect();
     ok(&json!({ "conversations": list }))
+}
+
+/// The conversations in state `wanted` (all without), oldest first: the
+/// inbox's one data path (the API and the console). The caller audits.
+pub(crate) fn find(
+    state: &ApiState,
+    wanted: Option<&str>,
+) -> Result<Vec<(ConvId, Conversation)>, Problem> {
+    let mut found = store::all(&state.vault).map_err(internal)?;
+    found.retain(|(_, c)| wanted.is_none_or(|w| c.phase.name() == w));
+    found.sort_by_key(|(_, c)| since(c));
+    Ok(found)
+}
+
+/// A conversation with its log, each outbound entry with its delivery
+/// state (newest last). The caller audits.
+pub(crate) type View = (Conversation, Vec<(u64, Entry, Option<&'static str>)>);
+
+pub(crate) fn view(state: &ApiState, id: &ConvId) -> Result<View, Problem> {
+    let c = store::load(&state.vault, id)
+        .map_err(internal)?
+        .ok_or_else(|| Problem::not_found("no such conversation"))?;
+    let mut log = Vec::new();
+    for (n, e) in store::entries(&state.vault, id).map_err(internal)? {
+        let d = delivery(state, &e)?;
+        log.push((n, e, d));
+    }
+    Ok((c, log))
+}
+
+/// A staff reply through the apply path: free text inside the 24-hour
+/// window, else the reopen template with the text held (the writer's
+/// decision). Returns the conversation and whether the text was held.
+pub(crate) async fn send_reply(
+    state: &ApiState,
+    conv: ConvId,
+    text: &str,
+    origin: &crate::commands::Origin,
+) -> Result<(Conversation, bool), Problem> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > MAX_TEXT {
+        return Err(Problem::unprocessable(format!(
+            "text must be 1 to {MAX_TEXT} characters"
+        )));
+    }
+    apply(
+        state,
+        &[Command::StaffReply {
+            conversation: conv,
+            text: StaffText(text.to_owned()),
+        }],
+        origin,
+    )
+    .await?;
+    let c = store::load(&state.vault, &conv)
+        .map_err(internal)?
+        .ok_or_else(|| Problem::not_found("no such conversation"))?;
+    // The newest staff text: sent now, or held behind the reopen template.
+    let entries = store::entries(&state.vault, &conv).map_err(internal)?;
+    let held = entries
+        .iter()
+        .rev()
+        .find(|(_, e)| e.from == Author::Staff)
+        .is_some_and(|(_, e)| e.held);
+    Ok((c, held))
+}
+
+/// Hands the conversation back to the bot.
+pub(crate) async fn close_conversation(
+    state: &ApiState,
+    conv: ConvId,
+    origin: &crate::commands::Origin,
+) -> Result<Conversation, Problem> {
+    apply(
+        state,
+        &[Command::CloseConversation { conversation: conv }],
+        origin,
+    )
+    .await?;
+    store::load(&state.vault, &conv)
+        .map_err(internal)?
+        .ok_or_else(|| Problem::not_found("no such conversation"))
 }
 
 /// The delivery state of an outbound log entry.
@@ -119,12 +199,9 @@ fn delivery(state: &ApiState, e: &Entry) -> Result<Option<&'static str>, Problem
 /// newest last.
 pub(super) async fn get(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
     let id = conv_id(id)?;
-    let c = store::load(&state.vault, &id)
-        .map_err(internal)?
-        .ok_or_else(|| Problem::not_found("no such conversation"))?;
-    let entries = store::entries(&state.vault, &id).map_err(internal)?;
+    let (c, entries) = view(state, &id)?;
     let mut messages = Vec::with_capacity(entries.len());
-    for (n, e) in &entries {
+    for (n, e, d) in &entries {
         let mut m = json!({
             "n": n,
             "at": e.at,
@@ -140,7 +217,7 @@ pub(super) async fn get(state: &ApiState, id: &str, actor: &str) -> Result<Resp,
                 set(&mut m, k, json!(v));
             }
         }
-        if let Some(d) = delivery(state, e)? {
+        if let Some(d) = d {
             set(&mut m, "delivery", json!(d));
         }
         messages.push(m);
@@ -166,31 +243,7 @@ pub(super) async fn reply(
     let conv = conv_id(id)?;
     let origin = origin(state, &req, actor);
     let input: ReplyIn = read_json(req, state).await?;
-    let text = input.text.trim();
-    if text.is_empty() || text.chars().count() > MAX_TEXT {
-        return Err(Problem::unprocessable(format!(
-            "text must be 1 to {MAX_TEXT} characters"
-        )));
-    }
-    apply(
-        state,
-        &[Command::StaffReply {
-            conversation: conv,
-            text: StaffText(text.to_owned()),
-        }],
-        &origin,
-    )
-    .await?;
-    let c = store::load(&state.vault, &conv)
-        .map_err(internal)?
-        .ok_or_else(|| Problem::not_found("no such conversation"))?;
-    // The newest staff text: sent now, or held behind the reopen template.
-    let entries = store::entries(&state.vault, &conv).map_err(internal)?;
-    let held = entries
-        .iter()
-        .rev()
-        .find(|(_, e)| e.from == Author::Staff)
-        .is_some_and(|(_, e)| e.held);
+    let (c, held) = send_reply(state, conv, &input.text, &origin).await?;
     let mut body = summary(&conv, &c, state.clock.now());
     set(
         &mut body,
@@ -209,14 +262,6 @@ pub(super) async fn close(
 ) -> Result<Resp, Problem> {
     let conv = conv_id(id)?;
     let origin = origin(state, &req, actor);
-    apply(
-        state,
-        &[Command::CloseConversation { conversation: conv }],
-        &origin,
-    )
-    .await?;
-    let c = store::load(&state.vault, &conv)
-        .map_err(internal)?
-        .ok_or_else(|| Problem::not_found("no such conversation"))?;
+    let c = close_conversation(state, conv, &origin).await?;
     ok(&summary(&conv, &c, state.clock.now()))
 }

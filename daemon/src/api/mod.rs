@@ -6,14 +6,14 @@
 //! Bodies are capped; errors are RFC 9457 problem+json. Reference: docs/api.md.
 
 pub mod client;
-mod conversations;
+pub(crate) mod conversations;
 mod download;
 pub mod fhir;
 mod kpis;
 pub mod limits;
 mod problem;
 pub mod read_audit;
-mod routes;
+pub(crate) mod routes;
 
 pub use limits::ApiLimits;
 pub use problem::Problem;

@@ -435,7 +435,7 @@ fn read_draft(actor: &str, action: &str, subject: Option<PatientId>) -> crate::a
 /// Records durably that PHI was read, and by whom, before the read is
 /// answered (in batches; see `read_audit.rs`). A read that could not be
 /// audited is refused.
-pub(super) async fn audit_reads(
+pub(crate) async fn audit_reads(
     state: &ApiState,
     drafts: Vec<crate::audit::AuditDraft>,
 ) -> Result<(), Problem> {
@@ -453,7 +453,7 @@ pub(super) async fn audit_reads(
     })
 }
 
-pub(super) async fn audit_read(
+pub(crate) async fn audit_read(
     state: &ApiState,
     actor: &str,
     action: &str,

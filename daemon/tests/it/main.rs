@@ -21,6 +21,7 @@ mod care_results;
 mod clock_jump;
 mod config_cli;
 mod consent_ledger;
+mod console;
 mod core_apply;
 mod disk_full;
 mod fault_kill;

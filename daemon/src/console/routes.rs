@@ -1,0 +1,346 @@
+//! The console's routes. Pages that show patient data need a live session
+//! and write their audit entry (actor `staff:NAME`) before they are sent;
+//! every POST needs the session's CSRF token (the login form: the token of
+//! its own cookie), else 403.
+
+use super::http::{self, add_cookie, cookie, form, redirect, secure, BodyError, Resp};
+use super::pages::{self, Lang};
+use super::session::Session;
+use super::staff::{self, Login};
+use super::ConsoleState;
+use crate::api::conversations as inbox;
+use crate::api::routes::audit_read;
+use crate::api::Problem;
+use crate::commands::Origin;
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+const LOGIN_COOKIE: &str = "login";
+
+fn session_cookie(state: &ConsoleState) -> &'static str {
+    // `__Host-` needs `Secure`, which only TLS has.
+    if state.tls {
+        "__Host-session"
+    } else {
+        "session"
+    }
+}
+
+fn login_cookie(state: &ConsoleState) -> &'static str {
+    if state.tls {
+        "__Host-login"
+    } else {
+        LOGIN_COOKIE
+    }
+}
+
+fn cookie_attrs(state: &ConsoleState) -> &'static str {
+    if state.tls {
+        "; Secure; HttpOnly; SameSite=Strict; Path=/"
+    } else {
+        "; HttpOnly; SameSite=Strict; Path=/"
+    }
+}
+
+fn eq(a: &str, b: &str) -> bool {
+    staff::same(a.as_bytes(), b.as_bytes())
+}
+
+pub async fn handle(state: &Arc<ConsoleState>, req: Request<Incoming>, peer: IpAddr) -> Resp {
+    let lang = Lang::from_header(
+        req.headers()
+            .get(hyper::header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let resp = match (&method, segments.as_slice()) {
+        (&Method::GET, ["static", "console.css"]) => {
+            let mut r = http::html(StatusCode::OK, pages::CSS.to_owned());
+            if let Ok(v) = hyper::header::HeaderValue::from_str("text/css; charset=utf-8") {
+                r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+            }
+            return secure(r, state.tls, false);
+        }
+        (&Method::GET, ["static", "console.js"]) => {
+            let mut r = http::html(StatusCode::OK, super::live::SCRIPT.to_owned());
+            if let Ok(v) = hyper::header::HeaderValue::from_str("text/javascript; charset=utf-8") {
+                r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+            }
+            return secure(r, state.tls, false);
+        }
+        (&Method::GET, ["events"]) => match session(state, &req) {
+            Some((id, _)) => http::event_stream(super::live::start(state, id)),
+            None => http::text(StatusCode::UNAUTHORIZED, "signed out\n"),
+        },
+        (&Method::GET, ["login"]) => login_page(state, lang, None, StatusCode::OK),
+        (&Method::POST, ["login"]) => login(state, req, lang, peer).await,
+        (&Method::POST, ["logout"]) => logout(state, req).await,
+        (&Method::GET, [""]) => {
+            with_session(state, &req, lang, |s| inbox_page(state, lang, s)).await
+        }
+        (&Method::GET, ["c", id]) => {
+            let id = (*id).to_owned();
+            with_session(state, &req, lang, |s| conversation_page(state, lang, s, id)).await
+        }
+        (&Method::POST, ["c", id, action @ ("reply" | "close")]) => {
+            let (id, action) = ((*id).to_owned(), *action);
+            conversation_post(state, req, lang, id, action).await
+        }
+        (&Method::GET | &Method::POST, _) => {
+            http::html(StatusCode::NOT_FOUND, pages::error(lang, "notfound", ""))
+        }
+        _ => http::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+    };
+    secure(resp, state.tls, true)
+}
+
+/// The live session of this request, if the account may still sign in.
+fn session(state: &ConsoleState, req: &Request<Incoming>) -> Option<(String, Session)> {
+    let id = cookie(req, session_cookie(state))?;
+    let s = state.sessions.touch(&id, state.api.clock.now())?;
+    // Disabled or locked meanwhile: every session of the account ends.
+    match staff::load(&state.api.vault, &s.name) {
+        Ok(Some(a)) if !a.disabled && !a.locked => Some((id, s)),
+        _ => {
+            state.sessions.remove_staff(&s.name);
+            None
+        }
+    }
+}
+
+async fn with_session<F, Fut>(
+    state: &ConsoleState,
+    req: &Request<Incoming>,
+    _lang: Lang,
+    page: F,
+) -> Resp
+where
+    F: FnOnce(Session) -> Fut,
+    Fut: std::future::Future<Output = Resp>,
+{
+    match session(state, req) {
+        Some((_, s)) => page(s).await,
+        None => redirect("/login"),
+    }
+}
+
+fn login_page(state: &ConsoleState, lang: Lang, problem: Option<&str>, status: StatusCode) -> Resp {
+    let Some(token) = super::session::token() else {
+        return http::text(StatusCode::SERVICE_UNAVAILABLE, "no random numbers\n");
+    };
+    let mut r = http::html(status, pages::login(lang, &token, problem));
+    add_cookie(
+        &mut r,
+        &format!("{}={token}{}", login_cookie(state), cookie_attrs(state)),
+    );
+    r
+}
+
+fn body_refused(e: &BodyError) -> Resp {
+    match e {
+        BodyError::TooLarge => http::text(StatusCode::PAYLOAD_TOO_LARGE, "form too large\n"),
+        BodyError::NotAForm | BodyError::Read => {
+            http::text(StatusCode::BAD_REQUEST, "not a form\n")
+        }
+    }
+}
+
+fn field<'a>(f: &'a HashMap<String, String>, name: &str) -> &'a str {
+    f.get(name).map_or("", String::as_str)
+}
+
+async fn login(state: &ConsoleState, req: Request<Incoming>, lang: Lang, peer: IpAddr) -> Resp {
+    let expected = cookie(&req, login_cookie(state));
+    let fields = match form(req).await {
+        Ok(f) => f,
+        Err(e) => return body_refused(&e),
+    };
+    match expected {
+        Some(t) if eq(&t, field(&fields, "csrf")) => {}
+        _ => return http::text(StatusCode::FORBIDDEN, "missing or wrong form token\n"),
+    }
+    let now = state.api.clock.now();
+    if !state.throttle.allow(peer, now) {
+        return login_page(
+            state,
+            lang,
+            Some("throttled"),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    let name = field(&fields, "name").trim().to_owned();
+    if staff::check_name(&name).is_err() || field(&fields, "password").len() > 256 {
+        state.throttle.failed(peer, now);
+        return login_page(state, lang, Some("wrong"), StatusCode::UNAUTHORIZED);
+    }
+    let account = match staff::load(&state.api.vault, &name) {
+        Ok(a) => a,
+        Err(e) => return failed(lang, &e.to_string()),
+    };
+    let (password, code) = (
+        zeroize::Zeroizing::new(field(&fields, "password").to_owned()),
+        field(&fields, "code").to_owned(),
+    );
+    // Argon2 takes tens of milliseconds: off the runtime's threads.
+    let checked =
+        tokio::task::spawn_blocking(move || staff::check(account.as_ref(), &password, &code, now))
+            .await;
+    let Ok(checked) = checked else {
+        return failed(lang, "the login check did not finish");
+    };
+    match staff::record(&state.api.vault, &name, checked, now).await {
+        Ok(Login::Ok(role)) => {
+            let Some(id) = state.sessions.create(&name, role, now) else {
+                return failed(lang, "no random numbers");
+            };
+            let mut r = redirect("/");
+            add_cookie(
+                &mut r,
+                &format!("{}={id}{}", session_cookie(state), cookie_attrs(state)),
+            );
+            add_cookie(
+                &mut r,
+                &format!("{}=; Max-Age=0{}", login_cookie(state), cookie_attrs(state)),
+            );
+            r
+        }
+        Ok(Login::Wrong) => {
+            state.throttle.failed(peer, now);
+            login_page(state, lang, Some("wrong"), StatusCode::UNAUTHORIZED)
+        }
+        Ok(Login::Locked) => {
+            state.throttle.failed(peer, now);
+            state.sessions.remove_staff(&name);
+            login_page(state, lang, Some("locked"), StatusCode::FORBIDDEN)
+        }
+        Err(e) => failed(lang, &e.to_string()),
+    }
+}
+
+async fn logout(state: &ConsoleState, req: Request<Incoming>) -> Resp {
+    let found = session(state, &req);
+    let fields = match form(req).await {
+        Ok(f) => f,
+        Err(e) => return body_refused(&e),
+    };
+    let Some((id, s)) = found else {
+        return redirect("/login");
+    };
+    if !eq(&s.csrf, field(&fields, "csrf")) {
+        return http::text(StatusCode::FORBIDDEN, "missing or wrong form token\n");
+    }
+    state.sessions.remove(&id);
+    let mut r = redirect("/login");
+    add_cookie(
+        &mut r,
+        &format!(
+            "{}=; Max-Age=0{}",
+            session_cookie(state),
+            cookie_attrs(state)
+        ),
+    );
+    r
+}
+
+fn failed(lang: Lang, detail: &str) -> Resp {
+    http::html(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        pages::error(lang, "error", detail),
+    )
+}
+
+fn problem_page(lang: Lang, p: &Problem) -> Resp {
+    let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let what = if status == StatusCode::NOT_FOUND {
+        "notfound"
+    } else {
+        "error"
+    };
+    http::html(status, pages::error(lang, what, &p.detail))
+}
+
+fn actor(s: &Session) -> String {
+    format!("staff:{}", s.name)
+}
+
+async fn inbox_page(state: &ConsoleState, lang: Lang, s: Session) -> Resp {
+    let waiting = match inbox::find(&state.api, Some("waiting")) {
+        Ok(w) => w,
+        Err(p) => return problem_page(lang, &p),
+    };
+    if let Err(p) = audit_read(&state.api, &actor(&s), "conversation.list", None).await {
+        return problem_page(lang, &p);
+    }
+    let now = state.api.clock.now();
+    http::html(
+        StatusCode::OK,
+        pages::inbox(lang, (&s.name, &s.csrf), &waiting, now),
+    )
+}
+
+async fn conversation_page(state: &ConsoleState, lang: Lang, s: Session, id: String) -> Resp {
+    let conv = match inbox::conv_id(&id) {
+        Ok(c) => c,
+        Err(p) => return problem_page(lang, &p),
+    };
+    let (c, log) = match inbox::view(&state.api, &conv) {
+        Ok(v) => v,
+        Err(p) => return problem_page(lang, &p),
+    };
+    // Audited before anything is sent; a read that cannot be audited is
+    // not shown.
+    if let Err(p) = audit_read(&state.api, &actor(&s), "conversation.read", c.patient()).await {
+        return problem_page(lang, &p);
+    }
+    let now = state.api.clock.now();
+    http::html(
+        StatusCode::OK,
+        pages::conversation(lang, (&s.name, &s.csrf), &conv, &c, &log, now),
+    )
+}
+
+async fn conversation_post(
+    state: &ConsoleState,
+    req: Request<Incoming>,
+    lang: Lang,
+    id: String,
+    action: &str,
+) -> Resp {
+    let found = session(state, &req);
+    let fields = match form(req).await {
+        Ok(f) => f,
+        Err(e) => return body_refused(&e),
+    };
+    let Some((_, s)) = found else {
+        return redirect("/login");
+    };
+    if !eq(&s.csrf, field(&fields, "csrf")) {
+        return http::text(StatusCode::FORBIDDEN, "missing or wrong form token\n");
+    }
+    let conv = match inbox::conv_id(&id) {
+        Ok(c) => c,
+        Err(p) => return problem_page(lang, &p),
+    };
+    let origin = Origin {
+        key_retention: state.api.key_retention,
+        ..Origin::new(actor(&s))
+    };
+    let done = if action == "reply" {
+        inbox::send_reply(&state.api, conv, field(&fields, "text"), &origin)
+            .await
+            .map(|_| format!("/c/{id}"))
+    } else {
+        inbox::close_conversation(&state.api, conv, &origin)
+            .await
+            .map(|_| "/".to_owned())
+    };
+    match done {
+        Ok(to) => redirect(&to),
+        Err(p) => problem_page(lang, &p),
+    }
+}

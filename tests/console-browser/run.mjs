@@ -1,0 +1,140 @@
+// Drives Debian's Chromium (headless, through npm playwright-core) through
+// the staff console of a daemon that the Rust test `console::figures::browser`
+// started in-process with a manual clock. Lines on stdout that are
+// commands (`handoff`, `clock SECONDS`) are answered on stdin with
+// `ok NOW` (the daemon's time, epoch seconds): the test posts the signed
+// webhook or moves the clock. Every other line is a log line. Exits 0 only
+// when every step passed.
+import { chromium } from "playwright-core";
+import { createHmac } from "node:crypto";
+import { createRequire } from "node:module";
+import readline from "node:readline";
+import path from "node:path";
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const base = env("CONSOLE_URL");
+const staff = env("STAFF");
+const password = env("PASSWORD");
+const secret = Buffer.from(env("TOTP_HEX"), "hex");
+const shots = env("SHOTS");
+let now = Number(env("NOW"));
+
+const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function ask(cmd) {
+  console.log(cmd);
+  const { value, done } = await lines.next();
+  if (done || !value.startsWith("ok ")) throw new Error(`no answer to ${cmd}`);
+  now = Number(value.slice(3));
+}
+
+// RFC 6238: HMAC-SHA1 over the 30-second step, 6 digits.
+function totp(at) {
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(at / 30)));
+  const h = createHmac("sha1", secret).update(counter).digest();
+  const o = h[h.length - 1] & 15;
+  return String((h.readUInt32BE(o) & 0x7fffffff) % 1000000).padStart(6, "0");
+}
+
+function check(ok, what) {
+  if (!ok) throw new Error(`failed: ${what}`);
+  console.log(`passed: ${what}`);
+}
+
+const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
+async function accessible(page, name) {
+  await page.addScriptTag({ path: axePath });
+  const result = await page.evaluate(async () => await window.axe.run());
+  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  for (const v of bad) console.log(`axe ${name}: ${v.impact} ${v.id}: ${v.help}`);
+  check(bad.length === 0, `no serious or critical axe-core violations on ${name}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox"],
+});
+try {
+  // The self-signed certificate is checked by the Rust tests; axe-core is
+  // injected as a script, which the console's CSP would refuse.
+  const context = await browser.newContext({
+    ignoreHTTPSErrors: true,
+    bypassCSP: true,
+    locale: "en-GB",
+    viewport: { width: 1024, height: 768 },
+  });
+  const page = await context.newPage();
+
+  async function signIn(code) {
+    await page.goto(`${base}/login`);
+    await page.fill("#name", staff);
+    await page.fill("#password", password);
+    await page.fill("#code", code);
+    await Promise.all([page.waitForNavigation(), page.click("main button[type=submit]")]);
+  }
+
+  await signIn(totp(now));
+  check(page.url() === `${base}/`, "signed in with password and TOTP");
+  check((await page.textContent("#inbox")).includes("Nobody is waiting"), "the inbox is empty");
+
+  // A patient asks for a person while the inbox is open: it appears
+  // without anyone reloading.
+  await ask("handoff");
+  await page.waitForSelector('#inbox a[href^="/c/"]', { timeout: 10000 });
+  check(true, "the hand-off appeared in the open inbox");
+  await page.screenshot({ path: path.join(shots, "inbox.png"), fullPage: true });
+  await accessible(page, "the inbox");
+
+  await Promise.all([page.waitForNavigation(), page.click('#inbox a[href^="/c/"]')]);
+  check((await page.textContent("main")).includes("I need to talk to someone"), "the conversation shows the message");
+  await page.screenshot({ path: path.join(shots, "conversation.png"), fullPage: true });
+  await accessible(page, "the conversation");
+  await page.fill("#text", "ZZ staff: a reply from the browser");
+  await Promise.all([page.waitForNavigation(), page.click('form[action$="/reply"] button')]);
+  check((await page.textContent("main")).includes("ZZ staff: a reply from the browser"), "the reply is in the conversation");
+
+  const forged = await page.evaluate(async () => {
+    const r = await fetch(`${location.pathname}/reply`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: "text=ZZ+forged",
+    });
+    return r.status;
+  });
+  check(forged === 403, "a form posted without the CSRF token is refused");
+
+  await Promise.all([page.waitForNavigation(), page.click("header button")]);
+  check(page.url() === `${base}/login`, "signed out");
+  await page.screenshot({ path: path.join(shots, "login.png"), fullPage: true });
+  await accessible(page, "the sign-in page");
+
+  // The idle timeout: the open inbox goes to the sign-in page by itself.
+  await ask("clock 60");
+  await signIn(totp(now));
+  check(page.url() === `${base}/`, "signed in again");
+  await ask("clock 960");
+  await page.waitForURL(`${base}/login`, { timeout: 20000 });
+  check(true, "16 idle minutes signed the open inbox out");
+
+  // Five wrong codes lock the account.
+  for (let n = 0; n < 5; n++) {
+    await signIn("000000");
+  }
+  const alert = await page.textContent(".alert");
+  check(alert.includes("locked"), "five wrong codes locked the account");
+  await ask("clock 60");
+  await signIn(totp(now));
+  check(page.url() === `${base}/login`, "the right code no longer opens a locked account");
+  console.log("browser test: all passed");
+} catch (e) {
+  console.log(`browser test failed: ${e.stack || e}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
+// stdin (the test's answers) would keep node running.
+process.exit(process.exitCode ?? 0);
