@@ -228,6 +228,57 @@ pub(super) async fn get(state: &ApiState, id: &str, actor: &str) -> Result<Resp,
     ok(&body)
 }
 
+/// `GET /v1/conversations/{id}/messages/{n}/media`: the image, document,
+/// audio or video a patient sent with message `n`, once fetched and until
+/// its retention (`whatsapp.inbound_media_retention`). Audited.
+pub(super) async fn media(
+    state: &ApiState,
+    id: &str,
+    n: &str,
+    actor: &str,
+) -> Result<Resp, Problem> {
+    let id = conv_id(id)?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| Problem::not_found("no such message (n is the log's number)"))?;
+    let c = store::load(&state.vault, &id)
+        .map_err(internal)?
+        .ok_or_else(|| Problem::not_found("no such conversation"))?;
+    let entry = store::entry(&state.vault, &id, n)
+        .map_err(internal)?
+        .ok_or_else(|| Problem::not_found("no such message"))?;
+    let reference = match (&entry.from, &entry.message_ref) {
+        (Author::Patient, Some(r)) => r.clone(),
+        _ => return Err(Problem::not_found("this message has no media")),
+    };
+    // Taken before the media is opened: that is what costs memory.
+    let permit = state.downloads.start()?;
+    let Some((record, bytes)) = state
+        .vault
+        .wa_inbound_media_by_ref(&reference)
+        .map_err(internal)?
+    else {
+        return Err(Problem::not_found("this message has no media"));
+    };
+    let Some(bytes) = bytes else {
+        use crate::webhook::media::MediaState;
+        let why = match record.state {
+            MediaState::Pending => "not fetched yet",
+            MediaState::DryRun => "not fetched: WhatsApp is in dry-run",
+            MediaState::Refused { .. } => "not kept (over the size limit, or Meta refused it)",
+            MediaState::Purged { .. } => "purged at the end of its retention",
+            MediaState::Fetched { .. } => "no longer readable",
+        };
+        return Err(Problem::not_found(why));
+    };
+    audit_read(state, actor, "conversation.media-read", c.patient()).await?;
+    let mime = record
+        .mime_type
+        .as_deref()
+        .map(|m| m.split(';').next().unwrap_or(m).trim());
+    super::download::media_response(bytes, mime, permit)
+}
+
 /// `POST /v1/conversations/{id}/messages` `{"text": "…"}`.
 pub(super) async fn reply(
     state: &ApiState,

@@ -100,6 +100,63 @@ pub fn result_response(
     Ok(resp)
 }
 
+/// A patient's inbound media as it came (an image, a document…), sent in
+/// pieces while the slot is held. Only a well-formed media type is passed
+/// on (else `application/octet-stream`); it is always an attachment, never
+/// rendered by the client as a page.
+pub fn media_response(
+    bytes: Vec<u8>,
+    mime_type: Option<&str>,
+    permit: OwnedSemaphorePermit,
+) -> Result<Response<ApiBody>, Problem> {
+    let length = bytes.len();
+    let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let bytes = zeroize::Zeroizing::new(bytes);
+        for piece in bytes.chunks(PDF_PIECE) {
+            if tx.send(Ok(Bytes::copy_from_slice(piece))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(ApiBody::Stream(rx));
+    let headers = resp.headers_mut();
+    let mime = mime_type
+        .filter(|m| is_media_type(m))
+        .unwrap_or("application/octet-stream");
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_str(mime).map_err(|_| Problem::internal("media type"))?,
+    );
+    headers.insert(
+        hyper::header::CONTENT_DISPOSITION,
+        hyper::header::HeaderValue::from_static("attachment"),
+    );
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    headers.insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        hyper::header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(hyper::header::CONTENT_LENGTH, length.into());
+    Ok(resp)
+}
+
+/// `type/subtype` of token characters (what Meta sends, e.g. `image/jpeg`,
+/// `audio/ogg; codecs=opus` is cut at the parameters by the caller).
+fn is_media_type(m: &str) -> bool {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 64
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    matches!(m.split_once('/'), Some((a, b)) if token(a) && token(b))
+}
+
 /// 32 random hex digits.
 fn stand_in() -> Result<String, Problem> {
     use ring::rand::SecureRandom;

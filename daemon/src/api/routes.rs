@@ -365,6 +365,9 @@ async fn route(
         (Method::GET, ["v1", "conversations", id]) => {
             super::conversations::get(state, id, actor).await
         }
+        (Method::GET, ["v1", "conversations", id, "messages", n, "media"]) => {
+            super::conversations::media(state, id, n, actor).await
+        }
         (Method::POST, ["v1", "conversations", id, "messages"]) => {
             let id = (*id).to_owned();
             super::conversations::reply(state, &id, req, actor).await
@@ -417,6 +420,7 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["v1", "kpis"] | ["metrics"] => Some("GET"),
         ["v1", "conversations"] | ["v1", "conversations", _] => Some("GET"),
         ["v1", "conversations", _, "messages" | "close"] => Some("POST"),
+        ["v1", "conversations", _, "messages", _, "media"] => Some("GET"),
         ["v1", "patients"] => Some("GET, POST"),
         ["v1", "patients", _] => Some("GET, DELETE"),
         ["v1", "patients", _, "consent"] => Some("PUT"),

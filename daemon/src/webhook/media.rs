@@ -17,7 +17,7 @@
 use super::payload::Content;
 use crate::model::{Event, EventKind, PatientId};
 use crate::vault::{Owner, Tree, Txn, Vault, VaultError, VaultResult};
-use crate::whatsapp::media::{key, K_INBOUND, K_INBOUND_META};
+use crate::whatsapp::media::{key, K_INBOUND, K_INBOUND_META, K_INBOUND_REF};
 use crate::whatsapp::media_worker::{stage_timer, Task, TimerKind};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -101,6 +101,12 @@ pub fn stage_inbound(
         Owner::Patient(patient),
         &record,
     )?;
+    txn.put_json(
+        Tree::WaMedia,
+        ref_key(vault, &reference),
+        Owner::Patient(patient),
+        &hex::encode(blind),
+    )?;
     let task = Task::Fetch {
         wamid_key: hex::encode(blind),
         media_id: media_id.clone(),
@@ -118,7 +124,41 @@ pub fn stage_inbound(
     )
 }
 
+fn ref_key(vault: &Vault, reference: &str) -> Vec<u8> {
+    key(K_INBOUND_REF, &vault.blind_index("wa-media-ref", reference))
+}
+
 impl Vault {
+    /// The media record of the inbound message whose feed reference is
+    /// `reference` (the conversation log's `message_ref`), with its bytes
+    /// once fetched (PHI: the caller audits the read). None: no media,
+    /// unknown, or the patient was erased.
+    pub fn wa_inbound_media_by_ref(
+        &self,
+        reference: &str,
+    ) -> VaultResult<Option<(InboundMedia, Option<Vec<u8>>)>> {
+        let hex_blind = match self.get_json::<String>(Tree::WaMedia, &ref_key(self, reference)) {
+            Ok(Some(h)) => h,
+            Ok(None) | Err(VaultError::KeyUnavailable { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Ok(blind) = hex::decode(hex_blind) else {
+            return Ok(None);
+        };
+        let record =
+            match self.get_json::<InboundMedia>(Tree::WaMedia, &key(K_INBOUND_META, &blind)) {
+                Ok(Some(r)) => r,
+                Ok(None) | Err(VaultError::KeyUnavailable { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+        let bytes = match self.get(Tree::WaMedia, &key(K_INBOUND, &blind)) {
+            Ok(b) => b,
+            Err(VaultError::KeyUnavailable { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Some((record, bytes)))
+    }
+
     /// The media record of an inbound message (None: no media, unknown,
     /// or the patient was erased).
     pub fn wa_inbound_media(&self, wamid: &str) -> VaultResult<Option<InboundMedia>> {

@@ -39,6 +39,9 @@ pub(crate) const K_SENT: u8 = b'W';
 pub(crate) const K_TIMER: u8 = b'T';
 pub(crate) const K_INBOUND: u8 = b'I';
 pub(crate) const K_INBOUND_META: u8 = b'i';
+/// `r ‖ blind(message reference)` → the blind wamid of its media (the
+/// conversation's log knows a message by its reference only).
+pub(crate) const K_INBOUND_REF: u8 = b'r';
 
 /// The payload key that names the sealed PDF of a queued document.
 const MARKER: &str = "x_vault_document";

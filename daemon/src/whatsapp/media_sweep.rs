@@ -9,7 +9,9 @@
 //! PDF queued meanwhile cannot be mistaken for an orphan (its item and the
 //! PDF are committed in one txn).
 
-use super::media::{doc_id, key, K_DOC, K_DOC_META, K_INBOUND, K_INBOUND_META, K_UPLOADED};
+use super::media::{
+    doc_id, key, K_DOC, K_DOC_META, K_INBOUND, K_INBOUND_META, K_INBOUND_REF, K_UPLOADED,
+};
 use super::media_worker::reschedule_delete;
 use super::outbox::{WaItem, WA_OUTBOX};
 use crate::queue::Envelope;
@@ -72,6 +74,14 @@ fn stage_sweep(v: &Vault, txn: &mut Txn, now: Timestamp) -> VaultResult<usize> {
         if let Err(VaultError::KeyUnavailable { .. }) = opened {
             let blind = k.get(1..).unwrap_or_default().to_vec();
             txn.remove(Tree::WaMedia, key(K_INBOUND, &blind));
+            txn.remove(Tree::WaMedia, k);
+            gone += 1;
+        }
+    }
+    // The reference index of an erased patient's media.
+    for r in prefixed(v, K_INBOUND_REF) {
+        let (k, opened) = r?;
+        if let Err(VaultError::KeyUnavailable { .. }) = opened {
             txn.remove(Tree::WaMedia, k);
             gone += 1;
         }

@@ -465,3 +465,118 @@ async fn two_messages_in_one_webhook_call_each_see_the_one_before() {
     assert_eq!(inbound.len(), 2, "both messages are in the log: {view}");
     d.stop().await;
 }
+
+/// GETs `path` on the API socket: status, content type, raw body.
+async fn api_bytes(d: &Daemon, path: &str) -> (u16, Option<String>, Vec<u8>) {
+    use http_body_util::BodyExt as _;
+    let stream = tokio::net::UnixStream::connect(&d.running.api_socket)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, ct, body)
+}
+
+/// A patient's photo reaches staff: the message is in the conversation
+/// (handed over: the bot cannot read photos), and its bytes come from
+/// `GET …/messages/{n}/media` as fetched from Meta and sealed; the read is
+/// audited; a text message has no media.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_can_open_a_photo_the_patient_sent() {
+    let sim = Sim::start().await.unwrap();
+    let d = setup(&sim, "").await;
+    let image = b"\xff\xd8JPEG ZZPHOTOMARKER bytes".to_vec();
+    let (media_id, sha) = sim.add_media("image/jpeg", &image);
+    let update = graph_sim::webhooks::inbound_media(
+        "wamid.PH1",
+        WA_ID,
+        "image",
+        &media_id,
+        "image/jpeg",
+        &sha,
+        1_800_000_050,
+    );
+    let body = json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": update}]}]
+    });
+    assert_eq!(post_signed(&d, meta_json(&body)).await, 200);
+    let events = until("handed to staff", || {
+        let e = crate::webhook::events(&d, EventKind::StaffRequested);
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    let conv = events[0].details["conversation"].clone();
+    let (status, view) = api(&d, "GET", &format!("/v1/conversations/{conv}"), None).await;
+    assert_eq!(status, 200, "{view}");
+    let photo = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["kind"] == "image")
+        .cloned()
+        .unwrap_or_else(|| panic!("no image in {view}"));
+    let n = photo["n"].as_u64().unwrap();
+    let path = format!("/v1/conversations/{conv}/messages/{n}/media");
+    // The media worker fetches it from the simulator right after the call.
+    let mut tries = 0;
+    let got = loop {
+        let got = api_bytes(&d, &path).await;
+        if got.0 == 200 || tries == 500 {
+            break got;
+        }
+        tries += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(got.0, 200, "{}", String::from_utf8_lossy(&got.2));
+    assert_eq!(got.1.as_deref(), Some("image/jpeg"));
+    assert_eq!(got.2, image);
+    // The bot's reply is no media; a message number that does not exist
+    // neither.
+    let texts_n = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["from"] == "bot")
+        .unwrap()["n"]
+        .as_u64()
+        .unwrap();
+    for n in [texts_n.to_string(), "99".to_owned(), "x".to_owned()] {
+        let (status, ct, _) =
+            api_bytes(&d, &format!("/v1/conversations/{conv}/messages/{n}/media")).await;
+        assert_eq!(status, 404);
+        assert_eq!(ct.as_deref(), Some("application/problem+json"));
+    }
+    // The read is audited: the staff member as actor, the patient as
+    // subject (drained to disk by the stop).
+    let patient = format!("p-{}", view["patient"].as_str().unwrap());
+    let vault = d.stop().await.open();
+    let reads: Vec<_> = vault
+        .audit_entries(1)
+        .map(|(_, e)| e.unwrap())
+        .filter(|e| e.action == "conversation.media-read")
+        .collect();
+    assert_eq!(reads.len(), 1);
+    assert!(reads[0].actor.starts_with("api:uid="), "{}", reads[0].actor);
+    assert_eq!(reads[0].subject.as_deref(), Some(patient.as_str()));
+}

@@ -670,7 +670,9 @@ async fn an_erased_patients_media_is_unreadable_at_once_and_swept() {
         .unwrap();
     let left = media_kinds(&vault);
     assert!(
-        !left.iter().any(|k| matches!(k, 'D' | 'd' | 'I' | 'i')),
+        !left
+            .iter()
+            .any(|k| matches!(k, 'D' | 'd' | 'I' | 'i' | 'r')),
         "{left:?}"
     );
     d.stop().await;
