@@ -14,15 +14,11 @@ use crate::support::*;
 use crate::webhook::{meta_json, text_message};
 use clinic_relay::commands::{self, Command, Origin};
 use clinic_relay::model::{EventKind, Slot};
-use clinic_relay::pms::hl7::{self, AckCode};
-use clinic_relay::pms::mllp;
 use clinic_relay::vault::Tree;
 use graph_sim::Sim;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
-use tokio::io::BufReader;
-use tokio::net::TcpListener;
 
 /// The second patient's number (as Meta writes it) and in the PID.
 const WA_ID2: &str = "4915155509999";
@@ -30,35 +26,6 @@ const PHONE2: &str = "0151 5550 9999";
 
 const CONFIG: &str = "\n[conversations]\nenabled = true\n\n[booking]\nhold = \"15m\"\n\
                       [booking.labels]\nZZSVCMARKER = \"Adults\"\n";
-
-/// A PMS that keeps every message it gets (as text) and answers AA.
-async fn pms_recorder() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let log = received.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = tokio::io::split(stream);
-                let mut r = BufReader::new(r);
-                while let Ok(Some(mllp::Incoming::Message(bytes))) =
-                    mllp::read_frame(&mut r, 1 << 20).await
-                {
-                    let msg = hl7::parse(&bytes).unwrap();
-                    log.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&bytes).into_owned());
-                    let ack =
-                        hl7::ack(&msg, AckCode::Accept, None, t0(), "ZZPMS", "ZZCLINIC", "P1");
-                    mllp::write_frame(&mut w, &ack).await.unwrap();
-                }
-            });
-        }
-    });
-    (addr, received)
-}
 
 /// A `SIU` for `mrn` (whose number is `phone`) at local time `start`.
 fn siu_for(mrn: &str, phone: &str, control: &str, appt: &str, start: &str) -> String {

@@ -10,18 +10,16 @@
 //! - Results from the menu: "results" → the proof question; the right
 //!   date of birth → the document at the simulator.
 
-use crate::care_reminders::{daemon_with, opt_in, pms_got, pms_peer, post_signed, siu, WA_ID};
+use crate::care_reminders::{
+    daemon_with, opt_in, pms_got, pms_peer, pms_recorder, post_signed, siu, WA_ID,
+};
 use crate::pms_support::*;
 use crate::support::*;
 use crate::webhook::{meta_json, text_message};
 use clinic_relay::model::PatientId;
-use clinic_relay::pms::{hl7, mllp};
 use clinic_relay::vault::Tree;
 use graph_sim::{Sim, Template};
 use serde_json::{json, Value};
-use std::sync::{Arc, Mutex};
-use tokio::io::BufReader;
-use tokio::net::TcpListener;
 
 const ON: &str = "\n[conversations]\nenabled = true\n";
 const STRANGER: &str = "4915155509999";
@@ -34,42 +32,6 @@ const INTAKE_MARKERS: &[&str] = &[
     "19010203",
     "1901-02-03",
 ];
-
-/// A PMS that keeps every message it gets (as text) and answers AA.
-async fn pms_keeping() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let log = received.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = tokio::io::split(stream);
-                let mut r = BufReader::new(r);
-                while let Ok(Some(mllp::Incoming::Message(bytes))) =
-                    mllp::read_frame(&mut r, 1 << 20).await
-                {
-                    let msg = hl7::parse(&bytes).unwrap();
-                    log.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&bytes).into_owned());
-                    let ack = hl7::ack(
-                        &msg,
-                        hl7::AckCode::Accept,
-                        None,
-                        t0(),
-                        "ZZPMS",
-                        "ZZCLINIC",
-                        "P1",
-                    );
-                    mllp::write_frame(&mut w, &ack).await.unwrap();
-                }
-            });
-        }
-    });
-    (addr, received)
-}
 
 /// A tap on an interactive message of ours (a list row or a reply button).
 fn tap(wamid: &str, from: &str, kind: &str, id: &str) -> Vec<u8> {
@@ -114,7 +76,7 @@ fn body(m: &Value) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_number_books_and_becomes_a_new_patient_request() {
     let sim = Sim::start().await.unwrap();
-    let (pms, received) = pms_keeping().await;
+    let (pms, received) = pms_recorder().await;
     let d = daemon_with(&sim, pms, "", ON).await;
 
     let menu = exchange(
@@ -227,7 +189,7 @@ async fn an_unknown_number_books_and_becomes_a_new_patient_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_done_intake_is_dropped_by_the_idle_reset_and_no_means_no_messages() {
     let sim = Sim::start().await.unwrap();
-    let (pms, received) = pms_keeping().await;
+    let (pms, received) = pms_recorder().await;
     let d = daemon_with(&sim, pms, "", ON).await;
     // "book" straight away (no greeting), a name, then silence.
     exchange(

@@ -37,7 +37,26 @@ pub(crate) async fn pms_got(received: &Mutex<Vec<String>>, kind: &str) {
     .await;
 }
 
+/// A test PMS on loopback that answers AA and keeps, per message, its
+/// type (`ADT^A31`, …).
 pub(crate) async fn pms_peer() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    pms_keeping(|_, msg| {
+        let t = msg.message_type().unwrap();
+        format!("{}^{}", t.code, t.trigger)
+    })
+    .await
+}
+
+/// A test PMS that keeps every message it gets, as text, and answers AA.
+pub(crate) async fn pms_recorder() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    pms_keeping(|bytes, _| String::from_utf8_lossy(bytes).into_owned()).await
+}
+
+/// A test PMS on loopback that answers AA and keeps `keep(bytes, message)`
+/// of each message.
+async fn pms_keeping(
+    keep: fn(&[u8], &hl7::Message) -> String,
+) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -52,10 +71,7 @@ pub(crate) async fn pms_peer() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>
                     mllp::read_frame(&mut r, 1 << 20).await
                 {
                     let msg = hl7::parse(&bytes).unwrap();
-                    let t = msg.message_type().unwrap();
-                    log.lock()
-                        .unwrap()
-                        .push(format!("{}^{}", t.code, t.trigger));
+                    log.lock().unwrap().push(keep(&bytes, &msg));
                     let ack =
                         hl7::ack(&msg, AckCode::Accept, None, t0(), "ZZPMS", "ZZCLINIC", "P1");
                     mllp::write_frame(&mut w, &ack).await.unwrap();
