@@ -15,6 +15,7 @@ pub mod pages;
 mod routes;
 pub mod session;
 pub mod staff;
+mod words;
 
 use crate::admission::{self, Noise, Slots, Throttle};
 use crate::api::ApiState;

@@ -3,6 +3,7 @@
 //! browser's `Accept-Language`. Every value from the store is escaped.
 
 use super::http::esc;
+use super::words::t;
 use crate::care::conversation::store::{Author, ConvId, Entry};
 use crate::care::conversation::{Conversation, Phase};
 use jiff::Timestamp;
@@ -43,286 +44,36 @@ impl Lang {
     }
 }
 
-/// The console's words.
-fn t(lang: Lang, key: &str) -> &'static str {
-    let de = lang == Lang::De;
-    match key {
-        "title" => "clinic-relay",
-        "login" => {
-            if de {
-                "Anmelden"
-            } else {
-                "Sign in"
-            }
-        }
-        "name" => {
-            if de {
-                "Benutzername"
-            } else {
-                "User name"
-            }
-        }
-        "password" => {
-            if de {
-                "Passwort"
-            } else {
-                "Password"
-            }
-        }
-        "code" => {
-            if de {
-                "Code aus der Authenticator-App"
-            } else {
-                "Code from the authenticator app"
-            }
-        }
-        "wrong" => {
-            if de {
-                "Anmeldung fehlgeschlagen: Name, Passwort oder Code stimmt nicht."
-            } else {
-                "Sign-in failed: the name, password or code is wrong."
-            }
-        }
-        "locked" => {
-            if de {
-                "Dieses Konto ist gesperrt. Eine Administratorin oder ein Administrator kann es zurücksetzen."
-            } else {
-                "This account is locked. An administrator can reset it."
-            }
-        }
-        "throttled" => {
-            if de {
-                "Zu viele Versuche. Bitte warten Sie eine Minute."
-            } else {
-                "Too many attempts. Please wait a minute."
-            }
-        }
-        "logout" => {
-            if de {
-                "Abmelden"
-            } else {
-                "Sign out"
-            }
-        }
-        "inbox" => {
-            if de {
-                "Posteingang"
-            } else {
-                "Inbox"
-            }
-        }
-        "waiting" => {
-            if de {
-                "Wartende Gespräche (älteste zuerst)"
-            } else {
-                "Waiting conversations (oldest first)"
-            }
-        }
-        "none" => {
-            if de {
-                "Niemand wartet."
-            } else {
-                "Nobody is waiting."
-            }
-        }
-        "since" => {
-            if de {
-                "Wartet seit"
-            } else {
-                "Waiting for"
-            }
-        }
-        "reason" => {
-            if de {
-                "Grund"
-            } else {
-                "Reason"
-            }
-        }
-        "open" => {
-            if de {
-                "Öffnen"
-            } else {
-                "Open"
-            }
-        }
-        "window" => {
-            if de {
-                "24-Stunden-Fenster"
-            } else {
-                "24-hour window"
-            }
-        }
-        "yes" => {
-            if de {
-                "offen"
-            } else {
-                "open"
-            }
-        }
-        "no" => {
-            if de {
-                "geschlossen"
-            } else {
-                "closed"
-            }
-        }
-        "conversation" => {
-            if de {
-                "Gespräch"
-            } else {
-                "Conversation"
-            }
-        }
-        "reply" => {
-            if de {
-                "Antworten"
-            } else {
-                "Reply"
-            }
-        }
-        "reply_open" => {
-            if de {
-                "Das Fenster ist offen: die Antwort geht als Text."
-            } else {
-                "The window is open: the reply goes out as text."
-            }
-        }
-        "reply_closed" => {
-            if de {
-                "Das Fenster ist geschlossen: zuerst geht die Wiedereröffnungs-Vorlage, Ihr Text folgt, sobald die Person antwortet."
-            } else {
-                "The window is closed: the reopen template goes first, your text follows when the person answers."
-            }
-        }
-        "close" => {
-            if de {
-                "Gespräch beenden (zurück an den Bot)"
-            } else {
-                "Close (back to the bot)"
-            }
-        }
-        "back" => {
-            if de {
-                "Zurück zum Posteingang"
-            } else {
-                "Back to the inbox"
-            }
-        }
-        "patient" => {
-            if de {
-                "Patient/in"
-            } else {
-                "Patient"
-            }
-        }
-        "bot" => "Bot",
-        "staff" => {
-            if de {
-                "Praxis"
-            } else {
-                "Staff"
-            }
-        }
-        "queued" => {
-            if de {
-                "wartet auf Versand"
-            } else {
-                "waiting to be sent"
-            }
-        }
-        "sent" => {
-            if de {
-                "gesendet"
-            } else {
-                "sent"
-            }
-        }
-        "delivered" => {
-            if de {
-                "zugestellt"
-            } else {
-                "delivered"
-            }
-        }
-        "read" => {
-            if de {
-                "gelesen"
-            } else {
-                "read"
-            }
-        }
-        "failed" => {
-            if de {
-                "fehlgeschlagen (WhatsApp hat die Nachricht nicht zugestellt)"
-            } else {
-                "failed (WhatsApp did not deliver it)"
-            }
-        }
-        "held" => {
-            if de {
-                "zurückgehalten bis zur Antwort auf die Vorlage"
-            } else {
-                "held until the person answers the template"
-            }
-        }
-        "asked" => {
-            if de {
-                "möchte mit jemandem sprechen"
-            } else {
-                "asked for a person"
-            }
-        }
-        "not-understood" => {
-            if de {
-                "Bot hat nicht verstanden"
-            } else {
-                "the bot did not understand"
-            }
-        }
-        "not-yet-automated" => {
-            if de {
-                "noch nicht automatisiert"
-            } else {
-                "not automated yet"
-            }
-        }
-        "state" => {
-            if de {
-                "Status"
-            } else {
-                "State"
-            }
-        }
-        "error" => {
-            if de {
-                "Das ging nicht"
-            } else {
-                "That did not work"
-            }
-        }
-        "notfound" => {
-            if de {
-                "Nicht gefunden"
-            } else {
-                "Not found"
-            }
-        }
-        _ => "?",
-    }
+/// Who is looking at a page: the bar shows the name and the links the role
+/// may follow, and every form carries the session's CSRF token.
+#[derive(Clone, Copy)]
+pub struct Viewer<'a> {
+    pub name: &'a str,
+    pub csrf: &'a str,
+    pub admin: bool,
 }
 
-fn layout(lang: Lang, title: &str, user: Option<(&str, &str)>, body: &str) -> String {
+pub fn layout(lang: Lang, title: &str, user: Option<Viewer<'_>>, body: &str) -> String {
     let bar = match user {
-        Some((name, csrf)) => format!(
-            "<header><nav><a href=\"/\">{inbox}</a> <span class=\"who\">{name}</span> \
-             <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-             <button type=\"submit\">{logout}</button></form></nav></header>",
-            inbox = t(lang, "inbox"),
-            name = esc(name),
-            csrf = esc(csrf),
-            logout = t(lang, "logout"),
-        ),
+        Some(v) => {
+            let dashboard = if v.admin {
+                format!("<a href=\"/admin\">{}</a>", t(lang, "dashboard"))
+            } else {
+                String::new()
+            };
+            format!(
+                "<header><nav aria-label=\"{menu}\"><a href=\"/\">{inbox}</a> <a href=\"/p\">{lookup}</a> {dashboard} \
+                 <span class=\"who\">{name}</span> \
+                 <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <button type=\"submit\">{logout}</button></form></nav></header>",
+                menu = t(lang, "menu"),
+                inbox = t(lang, "inbox"),
+                lookup = t(lang, "lookup"),
+                name = esc(v.name),
+                csrf = esc(v.csrf),
+                logout = t(lang, "logout"),
+            )
+        }
         None => String::new(),
     };
     format!(
@@ -370,7 +121,7 @@ fn waited(secs: i64) -> String {
 
 pub fn inbox(
     lang: Lang,
-    user: (&str, &str),
+    user: Viewer<'_>,
     waiting: &[(ConvId, Conversation)],
     now: Timestamp,
 ) -> String {
@@ -414,7 +165,7 @@ pub fn inbox(
 
 pub fn conversation(
     lang: Lang,
-    user: (&str, &str),
+    user: Viewer<'_>,
     id: &ConvId,
     c: &Conversation,
     log: &[(u64, Entry, Option<&'static str>)],
@@ -444,7 +195,7 @@ pub fn conversation(
         ));
     }
     let open = c.window_open(now);
-    let csrf = esc(user.1);
+    let csrf = esc(user.csrf);
     let hex_id = hex::encode(id);
     let actions = if matches!(
         c.phase,

@@ -20,6 +20,9 @@ use std::sync::Arc;
 
 const LOGIN_COOKIE: &str = "login";
 
+/// The stylesheet, one piece per page family, served as one file.
+const STYLES: &[&str] = &[pages::CSS];
+
 fn session_cookie(state: &ConsoleState) -> &'static str {
     // `__Host-` needs `Secure`, which only TLS has.
     if state.tls {
@@ -45,7 +48,7 @@ fn cookie_attrs(state: &ConsoleState) -> &'static str {
     }
 }
 
-fn eq(a: &str, b: &str) -> bool {
+pub(super) fn eq(a: &str, b: &str) -> bool {
     staff::same(a.as_bytes(), b.as_bytes())
 }
 
@@ -60,7 +63,7 @@ pub async fn handle(state: &Arc<ConsoleState>, req: Request<Incoming>, peer: IpA
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let resp = match (&method, segments.as_slice()) {
         (&Method::GET, ["static", "console.css"]) => {
-            let mut r = http::html(StatusCode::OK, pages::CSS.to_owned());
+            let mut r = http::html(StatusCode::OK, STYLES.concat());
             if let Ok(v) = hyper::header::HeaderValue::from_str("text/css; charset=utf-8") {
                 r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
             }
@@ -100,7 +103,7 @@ pub async fn handle(state: &Arc<ConsoleState>, req: Request<Incoming>, peer: IpA
 }
 
 /// The live session of this request, if the account may still sign in.
-fn session(state: &ConsoleState, req: &Request<Incoming>) -> Option<(String, Session)> {
+pub(super) fn session(state: &ConsoleState, req: &Request<Incoming>) -> Option<(String, Session)> {
     let id = cookie(req, session_cookie(state))?;
     let s = state.sessions.touch(&id, state.api.clock.now())?;
     // Disabled or locked meanwhile: every session of the account ends.
@@ -113,7 +116,7 @@ fn session(state: &ConsoleState, req: &Request<Incoming>) -> Option<(String, Ses
     }
 }
 
-async fn with_session<F, Fut>(
+pub(super) async fn with_session<F, Fut>(
     state: &ConsoleState,
     req: &Request<Incoming>,
     _lang: Lang,
@@ -141,7 +144,7 @@ fn login_page(state: &ConsoleState, lang: Lang, problem: Option<&str>, status: S
     r
 }
 
-fn body_refused(e: &BodyError) -> Resp {
+pub(super) fn body_refused(e: &BodyError) -> Resp {
     match e {
         BodyError::TooLarge => http::text(StatusCode::PAYLOAD_TOO_LARGE, "form too large\n"),
         BodyError::NotAForm | BodyError::Read => {
@@ -150,7 +153,7 @@ fn body_refused(e: &BodyError) -> Resp {
     }
 }
 
-fn field<'a>(f: &'a HashMap<String, String>, name: &str) -> &'a str {
+pub(super) fn field<'a>(f: &'a HashMap<String, String>, name: &str) -> &'a str {
     f.get(name).map_or("", String::as_str)
 }
 
@@ -247,14 +250,14 @@ async fn logout(state: &ConsoleState, req: Request<Incoming>) -> Resp {
     r
 }
 
-fn failed(lang: Lang, detail: &str) -> Resp {
+pub(super) fn failed(lang: Lang, detail: &str) -> Resp {
     http::html(
         StatusCode::INTERNAL_SERVER_ERROR,
         pages::error(lang, "error", detail),
     )
 }
 
-fn problem_page(lang: Lang, p: &Problem) -> Resp {
+pub(super) fn problem_page(lang: Lang, p: &Problem) -> Resp {
     let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let what = if status == StatusCode::NOT_FOUND {
         "notfound"
@@ -264,7 +267,15 @@ fn problem_page(lang: Lang, p: &Problem) -> Resp {
     http::html(status, pages::error(lang, what, &p.detail))
 }
 
-fn actor(s: &Session) -> String {
+pub(super) fn viewer(s: &Session) -> pages::Viewer<'_> {
+    pages::Viewer {
+        name: &s.name,
+        csrf: &s.csrf,
+        admin: s.role == staff::Role::Admin,
+    }
+}
+
+pub(super) fn actor(s: &Session) -> String {
     format!("staff:{}", s.name)
 }
 
@@ -279,7 +290,7 @@ async fn inbox_page(state: &ConsoleState, lang: Lang, s: Session) -> Resp {
     let now = state.api.clock.now();
     http::html(
         StatusCode::OK,
-        pages::inbox(lang, (&s.name, &s.csrf), &waiting, now),
+        pages::inbox(lang, viewer(&s), &waiting, now),
     )
 }
 
@@ -300,7 +311,7 @@ async fn conversation_page(state: &ConsoleState, lang: Lang, s: Session, id: Str
     let now = state.api.clock.now();
     http::html(
         StatusCode::OK,
-        pages::conversation(lang, (&s.name, &s.csrf), &conv, &c, &log, now),
+        pages::conversation(lang, viewer(&s), &conv, &c, &log, now),
     )
 }
 
