@@ -315,13 +315,25 @@ pub struct Checked {
     step: Option<i64>,
 }
 
-/// Checks `password` against a stored PHC string in one buffer shared by
-/// every sign-in (under a lock: sign-ins are few and each takes tens of
-/// milliseconds). Argon2's own verify allocates its memory per call, and
-/// the allocator keeps such blocks per thread: with blocking threads
-/// coming and going that grew the daemon by megabytes per sign-in.
+/// Blocks (1 KiB each) in a buffer glibc always maps on its own: above
+/// its 32 MiB ceiling for the dynamic mmap threshold (see `verify`).
+const ALWAYS_MAPPED_BLOCKS: usize = 33 * 1024;
+
+/// Checks `password` against a stored PHC string, one sign-in at a time
+/// (under a lock: sign-ins are few and each takes tens of milliseconds).
+///
+/// The Argon2 memory (7 MiB) is a fresh buffer per check that goes back to
+/// the system when the check ends, so that the console does not keep it
+/// for the daemon's life. Why the odd capacity: glibc's malloc hands large
+/// blocks out of `mmap` and returns them with `munmap` on free, but after
+/// such a free it raises its threshold to that size, and later blocks of
+/// the same size come from a heap arena that keeps them (Argon2's own
+/// verify, which allocates per call, grew the daemon by megabytes per
+/// sign-in that way). A capacity above glibc's ceiling for that threshold
+/// (32 MiB on 64-bit) is always mapped and always unmapped; only the pages
+/// Argon2 touches (its 7 MiB) are ever resident.
 fn verify(stored: &str, password: &[u8]) -> bool {
-    static MEMORY: std::sync::Mutex<Vec<Block>> = std::sync::Mutex::new(Vec::new());
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let Ok(h) = PasswordHash::new(stored) else {
         return false;
     };
@@ -342,16 +354,12 @@ fn verify(stored: &str, password: &[u8]) -> bool {
         return false;
     };
     let mut out = Zeroizing::new(vec![0u8; expected.len()]);
-    let mut memory = crate::sync::lock(&MEMORY);
+    let _turn = crate::sync::lock(&ONE_AT_A_TIME);
     let blocks = params.block_count();
-    if memory.len() < blocks {
-        memory.resize(blocks, Block::default());
-    }
-    let Some(memory) = memory.get_mut(..blocks) else {
-        return false;
-    };
+    let mut memory: Vec<Block> = Vec::with_capacity(blocks.max(ALWAYS_MAPPED_BLOCKS));
+    memory.resize(blocks, Block::default());
     argon(params)
-        .hash_password_into_with_memory(password, salt, &mut out, memory)
+        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..])
         .is_ok()
         && same(&out, expected.as_bytes())
 }

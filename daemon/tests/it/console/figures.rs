@@ -207,5 +207,11 @@ async fn rss_with_20_sessions() {
         rss_sessions.saturating_sub(rss_off)
     );
     on.child.kill().unwrap();
+    // The budget: under 10 MB for the console with 20 sessions.
+    assert!(
+        rss_sessions.saturating_sub(rss_off) < 10_000,
+        "the console adds {} kB",
+        rss_sessions.saturating_sub(rss_off)
+    );
     on.child.wait().unwrap();
 }
