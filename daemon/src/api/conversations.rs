@@ -231,7 +231,7 @@ pub(super) async fn get(state: &ApiState, id: &str, actor: &str) -> Result<Resp,
 /// `GET /v1/conversations/{id}/messages/{n}/media`: the image, document,
 /// audio or video a patient sent with message `n`, once fetched and until
 /// its retention (`whatsapp.inbound_media_retention`). Audited.
-pub(super) async fn media(
+pub(crate) async fn media(
     state: &ApiState,
     id: &str,
     n: &str,

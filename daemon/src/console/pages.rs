@@ -6,7 +6,9 @@ use super::http::esc;
 use super::words::t;
 use crate::care::conversation::store::{Author, ConvId, Entry};
 use crate::care::conversation::{Conversation, Phase};
+use crate::webhook::media::{InboundMedia, MediaState};
 use jiff::Timestamp;
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
@@ -169,10 +171,12 @@ pub fn conversation(
     id: &ConvId,
     c: &Conversation,
     log: &[(u64, Entry, Option<&'static str>)],
+    media: &HashMap<u64, InboundMedia>,
     now: Timestamp,
 ) -> String {
+    let hex_id = hex::encode(id);
     let mut items = String::new();
-    for (_, e, delivery) in log {
+    for (n, e, delivery) in log {
         let who = match e.from {
             Author::Patient => "patient",
             Author::Bot => "bot",
@@ -186,9 +190,13 @@ pub fn conversation(
         let state = delivery
             .map(|d| format!("<span class=\"state\">{}</span>", t(lang, d)))
             .unwrap_or_default();
+        let attached = media
+            .get(n)
+            .map(|m| attachment(lang, &hex_id, *n, m))
+            .unwrap_or_default();
         items.push_str(&format!(
             "<li class=\"{who}\"><span class=\"from\">{from}</span> <time datetime=\"{at}\">{short}</time>\
-             <p>{words}</p>{state}</li>",
+             <p>{words}</p>{attached}{state}</li>",
             from = t(lang, who),
             at = e.at,
             short = e.at.strftime("%Y-%m-%d %H:%M UTC"),
@@ -196,7 +204,6 @@ pub fn conversation(
     }
     let open = c.window_open(now);
     let csrf = esc(user.csrf);
-    let hex_id = hex::encode(id);
     let actions = if matches!(
         c.phase,
         Phase::WaitingForStaff { .. } | Phase::WithStaff { .. }
@@ -226,6 +233,49 @@ pub fn conversation(
     layout(lang, t(lang, "conversation"), Some(user), &body)
 }
 
+/// Raster images a browser shows in an `<img>` (nothing scriptable: an
+/// SVG from outside is a document, not a picture).
+fn shown_inline(mime: &str) -> bool {
+    matches!(
+        mime,
+        "image/jpeg" | "image/png" | "image/webp" | "image/gif"
+    )
+}
+
+/// What a patient's photo or document looks like in the log: the picture,
+/// a download link, or why there is none.
+fn attachment(lang: Lang, conv: &str, n: u64, m: &InboundMedia) -> String {
+    let MediaState::Fetched { size, .. } = &m.state else {
+        let why = match m.state {
+            MediaState::Pending => "media_pending",
+            MediaState::DryRun => "media_dry_run",
+            MediaState::Refused { .. } => "media_refused",
+            _ => "media_purged",
+        };
+        return format!("<p class=\"media-note\">{}</p>", t(lang, why));
+    };
+    let mime = m
+        .mime_type
+        .as_deref()
+        .map(|t| t.split(';').next().unwrap_or(t).trim())
+        .unwrap_or("application/octet-stream");
+    let href = format!("/c/{conv}/m/{n}");
+    let kib = size.div_ceil(1024);
+    let link = format!(
+        "<a href=\"{href}\" download>{download}</a> <span class=\"hint\">({mime}, {kib} KiB)</span>",
+        download = t(lang, "media_download"),
+        mime = esc(mime),
+    );
+    if m.kind == "image" && shown_inline(mime) {
+        format!(
+            "<figure><img src=\"{href}\" alt=\"{alt}\" loading=\"lazy\"><figcaption>{link}</figcaption></figure>",
+            alt = t(lang, "media_photo"),
+        )
+    } else {
+        format!("<p>{link}</p>")
+    }
+}
+
 /// A short error page (`what`: a key of [`t`]).
 pub fn error(lang: Lang, what: &str, detail: &str) -> String {
     let body = format!(
@@ -250,7 +300,8 @@ table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.5rem;bo
 .alert{background:#fde8e8;border-left:4px solid #b00020;padding:.5rem}\
 ol.log{list-style:none;padding:0}ol.log li{margin:.5rem 0;padding:.5rem;border-radius:6px;background:#f2f2f2}\
 ol.log li.staff{background:#e3f0fb}ol.log li.bot{background:#f7f7e8}\
-.state{font-size:.9rem;color:#333}.from{font-weight:600}.hint{font-size:.9rem;color:#333}\n";
+figure{margin:.5rem 0}figure img{max-width:100%;max-height:24rem;height:auto;border:1px solid #999}\
+.media-note{font-style:italic}.state{font-size:.9rem;color:#333}.from{font-weight:600}.hint{font-size:.9rem;color:#333}\n";
 
 #[cfg(test)]
 mod tests {

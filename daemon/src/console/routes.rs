@@ -11,7 +11,9 @@ use super::ConsoleState;
 use crate::api::conversations as inbox;
 use crate::api::routes::audit_read;
 use crate::api::Problem;
+use crate::care::conversation::store::{Author, Entry};
 use crate::commands::Origin;
+use crate::webhook::media::InboundMedia;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use std::collections::HashMap;
@@ -89,6 +91,17 @@ pub async fn handle(state: &Arc<ConsoleState>, req: Request<Incoming>, peer: IpA
         (&Method::GET, ["c", id]) => {
             let id = (*id).to_owned();
             with_session(state, &req, lang, |s| conversation_page(state, lang, s, id)).await
+        }
+        (&Method::GET, ["c", id, "m", n]) => {
+            let (id, n) = ((*id).to_owned(), (*n).to_owned());
+            with_session(state, &req, lang, |s| async move {
+                // The inbox API's own call: the read is audited there.
+                match inbox::media(&state.api, &id, &n, &actor(&s)).await {
+                    Ok(r) => r,
+                    Err(p) => problem_page(lang, &p),
+                }
+            })
+            .await
         }
         (&Method::POST, ["c", id, action @ ("reply" | "close")]) => {
             let (id, action) = ((*id).to_owned(), *action);
@@ -308,11 +321,37 @@ async fn conversation_page(state: &ConsoleState, lang: Lang, s: Session, id: Str
     if let Err(p) = audit_read(&state.api, &actor(&s), "conversation.read", c.patient()).await {
         return problem_page(lang, &p);
     }
+    let media = match media_of(state, &log) {
+        Ok(m) => m,
+        Err(p) => return problem_page(lang, &p),
+    };
     let now = state.api.clock.now();
     http::html(
         StatusCode::OK,
-        pages::conversation(lang, viewer(&s), &conv, &c, &log, now),
+        pages::conversation(lang, viewer(&s), &conv, &c, &log, &media, now),
     )
+}
+
+/// The media records of the patient's messages in `log`, by entry number
+/// (records only: the bytes are opened when the browser asks for them).
+fn media_of(
+    state: &ConsoleState,
+    log: &[(u64, Entry, Option<&'static str>)],
+) -> Result<HashMap<u64, InboundMedia>, Problem> {
+    let mut found = HashMap::new();
+    for (n, e, _) in log {
+        if let (Author::Patient, Some(r)) = (&e.from, &e.message_ref) {
+            if let Some(m) = state
+                .api
+                .vault
+                .wa_inbound_media_record_by_ref(r)
+                .map_err(|e| Problem::internal(e.to_string()))?
+            {
+                found.insert(*n, m);
+            }
+        }
+    }
+    Ok(found)
 }
 
 async fn conversation_post(

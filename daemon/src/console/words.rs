@@ -65,6 +65,12 @@ const CORE: Words = &[
     ("lookup", "Find a patient", "Patient/in suchen"),
     ("dashboard", "Dashboard", "Übersicht"),
     ("bot", "Bot", "Bot"),
+    ("media_photo", "Photo sent by the patient", "Foto der Patientin / des Patienten"),
+    ("media_download", "Download", "Herunterladen"),
+    ("media_pending", "Attachment: not fetched yet", "Anhang: noch nicht abgeholt"),
+    ("media_dry_run", "Attachment: not fetched (WhatsApp is in dry-run)", "Anhang: nicht abgeholt (WhatsApp im Probebetrieb)"),
+    ("media_refused", "Attachment: not kept (too large, or WhatsApp refused it)", "Anhang: nicht gespeichert (zu groß, oder WhatsApp hat ihn verweigert)"),
+    ("media_purged", "Attachment: deleted at the end of its retention", "Anhang: nach Ablauf der Aufbewahrungsfrist gelöscht"),
 ];
 
 #[cfg(test)]

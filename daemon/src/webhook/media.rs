@@ -137,6 +137,30 @@ impl Vault {
         &self,
         reference: &str,
     ) -> VaultResult<Option<(InboundMedia, Option<Vec<u8>>)>> {
+        let Some((blind, record)) = self.inbound_media_record(reference)? else {
+            return Ok(None);
+        };
+        let bytes = match self.get(Tree::WaMedia, &key(K_INBOUND, &blind)) {
+            Ok(b) => b,
+            Err(VaultError::KeyUnavailable { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Some((record, bytes)))
+    }
+
+    /// The record alone of the media an inbound message's reference names
+    /// (what a page needs to say "photo" or "purged" without opening it).
+    pub fn wa_inbound_media_record_by_ref(
+        &self,
+        reference: &str,
+    ) -> VaultResult<Option<InboundMedia>> {
+        Ok(self.inbound_media_record(reference)?.map(|(_, r)| r))
+    }
+
+    fn inbound_media_record(
+        &self,
+        reference: &str,
+    ) -> VaultResult<Option<(Vec<u8>, InboundMedia)>> {
         let hex_blind = match self.get_json::<String>(Tree::WaMedia, &ref_key(self, reference)) {
             Ok(Some(h)) => h,
             Ok(None) | Err(VaultError::KeyUnavailable { .. }) => return Ok(None),
@@ -145,18 +169,11 @@ impl Vault {
         let Ok(blind) = hex::decode(hex_blind) else {
             return Ok(None);
         };
-        let record =
-            match self.get_json::<InboundMedia>(Tree::WaMedia, &key(K_INBOUND_META, &blind)) {
-                Ok(Some(r)) => r,
-                Ok(None) | Err(VaultError::KeyUnavailable { .. }) => return Ok(None),
-                Err(e) => return Err(e),
-            };
-        let bytes = match self.get(Tree::WaMedia, &key(K_INBOUND, &blind)) {
-            Ok(b) => b,
-            Err(VaultError::KeyUnavailable { .. }) => None,
-            Err(e) => return Err(e),
-        };
-        Ok(Some((record, bytes)))
+        match self.get_json::<InboundMedia>(Tree::WaMedia, &key(K_INBOUND_META, &blind)) {
+            Ok(Some(r)) => Ok(Some((blind, r))),
+            Ok(None) | Err(VaultError::KeyUnavailable { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The media record of an inbound message (None: no media, unknown,

@@ -9,6 +9,7 @@
 
 mod client;
 mod figures;
+mod media;
 
 use crate::care_reminders::*;
 use crate::pms_support::*;
