@@ -35,8 +35,27 @@ fn show(name: &str, e: &Enrolment, generated: bool) {
     if generated {
         println!("password for {name} (shown once): {}", &*e.password);
     }
-    println!("TOTP for {name} (shown once; add it to the authenticator app, e.g. as a QR code made on this machine):");
+    println!("TOTP for {name} (shown once): scan the code with the authenticator app, or type in the line under it");
+    if let Some(code) = qr(&e.otpauth) {
+        println!("{}", &*code);
+    }
     println!("{}", &*e.otpauth);
+}
+
+/// The enrolment URI as a QR code of text blocks, for a terminal with
+/// light text on a dark background (the usual one; phone scanners read
+/// the light-on-dark code), with the quiet zone around it. Zeroized like
+/// the URI: it is the secret.
+fn qr(otpauth: &str) -> Option<Zeroizing<String>> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::with_error_correction_level(otpauth, qrcode::EcLevel::M).ok()?;
+    Some(Zeroizing::new(
+        code.render::<Dense1x2>()
+            .dark_color(Dense1x2::Light)
+            .light_color(Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    ))
 }
 
 pub fn add(vault: &Vault, name: &str, r: Option<&str>, stdin: bool) -> Result<(), String> {

@@ -305,6 +305,33 @@ async fn five_wrong_codes_lock_and_an_idle_session_ends() {
     d.stop().await;
 }
 
+/// The QR code of text blocks that `staff add` prints, read back the way a
+/// phone would: a filled half block is a light module (the code is drawn
+/// for light-on-dark terminals), each module 4×4 pixels.
+fn scan(text: &str) -> Option<String> {
+    let rows: Vec<Vec<char>> = text
+        .lines()
+        .filter(|l| !l.is_empty() && l.chars().all(|c| " █▀▄".contains(c)))
+        .map(|l| l.chars().collect())
+        .collect();
+    let width = rows.first()?.len();
+    let light = |x: usize, y: usize| {
+        let c = rows[y / 2][x];
+        matches!((c, y % 2), ('█', _) | ('▀', 0) | ('▄', 1))
+    };
+    let (w, h) = (width * 4, rows.len() * 2 * 4);
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| {
+        if light(x / 4, y / 4) {
+            255
+        } else {
+            0
+        }
+    });
+    let grids = img.detect_grids();
+    let (_, content) = grids.first()?.decode().ok()?;
+    Some(content)
+}
+
 #[test]
 fn staff_commands_and_the_certificate_fingerprint() {
     use std::os::unix::fs::PermissionsExt;
@@ -323,6 +350,7 @@ fn staff_commands_and_the_certificate_fingerprint() {
         .find(|l| l.starts_with("otpauth://totp/"))
         .unwrap();
     assert!(uri.contains("issuer=clinic-relay") && staff::secret_from_uri(uri).is_some());
+    assert_eq!(scan(&text).as_deref(), Some(uri), "the QR code scans to the URI");
     let again = install.run(&["staff", "add", "zz-admin"]);
     assert_eq!(again.status.code(), Some(1));
     assert!(stderr(&again).contains("already"));
