@@ -450,6 +450,27 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         abandon_start(vault, &clock, &error, Some(&config.api.socket)).await;
         return Err(error);
     }
+    // The console's sessions from before a restart (sealed in the vault).
+    let console_sessions = match config.console.as_ref().map(|c| {
+        crate::console::session::Sessions::open(
+            vault.clone(),
+            c.idle_timeout,
+            c.absolute_timeout,
+            clock.now(),
+        )
+    }) {
+        Some(Err(e)) => {
+            let error = ServiceError::from(e);
+            drop(bound);
+            if let Some(w) = watchdog {
+                w.stop();
+            }
+            abandon_start(vault, &clock, &error, Some(&config.api.socket)).await;
+            return Err(error);
+        }
+        Some(Ok(s)) => Some(Arc::new(s)),
+        None => None,
+    };
     Ok(spawn_all(
         config,
         clock,
@@ -460,7 +481,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, Servic
         api_tls,
         watchdog,
         webhook,
-        console_tls,
+        (console_tls, console_sessions),
     ))
 }
 
@@ -476,7 +497,10 @@ fn spawn_all(
     api_tls: Option<Arc<rustls::ServerConfig>>,
     watchdog: Option<Watchdog>,
     webhook: Option<crate::webhook::Prepared>,
-    console_tls: Option<Arc<rustls::ServerConfig>>,
+    (console_tls, sessions): (
+        Option<Arc<rustls::ServerConfig>>,
+        Option<Arc<crate::console::session::Sessions>>,
+    ),
 ) -> Running {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: Vec<Named> = Vec::new();
@@ -622,10 +646,13 @@ fn spawn_all(
     }
     let mut console_addr = None;
     let mut console_sessions = None;
-    if let (Some(cfg), Some(listener)) = (&config.console, console_listener) {
+    if let (Some(cfg), Some(listener), Some(sessions)) =
+        (&config.console, console_listener, sessions)
+    {
         let state = Arc::new(crate::console::ConsoleState::new(
             api_state.clone(),
             cfg,
+            sessions,
             stop_rx.clone(),
         ));
         console_addr = listener.local_addr().ok();

@@ -1,7 +1,8 @@
 //! The staff console (issue 12, first slice): a small web app on the LAN,
 //! over TLS (plain HTTP only on loopback), for front-desk staff to answer
 //! the conversations the bot handed over. Staff accounts with Argon2id
-//! passwords and TOTP (`staff`), sessions in memory (`session`), the pages
+//! passwords and TOTP (`staff`), sessions in memory written through to
+//! the vault (`session`, `session_store`), the pages
 //! (`pages`), the routes (`routes`). Its data path is the inbox API's
 //! library calls (`api::conversations`): same reads, same audit entries
 //! (actor `staff:NAME`), same commands through `commands::apply`.
@@ -14,6 +15,7 @@ mod live;
 pub mod pages;
 mod routes;
 pub mod session;
+mod session_store;
 pub mod staff;
 mod words;
 
@@ -48,14 +50,12 @@ impl ConsoleState {
     pub fn new(
         api: Arc<ApiState>,
         config: &config::ConsoleConfig,
+        sessions: Arc<session::Sessions>,
         stop: watch::Receiver<bool>,
     ) -> Self {
         Self {
             api,
-            sessions: Arc::new(session::Sessions::new(
-                config.idle_timeout,
-                config.absolute_timeout,
-            )),
+            sessions,
             throttle: session::LoginThrottle::default(),
             tls: !config.plain_http,
             stop,

@@ -211,8 +211,10 @@ async fn login(state: &ConsoleState, req: Request<Incoming>, lang: Lang, peer: I
     };
     match staff::record(&state.api.vault, &name, checked, now).await {
         Ok(Login::Ok(role)) => {
-            let Some(id) = state.sessions.create(&name, role, now) else {
-                return failed(lang, "no random numbers");
+            let id = match state.sessions.create(&name, role, now).await {
+                Ok(Some(id)) => id,
+                Ok(None) => return failed(lang, "no random numbers"),
+                Err(e) => return failed(lang, &e.to_string()),
             };
             let mut r = redirect("/");
             add_cookie(
@@ -250,7 +252,10 @@ async fn logout(state: &ConsoleState, req: Request<Incoming>) -> Resp {
     if !eq(&s.csrf, field(&fields, "csrf")) {
         return http::text(StatusCode::FORBIDDEN, "missing or wrong form token\n");
     }
-    state.sessions.remove(&id);
+    if let Err(e) = state.sessions.end(&id, state.api.clock.now()).await {
+        // Signed out in memory already; the record ends at its idle time.
+        tracing::warn!(error = %e, "a console sign-out was not stored");
+    }
     let mut r = redirect("/login");
     add_cookie(
         &mut r,

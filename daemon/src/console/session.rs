@@ -1,16 +1,20 @@
-//! Console sessions, held in memory. Why not sealed in the vault: every
-//! page view moves a session's idle deadline, which in the vault would be a
-//! durable write per click through the one writer; and a restart (which
-//! every offline `staff` command needs anyway) logging everyone out is the
-//! safe direction. A session id is 32 random bytes; only its SHA-256 is
-//! kept as the map key, so a heap dump does not hand out live cookies.
+//! Console sessions: a map in memory that every request reads, written
+//! through to sealed records in the vault (`session_store`) at sign-in,
+//! sign-out and once a minute of activity, so that they outlive a restart.
+//! A session id is 32 random bytes; only its SHA-256 is kept (as the map
+//! key and the record's key), so neither a heap dump nor the vault hands
+//! out live cookies.
 
+use super::session_store::{self, Stored, SEEN_EVERY};
 use super::staff::Role;
+use crate::audit::AuditDraft;
+use crate::vault::{Vault, VaultError};
 use jiff::{SignedDuration, Timestamp};
 use ring::rand::{SecureRandom, SystemRandom};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use tracing::warn;
 
 /// More open sessions than a clinic has desks: the oldest goes first.
 const MAX_SESSIONS: usize = 1000;
@@ -23,6 +27,8 @@ pub struct Session {
     pub csrf: String,
     created: Timestamp,
     last_seen: Timestamp,
+    /// The `last_seen` of the copy in the vault.
+    stored_seen: Timestamp,
 }
 
 impl std::fmt::Debug for Session {
@@ -33,8 +39,26 @@ impl std::fmt::Debug for Session {
     }
 }
 
+impl Session {
+    fn stored(&self) -> Stored {
+        Stored {
+            name: self.name.clone(),
+            role: self.role,
+            csrf: self.csrf.clone(),
+            created: self.created,
+            last_seen: self.last_seen,
+        }
+    }
+}
+
+type Map = HashMap<[u8; 32], Session>;
+
 pub struct Sessions {
-    map: Mutex<HashMap<[u8; 32], Session>>,
+    map: Mutex<Map>,
+    /// Digests of sessions that ended in memory (expired, evicted) whose
+    /// records the next write removes.
+    stale: Mutex<Vec<[u8; 32]>>,
+    vault: Vault,
     idle: SignedDuration,
     absolute: SignedDuration,
 }
@@ -54,61 +78,128 @@ fn digest(id: &str) -> [u8; 32] {
 }
 
 impl Sessions {
-    pub fn new(idle: std::time::Duration, absolute: std::time::Duration) -> Self {
+    /// The sessions stored in `vault` that are still live at `now` (the
+    /// others are removed at the next write).
+    pub fn open(
+        vault: Vault,
+        idle: std::time::Duration,
+        absolute: std::time::Duration,
+        now: Timestamp,
+    ) -> Result<Self, VaultError> {
         let signed = |d: std::time::Duration| {
             SignedDuration::try_from(d).unwrap_or(SignedDuration::from_mins(15))
         };
-        Self {
+        let sessions = Self {
             map: Mutex::default(),
+            stale: Mutex::default(),
+            vault,
             idle: signed(idle),
             absolute: signed(absolute),
-        }
-    }
-
-    /// A new session; returns its id (the cookie value).
-    pub fn create(&self, name: &str, role: Role, now: Timestamp) -> Option<String> {
-        let id = token()?;
-        let csrf = token()?;
-        let mut map = crate::sync::lock(&self.map);
-        self.expire(&mut map, now);
-        if map.len() >= MAX_SESSIONS {
-            let oldest = map.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                map.remove(&k);
+        };
+        let mut map = Map::new();
+        let mut stale = Vec::new();
+        for (d, s) in session_store::load_all(&sessions.vault)? {
+            let s = Session {
+                name: s.name,
+                role: s.role,
+                csrf: s.csrf,
+                created: s.created,
+                last_seen: s.last_seen,
+                stored_seen: s.last_seen,
+            };
+            if sessions.live(&s, now) {
+                map.insert(d, s);
+            } else {
+                stale.push(d);
             }
         }
-        map.insert(
-            digest(&id),
-            Session {
-                name: name.to_owned(),
-                role,
-                csrf,
-                created: now,
-                last_seen: now,
-            },
-        );
-        Some(id)
+        *crate::sync::lock(&sessions.map) = map;
+        *crate::sync::lock(&sessions.stale) = stale;
+        Ok(sessions)
+    }
+
+    /// A new session, durable before its id (the cookie value) is returned.
+    pub async fn create(
+        &self,
+        name: &str,
+        role: Role,
+        now: Timestamp,
+    ) -> Result<Option<String>, VaultError> {
+        let (Some(id), Some(csrf)) = (token(), token()) else {
+            return Ok(None);
+        };
+        let s = Session {
+            name: name.to_owned(),
+            role,
+            csrf,
+            created: now,
+            last_seen: now,
+            stored_seen: now,
+        };
+        let key = digest(&id);
+        {
+            let mut map = crate::sync::lock(&self.map);
+            self.expire(&mut map, now);
+            if map.len() >= MAX_SESSIONS {
+                let oldest = map.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    map.remove(&k);
+                    crate::sync::lock(&self.stale).push(k);
+                }
+            }
+        }
+        let gone = std::mem::take(&mut *crate::sync::lock(&self.stale));
+        let put = Some((key, s.stored()));
+        if let Err(e) = session_store::write(&self.vault, put, gone.clone(), None, now).await {
+            crate::sync::lock(&self.stale).extend(gone);
+            return Err(e);
+        }
+        crate::sync::lock(&self.map).insert(key, s);
+        Ok(Some(id))
     }
 
     fn live(&self, s: &Session, now: Timestamp) -> bool {
         now.duration_since(s.last_seen) < self.idle && now.duration_since(s.created) < self.absolute
     }
 
-    fn expire(&self, map: &mut HashMap<[u8; 32], Session>, now: Timestamp) {
-        map.retain(|_, s| self.live(s, now));
+    fn expire(&self, map: &mut Map, now: Timestamp) {
+        let mut stale = crate::sync::lock(&self.stale);
+        map.retain(|k, s| {
+            let live = self.live(s, now);
+            if !live {
+                stale.push(*k);
+            }
+            live
+        });
     }
 
     /// The live session with this id (its idle clock restarts), or None.
+    /// Once a minute of activity, the new idle clock is stored (in the
+    /// background: a failed write only means the session may end earlier
+    /// after a restart).
     pub fn touch(&self, id: &str, now: Timestamp) -> Option<Session> {
         let key = digest(id);
         let mut map = crate::sync::lock(&self.map);
         let live = map.get(&key).is_some_and(|s| self.live(s, now));
         if !live {
-            map.remove(&key);
+            if map.remove(&key).is_some() {
+                crate::sync::lock(&self.stale).push(key);
+            }
             return None;
         }
         let s = map.get_mut(&key)?;
         s.last_seen = now;
+        if now.duration_since(s.stored_seen) >= SEEN_EVERY {
+            s.stored_seen = now;
+            let put = Some((key, s.stored()));
+            let vault = self.vault.clone();
+            let gone = std::mem::take(&mut *crate::sync::lock(&self.stale));
+            tokio::spawn(async move {
+                if let Err(e) = session_store::write(&vault, put, gone, None, now).await {
+                    warn!(error = %e, "a console session's activity was not stored");
+                }
+            });
+        }
         Some(s.clone())
     }
 
@@ -119,11 +210,20 @@ impl Sessions {
             .is_some_and(|s| self.live(s, now))
     }
 
-    pub fn remove(&self, id: &str) {
-        crate::sync::lock(&self.map).remove(&digest(id));
+    /// Signs a session out: gone from memory at once, its record removed
+    /// with a `staff.logout` audit entry.
+    pub async fn end(&self, id: &str, now: Timestamp) -> Result<(), VaultError> {
+        let key = digest(id);
+        let Some(s) = crate::sync::lock(&self.map).remove(&key) else {
+            return Ok(());
+        };
+        let audit = AuditDraft::new(format!("staff:{}", s.name), "staff.logout")
+            .detail("staff", s.name.clone());
+        session_store::write(&self.vault, None, vec![key], Some(audit), now).await
     }
 
-    /// Ends every session of a staff member (disabled or locked meanwhile).
+    /// Ends every session of a staff member in memory (disabled or locked
+    /// meanwhile: the commit that did it removed the records).
     pub fn remove_staff(&self, name: &str) {
         crate::sync::lock(&self.map).retain(|_, s| s.name != name);
     }

@@ -273,6 +273,7 @@ pub fn disable(vault: &Vault, name: &str, actor: &str, now: Timestamp) -> Result
         a.disabled = true;
         let mut txn = Txn::new(now);
         stage(&mut txn, &a, &actor, "staff.disable")?;
+        super::session_store::stage_end_of(v, &mut txn, &a.name)?;
         Ok((txn, ()))
     })?;
     Ok(())
@@ -302,6 +303,7 @@ pub fn reset(
         a.role = role.unwrap_or(a.role);
         let mut txn = Txn::new(now);
         stage(&mut txn, &a, &actor, "staff.reset")?;
+        super::session_store::stage_end_of(v, &mut txn, &a.name)?;
         Ok((txn, ()))
     })?;
     Ok(enrolment)
@@ -453,6 +455,9 @@ pub async fn record(
                         Login::Wrong
                     };
                     stage(&mut txn, &a, &actor, action)?;
+                    if a.locked {
+                        super::session_store::stage_end_of(v, &mut txn, &a.name)?;
+                    }
                     Ok((txn, outcome))
                 }
             }

@@ -76,6 +76,16 @@ impl Browser {
         )
     }
 
+    /// The value of a cookie this browser holds.
+    pub(crate) fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies.get(name).cloned()
+    }
+
+    /// The same browser (its cookies) at a restarted daemon's new port.
+    pub(crate) fn moved_to(&mut self, d: &Daemon) {
+        self.addr = d.running.console_addr.unwrap();
+    }
+
     pub(crate) fn at(addr: std::net::SocketAddr, pem: &std::path::Path) -> Browser {
         let mut roots = rustls::RootCertStore::empty();
         roots

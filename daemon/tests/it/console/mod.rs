@@ -10,6 +10,7 @@
 mod client;
 mod figures;
 mod media;
+mod sessions;
 
 use crate::care_reminders::*;
 use crate::pms_support::*;
@@ -350,7 +351,11 @@ fn staff_commands_and_the_certificate_fingerprint() {
         .find(|l| l.starts_with("otpauth://totp/"))
         .unwrap();
     assert!(uri.contains("issuer=clinic-relay") && staff::secret_from_uri(uri).is_some());
-    assert_eq!(scan(&text).as_deref(), Some(uri), "the QR code scans to the URI");
+    assert_eq!(
+        scan(&text).as_deref(),
+        Some(uri),
+        "the QR code scans to the URI"
+    );
     let again = install.run(&["staff", "add", "zz-admin"]);
     assert_eq!(again.status.code(), Some(1));
     assert!(stderr(&again).contains("already"));
