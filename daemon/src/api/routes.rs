@@ -281,6 +281,10 @@ pub(super) fn origin(state: &ApiState, req: &Request<Incoming>, actor: &str) -> 
     }
 }
 
+/// The answer to an idempotency key reused with other content (the console
+/// words it for staff).
+pub(crate) const KEY_CONFLICT: &str = "this Idempotency-Key was already used for a request with another body; use a new key for a new request";
+
 pub(super) async fn apply(
     state: &ApiState,
     commands: &[Command],
@@ -294,9 +298,7 @@ pub(super) async fn apply(
     )
     .await
     {
-        Ok(Applied::KeyConflict) => Err(Problem::unprocessable(
-            "this Idempotency-Key was already used for a request with another body; use a new key for a new request",
-        )),
+        Ok(Applied::KeyConflict) => Err(Problem::unprocessable(KEY_CONFLICT)),
         Ok(a) => Ok(a),
         Err(CommandError::UnknownPatient(id)) => Err(Problem::unprocessable(format!(
             "unknown patient {}",

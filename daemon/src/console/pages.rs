@@ -210,12 +210,14 @@ pub fn conversation(
     ) {
         format!(
             "<form method=\"post\" action=\"/c/{hex_id}/reply\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <input type=\"hidden\" name=\"once\" value=\"{once}\">\
              <label for=\"text\">{reply}</label><p class=\"hint\">{hint}</p>\
              <textarea id=\"text\" name=\"text\" rows=\"4\" maxlength=\"4096\" required></textarea>\
              <button type=\"submit\">{reply}</button></form>\
              <form method=\"post\" action=\"/c/{hex_id}/close\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
              <button type=\"submit\" class=\"secondary\">{close}</button></form>",
             reply = t(lang, "reply"),
+            once = super::session::token().unwrap_or_default(),
             hint = t(lang, if open { "reply_open" } else { "reply_closed" }),
             close = t(lang, "close"),
         )

@@ -381,8 +381,18 @@ async fn conversation_post(
         Ok(c) => c,
         Err(p) => return problem_page(lang, &p),
     };
+    // The form's one-time token makes a second submit of the same form
+    // (a double click, a reload after a slow answer) a repeat of the
+    // first, answered without a second message; the same token with
+    // another text is refused.
+    let once = field(&fields, "once");
+    let idempotency_key = (!once.is_empty() && once.len() <= 64).then(|| {
+        let scope = format!("{}\u{1f}{id}\u{1f}{action}\u{1f}{once}", s.name);
+        state.api.vault.blind_index("console-form", &scope).to_vec()
+    });
     let origin = Origin {
         key_retention: state.api.key_retention,
+        idempotency_key,
         ..Origin::new(actor(&s))
     };
     let done = if action == "reply" {
@@ -396,6 +406,10 @@ async fn conversation_post(
     };
     match done {
         Ok(to) => redirect(&to),
+        Err(p) if p.detail == crate::api::routes::KEY_CONFLICT => http::html(
+            StatusCode::CONFLICT,
+            pages::error(lang, "error", super::words::t(lang, "form_reused")),
+        ),
         Err(p) => problem_page(lang, &p),
     }
 }

@@ -65,6 +65,7 @@ const CORE: Words = &[
     ("lookup", "Find a patient", "Patient/in suchen"),
     ("dashboard", "Dashboard", "Übersicht"),
     ("bot", "Bot", "Bot"),
+    ("form_reused", "This form was already sent with another text. Open the conversation again and write the reply there.", "Dieses Formular wurde schon mit einem anderen Text gesendet. Öffnen Sie das Gespräch erneut und schreiben Sie die Antwort dort."),
     ("media_photo", "Photo sent by the patient", "Foto der Patientin / des Patienten"),
     ("media_download", "Download", "Herunterladen"),
     ("media_pending", "Attachment: not fetched yet", "Anhang: noch nicht abgeholt"),

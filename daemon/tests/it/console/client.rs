@@ -49,6 +49,14 @@ impl Reply {
             .collect()
     }
 
+    /// The value of the first field named `name`.
+    pub(crate) fn field(&self, name: &str) -> String {
+        let needle = format!("name=\"{name}\" value=\"");
+        let at = self.body.find(&needle).expect("the field") + needle.len();
+        let rest = &self.body[at..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+
     /// The value of the first hidden `csrf` field.
     pub(crate) fn csrf(&self) -> String {
         let at = self

@@ -143,20 +143,41 @@ async fn staff_sign_in_see_the_waiting_patient_answer_and_sign_out() {
         .await;
     assert_eq!(r.status, 403);
 
-    // The reply goes out (inside the window: as text).
+    // The reply goes out (inside the window: as text), once even if the
+    // form is sent twice (a double click); the same form with another
+    // text is refused.
     let csrf = page.csrf();
+    let once = page.field("once");
+    assert_eq!(once.len(), 64);
+    for _ in 0..2 {
+        let r = b
+            .post(
+                &path,
+                &[
+                    ("csrf", &csrf),
+                    ("once", &once),
+                    ("text", "ZZ staff: we call you at noon"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.header("location")),
+            (303, Some(path.trim_end_matches("/reply"))),
+            "{}",
+            r.body
+        );
+    }
     let r = b
         .post(
             &path,
-            &[("csrf", &csrf), ("text", "ZZ staff: we call you at noon")],
+            &[
+                ("csrf", &csrf),
+                ("once", &once),
+                ("text", "ZZ staff: other"),
+            ],
         )
         .await;
-    assert_eq!(
-        (r.status, r.header("location")),
-        (303, Some(path.trim_end_matches("/reply"))),
-        "{}",
-        r.body
-    );
+    assert_eq!(r.status, 409, "{}", r.body);
     drain(&d).await;
     until("the staff text at the simulator", || {
         sim.sent_messages()
@@ -165,6 +186,17 @@ async fn staff_sign_in_see_the_waiting_patient_answer_and_sign_out() {
             .then_some(())
     })
     .await;
+    let staff_texts = |sim: &Sim| {
+        sim.sent_messages()
+            .iter()
+            .filter(|m| {
+                m["text"]["body"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("ZZ staff"))
+            })
+            .count()
+    };
+    assert_eq!(staff_texts(&sim), 1, "one message for two submits");
     assert!(!sim
         .sent_messages()
         .iter()
