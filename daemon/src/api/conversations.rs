@@ -105,7 +105,7 @@ pub(crate) fn find(
 
 /// A conversation with its log, each outbound entry with its delivery
 /// state (newest last). The caller audits.
-pub(crate) type View = (Conversation, Vec<(u64, Entry, Option<&'static str>)>);
+pub(crate) type View = (Conversation, Vec<(u64, Entry, Option<Delivery>)>);
 
 pub(crate) fn view(state: &ApiState, id: &ConvId) -> Result<View, Problem> {
     let c = store::load(&state.vault, id)
@@ -173,26 +173,48 @@ pub(crate) async fn close_conversation(
         .ok_or_else(|| Problem::not_found("no such conversation"))
 }
 
-/// The delivery state of an outbound log entry.
-fn delivery(state: &ApiState, e: &Entry) -> Result<Option<&'static str>, Problem> {
+/// The delivery state of an outbound log entry: `state` is one of
+/// `held`, `queued`, `sent`, `delivered`, `read`, `failed`; a failure has
+/// Meta's error code or our reason for not sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    pub state: &'static str,
+    pub error: Option<String>,
+}
+
+impl Delivery {
+    fn just(state: &'static str) -> Option<Delivery> {
+        Some(Delivery { state, error: None })
+    }
+}
+
+fn delivery(state: &ApiState, e: &Entry) -> Result<Option<Delivery>, Problem> {
     if e.from == Author::Patient {
         return Ok(None);
     }
     if e.held {
-        return Ok(Some("held"));
+        return Ok(Delivery::just("held"));
     }
     let Some(r) = &e.reference else {
         return Ok(None);
     };
-    let Some(wamid) = store::sent_wamid(&state.vault, r).map_err(internal)? else {
-        return Ok(Some("queued"));
+    let wamid = match store::outcome(&state.vault, r).map_err(internal)? {
+        None => return Ok(Delivery::just("queued")),
+        Some(store::Outcome::Failed { failed }) => {
+            return Ok(Some(Delivery {
+                state: "failed",
+                error: Some(failed),
+            }))
+        }
+        Some(store::Outcome::Sent(w)) => w,
     };
-    Ok(Some(
-        match state.vault.wa_status(&wamid).map_err(internal)? {
-            Some(s) => s.state.name(),
-            None => "sent",
-        },
-    ))
+    Ok(match state.vault.wa_status(&wamid).map_err(internal)? {
+        Some(s) => Some(Delivery {
+            state: s.state.name(),
+            error: s.error_code.map(|c| c.to_string()),
+        }),
+        None => Delivery::just("sent"),
+    })
 }
 
 /// `GET /v1/conversations/{id}`: the conversation and its messages,
@@ -218,7 +240,10 @@ pub(super) async fn get(state: &ApiState, id: &str, actor: &str) -> Result<Resp,
             }
         }
         if let Some(d) = d {
-            set(&mut m, "delivery", json!(d));
+            set(&mut m, "delivery", json!(d.state));
+            if let Some(code) = &d.error {
+                set(&mut m, "delivery_error", json!(code));
+            }
         }
         messages.push(m);
     }

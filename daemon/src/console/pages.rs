@@ -4,6 +4,7 @@
 
 use super::http::esc;
 use super::words::t;
+use crate::api::conversations::Delivery;
 use crate::care::conversation::store::{Author, ConvId, Entry};
 use crate::care::conversation::{Conversation, Phase};
 use crate::webhook::media::{InboundMedia, MediaState};
@@ -165,12 +166,12 @@ pub fn inbox(
     layout(lang, t(lang, "inbox"), Some(user), &body)
 }
 
-pub fn conversation(
+pub(crate) fn conversation(
     lang: Lang,
     user: Viewer<'_>,
     id: &ConvId,
     c: &Conversation,
-    log: &[(u64, Entry, Option<&'static str>)],
+    log: &[(u64, Entry, Option<Delivery>)],
     media: &HashMap<u64, InboundMedia>,
     now: Timestamp,
 ) -> String {
@@ -188,7 +189,14 @@ pub fn conversation(
             .map(esc)
             .unwrap_or_else(|| format!("[{}]", esc(&e.kind)));
         let state = delivery
-            .map(|d| format!("<span class=\"state\">{}</span>", t(lang, d)))
+            .as_ref()
+            .map(|d| {
+                let why = match (d.state, d.error.as_deref()) {
+                    ("failed", code) => format!(": {}", failure(lang, code)),
+                    _ => String::new(),
+                };
+                format!("<span class=\"state\">{}{why}</span>", t(lang, d.state))
+            })
             .unwrap_or_default();
         let attached = media
             .get(n)
@@ -233,6 +241,28 @@ pub fn conversation(
         state = esc(c.phase.name()),
     );
     layout(lang, t(lang, "conversation"), Some(user), &body)
+}
+
+/// Why a message was not delivered, in words: Meta's error codes that a
+/// clinic meets (the Cloud API's error reference), and our own reasons for
+/// not sending; anything else by its number.
+fn failure(lang: Lang, code: Option<&str>) -> String {
+    let key = match code {
+        Some("131047" | "outside-window") => "why_window",
+        Some("131026") => "why_unreachable",
+        Some("131050") => "why_stopped",
+        Some("131049") => "why_meta_held",
+        Some("131000" | "131016" | "130429" | "131056" | "131057") => "why_meta_trouble",
+        Some("190") => "why_token",
+        Some("368" | "131031") => "why_account",
+        Some(c) if c.starts_with("132") || c == "template-not-approved" => "why_template",
+        Some("no-recipient") => "why_no_number",
+        Some(c) if c.bytes().all(|b| b.is_ascii_digit()) => {
+            return format!("{} {}", t(lang, "why_code"), esc(c));
+        }
+        _ => "why_unknown",
+    };
+    t(lang, key).to_owned()
 }
 
 /// Raster images a browser shows in an `<img>` (nothing scriptable: an

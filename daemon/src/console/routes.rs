@@ -9,6 +9,7 @@ use super::session::Session;
 use super::staff::{self, Login};
 use super::ConsoleState;
 use crate::api::conversations as inbox;
+use crate::api::conversations::Delivery;
 use crate::api::routes::audit_read;
 use crate::api::Problem;
 use crate::care::conversation::store::{Author, Entry};
@@ -341,7 +342,7 @@ async fn conversation_page(state: &ConsoleState, lang: Lang, s: Session, id: Str
 /// (records only: the bytes are opened when the browser asks for them).
 fn media_of(
     state: &ConsoleState,
-    log: &[(u64, Entry, Option<&'static str>)],
+    log: &[(u64, Entry, Option<Delivery>)],
 ) -> Result<HashMap<u64, InboundMedia>, Problem> {
     let mut found = HashMap::new();
     for (n, e, _) in log {

@@ -445,6 +445,22 @@ pub(crate) fn stage_outcome(
         now,
     )?;
     let mut kpi_tracked = false;
+    // A conversation's message refused for good: the inbox says "failed"
+    // and why, instead of "waiting to be sent" for ever.
+    if settled == Settled::DeadLettered {
+        if let Some(r) = envelope
+            .item
+            .reference
+            .as_deref()
+            .filter(|r| crate::care::conversation::store::is_conversation_ref(r))
+        {
+            let why = match outcome {
+                Outcome::RefusedWith { code, .. } => code.as_str(),
+                _ => "refused",
+            };
+            crate::care::conversation::store::stage_failed(v, txn, r, envelope.item.patient, why)?;
+        }
+    }
     if let (Some((wamid, wa_id, dry)), Settled::Removed) = (record, settled) {
         let reference = envelope.item.reference.as_deref();
         kpi_tracked = crate::kpi::on_sent(v, txn, reference, &wamid, dry, now)?;

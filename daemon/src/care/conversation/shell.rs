@@ -639,6 +639,7 @@ pub(crate) fn bot_says(
 fn staff_item(vault: &Vault, txn: &mut Txn, item: WaItem, now: Timestamp) -> VaultResult<()> {
     let expires = now.saturating_add(outbox::SERVICE_WINDOW).ok();
     let patient = item.patient;
+    let reference = item.reference.clone();
     let reason = match outbox::stage(vault, txn, item, now, expires) {
         Ok(()) | Err(OutboxError::Unreachable { .. } | OutboxError::PolicyBlocked(_)) => {
             return Ok(())
@@ -649,6 +650,9 @@ fn staff_item(vault: &Vault, txn: &mut Txn, item: WaItem, now: Timestamp) -> Vau
         Err(OutboxError::NoRecipient(_)) => "no-recipient",
     };
     tracing::warn!(reason, "a staff message could not be queued");
+    if let Some(r) = &reference {
+        store::stage_failed(vault, txn, r, patient, reason)?;
+    }
     let mut ev = Event {
         kind: EventKind::MessageFailed,
         time: now,

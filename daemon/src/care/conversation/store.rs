@@ -190,6 +190,20 @@ pub fn is_conversation_ref(reference: &str) -> bool {
     reference.starts_with(REF_PREFIX) || reference.starts_with("care-conv:")
 }
 
+/// What became of an outbound conversation message once the outbox was
+/// done with it. (Records from before failures were kept are a bare wamid
+/// string: they read as `Sent`.)
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Outcome {
+    Sent(String),
+    /// Never sent: Meta's error code, or our reason (`outside-window`,
+    /// `template-not-approved`, `no-recipient`, `refused`).
+    Failed {
+        failed: String,
+    },
+}
+
 /// Records the wamid Meta gave the message with `reference` (in the
 /// outbox worker's txn that records the send).
 pub fn stage_sent(
@@ -200,12 +214,45 @@ pub fn stage_sent(
     wamid: &str,
 ) -> VaultResult<()> {
     let owner = patient.map_or(Owner::System, Owner::Patient);
-    txn.put_json(Tree::Care, out_key(vault, reference), owner, &wamid)
+    txn.put_json(
+        Tree::Care,
+        out_key(vault, reference),
+        owner,
+        &Outcome::Sent(wamid.to_owned()),
+    )
+}
+
+/// Records that the message with `reference` will never be sent, and why
+/// (the inbox shows "failed" with the reason in words).
+pub fn stage_failed(
+    vault: &Vault,
+    txn: &mut Txn,
+    reference: &str,
+    patient: Option<PatientId>,
+    why: &str,
+) -> VaultResult<()> {
+    let owner = patient.map_or(Owner::System, Owner::Patient);
+    txn.put_json(
+        Tree::Care,
+        out_key(vault, reference),
+        owner,
+        &Outcome::Failed {
+            failed: why.to_owned(),
+        },
+    )
+}
+
+/// What became of the message with `reference` (None: still queued).
+pub fn outcome(vault: &Vault, reference: &str) -> VaultResult<Option<Outcome>> {
+    tolerate(vault.get_json(Tree::Care, &out_key(vault, reference)))
 }
 
 /// The wamid of the message with `reference`, once sent.
 pub fn sent_wamid(vault: &Vault, reference: &str) -> VaultResult<Option<String>> {
-    tolerate(vault.get_json(Tree::Care, &out_key(vault, reference)))
+    Ok(match outcome(vault, reference)? {
+        Some(Outcome::Sent(w)) => Some(w),
+        _ => None,
+    })
 }
 
 pub fn remove_sent(vault: &Vault, txn: &mut Txn, reference: &str) {
