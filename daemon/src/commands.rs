@@ -50,7 +50,10 @@ pub enum Command {
     },
     /// An operator puts a dead letter back in its queue (the dashboard's
     /// retry button, the local API).
-    RetryDeadLetter { queue: DeadQueue, id: u64 },
+    RetryDeadLetter {
+        queue: DeadQueue,
+        id: u64,
+    },
 }
 
 /// The queues whose dead letters can be retried.
