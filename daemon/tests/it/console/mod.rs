@@ -8,6 +8,7 @@
 //! the staff member.
 
 mod client;
+mod dashboard;
 mod figures;
 
 use crate::care_reminders::*;
