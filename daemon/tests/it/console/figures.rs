@@ -82,6 +82,21 @@ async fn browser() {
     let sim = Sim::start().await.unwrap();
     sim.add_template(Template::approved("conversation_reopen", "en"));
     let (d, secret) = setup(&sim).await;
+    let vault = d.running.vault.clone();
+    let enrolment = tokio::task::spawn_blocking(move || {
+        staff::add(
+            &vault,
+            "zz-admin",
+            staff::Role::Admin,
+            Some(PASSWORD.to_owned().into()),
+            "test",
+            t0(),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let admin_secret = staff::secret_from_uri(&enrolment.otpauth).unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let shots = root.join("target/console-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
@@ -94,6 +109,8 @@ async fn browser() {
         .env("STAFF", "zz-desk")
         .env("PASSWORD", PASSWORD)
         .env("TOTP_HEX", hex::encode(&secret))
+        .env("ADMIN", "zz-admin")
+        .env("ADMIN_TOTP_HEX", hex::encode(&admin_secret))
         .env("SHOTS", &shots)
         .env("NOW", d.clock.now().as_second().to_string())
         .stdin(std::process::Stdio::piped())
