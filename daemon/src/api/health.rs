@@ -129,10 +129,17 @@ pub fn check(state: &ApiState) -> Health {
         None => TokenState::Unknown,
         Some(h) if h.dry_run => TokenState::None,
         Some(h) if !h.paused() => TokenState::Ok,
-        // Paused: a token file that cannot be read now is missing; one
-        // that can was refused by Meta.
+        // Paused: a token file that cannot be opened now (or is empty) is
+        // missing; one that can was refused by Meta. Only opened, never
+        // read: the secret stays out of this path.
         Some(_) => match &health.whatsapp_token_file {
-            Some(p) if std::fs::read(p).is_ok_and(|t| !t.is_empty()) => TokenState::Rejected,
+            Some(p)
+                if std::fs::File::open(p)
+                    .and_then(|f| f.metadata())
+                    .is_ok_and(|m| m.len() > 0) =>
+            {
+                TokenState::Rejected
+            }
             _ => TokenState::Missing,
         },
     };
