@@ -56,11 +56,13 @@ fn gather(state: &ConsoleState) -> Result<Data, String> {
     let (a, b) = (kpi::day_number(from), kpi::day_number(to));
     let read_failed = |e: crate::vault::VaultError| format!("the KPIs could not be read: {e}");
     let mut daily = read::daily(vault, a, b).map_err(read_failed)?;
-    let total = read::summary(vault, a, b).map_err(read_failed)?;
+    let mut total = Summary::default();
     let mut days = Vec::new();
     let mut d = from;
     while d <= to {
-        days.push((d, daily.remove(&kpi::day_number(d)).unwrap_or_default()));
+        let day = daily.remove(&kpi::day_number(d)).unwrap_or_default();
+        total.merge(&day);
+        days.push((d, day));
         match d.tomorrow() {
             Ok(next) => d = next,
             Err(_) => break,

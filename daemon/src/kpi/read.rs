@@ -136,6 +136,17 @@ pub fn daily(vault: &Vault, from: u32, to: u32) -> VaultResult<BTreeMap<u32, Sum
 }
 
 impl Summary {
+    /// Adds `other`'s entries (the days of a range summed from
+    /// [`daily`] without a second scan).
+    pub fn merge(&mut self, other: &Summary) {
+        for (k, n) in &other.counts {
+            *self.counts.entry(*k).or_default() += n;
+        }
+        self.delays.extend_from_slice(&other.delays);
+        self.staff_response.extend_from_slice(&other.staff_response);
+        self.finish();
+    }
+
     fn add(&mut self, kpi: Kpi, secs: Option<u32>) {
         *self.counts.entry(kpi).or_default() += 1;
         match (kpi, secs) {
