@@ -4,7 +4,8 @@
 //! refused is listed as a dead letter and the retry button (with CSRF)
 //! delivers it to the PMS once it accepts; the same through the local API
 //! on the Unix socket (the TCP door refuses it: `tls.rs`); no marker value
-//! anywhere on the page; the view is audited.
+//! anywhere on the page; the view is audited. A WhatsApp dead letter is
+//! retried from the page too, and a token Meta rejects shows as such.
 
 use super::client::*;
 use crate::care_reminders::*;
@@ -314,4 +315,73 @@ fn esc(s: &str) -> std::borrow::Cow<'_, str> {
     } else {
         s.into()
     }
+}
+
+/// A WhatsApp message Meta refused (131026) is listed with its code and
+/// retried from the page (the simulator then accepts it); a token Meta
+/// rejects (190) shows as such, with the paused outbox among the warnings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whatsapp_dead_letter_is_retried_and_a_rejected_token_shows() {
+    use graph_sim::Injection;
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("conversation_reopen", "en"));
+    let (d, _) = setup(&sim).await;
+    let secret = add_staff(&d, "zz-admin", Role::Admin).await;
+    let conv = hand_off(&d, "wamid.W1", WA_ID).await;
+    let mut admin = Browser::new(&d);
+    assert_eq!(
+        admin.sign_in_as(&d, "zz-admin", &secret, None).await.status,
+        303
+    );
+    let csrf = admin.get("/").await.csrf();
+    let path = format!("/c/{conv}/reply");
+
+    sim.inject(Injection::code(131026));
+    let r = admin
+        .post(&path, &[("csrf", &csrf), ("text", "ZZ staff: first try")])
+        .await;
+    assert_eq!(r.status, 303);
+    until("the refused reply dead-lettered", || {
+        (d.running.vault.count(Tree::WaDeadLetters) == 1).then_some(())
+    })
+    .await;
+    let page = admin.get("/admin").await;
+    assert!(
+        page.body.contains("refused by the receiver (131026)"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("WhatsApp message(s) refused by Meta"));
+    assert!(!page.body.contains("ZZ staff: first try") && !page.body.contains(WA_ID));
+    let retry = retry_path(&page.body);
+    assert!(retry.starts_with("/admin/dead/whatsapp/"), "{retry}");
+    let r = admin.post(&retry, &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    until("the retried reply at the simulator", || {
+        sim.sent_messages()
+            .iter()
+            .any(|m| m["text"]["body"] == "ZZ staff: first try")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(d.running.vault.count(Tree::WaDeadLetters), 0);
+
+    // Meta rejects the token: the outbox pauses, the page says why.
+    sim.inject(Injection::code(190));
+    let r = admin
+        .post(&path, &[("csrf", &csrf), ("text", "ZZ staff: second")])
+        .await;
+    assert_eq!(r.status, 303);
+    let handle = d.running.whatsapp.clone().unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), handle.wait_paused(true))
+        .await
+        .unwrap();
+    let page = admin.get("/admin").await;
+    assert!(
+        page.body.contains("rejected by Meta (error 190)"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("the WhatsApp outbox is paused"));
+    d.stop().await;
 }
