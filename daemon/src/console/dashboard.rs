@@ -488,49 +488,22 @@ fn figures_table(body: &mut String, lang: Lang, data: &Data) {
     body.push_str("</tbody></table></div>");
 }
 
-/// The dashboard's words.
+/// The dashboard's words (one line per word: a table reads best as one).
+#[rustfmt::skip]
 pub const WORDS: Words = &[
-    (
-        "d_forbidden",
-        "Only administrators may open the dashboard.",
-        "Nur Administratorinnen und Administratoren dürfen die Übersicht öffnen.",
-    ),
+    ("d_forbidden", "Only administrators may open the dashboard.", "Nur Administratorinnen und Administratoren dürfen die Übersicht öffnen."),
     ("d_warnings", "Warnings", "Warnungen"),
-    (
-        "d_no_warnings",
-        "No warnings: everything looks healthy.",
-        "Keine Warnungen: alles in Ordnung.",
-    ),
+    ("d_no_warnings", "No warnings: everything looks healthy.", "Keine Warnungen: alles in Ordnung."),
     ("d_mode", "Mode", "Modus"),
-    (
-        "d_live",
-        "live (messages are sent)",
-        "live (Nachrichten werden gesendet)",
-    ),
-    (
-        "d_dry_run",
-        "dry-run (nothing is sent)",
-        "Probebetrieb (nichts wird gesendet)",
-    ),
+    ("d_live", "live (messages are sent)", "live (Nachrichten werden gesendet)"),
+    ("d_dry_run", "dry-run (nothing is sent)", "Probebetrieb (nichts wird gesendet)"),
     ("d_host", "API host", "API-Host"),
     ("d_token", "Access token", "Zugangstoken"),
     ("d_token_none", "none configured", "keines eingerichtet"),
     ("d_token_ok", "in use", "in Gebrauch"),
-    (
-        "d_token_missing",
-        "missing: the token file cannot be read (sending paused)",
-        "fehlt: die Token-Datei ist nicht lesbar (Versand angehalten)",
-    ),
-    (
-        "d_token_rejected",
-        "rejected by Meta (error 190): sending paused until it is replaced",
-        "von Meta abgelehnt (Fehler 190): Versand angehalten, bis es ersetzt ist",
-    ),
-    (
-        "d_token_unknown",
-        "unknown: the WhatsApp outbox is not running",
-        "unbekannt: der WhatsApp-Postausgang läuft nicht",
-    ),
+    ("d_token_missing", "missing: the token file cannot be read (sending paused)", "fehlt: die Token-Datei ist nicht lesbar (Versand angehalten)"),
+    ("d_token_rejected", "rejected by Meta (error 190): sending paused until it is replaced", "von Meta abgelehnt (Fehler 190): Versand angehalten, bis es ersetzt ist"),
+    ("d_token_unknown", "unknown: the WhatsApp outbox is not running", "unbekannt: der WhatsApp-Postausgang läuft nicht"),
     ("d_queues", "Queues", "Warteschlangen"),
     ("d_queue", "Queue", "Warteschlange"),
     ("d_depth", "Waiting", "Wartend"),
@@ -538,107 +511,39 @@ pub const WORDS: Words = &[
     ("d_dead", "Dead letters", "Unzustellbare"),
     ("d_pms_out", "To the PMS", "An das PVS"),
     ("d_wa_out", "To WhatsApp", "An WhatsApp"),
-    (
-        "d_dead_title",
-        "Dead letters (messages that were not delivered)",
-        "Unzustellbare Nachrichten",
-    ),
+    ("d_dead_title", "Dead letters (messages that were not delivered)", "Unzustellbare Nachrichten"),
     ("d_no_dead", "None.", "Keine."),
     ("d_kind", "Kind", "Art"),
     ("d_when", "When", "Wann"),
     ("d_attempts", "Attempts", "Versuche"),
     ("d_action", "Action", "Aktion"),
     ("d_retry", "Retry", "Erneut senden"),
-    (
-        "d_retry_label",
-        "Retry dead letter",
-        "Erneut senden: Nachricht",
-    ),
+    ("d_retry_label", "Retry dead letter", "Erneut senden: Nachricht"),
     ("d_of", "shown of", "angezeigt von"),
-    (
-        "d_r_refused",
-        "refused by the receiver",
-        "vom Empfänger abgelehnt",
-    ),
-    (
-        "d_r_attempts",
-        "gave up after repeated failures",
-        "nach wiederholten Fehlversuchen aufgegeben",
-    ),
-    (
-        "d_r_erased",
-        "the patient's data was erased",
-        "die Daten der Person wurden gelöscht",
-    ),
-    (
-        "d_r_damaged",
-        "damaged, cannot be read",
-        "beschädigt, nicht lesbar",
-    ),
+    ("d_r_refused", "refused by the receiver", "vom Empfänger abgelehnt"),
+    ("d_r_attempts", "gave up after repeated failures", "nach wiederholten Fehlversuchen aufgegeben"),
+    ("d_r_erased", "the patient's data was erased", "die Daten der Person wurden gelöscht"),
+    ("d_r_damaged", "damaged, cannot be read", "beschädigt, nicht lesbar"),
     ("d_r_other", "other", "anderes"),
     ("d_last_30", "The last 30 days", "Die letzten 30 Tage"),
     ("d_sent", "Reminders sent", "Erinnerungen gesendet"),
-    (
-        "d_confirmed",
-        "Reminders confirmed",
-        "Erinnerungen bestätigt",
-    ),
+    ("d_confirmed", "Reminders confirmed", "Erinnerungen bestätigt"),
     ("d_opt_outs", "Opt-outs", "Abmeldungen"),
-    (
-        "d_ns_with",
-        "No-show rate with a confirmed reminder",
-        "Nichterscheinen mit bestätigter Erinnerung",
-    ),
-    (
-        "d_ns_without",
-        "No-show rate without a confirmed reminder",
-        "Nichterscheinen ohne bestätigte Erinnerung",
-    ),
+    ("d_ns_with", "No-show rate with a confirmed reminder", "Nichterscheinen mit bestätigter Erinnerung"),
+    ("d_ns_without", "No-show rate without a confirmed reminder", "Nichterscheinen ohne bestätigte Erinnerung"),
     ("d_none_ended", "no visits ended", "keine Termine beendet"),
-    (
-        "d_response",
-        "Median staff response time",
-        "Mittlere Antwortzeit der Praxis (Median)",
-    ),
+    ("d_response", "Median staff response time", "Mittlere Antwortzeit der Praxis (Median)"),
     ("d_replies", "first replies", "erste Antworten"),
-    (
-        "d_chart_reminders",
-        "Reminders sent and confirmed per day",
-        "Erinnerungen pro Tag: gesendet und bestätigt",
-    ),
-    (
-        "d_chart_no_show",
-        "No-show rate, with and without a confirmed reminder (percent)",
-        "Nichterscheinen mit und ohne bestätigte Erinnerung (Prozent)",
-    ),
-    (
-        "d_chart_opt_outs",
-        "Opt-outs per day",
-        "Abmeldungen pro Tag",
-    ),
-    (
-        "d_chart_response",
-        "Median staff response time per day (minutes)",
-        "Mittlere Antwortzeit pro Tag (Minuten)",
-    ),
+    ("d_chart_reminders", "Reminders sent and confirmed per day", "Erinnerungen pro Tag: gesendet und bestätigt"),
+    ("d_chart_no_show", "No-show rate, with and without a confirmed reminder (percent)", "Nichterscheinen mit und ohne bestätigte Erinnerung (Prozent)"),
+    ("d_chart_opt_outs", "Opt-outs per day", "Abmeldungen pro Tag"),
+    ("d_chart_response", "Median staff response time per day (minutes)", "Mittlere Antwortzeit pro Tag (Minuten)"),
     ("d_figures", "Figures per day", "Zahlen pro Tag"),
     ("d_day", "Day", "Tag"),
-    (
-        "d_ns_with_n",
-        "No-shows, confirmed reminder",
-        "Nicht erschienen, bestätigt",
-    ),
-    (
-        "d_ns_without_n",
-        "No-shows, no confirmed reminder",
-        "Nicht erschienen, unbestätigt",
-    ),
+    ("d_ns_with_n", "No-shows, confirmed reminder", "Nicht erschienen, bestätigt"),
+    ("d_ns_without_n", "No-shows, no confirmed reminder", "Nicht erschienen, unbestätigt"),
     ("d_replies_n", "First staff replies", "Erste Antworten"),
-    (
-        "d_response_min",
-        "Median response (min)",
-        "Antwortzeit Median (min)",
-    ),
+    ("d_response_min", "Median response (min)", "Antwortzeit Median (min)"),
 ];
 
 /// The dashboard's styles: colours as classes (the CSP forbids inline
