@@ -48,6 +48,38 @@ pub enum Command {
     CloseConversation {
         conversation: [u8; 16],
     },
+    /// An operator puts a dead letter back in its queue (the dashboard's
+    /// retry button, the local API).
+    RetryDeadLetter {
+        queue: DeadQueue,
+        id: u64,
+    },
+}
+
+/// The queues whose dead letters can be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadQueue {
+    Pms,
+    Whatsapp,
+}
+
+impl DeadQueue {
+    /// `pms` or `whatsapp` (the URL segment).
+    pub fn parse(s: &str) -> Option<DeadQueue> {
+        match s {
+            "pms" => Some(DeadQueue::Pms),
+            "whatsapp" => Some(DeadQueue::Whatsapp),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadQueue::Pms => "pms",
+            DeadQueue::Whatsapp => "whatsapp",
+        }
+    }
 }
 
 /// Who sent the commands and under which idempotency key.
@@ -143,6 +175,8 @@ pub enum CommandError {
     UnknownPatient(PatientId),
     #[error(transparent)]
     Conversation(#[from] crate::care::conversation::shell::ConversationError),
+    #[error(transparent)]
+    DeadLetter(#[from] crate::queue::dead::RetryError),
     #[error(transparent)]
     Vault(#[from] VaultError),
 }
@@ -413,6 +447,27 @@ fn build(
             Command::CloseConversation { conversation } => {
                 use crate::care::conversation::shell;
                 shell::close(vault, &mut txn, conversation, &origin.actor, now)?;
+            }
+            Command::RetryDeadLetter { queue, id } => {
+                use crate::queue::dead::stage_retry;
+                match queue {
+                    DeadQueue::Pms => stage_retry::<crate::pms::outbound::Outgoing>(
+                        vault,
+                        &mut txn,
+                        &crate::queue::PMS_OUTBOX,
+                        *id,
+                        &origin.actor,
+                        now,
+                    )?,
+                    DeadQueue::Whatsapp => stage_retry::<crate::whatsapp::outbox::WaItem>(
+                        vault,
+                        &mut txn,
+                        &crate::whatsapp::outbox::WA_OUTBOX,
+                        *id,
+                        &origin.actor,
+                        now,
+                    )?,
+                }
             }
         }
     }

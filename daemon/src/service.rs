@@ -557,6 +557,8 @@ fn spawn_all(
             pms_sender_configured: config.pms.sender.is_some(),
             whatsapp: whatsapp_handle.clone(),
             webhook_configured: config.webhook.is_some(),
+            whatsapp_host: crate::whatsapp::config::host_of(&config.whatsapp.api_base_url),
+            whatsapp_token_file: config.whatsapp.token_path(),
         },
     });
 

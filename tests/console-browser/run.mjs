@@ -4,7 +4,8 @@
 // commands (`handoff`, `clock SECONDS`) are answered on stdin with
 // `ok NOW` (the daemon's time, epoch seconds): the test posts the signed
 // webhook or moves the clock. Every other line is a log line. Exits 0 only
-// when every step passed.
+// when every step passed. Screenshots: inbox, conversation, sign-in page,
+// dashboard (as an admin, last).
 import { chromium } from "playwright-core";
 import { createHmac } from "node:crypto";
 import { createRequire } from "node:module";
@@ -20,6 +21,8 @@ const base = env("CONSOLE_URL");
 const staff = env("STAFF");
 const password = env("PASSWORD");
 const secret = Buffer.from(env("TOTP_HEX"), "hex");
+const admin = env("ADMIN");
+const adminSecret = Buffer.from(env("ADMIN_TOTP_HEX"), "hex");
 const shots = env("SHOTS");
 let now = Number(env("NOW"));
 
@@ -32,10 +35,10 @@ async function ask(cmd) {
 }
 
 // RFC 6238: HMAC-SHA1 over the 30-second step, 6 digits.
-function totp(at) {
+function totp(at, key = secret) {
   const counter = Buffer.alloc(8);
   counter.writeBigUInt64BE(BigInt(Math.floor(at / 30)));
-  const h = createHmac("sha1", secret).update(counter).digest();
+  const h = createHmac("sha1", key).update(counter).digest();
   const o = h[h.length - 1] & 15;
   return String((h.readUInt32BE(o) & 0x7fffffff) % 1000000).padStart(6, "0");
 }
@@ -69,9 +72,9 @@ try {
   });
   const page = await context.newPage();
 
-  async function signIn(code) {
+  async function signIn(code, name = staff) {
     await page.goto(`${base}/login`);
-    await page.fill("#name", staff);
+    await page.fill("#name", name);
     await page.fill("#password", password);
     await page.fill("#code", code);
     await Promise.all([page.waitForNavigation(), page.click("main button[type=submit]")]);
@@ -129,6 +132,18 @@ try {
   await ask("clock 60");
   await signIn(totp(now));
   check(page.url() === `${base}/login`, "the right code no longer opens a locked account");
+
+  // The admin's dashboard: the figures of this run (one hand-off answered),
+  // on a tablet-sized screen.
+  await signIn(totp(now, adminSecret), admin);
+  check(page.url() === `${base}/`, "the admin signed in");
+  await page.setViewportSize({ width: 800, height: 1024 });
+  await Promise.all([page.waitForNavigation(), page.click('header a[href="/admin"]')]);
+  const main = await page.textContent("main");
+  check(main.includes("The last 30 days") && main.includes("1 first replies"), "the dashboard shows the run's staff reply");
+  check((await page.locator("svg.chart").count()) === 4, "the dashboard draws four charts");
+  await page.screenshot({ path: path.join(shots, "dashboard.png"), fullPage: true });
+  await accessible(page, "the dashboard");
   console.log("browser test: all passed");
 } catch (e) {
   console.log(`browser test failed: ${e.stack || e}`);

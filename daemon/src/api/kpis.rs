@@ -14,7 +14,7 @@ pub const MAX_DAYS: i32 = 366;
 /// The default range: the 30 days up to today.
 const DEFAULT_DAYS: i32 = 30;
 
-fn today(vault: &Vault, now: Timestamp) -> Date {
+pub(crate) fn today(vault: &Vault, now: Timestamp) -> Date {
     let tz = vault
         .care()
         .map_or(jiff::tz::TimeZone::UTC, |s| s.time_zone.clone());

@@ -7,9 +7,11 @@
 
 pub mod client;
 pub(crate) mod conversations;
+pub(crate) mod dead_letters;
 mod download;
 pub mod fhir;
-mod kpis;
+pub mod health;
+pub(crate) mod kpis;
 pub mod limits;
 mod problem;
 pub mod read_audit;

@@ -50,6 +50,12 @@ pub struct HealthSources {
     pub whatsapp: std::sync::Arc<std::sync::OnceLock<crate::whatsapp::worker::OutboxHandle>>,
     /// Whether the webhook receiver is configured.
     pub webhook_configured: bool,
+    /// The host of `whatsapp.api_base_url` (shown on the dashboard; the
+    /// rest of the URL may carry a BSP's path).
+    pub whatsapp_host: String,
+    /// The token file, if one is configured (to tell "missing" from
+    /// "rejected" when the outbox is paused).
+    pub whatsapp_token_file: Option<std::path::PathBuf>,
 }
 
 /// Which listener a request came in on: admin endpoints answer only on the
@@ -102,7 +108,7 @@ impl hyper::body::Body for ApiBody {
     }
 }
 
-pub(super) type Resp = Response<ApiBody>;
+pub(crate) type Resp = Response<ApiBody>;
 
 fn full(bytes: impl Into<Bytes>) -> ApiBody {
     ApiBody::Full(Full::new(bytes.into()))
@@ -122,7 +128,7 @@ fn json_response(status: StatusCode, body: &Value) -> Resp {
     resp
 }
 
-pub(super) fn ok(body: &Value) -> Result<Resp, Problem> {
+pub(crate) fn ok(body: &Value) -> Result<Resp, Problem> {
     Ok(json_response(StatusCode::OK, body))
 }
 
@@ -135,7 +141,7 @@ fn no_content() -> Result<Resp, Problem> {
 /// A storage error: 503 while the disk is full or the store is out of
 /// service after a write failure (it recovers by itself once space is
 /// freed, so the client should retry), 500 for anything else.
-pub(super) fn internal<E: std::fmt::Display>(e: E) -> Problem {
+pub(crate) fn internal<E: std::fmt::Display>(e: E) -> Problem {
     let text = e.to_string();
     // ENOSPC from the keyring or the spool reads "No space left on device".
     if text.contains(crate::vault::STORAGE_FAILED) || text.contains("No space left on device") {
@@ -258,7 +264,7 @@ fn patient_id(segment: &str) -> Result<PatientId, Problem> {
     PatientId::from_hex(segment).ok_or_else(|| Problem::not_found("patient ids are 32 hex digits"))
 }
 
-pub(super) fn origin(state: &ApiState, req: &Request<Incoming>, actor: &str) -> Origin {
+pub(crate) fn origin(state: &ApiState, req: &Request<Incoming>, actor: &str) -> Origin {
     let key = req
         .headers()
         .get("idempotency-key")
@@ -285,7 +291,7 @@ pub(super) fn origin(state: &ApiState, req: &Request<Incoming>, actor: &str) -> 
 /// words it for staff).
 pub(crate) const KEY_CONFLICT: &str = "this Idempotency-Key was already used for a request with another body; use a new key for a new request";
 
-pub(super) async fn apply(
+pub(crate) async fn apply(
     state: &ApiState,
     commands: &[Command],
     origin: &Origin,
@@ -305,6 +311,7 @@ pub(super) async fn apply(
             id.to_hex()
         ))),
         Err(CommandError::Conversation(e)) => Err(super::conversations::problem(e)),
+        Err(CommandError::DeadLetter(e)) => Err(super::dead_letters::problem(&e)),
         Err(e) => Err(internal(e)),
     }
 }
@@ -339,6 +346,10 @@ async fn route(
             "use the Unix socket on the clinic-relay host for administrative requests",
         )),
         (Method::GET, ["v1", "admin", "backup"]) => backup(state, actor).await,
+        (Method::POST, ["v1", "admin", "dead-letters", queue, id, "retry"]) => {
+            let origin = origin(state, &req, actor);
+            super::dead_letters::handle(state, queue, id, &origin).await
+        }
         (Method::GET, ["v1", "patients"]) => search_patients(state, &req, actor).await,
         (Method::POST, ["v1", "patients"]) => upsert_patient(state, req, actor).await,
         (Method::GET, ["v1", "patients", id]) => get_patient(state, id, actor).await,
@@ -420,6 +431,7 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         | ["v1", "results", _]
         | ["v1", "patients", _, "appointments"] => Some("GET"),
         ["v1", "kpis"] | ["metrics"] => Some("GET"),
+        ["v1", "admin", "dead-letters", _, _, "retry"] => Some("POST"),
         ["v1", "conversations"] | ["v1", "conversations", _] => Some("GET"),
         ["v1", "conversations", _, "messages" | "close"] => Some("POST"),
         ["v1", "conversations", _, "messages", _, "media"] => Some("GET"),
@@ -469,126 +481,7 @@ pub(crate) async fn audit_read(
 }
 
 fn status(state: &ApiState) -> Result<Resp, Problem> {
-    use crate::vault::Tree;
-    let now = state.clock.now();
-    let vault = &state.vault;
-    let health = &state.health;
-    let mut warnings: Vec<String> = Vec::new();
-
-    let outbox_depth = vault.count(Tree::PmsOutbox);
-    // Status must answer when storage does not (it is how IT learns why):
-    // a failed read leaves the figure out, the storage warning says why.
-    let outbox_oldest =
-        crate::queue::oldest_enqueued(vault, &crate::queue::PMS_OUTBOX).unwrap_or(None);
-    if let Some(oldest) = outbox_oldest {
-        if now.duration_since(oldest).as_secs() > 3600 {
-            warnings.push("messages for the PMS have waited over an hour (is the PMS reachable? see pms.outbound_endpoint)".to_owned());
-        }
-    }
-    if outbox_depth > 0 && !health.pms_sender_configured {
-        warnings.push(
-            "messages for the PMS are queued but pms.outbound_endpoint is not set".to_owned(),
-        );
-    }
-    let dead_letters = vault.count(Tree::PmsDeadLetters);
-    if dead_letters > 0 {
-        warnings.push(format!(
-            "{dead_letters} message(s) refused by the PMS (dead letters)"
-        ));
-    }
-    let (free_bytes, total_bytes) = rustix::fs::statvfs(&health.data_dir)
-        .map(|s| {
-            (
-                s.f_bavail.saturating_mul(s.f_frsize),
-                s.f_blocks.saturating_mul(s.f_frsize),
-            )
-        })
-        .unwrap_or((0, 0));
-    if total_bytes > 0 && (free_bytes < 1 << 30 || free_bytes.saturating_mul(20) < total_bytes) {
-        warnings.push(format!(
-            "disk almost full: {} MiB free for the data directory",
-            free_bytes >> 20
-        ));
-    }
-    let mut key_age_days = None;
-    if let Some(path) = &health.master_key_file {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                warnings.push(format!(
-                    "the master key file {} is readable by group or others: chmod 600 it",
-                    path.display()
-                ));
-            }
-            key_age_days = meta
-                .modified()
-                .ok()
-                .and_then(|m| jiff::Timestamp::try_from(m).ok())
-                .map(|m| now.duration_since(m).as_secs() / 86_400);
-        }
-    }
-    if let Some(why) = vault.storage_failure() {
-        warnings.push(format!(
-            "storage failed, writes are refused until it recovers by itself (free disk space for the data directory): {}",
-            crate::logging::clean(&why)
-        ));
-    }
-    if let Some(why) = vault.audit_damage() {
-        warnings.push(format!("audit log damaged: {why}"));
-    }
-    if let Some(why) = vault.keyring_mirror_error() {
-        warnings.push(format!("the keyring copy is stale: {why}"));
-    }
-    if vault.rotation_pending() {
-        warnings.push("a master key rotation is in progress".to_owned());
-    }
-    let wa = health.whatsapp.get();
-    let wa_depth = vault.count(Tree::WaOutbox);
-    let wa_dead = vault.count(Tree::WaDeadLetters);
-    match wa {
-        None => warnings.push(
-            "the WhatsApp outbox is not running (see the log; messages stay queued)".to_owned(),
-        ),
-        Some(h) if h.paused() => warnings.push(
-            "the WhatsApp outbox is paused: Meta rejected the access token (190); replace whatsapp.token_file (sending resumes when it changes, or on SIGHUP)".to_owned(),
-        ),
-        Some(_) => {}
-    }
-    if wa_dead > 0 {
-        warnings.push(format!(
-            "{wa_dead} WhatsApp message(s) refused by Meta or out of attempts (dead letters)"
-        ));
-    }
-    let wa_mode = match wa {
-        Some(h) if !h.dry_run => "live",
-        _ => "dry-run",
-    };
-    ok(&json!({
-        "version": crate::service::VERSION,
-        "uptime_seconds": now.duration_since(state.started).as_secs(),
-        "whatsapp_mode": wa_mode,
-        "patients": vault.count(Tree::Patients),
-        "pms": {
-            "last_message_at": health.ingest.last_message_at().map(|t| t.to_string()),
-            "outbox_depth": outbox_depth,
-            "outbox_oldest": outbox_oldest.map(|t| t.to_string()),
-            "dead_letters": dead_letters,
-            "sender": if health.pms_sender_configured { "configured" } else { "not configured" },
-        },
-        "whatsapp": {
-            "outbox_depth": wa_depth,
-            "dead_letters": wa_dead,
-            "paused": wa.is_some_and(|h| h.paused()),
-            "webhook": if health.webhook_configured { "configured" } else { "not configured" },
-        },
-        "keys": {"generation": vault.key_generation(), "master_key_age_days": key_age_days},
-        "audit": {"seq": vault.audit_seq(), "reads_waiting": state.read_audit.waiting()},
-        "storage": {"data_dir": health.data_dir.display().to_string(), "free_bytes": free_bytes, "total_bytes": total_bytes},
-        // The durable cursor: what a feed reader can actually get.
-        "events_cursor": *vault.events_watch().borrow(),
-        "warnings": warnings,
-        "healthy": warnings.is_empty(),
-    }))
+    ok(&super::health::check(state).to_json())
 }
 
 /// Streams a backup. The snapshot is taken as one writer job into an

@@ -8,8 +8,10 @@
 //! (actor `staff:NAME`), same commands through `commands::apply`.
 
 pub mod cert;
+mod charts;
 pub mod cli;
 pub mod config;
+mod dashboard;
 mod http;
 mod live;
 pub mod pages;

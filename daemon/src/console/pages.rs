@@ -113,7 +113,7 @@ pub fn login(lang: Lang, csrf: &str, problem: Option<&str>) -> String {
 }
 
 /// "3 min", "2 h 05 min", "1 d 4 h".
-fn waited(secs: i64) -> String {
+pub(super) fn waited(secs: i64) -> String {
     let m = secs.max(0) / 60;
     match m {
         0..60 => format!("{m} min"),

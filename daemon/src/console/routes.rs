@@ -24,7 +24,7 @@ use std::sync::Arc;
 const LOGIN_COOKIE: &str = "login";
 
 /// The stylesheet, one piece per page family, served as one file.
-const STYLES: &[&str] = &[pages::CSS];
+const STYLES: &[&str] = &[pages::CSS, super::dashboard::CSS];
 
 fn session_cookie(state: &ConsoleState) -> &'static str {
     // `__Host-` needs `Secure`, which only TLS has.
@@ -107,6 +107,16 @@ pub async fn handle(state: &Arc<ConsoleState>, req: Request<Incoming>, peer: IpA
         (&Method::POST, ["c", id, action @ ("reply" | "close")]) => {
             let (id, action) = ((*id).to_owned(), *action);
             conversation_post(state, req, lang, id, action).await
+        }
+        (&Method::GET, ["admin"]) => {
+            with_session(state, &req, lang, |s| {
+                super::dashboard::page(state, lang, s)
+            })
+            .await
+        }
+        (&Method::POST, ["admin", "dead", queue, id, "retry"]) => {
+            let (queue, id) = ((*queue).to_owned(), (*id).to_owned());
+            super::dashboard::retry(state, req, lang, queue, id).await
         }
         (&Method::GET | &Method::POST, _) => {
             http::html(StatusCode::NOT_FOUND, pages::error(lang, "notfound", ""))

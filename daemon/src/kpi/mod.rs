@@ -1,7 +1,8 @@
 //! Workflow KPIs (issue 10, item 6): reminders sent / delivered / read /
 //! confirmed / cancelled / rescheduled, opt-outs, visits that ended in a
 //! no-show or were fulfilled (each split by "had a reminder the patient
-//! confirmed"), and the time from a reminder to its answer.
+//! confirmed"), the time from a reminder to its answer, and the time from
+//! a hand-off to the first staff reply (issue 12's dashboard).
 //!
 //! **Counted where it happens.** Each hook stages its entry in the same
 //! [`Txn`] as the happening it counts (the send's record, the webhook's
@@ -61,10 +62,13 @@ pub enum Kpi {
     /// patient confirmed.
     FulfilledConfirmed = 10,
     FulfilledUnconfirmed = 11,
+    /// A staff member's first reply after a hand-off; the value is the
+    /// seconds the patient waited for it.
+    StaffResponse = 12,
 }
 
 impl Kpi {
-    pub const ALL: [Kpi; 11] = [
+    pub const ALL: [Kpi; 12] = [
         Kpi::Sent,
         Kpi::Delivered,
         Kpi::Read,
@@ -76,6 +80,7 @@ impl Kpi {
         Kpi::NoShowUnconfirmed,
         Kpi::FulfilledConfirmed,
         Kpi::FulfilledUnconfirmed,
+        Kpi::StaffResponse,
     ];
 
     fn from_byte(b: u8) -> Option<Kpi> {
@@ -295,6 +300,31 @@ pub fn on_opt_out(
     let identity = format!("opt-out:{}:{}", patient.to_hex(), now.as_nanosecond());
     stage(vault, txn, Kpi::OptOut, &identity, Vec::new(), now);
     Ok(())
+}
+
+/// Hook: a staff member's reply in a conversation waiting for staff since
+/// `since` (the hand-off): the first reply after a hand-off counts, with
+/// the seconds the patient waited. The identity names the conversation and
+/// the hand-off's time, so a later hand-off of the same conversation counts
+/// again and nothing counts twice.
+pub fn on_staff_reply(
+    vault: &Vault,
+    txn: &mut Txn,
+    conversation: &[u8; 16],
+    since: Timestamp,
+    now: Timestamp,
+) {
+    let secs = now.duration_since(since).as_secs().max(0);
+    let value = u32::try_from(secs)
+        .unwrap_or(u32::MAX)
+        .to_be_bytes()
+        .to_vec();
+    let identity = format!(
+        "staff-reply:{}:{}",
+        hex::encode(conversation),
+        since.as_nanosecond()
+    );
+    stage(vault, txn, Kpi::StaffResponse, &identity, value, now);
 }
 
 /// Hook: an appointment as the PMS left it, with its workflow state before

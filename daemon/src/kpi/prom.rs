@@ -92,6 +92,24 @@ const COUNTERS: [(&str, Kpi, &str); 7] = [
     ),
 ];
 
+/// A histogram of sorted seconds over [`DELAY_BUCKETS`].
+fn histogram(out: &mut String, name: &str, help: &str, sorted: &[u32]) {
+    header(out, name, "histogram", help);
+    for le in DELAY_BUCKETS {
+        let n = sorted.partition_point(|d| *d <= le);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{} {n}",
+            labels(&[("le", &le.to_string())])
+        );
+    }
+    let count = sorted.len();
+    let sum: u64 = sorted.iter().map(|d| u64::from(*d)).sum();
+    let _ = writeln!(out, "{name}_bucket{} {count}", labels(&[("le", "+Inf")]));
+    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_count {count}");
+}
+
 /// The whole exposition.
 pub fn encode(s: &Summary, g: Gauges) -> String {
     let mut out = String::new();
@@ -132,25 +150,18 @@ pub fn encode(s: &Summary, g: Gauges) -> String {
         let _ = writeln!(out, "{rate}{l} {}", float(s.no_show_rate(confirmed)));
     }
 
-    let delay = "clinic_relay_reminder_answer_delay_seconds";
-    header(
+    histogram(
         &mut out,
-        delay,
-        "histogram",
+        "clinic_relay_reminder_answer_delay_seconds",
         "Time from a reminder accepted by WhatsApp to the patient's answer.",
+        &s.delays,
     );
-    for (le, n) in DELAY_BUCKETS.iter().zip(s.delay_buckets()) {
-        let _ = writeln!(
-            out,
-            "{delay}_bucket{} {n}",
-            labels(&[("le", &le.to_string())])
-        );
-    }
-    let count = s.delays.len();
-    let sum: u64 = s.delays.iter().map(|d| u64::from(*d)).sum();
-    let _ = writeln!(out, "{delay}_bucket{} {count}", labels(&[("le", "+Inf")]));
-    let _ = writeln!(out, "{delay}_sum {sum}");
-    let _ = writeln!(out, "{delay}_count {count}");
+    histogram(
+        &mut out,
+        "clinic_relay_staff_response_seconds",
+        "Time from a hand-off to staff to the first staff reply.",
+        &s.staff_response,
+    );
 
     for (name, help, v) in [
         (

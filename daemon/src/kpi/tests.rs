@@ -185,6 +185,20 @@ fn median_and_buckets() {
     s.delays.pop();
     assert_eq!(s.median_delay(), Some(120.0));
     assert_eq!(Summary::default().median_delay(), None);
+    let mut day = Summary {
+        staff_response: vec![300, 60],
+        ..Summary::default()
+    };
+    day.counts.insert(Kpi::StaffResponse, 2);
+    let mut total = Summary::default();
+    total.merge(&day);
+    total.merge(&Summary {
+        staff_response: vec![120],
+        ..Summary::default()
+    });
+    assert_eq!(total.staff_response, [60, 120, 300]);
+    assert_eq!(total.median_staff_response(), Some(120.0));
+    assert_eq!(total.get(Kpi::StaffResponse), 2);
 }
 
 #[test]

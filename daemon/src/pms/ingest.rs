@@ -214,8 +214,8 @@ impl Ingest {
                 let err = AckError::new(204, format!("unknown patient {id}")).at("PID", 3);
                 self.ack(&msg, AckCode::Error, Some(&err))
             }
-            // HL7 never carries conversation commands.
-            Err(e @ CommandError::Conversation(_)) => {
+            // HL7 never carries conversation or dead-letter commands.
+            Err(e @ (CommandError::Conversation(_) | CommandError::DeadLetter(_))) => {
                 let err = AckError::new(207, format!("application internal error: {e}"));
                 self.ack(&msg, AckCode::Error, Some(&err))
             }

@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
+pub mod dead;
 pub mod in_flight;
 
 /// How many items one look for the next due item reads at most. Beyond it

@@ -351,6 +351,16 @@ fn base_url(v: &str) -> Result<String, Invalid> {
     Ok(v.trim_end_matches('/').to_owned())
 }
 
+/// The host of a (validated) base URL, for display: never its scheme,
+/// port or anything after them.
+pub fn host_of(base_url: &str) -> String {
+    base_url
+        .parse::<hyper::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 pub(crate) fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")

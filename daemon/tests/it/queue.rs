@@ -239,3 +239,64 @@ fn attempts_and_due_times_survive_a_restart() {
     );
     vault.close().unwrap();
 }
+
+/// A dead letter put back (`queue::dead`, the dashboard's and the admin
+/// API's retry): listed without its payload, back at the end of the queue
+/// due now with its attempts reset, gone from the dead letters, audited;
+/// a second retry finds nothing; one past its expiry is not put back.
+#[test]
+fn a_retried_dead_letter_is_queued_again_once_and_an_expired_one_is_not() {
+    use clinic_relay::queue::dead::{self, RetryError};
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = open(tmp.path(), &key(1));
+    let mut expiring = Envelope::new(message(2), t0());
+    expiring.expires = Some(at(60));
+    enqueue(&vault, vec![Envelope::new(message(1), t0()), expiring]);
+    for _ in 0..2 {
+        let (seq, _) = item(take(&vault, t0()));
+        let refused = settle(&vault, seq, Outcome::Refused("AE: ZZ no".to_owned()), t0());
+        assert_eq!(refused, Settled::DeadLettered);
+    }
+    let views = dead::list::<Outgoing>(&vault, &SPEC, 50, at(10)).unwrap();
+    assert_eq!(views.len(), 2);
+    assert!(views
+        .iter()
+        .all(|v| v.kind.as_deref() == Some("SIU^S14") && v.reason == "refused" && v.retryable));
+    assert!(!format!("{views:?}").contains("ZZ no") && !format!("{views:?}").contains("MSH"));
+
+    let retry = |id: u64, now: Timestamp| {
+        vault
+            .write_blocking(move |v| {
+                let mut txn = Txn::new(now);
+                let r =
+                    dead::stage_retry::<Outgoing>(v, &mut txn, &SPEC, id, "staff:zz-admin", now);
+                Ok::<_, clinic_relay::vault::VaultError>((txn, r))
+            })
+            .unwrap()
+            .value
+    };
+    let first = views[0].id;
+    retry(first, at(10)).unwrap();
+    let (_, e) = item(take(&vault, at(10)));
+    assert_eq!((e.item.control_id.as_str(), e.attempts), ("Q1", 0));
+    assert_eq!(e.last_error, None);
+    assert_eq!(dead_letters(&vault).len(), 1);
+    assert!(matches!(retry(first, at(10)), Err(RetryError::NotFound)));
+
+    // Past its expiry: listed without a button, and not put back.
+    let second = views[1].id;
+    let later = dead::list::<Outgoing>(&vault, &SPEC, 50, at(61)).unwrap();
+    assert_eq!(later.len(), 1);
+    assert!(!later[0].retryable);
+    assert!(matches!(retry(second, at(61)), Err(RetryError::Expired)));
+    assert_eq!(dead_letters(&vault).len(), 1);
+
+    let retried: Vec<_> = vault
+        .audit_entries(1)
+        .map(|(_, e)| e.unwrap())
+        .filter(|e| e.action == "pms.outbound.retry")
+        .collect();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].actor, "staff:zz-admin");
+    assert_eq!(retried[0].details["message"], "SIU^S14");
+}

@@ -190,6 +190,7 @@ async fn admin_endpoints_are_refused_on_the_tcp_door_whatever_the_method() {
         ("GET", "/v1/admin/backup"),
         ("POST", "/v1/admin/backup"),
         ("GET", "/v1/admin/other"),
+        ("POST", "/v1/admin/dead-letters/pms/1/retry"),
     ] {
         let status =
             https_request(addr, pki.client_config(Some((&cert, &key))), method, path).await;

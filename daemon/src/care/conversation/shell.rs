@@ -172,6 +172,11 @@ pub fn staff_reply(
         audit(actor, "conversation.reply", &c, id)
             .detail("window", if entry.held { "closed" } else { "open" }),
     );
+    // The first reply after a hand-off: how long the patient waited (a
+    // KPI, staged in this same commit).
+    if let super::Phase::WaitingForStaff { since, .. } = &c.phase {
+        crate::kpi::on_staff_reply(vault, txn, id, *since, now);
+    }
     let input = Input::StaffReply {
         entry: c.next_entry,
     };

@@ -209,6 +209,17 @@ impl Browser {
 
     /// Signs in with the TOTP code of the clock's present.
     pub(crate) async fn sign_in(&mut self, d: &Daemon, secret: &[u8], code: Option<&str>) -> Reply {
+        self.sign_in_as(d, "zz-desk", secret, code).await
+    }
+
+    /// [`Browser::sign_in`] as staff member `name`.
+    pub(crate) async fn sign_in_as(
+        &mut self,
+        d: &Daemon,
+        name: &str,
+        secret: &[u8],
+        code: Option<&str>,
+    ) -> Reply {
         let page = self.get("/login").await;
         assert_eq!(page.status, 200);
         let now_code = staff::code_at(secret, d.clock.now()).unwrap();
@@ -217,7 +228,7 @@ impl Browser {
             "/login",
             &[
                 ("csrf", &csrf),
-                ("name", "zz-desk"),
+                ("name", name),
                 ("password", PASSWORD),
                 ("code", code.unwrap_or(&now_code)),
             ],

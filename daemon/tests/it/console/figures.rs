@@ -71,6 +71,87 @@ async fn inbox_time_with_500_waiting() {
     d.stop().await;
 }
 
+/// The dashboard's server time with 30 days of KPIs (100 staff replies and
+/// 100 opt-outs a day, 6,000 entries, staged through the KPI hooks). A
+/// figure, not a gate:
+/// `cargo test --test it console::figures::dashboard_time -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+#[allow(clippy::disallowed_methods)] // wall time is what is measured here
+async fn dashboard_time_with_30_days_of_kpis() {
+    use clinic_relay::model::PatientId;
+    use clinic_relay::vault::Txn;
+    let sim = Sim::start().await.unwrap();
+    let (d, _) = setup(&sim).await;
+    let vault = d.running.vault.clone();
+    let admin = tokio::task::spawn_blocking(move || {
+        for day in 0..30i64 {
+            let at = t0() - SignedDuration::from_hours(24 * day);
+            let mut txn = Txn::new(at);
+            for n in 0..100u8 {
+                let conv = [
+                    n,
+                    u8::try_from(day).unwrap(),
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                ];
+                let since = at - SignedDuration::from_secs(60 * i64::from(n));
+                clinic_relay::kpi::on_staff_reply(&vault, &mut txn, &conv, since, at);
+                clinic_relay::kpi::on_opt_out(&vault, &mut txn, PatientId([n; 16]), since).unwrap();
+            }
+            vault.commit(txn).unwrap();
+        }
+        staff::add(
+            &vault,
+            "zz-admin",
+            staff::Role::Admin,
+            Some(PASSWORD.to_owned().into()),
+            "test",
+            t0(),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let secret = staff::secret_from_uri(&admin.otpauth).unwrap();
+    let mut b = Browser::new(&d);
+    assert_eq!(
+        b.sign_in_as(&d, "zz-admin", &secret, None).await.status,
+        303
+    );
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let r = b.get("/admin").await;
+        times.push(started.elapsed());
+        assert_eq!(r.status, 200);
+        assert!(
+            r.body.contains("<dd>100 min (3000 first replies)</dd>")
+                || r.body.contains("3000 first replies"),
+            "{}",
+            &r.body[..2000.min(r.body.len())]
+        );
+    }
+    times.sort();
+    println!(
+        "dashboard with 30 days of KPIs (6,000 entries), request over TLS (new connection each): median {:?}, max {:?}",
+        times[10], times[19]
+    );
+    d.stop().await;
+}
+
 /// The console in Debian's Chromium, driven by npm `playwright-core`
 /// (`tests/console-browser/run.mjs`), with an axe-core scan of each page
 /// and screenshots in `target/console-screenshots/`. Needs `chromium` and
@@ -82,6 +163,21 @@ async fn browser() {
     let sim = Sim::start().await.unwrap();
     sim.add_template(Template::approved("conversation_reopen", "en"));
     let (d, secret) = setup(&sim).await;
+    let vault = d.running.vault.clone();
+    let enrolment = tokio::task::spawn_blocking(move || {
+        staff::add(
+            &vault,
+            "zz-admin",
+            staff::Role::Admin,
+            Some(PASSWORD.to_owned().into()),
+            "test",
+            t0(),
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let admin_secret = staff::secret_from_uri(&enrolment.otpauth).unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let shots = root.join("target/console-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
@@ -94,6 +190,8 @@ async fn browser() {
         .env("STAFF", "zz-desk")
         .env("PASSWORD", PASSWORD)
         .env("TOTP_HEX", hex::encode(&secret))
+        .env("ADMIN", "zz-admin")
+        .env("ADMIN_TOTP_HEX", hex::encode(&admin_secret))
         .env("SHOTS", &shots)
         .env("NOW", d.clock.now().as_second().to_string())
         .stdin(std::process::Stdio::piped())

@@ -8,6 +8,7 @@
 //! the staff member.
 
 mod client;
+mod dashboard;
 mod delivery;
 mod figures;
 mod media;
