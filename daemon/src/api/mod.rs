@@ -11,6 +11,7 @@ mod download;
 pub mod fhir;
 mod kpis;
 pub mod limits;
+pub(crate) mod patients;
 mod problem;
 pub mod read_audit;
 pub(crate) mod routes;

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 mod http;
 mod live;
+mod lookup;
 pub mod pages;
 mod routes;
 pub mod session;
