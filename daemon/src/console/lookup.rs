@@ -58,7 +58,8 @@ fn form_page(lang: Lang, user: Viewer<'_>, problem: Option<&str>) -> String {
 enum Found {
     One(Patient),
     None,
-    /// Several patients share the number: staff search by MRN instead.
+    /// Several patients share the number (or the MRN, from two assigning
+    /// authorities): none is shown.
     Several,
 }
 
@@ -419,7 +420,7 @@ pub const WORDS: Words = &[
     ("lk_query_hint", "Exact match only: the whole MRN, or the phone number in any usual format.", "Nur genaue Treffer: die ganze Patientennummer oder die Telefonnummer in üblicher Schreibweise."),
     ("lk_find", "Find", "Suchen"),
     ("lk_not_found", "No patient with this MRN or number.", "Keine Patientin und kein Patient mit dieser Nummer."),
-    ("lk_several", "This number belongs to more than one patient. Please search by MRN.", "Diese Telefonnummer gehört zu mehreren Personen. Bitte mit der Patientennummer suchen."),
+    ("lk_several", "More than one patient matches, so none is shown. Please search by the MRN, or check the PMS.", "Mehrere Personen passen, daher wird keine angezeigt. Bitte mit der Patientennummer suchen oder im Praxissystem nachsehen."),
     ("lk_patient", "Patient", "Patient/in"),
     ("lk_again", "Find another patient", "Andere Person suchen"),
     ("lk_born", "Date of birth", "Geburtsdatum"),
@@ -432,7 +433,7 @@ pub const WORDS: Words = &[
     ("lk_confirmed", "confirmed", "bestätigt"),
     ("lk_no_answer", "no answer", "keine Antwort"),
     ("lk_no_appointments", "No upcoming appointments.", "Keine kommenden Termine."),
-    ("lk_reminders", "Reminders sent", "Gesendete Erinnerungen"),
+    ("lk_reminders", "Reminder history (newest first)", "Verlauf der Erinnerungen (neueste zuerst)"),
     ("lk_sent_at", "Sent", "Gesendet"),
     ("lk_for_appointment", "For the appointment on", "Für den Termin am"),
     ("lk_kind", "Kind", "Art"),

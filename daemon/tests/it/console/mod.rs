@@ -9,6 +9,7 @@
 
 mod client;
 mod figures;
+mod lookup;
 
 use crate::care_reminders::*;
 use crate::pms_support::*;
