@@ -14,6 +14,8 @@ use crate::care::ledger;
 use crate::commands::{Command, Origin};
 use crate::model::{Appointment, Consent, ConsentSource, ConsentState, Patient, PatientId};
 use crate::pms::phone;
+use crate::vault::Tree;
+use crate::whatsapp::outbox::SentRecord;
 use hyper::body::Incoming;
 use hyper::Request;
 use jiff::Timestamp;
@@ -126,8 +128,8 @@ pub(crate) struct ReminderSent {
 /// Queued, expired or dead-lettered reminders have no sent record and are
 /// not in this list.
 ///
-/// Reads every sent record once (the sent log has no index by patient);
-/// a record of another patient is opened and skipped.
+/// The sent log has no index by patient: it is read through once, and
+/// only the records sealed under this patient's keys are opened.
 pub(crate) fn reminders(
     state: &ApiState,
     id: PatientId,
@@ -141,7 +143,11 @@ pub(crate) fn reminders(
         })
         .collect();
     let mut out = Vec::new();
-    for r in crate::whatsapp::outbox::sent(&state.vault).map_err(internal)? {
+    for opened in state.vault.scan_sealed_for(Tree::WaSent, id) {
+        let (_, bytes) = opened.map_err(internal)?;
+        let Ok(r) = serde_json::from_slice::<SentRecord>(&bytes) else {
+            continue;
+        };
         if r.patient != Some(id) {
             continue;
         }
