@@ -237,3 +237,44 @@ async fn staff_find_one_patient_see_reminders_and_record_consent() {
     assert!(by("consent.set").iter().all(|e| e.subject == subject));
     vault.verify_audit().unwrap();
 }
+
+/// The sent log read for one patient opens only the records sealed under
+/// that patient's keys: another patient's and the system's are skipped,
+/// and after an erasure the erased patient's are gone, not an error.
+#[test]
+fn the_sent_log_read_for_one_patient() {
+    use clinic_relay::vault::{Owner, Tree, Txn, VaultError};
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(dir.path(), &key(7));
+    let (a, b) = (marker_patient(&vault, "1"), marker_patient(&vault, "2"));
+    vault.put_patient(&a, "test", t0()).unwrap();
+    vault.put_patient(&b, "test", t0()).unwrap();
+    vault
+        .write_blocking(move |_| {
+            let mut txn = Txn::new(t0());
+            for (n, owner) in [
+                Owner::Patient(a.id),
+                Owner::Patient(b.id),
+                Owner::System,
+                Owner::Patient(a.id),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                txn.append_json(Tree::WaSent, owner, &format!("record {n}"))?;
+            }
+            Ok::<_, VaultError>((txn, ()))
+        })
+        .unwrap();
+    let read = |id| -> Vec<String> {
+        vault
+            .scan_sealed_for(Tree::WaSent, id)
+            .map(|r| serde_json::from_slice(&r.unwrap().1).unwrap())
+            .collect()
+    };
+    assert_eq!(read(a.id), ["record 0", "record 3"]);
+    assert_eq!(read(b.id), ["record 1"]);
+    vault.erase_patient(a.id, "test", t0()).unwrap();
+    assert!(read(a.id).is_empty());
+    assert_eq!(read(b.id), ["record 1"]);
+}
