@@ -204,18 +204,36 @@ async fn staff_find_one_patient_see_reminders_and_record_consent() {
     let unknown = format!("/p/{}", "0".repeat(32));
     assert_eq!(b.get(&unknown).await.status, 404);
 
-    // The ledger: both changes by staff, with the staff member as actor.
-    let history = ledger::history(&d.running.vault, id).unwrap();
-    let states: Vec<_> = history
+    // The ledger, as the API exports it: both changes by staff, with the
+    // staff member as actor.
+    let (status, history) = d
+        .api(
+            "GET",
+            &format!("/v1/patients/{}/consent/history", id.to_hex()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let states: Vec<_> = history["entries"]
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|e| (e.state, e.source, e.actor.as_str()))
+        .map(|e| {
+            (
+                e["state"].as_str().unwrap(),
+                e["source"].as_str().unwrap(),
+                e["actor"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         states,
-        [
-            (ConsentState::OptedIn, ConsentSource::Staff, ACTOR),
-            (ConsentState::OptedOut, ConsentSource::Staff, ACTOR),
-        ]
+        [("opted-in", "staff", ACTOR), ("opted-out", "staff", ACTOR)]
+    );
+    let ledger = ledger::history(&d.running.vault, id).unwrap();
+    assert_eq!(
+        (ledger[1].state, ledger[1].source),
+        (ConsentState::OptedOut, ConsentSource::Staff)
     );
 
     // The audit: each page view a `patient.read` naming the patient, by
