@@ -13,6 +13,7 @@ pub mod fhir;
 pub mod health;
 pub(crate) mod kpis;
 pub mod limits;
+pub(crate) mod patients;
 mod problem;
 pub mod read_audit;
 pub(crate) mod routes;

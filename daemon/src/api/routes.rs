@@ -5,8 +5,8 @@ use super::fhir::{self, set};
 use super::problem::Problem;
 use crate::clock::SharedClock;
 use crate::commands::{self, Applied, Command, CommandError, KeyReuse, Origin};
-use crate::model::{Appointment, ConsentSource, ConsentState, Patient, PatientId, Slot};
-use crate::pms::phone::{self, PhonePlan};
+use crate::model::{Appointment, PatientId, Slot};
+use crate::pms::phone::PhonePlan;
 use crate::vault::Vault;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -132,7 +132,7 @@ pub(crate) fn ok(body: &Value) -> Result<Resp, Problem> {
     Ok(json_response(StatusCode::OK, body))
 }
 
-fn no_content() -> Result<Resp, Problem> {
+pub(super) fn no_content() -> Result<Resp, Problem> {
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
     Ok(resp)
@@ -260,10 +260,6 @@ fn missing_member(e: &serde_json::Error) -> Option<String> {
     plain.then(|| name.to_owned())
 }
 
-fn patient_id(segment: &str) -> Result<PatientId, Problem> {
-    PatientId::from_hex(segment).ok_or_else(|| Problem::not_found("patient ids are 32 hex digits"))
-}
-
 pub(crate) fn origin(state: &ApiState, req: &Request<Incoming>, actor: &str) -> Origin {
     let key = req
         .headers()
@@ -350,18 +346,18 @@ async fn route(
             let origin = origin(state, &req, actor);
             super::dead_letters::handle(state, queue, id, &origin).await
         }
-        (Method::GET, ["v1", "patients"]) => search_patients(state, &req, actor).await,
-        (Method::POST, ["v1", "patients"]) => upsert_patient(state, req, actor).await,
-        (Method::GET, ["v1", "patients", id]) => get_patient(state, id, actor).await,
-        (Method::DELETE, ["v1", "patients", id]) => erase_patient(state, id, actor).await,
+        (Method::GET, ["v1", "patients"]) => super::patients::search(state, &req, actor).await,
+        (Method::POST, ["v1", "patients"]) => super::patients::upsert(state, req, actor).await,
+        (Method::GET, ["v1", "patients", id]) => super::patients::get(state, id, actor).await,
+        (Method::DELETE, ["v1", "patients", id]) => super::patients::erase(state, id, actor).await,
         (Method::GET, ["v1", "patients", id, "appointments"]) => {
-            patient_appointments(state, id, actor).await
+            super::patients::get_appointments(state, id, actor).await
         }
         (Method::PUT, ["v1", "patients", id, "consent"]) => {
-            set_consent(state, id, req, actor).await
+            super::patients::put_consent(state, id, req, actor).await
         }
         (Method::GET, ["v1", "patients", id, "consent", "history"]) => {
-            consent_history(state, id, actor).await
+            super::patients::get_consent_history(state, id, actor).await
         }
         (Method::GET, ["v1", "appointments", id]) => get_appointment(state, id, actor).await,
         (Method::PUT, ["v1", "appointments", id]) => {
@@ -444,7 +440,11 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     }
 }
 
-fn read_draft(actor: &str, action: &str, subject: Option<PatientId>) -> crate::audit::AuditDraft {
+pub(crate) fn read_draft(
+    actor: &str,
+    action: &str,
+    subject: Option<PatientId>,
+) -> crate::audit::AuditDraft {
     let mut draft = crate::audit::AuditDraft::new(actor, action);
     draft.subject = subject.map(|p| p.to_string());
     draft
@@ -534,158 +534,6 @@ fn send_file(
             return;
         }
     }
-}
-
-async fn search_patients(
-    state: &ApiState,
-    req: &Request<Incoming>,
-    actor: &str,
-) -> Result<Resp, Problem> {
-    let Some(identifier) = query(req, "identifier") else {
-        return Err(Problem::bad_request(
-            "search by identifier: /v1/patients?identifier=MRN",
-        ));
-    };
-    let mrn = identifier.rsplit('|').next().unwrap_or_default();
-    let mut entries = Vec::new();
-    let mut drafts = Vec::new();
-    for id in state.vault.find_patients_by_mrn(mrn).map_err(internal)? {
-        if let Some(p) = state.vault.get_patient(id).map_err(internal)? {
-            drafts.push(read_draft(actor, "patient.read", Some(p.id)));
-            entries.push(fhir::patient(&p));
-        }
-    }
-    audit_reads(state, drafts).await?;
-    ok(&fhir::bundle(entries))
-}
-
-async fn get_patient(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
-    let id = patient_id(id)?;
-    match state.vault.get_patient(id).map_err(internal)? {
-        Some(p) => {
-            audit_read(state, actor, "patient.read", Some(p.id)).await?;
-            ok(&fhir::patient(&p))
-        }
-        None => Err(Problem::not_found("no such patient")),
-    }
-}
-
-async fn upsert_patient(
-    state: &ApiState,
-    req: Request<Incoming>,
-    actor: &str,
-) -> Result<Resp, Problem> {
-    let origin = origin(state, &req, actor);
-    let input: fhir::PatientIn = read_json(req, state).await?;
-    let mrn = input
-        .mrn()
-        .ok_or_else(|| Problem::unprocessable("identifier: an MRN is required"))?
-        .trim()
-        .to_owned();
-    let phone = match input.phone() {
-        None => None,
-        Some(raw) => Some(phone::to_e164(raw, &state.phone_plan).ok_or_else(|| {
-            Problem::unprocessable("telecom: the phone number is not a valid number")
-        })?),
-    };
-    let birth_date = match input.birth_date.as_deref() {
-        None => None,
-        Some(d) => Some(
-            d.parse::<jiff::civil::Date>()
-                .ok()
-                .filter(|d| crate::bounds::date_in_range(*d))
-                .ok_or_else(|| {
-                    Problem::unprocessable("birthDate: expected YYYY-MM-DD, years 1900 to 2199")
-                })?,
-        ),
-    };
-    let name = input.name.first();
-    let patient = Patient {
-        id: state.vault.patient_id_for_mrn(&state.authority, &mrn),
-        family_name: name.and_then(|n| n.family.clone()).unwrap_or_default(),
-        given_name: name
-            .and_then(|n| n.given.first().cloned())
-            .unwrap_or_default(),
-        mrn,
-        birth_date,
-        phone,
-        language: input.language(),
-        deceased: input.deceased_boolean,
-        protected: input.outreach_blocked,
-    };
-    apply(
-        state,
-        &[Command::UpsertPatient(Box::new(patient.clone()))],
-        &origin,
-    )
-    .await?;
-    ok(&fhir::patient(&patient))
-}
-
-async fn erase_patient(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
-    let id = patient_id(id)?;
-    let vault = state.vault.clone();
-    let now = state.clock.now();
-    let actor = actor.to_owned();
-    let erased = vault
-        .erase_patient_async(id, &actor, now)
-        .await
-        .map_err(internal)?;
-    if erased {
-        no_content()
-    } else {
-        Err(Problem::not_found("no such patient"))
-    }
-}
-
-async fn patient_appointments(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
-    let id = patient_id(id)?;
-    let list = state.vault.appointments_of(id).map_err(internal)?;
-    audit_read(state, actor, "appointment.read", Some(id)).await?;
-    ok(&fhir::bundle(list.iter().map(fhir::appointment).collect()))
-}
-
-async fn set_consent(
-    state: &ApiState,
-    id: &str,
-    req: Request<Incoming>,
-    actor: &str,
-) -> Result<Resp, Problem> {
-    #[derive(serde::Deserialize)]
-    struct ConsentIn {
-        state: ConsentState,
-    }
-    let id = patient_id(id)?;
-    let origin = origin(state, &req, actor);
-    let input: ConsentIn = read_json(req, state).await?;
-    apply(
-        state,
-        &[Command::SetConsent {
-            patient: id,
-            state: input.state,
-            source: ConsentSource::Staff,
-        }],
-        &origin,
-    )
-    .await?;
-    // A repeated Idempotency-Key after the patient was erased applies
-    // nothing and finds no consent: that is a 404 (docs/api.md), not `null`.
-    match state.vault.get_consent(id).map_err(internal)? {
-        Some(consent) => ok(&serde_json::to_value(consent).map_err(internal)?),
-        None => Err(Problem::not_found("no such patient")),
-    }
-}
-
-/// The patient's consent ledger (`care::ledger`), oldest first: state,
-/// source, time and who. A read of PHI, so it is audited.
-async fn consent_history(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
-    let id = patient_id(id)?;
-    if state.vault.get_patient(id).map_err(internal)?.is_none() {
-        return Err(Problem::not_found("no such patient"));
-    }
-    let entries = crate::care::ledger::history(&state.vault, id).map_err(internal)?;
-    audit_read(state, actor, "consent.read", Some(id)).await?;
-    ok(&serde_json::json!({"patient": id, "entries": entries}))
 }
 
 async fn get_appointment(state: &ApiState, id: &str, actor: &str) -> Result<Resp, Problem> {
@@ -847,6 +695,7 @@ async fn events(state: &ApiState, req: &Request<Incoming>) -> Result<Resp, Probl
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ConsentState;
 
     fn detail<T: DeserializeOwned + std::fmt::Debug>(body: &str) -> String {
         let e = serde_json::from_slice::<T>(body.as_bytes()).unwrap_err();

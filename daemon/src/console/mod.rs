@@ -14,6 +14,7 @@ pub mod config;
 mod dashboard;
 mod http;
 mod live;
+mod lookup;
 pub mod pages;
 mod routes;
 pub mod session;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 const LOGIN_COOKIE: &str = "login";
 
 /// The stylesheet, one piece per page family, served as one file.
-const STYLES: &[&str] = &[pages::CSS, super::dashboard::CSS];
+const STYLES: &[&str] = &[pages::CSS, super::dashboard::CSS, super::lookup::CSS];
 
 fn session_cookie(state: &ConsoleState) -> &'static str {
     // `__Host-` needs `Secure`, which only TLS has.
@@ -117,6 +117,21 @@ pub async fn handle(state: &Arc<ConsoleState>, req: Request<Incoming>, peer: IpA
         (&Method::POST, ["admin", "dead", queue, id, "retry"]) => {
             let (queue, id) = ((*queue).to_owned(), (*id).to_owned());
             super::dashboard::retry(state, req, lang, queue, id).await
+        }
+        (&Method::GET, ["p"]) => {
+            with_session(state, &req, lang, |s| super::lookup::search_form(lang, s)).await
+        }
+        (&Method::POST, ["p"]) => super::lookup::search(state, req, lang).await,
+        (&Method::GET, ["p", id]) => {
+            let id = (*id).to_owned();
+            with_session(state, &req, lang, |s| {
+                super::lookup::patient_page(state, lang, s, id)
+            })
+            .await
+        }
+        (&Method::POST, ["p", id, "consent"]) => {
+            let id = (*id).to_owned();
+            super::lookup::consent_post(state, req, lang, id).await
         }
         (&Method::GET | &Method::POST, _) => {
             http::html(StatusCode::NOT_FOUND, pages::error(lang, "notfound", ""))

@@ -8,7 +8,7 @@ use super::pages::Lang;
 pub type Words = &'static [(&'static str, &'static str, &'static str)];
 
 /// Every table [`t`] looks in.
-const TABLES: &[Words] = &[CORE, super::dashboard::WORDS];
+const TABLES: &[Words] = &[CORE, super::dashboard::WORDS, super::lookup::WORDS];
 
 /// The word for `key` in `lang`; "?" for an unknown key (a unit test keeps
 /// every key the pages use in a table).

@@ -313,3 +313,78 @@ async fn rss_with_20_sessions() {
     );
     on.child.wait().unwrap();
 }
+
+/// The patient page's server time when the sent log is long: 20,000 sent
+/// messages, 19,990 of them to another patient (sealed under their key)
+/// or to nobody in particular, and 10 reminders to this patient. The page
+/// reads the whole sent log (it has no index by patient). A figure, not a
+/// gate: `cargo test --test it console::figures::lookup_time -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+#[allow(clippy::disallowed_methods)] // wall time is what is measured here
+async fn lookup_time_with_20000_sent() {
+    use clinic_relay::vault::{Owner, Tree, Txn};
+    use clinic_relay::whatsapp::message::Kind;
+    use clinic_relay::whatsapp::outbox::SentRecord;
+    let sim = Sim::start().await.unwrap();
+    let (d, secret) = setup(&sim).await;
+    let vault = &d.running.vault;
+    let mine = vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    let theirs = vault.find_patients_by_mrn("CARE002").unwrap()[0];
+    let token = clinic_relay::care::store::token(vault, "APPT-K1");
+    let mine_ref = format!("reminder:{}:0", hex::encode(&token[..6]));
+    for batch in 0..20u64 {
+        let mine_ref = mine_ref.clone();
+        vault
+            .write(move |_| {
+                let mut txn = Txn::new(t0());
+                for n in 0..1000u64 {
+                    let seq = batch * 1000 + n;
+                    let (patient, reference) = match seq % 1000 {
+                        0 => (Some(mine), Some(mine_ref.clone())),
+                        k if k % 2 == 0 => (
+                            Some(theirs),
+                            Some(format!("reminder:00000000000{}:0", k % 10)),
+                        ),
+                        _ => (None, Some("care-conv:x".to_owned())),
+                    };
+                    let record = SentRecord {
+                        outbox_seq: seq,
+                        wamid: format!("wamid.F{seq}"),
+                        wa_id: None,
+                        kind: Kind::Template,
+                        template: Some("appointment_reminder".to_owned()),
+                        patient,
+                        reference,
+                        enqueued_at: t0(),
+                        sent_at: t0(),
+                        attempts: 1,
+                        dry_run: false,
+                        media_id: None,
+                    };
+                    let owner = patient.map_or(Owner::System, Owner::Patient);
+                    txn.append_json(Tree::WaSent, owner, &record)?;
+                }
+                Ok::<_, clinic_relay::vault::VaultError>((txn, ()))
+            })
+            .await
+            .unwrap();
+    }
+    let mut b = Browser::new(&d);
+    assert_eq!(b.sign_in(&d, &secret, None).await.status, 303);
+    let path = format!("/p/{}", mine.to_hex());
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let r = b.get(&path).await;
+        times.push(started.elapsed());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.matches("<td>reminder</td>").count(), 20);
+    }
+    times.sort();
+    println!(
+        "patient page with 20,000 sent messages, request over TLS (new connection each): median {:?}, max {:?}",
+        times[10], times[19]
+    );
+    d.stop().await;
+}

@@ -11,6 +11,7 @@ mod client;
 mod dashboard;
 mod delivery;
 mod figures;
+mod lookup;
 mod media;
 mod sessions;
 
