@@ -1,11 +1,11 @@
 // Drives Debian's Chromium (headless, through npm playwright-core) through
 // the staff console of a daemon that the Rust test `console::figures::browser`
 // started in-process with a manual clock. Lines on stdout that are
-// commands (`handoff`, `clock SECONDS`) are answered on stdin with
+// commands (`handoff`, `photo`, `clock SECONDS`) are answered on stdin with
 // `ok NOW` (the daemon's time, epoch seconds): the test posts the signed
 // webhook or moves the clock. Every other line is a log line. Exits 0 only
-// when every step passed. Screenshots: inbox, conversation, sign-in page,
-// dashboard (as an admin, last).
+// when every step passed. Screenshots: inbox, conversation (with the
+// patient's photo), sign-in page, dashboard and patient page (as an admin).
 import { chromium } from "playwright-core";
 import { createHmac } from "node:crypto";
 import { createRequire } from "node:module";
@@ -80,8 +80,17 @@ try {
     await Promise.all([page.waitForNavigation(), page.click("main button[type=submit]")]);
   }
 
-  await signIn(totp(now));
-  check(page.url() === `${base}/`, "signed in with password and TOTP");
+  // The first sign-in by keyboard only: Tab into each field, Enter sends.
+  await page.goto(`${base}/login`);
+  await page.keyboard.press("Tab");
+  check(await page.evaluate(() => document.activeElement.id === "name"), "Tab reaches the name field first");
+  await page.keyboard.type(staff);
+  await page.keyboard.press("Tab");
+  await page.keyboard.type(password);
+  await page.keyboard.press("Tab");
+  await page.keyboard.type(totp(now));
+  await Promise.all([page.waitForNavigation(), page.keyboard.press("Enter")]);
+  check(page.url() === `${base}/`, "signed in with password and TOTP, by keyboard");
   check((await page.textContent("#inbox")).includes("Nobody is waiting"), "the inbox is empty");
 
   // A patient asks for a person while the inbox is open: it appears
@@ -94,6 +103,16 @@ try {
 
   await Promise.all([page.waitForNavigation(), page.click('#inbox a[href^="/c/"]')]);
   check((await page.textContent("main")).includes("I need to talk to someone"), "the conversation shows the message");
+  // The patient sends a photo: shown in the conversation once fetched.
+  await ask("photo");
+  for (let n = 0; n < 100 && (await page.locator("main figure img").count()) === 0; n++) {
+    await page.waitForTimeout(100);
+    await page.reload();
+  }
+  const img = page.locator("main figure img");
+  await img.waitFor({ timeout: 10000 });
+  const shown = await img.evaluate((el) => el.complete && el.naturalWidth === 24);
+  check(shown, "the patient's photo is shown in the conversation");
   await page.screenshot({ path: path.join(shots, "conversation.png"), fullPage: true });
   await accessible(page, "the conversation");
   await page.fill("#text", "ZZ staff: a reply from the browser");
@@ -144,6 +163,25 @@ try {
   check((await page.locator("svg.chart").count()) === 4, "the dashboard draws four charts");
   await page.screenshot({ path: path.join(shots, "dashboard.png"), fullPage: true });
   await accessible(page, "the dashboard");
+
+  // Patient lookup: exact MRN, the patient's page, an opt-out on the
+  // patient's verbal request.
+  await Promise.all([page.waitForNavigation(), page.click('header a[href="/p"]')]);
+  await page.fill("#q", "CARE001");
+  await Promise.all([page.waitForNavigation(), page.click("main form button[type=submit]")]);
+  check(/\/p\/[0-9a-f]{32}$/.test(page.url()), "the MRN finds the patient");
+  await Promise.all([page.waitForNavigation(), page.click('form.consent button[value="out"]')]);
+  const consentNow = await page.textContent("#consent-now");
+  check(/opted out/i.test(consentNow), "the verbal opt-out is recorded");
+  await page.screenshot({ path: path.join(shots, "lookup.png"), fullPage: true });
+  await accessible(page, "the patient page");
+
+  // German, by the browser's language.
+  const german = await browser.newContext({ ignoreHTTPSErrors: true, locale: "de-DE" });
+  const de = await german.newPage();
+  await de.goto(`${base}/login`);
+  check((await de.getAttribute("html", "lang")) === "de" && (await de.textContent("h1")) === "Anmelden", "German for a German browser");
+  await german.close();
   console.log("browser test: all passed");
 } catch (e) {
   console.log(`browser test failed: ${e.stack || e}`);

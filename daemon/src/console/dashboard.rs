@@ -360,7 +360,7 @@ fn kpis(body: &mut String, lang: Lang, data: &Data) {
          <dt>{sent_l}</dt><dd>{sent}</dd><dt>{conf_l}</dt><dd>{conf}</dd>\
          <dt>{opt_l}</dt><dd>{opt}</dd>\
          <dt>{ns_with_l}</dt><dd>{ns_with}</dd><dt>{ns_without_l}</dt><dd>{ns_without}</dd>\
-         <dt>{resp_l}</dt><dd>{median} ({replies} {replies_l})</dd></dl>",
+         <dt>{resp_l}</dt><dd>{median} ({replies_l}: {replies})</dd></dl>",
         title = t(lang, "d_last_30"),
         sent_l = t(lang, "d_sent"),
         sent = total.get(Kpi::Sent),

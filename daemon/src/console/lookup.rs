@@ -163,11 +163,7 @@ pub async fn patient_page(state: &ConsoleState, lang: Lang, s: Session, id: Stri
     if let Err(p) = audit_reads(&state.api, drafts).await {
         return problem_page(lang, &p);
     }
-    let tz = state
-        .api
-        .vault
-        .care()
-        .map_or(TimeZone::UTC, |c| c.time_zone.clone());
+    let tz = super::routes::clinic_tz(state);
     http::html(StatusCode::OK, render(lang, viewer(&s), &view, &tz))
 }
 

@@ -166,15 +166,28 @@ pub fn inbox(
     layout(lang, t(lang, "inbox"), Some(user), &body)
 }
 
+/// What the conversation page shows: the conversation, its log with
+/// delivery states, and the records of the patient's media by entry.
+pub(crate) struct ConversationView<'a> {
+    pub id: &'a ConvId,
+    pub conversation: &'a Conversation,
+    pub log: &'a [(u64, Entry, Option<Delivery>)],
+    pub media: &'a HashMap<u64, InboundMedia>,
+}
+
 pub(crate) fn conversation(
     lang: Lang,
     user: Viewer<'_>,
-    id: &ConvId,
-    c: &Conversation,
-    log: &[(u64, Entry, Option<Delivery>)],
-    media: &HashMap<u64, InboundMedia>,
+    v: &ConversationView<'_>,
     now: Timestamp,
+    tz: &jiff::tz::TimeZone,
 ) -> String {
+    let ConversationView {
+        id,
+        conversation: c,
+        log,
+        media,
+    } = *v;
     let hex_id = hex::encode(id);
     let mut items = String::new();
     for (n, e, delivery) in log {
@@ -207,7 +220,7 @@ pub(crate) fn conversation(
              <p>{words}</p>{attached}{state}</li>",
             from = t(lang, who),
             at = e.at,
-            short = e.at.strftime("%Y-%m-%d %H:%M UTC"),
+            short = esc(&e.at.to_zoned(tz.clone()).strftime("%Y-%m-%d %H:%M %Z").to_string()),
         ));
     }
     let open = c.window_open(now);

@@ -311,6 +311,16 @@ pub(super) fn problem_page(lang: Lang, p: &Problem) -> Resp {
     http::html(status, pages::error(lang, what, &p.detail))
 }
 
+/// The clinic's time zone (`[care] time_zone`; UTC without care config):
+/// every time on a page is the clinic's wall-clock time.
+pub(super) fn clinic_tz(state: &ConsoleState) -> jiff::tz::TimeZone {
+    state
+        .api
+        .vault
+        .care()
+        .map_or(jiff::tz::TimeZone::UTC, |c| c.time_zone.clone())
+}
+
 pub(super) fn viewer(s: &Session) -> pages::Viewer<'_> {
     pages::Viewer {
         name: &s.name,
@@ -359,7 +369,18 @@ async fn conversation_page(state: &ConsoleState, lang: Lang, s: Session, id: Str
     let now = state.api.clock.now();
     http::html(
         StatusCode::OK,
-        pages::conversation(lang, viewer(&s), &conv, &c, &log, &media, now),
+        pages::conversation(
+            lang,
+            viewer(&s),
+            &pages::ConversationView {
+                id: &conv,
+                conversation: &c,
+                log: &log,
+                media: &media,
+            },
+            now,
+            &clinic_tz(state),
+        ),
     )
 }
 

@@ -191,7 +191,7 @@ async fn admins_see_kpis_queues_and_dead_letters_and_retry_one() {
         "{row}"
     );
     assert!(
-        body.contains("<dd>3 min (1 first replies)</dd>"),
+        body.contains("<dd>3 min (first replies: 1)</dd>"),
         "median on the page"
     );
     assert_eq!(body.matches("<svg class=\"chart\"").count(), 4);

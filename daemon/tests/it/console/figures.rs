@@ -207,6 +207,9 @@ async fn browser() {
             println!("browser: {line}");
             if line == "handoff" {
                 hand_off(&d, "wamid.B1", WA_ID).await;
+            } else if line == "photo" {
+                let png = include_bytes!("../fixtures/zz-photo.png");
+                super::media::send_media(&d, &sim, "wamid.B2", "image", "image/png", png).await;
             } else if let Some(secs) = line.strip_prefix("clock ") {
                 d.clock
                     .advance(SignedDuration::from_secs(secs.parse().unwrap()));

@@ -13,7 +13,14 @@ use graph_sim::Sim;
 use serde_json::json;
 
 /// Posts a media message from `WA_ID` as a signed webhook.
-async fn send_media(d: &Daemon, sim: &Sim, wamid: &str, kind: &str, mime: &str, bytes: &[u8]) {
+pub(super) async fn send_media(
+    d: &Daemon,
+    sim: &Sim,
+    wamid: &str,
+    kind: &str,
+    mime: &str,
+    bytes: &[u8],
+) {
     let (media_id, sha) = sim.add_media(mime, bytes);
     let update = graph_sim::webhooks::inbound_media(
         wamid,
