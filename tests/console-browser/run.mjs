@@ -159,7 +159,7 @@ try {
   await page.setViewportSize({ width: 800, height: 1024 });
   await Promise.all([page.waitForNavigation(), page.click('header a[href="/admin"]')]);
   const main = await page.textContent("main");
-  check(main.includes("The last 30 days") && main.includes("1 first replies"), "the dashboard shows the run's staff reply");
+  check(main.includes("The last 30 days") && main.includes("first replies: 1"), "the dashboard shows the run's staff reply");
   check((await page.locator("svg.chart").count()) === 4, "the dashboard draws four charts");
   await page.screenshot({ path: path.join(shots, "dashboard.png"), fullPage: true });
   await accessible(page, "the dashboard");
