@@ -38,8 +38,8 @@ impl Vault {
 
     pub fn has_patient_key(&self, id: PatientId) -> bool {
         crate::sync::read(&self.inner.keys)
-            .current
-            .contains_key(&KeyOwner::Patient(id))
+            .current_handle(KeyOwner::Patient(id))
+            .is_some()
     }
 
     /// Makes sure the patient has a data key, creating it durably (keyring
@@ -53,18 +53,19 @@ impl Vault {
             return Ok(());
         }
         let entry = ring.add_durable(KeyOwner::Patient(id))?;
-        crate::sync::write(&self.inner.keys).add(entry)
+        crate::sync::write(&self.inner.keys).add(&entry)
     }
 
-    pub(super) fn sealing_key(&self, owner: Owner) -> VaultResult<Arc<ViewKey>> {
+    pub(super) fn sealing_key(&self, owner: Owner) -> VaultResult<KeyInUse> {
         let kind = match owner {
             Owner::System => KeyOwner::System,
             Owner::Patient(p) => KeyOwner::Patient(p),
         };
-        crate::sync::read(&self.inner.keys)
-            .current
-            .get(&kind)
-            .cloned()
+        let view = crate::sync::read(&self.inner.keys);
+        view.current_handle(kind)
+            .map(|h| view.in_use(h))
+            .transpose()?
+            .flatten()
             .ok_or(match owner {
                 Owner::Patient(p) => VaultError::NoPatientKey(p),
                 Owner::System => VaultError::Internal("the keyring has no system key"),
@@ -79,11 +80,12 @@ impl Vault {
         plain: &[u8],
     ) -> VaultResult<Vec<u8>> {
         let vk = self.sealing_key(owner)?;
-        vk.with_key(|dk| seal::seal(dk, &self.inner.nonces, tree.name(), key, plain))?
-            .map_err(|source| VaultError::Damaged {
+        seal::seal(vk.key(), &self.inner.nonces, tree.name(), key, plain).map_err(|source| {
+            VaultError::Damaged {
                 tree: tree.name(),
                 source,
-            })
+            }
+        })
     }
 
     pub(super) fn open_value(&self, tree: Tree, key: &[u8], sealed: &[u8]) -> VaultResult<Vec<u8>> {
@@ -92,15 +94,12 @@ impl Vault {
             source,
         };
         let handle = seal::handle_of(sealed).map_err(damaged)?;
-        let vk = crate::sync::read(&self.inner.keys)
-            .by_handle
-            .get(&handle)
-            .cloned()
-            .ok_or(VaultError::KeyUnavailable {
+        let vk = crate::sync::read(&self.inner.keys).in_use(handle)?.ok_or(
+            VaultError::KeyUnavailable {
                 tree: tree.name(),
                 handle,
-            })?;
-        vk.with_key(|dk| seal::open(dk, tree.name(), key, sealed))?
-            .map_err(damaged)
+            },
+        )?;
+        seal::open(vk.key(), tree.name(), key, sealed).map_err(damaged)
     }
 }
