@@ -63,9 +63,7 @@ impl Vault {
         };
         let view = crate::sync::read(&self.inner.keys);
         view.current_handle(kind)
-            .map(|h| view.in_use(h))
-            .transpose()?
-            .flatten()
+            .and_then(|h| view.in_use(h))
             .ok_or(match owner {
                 Owner::Patient(p) => VaultError::NoPatientKey(p),
                 Owner::System => VaultError::Internal("the keyring has no system key"),
@@ -80,12 +78,11 @@ impl Vault {
         plain: &[u8],
     ) -> VaultResult<Vec<u8>> {
         let vk = self.sealing_key(owner)?;
-        seal::seal(vk.key(), &self.inner.nonces, tree.name(), key, plain).map_err(|source| {
-            VaultError::Damaged {
+        vk.with_key(|dk| seal::seal(dk, &self.inner.nonces, tree.name(), key, plain))?
+            .map_err(|source| VaultError::Damaged {
                 tree: tree.name(),
                 source,
-            }
-        })
+            })
     }
 
     pub(super) fn open_value(&self, tree: Tree, key: &[u8], sealed: &[u8]) -> VaultResult<Vec<u8>> {
@@ -94,12 +91,13 @@ impl Vault {
             source,
         };
         let handle = seal::handle_of(sealed).map_err(damaged)?;
-        let vk = crate::sync::read(&self.inner.keys).in_use(handle)?.ok_or(
+        let vk = crate::sync::read(&self.inner.keys).in_use(handle).ok_or(
             VaultError::KeyUnavailable {
                 tree: tree.name(),
                 handle,
             },
         )?;
-        seal::open(vk.key(), tree.name(), key, sealed).map_err(damaged)
+        vk.with_key(|dk| seal::open(dk, tree.name(), key, sealed))?
+            .map_err(damaged)
     }
 }

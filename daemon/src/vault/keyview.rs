@@ -19,17 +19,23 @@ pub(super) struct ViewKey {
     secret: Zeroizing<[u8; 32]>,
 }
 
-/// A key taken out of the view for one seal or open (outside its lock).
+/// A key taken out of the view for one seal or open, used outside the
+/// view's lock: a prepared system key, or a patient's secret, prepared on
+/// the stack by [`KeyInUse::with_key`] (no allocation per seal or open).
 pub(super) enum KeyInUse {
     Shared(Arc<DataKey>),
-    Own(Box<DataKey>),
+    Secret(u64, Zeroizing<[u8; 32]>),
 }
 
 impl KeyInUse {
-    pub(super) fn key(&self) -> &DataKey {
+    /// Runs `f` with the key ready for sealing or opening.
+    pub(super) fn with_key<R>(&self, f: impl FnOnce(&DataKey) -> R) -> VaultResult<R> {
         match self {
-            KeyInUse::Shared(k) => k,
-            KeyInUse::Own(k) => k,
+            KeyInUse::Shared(k) => Ok(f(k)),
+            KeyInUse::Secret(handle, secret) => {
+                let key = DataKey::new(*handle, secret).map_err(|_| VaultError::Rng)?;
+                Ok(f(&key))
+            }
         }
     }
 }
@@ -125,17 +131,12 @@ impl KeyView {
     }
 
     /// The key under `handle`, ready for one seal or open.
-    pub(super) fn in_use(&self, handle: u64) -> VaultResult<Option<KeyInUse>> {
+    pub(super) fn in_use(&self, handle: u64) -> Option<KeyInUse> {
         if let Some(k) = self.ready.get(&handle) {
-            return Ok(Some(KeyInUse::Shared(k.clone())));
+            return Some(KeyInUse::Shared(k.clone()));
         }
-        match self.get(handle) {
-            None => Ok(None),
-            Some(vk) => {
-                let key = DataKey::new(vk.handle, &vk.secret).map_err(|_| VaultError::Rng)?;
-                Ok(Some(KeyInUse::Own(Box::new(key))))
-            }
-        }
+        self.get(handle)
+            .map(|vk| KeyInUse::Secret(vk.handle, vk.secret.clone()))
     }
 
     /// The handle an owner seals new values with.
