@@ -42,7 +42,7 @@
 //! reads the file a second time to write the store: it never holds more
 //! than a chunk of a format-2 backup in memory either.
 
-use super::keyring::{KeyOwner, Keyring};
+use super::keyring::Keyring;
 use super::store::{SledStore, Store, Tree, Write};
 use super::{keyring_path, store_path, PurposeKeys, Txn, Vault, VaultError};
 use crate::audit::AuditDraft;
@@ -493,10 +493,7 @@ impl Vault {
         }
         // Parse and open before touching the disk.
         let keyring = Keyring::open(keyring_file, mk).map_err(VaultError::from)?;
-        let root = keyring
-            .current(KeyOwner::Root)
-            .map(|e| e.secret.clone())
-            .ok_or(VaultError::Internal("the keyring has no root key"))?;
+        let root = keyring.root_secret().map_err(VaultError::from)?;
         let purpose = PurposeKeys::derive(&root)?;
         drop(keyring);
         let mut magic = [0u8; 22];
@@ -584,10 +581,7 @@ impl Vault {
         }
         {
             let view = crate::sync::read(&self.inner.keys);
-            if erased_handles
-                .iter()
-                .any(|h| view.by_handle.contains_key(h))
-            {
+            if erased_handles.iter().any(|h| view.has(*h)) {
                 return Err(BackupError::ErasedKeyPresent);
             }
         }

@@ -21,14 +21,13 @@ impl Vault {
         ring.destroy(handles)?;
         let mut view = crate::sync::write(&self.inner.keys);
         for h in handles {
-            view.by_handle.remove(h);
+            view.remove(*h);
         }
         if view
-            .current
-            .get(&KeyOwner::Patient(id))
-            .is_some_and(|k| handles.contains(&k.handle))
+            .current_handle(KeyOwner::Patient(id))
+            .is_some_and(|h| handles.contains(&h))
         {
-            view.current.remove(&KeyOwner::Patient(id));
+            view.forget_current(KeyOwner::Patient(id));
         }
         Ok(())
     }
@@ -57,9 +56,7 @@ impl Vault {
             AfterCommit::RetirePatientKeys(id) => {
                 let mut ring = crate::sync::lock(&self.inner.keyring);
                 ring.retire_owner(KeyOwner::Patient(id))?;
-                crate::sync::write(&self.inner.keys)
-                    .current
-                    .remove(&KeyOwner::Patient(id));
+                crate::sync::write(&self.inner.keys).forget_current(KeyOwner::Patient(id));
                 Ok(())
             }
         }
@@ -105,10 +102,7 @@ impl Vault {
         for (id, handles) in pending {
             let present: Vec<u64> = {
                 let view = crate::sync::read(&self.inner.keys);
-                handles
-                    .into_iter()
-                    .filter(|h| view.by_handle.contains_key(h))
-                    .collect()
+                handles.into_iter().filter(|h| view.has(*h)).collect()
             };
             if !present.is_empty() {
                 self.destroy_keys(id, &present)?;

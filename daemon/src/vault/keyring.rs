@@ -19,8 +19,6 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -116,6 +114,8 @@ struct KeyLine {
     retired: bool,
 }
 
+/// A data key, unwrapped: what the vault's key view is built from. The
+/// keyring itself keeps only the wrapped form (see [`Slot`]).
 pub struct KeyEntry {
     pub handle: u64,
     pub owner: KeyOwner,
@@ -125,6 +125,22 @@ pub struct KeyEntry {
     /// the current master key) so that backups taken before the rotation
     /// still restore. Erasure destroys retired keys too.
     pub retired: bool,
+}
+
+/// The wrapped form of a key: nonce, the 32 sealed bytes, the tag.
+const WRAPPED_LEN: usize = NONCE_LEN + 32 + 16;
+
+/// One key as the keyring holds it in memory: fixed size, the wrapped form
+/// only, in a vector sorted by handle. With 100,000 patients a map of
+/// entries each carrying the secret and its wrapped form as a hex string
+/// held some 30 MB; this is under 10 MB, and the only unwrapped copy of a
+/// secret is the vault's key view's.
+struct Slot {
+    handle: u64,
+    owner: KeyOwner,
+    gen: u32,
+    retired: bool,
+    wrapped: [u8; WRAPPED_LEN],
 }
 
 /// A wrapping key derived from one master key, with its check value.
@@ -168,37 +184,48 @@ impl Wrapper {
         ad
     }
 
-    fn wrap(&self, rng: &SystemRandom, e: &KeyEntry) -> Result<String, KeyringError> {
+    fn wrap(
+        &self,
+        rng: &SystemRandom,
+        handle: u64,
+        owner: KeyOwner,
+        gen: u32,
+        secret: &[u8; 32],
+    ) -> Result<[u8; WRAPPED_LEN], KeyringError> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill(&mut nonce).map_err(|_| KeyringError::Rng)?;
-        let mut body = e.secret.to_vec();
-        self.kek
-            .seal_in_place_append_tag(
+        let mut out = [0u8; WRAPPED_LEN];
+        let (head, body) = out.split_at_mut(NONCE_LEN);
+        head.copy_from_slice(&nonce);
+        let (sealed, tag_out) = body.split_at_mut(32);
+        sealed.copy_from_slice(secret);
+        let tag = self
+            .kek
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(Self::aad(e.handle, &e.owner.label(), e.gen)),
-                &mut body,
+                Aad::from(Self::aad(handle, &owner.label(), gen)),
+                sealed,
             )
             .map_err(|_| KeyringError::Rng)?;
-        let mut out = hex::encode(nonce);
-        for b in &body {
-            let _ = write!(out, "{b:02x}");
-        }
+        tag_out.copy_from_slice(tag.as_ref());
         Ok(out)
     }
 
-    fn unwrap(&self, line: &KeyLine) -> Option<Zeroizing<[u8; 32]>> {
-        let mut raw = Zeroizing::new(hex::decode(&line.wrapped).ok()?);
-        if raw.len() != NONCE_LEN + 32 + 16 {
-            return None;
-        }
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(raw.get(..NONCE_LEN)?);
-        let body = raw.get_mut(NONCE_LEN..)?;
+    fn unwrap(
+        &self,
+        handle: u64,
+        owner: KeyOwner,
+        gen: u32,
+        wrapped: &[u8; WRAPPED_LEN],
+    ) -> Option<Zeroizing<[u8; 32]>> {
+        let mut raw = Zeroizing::new(*wrapped);
+        let (head, body) = raw.split_at_mut(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(head).ok()?;
         let plain = self
             .kek
             .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(Self::aad(line.handle, &line.owner, line.gen)),
+                nonce,
+                Aad::from(Self::aad(handle, &owner.label(), gen)),
                 body,
             )
             .ok()?;
@@ -206,15 +233,20 @@ impl Wrapper {
         key.copy_from_slice(plain.get(..32)?);
         Some(key)
     }
+
+    fn unwrap_slot(&self, s: &Slot) -> Option<Zeroizing<[u8; 32]>> {
+        self.unwrap(s.handle, s.owner, s.gen, &s.wrapped)
+    }
 }
 
-/// The keyring file and its unwrapped contents. The vault keeps it behind a
+/// The keyring file and its wrapped contents. The vault keeps it behind a
 /// mutex: every change is a file operation that must be ordered.
 pub struct Keyring {
     path: PathBuf,
     wrapper: Wrapper,
     pub meta: Meta,
-    entries: BTreeMap<u64, (KeyEntry, String)>,
+    /// Sorted by handle (new handles are always the highest).
+    entries: Vec<Slot>,
     rng: SystemRandom,
     /// A copy kept in step with the file (see `set_mirror`).
     mirror: Option<PathBuf>,
@@ -240,7 +272,7 @@ impl Keyring {
                 high_water: 0,
             },
             wrapper,
-            entries: BTreeMap::new(),
+            entries: Vec::new(),
             rng: SystemRandom::new(),
             mirror: None,
             mirror_error: None,
@@ -267,7 +299,7 @@ impl Keyring {
         };
         let mut complete = false;
         let mut meta: Option<Meta> = None;
-        let mut entries = BTreeMap::new();
+        let mut entries: Vec<Slot> = Vec::new();
         let mut buf = String::new();
         for i in 0.. {
             buf.clear();
@@ -309,21 +341,32 @@ impl Keyring {
                     }
                     let owner = KeyOwner::parse(&k.owner)
                         .ok_or_else(|| corrupt(i + 1, "unknown key owner"))?;
-                    let secret = wrapper
-                        .unwrap(&k)
+                    let mut wrapped = [0u8; WRAPPED_LEN];
+                    hex::decode_to_slice(&k.wrapped, &mut wrapped)
+                        .map_err(|_| corrupt(i + 1, "key does not unwrap (modified?)"))?;
+                    // Checked now, so that a damaged line is named at open;
+                    // the secret itself is unwrapped again by the key view.
+                    wrapper
+                        .unwrap(k.handle, owner, k.gen, &wrapped)
                         .ok_or_else(|| corrupt(i + 1, "key does not unwrap (modified?)"))?;
-                    let entry = KeyEntry {
+                    entries.push(Slot {
                         handle: k.handle,
                         owner,
                         gen: k.gen,
-                        secret,
                         retired: k.retired,
-                    };
-                    entries.insert(k.handle, (entry, k.wrapped));
+                        wrapped,
+                    });
                 }
             }
         }
         let meta = meta.ok_or_else(|| corrupt(1, "missing meta line"))?;
+        // The file is in handle order (appends only ever add the highest),
+        // but a line repeated by hand would have replaced the earlier one
+        // in a map: keep the last of equal handles, as that did.
+        entries.reverse();
+        entries.sort_by_key(|e| e.handle);
+        entries.dedup_by_key(|e| e.handle);
+        entries.shrink_to_fit();
         let ring = Self {
             path: path.to_owned(),
             wrapper,
@@ -353,63 +396,88 @@ impl Keyring {
     pub fn high_water(&self) -> u64 {
         self.meta
             .high_water
-            .max(self.entries.keys().next_back().copied().unwrap_or(0))
+            .max(self.entries.last().map_or(0, |e| e.handle))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = &KeyEntry> {
-        self.entries.values().map(|(e, _)| e)
+    /// Every key, unwrapped (the key view is built from these).
+    pub fn unwrapped(&self) -> impl Iterator<Item = Result<KeyEntry, KeyringError>> + '_ {
+        self.entries.iter().map(|s| self.entry_of(s))
+    }
+
+    fn entry_of(&self, s: &Slot) -> Result<KeyEntry, KeyringError> {
+        let secret = self
+            .wrapper
+            .unwrap_slot(s)
+            .ok_or(KeyringError::Internal("a key no longer unwraps"))?;
+        Ok(KeyEntry {
+            handle: s.handle,
+            owner: s.owner,
+            gen: s.gen,
+            secret,
+            retired: s.retired,
+        })
     }
 
     /// The newest key of an owner (highest generation, then highest handle).
-    pub fn current(&self, owner: KeyOwner) -> Option<&KeyEntry> {
-        self.entries()
+    fn current(&self, owner: KeyOwner) -> Option<&Slot> {
+        self.entries
+            .iter()
             .filter(|e| e.owner == owner && !e.retired)
             .max_by_key(|e| (e.gen, e.handle))
     }
 
+    /// The root key's secret, from which the purpose keys are derived.
+    pub fn root_secret(&self) -> Result<Zeroizing<[u8; 32]>, KeyringError> {
+        let root = self
+            .current(KeyOwner::Root)
+            .ok_or(KeyringError::Internal("the keyring has no root key"))?;
+        Ok(self.entry_of(root)?.secret)
+    }
+
     fn next_handle(&self) -> u64 {
-        let in_file = self.entries.keys().next_back().copied().unwrap_or(0);
-        in_file.max(self.meta.high_water) + 1
+        self.high_water() + 1
     }
 
     fn insert_new(
         &mut self,
         owner: KeyOwner,
         gen: u32,
-    ) -> Result<(&KeyEntry, String), KeyringError> {
+    ) -> Result<(KeyEntry, String), KeyringError> {
         let mut secret = Zeroizing::new([0u8; 32]);
         self.rng
             .fill(secret.as_mut())
             .map_err(|_| KeyringError::Rng)?;
-        let entry = KeyEntry {
-            handle: self.next_handle(),
+        let handle = self.next_handle();
+        let wrapped = self.wrapper.wrap(&self.rng, handle, owner, gen, &secret)?;
+        let slot = Slot {
+            handle,
             owner,
             gen,
-            secret,
             retired: false,
+            wrapped,
         };
-        let wrapped = self.wrapper.wrap(&self.rng, &entry)?;
-        let line = line_for(&entry, &wrapped);
-        let handle = entry.handle;
-        self.entries.insert(handle, (entry, wrapped));
-        let (e, _) = self
-            .entries
-            .get(&handle)
-            .ok_or_else(|| KeyringError::Corrupt {
-                path: self.path.clone(),
-                line: 0,
-                reason: "key vanished after insert".to_owned(),
-            })?;
-        Ok((e, line))
+        let line = line_for(&slot);
+        // The highest handle: the vector stays sorted.
+        self.entries.push(slot);
+        Ok((
+            KeyEntry {
+                handle,
+                owner,
+                gen,
+                secret,
+                retired: false,
+            },
+            line,
+        ))
     }
 
     /// Adds a key for `owner` in the current generation and makes it durable
     /// (append + fsync) before returning it.
-    pub fn add_durable(&mut self, owner: KeyOwner) -> Result<&KeyEntry, KeyringError> {
+    pub fn add_durable(&mut self, owner: KeyOwner) -> Result<KeyEntry, KeyringError> {
         let gen = self.meta.generation;
         let (entry, line) = self.insert_new(owner, gen)?;
         let handle = entry.handle;
@@ -417,7 +485,7 @@ impl Keyring {
             // The append was undone on disk: undo it here too, or a later
             // rewrite would store a key nothing ever used. Its handle is
             // not handed out again.
-            self.entries.remove(&handle);
+            self.entries.retain(|e| e.handle != handle);
             self.meta.high_water = self.meta.high_water.max(handle);
             return Err(KeyringError::Io {
                 path: self.path.clone(),
@@ -429,12 +497,7 @@ impl Keyring {
         {
             self.refresh_mirror();
         }
-        self.entries
-            .get(&handle)
-            .map(|(e, _)| e)
-            .ok_or(KeyringError::Internal(
-                "a new key vanished after it was written",
-            ))
+        Ok(entry)
     }
 
     /// Drops the given handles (those still present) and rewrites the file
@@ -443,18 +506,13 @@ impl Keyring {
         let present: Vec<u64> = handles
             .iter()
             .copied()
-            .filter(|h| self.entries.contains_key(h))
+            .filter(|h| self.entries.binary_search_by_key(h, |e| e.handle).is_ok())
             .collect();
         if present.is_empty() {
             return Ok(0);
         }
-        self.meta.high_water = self
-            .meta
-            .high_water
-            .max(self.entries.keys().next_back().copied().unwrap_or(0));
-        for h in &present {
-            self.entries.remove(h);
-        }
+        self.meta.high_water = self.high_water();
+        self.entries.retain(|e| !present.contains(&e.handle));
         self.rewrite()?;
         Ok(present.len())
     }
@@ -463,7 +521,7 @@ impl Keyring {
     /// and rewrites the file. A no-op when none is active.
     pub fn retire_owner(&mut self, owner: KeyOwner) -> Result<(), KeyringError> {
         let mut changed = false;
-        for (e, _) in self.entries.values_mut() {
+        for e in &mut self.entries {
             if e.owner == owner && !e.retired {
                 e.retired = true;
                 changed = true;
@@ -477,7 +535,8 @@ impl Keyring {
 
     /// The handles of every key a patient has.
     pub fn handles_of(&self, patient: PatientId) -> Vec<u64> {
-        self.entries()
+        self.entries
+            .iter()
             .filter(|e| e.owner == KeyOwner::Patient(patient))
             .map(|e| e.handle)
             .collect()
@@ -488,8 +547,8 @@ impl Keyring {
         let mut out = serde_json::to_string(&Line::Meta(self.meta.clone()))
             .map_err(|_| KeyringError::Internal("the meta line does not encode"))?;
         out.push('\n');
-        for (e, wrapped) in self.entries.values() {
-            out.push_str(&line_for(e, wrapped));
+        for e in &self.entries {
+            out.push_str(&line_for(e));
         }
         fsio::replace_atomically(&self.path, out.as_bytes()).map_err(|source| {
             KeyringError::Io {
@@ -587,10 +646,21 @@ impl Keyring {
         let from = self.meta.generation;
         let to = from + 1;
         let owners: Vec<KeyOwner> = self
-            .entries()
+            .entries
+            .iter()
             .filter(|e| e.gen == from && e.owner != KeyOwner::Root && !e.retired)
             .map(|e| e.owner)
             .collect();
+        // Every key re-wrapped under the new master key before anything
+        // changes, so that a failure leaves the keyring as it was.
+        let mut rewrapped = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            let secret = self
+                .wrapper
+                .unwrap_slot(e)
+                .ok_or(KeyringError::Internal("a key no longer unwraps"))?;
+            rewrapped.push(new_wrapper.wrap(&self.rng, e.handle, e.owner, e.gen, &secret)?);
+        }
         self.meta.previous_check = Some(std::mem::replace(
             &mut self.meta.check,
             new_wrapper.check.clone(),
@@ -598,8 +668,8 @@ impl Keyring {
         self.wrapper = new_wrapper;
         self.meta.generation = to;
         self.meta.rotating_from = Some(from);
-        for (e, wrapped) in self.entries.values_mut() {
-            *wrapped = self.wrapper.wrap(&self.rng, e)?;
+        for (e, wrapped) in self.entries.iter_mut().zip(rewrapped) {
+            e.wrapped = wrapped;
         }
         for owner in owners {
             self.insert_new(owner, to)?;
@@ -615,7 +685,7 @@ impl Keyring {
             return Ok(Vec::new());
         };
         let mut retired = Vec::new();
-        for (e, _) in self.entries.values_mut() {
+        for e in &mut self.entries {
             if e.gen <= from && e.owner != KeyOwner::Root && !e.retired {
                 e.retired = true;
                 retired.push(e.handle);
@@ -627,12 +697,12 @@ impl Keyring {
     }
 }
 
-fn line_for(e: &KeyEntry, wrapped: &str) -> String {
+fn line_for(e: &Slot) -> String {
     let line = KeyLine {
         handle: e.handle,
         owner: e.owner.label(),
         gen: e.gen,
-        wrapped: wrapped.to_owned(),
+        wrapped: hex::encode(e.wrapped),
         retired: e.retired,
     };
     let mut s = serde_json::to_string(&Line::Key(line)).unwrap_or_default();

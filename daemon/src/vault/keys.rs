@@ -38,8 +38,8 @@ impl Vault {
 
     pub fn has_patient_key(&self, id: PatientId) -> bool {
         crate::sync::read(&self.inner.keys)
-            .current
-            .contains_key(&KeyOwner::Patient(id))
+            .current_handle(KeyOwner::Patient(id))
+            .is_some()
     }
 
     /// Makes sure the patient has a data key, creating it durably (keyring
@@ -53,18 +53,17 @@ impl Vault {
             return Ok(());
         }
         let entry = ring.add_durable(KeyOwner::Patient(id))?;
-        crate::sync::write(&self.inner.keys).add(entry)
+        crate::sync::write(&self.inner.keys).add(&entry)
     }
 
-    pub(super) fn sealing_key(&self, owner: Owner) -> VaultResult<Arc<ViewKey>> {
+    pub(super) fn sealing_key(&self, owner: Owner) -> VaultResult<KeyInUse> {
         let kind = match owner {
             Owner::System => KeyOwner::System,
             Owner::Patient(p) => KeyOwner::Patient(p),
         };
-        crate::sync::read(&self.inner.keys)
-            .current
-            .get(&kind)
-            .cloned()
+        let view = crate::sync::read(&self.inner.keys);
+        view.current_handle(kind)
+            .and_then(|h| view.in_use(h))
             .ok_or(match owner {
                 Owner::Patient(p) => VaultError::NoPatientKey(p),
                 Owner::System => VaultError::Internal("the keyring has no system key"),
@@ -92,14 +91,12 @@ impl Vault {
             source,
         };
         let handle = seal::handle_of(sealed).map_err(damaged)?;
-        let vk = crate::sync::read(&self.inner.keys)
-            .by_handle
-            .get(&handle)
-            .cloned()
-            .ok_or(VaultError::KeyUnavailable {
+        let vk = crate::sync::read(&self.inner.keys).in_use(handle).ok_or(
+            VaultError::KeyUnavailable {
                 tree: tree.name(),
                 handle,
-            })?;
+            },
+        )?;
         vk.with_key(|dk| seal::open(dk, tree.name(), key, sealed))?
             .map_err(damaged)
     }

@@ -3,28 +3,37 @@
 
 use super::*;
 
-/// A data key with what the keyring says about it.
+/// A data key with what the keyring says about it: fixed size, kept in a
+/// vector sorted by handle.
 ///
 /// Patient keys are kept as their 32 secret bytes and made ready for use
 /// (AES key schedule, GHASH table: about 0.5 KiB) only while a value is
 /// sealed or opened: a ready key for each of 100,000 patients would hold
 /// some 70 MB for nothing, and preparing one costs well under a microsecond.
 /// The few keys of no patient (system) are kept ready.
+#[derive(Clone)]
 pub(super) struct ViewKey {
     pub(super) handle: u64,
-    secret: Zeroizing<[u8; 32]>,
-    ready: Option<Box<DataKey>>,
     pub(super) owner: KeyOwner,
     pub(super) gen: u32,
+    secret: Zeroizing<[u8; 32]>,
 }
 
-impl ViewKey {
+/// A key taken out of the view for one seal or open, used outside the
+/// view's lock: a prepared system key, or a patient's secret, prepared on
+/// the stack by [`KeyInUse::with_key`] (no allocation per seal or open).
+pub(super) enum KeyInUse {
+    Shared(Arc<DataKey>),
+    Secret(u64, Zeroizing<[u8; 32]>),
+}
+
+impl KeyInUse {
     /// Runs `f` with the key ready for sealing or opening.
     pub(super) fn with_key<R>(&self, f: impl FnOnce(&DataKey) -> R) -> VaultResult<R> {
-        match &self.ready {
-            Some(key) => Ok(f(key)),
-            None => {
-                let key = DataKey::new(self.handle, &self.secret).map_err(|_| VaultError::Rng)?;
+        match self {
+            KeyInUse::Shared(k) => Ok(f(k)),
+            KeyInUse::Secret(handle, secret) => {
+                let key = DataKey::new(*handle, secret).map_err(|_| VaultError::Rng)?;
                 Ok(f(&key))
             }
         }
@@ -32,47 +41,128 @@ impl ViewKey {
 }
 
 /// The unwrapped keys, arranged for the hot path.
+///
+/// One copy of each secret, in a sorted vector (about 64 bytes a key) and
+/// an owner → current handle map: with 100,000 patients this is some 12 MB,
+/// where a map of boxed entries plus a second map of shared pointers held
+/// about 16 MB on top of the keyring's own copy.
 pub(super) struct KeyView {
-    pub(super) by_handle: HashMap<u64, Arc<ViewKey>>,
-    pub(super) current: HashMap<KeyOwner, Arc<ViewKey>>,
+    /// Sorted by handle.
+    keys: Vec<ViewKey>,
+    current: HashMap<KeyOwner, u64>,
+    /// The system keys, prepared once.
+    ready: HashMap<u64, Arc<DataKey>>,
 }
 
 impl KeyView {
     pub(super) fn build(ring: &Keyring) -> VaultResult<Self> {
+        let mut entries = Vec::new();
+        for e in ring.unwrapped() {
+            let e = e?;
+            if e.owner != KeyOwner::Root {
+                entries.push(e);
+            }
+        }
         let mut view = KeyView {
-            by_handle: HashMap::new(),
-            current: HashMap::new(),
+            keys: Vec::with_capacity(entries.len() + entries.len() / 8 + 16),
+            current: HashMap::with_capacity(entries.len()),
+            ready: HashMap::new(),
         };
-        for e in ring.entries().filter(|e| e.owner != KeyOwner::Root) {
+        for e in &entries {
             view.add(e)?;
         }
         Ok(view)
     }
 
     pub(super) fn add(&mut self, e: &keyring::KeyEntry) -> VaultResult<()> {
-        let ready = match e.owner {
-            KeyOwner::Patient(_) => None,
-            KeyOwner::Root | KeyOwner::System => Some(Box::new(
-                DataKey::new(e.handle, &e.secret).map_err(|_| VaultError::Rng)?,
-            )),
-        };
-        let vk = Arc::new(ViewKey {
+        if matches!(e.owner, KeyOwner::Root | KeyOwner::System) {
+            let key = DataKey::new(e.handle, &e.secret).map_err(|_| VaultError::Rng)?;
+            self.ready.insert(e.handle, Arc::new(key));
+        }
+        let vk = ViewKey {
             handle: e.handle,
-            secret: e.secret.clone(),
-            ready,
             owner: e.owner,
             gen: e.gen,
-        });
+            secret: e.secret.clone(),
+        };
         let newer = !e.retired
             && self
                 .current
                 .get(&e.owner)
+                .and_then(|h| self.get(*h))
                 .is_none_or(|cur| (cur.gen, cur.handle) < (e.gen, e.handle));
         if newer {
-            self.current.insert(e.owner, vk.clone());
+            self.current.insert(e.owner, e.handle);
         }
-        self.by_handle.insert(e.handle, vk);
+        match self.keys.binary_search_by_key(&e.handle, |k| k.handle) {
+            Ok(i) => {
+                if let Some(slot) = self.keys.get_mut(i) {
+                    *slot = vk;
+                }
+            }
+            Err(i) => {
+                if self.keys.len() == self.keys.capacity() {
+                    self.grow();
+                }
+                self.keys.insert(i, vk);
+            }
+        }
         Ok(())
+    }
+
+    /// Doubles the vector's room by copying, so that the old buffer's
+    /// secrets are zeroised when it is dropped (a reallocation would free
+    /// them as they are).
+    fn grow(&mut self) {
+        let mut bigger = Vec::with_capacity((self.keys.capacity() * 2).max(64));
+        bigger.extend(self.keys.iter().cloned());
+        self.keys = bigger;
+    }
+
+    pub(super) fn get(&self, handle: u64) -> Option<&ViewKey> {
+        self.keys
+            .binary_search_by_key(&handle, |k| k.handle)
+            .ok()
+            .and_then(|i| self.keys.get(i))
+    }
+
+    pub(super) fn has(&self, handle: u64) -> bool {
+        self.get(handle).is_some()
+    }
+
+    /// The key under `handle`, ready for one seal or open.
+    pub(super) fn in_use(&self, handle: u64) -> Option<KeyInUse> {
+        if let Some(k) = self.ready.get(&handle) {
+            return Some(KeyInUse::Shared(k.clone()));
+        }
+        self.get(handle)
+            .map(|vk| KeyInUse::Secret(vk.handle, vk.secret.clone()))
+    }
+
+    /// The handle an owner seals new values with.
+    pub(super) fn current_handle(&self, owner: KeyOwner) -> Option<u64> {
+        self.current.get(&owner).copied()
+    }
+
+    /// The owner seals nothing new any more (erased or merged away).
+    pub(super) fn forget_current(&mut self, owner: KeyOwner) {
+        self.current.remove(&owner);
+    }
+
+    /// Every handle of one owner.
+    pub(super) fn handles_of(&self, owner: KeyOwner) -> impl Iterator<Item = u64> + '_ {
+        self.keys
+            .iter()
+            .filter(move |k| k.owner == owner)
+            .map(|k| k.handle)
+    }
+
+    /// Drops a key (its secret is zeroised with it).
+    pub(super) fn remove(&mut self, handle: u64) {
+        if let Ok(i) = self.keys.binary_search_by_key(&handle, |k| k.handle) {
+            drop(self.keys.remove(i));
+        }
+        self.ready.remove(&handle);
     }
 }
 

@@ -41,7 +41,7 @@ mod writer;
 
 pub use anchor::anchor_path;
 pub use error::{VaultError, VaultResult};
-use keyview::{KeyView, PurposeKeys, ViewKey};
+use keyview::{KeyInUse, KeyView, PurposeKeys};
 pub use rotate::RotationReport;
 pub use store::{Tree, DEFAULT_CACHE_BYTES, STORAGE_FAILED};
 pub(crate) use txn::AfterCommit;
@@ -234,10 +234,7 @@ impl Vault {
             Keyring::create(&ring_path, mk)?
         };
         let store = SledStore::open_with_cache(&store_path(dir), cache_bytes)?;
-        let root = keyring
-            .current(KeyOwner::Root)
-            .map(|e| e.secret.clone())
-            .ok_or(VaultError::Internal("the keyring has no root key"))?;
+        let root = keyring.root_secret()?;
         let purpose = PurposeKeys::derive(&root)?;
         let view = KeyView::build(&keyring)?;
         let anchorer =

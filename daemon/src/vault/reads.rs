@@ -75,10 +75,7 @@ impl Vault {
         patient: PatientId,
     ) -> impl Iterator<Item = VaultResult<(Vec<u8>, Vec<u8>)>> + '_ {
         let handles: std::collections::HashSet<u64> = crate::sync::read(&self.inner.keys)
-            .by_handle
-            .values()
-            .filter(|vk| vk.owner == KeyOwner::Patient(patient))
-            .map(|vk| vk.handle)
+            .handles_of(KeyOwner::Patient(patient))
             .collect();
         self.inner.store.scan_from(tree, &[]).filter_map(move |r| {
             let (k, v) = match r {

@@ -121,7 +121,7 @@ impl Vault {
                 })?;
             let (owner, gen) = {
                 let view = crate::sync::read(&self.inner.keys);
-                match view.by_handle.get(&handle) {
+                match view.get(handle) {
                     Some(vk) => (vk.owner, vk.gen),
                     // Sealed under an erased patient's key: nothing to carry over.
                     None => continue,

@@ -185,11 +185,7 @@ impl Vault {
             let (_, v) = item?;
             let record: super::ErasureRecord =
                 serde_json::from_slice(&v).map_err(|e| VaultError::decode(Tree::Erasures, &e))?;
-            let kept = record
-                .handles
-                .iter()
-                .filter(|h| view.by_handle.contains_key(h))
-                .count();
+            let kept = record.handles.iter().filter(|h| view.has(**h)).count();
             if kept > 0 {
                 report.problems.push(format!(
                     "{kept} key(s) of an erased patient are still in the keyring"
