@@ -11,9 +11,9 @@
 //! state, and when, is cheap to keep.
 
 use super::charts::{self, Series};
-use super::http::{self, esc, form, redirect, Resp};
+use super::http::{self, esc, redirect, Resp};
 use super::pages::{self, Lang};
-use super::routes::{actor, body_refused, eq, field, problem_page, session, viewer};
+use super::routes::{actor, problem_page, signed_form, viewer};
 use super::session::Session;
 use super::staff::Role;
 use super::words::{t, Words};
@@ -120,17 +120,10 @@ pub async fn retry(
     queue: String,
     id: String,
 ) -> Resp {
-    let found = session(state, &req);
-    let fields = match form(req).await {
-        Ok(f) => f,
-        Err(e) => return body_refused(&e),
+    let (_, s, _) = match signed_form(state, req).await {
+        Ok(signed) => signed,
+        Err(refused) => return refused,
     };
-    let Some((_, s)) = found else {
-        return redirect("/login");
-    };
-    if !eq(&s.csrf, field(&fields, "csrf")) {
-        return http::text(StatusCode::FORBIDDEN, "missing or wrong form token\n");
-    }
     if s.role != Role::Admin {
         return forbidden(lang);
     }

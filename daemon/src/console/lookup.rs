@@ -11,9 +11,9 @@
 //! `staff:NAME`. The page view is audited (`patient.read`,
 //! `appointment.read`, `consent.read`, naming the patient) before it is sent.
 
-use super::http::{self, esc, form, redirect, Resp};
+use super::http::{self, esc, redirect, Resp};
 use super::pages::{layout, Lang, Viewer};
-use super::routes::{actor, body_refused, eq, field, problem_page, session, viewer};
+use super::routes::{actor, field, problem_page, signed_form, viewer};
 use super::session::Session;
 use super::words::{t, Words};
 use super::ConsoleState;
@@ -91,17 +91,10 @@ fn find(state: &ConsoleState, q: &str) -> Result<Found, crate::api::Problem> {
 
 /// `POST /p`: the search; found → 303 to the patient's page.
 pub async fn search(state: &ConsoleState, req: Request<Incoming>, lang: Lang) -> Resp {
-    let found = session(state, &req);
-    let fields = match form(req).await {
-        Ok(f) => f,
-        Err(e) => return body_refused(&e),
+    let (_, s, fields) = match signed_form(state, req).await {
+        Ok(signed) => signed,
+        Err(refused) => return refused,
     };
-    let Some((_, s)) = found else {
-        return redirect("/login");
-    };
-    if !eq(&s.csrf, field(&fields, "csrf")) {
-        return http::text(StatusCode::FORBIDDEN, "missing or wrong form token\n");
-    }
     let problem = match find(state, field(&fields, "q").trim()) {
         Ok(Found::One(p)) => return redirect(&format!("/p/{}", p.id.to_hex())),
         Ok(Found::None) => "lk_not_found",
@@ -176,17 +169,10 @@ pub async fn consent_post(
     lang: Lang,
     id: String,
 ) -> Resp {
-    let found = session(state, &req);
-    let fields = match form(req).await {
-        Ok(f) => f,
-        Err(e) => return body_refused(&e),
+    let (_, s, fields) = match signed_form(state, req).await {
+        Ok(signed) => signed,
+        Err(refused) => return refused,
     };
-    let Some((_, s)) = found else {
-        return redirect("/login");
-    };
-    if !eq(&s.csrf, field(&fields, "csrf")) {
-        return http::text(StatusCode::FORBIDDEN, "missing or wrong form token\n");
-    }
     let wanted = match field(&fields, "consent") {
         "in" => ConsentState::OptedIn,
         "out" => ConsentState::OptedOut,

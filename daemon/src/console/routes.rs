@@ -183,6 +183,29 @@ fn login_page(state: &ConsoleState, lang: Lang, problem: Option<&str>, status: S
     r
 }
 
+/// A POSTed form of a live session with the session's CSRF token: the
+/// session's id, the session and the fields; else the answer to send
+/// (signed out → the sign-in page, a bad form → 4xx, a missing or wrong
+/// token → 403). The body is read first so that a refusal never leaves it
+/// unread on a kept-alive connection.
+pub(super) async fn signed_form(
+    state: &ConsoleState,
+    req: Request<Incoming>,
+) -> Result<(String, Session, HashMap<String, String>), Resp> {
+    let found = session(state, &req);
+    let fields = form(req).await.map_err(|e| body_refused(&e))?;
+    let Some((id, s)) = found else {
+        return Err(redirect("/login"));
+    };
+    if !eq(&s.csrf, field(&fields, "csrf")) {
+        return Err(http::text(
+            StatusCode::FORBIDDEN,
+            "missing or wrong form token\n",
+        ));
+    }
+    Ok((id, s, fields))
+}
+
 pub(super) fn body_refused(e: &BodyError) -> Resp {
     match e {
         BodyError::TooLarge => http::text(StatusCode::PAYLOAD_TOO_LARGE, "form too large\n"),
@@ -267,17 +290,10 @@ async fn login(state: &ConsoleState, req: Request<Incoming>, lang: Lang, peer: I
 }
 
 async fn logout(state: &ConsoleState, req: Request<Incoming>) -> Resp {
-    let found = session(state, &req);
-    let fields = match form(req).await {
-        Ok(f) => f,
-        Err(e) => return body_refused(&e),
+    let (id, _, _) = match signed_form(state, req).await {
+        Ok(signed) => signed,
+        Err(refused) => return refused,
     };
-    let Some((id, s)) = found else {
-        return redirect("/login");
-    };
-    if !eq(&s.csrf, field(&fields, "csrf")) {
-        return http::text(StatusCode::FORBIDDEN, "missing or wrong form token\n");
-    }
     if let Err(e) = state.sessions.end(&id, state.api.clock.now()).await {
         // Signed out in memory already; the record ends at its idle time.
         tracing::warn!(error = %e, "a console sign-out was not stored");
@@ -413,17 +429,10 @@ async fn conversation_post(
     id: String,
     action: &str,
 ) -> Resp {
-    let found = session(state, &req);
-    let fields = match form(req).await {
-        Ok(f) => f,
-        Err(e) => return body_refused(&e),
+    let (_, s, fields) = match signed_form(state, req).await {
+        Ok(signed) => signed,
+        Err(refused) => return refused,
     };
-    let Some((_, s)) = found else {
-        return redirect("/login");
-    };
-    if !eq(&s.csrf, field(&fields, "csrf")) {
-        return http::text(StatusCode::FORBIDDEN, "missing or wrong form token\n");
-    }
     let conv = match inbox::conv_id(&id) {
         Ok(c) => c,
         Err(p) => return problem_page(lang, &p),
