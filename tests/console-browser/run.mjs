@@ -109,9 +109,16 @@ try {
     await page.waitForTimeout(100);
     await page.reload();
   }
-  const img = page.locator("main figure img");
-  await img.waitFor({ timeout: 10000 });
-  const shown = await img.evaluate((el) => el.complete && el.naturalWidth === 24);
+  // The element is there before its picture has loaded: wait for the load.
+  await page
+    .waitForFunction(() => {
+      const el = document.querySelector("main figure img");
+      return el && el.complete && el.naturalWidth > 0;
+    }, null, { timeout: 10000 })
+    .catch(() => {});
+  const shown = await page
+    .locator("main figure img")
+    .evaluate((el) => el.complete && el.naturalWidth === 24);
   check(shown, "the patient's photo is shown in the conversation");
   await page.screenshot({ path: path.join(shots, "conversation.png"), fullPage: true });
   await accessible(page, "the conversation");
