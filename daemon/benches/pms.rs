@@ -198,14 +198,7 @@ fn main() {
         return;
     }
     if let Some(dir) = arg::<std::path::PathBuf>(&args, "--rss-probe") {
-        let rss = || {
-            std::fs::read_to_string("/proc/self/status")
-                .unwrap()
-                .lines()
-                .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let rss = status_memory;
         println!("start: {}", rss());
         let cache: u64 = arg(&args, "--cache-mb").unwrap_or(256);
         if args.iter().any(|a| a == "--sled") {
@@ -225,7 +218,24 @@ fn main() {
                 trees.len(),
                 rss()
             );
-            let n: usize = trees.iter().map(|t| t.iter().count()).sum();
+            if args.iter().any(|a| a == "--open-only") {
+                return;
+            }
+            let mut n = 0;
+            for t in &trees {
+                let (mut count, mut keys, mut values) = (0usize, 0usize, 0usize);
+                for kv in t.iter() {
+                    let (k, v) = kv.unwrap();
+                    count += 1;
+                    keys += k.len();
+                    values += v.len();
+                }
+                n += count;
+                println!(
+                    "  tree {:<16} {count:>9} records, keys {keys:>11} B, values {values:>12} B",
+                    String::from_utf8_lossy(&t.name())
+                );
+            }
             println!("sled full scan ({n} records): {}", rss());
         }
         println!("sled dropped: {}", rss());
@@ -246,14 +256,27 @@ fn main() {
     if let Some(n) = arg::<usize>(&args, "--ingest") {
         let patients = arg(&args, "--patients").unwrap_or(0);
         let conns = arg(&args, "--conns").unwrap_or(CONNECTIONS);
-        rt.block_on(ingest_only(n, patients, conns, arg(&args, "--data")));
+        let cache_mb = arg(&args, "--cache-mb");
+        rt.block_on(ingest_only(
+            n,
+            patients,
+            conns,
+            arg(&args, "--data"),
+            cache_mb,
+        ));
         return;
     }
     rt.block_on(run());
 }
 
 /// `--ingest`: N messages through [`Ingest::process`], C callers at a time.
-async fn ingest_only(n: usize, patients: u64, conns: usize, from: Option<std::path::PathBuf>) {
+async fn ingest_only(
+    n: usize,
+    patients: u64,
+    conns: usize,
+    from: Option<std::path::PathBuf>,
+    cache_mb: Option<u64>,
+) {
     use clinic_relay::pms::ingest::{Identity, Ingest};
     use clinic_relay::vault::Vault;
     let tmp = tempfile::tempdir().unwrap();
@@ -278,7 +301,12 @@ async fn ingest_only(n: usize, patients: u64, conns: usize, from: Option<std::pa
             .await
             .unwrap();
     }
-    let vault = Vault::open(&data, &MasterKey::load_file(&key).unwrap()).unwrap();
+    let master = MasterKey::load_file(&key).unwrap();
+    let vault = match cache_mb {
+        Some(mb) => Vault::open_with_cache(&data, &master, mb * 1024 * 1024),
+        None => Vault::open(&data, &master),
+    }
+    .unwrap();
     let ingest = Arc::new(Ingest::new(
         vault.clone(),
         Arc::new(SystemClock),
@@ -312,8 +340,19 @@ async fn ingest_only(n: usize, patients: u64, conns: usize, from: Option<std::pa
         total as f64 / secs,
         cpu / total as f64 * 10_000.0
     );
+    println!("  resident memory after the run: {}", status_memory());
     drop(ingest);
     vault.close().unwrap();
+}
+
+/// This process's VmRSS and VmHWM lines from /proc/self/status.
+fn status_memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 async fn run() {

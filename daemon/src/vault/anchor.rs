@@ -62,9 +62,9 @@ fn write_anchor_file(path: &Path, key: &hmac::Key, seq: u64, hash: &str) -> Vaul
 }
 
 /// The thread that writes the anchor, off the writer's path. An atomic
-/// replace costs real fsyncs (about 6 ms on the development VM's disk, ten
-/// times a sled flush, which only issues `sync_file_range`): done on the
-/// writer, it would be added to every audited batch's answer. Instead the
+/// replace costs two fsyncs and a rename (a journal commit), several times
+/// a store flush (sled's write and one fdatasync): done on the writer, it
+/// would be added to every audited batch's answer. Instead the
 /// writer hands over the newest flushed (seq, hash) and goes on; this thread
 /// writes the newest value it holds, so values that arrive during a write
 /// coalesce into the next one. The anchor then lags the store by at most the

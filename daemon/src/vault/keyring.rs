@@ -475,29 +475,55 @@ impl Keyring {
         ))
     }
 
-    /// Adds a key for `owner` in the current generation and makes it durable
-    /// (append + fsync) before returning it.
-    pub fn add_durable(&mut self, owner: KeyOwner) -> Result<KeyEntry, KeyringError> {
+    /// Adds a key for each owner in the current generation and makes them
+    /// all durable with **one** append and one fsync: patients seen for the
+    /// first time by several messages at once share the wait instead of
+    /// queueing one fsync each behind the keyring's lock. All or none: on a
+    /// failed append none of them exists, on disk or here.
+    pub fn add_durable_many(&mut self, owners: &[KeyOwner]) -> Result<Vec<KeyEntry>, KeyringError> {
         let gen = self.meta.generation;
-        let (entry, line) = self.insert_new(owner, gen)?;
-        let handle = entry.handle;
-        if let Err(source) = fsio::append_durably(&self.path, line.as_bytes()) {
+        let before = self.entries.len();
+        let mut added = Vec::with_capacity(owners.len());
+        let mut lines = String::new();
+        for owner in owners {
+            match self.insert_new(*owner, gen) {
+                Ok((entry, line)) => {
+                    lines.push_str(&line);
+                    added.push(entry);
+                }
+                Err(e) => {
+                    self.forget_since(before);
+                    return Err(e);
+                }
+            }
+        }
+        if added.is_empty() {
+            return Ok(added);
+        }
+        if let Err(source) = fsio::append_durably(&self.path, lines.as_bytes()) {
             // The append was undone on disk: undo it here too, or a later
-            // rewrite would store a key nothing ever used. Its handle is
+            // rewrite would store keys nothing ever used. Their handles are
             // not handed out again.
-            self.entries.retain(|e| e.handle != handle);
-            self.meta.high_water = self.meta.high_water.max(handle);
+            self.forget_since(before);
             return Err(KeyringError::Io {
                 path: self.path.clone(),
                 source,
             });
         }
         if self.mirror.is_some()
-            && fsio::append_durably_existing(self.mirror_path(), line.as_bytes()).is_err()
+            && fsio::append_durably_existing(self.mirror_path(), lines.as_bytes()).is_err()
         {
             self.refresh_mirror();
         }
-        Ok(entry)
+        Ok(added)
+    }
+
+    /// Drops the keys inserted after the first `len` (new keys take the
+    /// highest handles, so they are the vector's tail) that were never made
+    /// durable; their handles stay used (the high-water mark covers them).
+    fn forget_since(&mut self, len: usize) {
+        self.meta.high_water = self.high_water();
+        self.entries.truncate(len);
     }
 
     /// Drops the given handles (those still present) and rewrites the file

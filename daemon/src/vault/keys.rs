@@ -44,16 +44,39 @@ impl Vault {
 
     /// Makes sure the patient has a data key, creating it durably (keyring
     /// append + fsync) if needed. Must precede the first record of a patient.
+    ///
+    /// Callers that arrive together share one append and one fsync: each
+    /// leaves its patient in `key_requests` before it waits for the
+    /// keyring's lock, and whoever holds the lock creates the keys of every
+    /// patient waiting by then. The others find their key made when their
+    /// turn comes (four MLLP connections each bringing a new patient cost
+    /// one fsync, not four in a row).
     pub fn ensure_patient_key(&self, id: PatientId) -> VaultResult<()> {
         if self.has_patient_key(id) {
             return Ok(());
         }
+        crate::sync::lock(&self.inner.key_requests).push(id);
         let mut ring = crate::sync::lock(&self.inner.keyring);
         if self.has_patient_key(id) {
             return Ok(());
         }
-        let entry = ring.add_durable(KeyOwner::Patient(id))?;
-        crate::sync::write(&self.inner.keys).add(&entry)
+        let mut wanted = std::mem::take(&mut *crate::sync::lock(&self.inner.key_requests));
+        // Our own request may have been taken by a holder whose append
+        // failed: ask again.
+        wanted.push(id);
+        wanted.sort_unstable_by_key(|p| p.0);
+        wanted.dedup();
+        let owners: Vec<KeyOwner> = wanted
+            .into_iter()
+            .filter(|p| !self.has_patient_key(*p))
+            .map(KeyOwner::Patient)
+            .collect();
+        let entries = ring.add_durable_many(&owners)?;
+        let mut view = crate::sync::write(&self.inner.keys);
+        for entry in &entries {
+            view.add(entry)?;
+        }
+        Ok(())
     }
 
     pub(super) fn sealing_key(&self, owner: Owner) -> VaultResult<KeyInUse> {

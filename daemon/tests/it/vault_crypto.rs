@@ -197,3 +197,42 @@ fn concurrent_committers_share_flushes_and_lose_nothing() {
     assert_eq!(vault.count(Tree::Meta), 16 * 25);
     assert_eq!(vault.verify_audit().unwrap(), 16 * 25);
 }
+
+/// Patients seen for the first time by several callers at once share the
+/// keyring's append and fsync (`ensure_patient_key` creates the keys of every
+/// caller waiting for the lock). Each patient still ends up with exactly one
+/// key line, the keyring reopens, and every record opens after a restart.
+#[test]
+fn patients_keyed_by_concurrent_callers_each_get_exactly_one_durable_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mk = key(3);
+    let vault = open(tmp.path(), &mk);
+    let patients: Vec<_> = (0..64)
+        .map(|i| marker_patient(&vault, &format!("K{i}")))
+        .collect();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (vault, patients) = (&vault, &patients);
+            s.spawn(move || {
+                // Every caller asks for every key, each in its own order.
+                for i in 0..patients.len() {
+                    let p = &patients[(i * 5 + t * 7) % patients.len()];
+                    vault.ensure_patient_key(p.id).unwrap();
+                }
+            });
+        }
+    });
+    for p in &patients {
+        vault.put_patient(p, "test", t0()).unwrap();
+    }
+    vault.close().unwrap();
+    let text = std::fs::read_to_string(clinic_relay::vault::keyring_path(tmp.path())).unwrap();
+    for p in &patients {
+        let label = format!("patient:{}", p.id.to_hex());
+        assert_eq!(text.matches(&label).count(), 1, "one key line per patient");
+    }
+    let vault = open(tmp.path(), &mk);
+    for p in &patients {
+        assert_eq!(vault.get_patient(p.id).unwrap().as_ref(), Some(p));
+    }
+}
