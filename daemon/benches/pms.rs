@@ -11,14 +11,18 @@
 //!   (`DIR/data`) holding N patients (default 100,000), the data the peer
 //!   comparison starts the release daemon on.
 //! * `--ingest N [--patients P] [--conns C]` feeds N SIU^S12 messages (the
-//!   peer load generator's shape) straight into the ingest path (parse, map,
-//!   commit, flush, ACK) from C concurrent callers, no sockets: a fixed
-//!   amount of work for `valgrind --tool=callgrind` or `perf stat`. Prints
-//!   msg/s and CPU seconds per 10,000 messages. `--data DIR` starts from a
-//!   copy of a vault written by `--seed` instead of seeding P patients.
-//! * `--rss-probe DIR [--sled --cache-mb M]` prints this process's resident
-//!   memory after opening the vault in DIR (with `--sled`: after opening
-//!   the bare sled store with an M MiB cache and after scanning all of it).
+//!   peer load generator's shape: a new patient each) straight into the
+//!   ingest path (parse, map, commit, flush, ACK) from C concurrent callers,
+//!   no sockets: a fixed amount of work for `valgrind --tool=callgrind`,
+//!   `perf` or `strace -c`. Prints msg/s, CPU seconds per 10,000 messages
+//!   and resident memory. `--data DIR` starts from a copy of a vault written
+//!   by `--seed` instead of seeding P patients; `--cache-mb M` sets the
+//!   store's cache.
+//! * `--rss-probe DIR [--sled [--open-only] --cache-mb M]` prints this
+//!   process's resident memory after opening the vault in DIR (with
+//!   `--sled`: first after opening the bare sled store with an M MiB cache,
+//!   then each tree's records, key and value bytes and the memory after
+//!   scanning all of it; `--open-only` stops after the open, for heaptrack).
 #![allow(clippy::disallowed_methods)] // a benchmark reads the real clock
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -279,6 +283,10 @@ async fn ingest_only(
 ) {
     use clinic_relay::pms::ingest::{Identity, Ingest};
     use clinic_relay::vault::Vault;
+    let before = match &from {
+        Some(dir) => format!("a copy of {}", dir.display()),
+        None => format!("{patients} patients stored before"),
+    };
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("mk");
     MasterKey::generate().unwrap().write_new_file(&key).unwrap();
@@ -336,7 +344,7 @@ async fn ingest_only(
     let (cpu, secs) = (cpu_seconds() - cpu0, t.elapsed().as_secs_f64());
     let total = per * conns;
     println!(
-        "in-process ingest: {total} SIU^S12 over {conns} callers, {patients} patients stored before: {:.0} msg/s, {:.2} CPU s per 10,000 messages",
+        "in-process ingest: {total} SIU^S12 over {conns} callers, {before}: {:.0} msg/s, {:.2} CPU s per 10,000 messages",
         total as f64 / secs,
         cpu / total as f64 * 10_000.0
     );
