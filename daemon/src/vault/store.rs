@@ -341,6 +341,11 @@ impl Engine {
             .map(|t| db.open_tree(t.name()))
             .collect::<StoreResult<Vec<_>>>()?;
         let log = std::fs::File::open(dir.join("db"))?;
+        // sled creates the store's folder and files without syncing the
+        // folders that name them; a new store's first acknowledged writes
+        // must not vanish with its directory entries after a power cut.
+        super::fsio::sync_parent_dir(&dir.join("db"))?;
+        super::fsio::sync_parent_dir(dir)?;
         Ok(Self { db, trees, log })
     }
 
