@@ -527,8 +527,18 @@ pub async fn apply(
     origin: Origin,
     now: Timestamp,
 ) -> Result<Applied, CommandError> {
+    // Patients this may create: their keys are made on the writer, with
+    // those of the rest of its batch (one keyring fsync for all).
+    let new_patients: Vec<PatientId> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::UpsertPatient(p) | Command::UpdatePatientFromContext(p) => Some(p.id),
+            _ => None,
+        })
+        .filter(|id| !vault.has_patient_key(*id))
+        .collect();
     vault
-        .write(move |v| decide(v, &commands, &origin, now))
+        .write_for_new_patients(new_patients, move |v| decide(v, &commands, &origin, now))
         .await
         .map(|c| c.value)
 }

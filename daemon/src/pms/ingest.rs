@@ -10,9 +10,8 @@ use super::listener::FrameHandler;
 use super::map::{self, MapContext, MappingConfig, Rejection};
 use super::mllp::Incoming;
 use crate::clock::SharedClock;
-use crate::commands::{self, Applied, Command, CommandError, KeyReuse, Origin};
+use crate::commands::{self, Applied, CommandError, KeyReuse, Origin};
 use crate::logging::clean;
-use crate::model::PatientId;
 use crate::vault::Vault;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -103,35 +102,6 @@ impl Ingest {
         }
     }
 
-    /// Creates the data key of a patient seen for the first time before the
-    /// message goes to the vault's writer. A new key is appended to the
-    /// keyring and fsynced; done inside the writer's job, that wait would hold
-    /// up every other message queued behind it, while here it overlaps with
-    /// the writer's batches. The job still makes sure of the key (it may have
-    /// been erased in between); a failure here is left for the job to report.
-    async fn prepare_keys(&self, commands: &[Command]) {
-        let new: Vec<PatientId> = commands
-            .iter()
-            .filter_map(|c| match c {
-                Command::UpsertPatient(p) | Command::UpdatePatientFromContext(p) => Some(p.id),
-                _ => None,
-            })
-            .filter(|id| !self.vault.has_patient_key(*id))
-            .collect();
-        if new.is_empty() {
-            return;
-        }
-        let vault = self.vault.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for id in new {
-                if vault.ensure_patient_key(id).is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
-    }
-
     /// Handles one message's bytes and returns the ACK bytes.
     pub async fn process(&self, bytes: &[u8]) -> Vec<u8> {
         let msg = match hl7::parse_with_limit(bytes, self.max_message_bytes) {
@@ -198,7 +168,6 @@ impl Ingest {
             key_retention: self.key_retention,
             ..origin
         };
-        self.prepare_keys(&commands).await;
         match commands::apply(&self.vault, commands, origin, now).await {
             Ok(Applied::Done) => {
                 self.last_message_at

@@ -49,8 +49,7 @@ impl Vault {
     /// leaves its patient in `key_requests` before it waits for the
     /// keyring's lock, and whoever holds the lock creates the keys of every
     /// patient waiting by then. The others find their key made when their
-    /// turn comes (four MLLP connections each bringing a new patient cost
-    /// one fsync, not four in a row).
+    /// turn comes.
     pub fn ensure_patient_key(&self, id: PatientId) -> VaultResult<()> {
         if self.has_patient_key(id) {
             return Ok(());
@@ -60,10 +59,36 @@ impl Vault {
         if self.has_patient_key(id) {
             return Ok(());
         }
-        let mut wanted = std::mem::take(&mut *crate::sync::lock(&self.inner.key_requests));
         // Our own request may have been taken by a holder whose append
         // failed: ask again.
-        wanted.push(id);
+        self.create_requested_keys(&mut ring, Some(id))
+    }
+
+    /// Run by the writer at the start of a batch: creates the data keys the
+    /// batch's jobs declared (patients about to get their first record),
+    /// all with one keyring append and one fsync, before any of the jobs
+    /// runs. A failure is left for the jobs to report: each still makes sure
+    /// of its key ([`Vault::ensure_patient_key`]) and fails if it cannot.
+    pub(super) fn create_patient_keys(&self, ids: &[PatientId]) {
+        if ids.iter().all(|id| self.has_patient_key(*id)) {
+            return;
+        }
+        crate::sync::lock(&self.inner.key_requests).extend_from_slice(ids);
+        let mut ring = crate::sync::lock(&self.inner.keyring);
+        if let Err(e) = self.create_requested_keys(&mut ring, None) {
+            tracing::warn!(error = %e, "new patients' keys could not be created; their messages fail and are sent again");
+        }
+    }
+
+    /// Under the keyring's lock: creates the keys of every patient in
+    /// `key_requests` (and `also`) that has none, with one append.
+    fn create_requested_keys(
+        &self,
+        ring: &mut keyring::Keyring,
+        also: Option<PatientId>,
+    ) -> VaultResult<()> {
+        let mut wanted = std::mem::take(&mut *crate::sync::lock(&self.inner.key_requests));
+        wanted.extend(also);
         wanted.sort_unstable_by_key(|p| p.0);
         wanted.dedup();
         let owners: Vec<KeyOwner> = wanted
@@ -71,6 +96,9 @@ impl Vault {
             .filter(|p| !self.has_patient_key(*p))
             .map(KeyOwner::Patient)
             .collect();
+        if owners.is_empty() {
+            return Ok(());
+        }
         let entries = ring.add_durable_many(&owners)?;
         let mut view = crate::sync::write(&self.inner.keys);
         for entry in &entries {

@@ -17,6 +17,7 @@
 //! async runtime's workers; async callers await a oneshot.
 
 use super::{Receipt, Txn, Vault, VaultError, VaultResult};
+use crate::model::PatientId;
 use std::sync::mpsc;
 use std::sync::Weak;
 use std::thread::JoinHandle;
@@ -45,8 +46,16 @@ pub(super) struct Pending {
 
 pub(super) type Job = Box<dyn FnOnce(&Vault) -> Pending + Send>;
 
+/// A job as queued: the closure, and the patients whose first record it
+/// may stage. Their data keys are created (durably) before it runs, with
+/// those of the other jobs of its batch.
+pub(super) struct Queued {
+    new_patients: Vec<PatientId>,
+    job: Job,
+}
+
 pub(super) struct Writer {
-    jobs: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: std::sync::Mutex<Option<mpsc::Sender<Queued>>>,
     worker: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -54,7 +63,7 @@ impl Writer {
     /// Starts the writer thread. It holds only a weak reference, so dropping
     /// the last [`Vault`] handle ends it.
     pub(super) fn start(vault: Weak<super::Inner>) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Queued>();
         let worker = std::thread::Builder::new()
             .name("vault-writer".to_owned())
             .spawn(move || run(&rx, &vault))?;
@@ -73,11 +82,11 @@ impl Writer {
         }
     }
 
-    pub(super) fn submit(&self, job: Job) -> Result<(), FlushError> {
+    pub(super) fn submit(&self, new_patients: Vec<PatientId>, job: Job) -> Result<(), FlushError> {
         crate::sync::lock(&self.jobs)
             .as_ref()
             .ok_or(FlushError::Closed)?
-            .send(job)
+            .send(Queued { new_patients, job })
             .map_err(|_| FlushError::Closed)
     }
 
@@ -93,9 +102,18 @@ impl Writer {
     }
 }
 
-fn run(rx: &mpsc::Receiver<Job>, vault: &Weak<super::Inner>) {
+fn run(rx: &mpsc::Receiver<Queued>, vault: &Weak<super::Inner>) {
     let mut recovery = super::recovery::RecoveryGate::default();
-    while let Ok(first) = rx.recv() {
+    // A job taken off the queue to end a batch: the next batch's first.
+    let mut carried: Option<Queued> = None;
+    loop {
+        let first = match carried.take() {
+            Some(queued) => queued,
+            None => match rx.recv() {
+                Ok(queued) => queued,
+                Err(_) => return,
+            },
+        };
         let Some(inner) = vault.upgrade() else {
             return;
         };
@@ -103,12 +121,41 @@ fn run(rx: &mpsc::Receiver<Job>, vault: &Weak<super::Inner>) {
         // After a failed write (a full disk) the store refuses everything;
         // each new batch first checks whether it can be reopened.
         vault.recover_store(&mut recovery);
+        // Every job queued now is in this batch, and the keys of all the
+        // new patients they bring are created first, with one keyring
+        // append and one fsync (not one fsync a message).
+        let mut queued: Vec<Queued> = std::iter::once(first)
+            .chain(rx.try_iter().take(MAX_BATCH - 1))
+            .collect();
+        let new_patients: Vec<PatientId> = queued
+            .iter()
+            .flat_map(|q| q.new_patients.iter().copied())
+            .collect();
+        vault.create_patient_keys(&new_patients);
         let mut batch = Vec::new();
         let mut wrote = false;
-        for job in std::iter::once(first).chain(rx.try_iter().take(MAX_BATCH - 1)) {
-            let pending = job(&vault);
-            wrote |= pending.wrote;
-            batch.push(pending.finish);
+        loop {
+            for q in queued.drain(..) {
+                let pending = (q.job)(&vault);
+                wrote |= pending.wrote;
+                batch.push(pending.finish);
+            }
+            // Jobs queued meanwhile join the batch (and its flush) unless
+            // they bring a patient without a key: such a job opens the next
+            // batch, whose start creates its key with the others'.
+            if batch.len() >= MAX_BATCH {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(q) if q.new_patients.iter().all(|p| vault.has_patient_key(*p)) => {
+                    queued.push(q);
+                }
+                Ok(q) => {
+                    carried = Some(q);
+                    break;
+                }
+                Err(_) => break,
+            }
         }
         let flushed = if wrote { vault.flush_store() } else { Ok(()) };
         // The audit anchor follows the flush, never leads it (handed to its
@@ -144,8 +191,26 @@ impl Vault {
         T: Send + 'static,
         E: From<VaultError> + Send + 'static,
     {
+        self.write_for_new_patients(Vec::new(), decide).await
+    }
+
+    /// [`Vault::write`] for a job that may stage the first record of the
+    /// `new_patients`: the writer creates their data keys (durably) before
+    /// the job runs, together with those of every other job in its batch,
+    /// so that a message bringing a new patient costs no fsync of its own
+    /// before the batch's flush.
+    pub async fn write_for_new_patients<T, E, F>(
+        &self,
+        new_patients: Vec<PatientId>,
+        decide: F,
+    ) -> Result<Committed<T>, E>
+    where
+        F: FnOnce(&Vault) -> Result<(Txn, T), E> + Send + 'static,
+        T: Send + 'static,
+        E: From<VaultError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
-        self.submit(decide, tx)?;
+        self.submit(new_patients, decide, tx)?;
         rx.await
             .map_err(|_| E::from(VaultError::Flush(FlushError::Closed)))?
     }
@@ -159,7 +224,7 @@ impl Vault {
         E: From<VaultError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        self.submit(decide, tx)?;
+        self.submit(Vec::new(), decide, tx)?;
         rx.blocking_recv()
             .map_err(|_| E::from(VaultError::Flush(FlushError::Closed)))?
     }
@@ -181,10 +246,18 @@ impl Vault {
                 finish: Box::new(|_, _| {}),
             }
         });
-        self.inner.writer.submit(job).map_err(VaultError::Flush)
+        self.inner
+            .writer
+            .submit(Vec::new(), job)
+            .map_err(VaultError::Flush)
     }
 
-    fn submit<T, E, F>(&self, decide: F, reply: Reply<T, E>) -> Result<(), E>
+    fn submit<T, E, F>(
+        &self,
+        new_patients: Vec<PatientId>,
+        decide: F,
+        reply: Reply<T, E>,
+    ) -> Result<(), E>
     where
         F: FnOnce(&Vault) -> Result<(Txn, T), E> + Send + 'static,
         T: Send + 'static,
@@ -193,7 +266,7 @@ impl Vault {
         let job: Job = Box::new(move |vault: &Vault| run_job(vault, decide, reply));
         self.inner
             .writer
-            .submit(job)
+            .submit(new_patients, job)
             .map_err(|e| E::from(VaultError::Flush(e)))
     }
 
