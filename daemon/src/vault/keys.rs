@@ -44,24 +44,11 @@ impl Vault {
 
     /// Makes sure the patient has a data key, creating it durably (keyring
     /// append + fsync) if needed. Must precede the first record of a patient.
-    ///
-    /// Callers that arrive together share one append and one fsync: each
-    /// leaves its patient in `key_requests` before it waits for the
-    /// keyring's lock, and whoever holds the lock creates the keys of every
-    /// patient waiting by then. The others find their key made when their
-    /// turn comes.
     pub fn ensure_patient_key(&self, id: PatientId) -> VaultResult<()> {
         if self.has_patient_key(id) {
             return Ok(());
         }
-        crate::sync::lock(&self.inner.key_requests).push(id);
-        let mut ring = crate::sync::lock(&self.inner.keyring);
-        if self.has_patient_key(id) {
-            return Ok(());
-        }
-        // Our own request may have been taken by a holder whose append
-        // failed: ask again.
-        self.create_requested_keys(&mut ring, Some(id))
+        self.create_missing_keys(&[id])
     }
 
     /// Run by the writer at the start of a batch: creates the data keys the
@@ -73,32 +60,26 @@ impl Vault {
         if ids.iter().all(|id| self.has_patient_key(*id)) {
             return;
         }
-        crate::sync::lock(&self.inner.key_requests).extend_from_slice(ids);
-        let mut ring = crate::sync::lock(&self.inner.keyring);
-        if let Err(e) = self.create_requested_keys(&mut ring, None) {
+        if let Err(e) = self.create_missing_keys(ids) {
             tracing::warn!(error = %e, "new patients' keys could not be created; their messages fail and are sent again");
         }
     }
 
-    /// Under the keyring's lock: creates the keys of every patient in
-    /// `key_requests` (and `also`) that has none, with one append.
-    fn create_requested_keys(
-        &self,
-        ring: &mut keyring::Keyring,
-        also: Option<PatientId>,
-    ) -> VaultResult<()> {
-        let mut wanted = std::mem::take(&mut *crate::sync::lock(&self.inner.key_requests));
-        wanted.extend(also);
+    /// Creates, with one append under the keyring's lock, the keys of those
+    /// of `ids` that have none (checked again under the lock).
+    fn create_missing_keys(&self, ids: &[PatientId]) -> VaultResult<()> {
+        let mut ring = crate::sync::lock(&self.inner.keyring);
+        let mut wanted: Vec<PatientId> = ids
+            .iter()
+            .copied()
+            .filter(|p| !self.has_patient_key(*p))
+            .collect();
         wanted.sort_unstable_by_key(|p| p.0);
         wanted.dedup();
-        let owners: Vec<KeyOwner> = wanted
-            .into_iter()
-            .filter(|p| !self.has_patient_key(*p))
-            .map(KeyOwner::Patient)
-            .collect();
-        if owners.is_empty() {
+        if wanted.is_empty() {
             return Ok(());
         }
+        let owners: Vec<KeyOwner> = wanted.into_iter().map(KeyOwner::Patient).collect();
         let entries = ring.add_durable_many(&owners)?;
         let mut view = crate::sync::write(&self.inner.keys);
         for entry in &entries {

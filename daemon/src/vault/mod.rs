@@ -114,8 +114,6 @@ struct Inner {
     store: SledStore,
     keys: RwLock<KeyView>,
     keyring: Mutex<Keyring>,
-    /// Patients waiting for a new data key (`Vault::ensure_patient_key`).
-    key_requests: Mutex<Vec<PatientId>>,
     /// Serialises the apply step of commits (microseconds; the fsync happens
     /// outside it) so that audit seqs are dense and ordered.
     commit_lock: Mutex<ChainState>,
@@ -252,7 +250,6 @@ impl Vault {
                 store,
                 keys: RwLock::new(view),
                 keyring: Mutex::new(keyring),
-                key_requests: Mutex::new(Vec::new()),
                 commit_lock: Mutex::new(ChainState {
                     seq: 0,
                     hash: audit::GENESIS_HASH.to_owned(),

@@ -198,10 +198,10 @@ fn concurrent_committers_share_flushes_and_lose_nothing() {
     assert_eq!(vault.verify_audit().unwrap(), 16 * 25);
 }
 
-/// Patients seen for the first time by several callers at once share the
-/// keyring's append and fsync (`ensure_patient_key` creates the keys of every
-/// caller waiting for the lock). Each patient still ends up with exactly one
-/// key line, the keyring reopens, and every record opens after a restart.
+/// Patients keyed by several callers at once (`ensure_patient_key`, whose
+/// creation goes through the same batched append as the writer's) each end
+/// up with exactly one key line, the keyring reopens, and every record opens
+/// after a restart.
 #[test]
 fn patients_keyed_by_concurrent_callers_each_get_exactly_one_durable_key() {
     let tmp = tempfile::tempdir().unwrap();
