@@ -18,6 +18,7 @@
 
 use super::{Receipt, Txn, Vault, VaultError, VaultResult};
 use crate::model::PatientId;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Weak;
 use std::thread::JoinHandle;
@@ -57,6 +58,8 @@ pub(super) struct Queued {
 pub(super) struct Writer {
     jobs: std::sync::Mutex<Option<mpsc::Sender<Queued>>>,
     worker: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// How many times the next batch's keys were made while a flush ran.
+    keys_made_during_flush: AtomicU64,
 }
 
 impl Writer {
@@ -70,6 +73,7 @@ impl Writer {
         Ok(Self {
             jobs: std::sync::Mutex::new(Some(tx)),
             worker: std::sync::Mutex::new(Some(worker)),
+            keys_made_during_flush: AtomicU64::new(0),
         })
     }
 
@@ -79,6 +83,7 @@ impl Writer {
         Self {
             jobs: std::sync::Mutex::new(None),
             worker: std::sync::Mutex::new(None),
+            keys_made_during_flush: AtomicU64::new(0),
         }
     }
 
@@ -104,15 +109,17 @@ impl Writer {
 
 fn run(rx: &mpsc::Receiver<Queued>, vault: &Weak<super::Inner>) {
     let mut recovery = super::recovery::RecoveryGate::default();
-    // A job taken off the queue to end a batch: the next batch's first.
-    let mut carried: Option<Queued> = None;
+    // Jobs taken off the queue before a flush (or to end a batch): the
+    // next batch's first.
+    let mut next: Vec<Queued> = Vec::new();
     loop {
-        let first = match carried.take() {
-            Some(queued) => queued,
-            None => match rx.recv() {
-                Ok(queued) => queued,
+        let mut queued = if next.is_empty() {
+            match rx.recv() {
+                Ok(queued) => vec![queued],
                 Err(_) => return,
-            },
+            }
+        } else {
+            std::mem::take(&mut next)
         };
         let Some(inner) = vault.upgrade() else {
             return;
@@ -123,15 +130,11 @@ fn run(rx: &mpsc::Receiver<Queued>, vault: &Weak<super::Inner>) {
         vault.recover_store(&mut recovery);
         // Every job queued now is in this batch, and the keys of all the
         // new patients they bring are created first, with one keyring
-        // append and one fsync (not one fsync a message).
-        let mut queued: Vec<Queued> = std::iter::once(first)
-            .chain(rx.try_iter().take(MAX_BATCH - 1))
-            .collect();
-        let new_patients: Vec<PatientId> = queued
-            .iter()
-            .flat_map(|q| q.new_patients.iter().copied())
-            .collect();
-        vault.create_patient_keys(&new_patients);
+        // append and one fsync (not one fsync a message). Usually they
+        // exist already: made while the previous batch was flushed.
+        let room = MAX_BATCH.saturating_sub(queued.len());
+        queued.extend(rx.try_iter().take(room));
+        vault.create_patient_keys(&new_patients_of(&vault, &queued));
         let mut batch = Vec::new();
         let mut wrote = false;
         loop {
@@ -151,13 +154,41 @@ fn run(rx: &mpsc::Receiver<Queued>, vault: &Weak<super::Inner>) {
                     queued.push(q);
                 }
                 Ok(q) => {
-                    carried = Some(q);
+                    next.push(q);
                     break;
                 }
                 Err(_) => break,
             }
         }
-        let flushed = if wrote { vault.flush_store() } else { Ok(()) };
+        let flushed = if wrote {
+            // The jobs waiting now make the next batch: their new patients'
+            // keys are made (keyring append and fsync) while this batch's
+            // flush runs, so that the two fsyncs overlap on the disk instead
+            // of following each other. Nothing is sealed under those keys
+            // before both are done: the next batch starts after this one.
+            let room = MAX_BATCH.saturating_sub(next.len());
+            next.extend(rx.try_iter().take(room));
+            let upcoming = new_patients_of(&vault, &next);
+            if upcoming.is_empty() {
+                vault.flush_store()
+            } else {
+                vault
+                    .inner
+                    .writer
+                    .keys_made_during_flush
+                    .fetch_add(1, Ordering::Relaxed);
+                std::thread::scope(|scope| {
+                    let keys = scope.spawn(|| vault.create_patient_keys(&upcoming));
+                    let flushed = vault.flush_store();
+                    // A failure to make a key is the next batch's to
+                    // report (its jobs make sure of their keys).
+                    let _ = keys.join();
+                    flushed
+                })
+            }
+        } else {
+            Ok(())
+        };
         // The audit anchor follows the flush, never leads it (handed to its
         // own thread, see anchor.rs: the answers do not wait for its fsync).
         if wrote && flushed.is_ok() {
@@ -171,6 +202,14 @@ fn run(rx: &mpsc::Receiver<Queued>, vault: &Weak<super::Inner>) {
             finish(&vault, outcome);
         }
     }
+}
+
+/// The patients that `jobs` may create and that have no data key yet.
+fn new_patients_of(vault: &Vault, jobs: &[Queued]) -> Vec<PatientId> {
+    jobs.iter()
+        .flat_map(|q| q.new_patients.iter().copied())
+        .filter(|p| !vault.has_patient_key(*p))
+        .collect()
 }
 
 /// What [`Vault::write`] hands back: the job's answer and the commit's receipt.
@@ -324,5 +363,102 @@ where
                 let _ = reply.send(answer);
             }),
         },
+    }
+}
+
+#[cfg(test)]
+impl Writer {
+    pub(super) fn keys_made_during_flush(&self) -> u64 {
+        self.keys_made_during_flush.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::MasterKey;
+    use crate::model::Patient;
+    use jiff::Timestamp;
+
+    fn patient(vault: &Vault, tag: &str) -> Patient {
+        let mrn = format!("ZZWRITERMRN{tag}");
+        Patient {
+            id: vault.patient_id_for_mrn("TESTHOSP", &mrn),
+            mrn,
+            family_name: format!("ZZWRITERFAMILY{tag}"),
+            given_name: "ZZWRITERGIVEN".to_owned(),
+            birth_date: None,
+            phone: None,
+            language: None,
+            deceased: false,
+            protected: false,
+        }
+    }
+
+    /// A job that brings a new patient and queues while a batch runs gets
+    /// its key made during that batch's flush (the two fsyncs overlap), and
+    /// its record is still sealed only under a durable key: it opens after a
+    /// restart, and the keyring holds exactly one line for it.
+    #[test]
+    fn next_batch_keys_are_made_during_the_flush_and_survive_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mk = MasterKey::generate().unwrap();
+        let vault = Vault::open(tmp.path(), &mk).unwrap();
+        let (a, b) = (patient(&vault, "A"), patient(&vault, "B"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (running_tx, running_rx) = std::sync::mpsc::channel::<()>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        // Job A: holds its batch open until job B is queued behind it.
+        let first = {
+            let (vault, a) = (vault.clone(), a.clone());
+            std::thread::spawn(move || {
+                vault
+                    .write_blocking(move |v: &Vault| {
+                        running_tx.send(()).unwrap();
+                        go_rx.recv().unwrap();
+                        Ok::<_, VaultError>((v.patient_upsert_txn(&a, "test", now)?, ()))
+                    })
+                    .unwrap();
+            })
+        };
+        running_rx.recv().unwrap();
+        let second = {
+            let (vault, b) = (vault.clone(), b.clone());
+            rt.spawn(async move {
+                let id = b.id;
+                vault
+                    .write_for_new_patients(vec![id], move |v: &Vault| {
+                        // Made before this job ran, by the previous flush.
+                        let had_key = v.has_patient_key(id);
+                        Ok::<_, VaultError>((v.patient_upsert_txn(&b, "test", now)?, had_key))
+                    })
+                    .await
+            })
+        };
+        // Job B is queued once the writer's channel holds it; the runtime
+        // has to poll the task for that.
+        rt.block_on(async {
+            for _ in 0..1000 {
+                tokio::task::yield_now().await;
+            }
+        });
+        go_tx.send(()).unwrap();
+        first.join().unwrap();
+        let b_had_key = rt.block_on(second).unwrap().unwrap().value;
+        assert!(b_had_key, "B's key existed before B's job ran");
+        assert_eq!(vault.inner.writer.keys_made_during_flush(), 1);
+        vault.close().unwrap();
+
+        let text = std::fs::read_to_string(super::super::keyring_path(tmp.path())).unwrap();
+        for p in [&a, &b] {
+            let label = format!("patient:{}", p.id.to_hex());
+            assert_eq!(text.matches(&label).count(), 1, "one key line per patient");
+        }
+        let vault = Vault::open(tmp.path(), &mk).unwrap();
+        assert_eq!(vault.get_patient(a.id).unwrap().as_ref(), Some(&a));
+        assert_eq!(vault.get_patient(b.id).unwrap().as_ref(), Some(&b));
     }
 }
