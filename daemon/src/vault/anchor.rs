@@ -268,15 +268,23 @@ impl Vault {
         })
     }
 
-    /// After a flush (writer thread): hands the chain's end to the anchor
-    /// thread if it moved. Microseconds: two uncontended locks and a wake-up.
-    pub(super) fn advance_anchor(&self) {
+    /// The audit chain's end now (seq, hash): taken by the writer when it
+    /// has applied a batch, for [`Vault::advance_anchor_to`] after its flush.
+    pub(super) fn chain_end(&self) -> (u64, String) {
+        let chain = crate::sync::lock(&self.inner.commit_lock);
+        (chain.seq, chain.hash.clone())
+    }
+
+    /// After a flush (flusher thread): hands the chain's end that flush made
+    /// durable to the anchor thread if it moved forward. Microseconds: two
+    /// uncontended locks and a wake-up.
+    pub(super) fn advance_anchor_to(&self, seq: u64, hash: String) {
         let mut chain = crate::sync::lock(&self.inner.commit_lock);
-        if chain.damage.is_some() || chain.seq == chain.anchored {
+        if chain.damage.is_some() || seq <= chain.anchored {
             return;
         }
-        chain.anchored = chain.seq;
-        self.inner.anchorer.publish(chain.seq, chain.hash.clone());
+        chain.anchored = seq;
+        self.inner.anchorer.publish(seq, hash);
     }
 
     /// Anchors a store just restored into an empty directory: it carries the

@@ -7,18 +7,20 @@
 //! and a precondition read by a job still holds when its writes land.
 //!
 //! Group commit falls out of the same loop: the writer takes every job that
-//! is queued (up to [`MAX_BATCH`]), applies each, then runs **one** flush and
-//! only then answers the whole batch. Because a batch is flushed before the
-//! next one starts, a job only ever sees state that is durable or that is
-//! made durable by the same flush that covers its own answer: a repeated
-//! idempotency key is never acknowledged before the original is on disk.
+//! is queued (up to [`MAX_BATCH`]) and applies each; the `vault-flusher`
+//! thread then runs **one** flush for the batch and only then answers it.
+//! The writer goes on with the next batch meanwhile (its new patients'
+//! keys, its jobs), so the disk's flush of one batch overlaps the work of
+//! the next. The flusher finishes batches in the order they were applied,
+//! so a job that saw an earlier batch's writes is answered only once those
+//! are durable too: a repeated idempotency key is never acknowledged before
+//! the original is on disk.
 //!
-//! Blocking work (sealing, sled, fsync) happens on this thread, never on the
-//! async runtime's workers; async callers await a oneshot.
+//! Blocking work (sealing, sled, fsync) happens on these two threads, never
+//! on the async runtime's workers; async callers await a oneshot.
 
 use super::{Receipt, Txn, Vault, VaultError, VaultResult};
 use crate::model::PatientId;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Weak;
 use std::thread::JoinHandle;
@@ -58,8 +60,8 @@ pub(super) struct Queued {
 pub(super) struct Writer {
     jobs: std::sync::Mutex<Option<mpsc::Sender<Queued>>>,
     worker: std::sync::Mutex<Option<JoinHandle<()>>>,
-    /// How many times the next batch's keys were made while a flush ran.
-    keys_made_during_flush: AtomicU64,
+    #[cfg(test)]
+    hooks: TestHooks,
 }
 
 impl Writer {
@@ -73,7 +75,8 @@ impl Writer {
         Ok(Self {
             jobs: std::sync::Mutex::new(Some(tx)),
             worker: std::sync::Mutex::new(Some(worker)),
-            keys_made_during_flush: AtomicU64::new(0),
+            #[cfg(test)]
+            hooks: TestHooks::default(),
         })
     }
 
@@ -83,7 +86,8 @@ impl Writer {
         Self {
             jobs: std::sync::Mutex::new(None),
             worker: std::sync::Mutex::new(None),
-            keys_made_during_flush: AtomicU64::new(0),
+            #[cfg(test)]
+            hooks: TestHooks::default(),
         }
     }
 
@@ -108,10 +112,45 @@ impl Writer {
 }
 
 fn run(rx: &mpsc::Receiver<Queued>, vault: &Weak<super::Inner>) {
+    let progress = Progress::default();
+    // A rendezvous: the writer hands a batch over only when the flusher is
+    // free, so at most one batch waits applied but unflushed behind the one
+    // being flushed.
+    let (to_flusher, applied) = mpsc::sync_channel::<Applied>(0);
+    std::thread::scope(|scope| {
+        let flusher = std::thread::Builder::new()
+            .name("vault-flusher".to_owned())
+            .spawn_scoped(scope, || {
+                for batch in applied {
+                    finish_batch(batch);
+                    progress.advance();
+                }
+            });
+        let to_flusher = match flusher {
+            Ok(_) => Some(to_flusher),
+            Err(e) => {
+                tracing::warn!(error = %e, "no flusher thread: the writer flushes each batch itself");
+                None
+            }
+        };
+        apply_batches(rx, vault, to_flusher.as_ref(), &progress);
+        // Dropping the sender ends the flusher once it has answered every
+        // batch; the scope waits for it.
+    });
+}
+
+/// The writer's loop: takes batches of jobs, applies them, and hands each
+/// applied batch to the flusher (or flushes it here, without one).
+fn apply_batches(
+    rx: &mpsc::Receiver<Queued>,
+    vault: &Weak<super::Inner>,
+    to_flusher: Option<&mpsc::SyncSender<Applied>>,
+    progress: &Progress,
+) {
     let mut recovery = super::recovery::RecoveryGate::default();
-    // Jobs taken off the queue before a flush (or to end a batch): the
-    // next batch's first.
+    // Jobs taken off the queue to end a batch: the next batch's first.
     let mut next: Vec<Queued> = Vec::new();
+    let mut handed_over: u64 = 0;
     loop {
         let mut queued = if next.is_empty() {
             match rx.recv() {
@@ -126,27 +165,33 @@ fn run(rx: &mpsc::Receiver<Queued>, vault: &Weak<super::Inner>) {
         };
         let vault = Vault { inner };
         // After a failed write (a full disk) the store refuses everything;
-        // each new batch first checks whether it can be reopened.
+        // each new batch first checks whether it can be reopened. A reopen
+        // forgets what was applied and not flushed, so it waits until the
+        // flusher has answered every batch handed over: those fail with the
+        // old store instead of being "flushed" by the new one.
+        if vault.inner.store.failure().is_some() {
+            progress.wait_for(handed_over);
+        }
         vault.recover_store(&mut recovery);
         // Every job queued now is in this batch, and the keys of all the
         // new patients they bring are created first, with one keyring
-        // append and one fsync (not one fsync a message). Usually they
-        // exist already: made while the previous batch was flushed.
+        // append and one fsync (not one fsync a message). This runs while
+        // the flusher flushes the previous batch: the two fsyncs overlap.
         let room = MAX_BATCH.saturating_sub(queued.len());
         queued.extend(rx.try_iter().take(room));
         vault.create_patient_keys(&new_patients_of(&vault, &queued));
-        let mut batch = Vec::new();
+        let mut finishes = Vec::new();
         let mut wrote = false;
         loop {
             for q in queued.drain(..) {
                 let pending = (q.job)(&vault);
                 wrote |= pending.wrote;
-                batch.push(pending.finish);
+                finishes.push(pending.finish);
             }
             // Jobs queued meanwhile join the batch (and its flush) unless
             // they bring a patient without a key: such a job opens the next
             // batch, whose start creates its key with the others'.
-            if batch.len() >= MAX_BATCH {
+            if finishes.len() >= MAX_BATCH {
                 break;
             }
             match rx.try_recv() {
@@ -160,46 +205,85 @@ fn run(rx: &mpsc::Receiver<Queued>, vault: &Weak<super::Inner>) {
                 Err(_) => break,
             }
         }
-        let flushed = if wrote {
-            // The jobs waiting now make the next batch: their new patients'
-            // keys are made (keyring append and fsync) while this batch's
-            // flush runs, so that the two fsyncs overlap on the disk instead
-            // of following each other. Nothing is sealed under those keys
-            // before both are done: the next batch starts after this one.
-            let room = MAX_BATCH.saturating_sub(next.len());
-            next.extend(rx.try_iter().take(room));
-            let upcoming = new_patients_of(&vault, &next);
-            if upcoming.is_empty() {
-                vault.flush_store()
-            } else {
-                vault
-                    .inner
-                    .writer
-                    .keys_made_during_flush
-                    .fetch_add(1, Ordering::Relaxed);
-                std::thread::scope(|scope| {
-                    let keys = scope.spawn(|| vault.create_patient_keys(&upcoming));
-                    let flushed = vault.flush_store();
-                    // A failure to make a key is the next batch's to
-                    // report (its jobs make sure of their keys).
-                    let _ = keys.join();
-                    flushed
-                })
-            }
-        } else {
-            Ok(())
+        let chain_end = wrote.then(|| vault.chain_end());
+        let batch = Applied {
+            vault,
+            finishes,
+            wrote,
+            chain_end,
         };
-        // The audit anchor follows the flush, never leads it (handed to its
-        // own thread, see anchor.rs: the answers do not wait for its fsync).
-        if wrote && flushed.is_ok() {
-            vault.advance_anchor();
+        match to_flusher {
+            Some(tx) => match tx.send(batch) {
+                Ok(()) => handed_over += 1,
+                Err(mpsc::SendError(batch)) => finish_batch(batch),
+            },
+            None => finish_batch(batch),
         }
-        for finish in batch {
-            let outcome = match &flushed {
-                Ok(()) => Ok(()),
-                Err(e) => Err(FlushError::Failed(e.clone())),
-            };
-            finish(&vault, outcome);
+    }
+}
+
+/// A batch the writer has applied: what its flush must cover and whom to
+/// answer once it has.
+struct Applied {
+    vault: Vault,
+    finishes: Vec<Finish>,
+    /// Some job changed the store: the answers need a flush.
+    wrote: bool,
+    /// The audit chain's end once the batch was applied: what its flush
+    /// makes durable, and so what the anchor may then hold (never more: the
+    /// writer may already have chained the next batch's entries).
+    chain_end: Option<(u64, String)>,
+}
+
+/// Flushes a batch (on the flusher thread) and answers its jobs. Batches
+/// are finished in the order they were applied, so a batch's answers always
+/// follow the flush of every batch before it: a job that saw an earlier
+/// batch's writes is answered only once those are durable too.
+fn finish_batch(batch: Applied) {
+    let Applied {
+        vault,
+        finishes,
+        wrote,
+        chain_end,
+    } = batch;
+    #[cfg(test)]
+    vault.inner.writer.wait_at_flush_gate();
+    let flushed = if wrote { vault.flush_store() } else { Ok(()) };
+    // The audit anchor follows the flush, never leads it (handed to its
+    // own thread, see anchor.rs: the answers do not wait for its fsync).
+    if let (Ok(()), Some((seq, hash))) = (&flushed, chain_end) {
+        vault.advance_anchor_to(seq, hash);
+    }
+    for finish in finishes {
+        let outcome = match &flushed {
+            Ok(()) => Ok(()),
+            Err(e) => Err(FlushError::Failed(e.clone())),
+        };
+        finish(&vault, outcome);
+    }
+}
+
+/// How many batches the flusher has answered.
+#[derive(Default)]
+struct Progress {
+    finished: std::sync::Mutex<u64>,
+    changed: std::sync::Condvar,
+}
+
+impl Progress {
+    fn advance(&self) {
+        *crate::sync::lock(&self.finished) += 1;
+        self.changed.notify_all();
+    }
+
+    /// Blocks until `count` batches have been answered.
+    fn wait_for(&self, count: u64) {
+        let mut finished = crate::sync::lock(&self.finished);
+        while *finished < count {
+            finished = self
+                .changed
+                .wait(finished)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 }
@@ -366,10 +450,22 @@ where
     }
 }
 
+/// Lets a test hold the flusher before a flush.
+#[cfg(test)]
+#[derive(Default)]
+struct TestHooks {
+    /// When set, the flusher reports here before each flush, then waits
+    /// for a go on the receiver.
+    flush_gate: std::sync::Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+}
+
 #[cfg(test)]
 impl Writer {
-    pub(super) fn keys_made_during_flush(&self) -> u64 {
-        self.keys_made_during_flush.load(Ordering::Relaxed)
+    fn wait_at_flush_gate(&self) {
+        if let Some((arrived, go)) = crate::sync::lock(&self.hooks.flush_gate).as_ref() {
+            let _ = arrived.send(());
+            let _ = go.recv();
+        }
     }
 }
 
@@ -379,6 +475,8 @@ mod tests {
     use crate::keys::MasterKey;
     use crate::model::Patient;
     use jiff::Timestamp;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     fn patient(vault: &Vault, tag: &str) -> Patient {
         let mrn = format!("ZZWRITERMRN{tag}");
@@ -395,61 +493,61 @@ mod tests {
         }
     }
 
-    /// A job that brings a new patient and queues while a batch runs gets
-    /// its key made during that batch's flush (the two fsyncs overlap), and
-    /// its record is still sealed only under a durable key: it opens after a
-    /// restart, and the keyring holds exactly one line for it.
+    /// The next batch is applied (its new patient's key made, its record
+    /// sealed) while the previous batch's flush is still running; it is
+    /// answered only after that flush and its own; both batches' writes
+    /// are durable and open after a restart, each patient with one key.
     #[test]
-    fn next_batch_keys_are_made_during_the_flush_and_survive_a_restart() {
+    fn a_batch_is_applied_while_the_previous_one_is_flushed_and_answered_after_it() {
         let tmp = tempfile::tempdir().unwrap();
         let mk = MasterKey::generate().unwrap();
         let vault = Vault::open(tmp.path(), &mk).unwrap();
         let (a, b) = (patient(&vault, "A"), patient(&vault, "B"));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let (running_tx, running_rx) = std::sync::mpsc::channel::<()>();
-        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (arrived_tx, arrived) = mpsc::channel::<()>();
+        let (go, go_rx) = mpsc::channel::<()>();
+        *crate::sync::lock(&vault.inner.writer.hooks.flush_gate) = Some((arrived_tx, go_rx));
         let now = Timestamp::from_second(1_800_000_000).unwrap();
-        // Job A: holds its batch open until job B is queued behind it.
+        let a_answered = Arc::new(AtomicBool::new(false));
+
         let first = {
-            let (vault, a) = (vault.clone(), a.clone());
+            let (vault, a, a_answered) = (vault.clone(), a.clone(), a_answered.clone());
             std::thread::spawn(move || {
                 vault
                     .write_blocking(move |v: &Vault| {
-                        running_tx.send(()).unwrap();
-                        go_rx.recv().unwrap();
                         Ok::<_, VaultError>((v.patient_upsert_txn(&a, "test", now)?, ()))
                     })
                     .unwrap();
+                a_answered.store(true, Ordering::SeqCst);
             })
         };
-        running_rx.recv().unwrap();
+        // A's batch is applied and waits at its flush.
+        arrived.recv().unwrap();
         let second = {
-            let (vault, b) = (vault.clone(), b.clone());
-            rt.spawn(async move {
-                let id = b.id;
+            let (vault, b, a_answered) = (vault.clone(), b.clone(), a_answered.clone());
+            std::thread::spawn(move || {
                 vault
-                    .write_for_new_patients(vec![id], move |v: &Vault| {
-                        // Made before this job ran, by the previous flush.
-                        let had_key = v.has_patient_key(id);
-                        Ok::<_, VaultError>((v.patient_upsert_txn(&b, "test", now)?, had_key))
+                    .write_blocking(move |v: &Vault| {
+                        let a_was_answered = a_answered.load(Ordering::SeqCst);
+                        Ok::<_, VaultError>((
+                            v.patient_upsert_txn(&b, "test", now)?,
+                            a_was_answered,
+                        ))
                     })
-                    .await
+                    .unwrap()
+                    .value
             })
         };
-        // Job B is queued once the writer's channel holds it; the runtime
-        // has to poll the task for that.
-        rt.block_on(async {
-            for _ in 0..1000 {
-                tokio::task::yield_now().await;
-            }
-        });
-        go_tx.send(()).unwrap();
+        // B cannot be answered before A's flush: let A's flush go, then B's.
+        go.send(()).unwrap();
         first.join().unwrap();
-        let b_had_key = rt.block_on(second).unwrap().unwrap().value;
-        assert!(b_had_key, "B's key existed before B's job ran");
-        assert_eq!(vault.inner.writer.keys_made_during_flush(), 1);
+        arrived.recv().unwrap();
+        go.send(()).unwrap();
+        let b_saw_a_answered = second.join().unwrap();
+        assert!(
+            !b_saw_a_answered,
+            "B was applied while A's flush was held, before A was answered"
+        );
+        *crate::sync::lock(&vault.inner.writer.hooks.flush_gate) = None;
         vault.close().unwrap();
 
         let text = std::fs::read_to_string(super::super::keyring_path(tmp.path())).unwrap();
