@@ -52,12 +52,13 @@ impl Vault {
     }
 
     /// Run by the writer at the start of a batch: creates the data keys the
-    /// batch's jobs declared (patients about to get their first record),
-    /// all with one keyring append and one fsync, before any of the jobs
-    /// runs. A failure is left for the jobs to report: each still makes sure
-    /// of its key ([`Vault::ensure_patient_key`]) and fails if it cannot.
+    /// batch's jobs declared (patients about to get their first record and
+    /// without a key, as the writer found them), all with one keyring
+    /// append and one fsync, before any of the jobs runs. A failure is left
+    /// for the jobs to report: each still makes sure of its key
+    /// ([`Vault::ensure_patient_key`]) and fails if it cannot.
     pub(super) fn create_patient_keys(&self, ids: &[PatientId]) {
-        if ids.iter().all(|id| self.has_patient_key(*id)) {
+        if ids.is_empty() {
             return;
         }
         if let Err(e) = self.create_missing_keys(ids) {

@@ -522,12 +522,14 @@ mod tests {
         };
         // A's batch is applied and waits at its flush.
         arrived.recv().unwrap();
+        let (b_applied_tx, b_applied) = mpsc::channel::<()>();
         let second = {
             let (vault, b, a_answered) = (vault.clone(), b.clone(), a_answered.clone());
             std::thread::spawn(move || {
                 vault
                     .write_blocking(move |v: &Vault| {
                         let a_was_answered = a_answered.load(Ordering::SeqCst);
+                        let _ = b_applied_tx.send(());
                         Ok::<_, VaultError>((
                             v.patient_upsert_txn(&b, "test", now)?,
                             a_was_answered,
@@ -537,7 +539,9 @@ mod tests {
                     .value
             })
         };
-        // B cannot be answered before A's flush: let A's flush go, then B's.
+        // B runs while A's flush is held (a serial writer would never get
+        // here); only then A's flush goes, then B's.
+        b_applied.recv().unwrap();
         go.send(()).unwrap();
         first.join().unwrap();
         arrived.recv().unwrap();
