@@ -21,7 +21,7 @@ impl Vault {
             .collect()
     }
 
-    /// Seals the txn's values and applies everything in one transaction,
+    /// Seals the txn's values and applies everything as one commit,
     /// chaining its audit entries. Does not wait for durability. Called only
     /// by the writer thread ([`writer`]).
     pub(super) fn apply(&self, txn: Txn) -> VaultResult<Receipt> {

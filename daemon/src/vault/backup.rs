@@ -558,7 +558,7 @@ impl Vault {
             if !batch.is_empty() {
                 store.apply(&batch).map_err(VaultError::from)?;
             }
-            store.flush().map_err(VaultError::from)?;
+            store.checkpoint().map_err(VaultError::from)?;
             records = n;
         }
         SledStore::wait_released(&store_path(dir));

@@ -6,8 +6,9 @@
 //! blind indexes (HMAC-SHA256). A [`Txn`] gathers puts, removes and audit
 //! entries. Every change goes through one writer thread ([`writer`]): a job
 //! reads what it needs, decides, and returns a txn, which the writer applies
-//! in one sled transaction; one flush covers every job of a batch, and each
-//! caller is answered only once that flush is done (group commit).
+//! as one atomic commit of the store ([`engine`]); one flush covers every
+//! job of a batch, and each caller is answered only once that flush is done
+//! (group commit).
 //!
 //! On-disk layout of a data directory:
 //!
@@ -15,19 +16,21 @@
 //! lock          flock'ed by the process that has the vault open
 //! keyring       wrapped data keys (see keyring.rs for why it is not in sled)
 //! audit-anchor  the audit chain's durable end, MAC'd (see anchor.rs)
-//! store/        sled
+//! store/        sled, and wal: the store's write-ahead log (see wal.rs)
 //! ```
 
 mod anchor;
 mod apply;
 pub mod backup;
 mod chain;
+mod engine;
 mod erasure;
 mod error;
 pub mod fsio;
 pub mod keyring;
 mod keys;
 mod keyview;
+mod overlay;
 mod patients;
 mod reads;
 pub mod records;
@@ -37,6 +40,7 @@ pub mod seal;
 mod store;
 mod txn;
 mod verify;
+mod wal;
 mod writer;
 
 pub use anchor::anchor_path;
@@ -69,8 +73,7 @@ use store::{SledStore, Store, Write};
 use zeroize::Zeroizing;
 
 /// The head checkpoint lives in the audit tree itself, under a key that
-/// sorts after every seq: an audit-only commit then touches one tree, which
-/// sled applies as a plain atomic batch.
+/// sorts after every seq: an audit-only commit then touches one tree.
 const AUDIT_HEAD_KEY: &[u8] = b"head";
 
 /// The mark that an anchor is kept outside the store for this audit log
@@ -293,7 +296,7 @@ impl Vault {
     pub fn close(self) -> VaultResult<()> {
         self.inner.writer.stop();
         self.inner.anchorer.stop();
-        self.inner.store.flush()?;
+        self.inner.store.checkpoint()?;
         let store_dir = store_path(&self.inner.dir);
         match Arc::try_unwrap(self.inner) {
             Ok(inner) => {

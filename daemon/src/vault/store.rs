@@ -2,6 +2,7 @@
 //! that sled could be replaced without touching the rest of the crate.
 //! Everything written here is already sealed; this layer sees only bytes.
 
+use super::engine::Engine;
 use std::path::Path;
 
 /// The logical trees. Adding a kind of record means adding a variant here
@@ -127,7 +128,7 @@ impl Tree {
         Tree::ALL.into_iter().find(|t| t.name() == name)
     }
 
-    fn slot(self) -> usize {
+    pub(super) fn slot(self) -> usize {
         self as usize
     }
 }
@@ -142,14 +143,6 @@ pub enum Write {
         tree: Tree,
         key: Vec<u8>,
     },
-}
-
-impl Write {
-    fn tree(&self) -> Tree {
-        match self {
-            Write::Put { tree, .. } | Write::Remove { tree, .. } => *tree,
-        }
-    }
 }
 
 pub type StoreResult<T> = Result<T, sled::Error>;
@@ -167,7 +160,11 @@ pub trait Store: Send + Sync + 'static {
     fn len(&self, tree: Tree) -> usize;
     /// Applies all writes atomically: after a crash, all or none are there.
     fn apply(&self, writes: &[Write]) -> StoreResult<()>;
+    /// Returns once every write applied so far is durable.
     fn flush(&self) -> StoreResult<()>;
+    /// [`Store::flush`], and the engine's own files brought up to date so
+    /// that nothing is left to replay (at close, before a copy of the files).
+    fn checkpoint(&self) -> StoreResult<()>;
 }
 
 /// sled's page cache when the config does not say (`service.cache_mb`):
@@ -194,13 +191,6 @@ pub struct SledStore {
     /// Flushes made durable (sled's flush and the fdatasync after it).
     durable_flushes: std::sync::atomic::AtomicU64,
     state: std::sync::RwLock<EngineState>,
-}
-
-struct Engine {
-    db: sled::Db,
-    trees: Vec<sled::Tree>,
-    /// sled's log file (`db`), for the fdatasync its flush leaves out.
-    log: std::fs::File,
 }
 
 enum EngineState {
@@ -305,82 +295,26 @@ impl SledStore {
     }
 }
 
-impl Engine {
-    fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
-        // Our own flock (taken before this) keeps other processes out. A
-        // sled lock still held here is this process's previous instance of
-        // the store: sled finishes its last writes on background threads
-        // after the handle is dropped, and only then closes the file. Give
-        // those threads a moment rather than failing a restart.
-        let mut attempts = 0;
-        loop {
-            match Self::open_once(dir, cache_bytes) {
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock") && attempts < 500 =>
-                {
-                    attempts += 1;
-                    #[allow(clippy::disallowed_methods)]
-                    // a bounded back-off on a file lock, not business time
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                other => return other,
-            }
-        }
-    }
-
-    fn open_once(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            // We flush explicitly when durability is needed (group commit);
-            // the periodic background flush only adds latency jitter.
-            .flush_every_ms(None)
-            .cache_capacity(cache_bytes)
-            .open()?;
-        let trees = Tree::ALL
-            .iter()
-            .map(|t| db.open_tree(t.name()))
-            .collect::<StoreResult<Vec<_>>>()?;
-        let log = std::fs::File::open(dir.join("db"))?;
-        // sled creates the store's folder and files without syncing the
-        // folders that name them; a new store's first acknowledged writes
-        // must not vanish with its directory entries after a power cut.
-        super::fsio::sync_parent_dir(&dir.join("db"))?;
-        super::fsio::sync_parent_dir(dir)?;
-        Ok(Self { db, trees, log })
-    }
-
-    fn tree(&self, t: Tree) -> StoreResult<&sled::Tree> {
-        self.trees
-            .get(t.slot())
-            .ok_or_else(|| sled::Error::Unsupported(format!("tree {} not open", t.name())))
-    }
-}
-
 impl Store for SledStore {
     type Bytes = sled::IVec;
 
     fn get(&self, tree: Tree, key: &[u8]) -> StoreResult<Option<sled::IVec>> {
-        self.engine()?.tree(tree)?.get(key)
+        self.engine()?.get(tree, key)
     }
 
     fn last(&self, tree: Tree) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
-        self.engine()?.tree(tree)?.last()
+        self.engine()?.last(tree)
     }
 
     fn scan_from(&self, tree: Tree, start: &[u8]) -> Scan<'_, sled::IVec> {
-        // sled's iterator owns its tree handle, so the scan outlives the
-        // read lock (and keeps an instance it started on).
-        match self.engine().and_then(|e| e.tree(tree).cloned()) {
-            Ok(t) => Box::new(t.range(start.to_vec()..)),
+        match self.engine() {
+            Ok(engine) => engine.scan_from(tree, start),
             Err(e) => Box::new(std::iter::once(Err(e))),
         }
     }
 
     fn len(&self, tree: Tree) -> usize {
-        self.engine()
-            .ok()
-            .and_then(|e| e.tree(tree).ok().map(sled::Tree::len))
-            .unwrap_or(0)
+        self.engine().map(|e| e.len(tree)).unwrap_or(0)
     }
 
     fn apply(&self, writes: &[Write]) -> StoreResult<()> {
@@ -390,95 +324,130 @@ impl Store for SledStore {
 
     fn flush(&self) -> StoreResult<()> {
         let engine = self.engine()?;
-        self.check(engine.db.flush().map(|_| ()))?;
-        // sled 0.34's flush ends in sync_file_range, which neither commits
-        // the file's metadata (the log grows as it goes) nor flushes the
-        // disk's write cache (sled issues #1351 and #1452): after a power
-        // cut, writes we acknowledged could be gone. fdatasync on the same
-        // file does both; only then is the flush durable.
-        self.check(engine.log.sync_data().map_err(sled::Error::from))?;
+        self.check(engine.flush())?;
         self.durable_flushes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
-}
 
-impl Engine {
-    fn apply(&self, writes: &[Write]) -> StoreResult<()> {
-        use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-        // Only the trees this commit touches take part in the transaction.
-        let mut involved: Vec<Tree> = writes.iter().map(Write::tree).collect();
-        involved.sort();
-        involved.dedup();
-        if let [only] = involved.as_slice() {
-            // One tree: sled's batch is atomic too, and far cheaper than a
-            // transaction.
-            let mut batch = sled::Batch::default();
-            for w in writes {
-                match w {
-                    Write::Put { key, value, .. } => batch.insert(key.as_slice(), value.as_slice()),
-                    Write::Remove { key, .. } => batch.remove(key.as_slice()),
-                }
-            }
-            return self.tree(*only)?.apply_batch(batch);
-        }
-        let trees = involved
-            .iter()
-            .map(|t| self.tree(*t).cloned())
-            .collect::<StoreResult<Vec<_>>>()?;
-        let result = trees.as_slice().transaction(|views| {
-            for w in writes {
-                let idx = involved.binary_search(&w.tree()).unwrap_or(0);
-                let Some(view) = views.get(idx) else {
-                    return Err(ConflictableTransactionError::Abort(()));
-                };
-                match w {
-                    Write::Put { key, value, .. } => {
-                        view.insert(key.as_slice(), value.as_slice())?;
-                    }
-                    Write::Remove { key, .. } => {
-                        view.remove(key.as_slice())?;
-                    }
-                }
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(e),
-            Err(TransactionError::Abort(())) => Err(sled::Error::ReportableBug(
-                "transaction view missing".to_owned(),
-            )),
-        }
+    fn checkpoint(&self) -> StoreResult<()> {
+        let engine = self.engine()?;
+        self.check(engine.checkpoint())
     }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use super::super::wal;
     use super::*;
 
-    /// sled's own flush is not enough on Linux (sync_file_range): every
-    /// flush we answer on must end in an fdatasync of the log, and the
-    /// bytes written before it must be in the file it synced.
+    fn put(key: &[u8], value: &[u8]) -> Write {
+        Write::Put {
+            tree: Tree::Meta,
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }
+    }
+
+    fn get(store: &SledStore, key: &[u8]) -> Option<Vec<u8>> {
+        store.get(Tree::Meta, key).unwrap().map(|v| v.to_vec())
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// A flush makes a commit durable by syncing its record in the
+    /// write-ahead log (sled's own flush ends in sync_file_range, which is
+    /// not enough on Linux, and costs a hand-off to sled's threads).
     #[test]
-    fn every_flush_ends_in_an_fdatasync_of_the_log() {
+    fn a_flush_syncs_the_commit_into_the_write_ahead_log() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.durable_flushes(), 0);
         let marker = b"flush-marker-0123456789".to_vec();
-        store
-            .apply(&[Write::Put {
-                tree: Tree::Meta,
-                key: b"k".to_vec(),
-                value: marker.clone(),
-            }])
-            .unwrap();
+        store.apply(&[put(b"k", &marker)]).unwrap();
         store.flush().unwrap();
         assert_eq!(store.durable_flushes(), 1);
-        let log = std::fs::read(dir.path().join("db")).unwrap();
+        let log = std::fs::read(dir.path().join(wal::WAL_FILE)).unwrap();
         assert!(log.windows(marker.len()).any(|w| w == marker));
         store.flush().unwrap();
         assert_eq!(store.durable_flushes(), 2);
+        // A checkpoint hands everything to sled and empties the log.
+        store.checkpoint().unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.path().join(wal::WAL_FILE))
+                .unwrap()
+                .len(),
+            0
+        );
+        assert_eq!(get(&store, b"k"), Some(marker));
+    }
+
+    /// sled's files as they were before a commit, with the log that
+    /// recorded it (a crash after the log's fdatasync, before sled wrote
+    /// its buffers): the open applies the commit again. A log whose records
+    /// do not follow on from the store's commits is refused.
+    #[test]
+    fn commits_sled_lost_are_applied_again_from_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (live, old) = (tmp.path().join("live"), tmp.path().join("old"));
+        let store = SledStore::open(&live).unwrap();
+        store.apply(&[put(b"a", b"1")]).unwrap();
+        store.checkpoint().unwrap();
+        drop(store);
+        SledStore::wait_released(&live);
+        copy_dir(&live, &old);
+
+        let store = SledStore::open(&live).unwrap();
+        store
+            .apply(&[
+                put(b"x", b"2"),
+                Write::Remove {
+                    tree: Tree::Meta,
+                    key: b"a".to_vec(),
+                },
+            ])
+            .unwrap();
+        store.apply(&[put(b"y", b"3")]).unwrap();
+        store.flush().unwrap();
+        let log = std::fs::read(live.join(wal::WAL_FILE)).unwrap();
+        drop(store);
+        SledStore::wait_released(&live);
+
+        std::fs::write(old.join(wal::WAL_FILE), &log).unwrap();
+        let store = SledStore::open(&old).unwrap();
+        assert_eq!(get(&store, b"a"), None);
+        assert_eq!(get(&store, b"x"), Some(b"2".to_vec()));
+        assert_eq!(get(&store, b"y"), Some(b"3".to_vec()));
+        // Replayed into sled for good: the log starts empty, and the next
+        // commit's number follows on.
+        assert_eq!(std::fs::metadata(old.join(wal::WAL_FILE)).unwrap().len(), 0);
+        store.apply(&[put(b"z", b"4")]).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        SledStore::wait_released(&old);
+        let store = SledStore::open(&old).unwrap();
+        assert_eq!(get(&store, b"z"), Some(b"4".to_vec()));
+        drop(store);
+
+        // The same log beside a store that never had commit 1.
+        let fresh = tmp.path().join("fresh");
+        std::fs::create_dir_all(&fresh).unwrap();
+        std::fs::write(fresh.join(wal::WAL_FILE), &log).unwrap();
+        let Err(e) = SledStore::open(&fresh) else {
+            panic!("a log with a gap was replayed");
+        };
+        assert!(e.to_string().contains("missing"), "{e}");
     }
 }

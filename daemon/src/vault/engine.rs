@@ -1,0 +1,378 @@
+//! One open instance of the store: sled, the write-ahead log in front of
+//! it, and the overlay of commits not yet in sled.
+//!
+//! Why not sled's own transactions and flush: sled 0.34 seals and writes
+//! its current log buffer twice for every transaction or batch (`pin_log`),
+//! and its flush hands the buffer to one of its I/O threads; with a commit
+//! per message, those buffer writes and thread wake-ups were most of the
+//! CPU of an ingest (docs/performance.md). Here a commit goes:
+//!
+//! 1. **apply** (writer thread): numbered, its writes laid over sled in the
+//!    [`Overlay`] (every read looks there first) and queued for the log;
+//! 2. **flush** (flusher thread, one per batch): the queued commits'
+//!    records appended to `store/wal` and `fdatasync`ed, and only then
+//!    written to sled with plain inserts and removes, the last commit's
+//!    number after them ([`wal::APPLIED_KEY`]); the overlay forgets them;
+//! 3. **checkpoint** (once the log passes [`wal::CHECKPOINT_BYTES`], and at
+//!    close): sled flushed and its file `fdatasync`ed, the log emptied.
+//!
+//! sled writes its log when a 512 KiB buffer fills. After a crash it holds a
+//! prefix of the writes made to it, all of them from durable records: the
+//! open applies every record numbered past sled's again (whole commits, in
+//! order; a commit sled holds in part is completed), so the store comes back
+//! with every commit whose record was durable, which is every commit we
+//! acknowledged, and with no torn commit.
+
+use super::overlay::{Entry, Merged, Overlay};
+use super::store::{Scan, StoreResult, Tree, Write};
+use super::wal::{self, Wal};
+use std::path::Path;
+
+pub(super) struct Engine {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+    /// sled's default tree, where the number of the last commit written to
+    /// sled is kept (wal.rs).
+    applied_tree: sled::Tree,
+    /// sled's log file (`db`), for the fdatasync its flush leaves out.
+    log: std::fs::File,
+    overlay: std::sync::RwLock<Overlay>,
+    /// Commits applied to the overlay whose records are not yet written.
+    pending: std::sync::Mutex<Pending>,
+    /// The log; held by a flush from taking the pending commits until they
+    /// are in sled, so flushes (and checkpoints) run one at a time and in
+    /// the order of the commits.
+    wal_state: std::sync::Mutex<LogState>,
+}
+
+struct LogState {
+    wal: Wal,
+    /// Why a flush failed. Its commits were taken and are lost to this
+    /// instance, so every later flush fails too: a flush that found nothing
+    /// pending must not answer for commits a failed one took.
+    failed: Option<String>,
+}
+
+/// A commit as the overlay and the log hold it.
+struct Commit {
+    number: u64,
+    writes: Vec<(Tree, Vec<u8>, Option<sled::IVec>)>,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// The number given to the last commit applied.
+    last: u64,
+    commits: Vec<Commit>,
+    /// About how many bytes `commits` hold.
+    bytes: u64,
+}
+
+impl Engine {
+    pub(super) fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
+        // Our own flock (taken before this) keeps other processes out. A
+        // sled lock still held here is this process's previous instance of
+        // the store: sled finishes its last writes on background threads
+        // after the handle is dropped, and only then closes the file. Give
+        // those threads a moment rather than failing a restart.
+        let mut attempts = 0;
+        loop {
+            match Self::open_once(dir, cache_bytes) {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && attempts < 500 =>
+                {
+                    attempts += 1;
+                    #[allow(clippy::disallowed_methods)]
+                    // a bounded back-off on a file lock, not business time
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            // Durability comes from the write-ahead log; sled is flushed
+            // only at checkpoints.
+            .flush_every_ms(None)
+            .cache_capacity(cache_bytes)
+            .open()?;
+        let trees = Tree::ALL
+            .iter()
+            .map(|t| db.open_tree(t.name()))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let log = std::fs::File::open(dir.join("db"))?;
+        // sled creates the store's folder and files without syncing the
+        // folders that name them; a new store's first acknowledged writes
+        // must not vanish with its directory entries after a power cut.
+        super::fsio::sync_parent_dir(&dir.join("db"))?;
+        super::fsio::sync_parent_dir(dir)?;
+        let applied_tree: sled::Tree = (*db).clone();
+        let applied = match applied_tree.get(wal::APPLIED_KEY)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                sled::Error::Unsupported("the store's commit number is damaged".to_owned())
+            })?),
+            None => 0,
+        };
+        let (wal, records) = Wal::open(dir).map_err(wal_error)?;
+        let replay = wal::to_replay(wal.path(), applied, records).map_err(wal_error)?;
+        let engine = Self {
+            db,
+            trees,
+            applied_tree,
+            log,
+            overlay: std::sync::RwLock::new(Overlay::default()),
+            pending: std::sync::Mutex::new(Pending {
+                last: applied,
+                ..Pending::default()
+            }),
+            wal_state: std::sync::Mutex::new(LogState { wal, failed: None }),
+        };
+        // Commits whose records are durable but that sled lost with the
+        // process (or the power), or holds in part: written again, in
+        // order, then made durable in sled so that the log can start empty.
+        if let Some(last) = replay.last().map(|r| r.number) {
+            tracing::info!(
+                commits = replay.len(),
+                "applying the write-ahead log's commits that the store had not written"
+            );
+            let commits: Vec<Commit> = replay
+                .into_iter()
+                .map(|r| Commit {
+                    number: r.number,
+                    writes: r.writes.into_iter().map(staged).collect(),
+                })
+                .collect();
+            engine.write_to_sled(&commits)?;
+            crate::sync::lock(&engine.pending).last = last;
+        }
+        engine.checkpoint()?;
+        Ok(engine)
+    }
+
+    fn tree(&self, t: Tree) -> StoreResult<&sled::Tree> {
+        self.trees
+            .get(t.slot())
+            .ok_or_else(|| sled::Error::Unsupported(format!("tree {} not open", t.name())))
+    }
+
+    /// Applies `writes` as the next commit: visible to every read at once,
+    /// durable with the next [`Engine::flush`].
+    pub(super) fn apply(&self, writes: &[Write]) -> StoreResult<()> {
+        let staged: Vec<(Tree, Vec<u8>, Option<sled::IVec>)> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put { tree, key, value } => {
+                    (*tree, key.clone(), Some(sled::IVec::from(value.as_slice())))
+                }
+                Write::Remove { tree, key } => (*tree, key.clone(), None),
+            })
+            .collect();
+        let bytes: u64 = staged
+            .iter()
+            .map(|(_, k, v)| (k.len() + v.as_ref().map_or(0, |v| v.len())) as u64)
+            .sum();
+        let mut pending = crate::sync::lock(&self.pending);
+        let number = pending.last + 1;
+        {
+            let mut overlay = crate::sync::write(&self.overlay);
+            for (tree, key, value) in &staged {
+                overlay.put(*tree, key.clone(), value.clone(), number);
+            }
+        }
+        pending.last = number;
+        pending.commits.push(Commit {
+            number,
+            writes: staged,
+        });
+        pending.bytes += bytes;
+        let unflushed = pending.bytes;
+        drop(pending);
+        if unflushed >= wal::CHECKPOINT_BYTES {
+            // Commits applied without a flush (a bulk load, a restore):
+            // flushed here rather than piling up in memory.
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Makes every commit applied so far durable: their records appended to
+    /// the log and synced, then written to sled. A checkpoint follows once
+    /// the log has grown past [`wal::CHECKPOINT_BYTES`].
+    pub(super) fn flush(&self) -> StoreResult<()> {
+        let mut log = crate::sync::lock(&self.wal_state);
+        if let Some(why) = &log.failed {
+            return Err(sled::Error::Io(std::io::Error::other(format!(
+                "an earlier flush failed: {why}"
+            ))));
+        }
+        let result = self.flush_locked(&mut log.wal);
+        if let Err(e) = &result {
+            log.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    fn flush_locked(&self, wal: &mut Wal) -> StoreResult<()> {
+        let commits = {
+            let mut pending = crate::sync::lock(&self.pending);
+            pending.bytes = 0;
+            std::mem::take(&mut pending.commits)
+        };
+        if commits.is_empty() {
+            // Every commit applied so far was taken by an earlier flush,
+            // which succeeded under the lock we hold.
+            return Ok(());
+        }
+        let mut records = Vec::new();
+        for c in &commits {
+            wal::encode(
+                c.number,
+                c.writes
+                    .iter()
+                    .map(|(t, k, v)| (*t, k.as_slice(), v.as_deref())),
+                &mut records,
+            );
+        }
+        wal.append_durably(&records)?;
+        self.write_to_sled(&commits)?;
+        {
+            let mut overlay = crate::sync::write(&self.overlay);
+            for c in &commits {
+                for (tree, key, _) in &c.writes {
+                    overlay.settle(*tree, key, c.number);
+                }
+            }
+        }
+        if wal.len() >= wal::CHECKPOINT_BYTES {
+            self.checkpoint_locked(wal)?;
+        }
+        Ok(())
+    }
+
+    /// Writes commits whose records are durable to sled, in order, and the
+    /// last one's number after them: sled's prefix after a crash then never
+    /// claims a commit it does not hold whole.
+    fn write_to_sled(&self, commits: &[Commit]) -> StoreResult<()> {
+        for c in commits {
+            for (tree, key, value) in &c.writes {
+                let tree = self.tree(*tree)?;
+                match value {
+                    Some(v) => {
+                        tree.insert(key.as_slice(), v.clone())?;
+                    }
+                    None => {
+                        tree.remove(key.as_slice())?;
+                    }
+                }
+            }
+        }
+        if let Some(last) = commits.last() {
+            self.applied_tree
+                .insert(wal::APPLIED_KEY, &last.number.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Flushes, then makes sled hold everything durably and empties the
+    /// log (at close, and before the store's files are copied).
+    pub(super) fn checkpoint(&self) -> StoreResult<()> {
+        self.flush()?;
+        let mut log = crate::sync::lock(&self.wal_state);
+        let result = self.checkpoint_locked(&mut log.wal);
+        if let Err(e) = &result {
+            log.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    /// With the log held: every record in it is in sled (a flush writes
+    /// its commits to sled before it lets go of the log).
+    fn checkpoint_locked(&self, wal: &mut Wal) -> StoreResult<()> {
+        if wal.len() == 0 {
+            return Ok(());
+        }
+        self.db.flush()?;
+        // sled 0.34's flush ends in sync_file_range, which neither commits
+        // the file's metadata (the log grows as it goes) nor flushes the
+        // disk's write cache (sled issues #1351 and #1452): fdatasync on
+        // the same file does both.
+        self.log.sync_data()?;
+        wal.cut()?;
+        Ok(())
+    }
+
+    pub(super) fn get(&self, tree: Tree, key: &[u8]) -> StoreResult<Option<sled::IVec>> {
+        if let Some(Entry { value, .. }) = crate::sync::read(&self.overlay).get(tree, key) {
+            return Ok(value.clone());
+        }
+        self.tree(tree)?.get(key)
+    }
+
+    /// The scan owns its sled tree handle and a copy of the overlay's
+    /// entries, so it outlives every lock (and keeps the instance it
+    /// started on).
+    pub(super) fn scan_from(&self, tree: Tree, start: &[u8]) -> Scan<'static, sled::IVec> {
+        let sled_tree = match self.tree(tree) {
+            Ok(t) => t.clone(),
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        let over = crate::sync::read(&self.overlay).range_from(tree, start);
+        Box::new(Merged::new(sled_tree.range(start.to_vec()..), over))
+    }
+
+    pub(super) fn last(&self, tree: Tree) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
+        let over = crate::sync::read(&self.overlay).entries_rev(tree);
+        let newest_over = over.iter().find_map(|(k, v)| {
+            v.as_ref()
+                .map(|v| (sled::IVec::from(k.as_slice()), v.clone()))
+        });
+        let mut newest_sled = None;
+        for item in self.tree(tree)?.iter().rev() {
+            let (k, v) = item?;
+            if !over.iter().any(|(ok, _)| ok.as_slice() == k.as_ref()) {
+                newest_sled = Some((k, v));
+                break;
+            }
+        }
+        Ok(match (newest_sled, newest_over) {
+            (Some(s), Some(o)) => Some(if s.0 > o.0 { s } else { o }),
+            (s, o) => s.or(o),
+        })
+    }
+
+    pub(super) fn len(&self, tree: Tree) -> usize {
+        let Ok(sled_tree) = self.tree(tree) else {
+            return 0;
+        };
+        let over = crate::sync::read(&self.overlay).range_from(tree, &[]);
+        let mut len = sled_tree.len();
+        for (key, value) in over {
+            match (
+                sled_tree.contains_key(&key).unwrap_or(false),
+                value.is_some(),
+            ) {
+                (false, true) => len += 1,
+                (true, false) => len = len.saturating_sub(1),
+                _ => {}
+            }
+        }
+        len
+    }
+}
+
+fn staged(w: Write) -> (Tree, Vec<u8>, Option<sled::IVec>) {
+    match w {
+        Write::Put { tree, key, value } => (tree, key, Some(sled::IVec::from(value))),
+        Write::Remove { tree, key } => (tree, key, None),
+    }
+}
+
+fn wal_error(e: wal::WalError) -> sled::Error {
+    match e {
+        wal::WalError::Io { source, .. } => sled::Error::Io(source),
+        gap @ wal::WalError::Gap { .. } => sled::Error::Unsupported(gap.to_string()),
+    }
+}
