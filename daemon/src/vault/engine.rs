@@ -142,7 +142,7 @@ impl Engine {
                 .into_iter()
                 .map(|r| Commit {
                     number: r.number,
-                    writes: r.writes.into_iter().map(staged).collect(),
+                    writes: r.writes.iter().map(staged).collect(),
                 })
                 .collect();
             engine.write_to_sled(&commits)?;
@@ -161,15 +161,7 @@ impl Engine {
     /// Applies `writes` as the next commit: visible to every read at once,
     /// durable with the next [`Engine::flush`].
     pub(super) fn apply(&self, writes: &[Write]) -> StoreResult<()> {
-        let staged: Vec<(Tree, Vec<u8>, Option<sled::IVec>)> = writes
-            .iter()
-            .map(|w| match w {
-                Write::Put { tree, key, value } => {
-                    (*tree, key.clone(), Some(sled::IVec::from(value.as_slice())))
-                }
-                Write::Remove { tree, key } => (*tree, key.clone(), None),
-            })
-            .collect();
+        let staged: Vec<_> = writes.iter().map(staged).collect();
         let bytes: u64 = staged
             .iter()
             .map(|(_, k, v)| (k.len() + v.as_ref().map_or(0, |v| v.len())) as u64)
@@ -324,8 +316,8 @@ impl Engine {
     }
 
     pub(super) fn last(&self, tree: Tree) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
-        let over = crate::sync::read(&self.overlay).entries_rev(tree);
-        let newest_over = over.iter().find_map(|(k, v)| {
+        let over = crate::sync::read(&self.overlay).range_from(tree, &[]);
+        let newest_over = over.iter().rev().find_map(|(k, v)| {
             v.as_ref()
                 .map(|v| (sled::IVec::from(k.as_slice()), v.clone()))
         });
@@ -363,10 +355,14 @@ impl Engine {
     }
 }
 
-fn staged(w: Write) -> (Tree, Vec<u8>, Option<sled::IVec>) {
+/// A write as the overlay and the log hold it: tree, key, value (`None`:
+/// removed).
+fn staged(w: &Write) -> (Tree, Vec<u8>, Option<sled::IVec>) {
     match w {
-        Write::Put { tree, key, value } => (tree, key, Some(sled::IVec::from(value))),
-        Write::Remove { tree, key } => (tree, key, None),
+        Write::Put { tree, key, value } => {
+            (*tree, key.clone(), Some(sled::IVec::from(value.as_slice())))
+        }
+        Write::Remove { tree, key } => (*tree, key.clone(), None),
     }
 }
 

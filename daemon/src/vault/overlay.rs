@@ -67,18 +67,6 @@ impl Overlay {
             })
             .unwrap_or_default()
     }
-
-    /// The entries of `tree`, newest key first.
-    pub fn entries_rev(&self, tree: Tree) -> Vec<(Vec<u8>, Option<sled::IVec>)> {
-        self.map(tree)
-            .map(|m| {
-                m.iter()
-                    .rev()
-                    .map(|(k, e)| (k.clone(), e.value.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
 }
 
 /// sled's ordered scan with the overlay's entries laid over it: an entry
