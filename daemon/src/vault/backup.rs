@@ -492,10 +492,10 @@ impl Vault {
             return Err(BackupError::NotEmpty(dir.to_owned()));
         }
         // Parse and open before touching the disk.
-        let keyring = Keyring::open(keyring_file, mk).map_err(VaultError::from)?;
-        let root = keyring.root_secret().map_err(VaultError::from)?;
+        let (keyring, view) = Keyring::open(keyring_file, mk).map_err(VaultError::from)?;
+        let root = view.root_secret().map_err(VaultError::from)?;
         let purpose = PurposeKeys::derive(&root)?;
-        drop(keyring);
+        drop((keyring, view));
         let mut magic = [0u8; 22];
         src.read_exact(&mut magic)
             .map_err(|_| BackupError::NotABackup)?;

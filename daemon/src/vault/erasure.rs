@@ -18,7 +18,9 @@ impl Vault {
         id: PatientId,
         handles: &[u64],
     ) -> VaultResult<()> {
-        ring.destroy(handles)?;
+        // The file first (the view only read, so seals and opens go on
+        // while it is written), then the view.
+        ring.destroy(&crate::sync::read(&self.inner.keys), handles)?;
         let mut view = crate::sync::write(&self.inner.keys);
         for h in handles {
             view.remove(*h);
@@ -40,7 +42,9 @@ impl Vault {
                 // they are destroyed: a rotation that began since the erasure
                 // was decided added keys for this patient, and they go too.
                 let mut ring = crate::sync::lock(&self.inner.keyring);
-                let handles = ring.handles_of(id);
+                let handles: Vec<u64> = crate::sync::read(&self.inner.keys)
+                    .handles_of(KeyOwner::Patient(id))
+                    .collect();
                 if !handles.is_empty() {
                     self.destroy_keys_locked(&mut ring, id, &handles)?;
                 }
@@ -55,8 +59,10 @@ impl Vault {
             }
             AfterCommit::RetirePatientKeys(id) => {
                 let mut ring = crate::sync::lock(&self.inner.keyring);
-                ring.retire_owner(KeyOwner::Patient(id))?;
-                crate::sync::write(&self.inner.keys).forget_current(KeyOwner::Patient(id));
+                let owner = KeyOwner::Patient(id);
+                if ring.retire_owner(&crate::sync::read(&self.inner.keys), owner)? {
+                    crate::sync::write(&self.inner.keys).retire_owner(owner);
+                }
                 Ok(())
             }
         }
@@ -82,7 +88,10 @@ impl Vault {
 
     /// The handles of every key a patient has now.
     pub(super) fn patient_handles(&self, id: PatientId) -> Vec<u64> {
-        crate::sync::lock(&self.inner.keyring).handles_of(id)
+        let _ring = crate::sync::lock(&self.inner.keyring);
+        crate::sync::read(&self.inner.keys)
+            .handles_of(KeyOwner::Patient(id))
+            .collect()
     }
 
     /// Destroys the keys named in the erasure ledger that still exist (a

@@ -20,19 +20,36 @@ pub fn sync_parent_dir(path: &Path) -> io::Result<()> {
 /// it, rename it over the target, fsync the directory. A crash leaves either
 /// the old file or the new one, never a mix.
 pub fn replace_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_atomically_with(path, |w| w.write_all(bytes))
+}
+
+/// [`replace_atomically`] with the new contents written by `fill`, buffered:
+/// a large file (the keyring of 100,000 patients is over 20 MB) is streamed
+/// instead of being built in memory first. If `fill` fails, the target is
+/// left as it was.
+pub fn replace_atomically_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     // `name.tmp` beside `name`: distinct for every target name.
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
     {
-        let mut f = fs::OpenOptions::new()
+        let f = fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let mut out = io::BufWriter::with_capacity(64 * 1024, f);
+        let written = fill(&mut out).and_then(|()| out.flush());
+        if let Err(e) = written {
+            drop(out);
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        out.get_ref().sync_all()?;
     }
     fs::rename(&tmp, path)?;
     sync_parent_dir(path)

@@ -13,6 +13,7 @@
 //! used, because nothing is sealed under a key before its line is fsynced.
 
 use super::fsio;
+use super::keyview::KeyView;
 use crate::keys::MasterKey;
 use crate::model::PatientId;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -114,8 +115,7 @@ struct KeyLine {
     retired: bool,
 }
 
-/// A data key, unwrapped: what the vault's key view is built from. The
-/// keyring itself keeps only the wrapped form (see [`Slot`]).
+/// A data key, unwrapped: what the vault's key view holds.
 pub struct KeyEntry {
     pub handle: u64,
     pub owner: KeyOwner,
@@ -127,21 +127,19 @@ pub struct KeyEntry {
     pub retired: bool,
 }
 
+/// One key as a rewrite of the file needs it, borrowed from the key view:
+/// the view holds the only copy of each key in memory, and a rewrite wraps
+/// it afresh (new nonce) under the current master key.
+pub(super) struct KeyRecord<'a> {
+    pub(super) handle: u64,
+    pub(super) owner: KeyOwner,
+    pub(super) gen: u32,
+    pub(super) retired: bool,
+    pub(super) secret: &'a [u8; 32],
+}
+
 /// The wrapped form of a key: nonce, the 32 sealed bytes, the tag.
 const WRAPPED_LEN: usize = NONCE_LEN + 32 + 16;
-
-/// One key as the keyring holds it in memory: fixed size, the wrapped form
-/// only, in a vector sorted by handle. With 100,000 patients a map of
-/// entries each carrying the secret and its wrapped form as a hex string
-/// held some 30 MB; this is under 10 MB, and the only unwrapped copy of a
-/// secret is the vault's key view's.
-struct Slot {
-    handle: u64,
-    owner: KeyOwner,
-    gen: u32,
-    retired: bool,
-    wrapped: [u8; WRAPPED_LEN],
-}
 
 /// A wrapping key derived from one master key, with its check value.
 pub struct Wrapper {
@@ -233,20 +231,23 @@ impl Wrapper {
         key.copy_from_slice(plain.get(..32)?);
         Some(key)
     }
-
-    fn unwrap_slot(&self, s: &Slot) -> Option<Zeroizing<[u8; 32]>> {
-        self.unwrap(s.handle, s.owner, s.gen, &s.wrapped)
-    }
 }
 
-/// The keyring file and its wrapped contents. The vault keeps it behind a
-/// mutex: every change is a file operation that must be ordered.
+/// The keyring file. The keys themselves are held once, unwrapped, by the
+/// vault's key view ([`KeyView`]): the file is written from it, and the view
+/// is built from the file at open. With 100,000 patients a second copy here
+/// (the wrapped form, fixed size) held another 10 MB for nothing but
+/// rewrites, which wrap the keys afresh instead. The vault keeps the keyring
+/// behind a mutex, taken before the view's lock: every change of either is a
+/// file operation first, and they must be ordered.
 pub struct Keyring {
     path: PathBuf,
     wrapper: Wrapper,
     pub meta: Meta,
-    /// Sorted by handle (new handles are always the highest).
-    entries: Vec<Slot>,
+    /// The highest handle issued so far (the file's `high_water` once
+    /// rewritten): a handle is never issued twice, even when its append
+    /// failed or its key was destroyed.
+    issued: u64,
     rng: SystemRandom,
     /// A copy kept in step with the file (see `set_mirror`).
     mirror: Option<PathBuf>,
@@ -258,8 +259,9 @@ impl Keyring {
         path.exists()
     }
 
-    /// Creates a new keyring with a fresh root and system key.
-    pub fn create(path: &Path, mk: &MasterKey) -> Result<Self, KeyringError> {
+    /// Creates a new keyring with a fresh root and system key; the view
+    /// holds them.
+    pub(super) fn create(path: &Path, mk: &MasterKey) -> Result<(Self, KeyView), KeyringError> {
         let wrapper = Wrapper::new(mk)?;
         let mut ring = Self {
             path: path.to_owned(),
@@ -272,25 +274,35 @@ impl Keyring {
                 high_water: 0,
             },
             wrapper,
-            entries: Vec::new(),
+            issued: 0,
             rng: SystemRandom::new(),
             mirror: None,
             mirror_error: None,
         };
-        ring.insert_new(KeyOwner::Root, 0)?;
-        ring.insert_new(KeyOwner::System, 1)?;
-        ring.rewrite()?;
-        Ok(ring)
+        let mut view = KeyView::with_capacity(2);
+        for (owner, gen) in [(KeyOwner::Root, 0), (KeyOwner::System, 1)] {
+            let entry = ring.new_entry(owner, gen)?;
+            view.add(&entry)?;
+        }
+        ring.rewrite(view.records())?;
+        Ok((ring, view))
     }
 
-    pub fn open(path: &Path, mk: &MasterKey) -> Result<Self, KeyringError> {
+    /// Opens the keyring file and builds the key view from it, unwrapping
+    /// each key once (a line that does not unwrap is named as damaged).
+    pub(super) fn open(path: &Path, mk: &MasterKey) -> Result<(Self, KeyView), KeyringError> {
         let io_err = |source| KeyringError::Io {
             path: path.to_owned(),
             source,
         };
         // Read line by line: with 100,000 patients the file is over 20 MB,
         // and holding it whole would raise the daemon's peak memory by as much.
-        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io_err)?);
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        // A patient's line is about 220 bytes: room for every key at once,
+        // so that the view is not copied to grow while it is built (and not
+        // much more: its owner map's table is touched in full).
+        let expected = file.metadata().map_or(0, |m| m.len() / 200) as usize;
+        let mut file = std::io::BufReader::new(file);
         let wrapper = Wrapper::new(mk)?;
         let corrupt = |line: usize, reason: &str| KeyringError::Corrupt {
             path: path.to_owned(),
@@ -299,7 +311,8 @@ impl Keyring {
         };
         let mut complete = false;
         let mut meta: Option<Meta> = None;
-        let mut entries: Vec<Slot> = Vec::new();
+        let mut view = KeyView::with_capacity(expected);
+        let mut highest = 0u64;
         let mut buf = String::new();
         for i in 0.. {
             buf.clear();
@@ -341,45 +354,41 @@ impl Keyring {
                     }
                     let owner = KeyOwner::parse(&k.owner)
                         .ok_or_else(|| corrupt(i + 1, "unknown key owner"))?;
-                    let mut wrapped = [0u8; WRAPPED_LEN];
-                    hex::decode_to_slice(&k.wrapped, &mut wrapped)
+                    let mut wrapped = Zeroizing::new([0u8; WRAPPED_LEN]);
+                    hex::decode_to_slice(&k.wrapped, wrapped.as_mut())
                         .map_err(|_| corrupt(i + 1, "key does not unwrap (modified?)"))?;
-                    // Checked now, so that a damaged line is named at open;
-                    // the secret itself is unwrapped again by the key view.
-                    wrapper
+                    let secret = wrapper
                         .unwrap(k.handle, owner, k.gen, &wrapped)
                         .ok_or_else(|| corrupt(i + 1, "key does not unwrap (modified?)"))?;
-                    entries.push(Slot {
+                    highest = highest.max(k.handle);
+                    // The file is in handle order (appends only ever add the
+                    // highest); a line repeated by hand replaces the earlier
+                    // one, as a map of entries did.
+                    view.add(&KeyEntry {
                         handle: k.handle,
                         owner,
                         gen: k.gen,
+                        secret,
                         retired: k.retired,
-                        wrapped,
-                    });
+                    })?;
                 }
             }
         }
         let meta = meta.ok_or_else(|| corrupt(1, "missing meta line"))?;
-        // The file is in handle order (appends only ever add the highest),
-        // but a line repeated by hand would have replaced the earlier one
-        // in a map: keep the last of equal handles, as that did.
-        entries.reverse();
-        entries.sort_by_key(|e| e.handle);
-        entries.dedup_by_key(|e| e.handle);
-        entries.shrink_to_fit();
-        let ring = Self {
+        if view.current_handle(KeyOwner::Root).is_none()
+            || view.current_handle(KeyOwner::System).is_none()
+        {
+            return Err(corrupt(0, "root or system key missing"));
+        }
+        let mut ring = Self {
             path: path.to_owned(),
             wrapper,
+            issued: meta.high_water.max(highest),
             meta,
-            entries,
             rng: SystemRandom::new(),
             mirror: None,
             mirror_error: None,
         };
-        if ring.current(KeyOwner::Root).is_none() || ring.current(KeyOwner::System).is_none() {
-            return Err(corrupt(0, "root or system key missing"));
-        }
-        let mut ring = ring;
         if !complete {
             // A torn last line (a crash or a full disk in the middle of an
             // append): its key was never acknowledged to anyone. Rewrite the
@@ -387,129 +396,58 @@ impl Keyring {
             // onto the fragment and turn it into a damaged middle line that
             // stops every later start.
             tracing::warn!(path = %path.display(), "the keyring ended in a torn line (an interrupted append); repairing it");
-            ring.rewrite()?;
+            ring.rewrite(view.records())?;
         }
-        Ok(ring)
+        Ok((ring, view))
     }
 
     /// The highest handle this keyring ever issued.
     pub fn high_water(&self) -> u64 {
-        self.meta
-            .high_water
-            .max(self.entries.last().map_or(0, |e| e.handle))
+        self.issued
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Every key, unwrapped (the key view is built from these).
-    pub fn unwrapped(&self) -> impl Iterator<Item = Result<KeyEntry, KeyringError>> + '_ {
-        self.entries.iter().map(|s| self.entry_of(s))
-    }
-
-    fn entry_of(&self, s: &Slot) -> Result<KeyEntry, KeyringError> {
-        let secret = self
-            .wrapper
-            .unwrap_slot(s)
-            .ok_or(KeyringError::Internal("a key no longer unwraps"))?;
-        Ok(KeyEntry {
-            handle: s.handle,
-            owner: s.owner,
-            gen: s.gen,
-            secret,
-            retired: s.retired,
-        })
-    }
-
-    /// The newest key of an owner (highest generation, then highest handle).
-    fn current(&self, owner: KeyOwner) -> Option<&Slot> {
-        self.entries
-            .iter()
-            .filter(|e| e.owner == owner && !e.retired)
-            .max_by_key(|e| (e.gen, e.handle))
-    }
-
-    /// The root key's secret, from which the purpose keys are derived.
-    pub fn root_secret(&self) -> Result<Zeroizing<[u8; 32]>, KeyringError> {
-        let root = self
-            .current(KeyOwner::Root)
-            .ok_or(KeyringError::Internal("the keyring has no root key"))?;
-        Ok(self.entry_of(root)?.secret)
-    }
-
-    fn next_handle(&self) -> u64 {
-        self.high_water() + 1
-    }
-
-    fn insert_new(
-        &mut self,
-        owner: KeyOwner,
-        gen: u32,
-    ) -> Result<(KeyEntry, String), KeyringError> {
+    /// A new key for `owner` in generation `gen`, under the next handle.
+    fn new_entry(&mut self, owner: KeyOwner, gen: u32) -> Result<KeyEntry, KeyringError> {
         let mut secret = Zeroizing::new([0u8; 32]);
         self.rng
             .fill(secret.as_mut())
             .map_err(|_| KeyringError::Rng)?;
-        let handle = self.next_handle();
-        let wrapped = self.wrapper.wrap(&self.rng, handle, owner, gen, &secret)?;
-        let slot = Slot {
-            handle,
+        self.issued += 1;
+        Ok(KeyEntry {
+            handle: self.issued,
             owner,
             gen,
+            secret,
             retired: false,
-            wrapped,
-        };
-        let line = line_for(&slot);
-        // The highest handle: the vector stays sorted.
-        self.entries.push(slot);
-        Ok((
-            KeyEntry {
-                handle,
-                owner,
-                gen,
-                secret,
-                retired: false,
-            },
-            line,
-        ))
+        })
     }
 
     /// Adds a key for each owner in the current generation and makes them
     /// all durable with **one** append and one fsync: patients seen for the
     /// first time by several messages at once share the wait instead of
     /// queueing one fsync each behind the keyring's lock. All or none: on a
-    /// failed append none of them exists, on disk or here.
+    /// failed append none of them exists (their handles are not issued
+    /// again). The caller adds the returned keys to the view.
     pub fn add_durable_many(&mut self, owners: &[KeyOwner]) -> Result<Vec<KeyEntry>, KeyringError> {
         let gen = self.meta.generation;
-        let before = self.entries.len();
         let mut added = Vec::with_capacity(owners.len());
         let mut lines = String::new();
         for owner in owners {
-            match self.insert_new(*owner, gen) {
-                Ok((entry, line)) => {
-                    lines.push_str(&line);
-                    added.push(entry);
-                }
-                Err(e) => {
-                    self.forget_since(before);
-                    return Err(e);
-                }
-            }
+            let entry = self.new_entry(*owner, gen)?;
+            lines.push_str(&self.line_for(&self.wrapper, &entry.record())?);
+            added.push(entry);
         }
         if added.is_empty() {
             return Ok(added);
         }
-        if let Err(source) = fsio::append_durably(&self.path, lines.as_bytes()) {
-            // The append was undone on disk: undo it here too, or a later
-            // rewrite would store keys nothing ever used. Their handles are
-            // not handed out again.
-            self.forget_since(before);
-            return Err(KeyringError::Io {
-                path: self.path.clone(),
-                source,
-            });
-        }
+        fsio::append_durably(&self.path, lines.as_bytes()).map_err(|source| KeyringError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         if self.mirror.is_some()
             && fsio::append_durably_existing(self.mirror_path(), lines.as_bytes()).is_err()
         {
@@ -518,89 +456,119 @@ impl Keyring {
         Ok(added)
     }
 
-    /// Drops the keys inserted after the first `len` (new keys take the
-    /// highest handles, so they are the vector's tail) that were never made
-    /// durable; their handles stay used (the high-water mark covers them).
-    fn forget_since(&mut self, len: usize) {
-        self.meta.high_water = self.high_water();
-        self.entries.truncate(len);
-    }
-
-    /// Drops the given handles (those still present) and rewrites the file
-    /// atomically. Returns how many were present.
-    pub fn destroy(&mut self, handles: &[u64]) -> Result<usize, KeyringError> {
-        let present: Vec<u64> = handles
-            .iter()
-            .copied()
-            .filter(|h| self.entries.binary_search_by_key(h, |e| e.handle).is_ok())
-            .collect();
-        if present.is_empty() {
+    /// Rewrites the file without the given handles (those `view` holds);
+    /// the caller then drops them from the view. Returns how many were
+    /// present.
+    pub(super) fn destroy(
+        &mut self,
+        view: &KeyView,
+        handles: &[u64],
+    ) -> Result<usize, KeyringError> {
+        let present = handles.iter().filter(|h| view.has(**h)).count();
+        if present == 0 {
             return Ok(0);
         }
-        self.meta.high_water = self.high_water();
-        self.entries.retain(|e| !present.contains(&e.handle));
-        self.rewrite()?;
-        Ok(present.len())
+        self.rewrite(view.records().filter(|r| !handles.contains(&r.handle)))?;
+        Ok(present)
     }
 
-    /// Marks every key of `owner` retired (still opens, seals nothing new)
-    /// and rewrites the file. A no-op when none is active.
-    pub fn retire_owner(&mut self, owner: KeyOwner) -> Result<(), KeyringError> {
-        let mut changed = false;
-        for e in &mut self.entries {
-            if e.owner == owner && !e.retired {
-                e.retired = true;
-                changed = true;
-            }
+    /// Rewrites the file with every key of `owner` retired (still opens,
+    /// seals nothing new); the caller then marks them so in the view. False
+    /// (and nothing written) when none is active.
+    pub(super) fn retire_owner(
+        &mut self,
+        view: &KeyView,
+        owner: KeyOwner,
+    ) -> Result<bool, KeyringError> {
+        if !view.records().any(|r| r.owner == owner && !r.retired) {
+            return Ok(false);
         }
-        if changed {
-            self.rewrite()?;
-        }
-        Ok(())
+        self.rewrite(view.records().map(|mut r| {
+            r.retired |= r.owner == owner;
+            r
+        }))?;
+        Ok(true)
     }
 
-    /// The handles of every key a patient has.
-    pub fn handles_of(&self, patient: PatientId) -> Vec<u64> {
-        self.entries
-            .iter()
-            .filter(|e| e.owner == KeyOwner::Patient(patient))
-            .map(|e| e.handle)
-            .collect()
-    }
-
-    /// Serialises the whole keyring and replaces the file atomically.
-    pub fn rewrite(&mut self) -> Result<(), KeyringError> {
-        let mut out = serde_json::to_string(&Line::Meta(self.meta.clone()))
-            .map_err(|_| KeyringError::Internal("the meta line does not encode"))?;
-        out.push('\n');
-        for e in &self.entries {
-            out.push_str(&line_for(e));
-        }
-        fsio::replace_atomically(&self.path, out.as_bytes()).map_err(|source| {
-            KeyringError::Io {
-                path: self.path.clone(),
-                source,
-            }
-        })?;
+    /// Replaces the file atomically with the meta line and `records`, each
+    /// wrapped afresh under the current master key.
+    pub(super) fn rewrite<'a>(
+        &mut self,
+        records: impl Iterator<Item = KeyRecord<'a>>,
+    ) -> Result<(), KeyringError> {
+        self.meta.high_water = self.issued;
+        self.write_file(&self.wrapper, &self.meta, records)?;
         if self.mirror.is_some() {
             self.refresh_mirror();
         }
         Ok(())
     }
 
+    /// Writes the file from `meta` and `records` under `wrapper`, streamed
+    /// (no copy of the whole file in memory), replacing it atomically.
+    fn write_file<'a>(
+        &self,
+        wrapper: &Wrapper,
+        meta: &Meta,
+        records: impl Iterator<Item = KeyRecord<'a>>,
+    ) -> Result<(), KeyringError> {
+        let meta_line = serde_json::to_string(&Line::Meta(meta.clone()))
+            .map_err(|_| KeyringError::Internal("the meta line does not encode"))?;
+        let mut failure = None;
+        let written = fsio::replace_atomically_with(&self.path, |out| {
+            out.write_all(meta_line.as_bytes())?;
+            out.write_all(b"\n")?;
+            for r in records {
+                match self.line_for(wrapper, &r) {
+                    Ok(line) => out.write_all(line.as_bytes())?,
+                    Err(e) => {
+                        failure = Some(e);
+                        return Err(std::io::Error::other("a key could not be wrapped"));
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        written.map_err(|source| KeyringError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// One key line: the key wrapped under `wrapper` with a fresh nonce.
+    fn line_for(&self, wrapper: &Wrapper, r: &KeyRecord<'_>) -> Result<String, KeyringError> {
+        let wrapped = wrapper.wrap(&self.rng, r.handle, r.owner, r.gen, r.secret)?;
+        let line = KeyLine {
+            handle: r.handle,
+            owner: r.owner.label(),
+            gen: r.gen,
+            wrapped: hex::encode(wrapped),
+            retired: r.retired,
+        };
+        let mut s = serde_json::to_string(&Line::Key(line))
+            .map_err(|_| KeyringError::Internal("a key line does not encode"))?;
+        s.push('\n');
+        Ok(s)
+    }
+
     fn mirror_path(&self) -> &Path {
         self.mirror.as_deref().unwrap_or(&self.path)
     }
 
-    /// Copies the keyring file to the mirror. A failure never fails the
-    /// operation that changed the keyring (that change is done and durable);
-    /// it is recorded for `status` and logged, and retried on the next change.
+    /// Copies the keyring file to the mirror (streamed). A failure never
+    /// fails the operation that changed the keyring (that change is done and
+    /// durable); it is recorded for `status` and logged, and retried on the
+    /// next change.
     fn refresh_mirror(&mut self) {
         let Some(mirror) = self.mirror.clone() else {
             return;
         };
-        let result =
-            std::fs::read(&self.path).and_then(|bytes| fsio::replace_atomically(&mirror, &bytes));
+        let result = std::fs::File::open(&self.path).and_then(|mut from| {
+            fsio::replace_atomically_with(&mirror, |out| std::io::copy(&mut from, out).map(drop))
+        });
         self.mirror_error = match result {
             Ok(()) => None,
             Err(e) => {
@@ -659,79 +627,80 @@ impl Keyring {
         }
     }
 
-    /// Starts a rotation: every key is re-wrapped under `new_mk`, a new
-    /// generation of system and patient keys is added, and the file is
+    /// Starts a rotation: every key is written re-wrapped under `new_mk`
+    /// with a new generation of system and patient keys, and the file is
     /// replaced atomically. From here on only `new_mk` opens the keyring.
-    pub fn begin_rotation(&mut self, new_mk: &MasterKey) -> Result<(), KeyringError> {
+    /// Returns the new keys for the view (none if `new_mk` is already the
+    /// current key). On failure the keyring is as it was.
+    pub(super) fn begin_rotation(
+        &mut self,
+        view: &KeyView,
+        new_mk: &MasterKey,
+    ) -> Result<Vec<KeyEntry>, KeyringError> {
         let new_wrapper = Wrapper::new(new_mk)?;
         if new_wrapper.check == self.meta.check {
             // Already the current key: rotating to it again would only lose
             // the record of the previous one.
-            return Ok(());
+            return Ok(Vec::new());
         }
         let from = self.meta.generation;
         let to = from + 1;
-        let owners: Vec<KeyOwner> = self
-            .entries
-            .iter()
-            .filter(|e| e.gen == from && e.owner != KeyOwner::Root && !e.retired)
-            .map(|e| e.owner)
-            .collect();
-        // Every key re-wrapped under the new master key before anything
-        // changes, so that a failure leaves the keyring as it was.
-        let mut rewrapped = Vec::with_capacity(self.entries.len());
-        for e in &self.entries {
-            let secret = self
-                .wrapper
-                .unwrap_slot(e)
-                .ok_or(KeyringError::Internal("a key no longer unwraps"))?;
-            rewrapped.push(new_wrapper.wrap(&self.rng, e.handle, e.owner, e.gen, &secret)?);
+        let mut added = Vec::new();
+        for r in view.records() {
+            if r.gen == from && r.owner != KeyOwner::Root && !r.retired {
+                added.push(self.new_entry(r.owner, to)?);
+            }
         }
-        self.meta.previous_check = Some(std::mem::replace(
-            &mut self.meta.check,
+        let mut meta = self.meta.clone();
+        meta.previous_check = Some(std::mem::replace(
+            &mut meta.check,
             new_wrapper.check.clone(),
         ));
+        meta.generation = to;
+        meta.rotating_from = Some(from);
+        meta.high_water = self.issued;
+        let written = self.write_file(
+            &new_wrapper,
+            &meta,
+            view.records().chain(added.iter().map(KeyEntry::record)),
+        );
+        // On failure nothing changed on disk; the handles drawn stay issued
+        // (never handed out again), which is all a failed append leaves too.
+        written?;
         self.wrapper = new_wrapper;
-        self.meta.generation = to;
-        self.meta.rotating_from = Some(from);
-        for (e, wrapped) in self.entries.iter_mut().zip(rewrapped) {
-            e.wrapped = wrapped;
+        self.meta = meta;
+        if self.mirror.is_some() {
+            self.refresh_mirror();
         }
-        for owner in owners {
-            self.insert_new(owner, to)?;
-        }
-        self.rewrite()
+        Ok(added)
     }
 
     /// Ends a rotation once every record is sealed under the new generation:
-    /// the old generation's keys are marked retired (read-only, for older
-    /// backups). Returns their handles.
-    pub fn finish_rotation(&mut self) -> Result<Vec<u64>, KeyringError> {
+    /// the old generation's keys are written retired (read-only, for older
+    /// backups). Returns their handles, for the caller to mark in the view.
+    pub(super) fn finish_rotation(&mut self, view: &KeyView) -> Result<Vec<u64>, KeyringError> {
         let Some(from) = self.meta.rotating_from else {
             return Ok(Vec::new());
         };
-        let mut retired = Vec::new();
-        for e in &mut self.entries {
-            if e.gen <= from && e.owner != KeyOwner::Root && !e.retired {
-                e.retired = true;
-                retired.push(e.handle);
-            }
-        }
+        let retiring = |r: &KeyRecord<'_>| r.gen <= from && r.owner != KeyOwner::Root && !r.retired;
+        let retired: Vec<u64> = view.records().filter(retiring).map(|r| r.handle).collect();
         self.meta.rotating_from = None;
-        self.rewrite()?;
+        self.rewrite(view.records().map(|mut r| {
+            r.retired |= retiring(&r);
+            r
+        }))?;
         Ok(retired)
     }
 }
 
-fn line_for(e: &Slot) -> String {
-    let line = KeyLine {
-        handle: e.handle,
-        owner: e.owner.label(),
-        gen: e.gen,
-        wrapped: hex::encode(e.wrapped),
-        retired: e.retired,
-    };
-    let mut s = serde_json::to_string(&Line::Key(line)).unwrap_or_default();
-    s.push('\n');
-    s
+impl KeyEntry {
+    pub(super) fn record(&self) -> KeyRecord<'_> {
+        KeyRecord {
+            handle: self.handle,
+            owner: self.owner,
+            gen: self.gen,
+            retired: self.retired,
+            secret: &self.secret,
+        }
+    }
 }

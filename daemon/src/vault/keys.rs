@@ -81,6 +81,7 @@ impl Vault {
             return Ok(());
         }
         let owners: Vec<KeyOwner> = wanted.into_iter().map(KeyOwner::Patient).collect();
+        // The view is not locked during the append: seals and opens go on.
         let entries = ring.add_durable_many(&owners)?;
         let mut view = crate::sync::write(&self.inner.keys);
         for entry in &entries {

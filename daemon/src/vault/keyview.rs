@@ -1,6 +1,7 @@
 //! The unwrapped keys arranged for the hot path, and the purpose keys
 //! derived from the keyring's root.
 
+use super::keyring::KeyRecord;
 use super::*;
 
 /// A data key with what the keyring says about it: fixed size, kept in a
@@ -11,11 +12,15 @@ use super::*;
 /// sealed or opened: a ready key for each of 100,000 patients would hold
 /// some 70 MB for nothing, and preparing one costs well under a microsecond.
 /// The few keys of no patient (system) are kept ready.
+///
+/// This is the only copy of each key in memory: the keyring's file is
+/// written from these (see [`Keyring::rewrite`]).
 #[derive(Clone)]
 pub(super) struct ViewKey {
     pub(super) handle: u64,
     pub(super) owner: KeyOwner,
     pub(super) gen: u32,
+    retired: bool,
     secret: Zeroizing<[u8; 32]>,
 }
 
@@ -42,10 +47,10 @@ impl KeyInUse {
 
 /// The unwrapped keys, arranged for the hot path.
 ///
-/// One copy of each secret, in a sorted vector (about 64 bytes a key) and
-/// an owner → current handle map: with 100,000 patients this is some 12 MB,
-/// where a map of boxed entries plus a second map of shared pointers held
-/// about 16 MB on top of the keyring's own copy.
+/// One copy of each secret, in a sorted vector (64 bytes a key) and an
+/// owner → current handle map: with 100,000 patients this is some 11 MB.
+/// The root key is here too (the keyring's file is written from the view)
+/// but is never handed out for sealing or opening.
 pub(super) struct KeyView {
     /// Sorted by handle.
     keys: Vec<ViewKey>,
@@ -55,34 +60,27 @@ pub(super) struct KeyView {
 }
 
 impl KeyView {
-    pub(super) fn build(ring: &Keyring) -> VaultResult<Self> {
-        let mut entries = Vec::new();
-        for e in ring.unwrapped() {
-            let e = e?;
-            if e.owner != KeyOwner::Root {
-                entries.push(e);
-            }
-        }
-        let mut view = KeyView {
-            keys: Vec::with_capacity(entries.len() + entries.len() / 8 + 16),
-            current: HashMap::with_capacity(entries.len()),
+    /// An empty view with room for about `keys` keys (and an eighth more
+    /// in the vector, for the new patients of the next while).
+    pub(super) fn with_capacity(keys: usize) -> Self {
+        KeyView {
+            keys: Vec::with_capacity(keys + keys / 8 + 16),
+            current: HashMap::with_capacity(keys),
             ready: HashMap::new(),
-        };
-        for e in &entries {
-            view.add(e)?;
         }
-        Ok(view)
     }
 
-    pub(super) fn add(&mut self, e: &keyring::KeyEntry) -> VaultResult<()> {
-        if matches!(e.owner, KeyOwner::Root | KeyOwner::System) {
-            let key = DataKey::new(e.handle, &e.secret).map_err(|_| VaultError::Rng)?;
+    /// Adds a key, or replaces the one under its handle.
+    pub(super) fn add(&mut self, e: &keyring::KeyEntry) -> Result<(), KeyringError> {
+        if e.owner == KeyOwner::System {
+            let key = DataKey::new(e.handle, &e.secret).map_err(|_| KeyringError::Rng)?;
             self.ready.insert(e.handle, Arc::new(key));
         }
         let vk = ViewKey {
             handle: e.handle,
             owner: e.owner,
             gen: e.gen,
+            retired: e.retired,
             secret: e.secret.clone(),
         };
         let newer = !e.retired
@@ -93,6 +91,15 @@ impl KeyView {
                 .is_none_or(|cur| (cur.gen, cur.handle) < (e.gen, e.handle));
         if newer {
             self.current.insert(e.owner, e.handle);
+        }
+        // Keys come in handle order (the file's, and new handles are the
+        // highest): the common case is a push at the end.
+        if self.keys.last().is_none_or(|k| k.handle < e.handle) {
+            if self.keys.len() == self.keys.capacity() {
+                self.grow();
+            }
+            self.keys.push(vk);
+            return Ok(());
         }
         match self.keys.binary_search_by_key(&e.handle, |k| k.handle) {
             Ok(i) => {
@@ -108,6 +115,45 @@ impl KeyView {
             }
         }
         Ok(())
+    }
+
+    /// Every key, in handle order, as the keyring's file is written from.
+    pub(super) fn records(&self) -> impl Iterator<Item = KeyRecord<'_>> + '_ {
+        self.keys.iter().map(|k| KeyRecord {
+            handle: k.handle,
+            owner: k.owner,
+            gen: k.gen,
+            retired: k.retired,
+            secret: &k.secret,
+        })
+    }
+
+    /// The root key's secret, from which the purpose keys are derived.
+    pub(super) fn root_secret(&self) -> Result<Zeroizing<[u8; 32]>, KeyringError> {
+        self.current_handle(KeyOwner::Root)
+            .and_then(|h| self.get(h))
+            .map(|k| k.secret.clone())
+            .ok_or(KeyringError::Internal("the keyring has no root key"))
+    }
+
+    /// Marks every key of `owner` retired: it seals nothing new.
+    pub(super) fn retire_owner(&mut self, owner: KeyOwner) {
+        for k in self.keys.iter_mut().filter(|k| k.owner == owner) {
+            k.retired = true;
+        }
+        self.current.remove(&owner);
+    }
+
+    /// Marks the given keys retired (the end of a rotation: each owner's
+    /// current key is already of the new generation).
+    pub(super) fn mark_retired(&mut self, handles: &[u64]) {
+        for h in handles {
+            if let Ok(i) = self.keys.binary_search_by_key(h, |k| k.handle) {
+                if let Some(k) = self.keys.get_mut(i) {
+                    k.retired = true;
+                }
+            }
+        }
     }
 
     /// Doubles the vector's room by copying, so that the old buffer's
@@ -130,12 +176,14 @@ impl KeyView {
         self.get(handle).is_some()
     }
 
-    /// The key under `handle`, ready for one seal or open.
+    /// The key under `handle`, ready for one seal or open (never the root
+    /// key: it only derives the purpose keys).
     pub(super) fn in_use(&self, handle: u64) -> Option<KeyInUse> {
         if let Some(k) = self.ready.get(&handle) {
             return Some(KeyInUse::Shared(k.clone()));
         }
         self.get(handle)
+            .filter(|vk| vk.owner != KeyOwner::Root)
             .map(|vk| KeyInUse::Secret(vk.handle, vk.secret.clone()))
     }
 

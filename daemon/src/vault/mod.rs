@@ -229,7 +229,7 @@ impl Vault {
         let lock = take_lock(dir)?;
         let ring_path = keyring_path(dir);
         let had_store = store_path(dir).exists();
-        let keyring = if Keyring::exists(&ring_path) {
+        let (keyring, view) = if Keyring::exists(&ring_path) {
             Keyring::open(&ring_path, mk)?
         } else if had_store {
             return Err(VaultError::KeyringMissing(dir.to_owned()));
@@ -237,9 +237,8 @@ impl Vault {
             Keyring::create(&ring_path, mk)?
         };
         let store = SledStore::open_with_cache(&store_path(dir), cache_bytes)?;
-        let root = keyring.root_secret()?;
+        let root = view.root_secret()?;
         let purpose = PurposeKeys::derive(&root)?;
-        let view = KeyView::build(&keyring)?;
         let anchorer =
             anchor::Anchorer::start(anchor_path(dir), purpose.audit.clone()).map_err(io_err)?;
         let mut writer_error = None;

@@ -59,9 +59,11 @@ impl Vault {
         self.write_blocking(move |v| {
             let mut ring = crate::sync::lock(&v.inner.keyring);
             if ring.meta.rotating_from.is_none() {
-                ring.begin_rotation(&mk)?;
-                let view = super::KeyView::build(&ring)?;
-                *crate::sync::write(&v.inner.keys) = view;
+                let added = ring.begin_rotation(&crate::sync::read(&v.inner.keys), &mk)?;
+                let mut view = crate::sync::write(&v.inner.keys);
+                for entry in &added {
+                    view.add(entry)?;
+                }
             }
             Ok::<_, VaultError>((Txn::new(jiff::Timestamp::UNIX_EPOCH), ()))
         })
@@ -79,7 +81,12 @@ impl Vault {
         }
         // The re-sealed data must be on disk before the old keys go.
         self.flush()?;
-        let retired = crate::sync::lock(&self.inner.keyring).finish_rotation()?;
+        let retired = {
+            let mut ring = crate::sync::lock(&self.inner.keyring);
+            let retired = ring.finish_rotation(&crate::sync::read(&self.inner.keys))?;
+            crate::sync::write(&self.inner.keys).mark_retired(&retired);
+            retired
+        };
         report.keys_retired = retired.len();
         Ok(report)
     }
