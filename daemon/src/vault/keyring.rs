@@ -704,3 +704,81 @@ impl KeyEntry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patient(n: u8) -> KeyOwner {
+        KeyOwner::Patient(PatientId([n; 16]))
+    }
+
+    fn secret_of(view: &KeyView, handle: u64) -> [u8; 32] {
+        let record = view.records().find(|r| r.handle == handle).unwrap();
+        *record.secret
+    }
+
+    #[test]
+    fn a_rewrite_wraps_every_kept_key_afresh_and_they_open_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring");
+        let mk = MasterKey::from_bytes([7; 32]);
+        let (mut ring, mut view) = Keyring::create(&path, &mk).unwrap();
+        for entry in ring.add_durable_many(&[patient(1), patient(2)]).unwrap() {
+            view.add(&entry).unwrap();
+        }
+        let kept = view.current_handle(patient(2)).unwrap();
+        let gone = view.current_handle(patient(1)).unwrap();
+        let before = std::fs::read_to_string(&path).unwrap();
+
+        assert_eq!(ring.destroy(&view, &[gone]).unwrap(), 1);
+        view.remove(gone);
+
+        let after = std::fs::read_to_string(&path).unwrap();
+        let line_of = |text: &str, handle: u64| {
+            text.lines()
+                .find(|l| l.contains(&format!("\"handle\":{handle},")))
+                .map(str::to_owned)
+        };
+        assert!(line_of(&after, gone).is_none(), "the destroyed key is gone");
+        assert_ne!(
+            line_of(&before, kept),
+            line_of(&after, kept),
+            "wrapped afresh"
+        );
+        let (reopened, again) = Keyring::open(&path, &mk).unwrap();
+        assert_eq!(secret_of(&again, kept), secret_of(&view, kept));
+        assert_eq!(again.current_handle(patient(1)), None);
+        assert_eq!(reopened.high_water(), ring.high_water());
+        // The root is in the view (the file is written from it) but never
+        // handed out as a data key.
+        let root = again.current_handle(KeyOwner::Root).unwrap();
+        assert!(again.in_use(root).is_none());
+        assert!(again.in_use(kept).is_some());
+    }
+
+    #[test]
+    fn a_failed_rotation_leaves_the_keyring_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring");
+        let mk = MasterKey::from_bytes([7; 32]);
+        let (mut ring, mut view) = Keyring::create(&path, &mk).unwrap();
+        for entry in ring.add_durable_many(&[patient(3)]).unwrap() {
+            view.add(&entry).unwrap();
+        }
+        // The temp file cannot be created: a folder is in its way.
+        std::fs::create_dir(dir.path().join("keyring.tmp")).unwrap();
+        let new_mk = MasterKey::from_bytes([8; 32]);
+        assert!(ring.begin_rotation(&view, &new_mk).is_err());
+        std::fs::remove_dir(dir.path().join("keyring.tmp")).unwrap();
+        assert_eq!(ring.meta.generation, 1);
+        assert!(ring.meta.rotating_from.is_none());
+        assert!(
+            Keyring::open(&path, &mk).is_ok(),
+            "still the old master key's"
+        );
+        let added = ring.begin_rotation(&view, &new_mk).unwrap();
+        assert_eq!(added.len(), 2, "a new system and patient key");
+        assert!(Keyring::open(&path, &new_mk).is_ok());
+    }
+}
