@@ -23,6 +23,7 @@ mod anchor;
 mod apply;
 pub mod backup;
 mod chain;
+mod current_keys;
 mod engine;
 mod erasure;
 mod error;
