@@ -335,23 +335,16 @@ impl Engine {
         })
     }
 
-    pub(super) fn len(&self, tree: Tree) -> usize {
-        let Ok(sled_tree) = self.tree(tree) else {
-            return 0;
-        };
-        let over = crate::sync::read(&self.overlay).range_from(tree, &[]);
-        let mut len = sled_tree.len();
-        for (key, value) in over {
-            match (
-                sled_tree.contains_key(&key).unwrap_or(false),
-                value.is_some(),
-            ) {
-                (false, true) => len += 1,
-                (true, false) => len = len.saturating_sub(1),
-                _ => {}
-            }
+    /// Counts through the merged scan, which stops at the first error.
+    /// Not sled's `Tree::len`: it counts the items of an iterator that,
+    /// once the instance has failed, yields errors forever.
+    pub(super) fn len(&self, tree: Tree) -> StoreResult<usize> {
+        let mut len = 0;
+        for item in self.scan_from(tree, &[]) {
+            item?;
+            len += 1;
         }
-        len
+        Ok(len)
     }
 }
 

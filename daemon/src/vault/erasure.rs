@@ -99,15 +99,15 @@ impl Vault {
     /// recorded at erasure: a patient registered again afterwards keeps the
     /// new key.
     pub(super) fn reconcile_erasures(&self) -> VaultResult<()> {
-        let pending: Vec<(PatientId, Vec<u64>)> = self
-            .scan_prefix(Tree::Erasures, &[])
-            .filter_map(Result::ok)
-            .filter_map(|(k, v)| {
-                let id = <[u8; 16]>::try_from(k.as_slice()).ok().map(PatientId)?;
-                let record: ErasureRecord = serde_json::from_slice(&v).ok()?;
-                Some((id, record.handles))
-            })
-            .collect();
+        let mut pending: Vec<(PatientId, Vec<u64>)> = Vec::new();
+        for entry in self.scan_prefix(Tree::Erasures, &[]) {
+            let (k, v) = entry?;
+            let id = <[u8; 16]>::try_from(k.as_slice()).ok().map(PatientId);
+            let record = serde_json::from_slice::<ErasureRecord>(&v).ok();
+            if let (Some(id), Some(record)) = (id, record) {
+                pending.push((id, record.handles));
+            }
+        }
         for (id, handles) in pending {
             let present: Vec<u64> = {
                 let view = crate::sync::read(&self.inner.keys);

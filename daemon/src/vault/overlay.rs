@@ -74,6 +74,8 @@ impl Overlay {
 pub struct Merged<I: Iterator> {
     sled: std::iter::Peekable<I>,
     over: std::iter::Peekable<std::vec::IntoIter<(Vec<u8>, Option<sled::IVec>)>>,
+    /// Set once sled's side has yielded an error: the scan ends there.
+    failed: bool,
 }
 
 impl<I> Merged<I>
@@ -84,6 +86,7 @@ where
         Self {
             sled: sled.peekable(),
             over: over.into_iter().peekable(),
+            failed: false,
         }
     }
 }
@@ -94,11 +97,21 @@ where
 {
     type Item = StoreResult<(sled::IVec, sled::IVec)>;
 
+    /// Ends after the first error. A failed sled instance (a write hit
+    /// ENOSPC) yields the same error forever without moving on, so a
+    /// consumer that counts or skips errors would spin, allocating, until
+    /// the process ran out of memory (seen in the disk-full test).
     fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
         loop {
             let order = match (self.sled.peek(), self.over.peek()) {
                 (None, None) => return None,
-                (Some(Err(_)), _) => return self.sled.next(),
+                (Some(Err(_)), _) => {
+                    self.failed = true;
+                    return self.sled.next();
+                }
                 (Some(Ok(_)), None) => return self.sled.next(),
                 (None, Some(_)) => std::cmp::Ordering::Greater,
                 (Some(Ok((sk, _))), Some((ok, _))) => sk.as_ref().cmp(ok.as_slice()),
@@ -147,6 +160,18 @@ mod tests {
             .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
             .collect();
         assert_eq!(merged, want);
+    }
+
+    #[test]
+    fn a_scan_ends_at_the_first_error_of_an_engine_that_repeats_it_forever() {
+        // A failed sled instance: one good entry, then the same error for
+        // ever, never moving on (what its iterator does after ENOSPC).
+        let failed = std::iter::once(kv("a", "1")).chain(std::iter::repeat_with(|| {
+            Err(sled::Error::Io(std::io::Error::other("no space left")))
+        }));
+        let over = vec![(b"z".to_vec(), Some(sled::IVec::from(b"9")))];
+        let items: Vec<bool> = Merged::new(failed, over).map(|r| r.is_ok()).collect();
+        assert_eq!(items, [true, false]);
     }
 
     #[test]

@@ -104,8 +104,9 @@ impl Vault {
             .map(|r| Ok(r?.0.as_ref().to_vec()))
     }
 
-    /// The number of records in a tree.
+    /// The number of records in a tree; 0 when the store cannot be read
+    /// (it is then marked failed, and the status says so).
     pub fn count(&self, tree: Tree) -> usize {
-        self.inner.store.len(tree)
+        self.inner.store.len(tree).unwrap_or(0)
     }
 }

@@ -157,7 +157,7 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, tree: Tree, key: &[u8]) -> StoreResult<Option<Self::Bytes>>;
     fn last(&self, tree: Tree) -> StoreResult<Option<(Self::Bytes, Self::Bytes)>>;
     fn scan_from(&self, tree: Tree, start: &[u8]) -> Scan<'_, Self::Bytes>;
-    fn len(&self, tree: Tree) -> usize;
+    fn len(&self, tree: Tree) -> StoreResult<usize>;
     /// Applies all writes atomically: after a crash, all or none are there.
     fn apply(&self, writes: &[Write]) -> StoreResult<()>;
     /// Returns once every write applied so far is durable.
@@ -313,8 +313,9 @@ impl Store for SledStore {
         }
     }
 
-    fn len(&self, tree: Tree) -> usize {
-        self.engine().map(|e| e.len(tree)).unwrap_or(0)
+    fn len(&self, tree: Tree) -> StoreResult<usize> {
+        let engine = self.engine()?;
+        self.check(engine.len(tree))
     }
 
     fn apply(&self, writes: &[Write]) -> StoreResult<()> {
