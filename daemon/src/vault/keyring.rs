@@ -243,11 +243,10 @@ impl Wrapper {
 pub struct Keyring {
     path: PathBuf,
     wrapper: Wrapper,
+    /// `high_water` counts every handle issued so far, in memory at once
+    /// (the file has it from the next rewrite): a handle is never issued
+    /// twice, even when its append failed or its key was destroyed.
     pub meta: Meta,
-    /// The highest handle issued so far (the file's `high_water` once
-    /// rewritten): a handle is never issued twice, even when its append
-    /// failed or its key was destroyed.
-    issued: u64,
     rng: SystemRandom,
     /// A copy kept in step with the file (see `set_mirror`).
     mirror: Option<PathBuf>,
@@ -274,7 +273,6 @@ impl Keyring {
                 high_water: 0,
             },
             wrapper,
-            issued: 0,
             rng: SystemRandom::new(),
             mirror: None,
             mirror_error: None,
@@ -374,7 +372,8 @@ impl Keyring {
                 }
             }
         }
-        let meta = meta.ok_or_else(|| corrupt(1, "missing meta line"))?;
+        let mut meta = meta.ok_or_else(|| corrupt(1, "missing meta line"))?;
+        meta.high_water = meta.high_water.max(highest);
         if view.current_handle(KeyOwner::Root).is_none()
             || view.current_handle(KeyOwner::System).is_none()
         {
@@ -383,7 +382,6 @@ impl Keyring {
         let mut ring = Self {
             path: path.to_owned(),
             wrapper,
-            issued: meta.high_water.max(highest),
             meta,
             rng: SystemRandom::new(),
             mirror: None,
@@ -403,7 +401,7 @@ impl Keyring {
 
     /// The highest handle this keyring ever issued.
     pub fn high_water(&self) -> u64 {
-        self.issued
+        self.meta.high_water
     }
 
     pub fn path(&self) -> &Path {
@@ -416,9 +414,9 @@ impl Keyring {
         self.rng
             .fill(secret.as_mut())
             .map_err(|_| KeyringError::Rng)?;
-        self.issued += 1;
+        self.meta.high_water += 1;
         Ok(KeyEntry {
-            handle: self.issued,
+            handle: self.meta.high_water,
             owner,
             gen,
             secret,
@@ -496,7 +494,6 @@ impl Keyring {
         &mut self,
         records: impl Iterator<Item = KeyRecord<'a>>,
     ) -> Result<(), KeyringError> {
-        self.meta.high_water = self.issued;
         self.write_file(&self.wrapper, &self.meta, records)?;
         if self.mirror.is_some() {
             self.refresh_mirror();
@@ -658,7 +655,6 @@ impl Keyring {
         ));
         meta.generation = to;
         meta.rotating_from = Some(from);
-        meta.high_water = self.issued;
         let written = self.write_file(
             &new_wrapper,
             &meta,
@@ -713,6 +709,18 @@ mod tests {
         KeyOwner::Patient(PatientId([n; 16]))
     }
 
+    /// A new keyring (in a temp dir) and its view, with a key for each of
+    /// `patients`.
+    fn ring_with(patients: &[KeyOwner]) -> (tempfile::TempDir, PathBuf, Keyring, KeyView) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring");
+        let (mut ring, mut view) = Keyring::create(&path, &MasterKey::from_bytes([7; 32])).unwrap();
+        for entry in ring.add_durable_many(patients).unwrap() {
+            view.add(&entry).unwrap();
+        }
+        (dir, path, ring, view)
+    }
+
     fn secret_of(view: &KeyView, handle: u64) -> [u8; 32] {
         let record = view.records().find(|r| r.handle == handle).unwrap();
         *record.secret
@@ -720,13 +728,8 @@ mod tests {
 
     #[test]
     fn a_rewrite_wraps_every_kept_key_afresh_and_they_open_the_same() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keyring");
+        let (_dir, path, mut ring, mut view) = ring_with(&[patient(1), patient(2)]);
         let mk = MasterKey::from_bytes([7; 32]);
-        let (mut ring, mut view) = Keyring::create(&path, &mk).unwrap();
-        for entry in ring.add_durable_many(&[patient(1), patient(2)]).unwrap() {
-            view.add(&entry).unwrap();
-        }
         let kept = view.current_handle(patient(2)).unwrap();
         let gone = view.current_handle(patient(1)).unwrap();
         let before = std::fs::read_to_string(&path).unwrap();
@@ -759,13 +762,8 @@ mod tests {
 
     #[test]
     fn a_failed_rotation_leaves_the_keyring_as_it_was() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keyring");
+        let (dir, path, mut ring, view) = ring_with(&[patient(3)]);
         let mk = MasterKey::from_bytes([7; 32]);
-        let (mut ring, mut view) = Keyring::create(&path, &mk).unwrap();
-        for entry in ring.add_durable_many(&[patient(3)]).unwrap() {
-            view.add(&entry).unwrap();
-        }
         // The temp file cannot be created: a folder is in its way.
         std::fs::create_dir(dir.path().join("keyring.tmp")).unwrap();
         let new_mk = MasterKey::from_bytes([8; 32]);

@@ -95,15 +95,14 @@ impl KeyView {
             self.current.insert(e.owner, e.handle);
         }
         // Keys come in handle order (the file's, and new handles are the
-        // highest): the common case is a push at the end.
-        if self.keys.last().is_none_or(|k| k.handle < e.handle) {
-            if self.keys.len() == self.keys.capacity() {
-                self.grow();
-            }
-            self.keys.push(vk);
-            return Ok(());
-        }
-        match self.keys.binary_search_by_key(&e.handle, |k| k.handle) {
+        // highest): the common case is a push at the end, found without a
+        // search.
+        let place = if self.keys.last().is_none_or(|k| k.handle < e.handle) {
+            Err(self.keys.len())
+        } else {
+            self.keys.binary_search_by_key(&e.handle, |k| k.handle)
+        };
+        match place {
             Ok(i) => {
                 if let Some(slot) = self.keys.get_mut(i) {
                     *slot = vk;
