@@ -342,7 +342,14 @@ impl Vault {
         mut out: W,
     ) -> Result<(W, BackupSummary), BackupError> {
         let audit_seq = self.audit_seq();
-        let check = crate::sync::lock(&self.inner.keyring).meta.check.clone();
+        let check = {
+            // A restore of this backup needs the keys of every patient in it
+            // from the keyring (or its copy): the staged ones too.
+            let mut ring = crate::sync::lock(&self.inner.keyring);
+            ring.save_staged(&crate::sync::read(&self.inner.keys))
+                .map_err(VaultError::from)?;
+            ring.meta.check.clone()
+        };
         let mut salt = [0u8; 32];
         self.inner
             .rng

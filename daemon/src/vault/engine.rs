@@ -16,6 +16,12 @@
 //! 3. **checkpoint** (once the log passes [`wal::CHECKPOINT_BYTES`], and at
 //!    close): sled flushed and its file `fdatasync`ed, the log emptied.
 //!
+//! The log also carries the keyring lines of new data keys ([`Engine::stage_keys`],
+//! wal.rs): a flush writes them ahead of the commits sealed under them. Once
+//! the log holds such lines, only a checkpoint told that the keyring has
+//! them ([`Engine::checkpoint`] with `keys_saved`) may empty it; the vault
+//! runs those (vault/keys.rs).
+//!
 //! sled writes its log when a 512 KiB buffer fills. After a crash it holds a
 //! prefix of the writes made to it, all of them from durable records: the
 //! open applies every record numbered past sled's again (whole commits, in
@@ -43,10 +49,15 @@ pub(super) struct Engine {
     /// are in sled, so flushes (and checkpoints) run one at a time and in
     /// the order of the commits.
     wal_state: std::sync::Mutex<LogState>,
+    /// The keyring lines found in the log at open, for the vault.
+    recovered_keys: std::sync::Mutex<Vec<u8>>,
 }
 
 struct LogState {
     wal: Wal,
+    /// The log holds keyring lines since it was last emptied (from a flush,
+    /// or found at open): it is not emptied until the keyring has them.
+    keys_since_cut: bool,
     /// Why a flush failed. Its commits were taken and are lost to this
     /// instance, so every later flush fails too: a flush that found nothing
     /// pending must not answer for commits a failed one took.
@@ -66,6 +77,8 @@ struct Pending {
     commits: Vec<Commit>,
     /// About how many bytes `commits` hold.
     bytes: u64,
+    /// Keyring lines staged for the next flush.
+    keys: Vec<u8>,
 }
 
 impl Engine {
@@ -116,8 +129,9 @@ impl Engine {
             })?),
             None => 0,
         };
-        let (wal, records) = Wal::open(dir).map_err(wal_error)?;
+        let (mut wal, records) = Wal::open(dir).map_err(wal_error)?;
         let replay = wal::to_replay(wal.path(), applied, records).map_err(wal_error)?;
+        let keys = wal.take_keys();
         let engine = Self {
             db,
             trees,
@@ -128,7 +142,12 @@ impl Engine {
                 last: applied,
                 ..Pending::default()
             }),
-            wal_state: std::sync::Mutex::new(LogState { wal, failed: None }),
+            wal_state: std::sync::Mutex::new(LogState {
+                wal,
+                keys_since_cut: !keys.is_empty(),
+                failed: None,
+            }),
+            recovered_keys: std::sync::Mutex::new(keys),
         };
         // Commits whose records are durable but that sled lost with the
         // process (or the power), or holds in part: written again, in
@@ -148,8 +167,30 @@ impl Engine {
             engine.write_to_sled(&commits)?;
             crate::sync::lock(&engine.pending).last = last;
         }
-        engine.checkpoint()?;
+        // Emptied only when it holds no keyring lines: the vault takes
+        // those first (`take_recovered_keys`) and checkpoints itself.
+        engine.checkpoint(false)?;
         Ok(engine)
+    }
+
+    /// The keyring lines the log held at open (once; then empty).
+    pub(super) fn take_recovered_keys(&self) -> Vec<u8> {
+        std::mem::take(&mut *crate::sync::lock(&self.recovered_keys))
+    }
+
+    /// Stages keyring lines to be written to the log by the next flush,
+    /// ahead of any commit applied after this call.
+    pub(super) fn stage_keys(&self, lines: &[u8]) {
+        crate::sync::lock(&self.pending)
+            .keys
+            .extend_from_slice(lines);
+    }
+
+    /// Whether the log has grown enough for a checkpoint that only the
+    /// vault may run (it holds keyring lines).
+    pub(super) fn checkpoint_due(&self) -> bool {
+        let log = crate::sync::lock(&self.wal_state);
+        log.keys_since_cut && log.wal.len() >= wal::CHECKPOINT_BYTES
     }
 
     fn tree(&self, t: Tree) -> StoreResult<&sled::Tree> {
@@ -200,25 +241,33 @@ impl Engine {
                 "an earlier flush failed: {why}"
             ))));
         }
-        let result = self.flush_locked(&mut log.wal);
+        let result = self.flush_locked(&mut log);
         if let Err(e) = &result {
             log.failed = Some(e.to_string());
         }
         result
     }
 
-    fn flush_locked(&self, wal: &mut Wal) -> StoreResult<()> {
-        let commits = {
+    fn flush_locked(&self, log: &mut LogState) -> StoreResult<()> {
+        let (commits, keys) = {
             let mut pending = crate::sync::lock(&self.pending);
             pending.bytes = 0;
-            std::mem::take(&mut pending.commits)
+            (
+                std::mem::take(&mut pending.commits),
+                std::mem::take(&mut pending.keys),
+            )
         };
-        if commits.is_empty() {
+        if commits.is_empty() && keys.is_empty() {
             // Every commit applied so far was taken by an earlier flush,
             // which succeeded under the lock we hold.
             return Ok(());
         }
         let mut records = Vec::new();
+        if !keys.is_empty() {
+            // Ahead of the commits: a record sealed under a new key is
+            // never durable without the key.
+            wal::encode_keys(&keys, &mut records);
+        }
         for c in &commits {
             wal::encode(
                 c.number,
@@ -228,7 +277,8 @@ impl Engine {
                 &mut records,
             );
         }
-        wal.append_durably(&records)?;
+        log.wal.append_durably(&records)?;
+        log.keys_since_cut |= !keys.is_empty();
         self.write_to_sled(&commits)?;
         {
             let mut overlay = crate::sync::write(&self.overlay);
@@ -238,8 +288,8 @@ impl Engine {
                 }
             }
         }
-        if wal.len() >= wal::CHECKPOINT_BYTES {
-            self.checkpoint_locked(wal)?;
+        if log.wal.len() >= wal::CHECKPOINT_BYTES && !log.keys_since_cut {
+            self.checkpoint_locked(log, false)?;
         }
         Ok(())
     }
@@ -269,11 +319,21 @@ impl Engine {
     }
 
     /// Flushes, then makes sled hold everything durably and empties the
-    /// log (at close, and before the store's files are copied).
-    pub(super) fn checkpoint(&self) -> StoreResult<()> {
-        self.flush()?;
+    /// log (at close, and before the store's files are copied). A log that
+    /// holds keyring lines is emptied only when `keys_saved` says the
+    /// keyring has every line staged so far (the caller holds the keyring
+    /// lock, so none is staged meanwhile); otherwise it is kept, and its
+    /// commits, already in sled, are skipped by the next open.
+    pub(super) fn checkpoint(&self, keys_saved: bool) -> StoreResult<()> {
         let mut log = crate::sync::lock(&self.wal_state);
-        let result = self.checkpoint_locked(&mut log.wal);
+        if let Some(why) = &log.failed {
+            return Err(sled::Error::Io(std::io::Error::other(format!(
+                "an earlier flush failed: {why}"
+            ))));
+        }
+        let result = self
+            .flush_locked(&mut log)
+            .and_then(|()| self.checkpoint_locked(&mut log, keys_saved));
         if let Err(e) = &result {
             log.failed = Some(e.to_string());
         }
@@ -282,8 +342,8 @@ impl Engine {
 
     /// With the log held: every record in it is in sled (a flush writes
     /// its commits to sled before it lets go of the log).
-    fn checkpoint_locked(&self, wal: &mut Wal) -> StoreResult<()> {
-        if wal.len() == 0 {
+    fn checkpoint_locked(&self, log: &mut LogState, keys_saved: bool) -> StoreResult<()> {
+        if log.wal.len() == 0 {
             return Ok(());
         }
         self.db.flush()?;
@@ -292,7 +352,11 @@ impl Engine {
         // disk's write cache (sled issues #1351 and #1452): fdatasync on
         // the same file does both.
         self.log.sync_data()?;
-        wal.cut()?;
+        if log.keys_since_cut && !keys_saved {
+            return Ok(());
+        }
+        log.wal.cut()?;
+        log.keys_since_cut = false;
         Ok(())
     }
 

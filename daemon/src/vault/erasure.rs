@@ -18,6 +18,10 @@ impl Vault {
         id: PatientId,
         handles: &[u64],
     ) -> VaultResult<()> {
+        // The staged keys into the file and the store's log emptied first:
+        // the log holds the lines of new patients' keys until then, and an
+        // erased patient's line must not outlive the erasure there.
+        self.checkpoint_locked(ring)?;
         // The file first (the view only read, so seals and opens go on
         // while it is written), then the view.
         ring.destroy(&crate::sync::read(&self.inner.keys), handles)?;

@@ -3,14 +3,23 @@
 //!
 //! Why not in sled: sled is log-structured, so a deleted value lingers in old
 //! segments until compaction, and every copy of the folder keeps it. Patient
-//! keys live here instead: appended (and fsynced) when a patient is created,
-//! and the file is rewritten atomically without the erased entries when a
-//! patient is erased. A copy of the sled folder made before an erasure,
-//! opened with the current keyring, therefore cannot reveal that patient.
+//! keys live here instead, and the file is rewritten atomically without the
+//! erased entries when a patient is erased. A copy of the sled folder made
+//! before an erasure, opened with the current keyring, therefore cannot
+//! reveal that patient.
+//!
+//! A new patient's key is *staged* first: its line goes into the store's
+//! write-ahead log, ahead of the records sealed under it and durable with
+//! them in the same `fdatasync` (wal.rs), and is appended here before that
+//! log is emptied ([`Keyring::save_staged`]; the vault runs it before every
+//! checkpoint, erasure, backup and close). At open the vault takes back the
+//! lines the log holds and this file lacks ([`Keyring::adopt`]). Before, each
+//! batch of new patients cost an append and an `fsync` of this file (and of
+//! its copy) of its own.
 //!
 //! The file is JSON lines: one `meta` line, then one `key` line per key.
-//! A torn last line (a crash during an append) is ignored: its key was never
-//! used, because nothing is sealed under a key before its line is fsynced.
+//! A torn last line (a crash during an append) is cut off at open: its key
+//! is still in the log, or was never used.
 
 use super::fsio;
 use super::keyview::KeyView;
@@ -248,6 +257,9 @@ pub struct Keyring {
     /// twice, even when its append failed or its key was destroyed.
     pub meta: Meta,
     rng: SystemRandom,
+    /// Handles of keys issued since the file was last written that it does
+    /// not hold yet (their lines are in the store's log), in handle order.
+    staged: Vec<u64>,
     /// A copy kept in step with the file (see `set_mirror`).
     mirror: Option<PathBuf>,
     mirror_error: Option<String>,
@@ -274,6 +286,7 @@ impl Keyring {
             },
             wrapper,
             rng: SystemRandom::new(),
+            staged: Vec::new(),
             mirror: None,
             mirror_error: None,
         };
@@ -384,6 +397,7 @@ impl Keyring {
             wrapper,
             meta,
             rng: SystemRandom::new(),
+            staged: Vec::new(),
             mirror: None,
             mirror_error: None,
         };
@@ -424,34 +438,114 @@ impl Keyring {
         })
     }
 
-    /// Adds a key for each owner in the current generation and makes them
-    /// all durable with **one** append and one fsync: patients seen for the
-    /// first time by several messages at once share the wait instead of
-    /// queueing one fsync each behind the keyring's lock. All or none: on a
-    /// failed append none of them exists (their handles are not issued
-    /// again). The caller adds the returned keys to the view.
-    pub fn add_durable_many(&mut self, owners: &[KeyOwner]) -> Result<Vec<KeyEntry>, KeyringError> {
+    /// Adds a key for each owner in the current generation, staged: the
+    /// returned lines go to the store's log (`Engine::stage_keys`), which
+    /// makes them durable with the records sealed under them; the file gets
+    /// them from [`Keyring::save_staged`]. The caller adds the returned keys
+    /// to the view (before anything else takes the keyring's lock).
+    pub(super) fn add_staged_many(
+        &mut self,
+        owners: &[KeyOwner],
+    ) -> Result<(Vec<KeyEntry>, String), KeyringError> {
         let gen = self.meta.generation;
         let mut added = Vec::with_capacity(owners.len());
         let mut lines = String::new();
         for owner in owners {
             let entry = self.new_entry(*owner, gen)?;
             lines.push_str(&self.line_for(&self.wrapper, &entry.record())?);
+            self.staged.push(entry.handle);
             added.push(entry);
         }
-        if added.is_empty() {
-            return Ok(added);
+        Ok((added, lines))
+    }
+
+    /// The lines of the staged keys (wrapped afresh), for a new instance of
+    /// the store's log after the last one failed with them in flight.
+    pub(super) fn staged_lines(&self, view: &KeyView) -> Result<String, KeyringError> {
+        let mut lines = String::new();
+        for r in self.staged.iter().filter_map(|h| view.record(*h)) {
+            lines.push_str(&self.line_for(&self.wrapper, &r)?);
         }
-        fsio::append_durably(&self.path, lines.as_bytes()).map_err(|source| KeyringError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        if self.mirror.is_some()
-            && fsio::append_durably_existing(self.mirror_path(), lines.as_bytes()).is_err()
-        {
-            self.refresh_mirror();
+        Ok(lines)
+    }
+
+    /// Appends the staged keys to the file (and its copy) with one append
+    /// and one fsync; from then on the store's log may be emptied. A key the
+    /// view no longer holds (destroyed meanwhile) is not written.
+    pub(super) fn save_staged(&mut self, view: &KeyView) -> Result<(), KeyringError> {
+        if self.staged.is_empty() {
+            return Ok(());
         }
-        Ok(added)
+        let lines = self.staged_lines(view)?;
+        if !lines.is_empty() {
+            fsio::append_durably(&self.path, lines.as_bytes()).map_err(|source| {
+                KeyringError::Io {
+                    path: self.path.clone(),
+                    source,
+                }
+            })?;
+            if self.mirror.is_some()
+                && fsio::append_durably_existing(self.mirror_path(), lines.as_bytes()).is_err()
+            {
+                self.refresh_mirror();
+            }
+        }
+        self.staged.clear();
+        Ok(())
+    }
+
+    /// Whether keys are staged (their lines not in the file yet).
+    pub(super) fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    /// Right after [`Keyring::open`]: takes into `view` the keys whose lines
+    /// the store's log held (`lines`, in log order) and the file lacks, and
+    /// stages them. A line of a handle the file holds (saved before the log
+    /// was emptied) or at most its high-water mark without holding it
+    /// (destroyed by an erasure: its line left the log before the rewrite)
+    /// is skipped before it is unwrapped. Returns how many were taken.
+    pub(super) fn adopt(
+        &mut self,
+        view: &mut KeyView,
+        lines: &[u8],
+    ) -> Result<usize, KeyringError> {
+        let floor = self.meta.high_water;
+        let corrupt = |reason: &str| KeyringError::Corrupt {
+            path: self.path.with_file_name("store/wal"),
+            line: 0,
+            reason: reason.to_owned(),
+        };
+        let mut adopted = 0;
+        for raw in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(Line::Key(k)) = serde_json::from_slice::<Line>(raw) else {
+                return Err(corrupt(
+                    "a keys record of the log holds a line that is not a key",
+                ));
+            };
+            if k.handle <= floor || view.has(k.handle) {
+                continue;
+            }
+            let owner = KeyOwner::parse(&k.owner).ok_or_else(|| corrupt("unknown key owner"))?;
+            let mut wrapped = Zeroizing::new([0u8; WRAPPED_LEN]);
+            hex::decode_to_slice(&k.wrapped, wrapped.as_mut())
+                .map_err(|_| corrupt("a key in the log does not unwrap"))?;
+            let secret = self
+                .wrapper
+                .unwrap(k.handle, owner, k.gen, &wrapped)
+                .ok_or_else(|| corrupt("a key in the log does not unwrap"))?;
+            view.add(&KeyEntry {
+                handle: k.handle,
+                owner,
+                gen: k.gen,
+                secret,
+                retired: k.retired,
+            })?;
+            self.meta.high_water = self.meta.high_water.max(k.handle);
+            self.staged.push(k.handle);
+            adopted += 1;
+        }
+        Ok(adopted)
     }
 
     /// Rewrites the file without the given handles (those `view` holds);
@@ -495,6 +589,8 @@ impl Keyring {
         records: impl Iterator<Item = KeyRecord<'a>>,
     ) -> Result<(), KeyringError> {
         self.write_file(&self.wrapper, &self.meta, records)?;
+        // Every caller writes the view's keys, the staged ones included.
+        self.staged.clear();
         if self.mirror.is_some() {
             self.refresh_mirror();
         }
@@ -665,6 +761,7 @@ impl Keyring {
         written?;
         self.wrapper = new_wrapper;
         self.meta = meta;
+        self.staged.clear();
         if self.mirror.is_some() {
             self.refresh_mirror();
         }
@@ -715,10 +812,89 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyring");
         let (mut ring, mut view) = Keyring::create(&path, &MasterKey::from_bytes([7; 32])).unwrap();
-        for entry in ring.add_durable_many(patients).unwrap() {
+        let (entries, _lines) = ring.add_staged_many(patients).unwrap();
+        for entry in entries {
             view.add(&entry).unwrap();
         }
+        ring.save_staged(&view).unwrap();
         (dir, path, ring, view)
+    }
+
+    fn handles(view: &KeyView) -> Vec<u64> {
+        view.records().map(|r| r.handle).collect()
+    }
+
+    #[test]
+    fn a_staged_key_reaches_the_file_only_when_saved() {
+        let mk = MasterKey::from_bytes([7; 32]);
+        let (_dir, path, mut ring, mut view) = ring_with(&[patient(1)]);
+        let (entries, lines) = ring.add_staged_many(&[patient(2)]).unwrap();
+        for entry in &entries {
+            view.add(entry).unwrap();
+        }
+        let staged = entries[0].handle;
+        let (_, reopened) = Keyring::open(&path, &mk).unwrap();
+        assert!(!reopened.has(staged), "not in the file before save_staged");
+        assert!(lines.contains(&format!("\"handle\":{staged},")));
+
+        ring.save_staged(&view).unwrap();
+        assert!(!ring.has_staged());
+        let (_, reopened) = Keyring::open(&path, &mk).unwrap();
+        assert_eq!(handles(&reopened), handles(&view));
+        assert_eq!(secret_of(&reopened, staged), secret_of(&view, staged));
+    }
+
+    #[test]
+    fn adopt_takes_only_the_keys_the_file_lacks_and_never_brings_back_a_destroyed_one() {
+        let mk = MasterKey::from_bytes([7; 32]);
+        let (_dir, path, mut ring, mut view) = ring_with(&[patient(1), patient(2)]);
+        let erased = view.current_handle(patient(1)).unwrap();
+        let saved = view.current_handle(patient(2)).unwrap();
+        // The log as a crash leaves it: the lines of a key saved since, of
+        // a key destroyed since (its line written before the erasure), and
+        // of two keys only the log holds.
+        let mut log = ring.staged_lines_for_test(&view, &[erased, saved]);
+        assert_eq!(ring.destroy(&view, &[erased]).unwrap(), 1);
+        view.remove(erased);
+        let (entries, lines) = ring.add_staged_many(&[patient(3), patient(4)]).unwrap();
+        log.push_str(&lines);
+        log.push_str(&lines); // written twice (re-staged after a failed flush)
+        let only_in_log: Vec<u64> = entries.iter().map(|e| e.handle).collect();
+        let secrets: Vec<[u8; 32]> = entries.iter().map(|e| *e.secret).collect();
+        drop(entries);
+
+        let (mut ring, mut view) = Keyring::open(&path, &mk).unwrap();
+        assert_eq!(ring.adopt(&mut view, log.as_bytes()).unwrap(), 2);
+        assert!(
+            !view.has(erased),
+            "an erased patient's key came back from the log"
+        );
+        assert!(view.has(saved));
+        for (h, secret) in only_in_log.iter().zip(&secrets) {
+            assert_eq!(&secret_of(&view, *h), secret);
+        }
+        assert_eq!(view.current_handle(patient(3)), Some(only_in_log[0]));
+        assert_eq!(ring.high_water(), only_in_log[1]);
+        // Staged: the file gets them when saved, and a reopen needs no log.
+        ring.save_staged(&view).unwrap();
+        let (_, reopened) = Keyring::open(&path, &mk).unwrap();
+        assert_eq!(handles(&reopened), handles(&view));
+
+        let (mut ring, mut view) = Keyring::open(&path, &mk).unwrap();
+        let err = ring.adopt(&mut view, b"{\"t\":\"meta\"}\n").unwrap_err();
+        assert!(err.to_string().contains("not a key"), "{err}");
+    }
+
+    impl Keyring {
+        fn staged_lines_for_test(&self, view: &KeyView, handles: &[u64]) -> String {
+            handles
+                .iter()
+                .map(|h| {
+                    self.line_for(&self.wrapper, &view.record(*h).unwrap())
+                        .unwrap()
+                })
+                .collect()
+        }
     }
 
     fn secret_of(view: &KeyView, handle: u64) -> [u8; 32] {

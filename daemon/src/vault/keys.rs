@@ -42,8 +42,9 @@ impl Vault {
             .is_some()
     }
 
-    /// Makes sure the patient has a data key, creating it durably (keyring
-    /// append + fsync) if needed. Must precede the first record of a patient.
+    /// Makes sure the patient has a data key, creating it (staged: durable
+    /// with the next flush of the store's log, keyring.rs) if needed. Must
+    /// precede the first record of a patient.
     pub fn ensure_patient_key(&self, id: PatientId) -> VaultResult<()> {
         if self.has_patient_key(id) {
             return Ok(());
@@ -53,8 +54,8 @@ impl Vault {
 
     /// Run by the writer at the start of a batch: creates the data keys the
     /// batch's jobs declared (patients about to get their first record and
-    /// without a key, as the writer found them), all with one keyring
-    /// append and one fsync, before any of the jobs runs. A failure is left
+    /// without a key, as the writer found them), all at once, before any of
+    /// the jobs runs. A failure is left
     /// for the jobs to report: each still makes sure of its key
     /// ([`Vault::ensure_patient_key`]) and fails if it cannot.
     pub(super) fn create_patient_keys(&self, ids: &[PatientId]) {
@@ -66,8 +67,10 @@ impl Vault {
         }
     }
 
-    /// Creates, with one append under the keyring's lock, the keys of those
-    /// of `ids` that have none (checked again under the lock).
+    /// Creates under the keyring's lock the keys of those of `ids` that have
+    /// none (checked again under the lock). Their lines are staged in the
+    /// store's log, written by the flush that makes the first records
+    /// sealed under them durable, in the same `fdatasync`.
     fn create_missing_keys(&self, ids: &[PatientId]) -> VaultResult<()> {
         let mut ring = crate::sync::lock(&self.inner.keyring);
         let mut wanted: Vec<PatientId> = ids
@@ -81,11 +84,63 @@ impl Vault {
             return Ok(());
         }
         let owners: Vec<KeyOwner> = wanted.into_iter().map(KeyOwner::Patient).collect();
-        // The view is not locked during the append: seals and opens go on.
-        let entries = ring.add_durable_many(&owners)?;
+        let (entries, lines) = ring.add_staged_many(&owners)?;
+        // Staged before any job can seal under these keys: the log writes
+        // the lines ahead of every commit applied after this.
+        self.inner.store.stage_keys(lines.as_bytes());
         let mut view = crate::sync::write(&self.inner.keys);
         for entry in &entries {
             view.add(entry)?;
+        }
+        Ok(())
+    }
+
+    /// Appends the staged keys to the keyring, then checkpoints the store,
+    /// emptying its log (keyring lines included). With the keyring locked,
+    /// so that no key is staged in between.
+    pub(super) fn checkpoint_locked(&self, ring: &mut Keyring) -> VaultResult<()> {
+        ring.save_staged(&crate::sync::read(&self.inner.keys))?;
+        self.inner.store.checkpoint_keys_saved()?;
+        Ok(())
+    }
+
+    /// [`Vault::checkpoint_locked`], taking the keyring's lock.
+    pub(super) fn checkpoint(&self) -> VaultResult<()> {
+        let mut ring = crate::sync::lock(&self.inner.keyring);
+        self.checkpoint_locked(&mut ring)
+    }
+
+    /// After a flush: a log grown past its size with keyring lines in it is
+    /// emptied here (the engine empties others itself). A failure is only
+    /// logged: the log keeps everything, and the next flush tries again.
+    pub(super) fn checkpoint_if_due(&self) {
+        if self.inner.store.checkpoint_due() {
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, "the store's log could not be emptied yet; it keeps every record and is tried again after the next flush");
+            }
+        }
+    }
+
+    /// Right after the store opened (or reopened): takes the keys whose
+    /// lines its log held and the keyring lacks (a crash before they were
+    /// saved), stages again those staged here but lost with a failed
+    /// instance of the store, and empties the log once they are saved.
+    pub(super) fn take_keys_from_log(&self) -> VaultResult<()> {
+        let mut ring = crate::sync::lock(&self.inner.keyring);
+        let lines = self.inner.store.take_recovered_keys();
+        let adopted = ring.adopt(&mut crate::sync::write(&self.inner.keys), &lines)?;
+        if adopted > 0 {
+            tracing::info!(
+                keys = adopted,
+                "took new patients' keys from the store's log into the keyring"
+            );
+        }
+        if ring.has_staged() {
+            let staged = ring.staged_lines(&crate::sync::read(&self.inner.keys))?;
+            self.inner.store.stage_keys(staged.as_bytes());
+        }
+        if ring.has_staged() || !lines.is_empty() {
+            self.checkpoint_locked(&mut ring)?;
         }
         Ok(())
     }

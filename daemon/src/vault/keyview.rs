@@ -129,6 +129,17 @@ impl KeyView {
         })
     }
 
+    /// One key, as the keyring's file is written from.
+    pub(super) fn record(&self, handle: u64) -> Option<KeyRecord<'_>> {
+        self.get(handle).map(|k| KeyRecord {
+            handle: k.handle,
+            owner: k.owner,
+            gen: k.gen,
+            retired: k.retired,
+            secret: &k.secret,
+        })
+    }
+
     /// The root key's secret, from which the purpose keys are derived.
     pub(super) fn root_secret(&self) -> Result<Zeroizing<[u8; 32]>, KeyringError> {
         self.current_handle(KeyOwner::Root)

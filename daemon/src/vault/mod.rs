@@ -281,6 +281,7 @@ impl Vault {
             return Err(io_err(e));
         }
         let vault = Vault { inner };
+        vault.take_keys_from_log()?;
         vault.load_chain_state()?;
         vault.reconcile_erasures()?;
         Ok(vault)
@@ -296,7 +297,7 @@ impl Vault {
     pub fn close(self) -> VaultResult<()> {
         self.inner.writer.stop();
         self.inner.anchorer.stop();
-        self.inner.store.checkpoint()?;
+        self.checkpoint()?;
         let store_dir = store_path(&self.inner.dir);
         match Arc::try_unwrap(self.inner) {
             Ok(inner) => {

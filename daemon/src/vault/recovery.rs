@@ -63,6 +63,9 @@ impl Vault {
         }
         match self.inner.store.recover() {
             Ok(true) => {
+                if let Err(e) = self.take_keys_from_log() {
+                    tracing::error!(error = %e, "the new patients' keys could not be staged in the reopened store");
+                }
                 if let Err(e) = self.load_chain_state() {
                     tracing::error!(error = %e, "the reopened store's audit chain could not be read");
                 }

@@ -59,6 +59,9 @@ impl Vault {
         self.write_blocking(move |v| {
             let mut ring = crate::sync::lock(&v.inner.keyring);
             if ring.meta.rotating_from.is_none() {
+                // No line wrapped under the old master key left in the
+                // store's log, nor staged keys left out of the file.
+                v.checkpoint_locked(&mut ring)?;
                 let added = ring.begin_rotation(&crate::sync::read(&v.inner.keys), &mk)?;
                 let mut view = crate::sync::write(&v.inner.keys);
                 for entry in &added {

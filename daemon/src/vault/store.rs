@@ -286,6 +286,35 @@ impl SledStore {
         Ok(true)
     }
 
+    /// Stages keyring lines for the log's next flush (engine.rs). A failed
+    /// instance loses them: the vault stages its staged keys again after
+    /// [`SledStore::recover`].
+    pub(super) fn stage_keys(&self, lines: &[u8]) {
+        if let Ok(engine) = self.engine() {
+            engine.stage_keys(lines);
+        }
+    }
+
+    /// The keyring lines the log held when this instance opened (once).
+    pub(super) fn take_recovered_keys(&self) -> Vec<u8> {
+        self.engine()
+            .map(|e| e.take_recovered_keys())
+            .unwrap_or_default()
+    }
+
+    /// The log has grown past a checkpoint's size but holds keyring lines:
+    /// only the vault, which saves them first, may empty it.
+    pub(super) fn checkpoint_due(&self) -> bool {
+        self.engine().is_ok_and(|e| e.checkpoint_due())
+    }
+
+    /// A checkpoint that empties the log even of keyring lines: the caller
+    /// holds the keyring's lock and has appended every staged key to it.
+    pub(super) fn checkpoint_keys_saved(&self) -> StoreResult<()> {
+        let engine = self.engine()?;
+        self.check(engine.checkpoint(true))
+    }
+
     /// Marks the store failed when `result` is an I/O error.
     fn check<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
         if let Err(e @ sled::Error::Io(_)) = &result {
@@ -333,7 +362,7 @@ impl Store for SledStore {
 
     fn checkpoint(&self) -> StoreResult<()> {
         let engine = self.engine()?;
-        self.check(engine.checkpoint())
+        self.check(engine.checkpoint(false))
     }
 }
 
@@ -393,6 +422,39 @@ mod tests {
             0
         );
         assert_eq!(get(&store, b"k"), Some(marker));
+    }
+
+    /// A log holding keyring lines is emptied only by a checkpoint told that
+    /// the keyring has them; it is then due once it passes its size, and the
+    /// lines come back at the next open until it is.
+    #[test]
+    fn a_log_with_keyring_lines_is_kept_until_the_keyring_has_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_len = |dir: &Path| std::fs::metadata(dir.join(wal::WAL_FILE)).unwrap().len();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.stage_keys(b"key line\n");
+        // Past the checkpoint size in one commit: without keyring lines the
+        // flush would have emptied the log.
+        let big = vec![7u8; wal::CHECKPOINT_BYTES as usize];
+        store.apply(&[put(b"big", &big)]).unwrap();
+        store.flush().unwrap();
+        assert!(wal_len(dir.path()) >= wal::CHECKPOINT_BYTES);
+        assert!(store.checkpoint_due());
+        store.checkpoint().unwrap();
+        assert!(
+            wal_len(dir.path()) > 0,
+            "emptied with the keyring lacking its lines"
+        );
+        drop(store);
+        SledStore::wait_released(dir.path());
+
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.take_recovered_keys(), b"key line\n");
+        assert!(store.take_recovered_keys().is_empty());
+        assert_eq!(get(&store, b"big"), Some(big));
+        store.checkpoint_keys_saved().unwrap();
+        assert_eq!(wal_len(dir.path()), 0);
+        assert!(!store.checkpoint_due());
     }
 
     /// sled's files as they were before a commit, with the log that

@@ -22,7 +22,16 @@
 //! body = number: u64 | count: u32 | count × write
 //! write = kind: u8 (0 put, 1 remove) | name_len: u8 | tree name | key_len: u32 | key
 //!         | (put only) value_len: u32 | value
+//! keys body = 0: u64 | len: u32 | keyring lines (len bytes)
 //! ```
+//!
+//! Commits are numbered from 1; a body numbered 0 carries the keyring lines
+//! of data keys created since the last checkpoint (keyring.rs, "staged"):
+//! they become durable with the first flush after their creation, in the
+//! same `fdatasync` as the records sealed under them, instead of with an
+//! append and an `fsync` of the keyring of their own. The vault appends
+//! them to the keyring before a checkpoint cuts the log, and takes back at
+//! open those the keyring lacks.
 //!
 //! A record cut short or damaged ends the log: it was being written when
 //! the process died (or the disk filled), so it was never acknowledged; it
@@ -49,6 +58,9 @@ pub const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 /// A record claiming more than this is damage, not a commit.
 const MAX_RECORD: u32 = 1 << 30;
 const HEADER: usize = 4 + 8;
+
+/// The number a keys record carries instead of a commit's.
+const KEYS_RECORD: u64 = 0;
 
 /// A commit as read back from the log.
 pub struct Record {
@@ -93,6 +105,20 @@ pub fn encode<'a>(
             put_bytes(out, value);
         }
     }
+    seal_header(out, start);
+}
+
+/// Appends a keys record holding `lines` (keyring lines) to `out`.
+pub fn encode_keys(lines: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER]);
+    out.extend_from_slice(&KEYS_RECORD.to_le_bytes());
+    put_bytes(out, lines);
+    seal_header(out, start);
+}
+
+/// Fills in the header of the record that starts at `start` in `out`.
+fn seal_header(out: &mut [u8], start: usize) {
     let body_len = out.len() - start - HEADER;
     let mut header = [0u8; HEADER];
     let (len_field, check_field) = header.split_at_mut(4);
@@ -121,6 +147,8 @@ pub struct Wal {
     file: File,
     /// Bytes in the file since it was last cut.
     len: u64,
+    /// The keyring lines of the keys records read at open.
+    keys: Vec<u8>,
 }
 
 impl Wal {
@@ -144,7 +172,7 @@ impl Wal {
         if !existed {
             super::fsio::sync_parent_dir(&path).map_err(io_err)?;
         }
-        let (records, whole) = read_records(&file).map_err(io_err)?;
+        let (records, keys, whole) = read_records(&file).map_err(io_err)?;
         let on_disk = file.metadata().map_err(io_err)?.len();
         if whole < on_disk {
             tracing::warn!(
@@ -160,6 +188,7 @@ impl Wal {
                 path,
                 file,
                 len: whole,
+                keys,
             },
             records,
         ))
@@ -167,6 +196,11 @@ impl Wal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The keyring lines its keys records held at open (in log order).
+    pub fn take_keys(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.keys)
     }
 
     /// Bytes written since the log was last cut.
@@ -210,10 +244,11 @@ impl Wal {
 
 /// Reads whole records from the start of `file`; returns them and the
 /// length they span (where a torn or damaged tail begins).
-fn read_records(file: &File) -> io::Result<(Vec<Record>, u64)> {
+fn read_records(file: &File) -> io::Result<(Vec<Record>, Vec<u8>, u64)> {
     let file_len = file.metadata()?.len();
     let mut reader = BufReader::new(file);
     let mut records = Vec::new();
+    let mut keys = Vec::new();
     let mut whole: u64 = 0;
     loop {
         let mut header = [0u8; HEADER];
@@ -233,13 +268,14 @@ fn read_records(file: &File) -> io::Result<(Vec<Record>, u64)> {
         if !read_full(&mut reader, &mut body)? || digest(&body) != header[4..] {
             break;
         }
-        let Some(record) = decode(&body) else {
-            break;
-        };
-        records.push(record);
+        match decode(&body) {
+            Some(Decoded::Commit(record)) => records.push(record),
+            Some(Decoded::Keys(lines)) => keys.extend_from_slice(&lines),
+            None => break,
+        }
         whole = end;
     }
-    Ok((records, whole))
+    Ok((records, keys, whole))
 }
 
 /// Fills `buf`; `false` when the file ends first.
@@ -284,9 +320,18 @@ impl<'a> Body<'a> {
     }
 }
 
-fn decode(body: &[u8]) -> Option<Record> {
+enum Decoded {
+    Commit(Record),
+    Keys(Vec<u8>),
+}
+
+fn decode(body: &[u8]) -> Option<Decoded> {
     let mut b = Body(body);
     let number = b.u64()?;
+    if number == KEYS_RECORD {
+        let lines = b.bytes()?;
+        return b.0.is_empty().then_some(Decoded::Keys(lines));
+    }
     let count = b.u32()?;
     let mut writes = Vec::new();
     for _ in 0..count {
@@ -304,7 +349,8 @@ fn decode(body: &[u8]) -> Option<Record> {
             _ => return None,
         });
     }
-    b.0.is_empty().then_some(Record { number, writes })
+    b.0.is_empty()
+        .then_some(Decoded::Commit(Record { number, writes }))
 }
 
 /// The records sled does not have yet (numbered past `applied`), checked
@@ -382,6 +428,32 @@ mod tests {
             &records[1].writes[1],
             Write::Remove { tree: Tree::Patients, key } if key == b"c"
         ));
+    }
+
+    #[test]
+    fn keys_records_read_back_apart_from_the_commits_and_a_torn_one_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        let mut bytes = Vec::new();
+        encode_keys(b"line one\n", &mut bytes);
+        encode_writes(1, &[put(b"a", b"1")], &mut bytes);
+        encode_keys(b"line two\n", &mut bytes);
+        encode_writes(2, &[put(b"b", b"2")], &mut bytes);
+        wal.append_durably(&bytes).unwrap();
+        let whole = wal.len();
+        // A keys record cut short: its keys were never used (the commits
+        // sealed under them follow it), so it is cut off like a commit.
+        let mut torn = Vec::new();
+        encode_keys(b"line three\n", &mut torn);
+        wal.append_durably(&torn[..torn.len() - 2]).unwrap();
+        drop(wal);
+
+        let (mut wal, records) = Wal::open(dir.path()).unwrap();
+        assert_eq!(wal.len(), whole);
+        let numbers: Vec<u64> = records.iter().map(|r| r.number).collect();
+        assert_eq!(numbers, [1, 2]);
+        assert_eq!(wal.take_keys(), b"line one\nline two\n");
+        assert!(wal.take_keys().is_empty(), "handed out once");
     }
 
     #[test]

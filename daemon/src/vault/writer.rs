@@ -261,6 +261,11 @@ fn finish_batch(batch: Applied) {
         };
         finish(&vault, outcome);
     }
+    // After the answers: a log holding new patients' keys is emptied here
+    // once it is big enough (the keyring gets them first, keys.rs).
+    if wrote && flushed.is_ok() {
+        vault.checkpoint_if_due();
+    }
 }
 
 /// How many batches the flusher has answered.

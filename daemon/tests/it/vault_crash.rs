@@ -116,7 +116,25 @@ fn kill_9_loses_nothing_acknowledged() {
         child.wait().unwrap();
         assert!(seen >= kill_after, "round {round}: child stopped early");
 
+        // A new patient's key is durable in the store's log, with the first
+        // records sealed under it, and reaches the keyring file only at a
+        // checkpoint (none came before this kill): the reopen takes it back.
+        let keyring = clinic_relay::vault::keyring_path(&tmp.path().join("data"));
+        let labels = |text: &str| {
+            acked
+                .iter()
+                .filter(|(r, _)| *r == round)
+                .filter(|(_, id)| text.contains(&format!("patient:{}", id.to_hex())))
+                .count()
+        };
+        assert_eq!(labels(&std::fs::read_to_string(&keyring).unwrap()), 0);
         let vault = open(&tmp.path().join("data"), &mk);
+        let this_round = acked.iter().filter(|(r, _)| *r == round).count();
+        assert_eq!(
+            labels(&std::fs::read_to_string(&keyring).unwrap()),
+            this_round,
+            "round {round}: the keys taken from the log are saved to the keyring at open"
+        );
         for (r, id) in &acked {
             let p = vault
                 .get_patient(*id)
