@@ -235,13 +235,19 @@ impl Engine {
     /// the log and synced, then written to sled. A checkpoint follows once
     /// the log has grown past [`wal::CHECKPOINT_BYTES`].
     pub(super) fn flush(&self) -> StoreResult<()> {
+        self.with_log(|log| self.flush_locked(log))
+    }
+
+    /// Runs `step` with the log held, unless an earlier flush failed; a
+    /// failure of `step` fails every later one of this instance.
+    fn with_log(&self, step: impl FnOnce(&mut LogState) -> StoreResult<()>) -> StoreResult<()> {
         let mut log = crate::sync::lock(&self.wal_state);
         if let Some(why) = &log.failed {
             return Err(sled::Error::Io(std::io::Error::other(format!(
                 "an earlier flush failed: {why}"
             ))));
         }
-        let result = self.flush_locked(&mut log);
+        let result = step(&mut log);
         if let Err(e) = &result {
             log.failed = Some(e.to_string());
         }
@@ -325,19 +331,10 @@ impl Engine {
     /// lock, so none is staged meanwhile); otherwise it is kept, and its
     /// commits, already in sled, are skipped by the next open.
     pub(super) fn checkpoint(&self, keys_saved: bool) -> StoreResult<()> {
-        let mut log = crate::sync::lock(&self.wal_state);
-        if let Some(why) = &log.failed {
-            return Err(sled::Error::Io(std::io::Error::other(format!(
-                "an earlier flush failed: {why}"
-            ))));
-        }
-        let result = self
-            .flush_locked(&mut log)
-            .and_then(|()| self.checkpoint_locked(&mut log, keys_saved));
-        if let Err(e) = &result {
-            log.failed = Some(e.to_string());
-        }
-        result
+        self.with_log(|log| {
+            self.flush_locked(log)?;
+            self.checkpoint_locked(log, keys_saved)
+        })
     }
 
     /// With the log held: every record in it is in sled (a flush writes

@@ -218,6 +218,24 @@ impl Wrapper {
         Ok(out)
     }
 
+    /// The key a key line holds, or why the line does not give one.
+    fn open_line(&self, k: &KeyLine) -> Result<KeyEntry, &'static str> {
+        let owner = KeyOwner::parse(&k.owner).ok_or("unknown key owner")?;
+        let mut wrapped = Zeroizing::new([0u8; WRAPPED_LEN]);
+        hex::decode_to_slice(&k.wrapped, wrapped.as_mut())
+            .map_err(|_| "key does not unwrap (modified?)")?;
+        let secret = self
+            .unwrap(k.handle, owner, k.gen, &wrapped)
+            .ok_or("key does not unwrap (modified?)")?;
+        Ok(KeyEntry {
+            handle: k.handle,
+            owner,
+            gen: k.gen,
+            secret,
+            retired: k.retired,
+        })
+    }
+
     fn unwrap(
         &self,
         handle: u64,
@@ -363,25 +381,12 @@ impl Keyring {
                     if meta.is_none() {
                         return Err(corrupt(i + 1, "key line before the meta line"));
                     }
-                    let owner = KeyOwner::parse(&k.owner)
-                        .ok_or_else(|| corrupt(i + 1, "unknown key owner"))?;
-                    let mut wrapped = Zeroizing::new([0u8; WRAPPED_LEN]);
-                    hex::decode_to_slice(&k.wrapped, wrapped.as_mut())
-                        .map_err(|_| corrupt(i + 1, "key does not unwrap (modified?)"))?;
-                    let secret = wrapper
-                        .unwrap(k.handle, owner, k.gen, &wrapped)
-                        .ok_or_else(|| corrupt(i + 1, "key does not unwrap (modified?)"))?;
+                    let entry = wrapper.open_line(&k).map_err(|why| corrupt(i + 1, why))?;
                     highest = highest.max(k.handle);
                     // The file is in handle order (appends only ever add the
                     // highest); a line repeated by hand replaces the earlier
                     // one, as a map of entries did.
-                    view.add(&KeyEntry {
-                        handle: k.handle,
-                        owner,
-                        gen: k.gen,
-                        secret,
-                        retired: k.retired,
-                    })?;
+                    view.add(&entry)?;
                 }
             }
         }
@@ -526,21 +531,7 @@ impl Keyring {
             if k.handle <= floor || view.has(k.handle) {
                 continue;
             }
-            let owner = KeyOwner::parse(&k.owner).ok_or_else(|| corrupt("unknown key owner"))?;
-            let mut wrapped = Zeroizing::new([0u8; WRAPPED_LEN]);
-            hex::decode_to_slice(&k.wrapped, wrapped.as_mut())
-                .map_err(|_| corrupt("a key in the log does not unwrap"))?;
-            let secret = self
-                .wrapper
-                .unwrap(k.handle, owner, k.gen, &wrapped)
-                .ok_or_else(|| corrupt("a key in the log does not unwrap"))?;
-            view.add(&KeyEntry {
-                handle: k.handle,
-                owner,
-                gen: k.gen,
-                secret,
-                retired: k.retired,
-            })?;
+            view.add(&self.wrapper.open_line(&k).map_err(corrupt)?)?;
             self.meta.high_water = self.meta.high_water.max(k.handle);
             self.staged.push(k.handle);
             adopted += 1;

@@ -127,6 +127,13 @@ impl Vault {
     /// instance of the store, and empties the log once they are saved.
     pub(super) fn take_keys_from_log(&self) -> VaultResult<()> {
         let mut ring = crate::sync::lock(&self.inner.keyring);
+        // Keys staged before a reopen went down with the failed instance
+        // (at a start nothing is staged yet; the adopted keys below are in
+        // the log already).
+        if ring.has_staged() {
+            let staged = ring.staged_lines(&crate::sync::read(&self.inner.keys))?;
+            self.inner.store.stage_keys(staged.as_bytes());
+        }
         let lines = self.inner.store.take_recovered_keys();
         let adopted = ring.adopt(&mut crate::sync::write(&self.inner.keys), &lines)?;
         if adopted > 0 {
@@ -134,10 +141,6 @@ impl Vault {
                 keys = adopted,
                 "took new patients' keys from the store's log into the keyring"
             );
-        }
-        if ring.has_staged() {
-            let staged = ring.staged_lines(&crate::sync::read(&self.inner.keys))?;
-            self.inner.store.stage_keys(staged.as_bytes());
         }
         if ring.has_staged() || !lines.is_empty() {
             self.checkpoint_locked(&mut ring)?;
