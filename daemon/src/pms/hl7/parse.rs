@@ -294,19 +294,19 @@ fn parse_field(raw: &[u8], roles: &[Role; 256], seps: &Separators, enc: Encoding
     };
     // Sized from the delimiters, so that no vector grows as it fills (one
     // growth, 0 → 4 elements, cost more than the rest of a value's parse).
-    let count = |wanted: Role| {
-        raw.iter()
-            .filter(|&&b| roles.get(usize::from(b)) == Some(&wanted))
-            .count()
-    };
-    let repetitions = count(Role::Repetition) + 1;
+    let (mut repetitions, mut components) = (1, 1);
+    for &b in raw {
+        match roles.get(usize::from(b)) {
+            Some(Role::Repetition) => repetitions += 1,
+            Some(Role::Component) => components += 1,
+            _ => {}
+        }
+    }
     // Only an unrepeated field is sized up front: each of a field's many
     // repetitions sized for all its components would be quadratic.
-    let components = if repetitions == 1 {
-        count(Role::Component) + 1
-    } else {
-        1
-    };
+    if repetitions > 1 {
+        components = 1;
+    }
     let new_component = || Component {
         subcomponents: Vec::with_capacity(1),
     };
