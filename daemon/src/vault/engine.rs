@@ -22,6 +22,12 @@
 //! them ([`Engine::checkpoint`] with `keys_saved`) may empty it; the vault
 //! runs those (vault/keys.rs).
 //!
+//! The audit tree's entries (8-byte seq keys) are not in sled: a flush
+//! appends them to their own file instead ([`AuditLog`], audit_log.rs), which
+//! a checkpoint syncs before the log is emptied; the tree's other keys (the
+//! head checkpoint, the anchor mark) stay in sled. A store written before
+//! that file existed has its entries moved into it at open.
+//!
 //! sled writes its log when a 512 KiB buffer fills. After a crash it holds a
 //! prefix of the writes made to it, all of them from durable records: the
 //! open applies every record numbered past sled's again (whole commits, in
@@ -29,6 +35,7 @@
 //! with every commit whose record was durable, which is every commit we
 //! acknowledged, and with no torn commit.
 
+use super::audit_log::{self, AuditLog};
 use super::overlay::{Entry, Merged, Overlay};
 use super::store::{Scan, StoreResult, Tree, Write};
 use super::wal::{self, Wal};
@@ -42,6 +49,8 @@ pub(super) struct Engine {
     applied_tree: sled::Tree,
     /// sled's log file (`db`), for the fdatasync its flush leaves out.
     log: std::fs::File,
+    /// The audit entries (see the module's comment).
+    audit: std::sync::Mutex<AuditLog>,
     overlay: std::sync::RwLock<Overlay>,
     /// Commits applied to the overlay whose records are not yet written.
     pending: std::sync::Mutex<Pending>,
@@ -130,6 +139,23 @@ impl Engine {
             None => 0,
         };
         let (mut wal, records) = Wal::open(dir).map_err(wal_error)?;
+        let mut audit = AuditLog::open(dir)?;
+        let audit_tree = trees
+            .get(Tree::Audit.slot())
+            .ok_or_else(|| sled::Error::Unsupported("audit tree not open".to_owned()))?;
+        move_entries_out_of_sled(&db, audit_tree, &mut audit)?;
+        // What the file lost with its unsynced tail (a power cut) is in the
+        // log, in commits sled may already hold: every durable record's
+        // entries are offered, the file skips those it has.
+        audit.append(records.iter().flat_map(|r| {
+            r.writes.iter().filter_map(|w| match w {
+                Write::Put { tree, key, value } if *tree == Tree::Audit => {
+                    audit_log::entry_seq(key).map(|seq| (seq, value.as_slice()))
+                }
+                _ => None,
+            })
+        }))?;
+        audit.sync()?;
         let replay = wal::to_replay(wal.path(), applied, records).map_err(wal_error)?;
         let keys = wal.take_keys();
         let engine = Self {
@@ -137,6 +163,7 @@ impl Engine {
             trees,
             applied_tree,
             log,
+            audit: std::sync::Mutex::new(audit),
             overlay: std::sync::RwLock::new(Overlay::default()),
             pending: std::sync::Mutex::new(Pending {
                 last: applied,
@@ -304,8 +331,25 @@ impl Engine {
     /// last one's number after them: sled's prefix after a crash then never
     /// claims a commit it does not hold whole.
     fn write_to_sled(&self, commits: &[Commit]) -> StoreResult<()> {
+        let entries = || {
+            commits.iter().flat_map(|c| {
+                c.writes.iter().filter_map(|(tree, key, value)| {
+                    audit_entry(*tree, key).map(|seq| (seq, value.as_deref()))
+                })
+            })
+        };
+        if entries().any(|(_, value)| value.is_none()) {
+            return Err(sled::Error::Unsupported(
+                "audit entries are never removed".to_owned(),
+            ));
+        }
+        crate::sync::lock(&self.audit)
+            .append(entries().filter_map(|(seq, value)| Some((seq, value?))))?;
         for c in commits {
             for (tree, key, value) in &c.writes {
+                if audit_entry(*tree, key).is_some() {
+                    continue;
+                }
                 let tree = self.tree(*tree)?;
                 match value {
                     Some(v) => {
@@ -343,6 +387,7 @@ impl Engine {
         if log.wal.len() == 0 {
             return Ok(());
         }
+        crate::sync::lock(&self.audit).sync()?;
         self.db.flush()?;
         // sled 0.34's flush ends in sync_file_range, which neither commits
         // the file's metadata (the log grows as it goes) nor flushes the
@@ -361,6 +406,11 @@ impl Engine {
         if let Some(Entry { value, .. }) = crate::sync::read(&self.overlay).get(tree, key) {
             return Ok(value.clone());
         }
+        if let Some(seq) = audit_entry(tree, key) {
+            return Ok(crate::sync::lock(&self.audit)
+                .get(seq)?
+                .map(sled::IVec::from));
+        }
         self.tree(tree)?.get(key)
     }
 
@@ -373,7 +423,33 @@ impl Engine {
             Err(e) => return Box::new(std::iter::once(Err(e))),
         };
         let over = crate::sync::read(&self.overlay).range_from(tree, start);
-        Box::new(Merged::new(sled_tree.range(start.to_vec()..), over))
+        if tree != Tree::Audit {
+            return Box::new(Merged::new(sled_tree.range(start.to_vec()..), over));
+        }
+        // The entries (from the file, the overlay's copy taken first: an
+        // entry settled meanwhile is then in both, and the overlay's wins),
+        // then the tree's other keys, which all sort after them (an entry's
+        // key starts with a zero byte, theirs with a letter).
+        let (over_entries, over_rest): (Vec<_>, Vec<_>) = over
+            .into_iter()
+            .partition(|(k, _)| audit_log::entry_seq(k).is_some());
+        let entries = match audit_log::first_seq_from(start) {
+            Some(seq) => crate::sync::lock(&self.audit).entries_from(seq),
+            None => crate::sync::lock(&self.audit).entries_from(u64::MAX),
+        };
+        let entries = entries.map(|r| {
+            r.map(|(seq, value)| {
+                (
+                    sled::IVec::from(&seq.to_be_bytes()[..]),
+                    sled::IVec::from(value),
+                )
+            })
+            .map_err(sled::Error::Io)
+        });
+        Box::new(
+            Merged::new(entries, over_entries)
+                .chain(Merged::new(sled_tree.range(start.to_vec()..), over_rest)),
+        )
     }
 
     pub(super) fn last(&self, tree: Tree) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
@@ -390,10 +466,15 @@ impl Engine {
                 break;
             }
         }
-        Ok(match (newest_sled, newest_over) {
+        let newest = match (newest_sled, newest_over) {
             (Some(s), Some(o)) => Some(if s.0 > o.0 { s } else { o }),
             (s, o) => s.or(o),
-        })
+        };
+        if newest.is_none() && tree == Tree::Audit {
+            // Only entries, which sort before the tree's other keys.
+            return self.scan_from(tree, &[]).last().transpose();
+        }
+        Ok(newest)
     }
 
     /// Counts through the merged scan, which stops at the first error.
@@ -407,6 +488,54 @@ impl Engine {
         }
         Ok(len)
     }
+}
+
+/// The seq of an audit entry's key; `None` for every other key (they stay
+/// in sled).
+fn audit_entry(tree: Tree, key: &[u8]) -> Option<u64> {
+    (tree == Tree::Audit)
+        .then(|| audit_log::entry_seq(key))
+        .flatten()
+}
+
+/// Moves the audit entries a store written before the audit log kept in
+/// sled into the file, in order, then removes them from sled. A crash on
+/// the way repeats it: the file skips the entries it has.
+fn move_entries_out_of_sled(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    audit: &mut AuditLog,
+) -> StoreResult<()> {
+    // Entry keys start with a zero byte; the head and the anchor mark do not.
+    let Some(first) = tree.range(..[1u8].as_slice()).next().transpose()? else {
+        return Ok(());
+    };
+    tracing::info!(
+        from_seq = audit_log::entry_seq(&first.0),
+        "moving the audit entries out of the store into their own file (once, after an upgrade)"
+    );
+    // In batches, each on disk in the file before it leaves sled.
+    let mut batch: Vec<(u64, sled::IVec)> = Vec::with_capacity(4096);
+    let mut move_batch = |batch: &mut Vec<(u64, sled::IVec)>| -> StoreResult<()> {
+        audit.append(batch.iter().map(|(s, v)| (*s, v.as_ref())))?;
+        audit.sync()?;
+        for (seq, _) in batch.drain(..) {
+            tree.remove(seq.to_be_bytes())?;
+        }
+        Ok(())
+    };
+    for item in tree.range(..[1u8].as_slice()) {
+        let (key, value) = item?;
+        if let Some(seq) = audit_log::entry_seq(&key) {
+            batch.push((seq, value));
+        }
+        if batch.len() == batch.capacity() {
+            move_batch(&mut batch)?;
+        }
+    }
+    move_batch(&mut batch)?;
+    db.flush()?;
+    Ok(())
 }
 
 /// A write as the overlay and the log hold it: tree, key, value (`None`:

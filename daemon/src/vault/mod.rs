@@ -21,6 +21,7 @@
 
 mod anchor;
 mod apply;
+mod audit_log;
 pub mod backup;
 mod chain;
 mod current_keys;

@@ -301,7 +301,7 @@ fn read_records(file: &File) -> io::Result<(Vec<Record>, Vec<u8>, u64)> {
 }
 
 /// Fills `buf`; `false` when the file ends first.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+pub(super) fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(buf.get_mut(filled..).unwrap_or_default()) {

@@ -105,11 +105,13 @@ fn a_cut_tail_with_an_older_sealed_head_put_back_is_a_rollback() {
     audit(&vault, 4);
     vault.close().unwrap();
     {
+        edit_audit_entries(&install.data, |entries| {
+            for n in 7..=10u64 {
+                entries.remove(n.to_be_bytes()).unwrap();
+            }
+        });
         let db = sled::open(store_path(&install.data)).unwrap();
         let tree = db.open_tree("audit").unwrap();
-        for n in 7..=10u64 {
-            tree.remove(n.to_be_bytes()).unwrap();
-        }
         tree.insert(b"head", old_head).unwrap();
         db.flush().unwrap();
     }

@@ -21,11 +21,8 @@ fn install_with_audit() -> TestInstall {
     install
 }
 
-fn tamper(install: &TestInstall, f: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(install.data.join("store")).unwrap();
-    let tree = db.open_tree("audit").unwrap();
-    f(&tree);
-    db.flush().unwrap();
+fn tamper(install: &TestInstall, f: impl FnOnce(&mut AuditEntries)) {
+    edit_audit_entries(&install.data, f);
 }
 
 fn seq(n: u64) -> [u8; 8] {
@@ -166,4 +163,36 @@ fn verify_on_a_mistyped_data_dir_is_an_error_not_an_empty_log() {
         stderr(&out)
     );
     assert!(!install.tmp.path().join("dtaa").exists());
+}
+
+/// A data dir from before the audit log had its own file kept the entries
+/// in sled's audit tree: the first open moves them into `store/audit.log`,
+/// and the chain still verifies.
+#[test]
+fn entries_kept_in_sled_by_an_earlier_version_move_to_the_audit_log_at_open() {
+    let install = install_with_audit();
+    let log = clinic_relay::vault::store_path(&install.data).join("audit.log");
+    let mut entries = Vec::new();
+    edit_audit_entries(&install.data, |e| {
+        for n in 1..=20u64 {
+            entries.push((n, e.remove(seq(n)).unwrap().unwrap()));
+        }
+    });
+    std::fs::remove_file(&log).unwrap();
+    {
+        let db = sled::open(install.data.join("store")).unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        for (n, value) in &entries {
+            tree.insert(seq(*n), value.as_slice()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let out = install.run(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("20 entries"));
+    assert!(std::fs::metadata(&log).unwrap().len() > 0);
+    let db = sled::open(install.data.join("store")).unwrap();
+    let tree = db.open_tree("audit").unwrap();
+    assert!(tree.get(seq(1)).unwrap().is_none(), "entry 1 left in sled");
+    assert!(tree.get(b"head").unwrap().is_some());
 }

@@ -371,3 +371,49 @@ pub async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// The audit entries of a closed data dir as someone with the disk (not the
+/// keys) can edit them: `store/audit.log` read into a map, edited, and
+/// written back in seq order with valid record checks. The record format
+/// (vault/audit_log.rs): `u32` LE body length, `u32` LE CRC-32 of the body,
+/// body = seq (`u64` BE) ‖ sealed value.
+pub struct AuditEntries(std::collections::BTreeMap<u64, Vec<u8>>);
+
+impl AuditEntries {
+    pub fn get(&self, seq: [u8; 8]) -> std::io::Result<Option<Vec<u8>>> {
+        Ok(self.0.get(&u64::from_be_bytes(seq)).cloned())
+    }
+
+    pub fn insert(&mut self, seq: [u8; 8], value: Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
+        Ok(self.0.insert(u64::from_be_bytes(seq), value))
+    }
+
+    pub fn remove(&mut self, seq: [u8; 8]) -> std::io::Result<Option<Vec<u8>>> {
+        Ok(self.0.remove(&u64::from_be_bytes(seq)))
+    }
+}
+
+pub fn edit_audit_entries(data: &Path, f: impl FnOnce(&mut AuditEntries)) {
+    let path = clinic_relay::vault::store_path(data).join("audit.log");
+    let bytes = std::fs::read(&path).unwrap();
+    let mut entries = AuditEntries(Default::default());
+    let mut rest = bytes.as_slice();
+    while rest.len() >= 8 {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        let body = &rest[8..8 + len];
+        let seq = u64::from_be_bytes(body[..8].try_into().unwrap());
+        entries.0.insert(seq, body[8..].to_vec());
+        rest = &rest[8 + len..];
+    }
+    assert!(rest.is_empty(), "a torn audit log before the edit");
+    f(&mut entries);
+    let mut out = Vec::new();
+    for (seq, value) in &entries.0 {
+        let mut body = seq.to_be_bytes().to_vec();
+        body.extend_from_slice(value);
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+    }
+    std::fs::write(&path, out).unwrap();
+}
