@@ -2,11 +2,12 @@
 //! derived from the keyring's root.
 
 use super::current_keys::CurrentKeys;
+use super::key_chunks::{Handled, KeyChunks};
 use super::keyring::KeyRecord;
 use super::*;
 
-/// A data key with what the keyring says about it: fixed size, kept in a
-/// vector sorted by handle.
+/// A data key with what the keyring says about it: fixed size, kept sorted
+/// by handle in fixed chunks ([`KeyChunks`]).
 ///
 /// Patient keys are kept as their 32 secret bytes and made ready for use
 /// (AES key schedule, GHASH table: about 0.5 KiB) only while a value is
@@ -23,6 +24,12 @@ pub(super) struct ViewKey {
     pub(super) gen: u32,
     retired: bool,
     secret: Zeroizing<[u8; 32]>,
+}
+
+impl Handled for ViewKey {
+    fn handle(&self) -> u64 {
+        self.handle
+    }
 }
 
 /// A key taken out of the view for one seal or open, used outside the
@@ -48,25 +55,25 @@ impl KeyInUse {
 
 /// The unwrapped keys, arranged for the hot path.
 ///
-/// One copy of each secret, in a sorted vector (64 bytes a key) and an
+/// One copy of each secret, sorted in chunks (64 bytes a key) and an
 /// owner → current handle index (see [`CurrentKeys`]): with 100,000 patients
 /// this is some 9 MB.
 /// The root key is here too (the keyring's file is written from the view)
 /// but is never handed out for sealing or opening.
 pub(super) struct KeyView {
     /// Sorted by handle.
-    keys: Vec<ViewKey>,
+    keys: KeyChunks<ViewKey>,
     current: CurrentKeys,
     /// The system keys, prepared once.
     ready: HashMap<u64, Arc<DataKey>>,
 }
 
 impl KeyView {
-    /// An empty view with room for about `keys` keys (and an eighth more
-    /// in the vector, for the new patients of the next while).
+    /// An empty view with room in the owner index for about `keys` keys
+    /// (the keys themselves take room a chunk at a time).
     pub(super) fn with_capacity(keys: usize) -> Self {
         KeyView {
-            keys: Vec::with_capacity(keys + keys / 8 + 16),
+            keys: KeyChunks::default(),
             current: CurrentKeys::with_capacity(keys),
             ready: HashMap::new(),
         }
@@ -95,26 +102,8 @@ impl KeyView {
             self.current.insert(e.owner, e.handle);
         }
         // Keys come in handle order (the file's, and new handles are the
-        // highest): the common case is a push at the end, found without a
-        // search.
-        let place = if self.keys.last().is_none_or(|k| k.handle < e.handle) {
-            Err(self.keys.len())
-        } else {
-            self.keys.binary_search_by_key(&e.handle, |k| k.handle)
-        };
-        match place {
-            Ok(i) => {
-                if let Some(slot) = self.keys.get_mut(i) {
-                    *slot = vk;
-                }
-            }
-            Err(i) => {
-                if self.keys.len() == self.keys.capacity() {
-                    self.grow();
-                }
-                self.keys.insert(i, vk);
-            }
-        }
+        // highest): the common case is a push at the end.
+        self.keys.upsert(vk);
         Ok(())
     }
 
@@ -160,28 +149,14 @@ impl KeyView {
     /// current key is already of the new generation).
     pub(super) fn mark_retired(&mut self, handles: &[u64]) {
         for h in handles {
-            if let Ok(i) = self.keys.binary_search_by_key(h, |k| k.handle) {
-                if let Some(k) = self.keys.get_mut(i) {
-                    k.retired = true;
-                }
+            if let Some(k) = self.keys.get_mut(*h) {
+                k.retired = true;
             }
         }
     }
 
-    /// Doubles the vector's room by copying, so that the old buffer's
-    /// secrets are zeroised when it is dropped (a reallocation would free
-    /// them as they are).
-    fn grow(&mut self) {
-        let mut bigger = Vec::with_capacity((self.keys.capacity() * 2).max(64));
-        bigger.extend(self.keys.iter().cloned());
-        self.keys = bigger;
-    }
-
     pub(super) fn get(&self, handle: u64) -> Option<&ViewKey> {
-        self.keys
-            .binary_search_by_key(&handle, |k| k.handle)
-            .ok()
-            .and_then(|i| self.keys.get(i))
+        self.keys.get(handle)
     }
 
     pub(super) fn has(&self, handle: u64) -> bool {
@@ -219,9 +194,7 @@ impl KeyView {
 
     /// Drops a key (its secret is zeroised with it).
     pub(super) fn remove(&mut self, handle: u64) {
-        if let Ok(i) = self.keys.binary_search_by_key(&handle, |k| k.handle) {
-            drop(self.keys.remove(i));
-        }
+        drop(self.keys.remove(handle));
         self.ready.remove(&handle);
     }
 }

@@ -30,6 +30,7 @@ mod erasure;
 mod error;
 pub mod fsio;
 pub mod keyring;
+mod key_chunks;
 mod keys;
 mod keyview;
 mod overlay;
