@@ -77,9 +77,9 @@ impl Scheduler {
             let now = self.clock.now();
             // Nothing due: no writer job (a wake-up per commit that touched
             // the timers must not cost the writer anything).
-            if self.next_wait().is_none_or(|w| !w.is_zero()) {
+            let wait = self.next_wait();
+            if wait.is_none_or(|w| !w.is_zero()) {
                 self.handle.looked.send_replace(Some(now));
-                let wait = self.next_wait();
                 if !self.sleep(wait, &mut stop).await {
                     return;
                 }

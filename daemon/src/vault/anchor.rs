@@ -90,6 +90,11 @@ struct AnchorShared {
 struct AnchorSlot {
     next: Option<(u64, String)>,
     stop: bool,
+    /// The thread waits for a value (not resting between two writes): only
+    /// then does a new value need to wake it. Woken in its rest by every
+    /// flush, it would only go back to sleep: two context switches a flush
+    /// under load, for nothing.
+    idle: bool,
 }
 
 impl Anchorer {
@@ -109,8 +114,13 @@ impl Anchorer {
     }
 
     fn publish(&self, seq: u64, hash: String) {
-        crate::sync::lock(&self.shared.slot).next = Some((seq, hash));
-        self.shared.wake.notify_one();
+        let mut slot = crate::sync::lock(&self.shared.slot);
+        slot.next = Some((seq, hash));
+        let idle = slot.idle;
+        drop(slot);
+        if idle {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Writes what is pending, then ends the thread (idempotent).
@@ -143,10 +153,12 @@ fn anchor_loop(shared: &AnchorShared, path: &Path, key: &hmac::Key) {
                 if slot.stop {
                     break None;
                 }
+                slot.idle = true;
                 slot = shared
                     .wake
                     .wait(slot)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+                slot.idle = false;
             }
         };
         let Some((seq, hash)) = next else {
