@@ -20,7 +20,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -81,6 +81,7 @@ impl AuditLog {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)?;
         if !existed {
             super::fsio::sync_parent_dir(&path)?;
@@ -133,7 +134,11 @@ impl AuditLog {
         let kept = (|| -> io::Result<()> {
             let mut src = File::open(&self.path)?;
             src.seek(SeekFrom::Start(self.len))?;
-            let mut out = OpenOptions::new().create(true).append(true).open(&aside)?;
+            let mut out = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&aside)?;
             io::copy(&mut src, &mut out)?;
             out.sync_data()
         })();
@@ -343,6 +348,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut log = AuditLog::open(tmp.path()).unwrap();
         assert_eq!(log.get(1).unwrap(), None);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(tmp.path().join(FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         fill(&mut log, 1..=700);
         fill(&mut log, 650..=1000); // a replay: 650..=700 are skipped
         log.sync().unwrap();
@@ -379,7 +390,13 @@ mod tests {
             let want_last = if damage == "zeros" { 10 } else { 9 };
             assert_eq!(log.last_seq(), want_last, "{damage}");
             assert!(log.len <= whole);
-            assert!(tmp.path().join("audit.log.cut").exists(), "{damage}");
+            let cut = tmp.path().join("audit.log.cut");
+            assert!(cut.exists(), "{damage}");
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&cut).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
             fill(&mut log, want_last + 1..=12);
             drop(log);
             let log = AuditLog::open(tmp.path()).unwrap();
