@@ -446,7 +446,7 @@ async fn run() {
 
     // 3. Local API: GET a patient over the Unix socket.
     let vault = running.vault.clone();
-    let id = vault.find_patients_by_mrn("B000001").unwrap()[0].to_hex();
+    let id = vault.find_patients_by_mrn("", "B000001").unwrap()[0].to_hex();
     let path = format!("/v1/patients/{id}");
     let socket = running.api_socket.clone();
     let start = Instant::now();

@@ -27,7 +27,11 @@ pub(crate) fn patient_id(segment: &str) -> Result<PatientId, Problem> {
 /// The patients with exactly this MRN (blind index: no partial match).
 pub(crate) fn find_by_mrn(state: &ApiState, mrn: &str) -> Result<Vec<Patient>, Problem> {
     let mut found = Vec::new();
-    for id in state.vault.find_patients_by_mrn(mrn).map_err(internal)? {
+    for id in state
+        .vault
+        .find_patients_by_mrn(&state.authority, mrn)
+        .map_err(internal)?
+    {
         if let Some(p) = state.vault.get_patient(id).map_err(internal)? {
             found.push(p);
         }

@@ -286,6 +286,13 @@ impl Vault {
         vault.take_keys_from_log()?;
         vault.load_chain_state()?;
         vault.reconcile_erasures()?;
+        let retired = vault.drop_retired_mrn_index()?;
+        if retired > 0 {
+            tracing::info!(
+                entries = retired,
+                "removed the MRN index of an earlier version"
+            );
+        }
         Ok(vault)
     }
 

@@ -1,13 +1,20 @@
 //! Patients in the vault: the record, its blind-index lookups, erasure.
 
+use super::store::Store;
 use super::{AfterCommit, Owner, Tree, Txn, Vault, VaultError, VaultResult};
 use crate::audit::AuditDraft;
 use crate::model::{Patient, PatientId};
 use jiff::Timestamp;
 
-/// Index key prefixes, one per kind of lookup.
-const IDX_MRN: u8 = 1;
+/// Index key prefixes, one per kind of lookup. MRN entries (prefix 1) are
+/// no longer written: a patient's id is the keyed hash of the assigning
+/// authority and MRN, so an MRN lookup goes straight to the record (see
+/// [`Vault::find_patients_by_mrn`]). Stores written before hold such
+/// entries until [`Vault::drop_retired_mrn_index`] removes them at open.
+const IDX_MRN_RETIRED: u8 = 1;
 const IDX_PHONE: u8 = 2;
+/// Retired index entries removed per commit at open.
+const RETIRE_BATCH: usize = 4_096;
 
 fn index_key(kind: u8, blind: &[u8; 32], id: PatientId) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 32 + 16);
@@ -33,15 +40,10 @@ impl Vault {
     }
 
     fn index_keys(&self, p: &Patient) -> Vec<Vec<u8>> {
-        let mut keys = vec![index_key(IDX_MRN, &self.blind_index("mrn", &p.mrn), p.id)];
-        if let Some(phone) = &p.phone {
-            keys.push(index_key(
-                IDX_PHONE,
-                &self.blind_index("phone", phone),
-                p.id,
-            ));
-        }
-        keys
+        p.phone
+            .iter()
+            .map(|phone| index_key(IDX_PHONE, &self.blind_index("phone", phone), p.id))
+            .collect()
     }
 
     /// Builds the txn that creates or updates a patient (record, index
@@ -112,8 +114,51 @@ impl Vault {
         self.find_by(IDX_PHONE, "phone", e164)
     }
 
-    pub fn find_patients_by_mrn(&self, mrn: &str) -> VaultResult<Vec<PatientId>> {
-        self.find_by(IDX_MRN, "mrn", mrn)
+    /// The patient with this MRN from this assigning authority (none or
+    /// one): the id is derived from the two ([`Vault::patient_id_for_mrn`]),
+    /// as every patient's is when the PMS or the API registers them, so no
+    /// index entry is needed. An erased or merged-away patient is not found.
+    pub fn find_patients_by_mrn(&self, authority: &str, mrn: &str) -> VaultResult<Vec<PatientId>> {
+        let id = self.patient_id_for_mrn(authority, mrn);
+        Ok(match self.get_patient(id)? {
+            Some(p) if p.mrn == mrn => vec![id],
+            _ => Vec::new(),
+        })
+    }
+
+    /// Removes the MRN index entries an earlier version wrote (about a third
+    /// of a store's records, and a tree insert per new patient, for a lookup
+    /// the id answers). Runs at open, a batch per commit; a crash in the
+    /// middle leaves the rest for the next open.
+    pub(super) fn drop_retired_mrn_index(&self) -> VaultResult<usize> {
+        let mut removed = 0;
+        loop {
+            let keys = self
+                .inner
+                .store
+                .scan_from(Tree::PatientIndex, &[IDX_MRN_RETIRED])
+                .take_while(|r| {
+                    r.as_ref()
+                        .map_or(true, |(k, _)| k.first() == Some(&IDX_MRN_RETIRED))
+                })
+                .take(RETIRE_BATCH)
+                .map(|r| {
+                    r.map(|(k, _)| k.as_ref().to_vec())
+                        .map_err(VaultError::from)
+                })
+                .collect::<VaultResult<Vec<_>>>()?;
+            if keys.is_empty() {
+                return Ok(removed);
+            }
+            removed += keys.len();
+            self.write_blocking(move |_| {
+                let mut txn = Txn::new(Timestamp::UNIX_EPOCH);
+                for k in keys {
+                    txn.remove(Tree::PatientIndex, k);
+                }
+                Ok::<_, VaultError>((txn, ()))
+            })?;
+        }
     }
 
     /// Erases a patient: removes their records and index entries, writes the
@@ -210,5 +255,98 @@ impl Vault {
             txn.after_commit(AfterCommit::DestroyHandles(m, handles));
         }
         Ok((txn, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::MasterKey;
+
+    fn patient(vault: &Vault, tag: &str) -> Patient {
+        let mrn = format!("ZZIDXMRN{tag}");
+        Patient {
+            id: vault.patient_id_for_mrn("TESTHOSP", &mrn),
+            mrn,
+            family_name: format!("ZZIDXFAMILY{tag}"),
+            given_name: "ZZIDXGIVEN".to_owned(),
+            birth_date: None,
+            phone: Some(format!("+4915550{tag:0>4}")),
+            language: None,
+            deceased: false,
+            protected: false,
+        }
+    }
+
+    /// A store written by an earlier version holds an MRN index entry per
+    /// patient. The next open removes them (more than one batch here), and
+    /// both lookups still find every patient.
+    #[test]
+    fn an_earlier_versions_mrn_index_is_removed_at_open_and_lookups_still_work() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mk = MasterKey::generate().unwrap();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let n = RETIRE_BATCH + 10;
+        let patients: Vec<Patient>;
+        {
+            let vault = Vault::open(tmp.path(), &mk).unwrap();
+            patients = (0..n).map(|i| patient(&vault, &i.to_string())).collect();
+            for chunk in patients.chunks(1_000) {
+                let chunk = chunk.to_vec();
+                vault
+                    .write_blocking(move |v| {
+                        let mut txn = Txn::new(now);
+                        for p in &chunk {
+                            txn.extend(v.patient_upsert_txn(p, "test", now)?);
+                            // What the earlier version wrote besides.
+                            let old =
+                                index_key(IDX_MRN_RETIRED, &v.blind_index("mrn", &p.mrn), p.id);
+                            txn.put(
+                                Tree::PatientIndex,
+                                old,
+                                Owner::Patient(p.id),
+                                p.id.0.to_vec(),
+                            );
+                        }
+                        Ok::<_, VaultError>((txn, ()))
+                    })
+                    .unwrap();
+            }
+            let report = vault.verify().unwrap();
+            assert!(
+                !report.problems.is_empty(),
+                "the old entries are not what this version expects"
+            );
+            // Closed without the open-time removal having run on this data.
+            vault.close().unwrap();
+        }
+        let vault = Vault::open(tmp.path(), &mk).unwrap();
+        let left = vault
+            .inner
+            .store
+            .scan_from(Tree::PatientIndex, &[IDX_MRN_RETIRED])
+            .take_while(|r| {
+                r.as_ref()
+                    .map_or(true, |(k, _)| k.first() == Some(&IDX_MRN_RETIRED))
+            })
+            .count();
+        assert_eq!(left, 0);
+        let report = vault.verify().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.patients, n);
+        for p in [&patients[0], &patients[n - 1]] {
+            assert_eq!(
+                vault.find_patients_by_mrn("TESTHOSP", &p.mrn).unwrap(),
+                vec![p.id]
+            );
+            let phone = p.phone.as_deref().unwrap();
+            assert_eq!(vault.find_patients_by_phone(phone).unwrap(), vec![p.id]);
+        }
+        // Another authority's MRN of the same digits is another patient.
+        assert!(vault
+            .find_patients_by_mrn("OTHER", &patients[0].mrn)
+            .unwrap()
+            .is_empty());
+        vault.close().unwrap();
     }
 }

@@ -113,8 +113,8 @@ async fn a_patient_erased_after_the_backup_stays_unreadable_in_it() {
         msa(&c.send(&adt_a04("E2", "KEEP1", "ZZKEPT", "")).await).0,
         "AA"
     );
-    let gone = d.running.vault.find_patients_by_mrn("ERASE1").unwrap()[0];
-    let kept = d.running.vault.find_patients_by_mrn("KEEP1").unwrap()[0];
+    let gone = d.running.vault.find_patients_by_mrn("", "ERASE1").unwrap()[0];
+    let kept = d.running.vault.find_patients_by_mrn("", "KEEP1").unwrap()[0];
     let backup = d.install.tmp.path().join("b.crbk");
     let out = run_cli_async(
         &d.install.config,

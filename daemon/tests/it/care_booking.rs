@@ -545,7 +545,7 @@ async fn a_held_slot_is_not_in_the_reminder_flows_reschedule_list() {
     let sim = Sim::start().await.unwrap();
     sim.add_template(graph_sim::Template::approved("appointment_reminder", "en"));
     let (d, received, slots) = setup(&sim).await;
-    let first = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    let first = d.running.vault.find_patients_by_mrn("", "CARE001").unwrap()[0];
     opt_in(&d, first).await;
     send_siu(
         &d,

@@ -90,7 +90,7 @@ async fn kill_9_around_due_times_sends_each_reminder_exactly_once() {
         let patient = d
             .running
             .vault
-            .find_patients_by_mrn(&format!("ZZKC{i:03}"))
+            .find_patients_by_mrn("", &format!("ZZKC{i:03}"))
             .unwrap()[0];
         commands::apply(
             &d.running.vault,

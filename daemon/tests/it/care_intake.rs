@@ -341,7 +341,7 @@ async fn results_from_the_menu_ask_for_proof_and_deliver_the_document() {
     let mut c = d.mllp().await;
     let ack = c.send(&adt_a04("A-R", "CARE001", "ZZFAMILY", "")).await;
     assert_eq!(msa(&ack).0, "AA");
-    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("", "CARE001").unwrap()[0];
     opt_in(&d, patient).await;
 
     // Nothing offered yet: "no new documents", no hand-off.

@@ -231,7 +231,7 @@ async fn metrics_and_kpis_match_what_the_simulator_received_and_survive_a_restar
         let ack = c.send(&siu("SIU^S12^SIU_S12", id, appt, start)).await;
         assert_eq!(msa(&ack).0, "AA");
     }
-    let patient: PatientId = d.running.vault.find_patients_by_mrn("KPI001").unwrap()[0];
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("", "KPI001").unwrap()[0];
     crate::care_reminders::opt_in(&d, patient).await;
     let due: Timestamp = "2027-01-17T09:00:00Z".parse().unwrap();
     at(&d, due).await;

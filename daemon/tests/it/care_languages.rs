@@ -42,7 +42,7 @@ async fn a_spanish_speaking_patient_gets_spanish_and_can_switch_in_the_chat() {
         .replace("0151 5550 1234", "0151 5550 1234||es");
     let mut c = d.mllp().await;
     assert_eq!(msa(&c.send(&msg).await).0, "AA");
-    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("", "CARE001").unwrap()[0];
     assert_eq!(
         d.running
             .vault

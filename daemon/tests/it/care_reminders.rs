@@ -204,7 +204,7 @@ async fn a_reminder_goes_out_at_its_time_and_a_confirm_reaches_the_pms() {
     }
     // Two timers for C1; C2's went with its cancel.
     assert_eq!(timers(&d), 2);
-    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("", "CARE001").unwrap()[0];
     opt_in(&d, patient).await;
 
     // Due Sun 17 January 10:00 in Berlin (09:00 UTC): nothing a second early.
@@ -295,7 +295,7 @@ pub(crate) async fn booked(d: &Daemon, appt: &str, start: &str, consent: bool) -
         .send(&siu("SIU^S12^SIU_S12", &format!("B-{appt}"), appt, start))
         .await;
     assert_eq!(msa(&ack).0, "AA");
-    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("", "CARE001").unwrap()[0];
     if consent {
         opt_in(d, patient).await;
     }
@@ -497,7 +497,7 @@ async fn reminders_follow_an_appointment_into_the_surviving_patient_of_a_merge()
         .send(&siu_s12_v25("M2", "APPT-M2", "CARE002", "202702201000"))
         .await;
     assert_eq!(msa(&ack).0, "AA");
-    let survivor: PatientId = d.running.vault.find_patients_by_mrn("CARE002").unwrap()[0];
+    let survivor: PatientId = d.running.vault.find_patients_by_mrn("", "CARE002").unwrap()[0];
     commands::apply(
         &d.running.vault,
         vec![

@@ -112,7 +112,7 @@ async fn a_result_goes_out_only_after_the_right_date_of_birth_and_locks_after_th
     let mut c = d.mllp().await;
     let ack = c.send(&adt_a04("A-R", "CARE001", "ZZFAMILY", "")).await;
     assert_eq!(msa(&ack).0, "AA");
-    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("", "CARE001").unwrap()[0];
     opt_in(&d, patient).await;
 
     // A final result with a PDF: the notice, nothing of the result in it.
@@ -281,7 +281,7 @@ async fn a_one_time_code_from_the_pms_opens_the_result_and_stop_still_opts_out()
         msa(&c.send(&adt_a04("A-C", "CARE001", "ZZFAMILY", "")).await).0,
         "AA"
     );
-    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("", "CARE001").unwrap()[0];
     opt_in(&d, patient).await;
     let with_code = |id: &str, order: &str, code: &str| {
         format!(
@@ -338,7 +338,7 @@ async fn a_pending_proof_and_the_retention_survive_a_restart() {
         msa(&c.send(&adt_a04("A-S", "CARE001", "ZZFAMILY", "")).await).0,
         "AA"
     );
-    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("", "CARE001").unwrap()[0];
     opt_in(&d, patient).await;
     assert_eq!(
         msa(&c.send(&oru("S1", "RES-R1", "F", &pdf(5))).await).0,
@@ -408,7 +408,7 @@ async fn with_the_bot_on_a_proof_answer_is_not_handed_to_staff() {
     let mut c = d.mllp().await;
     let ack = c.send(&adt_a04("A-B", "CARE001", "ZZFAMILY", "")).await;
     assert_eq!(msa(&ack).0, "AA");
-    let patient: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    let patient: PatientId = d.running.vault.find_patients_by_mrn("", "CARE001").unwrap()[0];
     opt_in(&d, patient).await;
     let ack = c.send(&oru("B1", "RES-R1", "F", &pdf(3))).await;
     assert_eq!(msa(&ack).0, "AA", "{:?}", err(&ack));

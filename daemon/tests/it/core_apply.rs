@@ -137,7 +137,7 @@ async fn leftovers_of_an_erased_patient_are_absent_for_hl7_not_a_reason_to_resen
     let anchor_before = std::fs::read(anchor_path(&install.data)).unwrap();
     {
         let vault = install.open();
-        let id = vault.find_patients_by_mrn("ERA-1").unwrap()[0];
+        let id = vault.find_patients_by_mrn("", "ERA-1").unwrap()[0];
         assert!(vault.erase_patient_async(id, "test", t0()).await.unwrap());
         vault.close().unwrap();
     }
@@ -153,7 +153,7 @@ async fn leftovers_of_an_erased_patient_are_absent_for_hl7_not_a_reason_to_resen
         .await;
     assert_eq!(msa(&ack).0, "AA", "{:?}", err(&ack));
     let vault = d.running.vault.clone();
-    let id = vault.find_patients_by_mrn("ERA-1").unwrap()[0];
+    let id = vault.find_patients_by_mrn("", "ERA-1").unwrap()[0];
     assert_eq!(vault.appointments_of(id).unwrap().len(), 1);
     drop(c);
     d.stop().await;

@@ -194,7 +194,7 @@ fn check_after_kill(
     let vault = clinic_relay::vault::Vault::open(data, &mk).unwrap();
     let a = acked.lock().unwrap();
     for mrn in a.patients.iter().filter(|m| !a.erase_sent.contains(*m)) {
-        let ids = vault.find_patients_by_mrn(mrn).unwrap();
+        let ids = vault.find_patients_by_mrn("", mrn).unwrap();
         assert_eq!(ids.len(), 1, "kill {round}: acknowledged {mrn} lost");
         assert!(vault.get_patient(ids[0]).unwrap().is_some(), "{mrn} opens");
     }
@@ -205,7 +205,10 @@ fn check_after_kill(
         );
     }
     for (mrn, id) in &a.erased {
-        assert!(vault.find_patients_by_mrn(mrn).unwrap().is_empty(), "{mrn}");
+        assert!(
+            vault.find_patients_by_mrn("", mrn).unwrap().is_empty(),
+            "{mrn}"
+        );
         let id = clinic_relay::model::PatientId::from_hex(id).unwrap();
         assert!(
             vault.get_patient(id).unwrap().is_none(),

@@ -55,7 +55,7 @@ async fn kill_9_during_ingest_loses_no_acknowledged_message() {
         let vault = install.open();
         for mrn in &acked {
             assert_eq!(
-                vault.find_patients_by_mrn(mrn).unwrap().len(),
+                vault.find_patients_by_mrn("", mrn).unwrap().len(),
                 1,
                 "round {round}: AA'd {mrn} lost"
             );

@@ -16,7 +16,7 @@ async fn adt_is_acknowledged_after_commit_and_stored() {
     assert_eq!(msa(&ack), ("AA".into(), "MSG0001".into()));
     assert_eq!(ack.message_type().unwrap().code, "ACK");
     let vault = &d.running.vault;
-    let ids = vault.find_patients_by_mrn("000123").unwrap();
+    let ids = vault.find_patients_by_mrn("", "000123").unwrap();
     assert_eq!(ids.len(), 1);
     let p = vault.get_patient(ids[0]).unwrap().unwrap();
     assert_eq!(p.family_name, "ZZTEST");
@@ -77,7 +77,7 @@ async fn a_repeated_control_id_is_applied_once() {
     // A retransmission (same sender, MSH-10 and content): AA, not applied again.
     assert_eq!(msa(&c.send(&first).await).0, "AA");
     assert_eq!(d.running.vault.audit_seq(), audit_after_first);
-    let id = d.running.vault.find_patients_by_mrn("000200").unwrap()[0];
+    let id = d.running.vault.find_patients_by_mrn("", "000200").unwrap()[0];
     let family = |d: &Daemon| {
         d.running
             .vault
@@ -239,8 +239,8 @@ async fn two_merges_in_one_a40_move_appointments() {
     let ack = c.send(&msg).await;
     assert_eq!(msa(&ack).0, "AA", "{:?}", err(&ack));
     let v = &d.running.vault;
-    let keep1 = v.find_patients_by_mrn("000701").unwrap()[0];
-    let keep2 = v.find_patients_by_mrn("000703").unwrap()[0];
+    let keep1 = v.find_patients_by_mrn("", "000701").unwrap()[0];
+    let keep2 = v.find_patients_by_mrn("", "000703").unwrap()[0];
     assert_eq!(v.appointments_of(keep1).unwrap().len(), 2);
     assert_eq!(v.appointments_of(keep2).unwrap().len(), 2);
     assert_eq!(
@@ -263,11 +263,11 @@ async fn lf_and_crlf_separated_input_and_escaped_names() {
     assert_eq!(msa(&c.send(&crlf).await).0, "AA");
     let v = &d.running.vault;
     let p = v
-        .get_patient(v.find_patients_by_mrn("000800").unwrap()[0])
+        .get_patient(v.find_patients_by_mrn("", "000800").unwrap()[0])
         .unwrap()
         .unwrap();
     assert_eq!(p.family_name, "ZZTEST^JUNIOR&CO");
-    assert_eq!(v.find_patients_by_mrn("000801").unwrap().len(), 1);
+    assert_eq!(v.find_patients_by_mrn("", "000801").unwrap().len(), 1);
     d.stop().await;
 }
 
@@ -355,7 +355,7 @@ async fn pms_consent_field_opts_in_and_out() {
         )
     };
     assert_eq!(msa(&c.send(&with("C1", "Y")).await).0, "AA");
-    let id = d.running.vault.find_patients_by_mrn("001000").unwrap()[0];
+    let id = d.running.vault.find_patients_by_mrn("", "001000").unwrap()[0];
     let consent = d.running.vault.get_consent(id).unwrap().unwrap();
     assert_eq!(consent.state, clinic_relay::model::ConsentState::OptedIn);
     assert_eq!(msa(&c.send(&with("C2", "N")).await).0, "AA");
@@ -413,7 +413,7 @@ async fn a_scheduling_pid_fills_in_but_never_clears_what_adt_set() {
     assert_eq!(msa(&c.send(&siu).await).0, "AA");
     let v = &d.running.vault;
     let p = v
-        .get_patient(v.find_patients_by_mrn("006000").unwrap()[0])
+        .get_patient(v.find_patients_by_mrn("", "006000").unwrap()[0])
         .unwrap()
         .unwrap();
     assert_eq!(p.given_name, "NEWGIVEN");
@@ -438,8 +438,8 @@ async fn an_appointment_moved_to_another_patient_leaves_the_first() {
         .replace("SIU^S12^SIU_S12", "SIU^S14^SIU_S12");
     assert_eq!(msa(&c.send(&moved).await).0, "AA");
     let v = &d.running.vault;
-    let first = v.find_patients_by_mrn("007001").unwrap()[0];
-    let second = v.find_patients_by_mrn("007002").unwrap()[0];
+    let first = v.find_patients_by_mrn("", "007001").unwrap()[0];
+    let second = v.find_patients_by_mrn("", "007002").unwrap()[0];
     assert!(v.appointments_of(first).unwrap().is_empty());
     assert_eq!(v.appointments_of(second).unwrap().len(), 1);
     // Erasing the first patient leaves the second one's appointment alone.
@@ -474,10 +474,10 @@ async fn a_merge_keeps_the_no_outreach_flag_of_the_merged_patient() {
     assert_eq!(msa(&c.send(&merge).await).0, "AA");
     let v = &d.running.vault;
     let keep = v
-        .get_patient(v.find_patients_by_mrn("008001").unwrap()[0])
+        .get_patient(v.find_patients_by_mrn("", "008001").unwrap()[0])
         .unwrap()
         .unwrap();
     assert!(keep.protected, "the survivor inherits 'do not contact'");
-    assert!(v.find_patients_by_mrn("008002").unwrap().is_empty());
+    assert!(v.find_patients_by_mrn("", "008002").unwrap().is_empty());
     d.stop().await;
 }

@@ -73,7 +73,7 @@ async fn adt_events_we_do_not_use_and_siu_discontinue_and_no_show_are_aa() {
     .join("\r");
     let ack = c.send(&a02).await;
     assert_eq!(msa(&ack), ("AA".into(), "IO2".into()), "{:?}", err(&ack));
-    let id = v.find_patients_by_mrn("010001").unwrap()[0];
+    let id = v.find_patients_by_mrn("", "010001").unwrap()[0];
     let p = v.get_patient(id).unwrap().unwrap();
     assert_eq!(p.given_name, "NEWGIVEN", "filled in");
     assert_eq!(
@@ -93,7 +93,7 @@ async fn adt_events_we_do_not_use_and_siu_discontinue_and_no_show_are_aa() {
         let ack = c.send(&msg).await;
         assert_eq!(msa(&ack).0, "AA", "ADT^{trigger}: {:?}", err(&ack));
     }
-    assert_eq!(v.find_patients_by_mrn("010002").unwrap().len(), 1);
+    assert_eq!(v.find_patients_by_mrn("", "010002").unwrap().len(), 1);
 
     // A40 merge: AA, as before.
     let a40 = [
@@ -104,7 +104,7 @@ async fn adt_events_we_do_not_use_and_siu_discontinue_and_no_show_are_aa() {
     ]
     .join("\r");
     assert_eq!(msa(&c.send(&a40).await).0, "AA");
-    assert!(v.find_patients_by_mrn("010002").unwrap().is_empty());
+    assert!(v.find_patients_by_mrn("", "010002").unwrap().is_empty());
 
     // S16 (discontinue) of a booked appointment: cancelled. S26: no-show.
     assert_eq!(
@@ -368,7 +368,7 @@ async fn training_messages_are_accepted_only_when_configured() {
     assert_eq!(
         d.running
             .vault
-            .find_patients_by_mrn("010700")
+            .find_patients_by_mrn("", "010700")
             .unwrap()
             .len(),
         1
@@ -380,7 +380,7 @@ async fn training_messages_are_accepted_only_when_configured() {
     assert!(d
         .running
         .vault
-        .find_patients_by_mrn("010701")
+        .find_patients_by_mrn("", "010701")
         .unwrap()
         .is_empty());
     d.stop().await;

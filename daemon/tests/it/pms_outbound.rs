@@ -87,7 +87,7 @@ async fn seed(d: &Daemon) -> clinic_relay::model::PatientId {
         .0,
         "AA"
     );
-    d.running.vault.find_patients_by_mrn("002000").unwrap()[0]
+    d.running.vault.find_patients_by_mrn("", "002000").unwrap()[0]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

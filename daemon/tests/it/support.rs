@@ -24,12 +24,15 @@ pub fn open(dir: &Path, mk: &MasterKey) -> Vault {
     Vault::open(dir, mk).unwrap()
 }
 
+/// The assigning authority of [`marker_patient`]s' MRNs.
+pub const TEST_AUTHORITY: &str = "TESTHOSP";
+
 /// A synthetic patient whose every PHI field carries `tag`, so a scan can
 /// look for each of them. Obviously fake: ZZMARK names, a 1901 birth date.
 pub fn marker_patient(vault: &Vault, tag: &str) -> Patient {
     let mrn = format!("ZZMARKMRN{tag}");
     Patient {
-        id: vault.patient_id_for_mrn("TESTHOSP", &mrn),
+        id: vault.patient_id_for_mrn(TEST_AUTHORITY, &mrn),
         mrn,
         family_name: format!("ZZMARKFAMILY{tag}"),
         given_name: format!("ZZMARKGIVEN{tag}"),

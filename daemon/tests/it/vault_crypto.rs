@@ -24,7 +24,10 @@ fn patients_round_trip_and_are_found_by_blind_index() {
     vault.put_patient(&a, "test", t0()).unwrap();
     vault.put_patient(&b, "test", t0()).unwrap();
     assert_eq!(vault.get_patient(a.id).unwrap().unwrap(), a);
-    assert_eq!(vault.find_patients_by_mrn(&a.mrn).unwrap(), vec![a.id]);
+    assert_eq!(
+        vault.find_patients_by_mrn(TEST_AUTHORITY, &a.mrn).unwrap(),
+        vec![a.id]
+    );
     assert_eq!(
         vault
             .find_patients_by_phone(b.phone.as_deref().unwrap())

@@ -27,7 +27,10 @@ fn erased_patient_is_unreadable_also_in_an_older_copy() {
         "second erasure is a no-op"
     );
     assert_eq!(vault.get_patient(a.id).unwrap(), None);
-    assert!(vault.find_patients_by_mrn(&a.mrn).unwrap().is_empty());
+    assert!(vault
+        .find_patients_by_mrn(TEST_AUTHORITY, &a.mrn)
+        .unwrap()
+        .is_empty());
     assert_eq!(vault.get_patient(b.id).unwrap().as_ref(), Some(&b));
     let ledger = vault.erasure_ledger().unwrap();
     assert_eq!(ledger, vec![(a.id, t0())]);
@@ -49,8 +52,14 @@ fn erased_patient_is_unreadable_also_in_an_older_copy() {
         Err(VaultError::KeyUnavailable { tree, .. }) => assert_eq!(tree, Tree::Patients.name()),
         other => panic!("erased patient readable from an old copy: {other:?}"),
     }
+    // The MRN lookup goes to the record, which no longer opens: not found.
+    assert!(old
+        .find_patients_by_mrn(TEST_AUTHORITY, &a.mrn)
+        .unwrap()
+        .is_empty());
+    // The phone lookup's entry is sealed under the destroyed key too.
     assert!(matches!(
-        old.find_patients_by_mrn(&a.mrn),
+        old.find_patients_by_phone(a.phone.as_deref().unwrap()),
         Err(VaultError::KeyUnavailable { .. })
     ));
     assert_eq!(old.get_patient(b.id).unwrap().as_ref(), Some(&b));

@@ -42,7 +42,10 @@ fn no_marker_reaches_disk_audit_or_logs() {
         // Reads, lookups, an update and an erasure all leave traces we scan.
         for p in &patients {
             assert_eq!(vault.get_patient(p.id).unwrap().as_ref(), Some(p));
-            assert_eq!(vault.find_patients_by_mrn(&p.mrn).unwrap(), vec![p.id]);
+            assert_eq!(
+                vault.find_patients_by_mrn(TEST_AUTHORITY, &p.mrn).unwrap(),
+                vec![p.id]
+            );
         }
         let mut changed = patients[3].clone();
         changed.family_name = "ZZMARKRENAMED".into();

@@ -332,8 +332,8 @@ async fn lookup_time_with_20000_sent() {
     let sim = Sim::start().await.unwrap();
     let (d, secret) = setup(&sim).await;
     let vault = &d.running.vault;
-    let mine = vault.find_patients_by_mrn("CARE001").unwrap()[0];
-    let theirs = vault.find_patients_by_mrn("CARE002").unwrap()[0];
+    let mine = vault.find_patients_by_mrn("", "CARE001").unwrap()[0];
+    let theirs = vault.find_patients_by_mrn("", "CARE002").unwrap()[0];
     let token = clinic_relay::care::store::token(vault, "APPT-K1");
     let mine_ref = format!("reminder:{}:0", hex::encode(&token[..6]));
     for batch in 0..20u64 {

@@ -27,7 +27,7 @@ async fn staff_find_one_patient_see_reminders_and_record_consent() {
     let sim = Sim::start().await.unwrap();
     sim.add_template(Template::approved("appointment_reminder", "en"));
     let (d, secret) = setup(&sim).await;
-    let id: PatientId = d.running.vault.find_patients_by_mrn("CARE001").unwrap()[0];
+    let id: PatientId = d.running.vault.find_patients_by_mrn("", "CARE001").unwrap()[0];
     let page_path = format!("/p/{}", id.to_hex());
     // The patient's own conversation: its words never reach this page.
     hand_off(&d, "wamid.L1", WA_ID).await;
