@@ -57,7 +57,9 @@ fn field() -> impl Strategy<Value = Field> {
             .map(|comps| Repetition {
                 components: comps
                     .into_iter()
-                    .map(|subcomponents| Component { subcomponents })
+                    .map(|subs| Component {
+                        subcomponents: subs.into(),
+                    })
                     .collect(),
             })
             .collect(),

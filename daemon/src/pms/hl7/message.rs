@@ -7,6 +7,7 @@
 //! empty string as absent, because HL7 does not distinguish the two.
 
 use super::charset::Encoding;
+use smallvec::{smallvec, SmallVec};
 use std::fmt;
 
 /// The delimiters a message declares in MSH-1 and MSH-2.
@@ -50,7 +51,8 @@ impl Default for Separators {
 /// values, so that a stray `{:?}` cannot put PHI into a log or a panic.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Component {
-    pub subcomponents: Vec<String>,
+    /// Inline when there is one (no `&`): most components.
+    pub subcomponents: SmallVec<[String; 1]>,
 }
 
 /// One occurrence of a field (fields may repeat, separated by `~`).
@@ -62,7 +64,8 @@ pub struct Repetition {
 /// A field: zero repetitions when the field is empty on the wire.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Field {
-    pub repetitions: Vec<Repetition>,
+    /// Inline when the field does not repeat: most fields.
+    pub repetitions: SmallVec<[Repetition; 1]>,
 }
 
 /// A segment such as `PID`, with its fields numbered from 1.
@@ -149,7 +152,7 @@ impl Component {
     /// A component holding one subcomponent.
     pub fn from_text(value: impl Into<String>) -> Self {
         Self {
-            subcomponents: vec![value.into()],
+            subcomponents: smallvec![value.into()],
         }
     }
 
@@ -198,7 +201,7 @@ impl Field {
     /// A field holding one plain value.
     pub fn from_text(value: impl Into<String>) -> Self {
         Self {
-            repetitions: vec![Repetition {
+            repetitions: smallvec![Repetition {
                 components: vec![Component::from_text(value)],
             }],
         }
@@ -211,7 +214,7 @@ impl Field {
         S: Into<String>,
     {
         Self {
-            repetitions: vec![Repetition::from_components(values)],
+            repetitions: smallvec![Repetition::from_components(values)],
         }
     }
 

@@ -13,6 +13,7 @@ use super::error::{valid_segment_id, ParseError};
 use super::escape::unescape;
 use super::message::{Component, Field, Message, Repetition, Segment, Separators};
 use super::MAX_MESSAGE_BYTES;
+use smallvec::SmallVec;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -307,14 +308,12 @@ fn parse_field(raw: &[u8], roles: &[Role; 256], seps: &Separators, enc: Encoding
     if repetitions > 1 {
         components = 1;
     }
-    let new_component = || Component {
-        subcomponents: Vec::with_capacity(1),
-    };
+    let new_component = Component::default;
     let new_repetition = || Repetition {
         components: Vec::with_capacity(components),
     };
     let mut field = Field {
-        repetitions: Vec::with_capacity(repetitions),
+        repetitions: SmallVec::with_capacity(repetitions),
     };
     let mut rep = new_repetition();
     let mut comp = new_component();
