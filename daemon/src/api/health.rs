@@ -152,7 +152,7 @@ pub fn check(state: &ApiState) -> Health {
         },
         whatsapp_host: health.whatsapp_host.clone(),
         token,
-        patients: vault.count(Tree::Patients),
+        patients: vault.patient_count(),
         pms_last_message_at: health.ingest.last_message_at(),
         pms_outbox_depth,
         pms_outbox_oldest,

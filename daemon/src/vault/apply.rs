@@ -101,6 +101,20 @@ impl Vault {
             });
             receipt.audit_seq = Some(seq);
         }
+        let patients = self.patients_after(&txn.ops, chain.patients)?;
+        if patients != chain.patients || chain.patients_unsaved {
+            let value = self.seal_value(
+                Tree::Meta,
+                PATIENT_COUNT_KEY,
+                Owner::System,
+                &patients.to_be_bytes(),
+            )?;
+            writes.push(Write::Put {
+                tree: Tree::Meta,
+                key: PATIENT_COUNT_KEY.to_vec(),
+                value,
+            });
+        }
         if writes.is_empty() {
             // Nothing changed (an unchanged record, a repeat): sled must not
             // see an empty transaction (it panics on one).
@@ -108,6 +122,8 @@ impl Vault {
         }
         self.inner.store.apply(&writes)?;
         receipt.wrote = true;
+        chain.patients = patients;
+        chain.patients_unsaved = false;
         chain.seq = seq;
         chain.hash = hash;
         chain.anchor_marked |= receipt.audit_seq.is_some();
@@ -116,6 +132,35 @@ impl Vault {
         }
         receipt.appended = next_seqs;
         Ok(receipt)
+    }
+
+    /// The number of patient records once `ops` are applied: the last op on
+    /// each patient's key decides whether it is there, against whether it
+    /// is there now (the store as the writer sees it, earlier commits of
+    /// the batch included).
+    fn patients_after(&self, ops: &[Op], before: u64) -> VaultResult<u64> {
+        let mut last: Vec<(&[u8], bool)> = Vec::new();
+        for op in ops {
+            let (key, present) = match op {
+                Op::Put(Tree::Patients, key, ..) => (key.as_slice(), true),
+                Op::Remove(Tree::Patients, key) => (key.as_slice(), false),
+                Op::Put(..) | Op::Remove(..) => continue,
+            };
+            match last.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = present,
+                None => last.push((key, present)),
+            }
+        }
+        let mut count = before;
+        for (key, present) in last {
+            let was = self.inner.store.get(Tree::Patients, key)?.is_some();
+            match (was, present) {
+                (false, true) => count = count.saturating_add(1),
+                (true, false) => count = count.saturating_sub(1),
+                _ => {}
+            }
+        }
+        Ok(count)
     }
 
     /// Commits `txn` as a job of the writer and returns once it is durable.

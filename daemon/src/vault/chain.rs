@@ -31,6 +31,18 @@ impl Vault {
                 .map_or(0, u64::from_be_bytes);
             chain.last_seq.insert(tree, last.max(stored));
         }
+        match self
+            .get(Tree::Meta, PATIENT_COUNT_KEY)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        {
+            Some(stored) => chain.patients = u64::from_be_bytes(stored),
+            None => {
+                // A store from before the count was kept: counted once.
+                let counted = self.inner.store.len(Tree::Patients)?;
+                chain.patients = u64::try_from(counted).unwrap_or(u64::MAX);
+                chain.patients_unsaved = counted > 0;
+            }
+        }
         // Everything on disk at open is durable.
         let events = chain.last_seq.get(&Tree::Events).copied().unwrap_or(0);
         self.inner.events_durable.send_replace(events);

@@ -113,6 +113,11 @@ struct ChainState {
     anchor_marked: bool,
     /// What the anchor check at open found wrong (also in `damage`).
     anchor_fault: Option<AuditFault>,
+    /// The number of records in [`Tree::Patients`] (see [`PATIENT_COUNT_KEY`]).
+    patients: u64,
+    /// The count was made by a scan at open (a store from before it was
+    /// kept): the next commit stores it.
+    patients_unsaved: bool,
 }
 
 struct Inner {
@@ -162,6 +167,11 @@ impl std::fmt::Debug for Vault {
 }
 
 /// Where the high-water mark of a sequenced tree is kept (in `Meta`).
+/// Where the number of patient records is kept (in [`Tree::Meta`]), written
+/// by every commit that adds or removes one, so that the status never scans
+/// the patients (a scan of 100,000 pulled 39 MB of sled pages into memory).
+const PATIENT_COUNT_KEY: &[u8] = b"count/patients";
+
 fn high_water_key(tree: Tree) -> Vec<u8> {
     format!("high-water/{}", tree.name()).into_bytes()
 }
@@ -263,6 +273,8 @@ impl Vault {
                     anchored: 0,
                     anchor_marked: false,
                     anchor_fault: None,
+                    patients: 0,
+                    patients_unsaved: false,
                 }),
                 events_durable: tokio::sync::watch::channel(0).0,
                 outbox_signal: tokio::sync::Notify::new(),

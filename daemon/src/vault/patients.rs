@@ -260,6 +260,7 @@ impl Vault {
 
 #[cfg(test)]
 mod tests {
+    use super::super::PATIENT_COUNT_KEY;
     use super::*;
     use crate::keys::MasterKey;
 
@@ -276,6 +277,74 @@ mod tests {
             deceased: false,
             protected: false,
         }
+    }
+
+    /// The patient count follows creations, updates, a patient written
+    /// twice in one commit, erasures, and reopens; a store without it (from
+    /// before) is counted at open and the count stored by the next commit.
+    #[test]
+    fn the_patient_count_is_kept_by_every_commit_and_survives_a_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mk = MasterKey::generate().unwrap();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let (a, b, c) = {
+            let vault = Vault::open(tmp.path(), &mk).unwrap();
+            let (a, b, c) = (
+                patient(&vault, "A"),
+                patient(&vault, "B"),
+                patient(&vault, "C"),
+            );
+            let (a2, b2) = (a.clone(), b.clone());
+            vault
+                .write_blocking(move |v| {
+                    let mut txn = v.patient_upsert_txn(&a2, "test", now)?;
+                    txn.extend(v.patient_upsert_txn(&b2, "test", now)?);
+                    // The same new patient twice in one commit counts once.
+                    let mut again = a2.clone();
+                    again.given_name = "ZZIDXOTHER".to_owned();
+                    txn.extend(v.patient_upsert_txn(&again, "test", now)?);
+                    Ok::<_, VaultError>((txn, ()))
+                })
+                .unwrap();
+            assert_eq!(vault.patient_count(), 2);
+            vault.put_patient(&c, "test", now).unwrap();
+            let mut b_moved = b.clone();
+            b_moved.phone = Some("+4915550999".to_owned());
+            vault.put_patient(&b_moved, "test", now).unwrap();
+            assert_eq!(vault.patient_count(), 3, "an update is no new patient");
+            assert!(vault.erase_patient(c.id, "test", now).unwrap());
+            assert!(!vault.erase_patient(c.id, "test", now).unwrap());
+            assert_eq!(vault.patient_count(), 2);
+            vault.close().unwrap();
+            (a, b, c)
+        };
+        let vault = Vault::open(tmp.path(), &mk).unwrap();
+        assert_eq!(vault.patient_count(), 2);
+        assert!(vault.verify().unwrap().problems.is_empty());
+        // As a store from before the count: without its record.
+        vault
+            .commit({
+                let mut txn = Txn::new(now);
+                txn.remove(Tree::Meta, PATIENT_COUNT_KEY.to_vec());
+                txn
+            })
+            .unwrap();
+        vault.close().unwrap();
+        let vault = Vault::open(tmp.path(), &mk).unwrap();
+        assert_eq!(vault.patient_count(), 2, "counted at open");
+        assert!(vault.get(Tree::Meta, PATIENT_COUNT_KEY).unwrap().is_none());
+        vault.put_patient(&c, "test", now).unwrap();
+        assert_eq!(vault.patient_count(), 3);
+        vault.close().unwrap();
+        let vault = Vault::open(tmp.path(), &mk).unwrap();
+        assert_eq!(vault.patient_count(), 3);
+        let stored = vault.get(Tree::Meta, PATIENT_COUNT_KEY).unwrap().unwrap();
+        assert_eq!(stored, 3u64.to_be_bytes());
+        let report = vault.verify().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.patients, 3);
+        let _ = (a, b);
+        vault.close().unwrap();
     }
 
     /// A store written by an earlier version holds an MRN index entry per

@@ -104,6 +104,12 @@ impl Vault {
             .map(|r| Ok(r?.0.as_ref().to_vec()))
     }
 
+    /// The number of patient records (erased patients' records left by a
+    /// restored backup included), kept by every commit: no scan.
+    pub fn patient_count(&self) -> usize {
+        usize::try_from(crate::sync::lock(&self.inner.commit_lock).patients).unwrap_or(usize::MAX)
+    }
+
     /// The number of records in a tree; 0 when the store cannot be read
     /// (it is then marked failed, and the status says so).
     pub fn count(&self, tree: Tree) -> usize {

@@ -43,8 +43,10 @@ impl Vault {
         let mut report = VerifyReport::default();
         let mut expected_index: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut patients: BTreeSet<PatientId> = BTreeSet::new();
+        let mut stored_patients: u64 = 0;
         for item in self.inner.store.scan_from(Tree::Patients, &[]) {
             let (k, v) = item?;
+            stored_patients += 1;
             match self.open_value(Tree::Patients, k.as_ref(), v.as_ref()) {
                 Ok(plain) => {
                     let p: Patient = serde_json::from_slice(&plain)
@@ -62,6 +64,12 @@ impl Vault {
             }
         }
         report.patients = patients.len();
+        let counted = crate::sync::lock(&self.inner.commit_lock).patients;
+        if counted != stored_patients {
+            report.problems.push(format!(
+                "the patient count says {counted}, the store holds {stored_patients} patient records"
+            ));
+        }
         let mut seen_index = BTreeSet::new();
         for item in self.inner.store.scan_from(Tree::PatientIndex, &[]) {
             let (k, v) = item?;
