@@ -24,19 +24,15 @@ pub(crate) fn patient_id(segment: &str) -> Result<PatientId, Problem> {
     PatientId::from_hex(segment).ok_or_else(|| Problem::not_found("patient ids are 32 hex digits"))
 }
 
-/// The patients with exactly this MRN (blind index: no partial match).
+/// The patient with exactly this MRN (no partial match), as a list: the
+/// search answers with one.
 pub(crate) fn find_by_mrn(state: &ApiState, mrn: &str) -> Result<Vec<Patient>, Problem> {
-    let mut found = Vec::new();
-    for id in state
+    Ok(state
         .vault
-        .find_patients_by_mrn(&state.authority, mrn)
+        .patient_by_mrn(&state.authority, mrn)
         .map_err(internal)?
-    {
-        if let Some(p) = state.vault.get_patient(id).map_err(internal)? {
-            found.push(p);
-        }
-    }
-    Ok(found)
+        .into_iter()
+        .collect())
 }
 
 /// The patients with this phone number, written any way the clinic's

@@ -1,6 +1,5 @@
 //! Patients in the vault: the record, its blind-index lookups, erasure.
 
-use super::store::Store;
 use super::{AfterCommit, Owner, Tree, Txn, Vault, VaultError, VaultResult};
 use crate::audit::AuditDraft;
 use crate::model::{Patient, PatientId};
@@ -119,11 +118,17 @@ impl Vault {
     /// as every patient's is when the PMS or the API registers them, so no
     /// index entry is needed. An erased or merged-away patient is not found.
     pub fn find_patients_by_mrn(&self, authority: &str, mrn: &str) -> VaultResult<Vec<PatientId>> {
+        Ok(self
+            .patient_by_mrn(authority, mrn)?
+            .map(|p| p.id)
+            .into_iter()
+            .collect())
+    }
+
+    /// The record [`Vault::find_patients_by_mrn`] finds, opened.
+    pub fn patient_by_mrn(&self, authority: &str, mrn: &str) -> VaultResult<Option<Patient>> {
         let id = self.patient_id_for_mrn(authority, mrn);
-        Ok(match self.get_patient(id)? {
-            Some(p) if p.mrn == mrn => vec![id],
-            _ => Vec::new(),
-        })
+        Ok(self.get_patient(id)?.filter(|p| p.mrn == mrn))
     }
 
     /// Removes the MRN index entries an earlier version wrote (about a third
@@ -133,20 +138,7 @@ impl Vault {
     pub(super) fn drop_retired_mrn_index(&self) -> VaultResult<usize> {
         let mut removed = 0;
         loop {
-            let keys = self
-                .inner
-                .store
-                .scan_from(Tree::PatientIndex, &[IDX_MRN_RETIRED])
-                .take_while(|r| {
-                    r.as_ref()
-                        .map_or(true, |(k, _)| k.first() == Some(&IDX_MRN_RETIRED))
-                })
-                .take(RETIRE_BATCH)
-                .map(|r| {
-                    r.map(|(k, _)| k.as_ref().to_vec())
-                        .map_err(VaultError::from)
-                })
-                .collect::<VaultResult<Vec<_>>>()?;
+            let keys = self.retired_mrn_keys(RETIRE_BATCH)?;
             if keys.is_empty() {
                 return Ok(removed);
             }
@@ -159,6 +151,17 @@ impl Vault {
                 Ok::<_, VaultError>((txn, ()))
             })?;
         }
+    }
+
+    /// Up to `limit` of the MRN index keys an earlier version wrote.
+    fn retired_mrn_keys(&self, limit: usize) -> VaultResult<Vec<Vec<u8>>> {
+        self.scan_keys_from(Tree::PatientIndex, &[IDX_MRN_RETIRED])
+            .take_while(|r| {
+                r.as_ref()
+                    .map_or(true, |k| k.first() == Some(&IDX_MRN_RETIRED))
+            })
+            .take(limit)
+            .collect()
     }
 
     /// Erases a patient: removes their records and index entries, writes the
@@ -287,7 +290,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mk = MasterKey::generate().unwrap();
         let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let (a, b, c) = {
+        let c = {
             let vault = Vault::open(tmp.path(), &mk).unwrap();
             let (a, b, c) = (
                 patient(&vault, "A"),
@@ -316,7 +319,7 @@ mod tests {
             assert!(!vault.erase_patient(c.id, "test", now).unwrap());
             assert_eq!(vault.patient_count(), 2);
             vault.close().unwrap();
-            (a, b, c)
+            c
         };
         let vault = Vault::open(tmp.path(), &mk).unwrap();
         assert_eq!(vault.patient_count(), 2);
@@ -343,7 +346,6 @@ mod tests {
         let report = vault.verify().unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert_eq!(report.patients, 3);
-        let _ = (a, b);
         vault.close().unwrap();
     }
 
@@ -390,16 +392,7 @@ mod tests {
             vault.close().unwrap();
         }
         let vault = Vault::open(tmp.path(), &mk).unwrap();
-        let left = vault
-            .inner
-            .store
-            .scan_from(Tree::PatientIndex, &[IDX_MRN_RETIRED])
-            .take_while(|r| {
-                r.as_ref()
-                    .map_or(true, |(k, _)| k.first() == Some(&IDX_MRN_RETIRED))
-            })
-            .count();
-        assert_eq!(left, 0);
+        assert!(vault.retired_mrn_keys(usize::MAX).unwrap().is_empty());
         let report = vault.verify().unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert_eq!(report.patients, n);

@@ -128,32 +128,16 @@ impl SegmentBuilder {
     }
 }
 
-/// Make `items[i]` exist (filling with defaults) and return it.
-fn grow<T: Default>(items: &mut impl Growable<T>, i: usize) -> Option<&mut T> {
-    if items.len() <= i {
-        items.resize_with(i + 1, T::default);
-    }
-    items.get_mut(i)
-}
-
-/// The vectors of the HL7 tree, plain and small.
-trait Growable<T>: std::ops::DerefMut<Target = [T]> {
-    fn resize_with(&mut self, len: usize, f: fn() -> T);
-}
-
-impl<T> Growable<T> for Vec<T> {
-    fn resize_with(&mut self, len: usize, f: fn() -> T) {
-        Vec::resize_with(self, len, f);
-    }
-}
-
-impl<T, const N: usize> Growable<T> for smallvec::SmallVec<[T; N]>
+/// Make `items[i]` exist (filling with defaults) and return it; `items` is
+/// any of the tree's vectors (`Vec`, `SmallVec`).
+fn grow<T, V>(items: &mut V, i: usize) -> Option<&mut T>
 where
-    [T; N]: smallvec::Array<Item = T>,
+    T: Default,
+    V: std::ops::DerefMut<Target = [T]> + Extend<T>,
 {
-    fn resize_with(&mut self, len: usize, f: fn() -> T) {
-        smallvec::SmallVec::resize_with(self, len, f);
-    }
+    let missing = (i + 1).saturating_sub(items.len());
+    items.extend(std::iter::repeat_with(T::default).take(missing));
+    items.get_mut(i)
 }
 
 /// A message being written: segments in order, the first one MSH.
