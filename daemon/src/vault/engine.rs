@@ -310,7 +310,7 @@ impl Engine {
                 &mut records,
             );
         }
-        log.wal.append_durably(&records)?;
+        log.wal.append_durably(&mut records)?;
         log.keys_since_cut |= !keys.is_empty();
         self.write_to_sled(&commits)?;
         {

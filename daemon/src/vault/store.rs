@@ -506,12 +506,7 @@ mod tests {
         assert_eq!(store.durable_flushes(), 2);
         // A checkpoint hands everything to sled and empties the log.
         store.checkpoint().unwrap();
-        assert_eq!(
-            std::fs::metadata(dir.path().join(wal::WAL_FILE))
-                .unwrap()
-                .len(),
-            0
-        );
+        assert_eq!(wal::tests::records_on_disk(dir.path()), (vec![], 0));
         assert_eq!(get(&store, b"k"), Some(marker));
     }
 
@@ -521,7 +516,7 @@ mod tests {
     #[test]
     fn a_log_with_keyring_lines_is_kept_until_the_keyring_has_them() {
         let dir = tempfile::tempdir().unwrap();
-        let wal_len = |dir: &Path| std::fs::metadata(dir.join(wal::WAL_FILE)).unwrap().len();
+        let wal_len = |dir: &Path| wal::tests::records_on_disk(dir).1;
         let store = SledStore::open(dir.path()).unwrap();
         store.stage_keys(b"key line\n");
         // Past the checkpoint size in one commit: without keyring lines the
@@ -586,7 +581,7 @@ mod tests {
         assert_eq!(get(&store, b"y"), Some(b"3".to_vec()));
         // Replayed into sled for good: the log starts empty, and the next
         // commit's number follows on.
-        assert_eq!(std::fs::metadata(old.join(wal::WAL_FILE)).unwrap().len(), 0);
+        assert_eq!(wal::tests::records_on_disk(&old), (vec![], 0));
         store.apply(&[put(b"z", b"4")]).unwrap();
         store.flush().unwrap();
         drop(store);

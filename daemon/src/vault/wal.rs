@@ -6,7 +6,7 @@
 //! followed by the last one's number ([`APPLIED_KEY`]). sled writes its log
 //! when a buffer fills, and is flushed only at a *checkpoint* (when this
 //! log has grown past [`CHECKPOINT_BYTES`], and when the store closes),
-//! after which the log is cut back to nothing.
+//! after which the log is cut: it holds no record any more.
 //!
 //! After a crash, sled's state is a prefix of the writes made to it, so on
 //! open every record numbered past sled's is applied again, whole and in
@@ -15,12 +15,35 @@
 //! sled's is skipped (applying it again would undo a later commit's writes
 //! to the same keys).
 //!
-//! Record layout (little-endian):
+//! The file is reused, not truncated: a cut starts a new *epoch* (a number
+//! in the file's header, which every record carries) and the next records
+//! overwrite the last epoch's in place. An append that only overwrites
+//! blocks the file already has is made durable by an `fdatasync` that
+//! writes those blocks and nothing else, where an append that grows the
+//! file also commits its new size through the file system's journal: on
+//! this machine's ext4 the sync took 0.10–0.14 ms instead of 0.17 ms, and
+//! the in-process ingest gained about 10 % (docs/performance.md). A record
+//! of an earlier epoch found past the last one of this epoch ends the log
+//! like a torn one. Keyring lines (keys records) are zeroed at the cut that
+//! ends their epoch, so an erased patient's key line does not linger in
+//! the file (the keyring has the line by then, and erasure rewrites it).
+//!
+//! File layout (little-endian):
 //!
 //! ```text
-//! len: u32 | check: [u8; 8] | body (len bytes)
-//! check = CRC-32 of body (u32) | "crc1"   (a log written before December 2026:
-//!         the first 8 bytes of the body's SHA-256, still read)
+//! file = "crwal\x02\0\0" | epoch: u64 | records
+//! record = len: u32 | check: [u8; 8] | body (len bytes)
+//! check = CRC-32 of body (u32) | epoch (its low 32 bits)
+//! ```
+//!
+//! A log written before December 2026 has no header: its records start at
+//! the first byte, each checked by the body's CRC-32 and `"crc1"` (or, from
+//! earlier still, the first 8 bytes of the body's SHA-256). It is read as
+//! it is and becomes a reused file at its first cut.
+//!
+//! Record bodies:
+//!
+//! ```text
 //! body = number: u64 | count: u32 | count × write
 //! write = kind: u8 (0 put, 1 remove) | name_len: u8 | tree name | key_len: u32 | key
 //!         | (put only) value_len: u32 | value
@@ -36,13 +59,14 @@
 //! open those the keyring lacks.
 //!
 //! A record cut short or damaged ends the log: it was being written when
-//! the process died (or the disk filled), so it was never acknowledged; it
-//! is cut off at open, before anything is appended after it.
+//! the process died (or the disk filled), so it was never acknowledged.
+//! The open carries the records before it into a new epoch, before
+//! anything is written after them.
 
 use super::store::{Tree, Write};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Write as _};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The log's file name inside the store's folder (sled ignores it).
@@ -60,6 +84,11 @@ pub const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 /// A record claiming more than this is damage, not a commit.
 const MAX_RECORD: u32 = 1 << 30;
 const HEADER: usize = 4 + 8;
+
+/// The start of a reused log file; the epoch follows it.
+const MAGIC: &[u8; 8] = b"crwal\x02\0\0";
+/// Magic and epoch: where a reused file's records begin.
+const FILE_HEADER: u64 = 16;
 
 /// The number a keys record carries instead of a commit's.
 const KEYS_RECORD: u64 = 0;
@@ -163,20 +192,58 @@ fn check_matches(body: &[u8], found: &[u8]) -> bool {
     d.as_ref().get(..8) == Some(found)
 }
 
+/// How the file is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Reused: a header, then the records of the current epoch.
+    Reused { epoch: u64 },
+    /// As written before December 2026: records from the first byte,
+    /// appended, the file truncated at a cut (which turns it into a reused
+    /// one).
+    Appended,
+}
+
+impl Layout {
+    /// Where records begin.
+    fn base(self) -> u64 {
+        match self {
+            Layout::Reused { .. } => FILE_HEADER,
+            Layout::Appended => 0,
+        }
+    }
+
+    /// What a record's check ends in: its epoch, or `None` for the old
+    /// checks.
+    fn epoch_tag(self) -> Option<[u8; 4]> {
+        match self {
+            // The low 32 bits: an epoch passes 2^32 only after as many cuts.
+            Layout::Reused { epoch } => Some((epoch as u32).to_le_bytes()),
+            Layout::Appended => None,
+        }
+    }
+}
+
 /// The log file of one open store.
 pub struct Wal {
     path: PathBuf,
     file: File,
-    /// Bytes in the file since it was last cut.
+    layout: Layout,
+    /// Bytes of records since the file was last cut.
     len: u64,
     /// The keyring lines of the keys records read at open.
     keys: Vec<u8>,
+    /// Where this epoch's keys records lie (offset, length): zeroed at the
+    /// cut.
+    key_ranges: Vec<(u64, u64)>,
 }
 
 impl Wal {
-    /// Opens (or creates) the log in the store folder `dir`, reads every
-    /// whole record, and cuts off a torn or damaged tail. Returns the log
-    /// and its records in order.
+    /// Opens (or creates) the log in the store folder `dir` and reads every
+    /// whole record; a torn or damaged record ends the log. Whatever
+    /// follows the records read is made unreadable (a new epoch when there
+    /// are none, zeroes after them otherwise), so that nothing written
+    /// from here on can be followed on disk by a stale record that still
+    /// checks. Returns the log and its records in order.
     pub fn open(dir: &Path) -> Result<(Self, Vec<Record>), WalError> {
         let path = dir.join(WAL_FILE);
         let io_err = |source| WalError::Io {
@@ -186,34 +253,59 @@ impl Wal {
         let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            // Kept: the log's records, and its blocks for the next epoch.
+            .truncate(false)
             .mode(0o600)
             .open(&path)
             .map_err(io_err)?;
         if !existed {
             super::fsio::sync_parent_dir(&path).map_err(io_err)?;
         }
-        let (records, keys, whole) = read_records(&file).map_err(io_err)?;
+        let layout = read_layout(&file).map_err(io_err)?;
+        let read = read_records(&file, layout).map_err(io_err)?;
         let on_disk = file.metadata().map_err(io_err)?.len();
-        if whole < on_disk {
-            tracing::warn!(
-                kept = whole,
-                cut = on_disk - whole,
-                "the write-ahead log ended in a torn record (a crash or a full disk while it was written); it is cut off"
-            );
-            file.set_len(whole).map_err(io_err)?;
-            file.sync_data().map_err(io_err)?;
+        let mut wal = Self {
+            path: path.clone(),
+            file,
+            layout,
+            len: read.whole,
+            keys: read.keys,
+            key_ranges: Vec::new(),
+        };
+        match layout {
+            Layout::Appended => {
+                if read.whole < on_disk {
+                    tracing::warn!(
+                        kept = read.whole,
+                        cut = on_disk - read.whole,
+                        "the write-ahead log ended in a torn record (a crash or a full disk while it was written); it is cut off"
+                    );
+                    wal.file.set_len(read.whole).map_err(io_err)?;
+                    wal.file.sync_data().map_err(io_err)?;
+                }
+            }
+            Layout::Reused { epoch } if read.whole == 0 => {
+                // Nothing to keep: a new epoch makes whatever the file
+                // still holds unreadable as records.
+                wal.write_header(epoch + 1).map_err(io_err)?;
+                wal.file.sync_data().map_err(io_err)?;
+            }
+            Layout::Reused { .. } => {
+                // The records read are kept in this epoch; what follows
+                // them may hold a stale record of it (a torn write's later
+                // blocks can reach the disk before its earlier ones), which
+                // must never come to follow the next records: zeroed, over
+                // blocks the file has (so even a full disk allows it).
+                let end = FILE_HEADER + read.whole;
+                wal.zero(end, on_disk.saturating_sub(end))
+                    .and_then(|()| wal.file.sync_data())
+                    .map_err(io_err)?;
+                wal.key_ranges = read.key_ranges;
+            }
         }
-        Ok((
-            Self {
-                path,
-                file,
-                len: whole,
-                keys,
-            },
-            records,
-        ))
+        Ok((wal, read.records))
     }
 
     pub fn path(&self) -> &Path {
@@ -230,48 +322,153 @@ impl Wal {
         self.len
     }
 
-    /// Appends `bytes` (whole records) and syncs them. On failure the file
-    /// is cut back to where it was, so no fragment is left to glue onto.
-    pub fn append_durably(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// Writes `bytes` (whole records, as [`encode`] and [`encode_keys`]
+    /// make them) after the last record, each check ending in the epoch,
+    /// and syncs them. On failure what was written is zeroed again (best
+    /// effort), so no fragment is left to be read.
+    pub fn append_durably(&mut self, bytes: &mut [u8]) -> io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
-        match (&self.file)
-            .write_all(bytes)
+        let at = self.layout.base() + self.len;
+        let keys = stamp(bytes, self.layout.epoch_tag());
+        match self
+            .file
+            .write_all_at(bytes, at)
             .and_then(|()| self.file.sync_data())
         {
             Ok(()) => {
                 self.len += bytes.len() as u64;
+                self.key_ranges
+                    .extend(keys.into_iter().map(|(off, n)| (at + off, n)));
                 Ok(())
             }
             Err(e) => {
                 // Best effort: the error that matters is the append's.
                 let _ = self
-                    .file
-                    .set_len(self.len)
+                    .zero(at, bytes.len() as u64)
                     .and_then(|()| self.file.sync_data());
                 Err(e)
             }
         }
     }
 
-    /// Empties the log, once sled holds everything it recorded.
+    /// Empties the log, once sled holds everything it recorded: the next
+    /// epoch begins, and this one's keyring lines are zeroed first.
     pub fn cut(&mut self) -> io::Result<()> {
-        self.file.set_len(0)?;
+        let next = match self.layout {
+            Layout::Appended => {
+                self.file.set_len(0)?;
+                1
+            }
+            Layout::Reused { epoch } => {
+                if !self.key_ranges.is_empty() {
+                    for (at, n) in std::mem::take(&mut self.key_ranges) {
+                        self.zero(at, n)?;
+                    }
+                    // Durable before the epoch moves on: a crash between
+                    // the two never leaves lines behind a valid header.
+                    self.file.sync_data()?;
+                }
+                epoch + 1
+            }
+        };
+        self.write_header(next)?;
         self.file.sync_data()?;
         self.len = 0;
         Ok(())
     }
+
+    fn write_header(&mut self, epoch: u64) -> io::Result<()> {
+        let mut header = [0u8; FILE_HEADER as usize];
+        let (magic, number) = header.split_at_mut(MAGIC.len());
+        magic.copy_from_slice(MAGIC);
+        number.copy_from_slice(&epoch.to_le_bytes());
+        self.file.write_all_at(&header, 0)?;
+        self.layout = Layout::Reused { epoch };
+        Ok(())
+    }
+
+    fn zero(&self, at: u64, n: u64) -> io::Result<()> {
+        const CHUNK: u64 = 64 * 1024;
+        let zeros = vec![0u8; n.min(CHUNK) as usize];
+        let mut done = 0;
+        while done < n {
+            let step = (n - done).min(CHUNK);
+            self.file
+                .write_all_at(zeros.get(..step as usize).unwrap_or_default(), at + done)?;
+            done += step;
+        }
+        Ok(())
+    }
 }
 
-/// Reads whole records from the start of `file`; returns them and the
-/// length they span (where a torn or damaged tail begins).
-fn read_records(file: &File) -> io::Result<(Vec<Record>, Vec<u8>, u64)> {
+/// Writes each whole record's epoch into its check (when the layout has
+/// one), and returns where the keys records lie (offset in `bytes`,
+/// length).
+fn stamp(bytes: &mut [u8], epoch_tag: Option<[u8; 4]>) -> Vec<(u64, u64)> {
+    let mut keys = Vec::new();
+    let mut at = 0usize;
+    while let Some(len_bytes) = bytes.get(at..at + 4) {
+        let len = u32::from_le_bytes(len_bytes.try_into().unwrap_or_default()) as usize;
+        let end = at + HEADER + len;
+        if end > bytes.len() {
+            // A record cut short (only tests write one): left as it is,
+            // it ends the log.
+            break;
+        }
+        if let (Some(tag), Some(slot)) = (epoch_tag, bytes.get_mut(at + 8..at + HEADER)) {
+            slot.copy_from_slice(&tag);
+        }
+        if bytes.get(at + HEADER..at + HEADER + 8) == Some(&KEYS_RECORD.to_le_bytes()[..]) {
+            keys.push((at as u64, (HEADER + len) as u64));
+        }
+        at = end;
+    }
+    keys
+}
+
+/// The layout the file is in: a reused file starts with [`MAGIC`]; an empty
+/// one becomes reused (epoch 0, moved on by the open).
+fn read_layout(file: &File) -> io::Result<Layout> {
+    if file.metadata()?.len() == 0 {
+        return Ok(Layout::Reused { epoch: 0 });
+    }
+    let mut header = [0u8; FILE_HEADER as usize];
+    if file.read_exact_at(&mut header, 0).is_ok() && header.starts_with(MAGIC) {
+        let mut epoch = [0u8; 8];
+        epoch.copy_from_slice(header.get(MAGIC.len()..).unwrap_or_default());
+        return Ok(Layout::Reused {
+            epoch: u64::from_le_bytes(epoch),
+        });
+    }
+    Ok(Layout::Appended)
+}
+
+/// What [`read_records`] found.
+struct Found {
+    records: Vec<Record>,
+    keys: Vec<u8>,
+    /// The bytes the whole records span (where a torn or damaged one, or
+    /// an earlier epoch's, begins).
+    whole: u64,
+    /// Where the keys records lie in the file (offset, length).
+    key_ranges: Vec<(u64, u64)>,
+}
+
+/// Reads whole records of the current epoch from where the layout puts
+/// the first.
+fn read_records(file: &File, layout: Layout) -> io::Result<Found> {
+    let base = layout.base();
     let file_len = file.metadata()?.len();
     let mut reader = BufReader::new(file);
-    let mut records = Vec::new();
-    let mut keys = Vec::new();
-    let mut whole: u64 = 0;
+    reader.seek(SeekFrom::Start(base))?;
+    let mut read = Found {
+        records: Vec::new(),
+        keys: Vec::new(),
+        whole: 0,
+        key_ranges: Vec::new(),
+    };
     loop {
         let mut header = [0u8; HEADER];
         if !read_full(&mut reader, &mut header)? {
@@ -282,22 +479,32 @@ fn read_records(file: &File) -> io::Result<(Vec<Record>, Vec<u8>, u64)> {
         let len = u32::from_le_bytes(len_bytes);
         // A length past the end of the file is a torn record (and never
         // worth allocating for).
-        let end = whole + HEADER as u64 + u64::from(len);
-        if len > MAX_RECORD || end > file_len {
+        let end = read.whole + HEADER as u64 + u64::from(len);
+        if len > MAX_RECORD || base + end > file_len {
             break;
         }
         let mut body = vec![0u8; len as usize];
-        if !read_full(&mut reader, &mut body)? || !check_matches(&body, &header[4..]) {
+        if !read_full(&mut reader, &mut body)? {
+            break;
+        }
+        let checked = match layout.epoch_tag() {
+            Some(tag) => header[4..8] == crc32fast::hash(&body).to_le_bytes() && header[8..] == tag,
+            None => check_matches(&body, &header[4..]),
+        };
+        if !checked {
             break;
         }
         match decode(&body) {
-            Some(Decoded::Commit(record)) => records.push(record),
-            Some(Decoded::Keys(lines)) => keys.extend_from_slice(&lines),
+            Some(Decoded::Commit(record)) => read.records.push(record),
+            Some(Decoded::Keys(lines)) => {
+                read.keys.extend_from_slice(&lines);
+                read.key_ranges.push((base + read.whole, end - read.whole));
+            }
             None => break,
         }
-        whole = end;
+        read.whole = end;
     }
-    Ok((records, keys, whole))
+    Ok(read)
 }
 
 /// Fills `buf`; `false` when the file ends first.
@@ -392,7 +599,7 @@ pub fn to_replay(path: &Path, applied: u64, records: Vec<Record>) -> Result<Vec<
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
@@ -415,8 +622,19 @@ mod tests {
         }
     }
 
+    /// The records of the current epoch a log file holds, read without
+    /// opening it (an open starts a new epoch).
+    pub(in crate::vault) fn records_on_disk(dir: &Path) -> (Vec<u64>, u64) {
+        let file = File::open(dir.join(WAL_FILE)).unwrap();
+        let found = read_records(&file, read_layout(&file).unwrap()).unwrap();
+        (
+            found.records.iter().map(|r| r.number).collect(),
+            found.whole,
+        )
+    }
+
     #[test]
-    fn records_read_back_and_a_torn_tail_is_cut_off() {
+    fn records_read_back_and_a_torn_tail_ends_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, records) = Wal::open(dir.path()).unwrap();
         assert!(records.is_empty());
@@ -433,17 +651,22 @@ mod tests {
             ],
             &mut bytes,
         );
-        wal.append_durably(&bytes).unwrap();
+        wal.append_durably(&mut bytes).unwrap();
         let whole = wal.len();
         // A third record cut short, as a crash in mid-write leaves it.
         let mut third = Vec::new();
         encode_writes(3, &[put(b"d", b"4")], &mut third);
-        wal.append_durably(&third[..third.len() - 3]).unwrap();
+        let torn = third.len() - 3;
+        wal.append_durably(&mut third[..torn]).unwrap();
         drop(wal);
 
         let (wal, records) = Wal::open(dir.path()).unwrap();
         assert_eq!(wal.len(), whole);
-        assert_eq!(std::fs::metadata(wal.path()).unwrap().len(), whole);
+        // Nothing of the torn record is left after the whole ones.
+        let file = std::fs::read(wal.path()).unwrap();
+        assert!(file[(FILE_HEADER + whole) as usize..]
+            .iter()
+            .all(|b| *b == 0));
         let numbers: Vec<u64> = records.iter().map(|r| r.number).collect();
         assert_eq!(numbers, [1, 2]);
         assert!(matches!(
@@ -453,7 +676,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_records_read_back_apart_from_the_commits_and_a_torn_one_is_cut_off() {
+    fn keys_records_read_back_apart_from_the_commits_and_a_torn_one_ends_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = Wal::open(dir.path()).unwrap();
         let mut bytes = Vec::new();
@@ -461,13 +684,14 @@ mod tests {
         encode_writes(1, &[put(b"a", b"1")], &mut bytes);
         encode_keys(b"line two\n", &mut bytes);
         encode_writes(2, &[put(b"b", b"2")], &mut bytes);
-        wal.append_durably(&bytes).unwrap();
+        wal.append_durably(&mut bytes).unwrap();
         let whole = wal.len();
         // A keys record cut short: its keys were never used (the commits
-        // sealed under them follow it), so it is cut off like a commit.
+        // sealed under them follow it), so it ends the log like a commit.
         let mut torn = Vec::new();
         encode_keys(b"line three\n", &mut torn);
-        wal.append_durably(&torn[..torn.len() - 2]).unwrap();
+        let cut = torn.len() - 2;
+        wal.append_durably(&mut torn[..cut]).unwrap();
         drop(wal);
 
         let (mut wal, records) = Wal::open(dir.path()).unwrap();
@@ -488,35 +712,117 @@ mod tests {
         encode_writes(2, &[put(b"b", b"2")], &mut bytes);
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
-        wal.append_durably(&bytes).unwrap();
+        wal.append_durably(&mut bytes).unwrap();
         drop(wal);
         let (wal, records) = Wal::open(dir.path()).unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(wal.len(), first as u64);
     }
 
+    /// A cut keeps the file (its blocks are overwritten by the next
+    /// epoch, which an fdatasync writes without a journal commit) and no
+    /// record of the epoch it ends reads back; a shorter next epoch is not
+    /// followed by the longer last one's records.
     #[test]
-    fn a_log_checked_with_sha256_by_an_earlier_version_still_reads_back() {
+    fn a_cut_reuses_the_file_and_an_earlier_epochs_records_never_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = Wal::open(dir.path()).unwrap();
         let mut bytes = Vec::new();
+        for n in 1..=3 {
+            encode_writes(n, &[put(b"k", &[n as u8; 100])], &mut bytes);
+        }
+        wal.append_durably(&mut bytes).unwrap();
+        let size = std::fs::metadata(wal.path()).unwrap().len();
+        wal.cut().unwrap();
+        assert_eq!(wal.len(), 0);
+        assert_eq!(std::fs::metadata(wal.path()).unwrap().len(), size);
+        assert_eq!(records_on_disk(dir.path()), (vec![], 0));
+        // The next epoch writes one record of the same size over the first:
+        // the second and third are still on disk, of the earlier epoch.
+        let mut next = Vec::new();
+        encode_writes(4, &[put(b"k", &[4; 100])], &mut next);
+        wal.append_durably(&mut next).unwrap();
+        assert_eq!(std::fs::metadata(wal.path()).unwrap().len(), size);
+        drop(wal);
+        assert_eq!(records_on_disk(dir.path()).0, [4]);
+        let (wal, records) = Wal::open(dir.path()).unwrap();
+        assert_eq!(records.iter().map(|r| r.number).collect::<Vec<_>>(), [4]);
+        drop(wal);
+        // Kept by that open (and what followed it zeroed): it reads back.
+        let (_, records) = Wal::open(dir.path()).unwrap();
+        assert_eq!(records.iter().map(|r| r.number).collect::<Vec<_>>(), [4]);
+    }
+
+    /// Keyring lines do not outlive their epoch in the file: the cut zeroes
+    /// them (an erased patient's key line must not linger, see
+    /// `vault_erasure`).
+    #[test]
+    fn a_cut_zeroes_the_keyring_lines_of_the_epoch_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let holds = |needle: &[u8]| {
+            let bytes = std::fs::read(dir.path().join(WAL_FILE)).unwrap();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        };
+        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        let mut bytes = Vec::new();
+        encode_keys(b"ZZKEYLINE-ONE\n", &mut bytes);
+        encode_writes(1, &[put(b"a", b"ZZVALUE-ONE")], &mut bytes);
+        wal.append_durably(&mut bytes).unwrap();
+        drop(wal);
+        // Read back after a crash (the open keeps it in its epoch), then
+        // cut.
+        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        assert_eq!(wal.take_keys(), b"ZZKEYLINE-ONE\n");
+        let mut more = Vec::new();
+        encode_keys(b"ZZKEYLINE-TWO\n", &mut more);
+        encode_writes(2, &[put(b"b", b"2")], &mut more);
+        wal.append_durably(&mut more).unwrap();
+        assert!(holds(b"ZZKEYLINE-ONE") && holds(b"ZZKEYLINE-TWO"));
+        wal.cut().unwrap();
+        assert!(!holds(b"ZZKEYLINE-ONE"), "carried line left behind");
+        assert!(!holds(b"ZZKEYLINE-TWO"), "appended line left behind");
+    }
+
+    /// A log written before December 2026 (no header, records from the
+    /// first byte) reads back, and becomes a reused file at its first cut.
+    #[test]
+    fn a_log_from_before_reads_back_and_is_reused_after_its_first_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
         encode_writes(1, &[put(b"a", b"1")], &mut bytes);
         let old = bytes.len();
-        // Rewrite the first record's check as the earlier format did.
+        // The first record's check as the earliest format wrote it.
         let sha = ring::digest::digest(&ring::digest::SHA256, &bytes[HEADER..]);
         bytes[4..HEADER].copy_from_slice(&sha.as_ref()[..8]);
         assert_ne!(&bytes[8..HEADER], CRC_TAG);
         encode_writes(2, &[put(b"b", b"2")], &mut bytes);
         assert_eq!(&bytes[old + 8..old + HEADER], CRC_TAG);
-        // One flipped bit in a CRC-checked body ends the log there.
+        let whole = bytes.len();
+        // One flipped bit in a CRC-checked body ends the log there, and
+        // the open cuts it off.
         encode_writes(3, &[put(b"c", b"3")], &mut bytes);
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
-        wal.append_durably(&bytes).unwrap();
-        drop(wal);
-        let (_, records) = Wal::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join(WAL_FILE), &bytes).unwrap();
+
+        let (mut wal, records) = Wal::open(dir.path()).unwrap();
         let numbers: Vec<u64> = records.iter().map(|r| r.number).collect();
         assert_eq!(numbers, [1, 2]);
+        assert_eq!(wal.layout, Layout::Appended);
+        assert_eq!(std::fs::metadata(wal.path()).unwrap().len(), whole as u64);
+        // Appended to as before until the cut.
+        let mut next = Vec::new();
+        encode_writes(3, &[put(b"c", b"3")], &mut next);
+        wal.append_durably(&mut next).unwrap();
+        assert_eq!(records_on_disk(dir.path()).0, [1, 2, 3]);
+        wal.cut().unwrap();
+        assert!(matches!(wal.layout, Layout::Reused { .. }));
+        let mut after = Vec::new();
+        encode_writes(4, &[put(b"d", b"4")], &mut after);
+        wal.append_durably(&mut after).unwrap();
+        drop(wal);
+        let (_, records) = Wal::open(dir.path()).unwrap();
+        assert_eq!(records.iter().map(|r| r.number).collect::<Vec<_>>(), [4]);
     }
 
     #[test]
