@@ -111,6 +111,10 @@ pub fn stage_timer(txn: &mut Txn, due: Timestamp, token: &Token, offset: u8, pat
 pub fn stage_timer_as(txn: &mut Txn, due: Timestamp, token: &Token, offset: u8, owner: Owner) {
     // The key says everything; the (sealed) value is empty.
     txn.put(Tree::Care, timer_key(due, token, offset), owner, Vec::new());
+    // Only a new timer can be due before the one the scheduler waits for:
+    // every other write to this tree (states, removed timers) leaves it
+    // asleep, so an ingest of appointments does not wake it per message.
+    txn.wake_scheduler();
 }
 
 pub fn stage_cancel(txn: &mut Txn, due: Timestamp, token: &Token, offset: u8) {
@@ -197,6 +201,49 @@ pub fn parse_payload(p: &str) -> Option<(Tap, Token)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a new timer wakes the scheduler: the state each booked
+    /// appointment gets (an ingest of appointments writes one a message)
+    /// leaves it asleep, where it used to wake it and cost a scan of the
+    /// timers per message.
+    #[tokio::test]
+    async fn only_a_commit_that_sets_a_timer_wakes_the_scheduler() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mk = crate::keys::MasterKey::generate().unwrap();
+        let vault = Vault::open(tmp.path(), &mk).unwrap();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let woken = |vault: &Vault| {
+            let signal = vault.care_signal();
+            futures_ready(signal.notified())
+        };
+        vault
+            .write(move |_| {
+                let mut txn = Txn::new(now);
+                txn.put(Tree::Care, b"S-a-state".to_vec(), Owner::System, vec![1]);
+                Ok::<_, crate::vault::VaultError>((txn, ()))
+            })
+            .await
+            .unwrap();
+        assert!(!woken(&vault), "a state alone woke the scheduler");
+        vault
+            .write(move |_| {
+                let mut txn = Txn::new(now);
+                stage_timer_as(&mut txn, now, &[3; 16], 0, Owner::System);
+                Ok::<_, crate::vault::VaultError>((txn, ()))
+            })
+            .await
+            .unwrap();
+        assert!(woken(&vault), "a new timer did not wake the scheduler");
+        vault.close().unwrap();
+    }
+
+    /// Whether `f` is ready at its first poll (a stored wake-up permit).
+    fn futures_ready(f: impl std::future::Future<Output = ()>) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut f = std::pin::pin!(f);
+        f.as_mut().poll(&mut cx).is_ready()
+    }
 
     #[test]
     fn timer_keys_sort_by_due_time_and_come_apart_again() {

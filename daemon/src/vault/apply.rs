@@ -31,9 +31,7 @@ impl Vault {
         let mut chain = crate::sync::lock(&self.inner.commit_lock);
         let mut receipt = Receipt::empty();
         receipt.wrote = txn.flush_anyway;
-        receipt.care = txn.ops.iter().any(|op| match op {
-            Op::Put(tree, ..) | Op::Remove(tree, _) => *tree == Tree::Care,
-        });
+        receipt.care = txn.wakes_scheduler;
         let mut next_seqs: Vec<(Tree, u64)> = Vec::new();
         for (tree, owner, plain) in &txn.appends {
             let last = next_seqs
@@ -206,7 +204,7 @@ impl Vault {
         &self.inner.wa_outbox_signal
     }
 
-    /// Woken when a durable commit changed workflow states or timers.
+    /// Woken when a durable commit set a workflow timer.
     pub fn care_signal(&self) -> &tokio::sync::Notify {
         &self.inner.care_signal
     }

@@ -34,6 +34,9 @@ pub struct Txn {
     /// Answer only after a flush even if this txn writes nothing (a repeat
     /// is acknowledged with the same durability as its original).
     pub(super) flush_anyway: bool,
+    /// A workflow timer was set: the care scheduler is woken once this is
+    /// durable (other writes to the workflows' tree leave it asleep).
+    pub(super) wakes_scheduler: bool,
 }
 
 impl Txn {
@@ -45,12 +48,19 @@ impl Txn {
             appends: Vec::new(),
             after_commit: Vec::new(),
             flush_anyway: false,
+            wakes_scheduler: false,
         }
     }
 
     /// Makes the answer wait for a flush even if nothing is written.
     pub fn wait_for_flush(&mut self) {
         self.flush_anyway = true;
+    }
+
+    /// Wakes the care scheduler once this txn is durable: it set a timer,
+    /// which may be due before the one the scheduler waits for.
+    pub fn wake_scheduler(&mut self) {
+        self.wakes_scheduler = true;
     }
 
     pub fn time(&self) -> Timestamp {
@@ -154,6 +164,7 @@ impl Txn {
         self.appends.extend(other.appends);
         self.after_commit.extend(other.after_commit);
         self.flush_anyway |= other.flush_anyway;
+        self.wakes_scheduler |= other.wakes_scheduler;
     }
 
     /// Asks for `effect` once this txn is durable.
@@ -180,7 +191,7 @@ pub struct Receipt {
     pub(super) appended: Vec<(Tree, u64)>,
     /// Something reached the store (an empty txn writes nothing).
     pub(super) wrote: bool,
-    /// The commit wrote to [`Tree::Care`] (wakes the care scheduler).
+    /// The commit set a workflow timer (wakes the care scheduler).
     pub(super) care: bool,
 }
 
