@@ -358,7 +358,9 @@ impl Wal {
     pub fn cut(&mut self) -> io::Result<()> {
         let next = match self.layout {
             Layout::Appended => {
+                // Its lines go with the rest of the file.
                 self.file.set_len(0)?;
+                self.key_ranges.clear();
                 1
             }
             Layout::Reused { epoch } => {
