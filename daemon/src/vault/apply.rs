@@ -31,7 +31,7 @@ impl Vault {
         let mut chain = crate::sync::lock(&self.inner.commit_lock);
         let mut receipt = Receipt::empty();
         receipt.wrote = txn.flush_anyway;
-        receipt.care = txn.wakes_scheduler;
+        receipt.wakes_scheduler = txn.wakes_scheduler;
         let mut next_seqs: Vec<(Tree, u64)> = Vec::new();
         for (tree, owner, plain) in &txn.appends {
             let last = next_seqs
@@ -180,7 +180,7 @@ impl Vault {
         if receipt.last_in(Tree::WaOutbox).is_some() {
             self.inner.wa_outbox_signal.notify_one();
         }
-        if receipt.care {
+        if receipt.wakes_scheduler {
             self.inner.care_signal.notify_one();
         }
         if let Some(seq) = receipt.last_in(Tree::Events) {

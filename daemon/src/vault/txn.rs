@@ -192,7 +192,7 @@ pub struct Receipt {
     /// Something reached the store (an empty txn writes nothing).
     pub(super) wrote: bool,
     /// The commit set a workflow timer (wakes the care scheduler).
-    pub(super) care: bool,
+    pub(super) wakes_scheduler: bool,
 }
 
 impl Receipt {
@@ -201,7 +201,7 @@ impl Receipt {
             audit_seq: None,
             appended: Vec::new(),
             wrote: false,
-            care: false,
+            wakes_scheduler: false,
         }
     }
 

@@ -21,8 +21,8 @@
 //! blocks the file already has is made durable by an `fdatasync` that
 //! writes those blocks and nothing else, where an append that grows the
 //! file also commits its new size through the file system's journal: on
-//! this machine's ext4 the sync took 0.10–0.14 ms instead of 0.17 ms, and
-//! the in-process ingest gained about 10 % (docs/performance.md). A record
+//! this machine's ext4 the sync took 0.09–0.14 ms instead of 0.12–0.17 ms
+//! (`scripts/fsync-probe`, docs/performance.md). A record
 //! of an earlier epoch found past the last one of this epoch ends the log
 //! like a torn one. Keyring lines (keys records) are zeroed at the cut that
 //! ends their epoch, so an erased patient's key line does not linger in
@@ -60,7 +60,7 @@
 //!
 //! A record cut short or damaged ends the log: it was being written when
 //! the process died (or the disk filled), so it was never acknowledged.
-//! The open carries the records before it into a new epoch, before
+//! The open zeroes whatever follows the records before it, before
 //! anything is written after them.
 
 use super::store::{Tree, Write};
