@@ -96,7 +96,15 @@ impl Scheduler {
                     if c.value >= ROUND {
                         continue;
                     }
-                    self.next_wait()
+                    let next = self.next_wait();
+                    // This round may have staged a timer that is due already
+                    // (an appointment's next reminder, after the clock
+                    // jumped past both): it runs before `now` counts as
+                    // looked at.
+                    if next.is_some_and(|w| w.is_zero()) {
+                        continue;
+                    }
+                    next
                 }
                 Err(e) => {
                     warn!(error = %e, "reminder timers could not be run; will retry");

@@ -257,6 +257,7 @@ fn run(
     for effect in effects {
         stage_effect(vault, txn, settings, token, &state, effect, now)?;
     }
+    store::stage_first_timer(txn, token, before.as_ref(), &state);
     if before.as_ref() != Some(&state) {
         store::stage_state(txn, token, &state)?;
     }
@@ -285,8 +286,9 @@ fn stage_effect(
     now: Timestamp,
 ) -> VaultResult<()> {
     match effect {
-        Effect::ScheduleTimer(p) => store::stage_timer(txn, p.due, token, p.offset, state.patient),
-        Effect::CancelTimer(p) => store::stage_cancel(txn, p.due, token, p.offset),
+        // The index follows the state's earliest pending timer
+        // (`store::stage_first_timer`, after every effect).
+        Effect::ScheduleTimer(_) | Effect::CancelTimer(_) => {}
         Effect::SendReminder { offset, expires } => {
             send_reminder(vault, txn, settings, token, state, offset, expires, now)?;
         }

@@ -1,8 +1,10 @@
 //! Where the workflows keep their state in [`Tree::Care`]:
 //!
 //! - `S ‖ token`: an appointment's [`ReminderState`], patient's key;
-//! - `T ‖ due (u64 BE seconds) ‖ token ‖ offset`: a reminder timer, so
-//!   that key order is due order and the scheduler reads only the first.
+//! - `T ‖ due (u64 BE seconds) ‖ token ‖ offset`: a timer, so that key
+//!   order is due order and the scheduler reads only the first. Of an
+//!   appointment's reminder timers only the earliest is here
+//!   ([`stage_first_timer`]); the state holds the rest.
 //!
 //! - `L ‖ patient`: the language the patient chose in the chat (over
 //!   PID-15), patient's key.
@@ -119,6 +121,38 @@ pub fn stage_timer_as(txn: &mut Txn, due: Timestamp, token: &Token, offset: u8, 
 
 pub fn stage_cancel(txn: &mut Txn, due: Timestamp, token: &Token, offset: u8) {
     txn.remove(Tree::Care, timer_key(due, token, offset));
+}
+
+/// Keeps the index's one timer of an appointment on the earliest of its
+/// state's pending timers, as `before` (the state as loaded) becomes
+/// `after`.
+///
+/// Why one: every record in sled costs memory from the open on (its share
+/// of a page and of that page's fragment list), and a timer is a record;
+/// with two reminders and the unattended check, a booked appointment had
+/// three. The later ones are staged as the earlier fire or go
+/// (docs/performance.md, stop 32).
+///
+/// A store written before holds a timer for every pending entry: they fire
+/// in due order as they did, and one no longer pending is dropped by
+/// [`super::reminder::decide`] (a timer its state does not know).
+pub fn stage_first_timer(
+    txn: &mut Txn,
+    token: &Token,
+    before: Option<&ReminderState>,
+    after: &ReminderState,
+) {
+    let first = |s: &ReminderState| s.pending.iter().min_by_key(|p| (p.due, p.offset)).copied();
+    let (was, is) = (before.and_then(first), first(after));
+    if was == is {
+        return;
+    }
+    if let Some(p) = was {
+        stage_cancel(txn, p.due, token, p.offset);
+    }
+    if let Some(p) = is {
+        stage_timer(txn, p.due, token, p.offset, after.patient);
+    }
 }
 
 /// The first timer (lowest due time): its key. Reads one record.

@@ -202,8 +202,9 @@ async fn a_reminder_goes_out_at_its_time_and_a_confirm_reaches_the_pms() {
         let ack = c.send(&siu(kind, id, appt, "202701201000")).await;
         assert_eq!(msa(&ack).0, "AA");
     }
-    // Two timers for C1; C2's went with its cancel.
-    assert_eq!(timers(&d), 2);
+    // One timer for C1 (its first reminder's; the state holds the
+    // second); C2's went with its cancel.
+    assert_eq!(timers(&d), 1);
     let patient: PatientId = d.running.vault.find_patients_by_mrn("", "CARE001").unwrap()[0];
     opt_in(&d, patient).await;
 
@@ -302,14 +303,30 @@ pub(crate) async fn booked(d: &Daemon, appt: &str, start: &str, consent: bool) -
     patient
 }
 
-fn due_times(d: &Daemon) -> Vec<Timestamp> {
-    d.running
-        .vault
+/// The appointment's pending reminder times as its state holds them, after
+/// checking that the timer index holds the earliest of them and nothing
+/// else of this appointment's (one timer an appointment: `care::store::stage_first_timer`).
+fn due_times(d: &Daemon, appt: &str) -> Vec<Timestamp> {
+    let vault = &d.running.vault;
+    let token = clinic_relay::care::store::token(vault, appt);
+    let state = clinic_relay::care::store::load(vault, &token)
+        .unwrap()
+        .expect("a reminder state");
+    let mut dues: Vec<Timestamp> = state.pending.iter().map(|p| p.due).collect();
+    dues.sort();
+    let index: Vec<Timestamp> = vault
         .scan_raw_from(Tree::Care, b"T")
         .filter_map(Result::ok)
         .filter_map(|(k, _)| clinic_relay::care::store::parse_timer_key(&k))
+        .filter(|(_, t, _)| *t == token)
         .map(|(due, ..)| due)
-        .collect()
+        .collect();
+    assert_eq!(
+        index,
+        dues.first().copied().into_iter().collect::<Vec<_>>(),
+        "the index holds the earliest pending timer, and only it"
+    );
+    dues
 }
 
 pub(crate) fn payloads(sent: &serde_json::Value) -> Vec<String> {
@@ -370,7 +387,7 @@ async fn a_reschedule_recomputes_the_reminders_across_a_dst_change_and_quiet_hou
     let d = daemon(&sim, pms).await;
     booked(&d, "APPT-D1", "202701201000", true).await;
     assert_eq!(
-        due_times(&d),
+        due_times(&d, "APPT-D1"),
         [
             "2027-01-17T09:00:00Z".parse::<Timestamp>().unwrap(),
             "2027-01-19T09:00:00Z".parse().unwrap()
@@ -386,7 +403,7 @@ async fn a_reschedule_recomputes_the_reminders_across_a_dst_change_and_quiet_hou
         .await;
     assert_eq!(msa(&ack).0, "AA");
     assert_eq!(
-        due_times(&d),
+        due_times(&d, "APPT-D1"),
         [
             "2027-03-26T20:00:00Z".parse::<Timestamp>().unwrap(),
             "2027-03-28T19:00:00Z".parse().unwrap()
@@ -401,6 +418,60 @@ async fn a_reschedule_recomputes_the_reminders_across_a_dst_change_and_quiet_hou
         .await;
     assert_eq!(msa(&ack).0, "AA");
     assert_eq!(timers(&d), 0);
+    assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
+    d.stop().await;
+}
+
+/// One timer an appointment: the 24 h reminder's timer is staged as the
+/// 72 h one fires, so a clock that jumps past both still sends both, each
+/// once. An appointment as a store written before left it (a timer for
+/// every pending reminder) gets the same, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_reminder_goes_once_with_one_timer_an_appointment_and_from_a_store_written_before() {
+    use clinic_relay::care::store;
+    use clinic_relay::vault::{Txn, VaultError};
+    let sim = Sim::start().await.unwrap();
+    sim.add_template(Template::approved("appointment_reminder", "en"));
+    let (pms, _) = pms_peer().await;
+    let d = daemon(&sim, pms).await;
+    booked(&d, "APPT-J1", "202701201000", true).await;
+    booked(&d, "APPT-J2", "202701201000", true).await;
+    assert_eq!(due_times(&d, "APPT-J1").len(), 2);
+    assert_eq!(timers(&d), 2);
+    let vault = d.running.vault.clone();
+    let token = |appt: &str| store::token(&vault, appt);
+    let old = token("APPT-J2");
+    let state = store::load(&vault, &old).unwrap().unwrap();
+    vault
+        .write(move |_| {
+            let mut txn = Txn::new(t0());
+            for p in &state.pending {
+                store::stage_timer(&mut txn, p.due, &old, p.offset, state.patient);
+            }
+            Ok::<_, VaultError>((txn, ()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(timers(&d), 3);
+
+    // Past both (Sun 17th 09:00 and Tue 19th 09:00 UTC), before the visit.
+    at(&d, "2027-01-19T12:00:00Z".parse().unwrap()).await;
+    assert_eq!(timers(&d), 0);
+    let sent_for = |appt: &str| {
+        let hex = hex::encode(token(appt));
+        templates(&sim)
+            .iter()
+            .filter(|t| payloads(t).iter().any(|p| p.contains(&hex)))
+            .count()
+    };
+    until("four reminders at the simulator", || {
+        (templates(&sim).len() >= 4).then_some(())
+    })
+    .await;
+    at(&d, "2027-01-20T08:00:00Z".parse().unwrap()).await;
+    assert_eq!(d.running.vault.count(Tree::WaOutbox), 0);
+    assert_eq!((sent_for("APPT-J1"), sent_for("APPT-J2")), (2, 2));
+    assert_eq!(templates(&sim).len(), 4);
     assert_sim_saw_none(&sim, FORBIDDEN_MARKERS);
     d.stop().await;
 }
