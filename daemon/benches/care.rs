@@ -30,7 +30,8 @@
 //! loading counts neither in the time nor in the RSS.
 //!
 //! Knobs for profiling: `CARE_BENCH_PAUSE=S` (due: print the pid and wait
-//! S seconds before the jump, to attach perf or `callgrind_control -i on`),
+//! S seconds before the jump, to attach perf or `callgrind_control -i on`,
+//! and again after the run, to read its memory),
 //! `CARE_BENCH_CACHE_MB` (`service.cache_mb`), `CARE_BENCH_COMPACT=1` (the
 //! store after a backup and a restore), `CARE_BENCH_PATIENTS` (buttons'
 //! and chat's store size). Figures: docs/workflows.md § Measured.
@@ -329,10 +330,10 @@ async fn due(n: usize) {
     let after_start = rss_mb();
     let (fired0, processed0) = (running.care.fired(), wa.processed());
 
-    if let Some(secs) = std::env::var("CARE_BENCH_PAUSE")
+    let pause: Option<u64> = std::env::var("CARE_BENCH_PAUSE")
         .ok()
-        .and_then(|v| v.parse().ok())
-    {
+        .and_then(|v| v.parse().ok());
+    if let Some(secs) = pause {
         // Time to attach a profiler to just the measured part.
         eprintln!("pid {} fires in {secs} s", std::process::id());
         tokio::time::sleep(Duration::from_secs(secs)).await;
@@ -370,6 +371,11 @@ async fn due(n: usize) {
         peak_rss_mb(),
         check(peak_rss_mb() < 80.0)
     );
+    if let Some(secs) = pause {
+        // The memory as the run left it, for a look from outside.
+        eprintln!("pid {} done; shuts down in {secs} s", std::process::id());
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
     running.shutdown().await.unwrap();
 }
 
