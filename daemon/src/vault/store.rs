@@ -173,7 +173,7 @@ pub trait Store: Send + Sync + 'static {
 /// 8 MiB rather than 16: the webhook's peak RSS under load falls from
 /// 58–59 to 47 MiB at the same throughput, and the 100,000-patient reminder
 /// run takes ~0.83 s instead of ~0.73 s (docs/performance.md).
-pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+pub const DEFAULT_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// How an error from a failed store starts; the API answers such errors with
 /// 503 (retry later) instead of 500.
