@@ -10,11 +10,18 @@
 //! 1. **apply** (writer thread): numbered, its writes laid over sled in the
 //!    [`Overlay`] (every read looks there first) and queued for the log;
 //! 2. **flush** (flusher thread, one per batch): the queued commits'
-//!    records appended to `store/wal` and `fdatasync`ed, and only then
-//!    written to sled with plain inserts and removes, the last commit's
-//!    number after them ([`wal::APPLIED_KEY`]); the overlay forgets them;
-//! 3. **checkpoint** (once the log passes [`wal::CHECKPOINT_BYTES`], and at
-//!    close): sled flushed and its file `fdatasync`ed, the log emptied.
+//!    records appended to `store/wal` and `fdatasync`ed; the commits are then
+//!    durable and their callers are answered;
+//! 3. **settle** (settler thread, after the flush has answered): the durable
+//!    commits written to sled with plain inserts and removes, in order, the
+//!    last commit's number after them ([`wal::APPLIED_KEY`]); the overlay
+//!    forgets them. Off the flusher, so that the next batch's flush does not
+//!    wait for sled's inserts (a third of the flusher's time per batch, see
+//!    docs/performance.md); a flush settles itself when more than
+//!    [`MAX_UNSETTLED`] commits wait, so the overlay stays small;
+//! 4. **checkpoint** (once the log passes [`wal::CHECKPOINT_BYTES`], and at
+//!    close): every durable commit settled, sled flushed and its file
+//!    `fdatasync`ed, the log emptied.
 //!
 //! The log also carries the keyring lines of new data keys ([`Engine::stage_keys`],
 //! wal.rs): a flush writes them ahead of the commits sealed under them. Once
@@ -41,6 +48,11 @@ use super::store::{Scan, StoreResult, Tree, Write};
 use super::wal::{self, Wal};
 use std::path::Path;
 
+/// How many durable commits may wait for the settler before a flush writes
+/// them to sled itself (a settler starved of CPU must not let the overlay,
+/// which every read consults, grow without bound).
+pub(super) const MAX_UNSETTLED: usize = 1024;
+
 pub(super) struct Engine {
     db: sled::Db,
     trees: Vec<sled::Tree>,
@@ -54,10 +66,22 @@ pub(super) struct Engine {
     overlay: std::sync::RwLock<Overlay>,
     /// Commits applied to the overlay whose records are not yet written.
     pending: std::sync::Mutex<Pending>,
-    /// The log; held by a flush from taking the pending commits until they
-    /// are in sled, so flushes (and checkpoints) run one at a time and in
-    /// the order of the commits.
+    /// The log; held by a flush from taking the pending commits until their
+    /// records are durable, so flushes (and checkpoints) run one at a time
+    /// and in the order of the commits.
     wal_state: std::sync::Mutex<LogState>,
+    /// Commits whose records are durable and that are not yet in sled, in
+    /// order (see "settle" in the module's comment).
+    unsettled: std::sync::Mutex<Vec<Commit>>,
+    /// Held by a settle from taking `unsettled` until those commits are in
+    /// sled, so that commits reach sled one settle at a time, in order.
+    settling: std::sync::Mutex<()>,
+    /// Why writing to sled failed: the commits that settle had taken are in
+    /// the log but not in sled, so nothing may empty the log (a reopen
+    /// applies them again) and every later flush fails, as after a failed
+    /// flush. Apart from `settling`, so that a flush never waits for a
+    /// settle in progress to read it.
+    settle_failed: std::sync::Mutex<Option<String>>,
     /// The keyring lines found in the log at open, for the vault.
     recovered_keys: std::sync::Mutex<Vec<u8>>,
 }
@@ -174,6 +198,9 @@ impl Engine {
                 keys_since_cut: !keys.is_empty(),
                 failed: None,
             }),
+            unsettled: std::sync::Mutex::new(Vec::new()),
+            settling: std::sync::Mutex::new(()),
+            settle_failed: std::sync::Mutex::new(None),
             recovered_keys: std::sync::Mutex::new(keys),
         };
         // Commits whose records are durable but that sled lost with the
@@ -259,20 +286,48 @@ impl Engine {
     }
 
     /// Makes every commit applied so far durable: their records appended to
-    /// the log and synced, then written to sled. A checkpoint follows once
-    /// the log has grown past [`wal::CHECKPOINT_BYTES`].
+    /// the log and synced. They reach sled with the next [`Engine::settle`]
+    /// (or with this flush when many wait). A checkpoint follows once the
+    /// log has grown past [`wal::CHECKPOINT_BYTES`].
     pub(super) fn flush(&self) -> StoreResult<()> {
         self.with_log(|log| self.flush_locked(log))
     }
 
-    /// Runs `step` with the log held, unless an earlier flush failed; a
-    /// failure of `step` fails every later one of this instance.
+    /// Writes the durable commits not yet in sled to sled, in order, and
+    /// lets the overlay forget them. Nothing to do is not an error.
+    pub(super) fn settle(&self) -> StoreResult<()> {
+        let _one_at_a_time = crate::sync::lock(&self.settling);
+        if let Some(why) = &*crate::sync::lock(&self.settle_failed) {
+            return Err(earlier_failure("write to the store", why));
+        }
+        let commits = std::mem::take(&mut *crate::sync::lock(&self.unsettled));
+        if commits.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.write_to_sled(&commits) {
+            // Their records are durable: the overlay keeps serving them
+            // until the store is reopened, which applies them again.
+            *crate::sync::lock(&self.settle_failed) = Some(e.to_string());
+            return Err(e);
+        }
+        let mut overlay = crate::sync::write(&self.overlay);
+        for c in &commits {
+            for (tree, key, _) in &c.writes {
+                overlay.settle(*tree, key, c.number);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `step` with the log held, unless an earlier flush or settle
+    /// failed; a failure of `step` fails every later one of this instance.
     fn with_log(&self, step: impl FnOnce(&mut LogState) -> StoreResult<()>) -> StoreResult<()> {
         let mut log = crate::sync::lock(&self.wal_state);
         if let Some(why) = &log.failed {
-            return Err(sled::Error::Io(std::io::Error::other(format!(
-                "an earlier flush failed: {why}"
-            ))));
+            return Err(earlier_failure("flush", why));
+        }
+        if let Some(why) = &*crate::sync::lock(&self.settle_failed) {
+            return Err(earlier_failure("write to the store", why));
         }
         let result = step(&mut log);
         if let Err(e) = &result {
@@ -312,14 +367,13 @@ impl Engine {
         }
         log.wal.append_durably(&mut records)?;
         log.keys_since_cut |= !keys.is_empty();
-        self.write_to_sled(&commits)?;
-        {
-            let mut overlay = crate::sync::write(&self.overlay);
-            for c in &commits {
-                for (tree, key, _) in &c.writes {
-                    overlay.settle(*tree, key, c.number);
-                }
-            }
+        let backlog = {
+            let mut unsettled = crate::sync::lock(&self.unsettled);
+            unsettled.extend(commits);
+            unsettled.len()
+        };
+        if backlog > MAX_UNSETTLED {
+            self.settle()?;
         }
         if log.wal.len() >= wal::CHECKPOINT_BYTES && !log.keys_since_cut {
             self.checkpoint_locked(log, false)?;
@@ -381,9 +435,11 @@ impl Engine {
         })
     }
 
-    /// With the log held: every record in it is in sled (a flush writes
-    /// its commits to sled before it lets go of the log).
+    /// With the log held (no flush adds records meanwhile): the durable
+    /// commits are settled first, so that every record in the log is in sled.
     fn checkpoint_locked(&self, log: &mut LogState, keys_saved: bool) -> StoreResult<()> {
+        // The log is emptied only once sled holds every record in it.
+        self.settle()?;
         if log.wal.len() == 0 {
             return Ok(());
         }
@@ -400,6 +456,18 @@ impl Engine {
         log.wal.cut()?;
         log.keys_since_cut = false;
         Ok(())
+    }
+
+    /// What sled itself holds under `key`, overlay aside.
+    #[cfg(test)]
+    pub(super) fn in_sled(&self, tree: Tree, key: &[u8]) -> Option<sled::IVec> {
+        self.tree(tree).ok()?.get(key).ok()?
+    }
+
+    /// How many durable commits wait for a settle.
+    #[cfg(test)]
+    pub(super) fn unsettled(&self) -> usize {
+        crate::sync::lock(&self.unsettled).len()
     }
 
     pub(super) fn get(&self, tree: Tree, key: &[u8]) -> StoreResult<Option<sled::IVec>> {
@@ -547,6 +615,13 @@ fn staged(w: &Write) -> (Tree, Vec<u8>, Option<sled::IVec>) {
         }
         Write::Remove { tree, key } => (*tree, key.clone(), None),
     }
+}
+
+/// The error every call gets after a flush or a settle failed.
+fn earlier_failure(what: &str, why: &str) -> sled::Error {
+    sled::Error::Io(std::io::Error::other(format!(
+        "an earlier {what} failed: {why}"
+    )))
 }
 
 fn wal_error(e: wal::WalError) -> sled::Error {

@@ -16,7 +16,11 @@
 //! are durable too: a repeated idempotency key is never acknowledged before
 //! the original is on disk.
 //!
-//! Blocking work (sealing, sled, fsync) happens on these two threads, never
+//! Once a batch is answered, the `vault-settler` thread writes its commits
+//! into sled (engine.rs, "settle"); reads see them in the store's overlay
+//! meanwhile, so the next batch's flush does not wait for sled's inserts.
+//!
+//! Blocking work (sealing, sled, fsync) happens on these three threads, never
 //! on the async runtime's workers; async callers await a oneshot.
 
 use super::{Receipt, Txn, Vault, VaultError, VaultResult};
@@ -117,14 +121,38 @@ fn run(rx: &mpsc::Receiver<Queued>, vault: &Weak<super::Inner>) {
     // free, so at most one batch waits applied but unflushed behind the one
     // being flushed.
     let (to_flusher, applied) = mpsc::sync_channel::<Applied>(0);
+    // One wake-up at most waits: a settle takes every durable commit.
+    let (wake_settler, settle_wanted) = mpsc::sync_channel::<()>(1);
+    let progress = &progress;
     std::thread::scope(|scope| {
+        let settler = std::thread::Builder::new()
+            .name("vault-settler".to_owned())
+            .spawn_scoped(scope, move || {
+                for () in settle_wanted {
+                    settle(vault);
+                }
+            });
+        let wake_settler = match settler {
+            Ok(_) => Some(wake_settler),
+            Err(e) => {
+                tracing::warn!(error = %e, "no settler thread: the flusher settles each batch itself");
+                None
+            }
+        };
         let flusher = std::thread::Builder::new()
             .name("vault-flusher".to_owned())
-            .spawn_scoped(scope, || {
+            .spawn_scoped(scope, move || {
                 for batch in applied {
                     finish_batch(batch);
                     progress.advance();
+                    match &wake_settler {
+                        Some(wake) => {
+                            let _ = wake.try_send(());
+                        }
+                        None => settle(vault),
+                    }
                 }
+                // Dropping `wake_settler` ends the settler once it is done.
             });
         let to_flusher = match flusher {
             Ok(_) => Some(to_flusher),
@@ -133,7 +161,7 @@ fn run(rx: &mpsc::Receiver<Queued>, vault: &Weak<super::Inner>) {
                 None
             }
         };
-        apply_batches(rx, vault, to_flusher.as_ref(), &progress);
+        apply_batches(rx, vault, to_flusher.as_ref(), progress);
         // Dropping the sender ends the flusher once it has answered every
         // batch; the scope waits for it.
     });
@@ -215,10 +243,34 @@ fn apply_batches(
         match to_flusher {
             Some(tx) => match tx.send(batch) {
                 Ok(()) => handed_over += 1,
-                Err(mpsc::SendError(batch)) => finish_batch(batch),
+                Err(mpsc::SendError(batch)) => finish_and_settle(batch),
             },
-            None => finish_batch(batch),
+            None => finish_and_settle(batch),
         }
+    }
+}
+
+/// Without a flusher thread: the batch is flushed, answered and settled here.
+fn finish_and_settle(batch: Applied) {
+    let inner = batch.vault.inner.clone();
+    finish_batch(batch);
+    settle_store(&inner);
+}
+
+/// [`settle_store`] unless the vault is gone.
+fn settle(vault: &Weak<super::Inner>) {
+    if let Some(inner) = vault.upgrade() {
+        settle_store(&inner);
+    }
+}
+
+/// Writes the durable commits into sled (engine.rs, "settle"). A failure
+/// fails the store (its commits are in the log); the writer's next batch
+/// reopens it, as after a failed flush.
+fn settle_store(inner: &super::Inner) {
+    use super::store::Store;
+    if let Err(e) = inner.store.settle() {
+        tracing::error!(error = %e, "writing durable commits into the store failed");
     }
 }
 
