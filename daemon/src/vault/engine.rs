@@ -82,6 +82,11 @@ pub(super) struct Engine {
     /// flush. Apart from `settling`, so that a flush never waits for a
     /// settle in progress to read it.
     settle_failed: std::sync::Mutex<Option<String>>,
+    /// A flush failed (`LogState::failed`), read by settles without the
+    /// log's lock: after an I/O error this instance's sled is not written
+    /// again (store.rs: sled 0.34 keeps such an error, and a write after it
+    /// can spin in a node split); the reopen writes the commits instead.
+    flush_failed: std::sync::atomic::AtomicBool,
     /// The keyring lines found in the log at open, for the vault.
     recovered_keys: std::sync::Mutex<Vec<u8>>,
 }
@@ -201,6 +206,7 @@ impl Engine {
             unsettled: std::sync::Mutex::new(Vec::new()),
             settling: std::sync::Mutex::new(()),
             settle_failed: std::sync::Mutex::new(None),
+            flush_failed: std::sync::atomic::AtomicBool::new(false),
             recovered_keys: std::sync::Mutex::new(keys),
         };
         // Commits whose records are durable but that sled lost with the
@@ -300,6 +306,9 @@ impl Engine {
         if let Some(why) = &*crate::sync::lock(&self.settle_failed) {
             return Err(earlier_failure("write to the store", why));
         }
+        if self.flush_failed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(earlier_failure("flush", "the store is reopened"));
+        }
         let commits = std::mem::take(&mut *crate::sync::lock(&self.unsettled));
         if commits.is_empty() {
             return Ok(());
@@ -331,6 +340,8 @@ impl Engine {
         }
         let result = step(&mut log);
         if let Err(e) = &result {
+            self.flush_failed
+                .store(true, std::sync::atomic::Ordering::Release);
             log.failed = Some(e.to_string());
         }
         result
