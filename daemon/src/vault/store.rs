@@ -609,6 +609,78 @@ mod tests {
         assert_eq!(get(&store, b"c"), Some(b"checkpointed".to_vec()));
     }
 
+    /// A reader never sees a key go back to an older value, nor lose it,
+    /// while one thread applies commits, another flushes them and a third
+    /// settles them into sled: an overlay entry leaves only once sled holds
+    /// it, and never for an older commit's settle. (With the overlay let go
+    /// before sled's writes, it reads an older value: tried.)
+    #[test]
+    fn reads_never_go_back_while_commits_are_applied_flushed_and_settled_concurrently() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        const COMMITS: u64 = 3_000;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(tmp.path()).unwrap());
+        let engine = store.engine().unwrap();
+        store.apply(&[put(b"k", &0u64.to_be_bytes())]).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let looping = |work: fn(&SledStore)| {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    work(&store);
+                }
+            })
+        };
+        let flusher = looping(|s| s.flush().unwrap());
+        let settler = looping(|s| s.settle().unwrap());
+        let reads = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let (store, done, reads) = (store.clone(), done.clone(), reads.clone());
+            std::thread::spawn(move || {
+                let mut last = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    let seen = get(&store, b"k").expect("the key vanished during a settle");
+                    let seen = u64::from_be_bytes(seen.try_into().unwrap());
+                    assert!(seen >= last, "read {seen} after {last}");
+                    last = seen;
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        for i in 1..=COMMITS {
+            // Reads interleave with the commits (two a commit at least).
+            while reads.load(Ordering::Relaxed) < 2 * i && !reader.is_finished() {
+                std::thread::yield_now();
+            }
+            // Other keys ahead of `k` in every commit: a settle spends a
+            // while in sled before it reaches `k`.
+            let mut writes: Vec<Write> = (0..64u8)
+                .map(|f| put(&[b'f', f], &i.to_be_bytes()))
+                .collect();
+            writes.push(put(b"k", &i.to_be_bytes()));
+            store.apply(&writes).unwrap();
+            // Now and then the settles catch up with the newest commit while
+            // the reader goes on: the hand-over of `k` itself is then read.
+            if i % 16 == 0 {
+                while engine.in_sled(Tree::Meta, b"k").as_deref() != Some(&i.to_be_bytes()[..])
+                    && ![&reader, &flusher, &settler]
+                        .iter()
+                        .any(|t| t.is_finished())
+                {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        flusher.join().unwrap();
+        settler.join().unwrap();
+        reader.join().unwrap();
+        store.checkpoint().unwrap();
+        let in_sled = engine.in_sled(Tree::Meta, b"k").unwrap();
+        assert_eq!(in_sled.as_ref(), &COMMITS.to_be_bytes());
+    }
+
     /// Without settles (a settler starved of CPU) a flush writes the durable
     /// commits into sled itself once more than the bound wait.
     #[test]
