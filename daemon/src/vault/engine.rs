@@ -76,17 +76,20 @@ pub(super) struct Engine {
     /// Held by a settle from taking `unsettled` until those commits are in
     /// sled, so that commits reach sled one settle at a time, in order.
     settling: std::sync::Mutex<()>,
-    /// Why writing to sled failed: the commits that settle had taken are in
-    /// the log but not in sled, so nothing may empty the log (a reopen
-    /// applies them again) and every later flush fails, as after a failed
-    /// flush. Apart from `settling`, so that a flush never waits for a
-    /// settle in progress to read it.
-    settle_failed: std::sync::Mutex<Option<String>>,
-    /// A flush failed (`LogState::failed`), read by settles without the
-    /// log's lock: after an I/O error this instance's sled is not written
-    /// again (store.rs: sled 0.34 keeps such an error, and a write after it
-    /// can spin in a node split); the reopen writes the commits instead.
-    flush_failed: std::sync::atomic::AtomicBool,
+    /// What failed first, a flush or a settle, and why. Either fails every
+    /// later flush and settle of this instance:
+    /// - a failed flush took commits that are lost to this instance, and a
+    ///   flush that found nothing pending must not answer for them;
+    /// - a failed settle took commits that are in the log but not in sled,
+    ///   so nothing may empty the log;
+    /// - after an I/O error this instance's sled is not written again
+    ///   (store.rs: sled 0.34 keeps such an error, and a write after it can
+    ///   spin in a node split).
+    ///
+    /// The reopen writes the log's commits into sled. Apart from the log's
+    /// lock and `settling`, so that neither a flush nor a settle waits for
+    /// the other to read it.
+    failed: std::sync::Mutex<Option<(&'static str, String)>>,
     /// The keyring lines found in the log at open, for the vault.
     recovered_keys: std::sync::Mutex<Vec<u8>>,
 }
@@ -96,10 +99,6 @@ struct LogState {
     /// The log holds keyring lines since it was last emptied (from a flush,
     /// or found at open): it is not emptied until the keyring has them.
     keys_since_cut: bool,
-    /// Why a flush failed. Its commits were taken and are lost to this
-    /// instance, so every later flush fails too: a flush that found nothing
-    /// pending must not answer for commits a failed one took.
-    failed: Option<String>,
 }
 
 /// A commit as the overlay and the log hold it.
@@ -201,12 +200,10 @@ impl Engine {
             wal_state: std::sync::Mutex::new(LogState {
                 wal,
                 keys_since_cut: !keys.is_empty(),
-                failed: None,
             }),
             unsettled: std::sync::Mutex::new(Vec::new()),
             settling: std::sync::Mutex::new(()),
-            settle_failed: std::sync::Mutex::new(None),
-            flush_failed: std::sync::atomic::AtomicBool::new(false),
+            failed: std::sync::Mutex::new(None),
             recovered_keys: std::sync::Mutex::new(keys),
         };
         // Commits whose records are durable but that sled lost with the
@@ -303,12 +300,7 @@ impl Engine {
     /// lets the overlay forget them. Nothing to do is not an error.
     pub(super) fn settle(&self) -> StoreResult<()> {
         let _one_at_a_time = crate::sync::lock(&self.settling);
-        if let Some(why) = &*crate::sync::lock(&self.settle_failed) {
-            return Err(earlier_failure("write to the store", why));
-        }
-        if self.flush_failed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(earlier_failure("flush", "the store is reopened"));
-        }
+        self.check_not_failed()?;
         let commits = std::mem::take(&mut *crate::sync::lock(&self.unsettled));
         if commits.is_empty() {
             return Ok(());
@@ -316,7 +308,7 @@ impl Engine {
         if let Err(e) = self.write_to_sled(&commits) {
             // Their records are durable: the overlay keeps serving them
             // until the store is reopened, which applies them again.
-            *crate::sync::lock(&self.settle_failed) = Some(e.to_string());
+            self.record_failure("write to the store", &e);
             return Err(e);
         }
         let mut overlay = crate::sync::write(&self.overlay);
@@ -332,19 +324,27 @@ impl Engine {
     /// failed; a failure of `step` fails every later one of this instance.
     fn with_log(&self, step: impl FnOnce(&mut LogState) -> StoreResult<()>) -> StoreResult<()> {
         let mut log = crate::sync::lock(&self.wal_state);
-        if let Some(why) = &log.failed {
-            return Err(earlier_failure("flush", why));
-        }
-        if let Some(why) = &*crate::sync::lock(&self.settle_failed) {
-            return Err(earlier_failure("write to the store", why));
-        }
+        self.check_not_failed()?;
         let result = step(&mut log);
         if let Err(e) = &result {
-            self.flush_failed
-                .store(true, std::sync::atomic::Ordering::Release);
-            log.failed = Some(e.to_string());
+            self.record_failure("flush", e);
         }
         result
+    }
+
+    /// The error every call gets once a flush or a settle has failed.
+    fn check_not_failed(&self) -> StoreResult<()> {
+        match &*crate::sync::lock(&self.failed) {
+            Some((what, why)) => Err(sled::Error::Io(std::io::Error::other(format!(
+                "an earlier {what} failed: {why}"
+            )))),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps the first failure (a settle inside a flush is reported by both).
+    fn record_failure(&self, what: &'static str, error: &sled::Error) {
+        crate::sync::lock(&self.failed).get_or_insert_with(|| (what, error.to_string()));
     }
 
     fn flush_locked(&self, log: &mut LogState) -> StoreResult<()> {
@@ -626,13 +626,6 @@ fn staged(w: &Write) -> (Tree, Vec<u8>, Option<sled::IVec>) {
         }
         Write::Remove { tree, key } => (*tree, key.clone(), None),
     }
-}
-
-/// The error every call gets after a flush or a settle failed.
-fn earlier_failure(what: &str, why: &str) -> sled::Error {
-    sled::Error::Io(std::io::Error::other(format!(
-        "an earlier {what} failed: {why}"
-    )))
 }
 
 fn wal_error(e: wal::WalError) -> sled::Error {
